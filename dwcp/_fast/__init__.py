@@ -1,0 +1,1 @@
+# Empty on purpose: the extensions are imported only through dwcp._backend.

@@ -1,0 +1,2 @@
+cdef extern from "debug.h":
+    bint DWCP_DEBUG

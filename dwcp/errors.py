@@ -1,0 +1,86 @@
+"""The whole dwcp exception hierarchy.
+
+Pure Python on purpose: both the Cython kernels (``dwcp._fast``) and their
+reference twins (``dwcp._ref``) import these classes, so a parity test can
+assert that both raise *the same* exception type for the same bad input.
+
+The hierarchy says who is at fault:
+
+* ``ConfigError``         -- the operator (bad config file or flag).
+* ``LocalProtocolError``  -- our own code tried to send something invalid.
+* ``RemoteProtocolError`` -- the peer (or the wire) sent something invalid;
+  carries a wire ``code`` from ``dwcp.wire.consts`` (``ERR_*``).
+* ``IntegrityError``      -- a remote protocol error where the bytes parsed
+  but the checksum did not match (corruption in flight or on disk).
+* ``ClosedResourceError`` -- we closed the resource and then used it.
+* ``BrokenResourceError`` -- the peer or network broke it; raised ``from``
+  the underlying cause.
+* ``InternalError``       -- a bug in dwcp.
+
+Socket errors stay built-in ``OSError`` subclasses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DWCPError",
+    "ConfigError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "IntegrityError",
+    "ClosedResourceError",
+    "BrokenResourceError",
+    "InternalError",
+]
+
+
+class DWCPError(Exception):
+    """Root of every exception dwcp raises on purpose."""
+
+
+class ConfigError(DWCPError, ValueError):
+    """The operator's configuration or arguments are invalid."""
+
+
+class ProtocolError(DWCPError):
+    """Abstract: a violation of the dwcp wire protocol.
+
+    ``code`` is the wire error code (``dwcp.wire.consts.ERR_*``) that a
+    session sends to the peer before closing.
+    """
+
+    code: int
+
+    def __init__(self, msg: str, code: int = 0) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("ProtocolError is abstract; raise a subclass")
+        super().__init__(msg)
+        self.code = code
+
+    def __reduce__(self):  # keep ``code`` across pickling (multiprocessing)
+        return (type(self), (str(self), self.code))
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to violate the protocol (a dwcp caller's mistake)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer violated the protocol: malformed, truncated or absurd input."""
+
+
+class IntegrityError(RemoteProtocolError):
+    """Well-formed input whose checksum does not match its content."""
+
+
+class ClosedResourceError(DWCPError):
+    """The resource was closed by us and then used."""
+
+
+class BrokenResourceError(DWCPError):
+    """The peer or the network broke the resource; see ``__cause__``."""
+
+
+class InternalError(DWCPError):
+    """A dwcp bug: an invariant that should hold did not."""

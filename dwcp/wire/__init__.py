@@ -1,0 +1,1 @@
+"""Wire format: frame header layout, constants and (later) sans-IO sessions."""

@@ -1,0 +1,107 @@
+"""Frame header layout and wire constants (protocol version 1).
+
+Rules
+-----
+1. Every frame starts with a fixed 64-byte little-endian header; nothing on
+   the wire is ever interpreted without one.  Layout::
+
+       off size field
+         0    4 magic         b"DWCF"
+         4    1 version       VERSION (1)
+         5    1 frame_type    FRAME_*
+         6    1 codec         CODEC_*  (explicit; a decoder never guesses)
+         7    1 flags         FLAG_*   (unknown bits are an error)
+         8    8 transfer_id   u64
+        16    8 offset        u64, byte offset of the chunk in the object
+        24    4 raw_len       u32, length of the decoded bytes
+        28    4 enc_len       u32, length of the payload that follows
+        32    4 dict_id       u32, zstd dictionary id (CODEC_ZSTD_DICT only)
+        36   16 base_digest   xxh3-128 of the baseline (delta codecs only)
+        52    8 raw_hash      u64, xxh3-64 of the raw bytes
+        60    4 hdr_check     u32, low 32 bits of xxh3-64(header[0:60])
+
+2. Lengths are bounded before anything is allocated: ``raw_len`` <=
+   MAX_RAW_LEN and ``enc_len`` <= MAX_ENC_LEN, and per-codec rules hold
+   (CODEC_RAW: enc_len == raw_len; CODEC_ZERO: enc_len == 0, raw_hash ==
+   xxh3-64 of raw_len zero bytes is *not* required to be recomputed, it is
+   checked like any other).
+3. Fields that a codec does not use must be zero (dict_id outside
+   CODEC_ZSTD_DICT, base_digest outside the delta codecs).  A header that
+   breaks a rule raises ``RemoteProtocolError`` with one of the ERR_* codes.
+
+This module is the single source of these numbers for Python; the Cython
+kernels mirror them in ``dwcp/_fast/consts.pxi`` and a test checks that the
+two agree.
+"""
+
+from __future__ import annotations
+
+MAGIC = b"DWCF"
+MAGIC_U32 = int.from_bytes(MAGIC, "little")
+VERSION = 1
+HEADER_SIZE = 64
+HEADER_STRUCT = "<4sBBBBQQIII16sQI"  # documentation and the _ref twin use it
+
+# Frame types.  DATA carries one encoded chunk; the others are the transfer
+# session's control frames (their payload is defined by dwcp.wire.session).
+FRAME_DATA = 1
+FRAME_HELLO = 2
+FRAME_WELCOME = 3
+FRAME_ACK = 4
+FRAME_NACK = 5
+FRAME_DONE = 6
+FRAME_ERROR = 7
+FRAME_PAGE_HASHES = 8
+FRAME_CLOSE = 9
+FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_CLOSE + 1))
+
+# Codecs.  Each id names the whole decode stack, so the decoder dispatches
+# on it and nothing else.
+CODEC_RAW = 0          # payload is the raw bytes
+CODEC_ZERO = 1         # payload empty; raw bytes are raw_len zeros
+CODEC_ZSTD = 2         # zstd frame of the raw bytes
+CODEC_ZSTD_DICT = 3    # zstd frame compressed with dictionary dict_id
+CODEC_XBZRLE = 4       # chunk delta (dwcp.codec.delta format) vs base_digest
+CODEC_XBZRLE_ZSTD = 5  # zstd frame of a CODEC_XBZRLE payload
+CODEC_PAGES = 6        # page list: only pages that differ from the receiver's
+CODEC_PAGES_ZSTD = 7   # zstd frame of a CODEC_PAGES payload
+CODECS = frozenset(range(CODEC_RAW, CODEC_PAGES_ZSTD + 1))
+DELTA_CODECS = frozenset({CODEC_XBZRLE, CODEC_XBZRLE_ZSTD, CODEC_PAGES, CODEC_PAGES_ZSTD})
+CODEC_NAMES = {
+    CODEC_RAW: "raw",
+    CODEC_ZERO: "zero",
+    CODEC_ZSTD: "zstd",
+    CODEC_ZSTD_DICT: "zstd+dict",
+    CODEC_XBZRLE: "xbzrle",
+    CODEC_XBZRLE_ZSTD: "xbzrle+zstd",
+    CODEC_PAGES: "pages",
+    CODEC_PAGES_ZSTD: "pages+zstd",
+}
+
+# Flags.
+FLAG_LAST = 0x01  # the last chunk of the object (informational)
+FLAGS_MASK = FLAG_LAST
+
+# Bounds.  A chunk is at most 64 MiB raw; an encoded payload may exceed its
+# raw length only by the codec's worst-case expansion, bounded here.
+PAGE_SIZE = 4096
+MAX_RAW_LEN = 64 * 1024 * 1024
+MAX_ENC_LEN = MAX_RAW_LEN + MAX_RAW_LEN // 64 + 65536
+MAX_CONTROL_LEN = 16 * 1024 * 1024  # non-DATA frames
+
+ZERO_DIGEST = bytes(16)
+
+# Wire error codes (RemoteProtocolError.code).
+ERR_BAD_MAGIC = 1
+ERR_BAD_VERSION = 2
+ERR_BAD_HEADER_CHECKSUM = 3
+ERR_BAD_FRAME_TYPE = 4
+ERR_BAD_CODEC = 5
+ERR_BAD_FLAGS = 6
+ERR_BAD_LENGTH = 7
+ERR_BAD_FIELD = 8
+ERR_CHECKSUM = 9
+ERR_MALFORMED = 10
+ERR_UNKNOWN_DICT = 11
+ERR_UNKNOWN_BASELINE = 12
+ERR_TRUNCATED = 13

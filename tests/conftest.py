@@ -1,0 +1,58 @@
+"""Shared fixtures: the ``impl`` fixture over both backends, --run-slow, and
+the hypothesis profile (HYPOTHESIS_PROFILE=ci|dev|thorough)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow") or os.environ.get("DWCP_SLOW_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="slow: needs --run-slow or DWCP_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def _impls() -> list[str]:
+    # Under DWCP_IMPL=ref (the CI's second pass) only the reference runs.
+    if os.environ.get("DWCP_IMPL", "auto") == "ref":
+        return ["ref"]
+    return ["ref", "fast"]
+
+
+@pytest.fixture(params=_impls())
+def impl(request: pytest.FixtureRequest):
+    """Every kernel of one backend, as a namespace (see dwcp._backend.load)."""
+    from dwcp._backend import load
+
+    return load(request.param)
+
+
+@pytest.fixture(scope="session")
+def fast():
+    from dwcp._backend import load
+
+    return load("fast")
+
+
+@pytest.fixture(scope="session")
+def ref():
+    from dwcp._backend import load
+
+    return load("ref")
