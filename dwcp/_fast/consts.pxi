@@ -11,8 +11,8 @@ cdef enum:
     CODEC_RAW = 0
     CODEC_ZERO = 1
     CODEC_ZSTD_DICT = 3
-    CODEC_XBZRLE = 4
-    CODEC_XBZRLE_ZSTD = 5
-    CODEC_MAX = 7
+    CODEC_XBZRLE = 6
+    CODEC_XBZRLE_ZSTD = 7
+    CODEC_MAX = 9
     FLAGS_MASK = 1
     PAGE_SIZE = 4096

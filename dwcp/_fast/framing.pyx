@@ -8,7 +8,7 @@ released, so stream workers hash chunks in parallel.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from dwcp.errors import LocalProtocolError, RemoteProtocolError
@@ -25,6 +25,8 @@ __all__ = [
     "xxh3_64",
     "xxh3_128",
     "page_hashes",
+    "is_zero",
+    "nonzero_pages",
     "features",
 ]
 
@@ -155,6 +157,54 @@ def page_hashes(const uint8_t[::1] data, Py_ssize_t page_size=PAGE_SIZE):
                 if ln > page_size:
                     ln = page_size
                 dwcp_st64(o + 8 * i, XXH3_64bits(p + i * page_size, <size_t>ln))
+    return out
+
+
+cdef inline bint _zero_span(const uint8_t *p, size_t n) noexcept nogil:
+    # The first 16 bytes are zero, and every byte equals the one 16 before it.
+    cdef size_t i
+    if n <= 16:
+        for i in range(n):
+            if p[i]:
+                return False
+        return True
+    if (dwcp_ld64(p) | dwcp_ld64(p + 8)) != 0:
+        return False
+    return memcmp(p, p + 16, n - 16) == 0
+
+
+def is_zero(const uint8_t[::1] data):
+    """True when every byte of ``data`` is zero (an empty buffer is zero)."""
+    cdef size_t n = data.shape[0]
+    cdef bint r
+    if n == 0:
+        return True
+    if n >= NOGIL_THRESHOLD:
+        with nogil:
+            r = _zero_span(&data[0], n)
+    else:
+        r = _zero_span(&data[0], n)
+    return r
+
+
+def nonzero_pages(const uint8_t[::1] data, Py_ssize_t page_size=PAGE_SIZE):
+    """One byte per page (the last may be short): 1 where the page has a non-zero byte."""
+    if page_size <= 0:
+        raise ValueError(f"page_size must be positive, got {page_size}")
+    cdef Py_ssize_t n = data.shape[0]
+    cdef Py_ssize_t npages = (n + page_size - 1) // page_size
+    out = bytearray(npages)
+    cdef uint8_t[::1] o = out
+    cdef Py_ssize_t i, ln
+    cdef const uint8_t *p
+    if npages:
+        p = &data[0]
+        with nogil:
+            for i in range(npages):
+                ln = n - i * page_size
+                if ln > page_size:
+                    ln = page_size
+                o[i] = not _zero_span(p + i * page_size, <size_t>ln)
     return out
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "xxh3_64",
     "xxh3_128",
     "page_hashes",
+    "is_zero",
+    "nonzero_pages",
     "features",
 ]
 
@@ -64,6 +66,18 @@ def page_hashes(data, page_size: int = C.PAGE_SIZE) -> bytes:
     for i in range(0, len(mv), page_size):
         out += xxhash.xxh3_64_intdigest(mv[i : i + page_size]).to_bytes(8, "little")
     return bytes(out)
+
+
+def is_zero(data) -> bool:
+    mv = memoryview(data).cast("B")
+    return mv.nbytes == 0 or mv.tobytes().count(0) == mv.nbytes
+
+
+def nonzero_pages(data, page_size: int = C.PAGE_SIZE) -> bytearray:
+    if page_size <= 0:
+        raise ValueError(f"page_size must be positive, got {page_size}")
+    mv = memoryview(data).cast("B")
+    return bytearray(0 if is_zero(mv[i : i + page_size]) else 1 for i in range(0, len(mv), page_size))
 
 
 def features() -> dict[str, object]:

@@ -61,17 +61,23 @@ CODEC_RAW = 0          # payload is the raw bytes
 CODEC_ZERO = 1         # payload empty; raw bytes are raw_len zeros
 CODEC_ZSTD = 2         # zstd frame of the raw bytes
 CODEC_ZSTD_DICT = 3    # zstd frame compressed with dictionary dict_id
-CODEC_XBZRLE = 4       # chunk delta (dwcp.codec.delta format) vs base_digest
-CODEC_XBZRLE_ZSTD = 5  # zstd frame of a CODEC_XBZRLE payload
-CODEC_PAGES = 6        # page list: only pages that differ from the receiver's
-CODEC_PAGES_ZSTD = 7   # zstd frame of a CODEC_PAGES payload
+CODEC_SPARSE = 4       # page list over an all-zero chunk: only non-zero pages travel
+CODEC_SPARSE_ZSTD = 5  # zstd frame of a CODEC_SPARSE payload
+CODEC_XBZRLE = 6       # chunk delta (dwcp/_ref/xorzrle.py format) vs base_digest
+CODEC_XBZRLE_ZSTD = 7  # zstd frame of a CODEC_XBZRLE payload
+CODEC_PAGES = 8        # page list over the receiver's version base_digest
+CODEC_PAGES_ZSTD = 9   # zstd frame of a CODEC_PAGES payload
 CODECS = frozenset(range(CODEC_RAW, CODEC_PAGES_ZSTD + 1))
-DELTA_CODECS = frozenset({CODEC_XBZRLE, CODEC_XBZRLE_ZSTD, CODEC_PAGES, CODEC_PAGES_ZSTD})
+# The delta codecs are the contiguous top of the range (the C check relies on it).
+DELTA_CODECS = frozenset(range(CODEC_XBZRLE, CODEC_PAGES_ZSTD + 1))
+ZSTD_CODECS = frozenset({CODEC_ZSTD, CODEC_ZSTD_DICT, CODEC_SPARSE_ZSTD, CODEC_XBZRLE_ZSTD, CODEC_PAGES_ZSTD})
 CODEC_NAMES = {
     CODEC_RAW: "raw",
     CODEC_ZERO: "zero",
     CODEC_ZSTD: "zstd",
     CODEC_ZSTD_DICT: "zstd+dict",
+    CODEC_SPARSE: "sparse",
+    CODEC_SPARSE_ZSTD: "sparse+zstd",
     CODEC_XBZRLE: "xbzrle",
     CODEC_XBZRLE_ZSTD: "xbzrle+zstd",
     CODEC_PAGES: "pages",

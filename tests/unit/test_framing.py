@@ -74,7 +74,7 @@ def test_any_flipped_byte_fails_the_header_checksum(impl, byte):
         (4, 2, C.ERR_BAD_VERSION),
         (5, 0, C.ERR_BAD_FRAME_TYPE),
         (5, 200, C.ERR_BAD_FRAME_TYPE),
-        (6, 8, C.ERR_BAD_CODEC),
+        (6, 10, C.ERR_BAD_CODEC),
         (7, 0x80, C.ERR_BAD_FLAGS),
     ],
 )
@@ -138,7 +138,7 @@ def test_control_frames_are_raw_and_bounded(impl):
 
 def test_pack_refuses_what_parse_would_reject(impl):
     with pytest.raises(LocalProtocolError) as ei:
-        impl.pack_header(C.FRAME_DATA, 9, 0, 0, 0, 1, 1)
+        impl.pack_header(C.FRAME_DATA, 10, 0, 0, 0, 1, 1)
     assert ei.value.code == C.ERR_BAD_CODEC
     with pytest.raises(LocalProtocolError):
         impl.pack_header(C.FRAME_DATA, C.CODEC_RAW, 2, 0, 0, 1, 1)
@@ -194,3 +194,19 @@ def test_consts_pxi_mirrors_python_consts():
     }  # fmt: skip
     assert found == expect
     assert min(C.DELTA_CODECS) == C.CODEC_XBZRLE and max(C.DELTA_CODECS) == max(C.CODECS)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 4095, 4096, 4097, 70000])
+def test_is_zero_and_nonzero_pages(impl, n):
+    z = bytes(n)
+    assert impl.is_zero(z) is True
+    assert impl.nonzero_pages(z, 4096) == bytearray((n + 4095) // 4096)
+    for pos in {0, n // 2, n - 1} if n else set():
+        b = bytearray(n)
+        b[pos] = 1
+        assert impl.is_zero(b) is False
+        expect = bytearray((n + 4095) // 4096)
+        expect[pos // 4096] = 1
+        assert impl.nonzero_pages(b, 4096) == expect
+    with pytest.raises(ValueError):
+        impl.nonzero_pages(z, 0)
