@@ -13,6 +13,7 @@ cdef enum:
     CODEC_ZSTD_DICT = 3
     CODEC_XBZRLE = 6
     CODEC_XBZRLE_ZSTD = 7
+    CODEC_PAGES = 8
     CODEC_MAX = 9
     FLAGS_MASK = 1
     PAGE_SIZE = 4096

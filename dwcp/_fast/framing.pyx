@@ -235,7 +235,8 @@ cdef int _check(object err, int frame_type, int codec, int flags, uint64_t offse
         raise err(f"raw frame with encoded length {enc_len} != raw length {raw_len}", _C.ERR_BAD_LENGTH)
     if codec == CODEC_ZERO and enc_len != 0:
         raise err(f"zero frame with a {enc_len}-byte payload", _C.ERR_BAD_LENGTH)
-    if codec != CODEC_RAW and codec != CODEC_ZERO and enc_len == 0:
+    if enc_len == 0 and not (codec == CODEC_RAW or codec == CODEC_ZERO or codec == CODEC_XBZRLE
+                             or codec == CODEC_PAGES):
         raise err(f"codec {codec} frame with an empty payload", _C.ERR_BAD_LENGTH)
     if (dict_id != 0) != (codec == CODEC_ZSTD_DICT):
         raise err(f"dictionary id {dict_id} with codec {codec}", _C.ERR_BAD_FIELD)

@@ -107,7 +107,7 @@ def _check(err, frame_type, codec, flags, offset, raw_len, enc_len, dict_id, bas
         raise err(f"raw frame with encoded length {enc_len} != raw length {raw_len}", C.ERR_BAD_LENGTH)
     if codec == C.CODEC_ZERO and enc_len != 0:
         raise err(f"zero frame with a {enc_len}-byte payload", C.ERR_BAD_LENGTH)
-    if codec not in (C.CODEC_RAW, C.CODEC_ZERO) and enc_len == 0:
+    if codec not in C.MAY_BE_EMPTY_CODECS and enc_len == 0:
         raise err(f"codec {codec} frame with an empty payload", C.ERR_BAD_LENGTH)
     if (dict_id != 0) != (codec == C.CODEC_ZSTD_DICT):
         raise err(f"dictionary id {dict_id} with codec {codec}", C.ERR_BAD_FIELD)

@@ -70,6 +70,9 @@ CODEC_PAGES_ZSTD = 9   # zstd frame of a CODEC_PAGES payload
 CODECS = frozenset(range(CODEC_RAW, CODEC_PAGES_ZSTD + 1))
 # The delta codecs are the contiguous top of the range (the C check relies on it).
 DELTA_CODECS = frozenset(range(CODEC_XBZRLE, CODEC_PAGES_ZSTD + 1))
+# An empty payload is legal only where it has a meaning: raw/zero of length
+# 0, or a delta/page list with no changed page (the chunk equals its base).
+MAY_BE_EMPTY_CODECS = frozenset({CODEC_RAW, CODEC_ZERO, CODEC_XBZRLE, CODEC_PAGES})
 ZSTD_CODECS = frozenset({CODEC_ZSTD, CODEC_ZSTD_DICT, CODEC_SPARSE_ZSTD, CODEC_XBZRLE_ZSTD, CODEC_PAGES_ZSTD})
 CODEC_NAMES = {
     CODEC_RAW: "raw",

@@ -109,6 +109,12 @@ def test_codec_length_rules(impl):
         impl.parse_header(_with_u32(zero, 28, 1))
     with pytest.raises(RemoteProtocolError, match="empty payload"):
         impl.parse_header(_with_u32(data_header(impl), 28, 0))
+    # an empty delta means "unchanged against the baseline": legal
+    for codec in (C.CODEC_XBZRLE, C.CODEC_PAGES):
+        h = data_header(impl, codec=codec, base_digest=DIGEST, enc_len=0)
+        assert impl.parse_header(h).enc_len == 0
+    with pytest.raises(RemoteProtocolError, match="empty payload"):
+        impl.parse_header(_with_u32(data_header(impl, codec=C.CODEC_XBZRLE_ZSTD, base_digest=DIGEST), 28, 0))
 
 
 def test_unused_fields_must_be_zero(impl):
@@ -189,7 +195,7 @@ def test_consts_pxi_mirrors_python_consts():
         "MAX_RAW_LEN": C.MAX_RAW_LEN, "MAX_ENC_LEN": C.MAX_ENC_LEN, "MAX_CONTROL_LEN": C.MAX_CONTROL_LEN,
         "FRAME_DATA": C.FRAME_DATA, "FRAME_MAX": max(C.FRAME_TYPES), "CODEC_RAW": C.CODEC_RAW,
         "CODEC_ZERO": C.CODEC_ZERO, "CODEC_ZSTD_DICT": C.CODEC_ZSTD_DICT, "CODEC_XBZRLE": C.CODEC_XBZRLE,
-        "CODEC_XBZRLE_ZSTD": C.CODEC_XBZRLE_ZSTD, "CODEC_MAX": max(C.CODECS), "FLAGS_MASK": C.FLAGS_MASK,
+        "CODEC_XBZRLE_ZSTD": C.CODEC_XBZRLE_ZSTD, "CODEC_PAGES": C.CODEC_PAGES, "CODEC_MAX": max(C.CODECS), "FLAGS_MASK": C.FLAGS_MASK,
         "PAGE_SIZE": C.PAGE_SIZE,
     }  # fmt: skip
     assert found == expect
