@@ -1,0 +1,31 @@
+# Developer entry points.  `make test` is the README's test command.
+PYTHON ?= python3
+# `pytest`, not `python -m pytest`: the latter puts the source tree (without
+# the compiled extensions) first on sys.path instead of the installed package.
+
+.PHONY: compile debug test testref testinstalled perf clean
+
+compile:
+	$(PYTHON) setup.py build_ext --inplace
+
+debug:
+	DWCP_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --cython-always
+
+# The whole suite (data-plane tests run on both backends through the `impl`
+# fixture), then the codec/protocol layers again on the pure-Python backend.
+test:
+	pytest -p no:cacheprovider --import-mode=importlib --rootdir=. tests
+	$(MAKE) testref
+
+testref:
+	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit tests/protocol
+
+# Run the tests against the installed package, away from the source tree.
+testinstalled:
+	cd "$${HOME}" && pytest -p no:cacheprovider --import-mode=importlib --rootdir=$(CURDIR) $(CURDIR)/tests
+
+perf:
+	$(PYTHON) perf/bench_codec.py
+
+clean:
+	rm -rf build dist *.egg-info dwcp/_fast/*.c dwcp/_fast/*.so dwcp/_fast/*.html perf/results

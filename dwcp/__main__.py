@@ -1,0 +1,3 @@
+from dwcp.cli.main import main
+
+raise SystemExit(main())
