@@ -17,9 +17,12 @@ from .errors import (
     DWCPError,
     IntegrityError,
     InternalError,
+    InvalidKeyError,
+    KeyBusyError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    StorageError,
 )
 
 __all__ = [
@@ -35,6 +38,9 @@ __all__ = [
     "ClosedResourceError",
     "BrokenResourceError",
     "InternalError",
+    "InvalidKeyError",
+    "KeyBusyError",
+    "StorageError",
 ]
 
 

@@ -32,6 +32,9 @@ __all__ = [
     "ClosedResourceError",
     "BrokenResourceError",
     "InternalError",
+    "InvalidKeyError",
+    "KeyBusyError",
+    "StorageError",
 ]
 
 
@@ -84,3 +87,15 @@ class BrokenResourceError(DWCPError):
 
 class InternalError(DWCPError):
     """A dwcp bug: an invariant that should hold did not."""
+
+
+class InvalidKeyError(DWCPError, ValueError):
+    """An object key that is empty, too long, or could escape the data directory."""
+
+
+class KeyBusyError(DWCPError):
+    """Another transfer holds the write lease on this key; retry later."""
+
+
+class StorageError(DWCPError):
+    """The receiver could not store an object (disk full, I/O error); see ``__cause__``."""

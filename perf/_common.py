@@ -1,0 +1,64 @@
+"""Shared helpers for perf/ scripts: medians, peer tools, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:
+    """Median wall seconds of ``runs`` calls (after one warm-up call)."""
+    fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), ts
+
+
+def ensure_tool(name: str, apt_package: str | None = None) -> str | None:
+    """Path of a peer CLI tool, installing it with apt-get when missing and allowed."""
+    path = shutil.which(name)
+    if path or os.environ.get("DWCP_PERF_NO_INSTALL"):
+        return path
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", apt_package or name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    return shutil.which(name)
+
+
+def machine() -> dict:
+    import dwcp
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "dwcp_backend": dwcp.backend,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(result: dict, out: str | None, default_name: str) -> str:
+    path = out or os.path.join(RESULTS, default_name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    json.dump(result, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return path
