@@ -42,7 +42,7 @@ def load(name: str) -> types.SimpleNamespace:
     ns: dict[str, Any] = {"name": name}
     for mod in _MODULES:
         m = importlib.import_module(f"dwcp._{name}.{mod}")
-        for attr in getattr(m, "__all__"):
+        for attr in m.__all__:
             ns[attr] = getattr(m, attr)
     return types.SimpleNamespace(**ns)
 

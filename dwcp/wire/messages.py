@@ -1,0 +1,169 @@
+"""Control messages of the transfer session: JSON objects in control frames.
+
+Rules
+-----
+1. A control frame (any frame type but DATA) carries one JSON object,
+   UTF-8, at most MAX_CONTROL_LEN bytes (the header rules bound it before
+   it is read), except PAGE_HASHES, whose payload is raw little-endian u64
+   page hashes and whose header ``offset`` is the first page index.
+2. Every message is checked against a schema here: unknown or missing
+   fields, wrong types, absurd values -> RemoteProtocolError(ERR_MALFORMED).
+   Nothing downstream re-validates.
+3. The payload's xxh3-64 is in the header (``raw_hash``) like any frame's
+   and is verified before the JSON is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from dwcp._backend import impl as _k
+from dwcp.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
+from dwcp.wire import consts as C
+
+__all__ = ["encode_control", "decode_control", "SCHEMAS", "MAX_STREAMS", "MAX_OBJECT_BYTES"]
+
+MAX_STREAMS = 256
+MAX_OBJECT_BYTES = 1 << 44  # 16 TiB
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+# field -> (type, required)
+_T = bool | int | str
+SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
+    C.FRAME_HELLO: {
+        "v": (int, True),
+        "role": (str, True),  # "control" | "data"
+        "op": (str, False),  # "send" | "fetch" (control)
+        "transfer_id": (int, True),
+        "key": (str, False),
+        "size": (int, False),
+        "digest": (str, False),
+        "base_digest": (str, False),
+        "chunk_size": (int, False),
+        "page_size": (int, False),
+        "streams": (int, False),
+        "caps": (list, False),
+        "token": (str, False),  # data streams: the token WELCOME gave
+        "stream": (int, False),
+        "node": (str, False),
+    },
+    C.FRAME_WELCOME: {
+        "mode": (str, True),  # "full" | "delta" | "pages"
+        "base_digest": (str, False),
+        "have": (str, False),  # hex of the received-chunk bitmap (resume)
+        "token": (str, False),
+        "size": (int, False),
+        "digest": (str, False),
+        "chunk_size": (int, False),
+        "node": (str, False),
+        "resumed_chunks": (int, False),
+    },
+    C.FRAME_ACK: {"chunks": (list, True)},
+    C.FRAME_NACK: {"chunk": (int, True), "reason": (str, True)},
+    C.FRAME_DONE: {
+        "digest": (str, False),
+        "size": (int, False),
+        "ok": (bool, False),
+        "chunks": (int, False),
+    },
+    C.FRAME_ERROR: {"code": (int, True), "message": (str, True)},
+    C.FRAME_CLOSE: {"reason": (str, False)},
+}
+
+
+def _bad(msg: str) -> RemoteProtocolError:
+    return RemoteProtocolError(msg, C.ERR_MALFORMED)
+
+
+def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
+    schema = SCHEMAS.get(frame_type)
+    if schema is None:
+        raise err(f"frame type {frame_type} carries no JSON message")
+    if not isinstance(obj, dict):
+        raise err("control message is not a JSON object")
+    for k, v in obj.items():
+        if k not in schema:
+            raise err(f"unknown field {k!r} in a {frame_type} message")
+        typ, _ = schema[k]
+        if v is None and k in ("base_digest",):
+            continue
+        if typ is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise err(f"field {k!r} must be an integer")
+        if typ is not int and not isinstance(v, typ):
+            raise err(f"field {k!r} must be {typ.__name__}")
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 1 << 64:
+            raise err(f"field {k!r}={v} out of range")
+        if isinstance(v, str) and len(v) > 4096:
+            raise err(f"field {k!r} is too long")
+    for k, (_, required) in schema.items():
+        if required and k not in obj:
+            raise err(f"missing field {k!r}")
+    for k in ("digest", "base_digest"):
+        v = obj.get(k)
+        if v is not None and not _HEX32.match(v):
+            raise err(f"field {k!r} is not 32 hex digits")
+    if "streams" in obj and not 1 <= obj["streams"] <= MAX_STREAMS:
+        raise err(f"streams={obj['streams']} outside [1, {MAX_STREAMS}]")
+    if "size" in obj and obj["size"] > MAX_OBJECT_BYTES:
+        raise err(f"object size {obj['size']} exceeds {MAX_OBJECT_BYTES}")
+    if "chunk_size" in obj and not (C.PAGE_SIZE <= obj["chunk_size"] <= C.MAX_RAW_LEN) or (
+        "chunk_size" in obj and obj["chunk_size"] % C.PAGE_SIZE
+    ):
+        raise err(f"chunk_size={obj['chunk_size']} must be a multiple of {C.PAGE_SIZE} in [4 KiB, 64 MiB]")
+    if "page_size" in obj and obj["page_size"] != C.PAGE_SIZE:
+        raise err(f"page_size={obj['page_size']}: this version speaks {C.PAGE_SIZE} only")
+    if frame_type == C.FRAME_ACK:
+        ch = obj["chunks"]
+        if len(ch) > 65536 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 32
+                                      for c in ch):  # fmt: skip
+            raise err("ACK chunks must be at most 65536 integers in [0, 2**32)")
+    if frame_type == C.FRAME_HELLO:
+        if obj["role"] not in ("control", "data"):
+            raise err(f"unknown role {obj['role']!r}")
+        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch"):
+            raise err(f"unknown op {obj.get('op')!r}")
+        if obj["role"] == "data" and not _HEX64.match(obj.get("token", "")):
+            raise err("data stream without a valid token")
+    if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch"):
+        raise err(f"unknown mode {obj['mode']!r}")
+    if frame_type == C.FRAME_HELLO and "caps" in obj and not all(isinstance(c, str) for c in obj["caps"]):
+        raise err("caps must be strings")
+    return obj
+
+
+def encode_control(frame_type: int, transfer_id: int, msg: dict) -> bytes:
+    """One control frame (header + JSON payload)."""
+    _validate(frame_type, msg, err=lambda m: LocalProtocolError(m, C.ERR_MALFORMED))
+    body = json.dumps(msg, separators=(",", ":")).encode()
+    return (
+        _k.pack_header(frame_type, C.CODEC_RAW, 0, transfer_id, 0, len(body), len(body), raw_hash=_k.xxh3_64(body))
+        + body
+    )
+
+
+def encode_page_hashes(transfer_id: int, first_page: int, hashes: bytes) -> bytes:
+    if len(hashes) % 8:
+        raise LocalProtocolError("page hashes must be whole u64s", C.ERR_MALFORMED)
+    return (
+        _k.pack_header(C.FRAME_PAGE_HASHES, C.CODEC_RAW, 0, transfer_id, first_page, len(hashes), len(hashes),
+                       raw_hash=_k.xxh3_64(hashes))  # fmt: skip
+        + hashes
+    )
+
+
+def verify_payload(header, payload) -> None:
+    if _k.xxh3_64(payload) != header.raw_hash:
+        raise IntegrityError(f"control frame type {header.frame_type} fails its checksum", C.ERR_CHECKSUM)
+
+
+def decode_control(header, payload) -> dict:
+    """Validate and parse one control frame's JSON payload."""
+    verify_payload(header, payload)
+    try:
+        obj = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(f"control payload is not JSON: {exc}") from None
+    return _validate(header.frame_type, obj)
