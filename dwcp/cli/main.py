@@ -1,15 +1,17 @@
 """`dwcp` subcommands.  Every error is one clear line on stderr and a non-zero
-exit code, never a traceback (set DWCP_TRACEBACK=1 to see one)."""
+exit code, never a traceback (set DWCP_TRACEBACK=1 to see one).  Every
+``--json`` output is one JSON object on stdout."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import sys
 
 from dwcp._version import __version__
-from dwcp.errors import DWCPError
+from dwcp.errors import ConfigError, DWCPError
 
 __all__ = ["main"]
 
@@ -19,7 +21,7 @@ EXIT_USAGE = 2
 
 def _size(text: str) -> int:
     """Parse a byte size: 4096, 64K, 256M, 1G (binary multiples)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    t = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     try:
         n = int(float(t[:-1] if mult > 1 else t) * mult)
@@ -30,20 +32,153 @@ def _size(text: str) -> int:
     return n
 
 
+def _streams(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--streams takes a number or 'auto', not {text!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError("--streams must be in [1, 256]")
+    return n
+
+
+def _add_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="dwcp.toml: TLS identity and transport settings come from it")
+    p.add_argument("--ca", help="cluster CA certificate (mutual TLS)")
+    p.add_argument("--cert", help="this node's certificate")
+    p.add_argument("--key-file", help="this node's private key")
+    p.add_argument("--plaintext", action="store_true", help="no TLS (only where the peer runs plaintext on purpose)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dwcp", description="WAN data-plane daemon: verified delta transfer")
     p.add_argument("--version", action="version", version=f"dwcp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the main job on an embedded default (see README)")
+    d = sub.add_parser("demo", help="the main job on an embedded default: two local daemons, a full and a delta send")
     d.add_argument("--size", type=_size, default=1 << 30, help="image size (default 1G)")
     d.add_argument("--dirty", type=float, default=0.05, help="fraction of pages changed in v2 (default 0.05)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding threads")
+    d.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
+    d.add_argument("--plaintext", action="store_true", help="run the demo daemons without TLS")
+    d.add_argument("--keep", action="store_true", help="keep the temporary directory")
     d.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    dm = sub.add_parser("daemon", help="run the daemon (what systemd runs)")
+    dm.add_argument("--config", required=True)
+
+    s = sub.add_parser("send", help="send a file as KEY to a daemon")
+    s.add_argument("path")
+    s.add_argument("--to", required=True, help="HOST:PORT of the receiving daemon")
+    s.add_argument("--key", required=True)
+    s.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
+    s.add_argument("--rate", type=_size, default=None, help="cap the total rate, bytes/s (e.g. 500M)")
+    s.add_argument("--state-dir", help="where sent versions are kept as the next baselines "
+                                       "(default: <data_dir>/sent with --config, else ~/.local/state/dwcp)")  # fmt: skip
+    s.add_argument("--json", action="store_true")
+    _add_security(s)
+
+    f = sub.add_parser("fetch", help="pull the latest verified version of KEY")
+    f.add_argument("key")
+    f.add_argument("--from", dest="source", required=True, help="HOST:PORT")
+    f.add_argument("-o", "--output", required=True)
+    f.add_argument("--json", action="store_true")
+    _add_security(f)
+
+    st = sub.add_parser("status", help="ask the local daemon how it is")
+    st.add_argument("--config", help="the daemon's config (for its control socket)")
+    st.add_argument("--socket", help="the control socket path")
+    st.add_argument("--json", action="store_true")
+
+    try:
+        from .certs_cmd import add_parser as add_certs
+    except ImportError:  # pragma: no cover - the certs module ships with dwcp
+        add_certs = None
+    if add_certs is not None:
+        add_certs(sub)
 
     sub.add_parser("backend", help="print the data-plane backend in use and its features")
     return p
+
+
+def _load_security(args):
+    from dwcp.config import SecurityConfig, TransportConfig, load_toml
+
+    if args.config:
+        cfg = load_toml(args.config)
+        return cfg.security, cfg.transport, cfg
+    if args.plaintext:
+        return SecurityConfig(plaintext=True), TransportConfig(), None
+    if args.ca and args.cert and args.key_file:
+        return SecurityConfig(ca_cert=args.ca, cert=args.cert, key=args.key_file), TransportConfig(), None
+    raise ConfigError("no TLS identity: pass --config, or --ca/--cert/--key-file, or --plaintext on purpose")
+
+
+def _print(result: dict, as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(human)
+
+
+def _cmd_send(args) -> int:
+    from dwcp.daemon.main import parse_hostport
+    from dwcp.storage import ObjectStore
+    from dwcp.transport.sender import Sender
+
+    security, transport, cfg = _load_security(args)
+    host, port = parse_hostport(args.to)
+    state_dir = args.state_dir or (
+        os.path.join(cfg.storage.data_dir, "sent") if cfg is not None
+        else os.path.join(os.path.expanduser("~/.local/state/dwcp"), "sent")
+    )  # fmt: skip
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli", baselines=ObjectStore(state_dir))
+    with open(args.path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
+    try:
+        r = sender.send(m if m is not None else b"", host, port, args.key, streams=args.streams,
+                        rate_limit_bytes_per_s=args.rate)  # fmt: skip
+    finally:
+        if m is not None:
+            m.close()
+    from .demo import human_bytes
+
+    _print(r, args.json, f"sent {args.key} -> {args.to}: {r['mode']}, {human_bytes(r['size'])} raw, "
+                         f"{human_bytes(r['wire_bytes'])} on the wire ({r['ratio']:.1f}x), "
+                         f"{human_bytes(r['throughput_bytes_per_s'])}/s, {r['streams']['max']} streams, "
+                         f"digest {r['digest']} verified")  # fmt: skip
+    return 0
+
+
+def _cmd_fetch(args) -> int:
+    from dwcp.daemon.main import parse_hostport
+    from dwcp.transport.fetch import fetch
+
+    security, transport, cfg = _load_security(args)
+    host, port = parse_hostport(args.source)
+    r = fetch(args.key, host, port, args.output, transport, security, node_id=cfg.node.id if cfg else "cli")
+    from .demo import human_bytes
+
+    _print(r, args.json, f"fetched {args.key} from {args.source} -> {args.output}: {human_bytes(r['size'])}, "
+                         f"digest {r['digest']} verified")  # fmt: skip
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from dwcp.config import load_toml
+    from dwcp.daemon.control import request
+
+    path = args.socket or (load_toml(args.config).control_socket if args.config else "/var/lib/dwcp/control.sock")
+    try:
+        r = request(path, {"op": "status"}, timeout_s=10)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ConfigError(f"no daemon answers on {path} (is dwcpd running? pass --config or --socket)") from None
+    _print(r, args.json, "\n".join(f"{k}: {v}" for k, v in r.items()))
+    return 0 if r.get("ok") else EXIT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +192,21 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "daemon":
+            from dwcp.config import load_toml
+            from dwcp.daemon.main import run
+
+            return run(load_toml(args.config))
+        if args.command == "send":
+            return _cmd_send(args)
+        if args.command == "fetch":
+            return _cmd_fetch(args)
+        if args.command == "status":
+            return _cmd_status(args)
+        if args.command == "certs":
+            from .certs_cmd import run as run_certs
+
+            return run_certs(args)
         if args.command == "backend":
             import dwcp
 

@@ -1,0 +1,1 @@
+"""dwcpd: the daemon (data port, local control API, systemd integration)."""

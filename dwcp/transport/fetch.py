@@ -1,0 +1,109 @@
+"""`dwcp fetch`: pull the latest verified version of a key from a daemon.
+
+The object arrives on one stream as ordinary DATA frames; each chunk is
+verified (xxh3-64), the whole (xxh3-128) before the output file is fsynced
+and atomically renamed into place, so an interrupted fetch never leaves a
+partial file at the destination.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import tempfile
+import time
+
+from dwcp._backend import impl as _k
+from dwcp.codec import ChunkDecoder, chunk_spans
+from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError
+from dwcp.wire import consts as C
+from dwcp.wire.messages import MAX_OBJECT_BYTES, encode_control
+
+from .sender import Sender, TransferError, open_stream
+
+__all__ = ["fetch"]
+
+
+def fetch(key: str, host: str, port: int, out_path: str, transport: TransportConfig, security: SecurityConfig,
+          *, node_id: str = "node") -> dict:  # fmt: skip
+    from dwcp.storage import validate_key
+
+    key = validate_key(key)
+    t0 = time.perf_counter()
+    ssl_ctx = Sender(transport, security, node_id=node_id)._ssl
+    fs, _ = open_stream(host, port, transport, ssl_ctx)
+    tid = secrets.randbits(63) | 1
+    out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".dwcp-fetch-", dir=out_dir)
+    ok = False
+    try:
+        fs.send(encode_control(C.FRAME_HELLO, tid, {"v": 1, "role": "control", "op": "fetch", "key": key,
+                                                     "node": node_id}))  # fmt: skip
+        welcome = Sender._expect(fs, C.FRAME_WELCOME)
+        if welcome.get("mode") != "fetch" or "size" not in welcome or "digest" not in welcome:
+            raise RemoteProtocolError("malformed fetch answer", C.ERR_MALFORMED)
+        size, digest, chunk_size = welcome["size"], bytes.fromhex(welcome["digest"]), welcome["chunk_size"]
+        if size > MAX_OBJECT_BYTES:
+            raise RemoteProtocolError(f"object of {size} bytes is too large", C.ERR_BAD_LENGTH)
+        spans = chunk_spans(size, chunk_size)
+        os.ftruncate(fd, size)
+        m = mmap.mmap(fd, size) if size else None
+        out = memoryview(m) if m is not None else memoryview(bytearray())
+        wire = 0
+        try:
+            dec = ChunkDecoder()
+            got = bytearray(len(spans))
+            for _ in spans:
+                h = fs.recv_header()
+                if h is None:
+                    raise BrokenResourceError("server closed the connection mid-object")
+                if h.frame_type == C.FRAME_ERROR:
+                    raise TransferError(f"server: {fs.recv_payload(h).decode(errors='replace')}")
+                if h.frame_type != C.FRAME_DATA or h.codec in C.DELTA_CODECS:
+                    raise RemoteProtocolError(f"unexpected frame {h.frame_type}/{h.codec} in a fetch", C.ERR_BAD_FRAME_TYPE)
+                idx, rem = divmod(h.offset, chunk_size)
+                if rem or idx >= len(spans) or got[idx] or h.raw_len != spans[idx][1]:
+                    raise RemoteProtocolError(f"chunk at offset {h.offset} does not fit the object", C.ERR_BAD_LENGTH)
+                payload = fs.recv_payload(h)
+                off, ln = spans[idx]
+                dec.decode(h, payload, out=out[off : off + ln])
+                got[idx] = 1
+                wire += C.HEADER_SIZE + h.enc_len
+            done = Sender._expect(fs, C.FRAME_DONE)
+            if _k.xxh3_128(out) != digest or done.get("digest") != digest.hex():
+                raise IntegrityError(f"fetched {key} fails its xxh3-128 check", C.ERR_CHECKSUM)
+            if m is not None:
+                m.flush()
+        finally:
+            out.release()
+            if m is not None:
+                m.close()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, out_path)
+        dfd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        ok = True
+        try:
+            fs.send(encode_control(C.FRAME_CLOSE, tid, {"reason": "done"}))
+        except OSError:
+            pass
+    finally:
+        fs.close()
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+    elapsed = time.perf_counter() - t0
+    return {"key": key, "from": f"{host}:{port}", "path": out_path, "size": size, "digest": digest.hex(),
+            "verified": True, "wire_bytes": wire, "seconds": elapsed,
+            "throughput_bytes_per_s": size / elapsed if elapsed else 0.0}  # fmt: skip

@@ -1,0 +1,128 @@
+"""Blocking frame I/O on one TCP (or TLS) stream, for the stream threads.
+
+Rules
+-----
+1. One thread owns a FrameSocket: it both writes frames and reads the
+   peer's answers (ACK/NACK) on the same thread, so a TLS connection is
+   never read and written concurrently.
+2. Every read is bounded: a header is 64 bytes; a payload is at most the
+   header's ``enc_len``, which ``parse_header`` bounded already.
+3. The socket timeout is the progress timeout: a peer that sends nothing for
+   that long is a stalled stream (``TimeoutError``, an OSError).
+4. A peer that closes mid-frame raises ``BrokenResourceError``; one that
+   closes between frames makes ``recv_header`` return None.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+
+from dwcp._backend import impl as _k
+from dwcp.errors import BrokenResourceError, RemoteProtocolError
+from dwcp.wire import consts as C
+from dwcp.wire.messages import decode_control, verify_payload
+
+__all__ = ["FrameSocket"]
+
+
+class FrameSocket:
+    def __init__(self, sock: socket.socket, *, timeout_s: float | None) -> None:
+        self.sock = sock
+        sock.settimeout(timeout_s)
+        self._hdr = bytearray(C.HEADER_SIZE)
+        self._hmv = memoryview(self._hdr)
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- writing ---------------------------------------------------------
+    def send(self, header: bytes, payload=b"") -> None:
+        pmv = memoryview(payload).cast("B")
+        if pmv.nbytes and not self._tls:
+            self._sendmsg_all([memoryview(header), pmv])
+        else:
+            self.sock.sendall(header)
+            if pmv.nbytes:
+                self.sock.sendall(pmv)
+        self.bytes_sent += len(header) + pmv.nbytes
+
+    def _sendmsg_all(self, bufs: list[memoryview]) -> None:
+        # scatter/gather: header and payload in one syscall, no join copy
+        while bufs:
+            sent = self.sock.sendmsg(bufs)
+            while bufs and sent >= bufs[0].nbytes:
+                sent -= bufs[0].nbytes
+                bufs.pop(0)
+            if bufs and sent:
+                bufs[0] = bufs[0][sent:]
+
+    # -- reading ---------------------------------------------------------
+    def readable(self, timeout: float = 0.0) -> bool:
+        """True when a read would not block (TLS-buffered bytes count)."""
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]
+            return True
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
+
+    def _recv_exact(self, mv: memoryview, got: int = 0) -> None:
+        n = mv.nbytes
+        while got < n:
+            k = self.sock.recv_into(mv[got:], n - got)
+            if k == 0:
+                raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {n} bytes)")
+            got += k
+        self.bytes_received += n
+
+    def recv_into_exact(self, mv: memoryview) -> None:
+        self._recv_exact(mv)
+
+    def recv_header(self):
+        """The next frame's parsed header, or None on a clean end of stream."""
+        k = self.sock.recv_into(self._hmv, C.HEADER_SIZE)
+        if k == 0:
+            return None
+        self._recv_exact(self._hmv, k)
+        return _k.parse_header(self._hdr)
+
+    def recv_payload(self, header) -> bytearray:
+        buf = bytearray(header.enc_len)
+        if header.enc_len:
+            self._recv_exact(memoryview(buf))
+        return buf
+
+    def skip_payload(self, header) -> None:
+        left = header.enc_len
+        scratch = memoryview(bytearray(min(left, 1 << 20) or 1))
+        while left:
+            step = min(left, scratch.nbytes)
+            self._recv_exact(scratch[:step])
+            left -= step
+
+    def recv_control(self, *expect: int):
+        """(header, message) of the next control frame; None at end of stream.
+
+        PAGE_HASHES frames come back with their raw payload as the message.
+        An ERROR frame from the peer is returned like any other.
+        """
+        h = self.recv_header()
+        if h is None:
+            return None
+        if h.frame_type == C.FRAME_DATA:
+            raise RemoteProtocolError("data frame where a control frame was expected", C.ERR_BAD_FRAME_TYPE)
+        if expect and h.frame_type not in expect and h.frame_type != C.FRAME_ERROR:
+            raise RemoteProtocolError(
+                f"unexpected frame type {h.frame_type} (expected one of {expect})", C.ERR_BAD_FRAME_TYPE
+            )
+        payload = self.recv_payload(h)
+        if h.frame_type == C.FRAME_PAGE_HASHES:
+            verify_payload(h, payload)
+            return h, payload
+        return h, decode_control(h, payload)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,513 @@
+"""The sending side of a transfer: N TCP streams pulling chunks from one queue.
+
+Theory of operation
+-------------------
+``Sender.send(data, host, port, key)``:
+
+1. opens the control stream, says HELLO (key, size, xxh3-128 digest, and the
+   digest of the baseline we last sent this peer for this key, if we still
+   hold it) and reads WELCOME: the mode (full / delta / pages), the token
+   for data streams and the receiver's bitmap of chunks it already holds
+   (resume).  In pages mode the receiver's per-page hashes follow.
+2. puts every missing chunk index on a bounded MPMC queue and starts the
+   streams (a fixed count, or ``auto``: the bandwidth-delay product over
+   the per-stream window, then the online controller).  Each stream thread
+   owns one connection: it takes a chunk (work stealing), encodes it (the
+   HDE codec; kernels and zstd release the GIL, so streams encode in
+   parallel), waits for the shared token bucket, sends it, and reads the
+   receiver's ACK/NACKs on the same thread, keeping at most
+   ``window_chunks`` unacknowledged.
+3. A stream that fails or makes no progress for ``stall_timeout_s`` is
+   closed, its unacknowledged chunks go back on the queue, and the monitor
+   opens a replacement (bounded by ``max_stream_reconnects``).  A NACKed
+   chunk (it failed verification at the receiver) is queued again; a delta
+   chunk NACKed twice is resent in full.
+4. When every chunk is acknowledged, DONE on the control stream; the
+   receiver verifies the whole object and commits it, and answers DONE.
+   The sent version becomes our baseline for the next send of that key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dwcp._backend import impl as _k
+from dwcp.codec import ChunkEncoder, CodecConfig, chunk_spans
+from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, RemoteProtocolError
+from dwcp.wire import consts as C
+from dwcp.wire.messages import encode_control
+
+from .framesock import FrameSocket
+
+__all__ = ["Sender", "TransferError", "open_stream"]
+
+log = logging.getLogger("dwcp.sender")
+
+
+class TransferError(DWCPError):
+    """The transfer failed; the message says why (the receiver's words when it said so)."""
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(1, (n - 1).bit_length())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        import ipaddress
+
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def open_stream(
+    host: str,
+    port: int,
+    transport: TransportConfig,
+    ssl_ctx: ssl.SSLContext | None,
+    *,
+    bdp_bytes: int | None = None,
+) -> tuple[FrameSocket, dict]:
+    """Connect, tune and (unless plaintext) wrap one stream; returns it and the socket settings."""
+    from .sockopts import bind_source, tune_socket
+
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.settimeout(transport.connect_timeout_s)
+        if transport.source_address or transport.interface:
+            bind_source(s, source_address=transport.source_address or None, interface=transport.interface or None)
+        applied = tune_socket(s, bdp_bytes=bdp_bytes, congestion=transport.congestion or None)
+        s.connect((host, port))
+        if ssl_ctx is not None:
+            s = ssl_ctx.wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
+    return FrameSocket(s, timeout_s=transport.stall_timeout_s), applied
+
+
+@dataclass
+class _State:
+    spans: list[tuple[int, int]]
+    done: bytearray
+    remaining: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    failed: str | None = None
+    acked_raw: int = 0
+    wire_bytes: int = 0
+    chunks_sent: int = 0
+    chunks_resent: int = 0
+    nacks: dict[int, int] = field(default_factory=dict)
+    force_full: set[int] = field(default_factory=set)
+    target_streams: int = 1
+    stream_errors: list[str] = field(default_factory=list)
+    all_done: threading.Event = field(default_factory=threading.Event)
+
+    def mark_done(self, i: int) -> bool:
+        with self.lock:
+            if self.done[i]:
+                return False
+            self.done[i] = 1
+            self.remaining -= 1
+            self.acked_raw += self.spans[i][1]
+            if self.remaining == 0:
+                self.all_done.set()
+            return True
+
+    def fail(self, why: str) -> None:
+        with self.lock:
+            if self.failed is None:
+                self.failed = why
+        self.all_done.set()
+
+
+class Sender:
+    def __init__(
+        self,
+        transport: TransportConfig,
+        security: SecurityConfig,
+        *,
+        node_id: str = "node",
+        baselines=None,
+    ) -> None:
+        """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas)."""
+        self.transport = transport
+        self.security = security
+        self.node_id = node_id
+        self.baselines = baselines
+        self._ssl: ssl.SSLContext | None = None
+        if not security.plaintext:
+            from dwcp.security.tls import TLSConfig, client_context
+
+            self._ssl = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
+
+    # -- the whole transfer ------------------------------------------------
+    def send(
+        self,
+        data,
+        host: str,
+        port: int,
+        key: str,
+        *,
+        streams: int | None = None,
+        rate_limit_bytes_per_s: float | None = None,
+        resource_type: str | None = None,
+    ) -> dict[str, Any]:
+        """Send ``data`` (any contiguous buffer: bytes, mmap, numpy array; never copied) as ``key``.
+
+        ``streams``: a fixed stream count, or None for auto.  Returns the
+        transfer's statistics; raises TransferError on failure.
+        """
+        from dwcp.storage import validate_key
+
+        from .ratelimit import RateLimiter, TokenBucket
+
+        key = validate_key(key)
+        t_start = time.perf_counter()
+        mv = memoryview(data)
+        if not mv.c_contiguous:
+            raise ValueError("data must be a contiguous buffer")
+        mv = mv.cast("B")
+        tp = self.transport
+        if streams is not None and not 1 <= streams <= 256:
+            raise ValueError(f"streams must be in [1, 256], got {streams}")
+        size = mv.nbytes
+        digest = _k.xxh3_128(mv)
+        spans = chunk_spans(size, tp.chunk_size_bytes)
+        cache_key = f"{host}:{port}/{key}"
+        base_info = self.baselines.latest(cache_key) if self.baselines is not None else None
+        if base_info is not None and base_info.size != size:
+            base_info = None
+        transfer_id = secrets.randbits(63) | 1
+
+        ctrl, sockinfo = open_stream(host, port, tp, self._ssl)
+        base_map = None
+        try:
+            hello = {"v": 1, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
+                     "chunk_size": tp.chunk_size_bytes, "page_size": C.PAGE_SIZE, "caps": ["xbzrle", "zstd",
+                     "sparse", "pages", "resume"], "node": self.node_id}  # fmt: skip
+            if base_info is not None:
+                hello["base_digest"] = base_info.digest.hex()
+            if streams is not None:
+                hello["streams"] = streams
+            ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, hello))
+            welcome = self._expect(ctrl, C.FRAME_WELCOME)
+            mode = welcome["mode"]
+            have = bytes.fromhex(welcome.get("have", ""))
+            base = None
+            base_digest = None
+            peer_hashes = None
+            if mode == "delta":
+                if base_info is None or welcome.get("base_digest") != base_info.digest.hex():
+                    raise RemoteProtocolError("receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD)
+                base_map = memoryview(self.baselines.open_version(base_info))
+                if _k.xxh3_128(base_map) != base_info.digest:  # our copy rotted: never delta against it
+                    raise TransferError(f"local baseline for {key} fails its digest; remove it and resend")
+                base, base_digest = base_map, base_info.digest
+            elif mode == "pages":
+                base_digest = bytes.fromhex(welcome["base_digest"])
+                peer_hashes = self._recv_page_hashes(ctrl, (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE)
+            elif mode != "full":
+                raise RemoteProtocolError(f"unexpected mode {mode!r} for a send", C.ERR_MALFORMED)
+
+            state = _State(spans, bytearray(len(spans)), 0)
+            todo = []
+            for i in range(len(spans)):
+                if i >> 3 < len(have) and have[i >> 3] >> (i & 7) & 1:
+                    state.done[i] = 1
+                else:
+                    todo.append(i)
+            state.remaining = len(todo)
+            resumed = len(spans) - len(todo)
+            q = _k.MPMCQueue(_pow2(max(2, len(spans))))
+            for i in todo:
+                if not q.try_put(i):
+                    raise LocalProtocolError("work queue full", 0)
+
+            link = tp.link_bytes_per_s or (1e11 if _is_loopback(host) else 0.0)
+            rtt_s = self._rtt_s(ctrl)
+            decisions: list[dict] = []
+            if streams is None:
+                from .controller import StreamController, initial_streams
+
+                n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
+                                          tp.max_streams)  # fmt: skip
+                controller = StreamController(n0, tp.min_streams, tp.max_streams)
+            else:
+                n0, why, controller = streams, f"fixed at {streams} by the caller", None
+            n0 = max(1, min(n0, max(1, len(todo))))
+            decisions.append({"t": 0.0, "streams": n0, "reason": why})
+            state.target_streams = n0
+            if not todo:
+                state.all_done.set()
+
+            encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=link or 1.25e9, compress_workers=max(1, n0)))
+            limiter = None
+            rate = rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
+            if rate:
+                limiter = RateLimiter(TokenBucket(rate, max(tp.chunk_size_bytes, int(rate * 0.05))))
+            bdp = int(link * rtt_s) if link else None
+            ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
+                             base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
+            max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start)
+            if state.failed:
+                raise TransferError(state.failed)
+            ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
+            done = self._expect(ctrl, C.FRAME_DONE)
+            if not done.get("ok") or done.get("digest") != digest.hex():
+                raise TransferError(f"receiver did not confirm {key}: {done}")
+            try:
+                ctrl.send(encode_control(C.FRAME_CLOSE, transfer_id, {"reason": "done"}))
+            except OSError:
+                pass
+        finally:
+            ctrl.close()
+            if base_map is not None:
+                base_map.release()
+        elapsed = time.perf_counter() - t_start
+        if self.baselines is not None:
+            self._remember(cache_key, mv, digest, spans)
+        wire = state.wire_bytes
+        return {
+            "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
+            "wire_bytes": wire, "ratio": (size / wire) if wire else math.inf, "seconds": elapsed,
+            "throughput_bytes_per_s": size / elapsed if elapsed > 0 else 0.0,
+            "chunks": len(spans), "chunks_sent": state.chunks_sent, "chunks_resent": state.chunks_resent,
+            "resumed_chunks": resumed, "stream_errors": state.stream_errors[:20],
+            "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
+                        "auto": controller is not None, "decisions": decisions},
+            "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
+        }  # fmt: skip
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def _expect(fs: FrameSocket, frame_type: int) -> dict:
+        got = fs.recv_control(frame_type)
+        if got is None:
+            raise BrokenResourceError("receiver closed the control stream")
+        h, msg = got
+        if h.frame_type == C.FRAME_ERROR:
+            raise TransferError(f"receiver refused: {msg['message']} (code {msg['code']})")
+        return msg
+
+    @staticmethod
+    def _recv_page_hashes(fs: FrameSocket, npages: int) -> bytes:
+        out = bytearray(npages * 8)
+        got = 0
+        while got < npages:
+            r = fs.recv_control(C.FRAME_PAGE_HASHES)
+            if r is None:
+                raise BrokenResourceError("receiver closed the control stream during page hashes")
+            h, payload = r
+            if h.frame_type == C.FRAME_ERROR:
+                raise TransferError(f"receiver refused: {payload['message']}")
+            first, n = h.offset, len(payload) // 8
+            if first != got or first + n > npages:
+                raise RemoteProtocolError("page hashes out of order or out of range", C.ERR_MALFORMED)
+            out[first * 8 : (first + n) * 8] = payload
+            got += n
+        return bytes(out)
+
+    @staticmethod
+    def _rtt_s(fs: FrameSocket) -> float:
+        from .tcpinfo import read_tcp_info
+
+        try:
+            info = read_tcp_info(fs.sock)
+        except OSError:
+            info = None
+        if info is None or not info.rtt_us:
+            return 0.001
+        return max(info.rtt_us, 1) / 1e6
+
+    def _remember(self, cache_key: str, mv: memoryview, digest: bytes, spans) -> None:
+        """Keep a copy of what was sent as the baseline of the next send of this key."""
+        assert self.baselines is not None
+        if self.baselines.get(cache_key, digest) is not None:
+            return
+        try:
+            p = self.baselines.begin(cache_key, digest, mv.nbytes, self.transport.chunk_size_bytes)
+            with p:
+                for i, (off, ln) in enumerate(spans):
+                    chunk = mv[off : off + ln]
+                    v = p.view(i)
+                    v[:] = chunk
+                    v.release()
+                    p.mark_done(i, _k.xxh3_64(chunk))
+                p.commit()
+        except DWCPError as exc:
+            log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
+
+    def _run_streams(self, ctx: _StreamCtx, n0: int, controller, decisions: list, t_start: float) -> int:
+        tp = self.transport
+        state = ctx.state
+        threads: dict[int, threading.Thread] = {}
+        next_id = 0
+        reconnects = 0
+        max_seen = 0
+        last_t, last_acked = time.monotonic(), 0
+        while True:
+            alive = {i: th for i, th in threads.items() if th.is_alive()}
+            dead = len(threads) - len(alive)
+            threads = alive
+            if dead and not state.all_done.is_set():
+                reconnects += dead
+                if reconnects > tp.max_stream_reconnects:
+                    state.fail(f"gave up after {reconnects} stream failures: {'; '.join(state.stream_errors[-3:])}")
+            if state.all_done.is_set():
+                break
+            while len(threads) < state.target_streams:
+                sid = next_id
+                next_id += 1
+                th = threading.Thread(target=ctx.run, args=(sid,), name=f"dwcp-stream-{sid}", daemon=True)
+                threads[sid] = th
+                th.start()
+            max_seen = max(max_seen, len(threads))
+            state.all_done.wait(0.25 if controller is None else 0.5)
+            now = time.monotonic()
+            if controller is not None and now - last_t >= 0.5:
+                goodput = (state.acked_raw - last_acked) / (now - last_t)
+                last_t, last_acked = now, state.acked_raw
+                d = controller.observe(now, goodput)
+                if d.target_streams != state.target_streams:
+                    state.target_streams = d.target_streams
+                    decisions.append({"t": round(now - t_start, 3), "streams": d.target_streams, "reason": d.reason})
+        for th in threads.values():
+            th.join(tp.stall_timeout_s + 1)
+        return max_seen
+
+
+class _StreamCtx:
+    """What every stream thread of one transfer shares."""
+
+    def __init__(self, sender: Sender, host, port, transfer_id, token, state: _State, q, data, base,
+                 base_digest, peer_hashes, encoder: ChunkEncoder, limiter, bdp, resource_type) -> None:  # fmt: skip
+        self.sender = sender
+        self.host, self.port = host, port
+        self.transfer_id = transfer_id
+        self.token = token
+        self.state = state
+        self.q = q
+        self.data = data
+        self.base = base
+        self.base_digest = base_digest
+        self.peer_hashes = peer_hashes
+        self.encoder = encoder
+        self.limiter = limiter
+        self.bdp = bdp
+        self.resource_type = resource_type
+        self.window = sender.transport.window_chunks
+
+    def run(self, sid: int) -> None:
+        state = self.state
+        inflight: dict[int, int] = {}
+        fs: FrameSocket | None = None
+        try:
+            fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
+            fs.send(encode_control(C.FRAME_HELLO, self.transfer_id,
+                                   {"v": 1, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
+                                    "stream": sid}))  # fmt: skip
+            while not state.failed:
+                while inflight and (len(inflight) >= self.window or fs.readable()):
+                    self._read_ack(fs, inflight)
+                if state.all_done.is_set() or state.failed:
+                    break
+                if sid >= state.target_streams:  # retired by the controller: drain and leave
+                    if not inflight:
+                        break
+                    self._read_ack(fs, inflight)
+                    continue
+                i = self.q.try_get()
+                if i is None:
+                    if inflight:
+                        self._read_ack(fs, inflight)
+                    else:
+                        state.all_done.wait(0.01)  # others may still requeue work
+                    continue
+                if state.done[i]:
+                    continue
+                f = self._encode(i)
+                if self.limiter is not None:
+                    self.limiter.acquire(f.wire_len)
+                inflight[i] = f.wire_len
+                fs.send(f.header, f.payload)
+                with state.lock:
+                    state.wire_bytes += f.wire_len
+                    state.chunks_sent += 1
+            if fs is not None and not state.failed:
+                try:
+                    fs.send(encode_control(C.FRAME_CLOSE, self.transfer_id, {"reason": "done"}))
+                except OSError:
+                    pass
+        except (OSError, DWCPError) as exc:
+            why = f"stream {sid}: {type(exc).__name__}: {exc}"
+            log.info("%s; requeueing %d chunks", why, len(inflight))
+            with state.lock:
+                state.stream_errors.append(why)
+            if isinstance(exc, RemoteProtocolError | LocalProtocolError):
+                state.fail(why)
+        finally:
+            for i in inflight:
+                if not state.done[i]:
+                    self.q.try_put(i)
+                    with state.lock:
+                        state.chunks_resent += 1
+            if fs is not None:
+                fs.close()
+
+    def _encode(self, i: int):
+        off, ln = self.state.spans[i]
+        chunk = self.data[off : off + ln]
+        last = i == len(self.state.spans) - 1
+        enc = self.encoder
+        tid = self.transfer_id
+        if self.peer_hashes is not None:
+            p0, p1 = off // C.PAGE_SIZE, (off + ln + C.PAGE_SIZE - 1) // C.PAGE_SIZE
+            return enc.encode_pages(chunk, self.peer_hashes[p0 * 8 : p1 * 8], self.base_digest, offset=off,
+                                    transfer_id=tid, last=last)  # fmt: skip
+        if self.base is not None and i not in self.state.force_full:
+            return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base[off : off + ln],
+                              base_digest=self.base_digest, last=last, resource_type=self.resource_type)  # fmt: skip
+        return enc.encode(chunk, offset=off, transfer_id=tid, last=last, resource_type=self.resource_type)
+
+    def _read_ack(self, fs: FrameSocket, inflight: dict[int, int]) -> None:
+        state = self.state
+        got = fs.recv_control(C.FRAME_ACK, C.FRAME_NACK)
+        if got is None:
+            raise BrokenResourceError("receiver closed a data stream")
+        h, msg = got
+        if h.frame_type == C.FRAME_ERROR:
+            state.fail(f"receiver: {msg['message']} (code {msg['code']})")
+            raise TransferError(msg["message"])
+        if h.frame_type == C.FRAME_ACK:
+            for c in msg["chunks"]:
+                inflight.pop(c, None)
+                if c < len(state.spans):
+                    state.mark_done(c)
+            return
+        c = msg["chunk"]
+        inflight.pop(c, None)
+        if c >= len(state.spans) or state.done[c]:
+            return
+        if msg["reason"] != "busy":
+            with state.lock:
+                n = state.nacks[c] = state.nacks.get(c, 0) + 1
+                state.chunks_resent += 1
+                if n >= 2:
+                    state.force_full.add(c)
+            if n > 5:
+                state.fail(f"chunk {c} failed verification at the receiver {n} times: {msg['reason']}")
+                return
+            log.warning("chunk %d NACKed (%s); resending", c, msg["reason"])
+        self.q.try_put(c)

@@ -1,0 +1,485 @@
+"""The data port: accepts control and data streams, receives objects into the store.
+
+Theory of operation
+-------------------
+One listening socket; a thread per connection (bounded by
+``listen.max_connections``).  Every connection starts with mutual TLS
+(unless ``security.plaintext``) and one HELLO frame:
+
+* ``role=control, op=send`` opens a transfer: the key is validated, the
+  mode chosen (``delta`` if we hold the proposed baseline digest, ``pages``
+  if we hold another version of the same size -- its per-page hashes go
+  back in PAGE_HASHES frames -- else ``full``), a write lease and a
+  resumable partial taken in the store, and WELCOME returns the mode, a
+  token for the data streams and the bitmap of chunks already held
+  (resume).  The control stream then waits for DONE, commits (whole-object
+  xxh3-128, fsync, atomic rename) and answers DONE or ERROR.
+* ``role=data`` joins a transfer by id + token (and must be the same
+  authenticated peer): DATA frames are bounded, checked against the
+  transfer (id, offset alignment, length), decoded straight into the
+  partial's mapped chunk (raw payloads are received into it with no copy),
+  verified (xxh3-64) and acknowledged; a corrupt chunk is NACKed and comes
+  again.
+* ``role=control, op=fetch`` streams the latest verified version of a key
+  back on the same connection.
+
+Rules
+-----
+1. Any protocol violation (RemoteProtocolError) is logged, answered with an
+   ERROR frame when possible, and closes that connection only; the server
+   keeps serving every other connection.
+2. Nothing replaces a verified version except a commit whose whole-object
+   digest matched; a failed or abandoned transfer leaves a partial that a
+   later send of the same key and content resumes.
+3. A chunk is written by one stream at a time (claims); a chunk already
+   held is received into scratch and dropped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from dwcp._backend import impl as _k
+from dwcp.codec import ChunkDecoder, ChunkEncoder, CodecConfig, chunk_spans
+from dwcp.config import Config
+from dwcp.errors import (
+    BrokenResourceError,
+    DWCPError,
+    IntegrityError,
+    InvalidKeyError,
+    KeyBusyError,
+    RemoteProtocolError,
+    StorageError,
+)
+from dwcp.storage import ObjectStore, validate_key
+from dwcp.wire import consts as C
+from dwcp.wire.messages import encode_control, encode_page_hashes
+
+from .framesock import FrameSocket
+
+__all__ = ["DataServer", "PROTOCOL_VERSION", "CAPS"]
+
+log = logging.getLogger("dwcp.server")
+
+PROTOCOL_VERSION = 1
+CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
+PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
+
+
+@dataclass(eq=False)
+class _Transfer:
+    transfer_id: int
+    key: str
+    digest: bytes
+    size: int
+    chunk_size: int
+    mode: str
+    partial: Any  # type of partial is dwcp.storage.Partial
+    base: memoryview | None
+    base_digest: bytes | None
+    token: str
+    peer: str
+    spans: list[tuple[int, int]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: set[int] = field(default_factory=set)
+    streams: set[FrameSocket] = field(default_factory=set)
+    closed: bool = False
+    chunks_received: int = 0
+    chunks_nacked: int = 0
+    wire_bytes: int = 0
+
+    def claim(self, idx: int) -> bool:
+        with self.lock:
+            if idx in self.claimed:
+                return False
+            self.claimed.add(idx)
+            return True
+
+    def unclaim(self, idx: int) -> None:
+        with self.lock:
+            self.claimed.discard(idx)
+
+
+def _is_set(bitmap, i: int) -> bool:
+    return bool(bitmap[i >> 3] >> (i & 7) & 1)
+
+
+class DataServer:
+    def __init__(self, config: Config, *, store: ObjectStore | None = None) -> None:
+        self.config = config
+        self.store = store or ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
+        self._ssl: ssl.SSLContext | None = None
+        if not config.security.plaintext:
+            from dwcp.security.tls import TLSConfig, server_context
+
+            self._ssl = server_context(
+                TLSConfig(ca_cert=config.security.ca_cert, cert=config.security.cert, key=config.security.key)
+            )
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._slots = threading.BoundedSemaphore(config.listen.max_connections)
+        self._transfers: dict[int, _Transfer] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self.decoder = ChunkDecoder(CodecConfig())
+        self.encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e11))
+        self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
+                      "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
+                      "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._sock is not None
+        return self._sock.getsockname()[:2]
+
+    def start(self) -> tuple[str, int]:
+        lc = self.config.listen
+        fam = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((lc.host, lc.data_port))
+        s.listen(min(lc.max_connections, 1024))
+        self._sock = s
+        self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)
+        self._thread.start()
+        log.info("data port listening on %s:%d (%s)", *self.address, "plaintext" if self._ssl is None else "mTLS")
+        return self.address
+
+    def close(self) -> None:
+        self._closing = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> DataServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def transfers(self) -> list[dict]:
+        with self._lock:
+            ts = list(self._transfers.values())
+        return [{"transfer_id": t.transfer_id, "key": t.key, "mode": t.mode, "size": t.size, "peer": t.peer,
+                 "chunks_received": t.chunks_received, "streams": len(t.streams)} for t in ts]  # fmt: skip
+
+    # -- accepting -------------------------------------------------------
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._closing:
+            try:
+                conn, addr = self._sock.accept()
+            except OSError:
+                if self._closing:
+                    return
+                continue
+            if not self._slots.acquire(blocking=False):
+                log.warning("refusing %s: %d connections already", addr, self.config.listen.max_connections)
+                conn.close()
+                continue
+            self.stats["connections_total"] += 1
+            threading.Thread(target=self._serve, args=(conn, addr), name=f"dwcp-conn-{addr[1]}", daemon=True).start()
+
+    def _serve(self, conn: socket.socket, addr) -> None:
+        with self._lock:
+            self._conns.add(conn)
+        fs: FrameSocket | None = None
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(self.config.transport.connect_timeout_s)
+            if self._ssl is not None:
+                try:
+                    conn = self._ssl.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    self.stats["tls_failures_total"] += 1
+                    log.warning("TLS handshake with %s:%s refused: %s", addr[0], addr[1], exc)
+                    return
+                from dwcp.security.tls import peer_identity
+
+                peer = peer_identity(conn)
+            else:
+                peer = f"plaintext:{addr[0]}"
+            fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s)
+            got = fs.recv_control(C.FRAME_HELLO)
+            if got is None:
+                return
+            h, hello = got
+            if h.frame_type != C.FRAME_HELLO:
+                raise RemoteProtocolError("connection must start with HELLO", C.ERR_BAD_FRAME_TYPE)
+            if hello["v"] != PROTOCOL_VERSION:
+                raise RemoteProtocolError(f"protocol version {hello['v']} not supported", C.ERR_BAD_VERSION)
+            if hello["role"] == "data":
+                self._data(fs, h.transfer_id, hello, peer)
+            elif hello.get("op") == "fetch":
+                self._fetch(fs, h.transfer_id, hello, peer)
+            else:
+                self._control(fs, h.transfer_id, hello, peer)
+        except RemoteProtocolError as exc:
+            self.stats["protocol_errors_total"] += 1
+            log.warning("protocol error from %s:%s: %s (code %d); closing", addr[0], addr[1], exc, exc.code)
+            if fs is not None:
+                self._send_error(fs, exc.code, str(exc))
+        except (BrokenResourceError, OSError) as exc:
+            log.info("connection from %s:%s ended: %s", addr[0], addr[1], exc)
+        except Exception:  # a bug must not take the server down; it is logged loudly
+            log.exception("internal error serving %s:%s", addr[0], addr[1])
+            if fs is not None:
+                self._send_error(fs, 0, "internal error")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+            self._slots.release()
+
+    @staticmethod
+    def _send_error(fs: FrameSocket, code: int, message: str) -> None:
+        try:
+            fs.sock.settimeout(1.0)
+            fs.send(encode_control(C.FRAME_ERROR, 0, {"code": code, "message": message[:1000]}))
+        except (OSError, DWCPError):
+            pass
+
+    # -- control stream: one transfer ------------------------------------
+    def _control(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+        for k in ("key", "size", "digest", "chunk_size"):
+            if k not in hello:
+                raise RemoteProtocolError(f"HELLO for a send lacks {k!r}", C.ERR_MALFORMED)
+        try:
+            key = validate_key(hello["key"])
+        except InvalidKeyError as exc:
+            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        size, chunk_size = hello["size"], hello["chunk_size"]
+        digest = bytes.fromhex(hello["digest"])
+        with self._lock:
+            if transfer_id in self._transfers:
+                raise RemoteProtocolError(f"transfer id {transfer_id} is already in use", C.ERR_BAD_FIELD)
+
+        mode, base_info = "full", None
+        proposed = hello.get("base_digest")
+        if proposed:
+            info = self.store.get(key, bytes.fromhex(proposed))
+            if info is not None and info.size == size:
+                mode, base_info = "delta", info
+        if mode == "full":
+            info = self.store.latest(key)
+            if info is not None and info.size == size and info.digest != digest and size > 0:
+                mode, base_info = "pages", info
+        try:
+            partial = self.store.begin(key, digest, size, chunk_size)
+        except KeyBusyError as exc:
+            self._send_error(fs, C.ERR_BAD_FIELD, str(exc))
+            log.info("send of %s from %s refused: %s", key, peer, exc)
+            return
+        except StorageError as exc:
+            self._send_error(fs, 0, str(exc))
+            log.warning("send of %s from %s failed: %s", key, peer, exc)
+            return
+        t = None
+        try:
+            bad = partial.verify_resumed()
+            if bad:
+                log.warning("%s: %d resumed chunks failed re-verification and will be resent", key, len(bad))
+            base = memoryview(self.store.open_version(base_info)) if base_info is not None else None
+            t = _Transfer(
+                transfer_id, key, digest, size, chunk_size, mode, partial, base,
+                base_info.digest if base_info is not None else None, secrets.token_hex(32), peer,
+                chunk_spans(size, chunk_size),
+            )  # fmt: skip
+            with self._lock:
+                self._transfers[transfer_id] = t
+            have = bytes(partial.have)
+            resumed = sum(bin(b).count("1") for b in have)
+            welcome = {"mode": mode, "token": t.token, "have": have.hex(), "resumed_chunks": resumed,
+                       "node": self.config.node.id}  # fmt: skip
+            if t.base_digest is not None:
+                welcome["base_digest"] = t.base_digest.hex()
+            fs.send(encode_control(C.FRAME_WELCOME, transfer_id, welcome))
+            log.info("transfer %x: %s from %s, %d bytes, mode %s, %d chunks already held",
+                     transfer_id, key, peer, size, mode, resumed)  # fmt: skip
+            if mode == "pages":
+                assert base is not None
+                hashes = _k.page_hashes(base, C.PAGE_SIZE)
+                step = PAGE_HASHES_PER_FRAME * 8
+                for i in range(0, len(hashes), step):
+                    fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
+            got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
+            if got is None or got[0].frame_type != C.FRAME_DONE:
+                log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
+                return
+            missing = partial.missing()
+            if missing:
+                raise RemoteProtocolError(f"DONE with {len(missing)} chunks still missing", C.ERR_TRUNCATED)
+            try:
+                info = partial.commit()
+            except IntegrityError as exc:
+                self.stats["transfers_failed_total"] += 1
+                self._send_error(fs, exc.code, f"{key}: {exc}")
+                log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
+                return
+            except StorageError as exc:
+                self.stats["transfers_failed_total"] += 1
+                self._send_error(fs, 0, f"{key}: {exc}")
+                log.error("transfer %x of %s could not be stored: %s", transfer_id, key, exc)
+                return
+            self.stats["transfers_ok_total"] += 1
+            fs.send(encode_control(C.FRAME_DONE, transfer_id,
+                                   {"ok": True, "digest": info.digest.hex(), "size": info.size,
+                                    "chunks": len(t.spans)}))  # fmt: skip
+            log.info("transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex())
+        finally:
+            if t is not None:
+                with self._lock:
+                    self._transfers.pop(transfer_id, None)
+                    t.closed = True
+                for s in list(t.streams):
+                    try:
+                        s.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                if t.base is not None:
+                    t.base.release()
+            try:
+                partial.abort(keep=True)  # no-op after a commit
+            except DWCPError:
+                pass
+
+    # -- data streams ----------------------------------------------------
+    def _data(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+        with self._lock:
+            t = self._transfers.get(transfer_id)
+        if t is None or not hmac.compare_digest(t.token, hello.get("token", "")) or t.peer != peer:
+            raise RemoteProtocolError(f"data stream for unknown transfer {transfer_id:x}", C.ERR_BAD_FIELD)
+        with t.lock:
+            t.streams.add(fs)
+        try:
+            self._data_loop(fs, t)
+        finally:
+            with t.lock:
+                t.streams.discard(fs)
+
+    def _data_loop(self, fs: FrameSocket, t: _Transfer) -> None:
+        scratch = bytearray()
+        nchunks = len(t.spans)
+        while not t.closed:
+            h = fs.recv_header()
+            if h is None:
+                return
+            if h.frame_type == C.FRAME_CLOSE:
+                fs.skip_payload(h)
+                return
+            if h.frame_type != C.FRAME_DATA:
+                raise RemoteProtocolError(f"frame type {h.frame_type} on a data stream", C.ERR_BAD_FRAME_TYPE)
+            if h.transfer_id != t.transfer_id:
+                raise RemoteProtocolError(
+                    f"chunk of transfer {h.transfer_id:x} on a stream of transfer {t.transfer_id:x}", C.ERR_BAD_FIELD
+                )
+            idx, rem = divmod(h.offset, t.chunk_size)
+            if rem or idx >= nchunks or h.raw_len != t.spans[idx][1]:
+                raise RemoteProtocolError(
+                    f"chunk at offset {h.offset} with {h.raw_len} bytes does not fit the {t.size}-byte object "
+                    f"in {t.chunk_size}-byte chunks", C.ERR_BAD_LENGTH,
+                )  # fmt: skip
+            if h.codec in C.DELTA_CODECS:
+                if t.base is None or h.base_digest != t.base_digest:
+                    raise RemoteProtocolError(
+                        f"delta against {h.base_digest.hex()}, but this transfer's baseline is "
+                        f"{t.base_digest.hex() if t.base_digest else 'none'}", C.ERR_UNKNOWN_BASELINE,
+                    )  # fmt: skip
+            t.wire_bytes += C.HEADER_SIZE + h.enc_len
+            partial = t.partial
+            held = _is_set(partial.have, idx)
+            if held or not t.claim(idx):
+                # a resend of a chunk we hold (ack it again) or are receiving on another stream (busy)
+                fs.skip_payload(h)
+                if held:
+                    fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
+                else:
+                    fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": "busy"}))
+                continue
+            try:
+                view = partial.view(idx)
+                try:
+                    if h.codec == C.CODEC_RAW:
+                        fs.recv_into_exact(view)  # zero copy: socket -> mapped file
+                        if _k.xxh3_64(view) != h.raw_hash:
+                            raise IntegrityError(f"chunk {idx} fails its xxh3-64 check", C.ERR_CHECKSUM)
+                    else:
+                        if len(scratch) < h.enc_len:
+                            scratch = bytearray(h.enc_len)
+                        pmv = memoryview(scratch)[: h.enc_len]
+                        fs.recv_into_exact(pmv)
+                        off, ln = t.spans[idx]
+                        base = t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
+                        self.decoder.decode(h, pmv, base=base, out=view)
+                finally:
+                    view.release()
+            except IntegrityError as exc:
+                t.unclaim(idx)
+                t.chunks_nacked += 1
+                self.stats["chunks_nacked_total"] += 1
+                log.warning("transfer %x: %s; asking for it again", t.transfer_id, exc)
+                fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": str(exc)[:200]}))
+                continue
+            except BaseException:
+                t.unclaim(idx)
+                raise
+            partial.mark_done(idx, h.raw_hash)
+            t.unclaim(idx)
+            t.chunks_received += 1
+            self.stats["chunks_received_total"] += 1
+            self.stats["bytes_wire_total"] += C.HEADER_SIZE + h.enc_len
+            self.stats["bytes_raw_total"] += h.raw_len
+            fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
+
+    # -- fetch: stream the latest version back ----------------------------
+    def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+        try:
+            key = validate_key(hello.get("key", ""))
+        except InvalidKeyError as exc:
+            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        info = self.store.latest(key)
+        if info is None:
+            self._send_error(fs, C.ERR_BAD_FIELD, f"no verified version of {key!r} here")
+            return
+        chunk_size = self.config.transport.chunk_size_bytes
+        fs.send(encode_control(C.FRAME_WELCOME, transfer_id, {"mode": "fetch", "size": info.size,
+                "digest": info.digest.hex(), "chunk_size": chunk_size, "node": self.config.node.id}))  # fmt: skip
+        data = memoryview(self.store.open_version(info)) if info.size else memoryview(b"")
+        try:
+            spans = chunk_spans(info.size, chunk_size)
+            for i, (off, ln) in enumerate(spans):
+                f = self.encoder.encode(data[off : off + ln], offset=off, transfer_id=transfer_id,
+                                        last=i == len(spans) - 1)  # fmt: skip
+                fs.send(f.header, f.payload)
+            fs.send(encode_control(C.FRAME_DONE, transfer_id, {"ok": True, "digest": info.digest.hex(),
+                                                               "size": info.size}))  # fmt: skip
+        finally:
+            data.release()
+        log.info("fetch of %s (%d bytes) by %s", key, info.size, peer)
+        fs.recv_header()  # wait for the client to close (or its CLOSE frame)
+
