@@ -110,7 +110,7 @@ def zstd_decompress(payload, max_size: int, exact: bool, zdict=None) -> bytes:
     return out
 
 
-def looks_incompressible(data, *, samples: int = 4, sample_bytes: int = 2048, threshold: float = 0.95) -> bool:
+def looks_incompressible(data, *, samples: int = 8, sample_bytes: int = 1024, threshold: float = 0.95) -> bool:
     """Decide cheaply (a few KiB compressed at a fast level) whether zstd is futile.
 
     Samples are spread evenly over ``data``; the verdict is "incompressible"

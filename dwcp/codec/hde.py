@@ -54,8 +54,8 @@ class HDEEncoder:
         chunk_size_bytes: int = 4 << 20,
         workers: int = 1,
     ) -> None:
-        self.chunks = chunk_encoder or ChunkEncoder()
-        self.baselines = baselines or BaselineStore()
+        self.chunks = chunk_encoder if chunk_encoder is not None else ChunkEncoder()
+        self.baselines = baselines if baselines is not None else BaselineStore()
         ps = self.chunks.config.page_size_bytes
         if chunk_size_bytes < ps or chunk_size_bytes % ps or chunk_size_bytes > C.MAX_RAW_LEN:
             raise ConfigError(
@@ -119,7 +119,7 @@ class HDEEncoder:
 
 class HDEDecoder:
     def __init__(self, chunk_decoder: ChunkDecoder | None = None) -> None:
-        self.chunks = chunk_decoder or ChunkDecoder()
+        self.chunks = chunk_decoder if chunk_decoder is not None else ChunkDecoder()
 
     def decode_object(self, frames: Iterable, size: int, digest: bytes, *, base=None, out=None):
         """Apply every frame (objects with ``header`` and ``payload``) into ``out``; verify the whole.

@@ -127,12 +127,12 @@ class ChunkEncoder:
         dictionaries: DictionaryStore | None = None,
         metrics: CodecMetrics | None = None,
     ) -> None:
-        self.config = config or CodecConfig()
-        self.levels = levels or LevelController(
+        self.config = config if config is not None else CodecConfig()
+        self.levels = levels if levels is not None else LevelController(
             self.config.link_rate_bytes_per_s, self.config.compress_workers, fixed_level=self.config.zstd_level
         )
-        self.dictionaries = dictionaries or DictionaryStore()
-        self.metrics = metrics or CodecMetrics()
+        self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
+        self.metrics = metrics if metrics is not None else CodecMetrics()
 
     # -- public ----------------------------------------------------------
     def encode(
@@ -266,9 +266,9 @@ class ChunkDecoder:
         dictionaries: DictionaryStore | None = None,
         metrics: CodecMetrics | None = None,
     ) -> None:
-        self.config = config or CodecConfig()
-        self.dictionaries = dictionaries or DictionaryStore()
-        self.metrics = metrics or CodecMetrics()
+        self.config = config if config is not None else CodecConfig()
+        self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
+        self.metrics = metrics if metrics is not None else CodecMetrics()
 
     def decode(self, header, payload, *, base=None, out=None):
         """Decode one DATA frame's payload; returns ``out`` (or a new bytearray) filled and verified.

@@ -114,7 +114,7 @@ def _is_set(bitmap, i: int) -> bool:
 class DataServer:
     def __init__(self, config: Config, *, store: ObjectStore | None = None) -> None:
         self.config = config
-        self.store = store or ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
+        self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self._ssl: ssl.SSLContext | None = None
         if not config.security.plaintext:
             from dwcp.security.tls import TLSConfig, server_context
