@@ -36,7 +36,7 @@ def _impls() -> list[str]:
     return ["ref", "fast"]
 
 
-@pytest.fixture(params=_impls())
+@pytest.fixture(scope="session", params=_impls())
 def impl(request: pytest.FixtureRequest):
     """Every kernel of one backend, as a namespace (see dwcp._backend.load)."""
     from dwcp._backend import load
