@@ -3,12 +3,12 @@
 ``FaultProxy(target)`` listens on 127.0.0.1 (port 0) and relays every
 connection to ``target``; tests change its behaviour while it runs:
 
-* ``corrupt_after(n, count=1)``: flip one bit in the client->server byte
-  stream at absolute offset n of the next connection(s) (a corrupted chunk);
-* ``cut_after(n, count=1)``: close a connection (both ways) after it relayed n
-  client->server bytes (a stream dies mid-transfer);
-* ``stall_after(n, count=1)``: stop relaying after n bytes, keeping the sockets
-  open (a stalled stream);
+* ``corrupt_after(n, conn=k)``: flip one bit at client->server offset n of
+  the k-th connection (1-based; a corrupted chunk);
+* ``cut_after(n, conn=k)``: close the k-th connection (both ways) after it
+  relayed n client->server bytes (a stream dies mid-transfer);
+* ``stall_after(n, conn=k)``: stop relaying on the k-th connection after n
+  bytes, keeping its sockets open (a stalled stream);
 * ``pause()`` / ``resume()``: stop forwarding on every connection.
 
 Everything is bounded: relays stop when either side closes or ``close()``
@@ -28,7 +28,7 @@ __all__ = ["FaultProxy"]
 class _Fault:
     kind: str  # "corrupt" | "cut" | "stall"
     at: int
-    count: int
+    conn: int
 
 
 class FaultProxy:
@@ -53,17 +53,17 @@ class FaultProxy:
         self._threads.append(t)
 
     # -- fault control -------------------------------------------------------
-    def corrupt_after(self, n: int, count: int = 1) -> None:
+    def corrupt_after(self, n: int, conn: int) -> None:
         with self._lock:
-            self._faults.append(_Fault("corrupt", n, count))
+            self._faults.append(_Fault("corrupt", n, conn))
 
-    def cut_after(self, n: int, count: int = 1) -> None:
+    def cut_after(self, n: int, conn: int) -> None:
         with self._lock:
-            self._faults.append(_Fault("cut", n, count))
+            self._faults.append(_Fault("cut", n, conn))
 
-    def stall_after(self, n: int, count: int = 1) -> None:
+    def stall_after(self, n: int, conn: int) -> None:
         with self._lock:
-            self._faults.append(_Fault("stall", n, count))
+            self._faults.append(_Fault("stall", n, conn))
 
     def pause(self) -> None:
         self._running.clear()
@@ -71,12 +71,12 @@ class FaultProxy:
     def resume(self) -> None:
         self._running.set()
 
-    def _take_fault(self) -> _Fault | None:
+    def _take_fault(self, conn: int) -> _Fault | None:
         with self._lock:
             for f in self._faults:
-                if f.count > 0:
-                    f.count -= 1
-                    return _Fault(f.kind, f.at, 1)
+                if f.conn == conn:
+                    self._faults.remove(f)
+                    return f
         return None
 
     # -- relaying ----------------------------------------------------------
@@ -93,7 +93,7 @@ class FaultProxy:
                 c.close()
                 continue
             self.connections += 1
-            fault = self._take_fault()
+            fault = self._take_fault(self.connections)
             with self._lock:
                 self._socks += [c, s]
             for src, dst, f in ((c, s, fault), (s, c, None)):

@@ -114,7 +114,7 @@ def run_demo(args) -> int:
         dirty_version(v1, fraction=args.dirty, seed=args.seed + 1).tofile(paths[1])
         del v1
         rows = []
-        for i, path in enumerate(paths):
+        for path in paths:
             say(f"dwcp demo: node-a sends {os.path.basename(path)} to node-b as key demo/vm ...")
             r = request(sock_a, {"op": "send", "path": path, "to": f"127.0.0.1:{port_b}", "key": "demo/vm",
                                  "streams": args.streams})  # fmt: skip

@@ -455,8 +455,10 @@ class _StreamCtx:
             log.info("%s; requeueing %d chunks", why, len(inflight))
             with state.lock:
                 state.stream_errors.append(why)
-            if isinstance(exc, RemoteProtocolError | LocalProtocolError):
-                state.fail(why)
+            # A stream-level failure (including the receiver closing this stream
+            # over a protocol error, e.g. a header corrupted in flight) costs
+            # this stream only: its chunks are requeued and the monitor opens a
+            # replacement, within the reconnect budget.
         finally:
             for i in inflight:
                 if not state.done[i]:
@@ -488,8 +490,7 @@ class _StreamCtx:
             raise BrokenResourceError("receiver closed a data stream")
         h, msg = got
         if h.frame_type == C.FRAME_ERROR:
-            state.fail(f"receiver: {msg['message']} (code {msg['code']})")
-            raise TransferError(msg["message"])
+            raise BrokenResourceError(f"receiver closed the stream: {msg['message']} (code {msg['code']})")
         if h.frame_type == C.FRAME_ACK:
             for c in msg["chunks"]:
                 inflight.pop(c, None)

@@ -37,7 +37,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "v": (int, True),
         "role": (str, True),  # "control" | "data"
         "op": (str, False),  # "send" | "fetch" (control)
-        "transfer_id": (int, True),
+        "transfer_id": (int, False),
         "key": (str, False),
         "size": (int, False),
         "digest": (str, False),
@@ -96,7 +96,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"field {k!r} must be {typ.__name__}")
         if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 1 << 64:
             raise err(f"field {k!r}={v} out of range")
-        if isinstance(v, str) and len(v) > 4096:
+        if isinstance(v, str) and len(v) > 4096 and k != "have":
             raise err(f"field {k!r} is too long")
     for k, (_, required) in schema.items():
         if required and k not in obj:

@@ -1,0 +1,463 @@
+"""The receiver's object store: verified versions, resumable partials, leases.
+
+Layout under ``data_dir`` (0700)::
+
+    objects/<escaped key>/<digest hex>.obj   verified versions (read-only files)
+    objects/<escaped key>/LATEST             digest hex of the newest, replaced atomically
+    partial/<escaped key>.<digest hex>.part  an object being received, preallocated
+    partial/<escaped key>.<digest hex>.state its resume record (below)
+
+Rules
+-----
+1. Keys are validated (``validate_key``) and escaped into ONE file name
+   (percent-encoding), so no key can name a path outside the data directory.
+2. Nothing replaces a verified version but ``Partial.commit``: every chunk
+   done, the whole-object xxh3-128 equal to the announced digest, the file
+   fsynced, renamed into ``objects/``, the directory fsynced, then LATEST
+   replaced (write, fsync, rename, fsync dir).  A crash at any point leaves
+   the previous version intact and LATEST pointing at it.
+3. ``.state`` = a 64-byte header (magic, version, size, chunk size, digest)
+   + one 16-byte record per chunk: u64 xxh3-64 of the chunk, u8 done, 7 bytes
+   padding.  ``mark_done`` writes the record with pwrite after the chunk's
+   bytes are in the mapped .part (no fsync per chunk: a kill -9 keeps the
+   page cache; commit fsyncs).  On resume, ``verify_resumed`` re-hashes every
+   chunk marked done and forgets those that do not match their record.
+4. One writer per key at a time (an in-process lease); a second ``begin`` on
+   a leased key raises KeyBusyError.  Leases die with their Partial.
+5. Any OSError while writing becomes StorageError (raised from it) with a
+   one-line message; the previous version is untouched.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+import threading
+import urllib.parse
+from dataclasses import dataclass
+
+import xxhash
+
+from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
+from dwcp.wire.consts import ERR_CHECKSUM
+
+__all__ = ["validate_key", "escape_key", "unescape_key", "ObjectStore", "Partial", "VersionInfo"]
+
+MAX_KEY_BYTES = 255
+_KEY_OK = re.compile(r"^[A-Za-z0-9._\-/:@+=]+$")
+_STATE_MAGIC = b"DWCPSTA1"
+_STATE_HDR = struct.Struct("<8sQQ16s24x")  # magic, size, chunk_size, digest -> 64 bytes
+_REC = struct.Struct("<QB7x")  # xxh3-64, done
+assert _STATE_HDR.size == 64 and _REC.size == 16
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a valid object key, else raise InvalidKeyError saying why."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("key must be a non-empty string")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"key is longer than {MAX_KEY_BYTES} bytes")
+    if not _KEY_OK.match(key):
+        bad = sorted({c for c in key if not _KEY_OK.match(c)})
+        raise InvalidKeyError(f"key {key!r} has characters outside [A-Za-z0-9._-/:@+=]: {bad!r}")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"key {key!r} must not start with '/'")
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            raise InvalidKeyError(f"key {key!r} has an empty, '.' or '..' path segment")
+    return key
+
+
+def escape_key(key: str) -> str:
+    return urllib.parse.quote(validate_key(key), safe="")
+
+
+def unescape_key(name: str) -> str:
+    return urllib.parse.unquote(name)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    key: str
+    digest: bytes
+    size: int
+    path: str
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ObjectStore:
+    def __init__(self, data_dir, *, keep_versions: int = 2) -> None:
+        if keep_versions < 1:
+            raise ValueError("keep_versions must be >= 1")
+        self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.keep_versions = keep_versions
+        self._objects = os.path.join(self.data_dir, "objects")
+        self._partial = os.path.join(self.data_dir, "partial")
+        try:
+            for d in (self.data_dir, self._objects, self._partial):
+                os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {self.data_dir}: {exc.strerror}") from exc
+        self._leases: dict[str, Partial] = {}
+        self._lock = threading.Lock()
+
+    # -- verified versions -------------------------------------------------
+    def _key_dir(self, key: str) -> str:
+        return os.path.join(self._objects, escape_key(key))
+
+    def latest(self, key: str) -> VersionInfo | None:
+        d = self._key_dir(key)
+        try:
+            with open(os.path.join(d, "LATEST")) as f:
+                hexd = f.read().strip()
+        except FileNotFoundError:
+            return None
+        return self.get(key, bytes.fromhex(hexd))
+
+    def get(self, key: str, digest: bytes) -> VersionInfo | None:
+        path = os.path.join(self._key_dir(key), bytes(digest).hex() + ".obj")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return VersionInfo(key, bytes(digest), st.st_size, path)
+
+    def versions(self, key: str) -> list[VersionInfo]:
+        d = self._key_dir(key)
+        try:
+            names = [n for n in os.listdir(d) if n.endswith(".obj")]
+        except FileNotFoundError:
+            return []
+        infos = []
+        for n in names:
+            p = os.path.join(d, n)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                continue
+            infos.append((st.st_mtime_ns, VersionInfo(key, bytes.fromhex(n[:-4]), st.st_size, p)))
+        latest = self.latest(key)
+        infos.sort(key=lambda t: (latest is not None and t[1].digest == latest.digest, t[0]), reverse=True)
+        return [i for _, i in infos]
+
+    def keys(self) -> list[str]:
+        try:
+            return sorted(unescape_key(n) for n in os.listdir(self._objects)
+                          if os.path.exists(os.path.join(self._objects, n, "LATEST")))  # fmt: skip
+        except FileNotFoundError:
+            return []
+
+    def open_version(self, info: VersionInfo):
+        """A read-only mapping of a verified version (b"" for an empty one)."""
+        if info.size == 0:
+            return b""
+        with open(info.path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+
+    # -- receiving -----------------------------------------------------------
+    def begin(self, key: str, digest: bytes, size: int, chunk_size: int) -> Partial:
+        validate_key(key)
+        if len(digest) != 16:
+            raise ValueError("digest must be 16 bytes (xxh3-128)")
+        if size < 0 or chunk_size <= 0:
+            raise ValueError("size must be >= 0 and chunk_size > 0")
+        with self._lock:
+            if key in self._leases:
+                raise KeyBusyError(f"key {key!r} is busy: another transfer is writing it; retry later")
+            p = Partial(self, key, bytes(digest), size, chunk_size)
+            self._leases[key] = p
+        try:
+            p._open()
+        except BaseException:
+            with self._lock:
+                self._leases.pop(key, None)
+            raise
+        return p
+
+    def _release(self, p: Partial) -> None:
+        with self._lock:
+            if self._leases.get(p.key) is p:
+                del self._leases[p.key]
+
+    def gc_partials(self, max_age_s: float, now: float) -> list[str]:
+        """Remove partials (not leased) untouched for ``max_age_s``; returns their paths."""
+        removed = []
+        with self._lock:
+            leased = {p.base for p in self._leases.values()}
+        for n in os.listdir(self._partial):
+            if not n.endswith(".state"):
+                continue
+            base = os.path.join(self._partial, n[: -len(".state")])
+            if base in leased:
+                continue
+            try:
+                age = now - os.stat(base + ".state").st_mtime
+            except FileNotFoundError:
+                continue
+            if age > max_age_s:
+                for ext in (".part", ".state"):
+                    try:
+                        os.unlink(base + ext)
+                    except FileNotFoundError:
+                        pass
+                removed.append(base)
+        return removed
+
+    def _publish(self, p: Partial) -> VersionInfo:
+        d = self._key_dir(p.key)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        final = os.path.join(d, p.digest.hex() + ".obj")
+        os.replace(p.base + ".part", final)
+        _fsync_dir(d)
+        tmp = os.path.join(d, ".LATEST.tmp")
+        with open(tmp, "w") as f:
+            f.write(p.digest.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(d, "LATEST"))
+        _fsync_dir(d)
+        info = VersionInfo(p.key, p.digest, p.size, final)
+        self._prune(p.key, keep={p.digest})
+        return info
+
+    def _prune(self, key: str, keep: set[bytes]) -> None:
+        vs = self.versions(key)  # newest (LATEST) first, then by age
+        for v in vs[self.keep_versions :]:
+            if v.digest in keep:
+                continue
+            try:
+                os.unlink(v.path)
+            except FileNotFoundError:
+                pass
+
+
+class Partial:
+    """An object being received; see the module rules.  Thread-safe per chunk."""
+
+    def __init__(self, store: ObjectStore, key: str, digest: bytes, size: int, chunk_size: int) -> None:
+        self.store = store
+        self.key = key
+        self.digest = digest
+        self.size = size
+        self.chunk_size = chunk_size
+        self.nchunks = (size + chunk_size - 1) // chunk_size
+        self.base = os.path.join(store._partial, f"{escape_key(key)}.{digest.hex()}")
+        self._fd = -1
+        self._sfd = -1
+        self._map: mmap.mmap | None = None
+        self._have = bytearray((self.nchunks + 7) // 8)
+        self._hashes = [0] * self.nchunks
+        self._lock = threading.Lock()
+        self._closed = False
+        self.resumed = 0
+
+    # -- opening / resuming --------------------------------------------------
+    def _open(self) -> None:
+        part, state = self.base + ".part", self.base + ".state"
+        try:
+            resumed = self._try_resume(part, state)
+            if not resumed:
+                for path in (part, state):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                self._fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if self.size:
+                    os.posix_fallocate(self._fd, 0, self.size)
+                self._sfd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                hdr = _STATE_HDR.pack(_STATE_MAGIC, self.size, self.chunk_size, self.digest)
+                os.pwrite(self._sfd, hdr + bytes(_REC.size * self.nchunks), 0)
+            if self.size:
+                self._map = mmap.mmap(self._fd, self.size)
+        except OSError as exc:
+            self._close_fds()
+            for path in (part, state):
+                try:
+                    if not self.resumed:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            raise StorageError(
+                f"cannot store {self.key!r}: {exc.strerror or exc} (need {self.size} bytes in {self.store.data_dir})"
+            ) from exc
+
+    def _try_resume(self, part: str, state: str) -> bool:
+        try:
+            sfd = os.open(state, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            raw = os.pread(sfd, _STATE_HDR.size + _REC.size * self.nchunks, 0)
+            magic, size, chunk_size, digest = _STATE_HDR.unpack_from(raw.ljust(64, b"\0"))
+            if (magic, size, chunk_size, digest) != (_STATE_MAGIC, self.size, self.chunk_size, self.digest) or len(
+                raw
+            ) != _STATE_HDR.size + _REC.size * self.nchunks:
+                os.close(sfd)
+                return False
+            fd = os.open(part, os.O_RDWR | os.O_CLOEXEC)
+            if os.fstat(fd).st_size != self.size:
+                os.close(fd)
+                os.close(sfd)
+                return False
+        except (FileNotFoundError, struct.error):
+            os.close(sfd)
+            return False
+        self._fd, self._sfd = fd, sfd
+        for i in range(self.nchunks):
+            h, done = _REC.unpack_from(raw, _STATE_HDR.size + _REC.size * i)
+            if done == 1:
+                self._have[i >> 3] |= 1 << (i & 7)
+                self._hashes[i] = h
+                self.resumed += 1
+        return True
+
+    # -- chunks --------------------------------------------------------------
+    @property
+    def have(self) -> bytes:
+        """Bitmap of chunks held: bit i (LSB first within each byte) = chunk i."""
+        with self._lock:
+            return bytes(self._have)
+
+    def is_done(self, i: int) -> bool:
+        return bool(self._have[i >> 3] >> (i & 7) & 1)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.nchunks) if not self.is_done(i)]
+
+    def _span(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < self.nchunks:
+            raise IndexError(f"chunk {i} outside [0, {self.nchunks})")
+        off = i * self.chunk_size
+        return off, min(self.chunk_size, self.size - off)
+
+    def view(self, i: int) -> memoryview:
+        """A writable zero-copy view of chunk ``i`` in the mapped .part file."""
+        self._check()
+        off, ln = self._span(i)
+        assert self._map is not None
+        return memoryview(self._map)[off : off + ln]
+
+    def write(self, i: int, data) -> None:
+        self._check()
+        off, ln = self._span(i)
+        mv = memoryview(data).cast("B")
+        if mv.nbytes != ln:
+            raise ValueError(f"chunk {i} has {ln} bytes, got {mv.nbytes}")
+        try:
+            os.pwrite(self._fd, mv, off)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
+
+    def mark_done(self, i: int, raw_hash: int) -> None:
+        self._check()
+        self._span(i)
+        try:
+            os.pwrite(self._sfd, _REC.pack(raw_hash, 1), _STATE_HDR.size + _REC.size * i)
+        except OSError as exc:
+            raise StorageError(f"cannot record progress of {self.key!r}: {exc.strerror}") from exc
+        with self._lock:
+            self._have[i >> 3] |= 1 << (i & 7)
+            self._hashes[i] = raw_hash
+
+    def unmark(self, i: int) -> None:
+        self._check()
+        self._span(i)
+        with self._lock:
+            self._have[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        os.pwrite(self._sfd, _REC.pack(0, 0), _STATE_HDR.size + _REC.size * i)
+
+    def verify_resumed(self) -> list[int]:
+        """Re-hash chunks marked done (after a resume); forget those that do not match."""
+        bad = []
+        for i in range(self.nchunks):
+            if not self.is_done(i):
+                continue
+            v = self.view(i)
+            try:
+                ok = xxhash.xxh3_64_intdigest(v) == self._hashes[i]
+            finally:
+                v.release()
+            if not ok:
+                self.unmark(i)
+                bad.append(i)
+        return bad
+
+    # -- finishing -------------------------------------------------------------
+    def commit(self) -> VersionInfo:
+        self._check()
+        missing = self.missing()
+        if missing:
+            raise StorageError(f"cannot commit {self.key!r}: {len(missing)} chunks missing")
+        whole = xxhash.xxh3_128_digest(self._map) if self._map is not None else xxhash.xxh3_128_digest(b"")
+        if whole != self.digest:
+            self.abort(keep=False)
+            raise IntegrityError(
+                f"{self.key!r}: the received object's xxh3-128 {whole.hex()} is not the announced "
+                f"{self.digest.hex()}; previous version kept",
+                ERR_CHECKSUM,
+            )
+        try:
+            if self._map is not None:
+                self._map.flush()
+            os.fsync(self._fd)
+            self._close_fds()
+            info = self.store._publish(self)
+            try:
+                os.unlink(self.base + ".state")
+            except FileNotFoundError:
+                pass
+        except OSError as exc:
+            self.abort(keep=True)
+            raise StorageError(f"cannot commit {self.key!r}: {exc.strerror}") from exc
+        self._closed = True
+        self.store._release(self)
+        return info
+
+    def abort(self, keep: bool = True) -> None:
+        """Give up the lease; keep the partial for a later resume unless ``keep`` is False."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_fds()
+        if not keep:
+            for ext in (".part", ".state"):
+                try:
+                    os.unlink(self.base + ext)
+                except FileNotFoundError:
+                    pass
+        self.store._release(self)
+
+    def _close_fds(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive; the mapping goes with it
+                pass
+            self._map = None
+        for attr in ("_fd", "_sfd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+    def _check(self) -> None:
+        if self._closed:
+            from dwcp.errors import ClosedResourceError
+
+            raise ClosedResourceError(f"partial of {self.key!r} is closed")
+
+    def __enter__(self) -> Partial:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort(keep=True)

@@ -1,0 +1,1 @@
+"""The multi-stream transport (AMST): streams, socket tuning, rate limit, stream controller."""

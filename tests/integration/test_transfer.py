@@ -1,0 +1,263 @@
+"""Real transfers on 127.0.0.1: modes, streams, integrity, resume, adversity."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dwcp._backend import impl as K
+from dwcp._testbase.fuzzer import FaultProxy
+from dwcp._testbase.images import dirty_version, vm_image
+from dwcp._testbase.transfer import server_config
+from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.storage import ObjectStore
+from dwcp.transport.fetch import fetch
+from dwcp.transport.sender import Sender, TransferError
+from dwcp.transport.server import DataServer
+from dwcp.wire import consts as C
+from dwcp.wire.messages import encode_control
+
+PLAIN = SecurityConfig(plaintext=True)
+
+
+def tx_config(**kw) -> TransportConfig:
+    base = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": 1 << 20, "max_streams": 8}
+    base.update(kw)
+    return TransportConfig(**base)
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = DataServer(server_config(tmp_path / "rx"))
+    srv.start()
+    yield srv
+    srv.close()
+
+
+def stored(srv: DataServer, key: str) -> bytes:
+    info = srv.store.latest(key)
+    assert info is not None
+    return bytes(srv.store.open_version(info))
+
+
+def test_full_then_delta_then_fetch(server, tmp_path, image):
+    sender = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
+    host, port = server.address
+    r1 = sender.send(image, host, port, "vm/a", streams=3)
+    assert r1["mode"] == "full" and r1["verified"] and r1["streams"]["max"] <= 3
+    assert r1["wire_bytes"] < image.nbytes * 0.6  # zero pages elided
+    assert stored(server, "vm/a") == image.tobytes()
+    v2 = dirty_version(image, fraction=0.05, seed=9)
+    r2 = sender.send(v2, host, port, "vm/a", streams=2)
+    assert r2["mode"] == "delta"
+    assert r2["wire_bytes"] < v2.nbytes / 100
+    assert stored(server, "vm/a") == v2.tobytes()
+    # the previous version stays as the next baseline
+    assert len(server.store.versions("vm/a")) == 2
+    out = tmp_path / "fetched.img"
+    f = fetch("vm/a", host, port, str(out), tx_config(), PLAIN)
+    assert f["verified"] and out.read_bytes() == v2.tobytes()
+
+
+def test_pages_mode_when_the_sender_has_no_baseline(server, tmp_path, image):
+    host, port = server.address
+    Sender(tx_config(), PLAIN).send(image, host, port, "vm/p", streams=2)
+    v2 = dirty_version(image, fraction=0.05, seed=10)
+    r = Sender(tx_config(), PLAIN).send(v2, host, port, "vm/p", streams=2)  # no baselines: pages
+    assert r["mode"] == "pages"
+    dirty_pages = int((v2.reshape(-1, 4096) != image.reshape(-1, 4096)).any(1).sum())
+    assert r["wire_bytes"] < (dirty_pages + 64) * 4096
+    assert stored(server, "vm/p") == v2.tobytes()
+
+
+def test_auto_streams_reports_its_reasons(server, image):
+    host, port = server.address
+    r = Sender(tx_config(), PLAIN).send(image, host, port, "vm/auto")
+    s = r["streams"]
+    assert s["auto"] and s["decisions"] and s["decisions"][0]["reason"]
+    assert 1 <= s["initial"] <= 8
+
+
+def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):
+    data = np.random.default_rng(1).integers(0, 256, 4 << 20, dtype=np.uint8)  # raw chunks
+    with FaultProxy(server.address) as proxy:
+        # connection 1 is the control stream, 2 the only data stream: flip a bit inside chunk 1's payload
+        proxy.corrupt_after(64 + 100 + (1 << 20) // 2, conn=2)
+        r = Sender(tx_config(), PLAIN).send(data, *proxy.address, "raw/x", streams=1)
+        assert proxy.faults_fired == 1
+    assert r["chunks_resent"] >= 1 and server.stats["chunks_nacked_total"] >= 1
+    assert stored(server, "raw/x") == data.tobytes()
+
+
+def test_killed_stream_is_replaced_and_its_chunks_requeued(server):
+    data = np.random.default_rng(2).integers(0, 256, 8 << 20, dtype=np.uint8)
+    with FaultProxy(server.address) as proxy:
+        proxy.cut_after(3 << 20, conn=2)
+        r = Sender(tx_config(window_chunks=2), PLAIN).send(data, *proxy.address, "raw/cut", streams=2)
+        assert proxy.faults_fired == 1
+    assert r["stream_errors"]
+    assert r["chunks_sent"] <= r["chunks"] + 2 * 2  # at most the window of the dead stream again
+    assert stored(server, "raw/cut") == data.tobytes()
+
+
+def test_stalled_stream_is_detected(server):
+    data = np.random.default_rng(3).integers(0, 256, 4 << 20, dtype=np.uint8)
+    with FaultProxy(server.address) as proxy:
+        proxy.stall_after(1 << 20, conn=2)
+        t0 = time.monotonic()
+        r = Sender(tx_config(stall_timeout_s=1.0), PLAIN).send(data, *proxy.address, "raw/stall", streams=2)
+        assert time.monotonic() - t0 < 20
+    assert any("timed out" in e or "Timeout" in e for e in r["stream_errors"])
+    assert stored(server, "raw/stall") == data.tobytes()
+
+
+def test_mutual_tls(tmp_path, pki, image):
+    rx, tx, mallory = pki["rx"], pki["tx"], pki["mallory"]
+    srv = DataServer(server_config(tmp_path / "rx", plaintext=False, certs=rx))
+    srv.start()
+    try:
+        host, port = srv.address
+        good = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
+        r = Sender(tx_config(), good).send(image, host, port, "tls/ok", streams=2)
+        assert r["tls"] and r["verified"]
+        assert stored(srv, "tls/ok") == image.tobytes()
+        # a node of another CA is refused before any data is accepted
+        bad = SecurityConfig(ca_cert=tx.ca_cert, cert=mallory.cert, key=mallory.key)
+        with pytest.raises(Exception):  # noqa: B017 - ssl.SSLError or a reset, depending on timing
+            Sender(tx_config(connect_timeout_s=3.0), bad).send(image, host, port, "tls/evil", streams=1)
+        assert srv.stats["tls_failures_total"] >= 1
+        assert srv.store.latest("tls/evil") is None
+        # a plaintext client gets nothing
+        with pytest.raises(Exception):  # noqa: B017
+            Sender(tx_config(connect_timeout_s=3.0), PLAIN).send(b"x" * 4096, host, port, "tls/plain", streams=1)
+        assert srv.store.latest("tls/plain") is None
+    finally:
+        srv.close()
+
+
+def _raw_conn(addr) -> socket.socket:
+    s = socket.create_connection(addr, timeout=5)
+    return s
+
+
+def _closed_by_peer(s: socket.socket) -> bytes:
+    """Read until the server closes; returns what it said (an ERROR frame, usually)."""
+    out = b""
+    s.settimeout(5)
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out
+            out += b
+    except (ConnectionResetError, TimeoutError):
+        return out
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x00" * 64,
+        os.urandom(4096),
+        b"DWCF" + os.urandom(60),
+    ],
+)
+def test_any_bytes_on_the_data_port(server, image, junk):
+    s = _raw_conn(server.address)
+    s.sendall(junk)
+    _closed_by_peer(s)
+    s.close()
+    assert server.stats["protocol_errors_total"] >= 1 or server.stats["connections_total"] >= 1
+    # the daemon keeps serving
+    r = Sender(tx_config(), PLAIN).send(image, *server.address, "after/junk", streams=1)
+    assert r["verified"]
+
+
+def test_absurd_lengths_and_replayed_chunks(server):
+    # a syntactically valid header with an absurd length is refused before allocation
+    h = bytearray(K.pack_header(C.FRAME_HELLO, C.CODEC_RAW, 0, 1, 0, 100, 100))
+    h[24:28] = (2**32 - 1).to_bytes(4, "little")
+    h[28:32] = (2**32 - 1).to_bytes(4, "little")
+    import xxhash
+
+    h[60:64] = (xxhash.xxh3_64_intdigest(bytes(h[:60])) & 0xFFFFFFFF).to_bytes(4, "little")
+    s = _raw_conn(server.address)
+    s.sendall(bytes(h))
+    reply = _closed_by_peer(s)
+    s.close()
+    assert reply[:4] == b"DWCF" and K.parse_header(reply).frame_type == C.FRAME_ERROR
+    # a data stream for a transfer that does not exist
+    s = _raw_conn(server.address)
+    s.sendall(encode_control(C.FRAME_HELLO, 77, {"v": 1, "role": "data", "transfer_id": 77, "token": "ab" * 32}))
+    reply = _closed_by_peer(s)
+    s.close()
+    assert K.parse_header(reply).frame_type == C.FRAME_ERROR
+    assert server.stats["protocol_errors_total"] >= 2
+
+
+def test_truncated_stream_leaves_no_object(server):
+    data = b"y" * (3 << 20)
+    s = _raw_conn(server.address)
+    digest = K.xxh3_128(data).hex()
+    s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 1, "role": "control", "op": "send", "key": "trunc/x",
+                                                "size": len(data), "digest": digest, "chunk_size": 1 << 20}))  # fmt: skip
+    time.sleep(0.2)
+    s.close()  # the sender vanished after the handshake
+    time.sleep(0.2)
+    assert server.store.latest("trunc/x") is None
+
+
+def test_concurrent_transfers_of_different_keys(server):
+    rng = np.random.default_rng(4)
+    datas = {f"c/{i}": vm_image(4 << 20, seed=int(rng.integers(1000))) for i in range(3)}
+    results = {}
+
+    def go(k):
+        results[k] = Sender(tx_config(), PLAIN).send(datas[k], *server.address, k, streams=2)
+
+    ts = [threading.Thread(target=go, args=(k,)) for k in datas]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert set(results) == set(datas)
+    for k, d in datas.items():
+        assert stored(server, k) == d.tobytes()
+
+
+def test_two_senders_racing_on_one_key(server):
+    """One wins, the other is told the key is busy; the stored version is the winner's, whole."""
+    a = np.random.default_rng(5).integers(0, 256, 8 << 20, dtype=np.uint8)
+    b = np.random.default_rng(6).integers(0, 256, 8 << 20, dtype=np.uint8)
+    outcome: dict[str, object] = {}
+
+    def go(name, data):
+        try:
+            outcome[name] = Sender(tx_config(), PLAIN).send(data, *server.address, "race/k", streams=1,
+                                                            rate_limit_bytes_per_s=40e6)  # fmt: skip
+        except TransferError as exc:
+            outcome[name] = exc
+
+    ta = threading.Thread(target=go, args=("a", a))
+    ta.start()
+    time.sleep(0.1)
+    tb = threading.Thread(target=go, args=("b", b))
+    tb.start()
+    ta.join(60)
+    tb.join(60)
+    assert isinstance(outcome["a"], dict)
+    assert isinstance(outcome["b"], TransferError) and "busy" in str(outcome["b"]).lower()
+    assert stored(server, "race/k") == a.tobytes()
+
+
+def test_invalid_keys_are_refused(server):
+    for key in ("../etc/passwd", "/abs", "a/../../b"):
+        with pytest.raises(Exception) as ei:
+            Sender(tx_config(), PLAIN).send(b"x" * 10, *server.address, key)
+        assert "key" in str(ei.value).lower()
