@@ -322,10 +322,10 @@ class ChunkDecoder:
             omv[:] = pmv
         elif codec == C.CODEC_ZERO:
             if not fresh:
-                omv[:] = bytes(n)
+                np.frombuffer(omv, np.uint8)[:] = 0
         elif codec == C.CODEC_SPARSE:
             if not fresh:
-                omv[:] = bytes(n)
+                np.frombuffer(omv, np.uint8)[:] = 0
             if pmv.nbytes == 0:
                 raise RemoteProtocolError("empty sparse payload (an all-zero chunk is CODEC_ZERO)", C.ERR_MALFORMED)
             _k.delta_decode(pmv, omv, omv, ps)

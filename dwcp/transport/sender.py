@@ -341,9 +341,7 @@ class Sender:
             with p:
                 for i, (off, ln) in enumerate(spans):
                     chunk = mv[off : off + ln]
-                    v = p.view(i)
-                    v[:] = chunk
-                    v.release()
+                    p.write(i, chunk)
                     p.mark_done(i, _k.xxh3_64(chunk))
                 p.commit()
         except DWCPError as exc:
