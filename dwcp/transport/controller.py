@@ -13,6 +13,9 @@ Rules
        PROBE_DOWN --loss <  threshold-->  HOLD     (keep the smaller count)
        PROBE_DOWN --loss >= threshold-->  HOLD     (back up) ; then PROBE_UP after hold
 
+   A probe down is judged against the *peak* goodput seen (not the last
+   interval), so a run of small accepted losses cannot compound.
+
    A change is judged on the goodput of the interval *after* it took effect
    (the first interval after a change is a settling interval and ignored).
 3. The count never leaves [min_streams, max_streams].
@@ -85,6 +88,7 @@ class StreamController:
         self._prev_goodput: float | None = None
         self._best = (self.n, 0.0)
         self._held = 0
+        self._peak = 0.0
         if self.n >= self.max_streams:
             self.state = HOLD
 
@@ -111,6 +115,7 @@ class StreamController:
                 self._best = (self.n, max(g, self._best[1] if self._best[0] == self.n else g))
         prev = self._prev_goodput
         self._prev_goodput = g
+        self._peak = max(self._peak, g)
         if self.state == PROBE_UP:
             if prev is None or self.n == self._prev_n:
                 if self.n >= self.max_streams:
@@ -138,12 +143,14 @@ class StreamController:
                 self.state = PROBE_UP
                 self._held = 0
                 self._prev_goodput = g
+                self._peak = g  # the link may have changed: judge from what it gives now
                 return self._go(self.n + 1, f"probe up after holding: {self.n} -> {self.n + 1}")
             return Decision(self.n, f"hold at {self.n}")
         # PROBE_DOWN
         self.state = HOLD
         self._held = 0
-        if prev is not None and g < prev * (1 - self.gain_threshold):
-            return self._go(self._prev_n, f"lost {1 - g / max(prev, 1):.0%} with fewer streams: back to {self._prev_n}")
+        ref = max(prev or 0.0, self._peak)
+        if g <= ref * (1 - self.gain_threshold):
+            return self._go(self._prev_n, f"lost {1 - g / max(ref, 1):.0%} with fewer streams: back to {self._prev_n}")
         self._best = (self.n, g)
         return Decision(self.n, f"kept {self.n}: fewer streams lost < {self.gain_threshold:.0%}")

@@ -1,0 +1,54 @@
+"""Disk full on the receiver: a clear error, and the previous version intact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import xxhash
+
+from dwcp.errors import StorageError
+from dwcp.storage import ObjectStore
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_too_big_for_the_disk(small_fs):
+    s = ObjectStore(small_fs)
+    old = os.urandom(1 << 20)
+    p = s.begin("k", xxhash.xxh3_128_digest(old), len(old), 1 << 20)
+    p.write(0, old)
+    p.mark_done(0, xxhash.xxh3_64_intdigest(old))
+    good = p.commit()
+    with pytest.raises(StorageError, match="No space left") as ei:
+        s.begin("k", bytes(range(16)), 64 << 20, 1 << 20)
+    assert isinstance(ei.value.__cause__, OSError)
+    assert s.latest("k") == good and bytes(s.open_version(good)) == old
+    s.begin("k", bytes(range(16)), 1000, 4096).abort()  # the lease was released
+
+
+def test_disk_fills_during_the_transfer(small_fs):
+    s = ObjectStore(small_fs)
+    p = s.begin("k", bytes(range(16)), 4 << 20, 1 << 20)
+    with open(small_fs / "filler", "wb") as f:  # something else eats the space meanwhile
+        try:
+            f.write(b"\0" * (8 << 20))
+        except OSError:
+            pass
+    # fallocate reserved the blocks: our writes still fit, nothing is lost
+    p.write(0, b"x" * (1 << 20))
+    p.abort(keep=False)

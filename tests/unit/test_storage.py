@@ -1,0 +1,169 @@
+"""The object store: keys, commits, versions, resume, leases, integrity."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError
+from dwcp.storage import ObjectStore, escape_key, unescape_key, validate_key
+
+CS = 4096
+
+
+def put(store: ObjectStore, key: str, data: bytes, chunk: int = CS):
+    p = store.begin(key, xxhash.xxh3_128_digest(data), len(data), chunk)
+    for i in range(p.nchunks):
+        c = data[i * chunk : (i + 1) * chunk]
+        p.write(i, c)
+        p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+    return p.commit()
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../b", "/abs", "a//b", "", "x" * 300, "a\x00b", "a\nb", "a b", "ü", "a/./b", "a/"]
+)
+def test_hostile_keys_are_refused(key):
+    with pytest.raises(InvalidKeyError):
+        validate_key(key)
+
+
+@given(st.text(alphabet="abcXYZ019._-/:@+=", min_size=1, max_size=60))
+def test_escaping_is_one_reversible_file_name(key):
+    try:
+        validate_key(key)
+    except InvalidKeyError:
+        return
+    name = escape_key(key)
+    assert "/" not in name and name not in (".", "..") and unescape_key(name) == key
+
+
+def test_commit_latest_versions_and_pruning(tmp_path):
+    s = ObjectStore(tmp_path, keep_versions=2)
+    datas = [os.urandom(10_000) for _ in range(3)]
+    for d in datas:
+        info = put(s, "vm/1", d)
+        assert s.latest("vm/1") == info
+        assert bytes(s.open_version(info)) == d
+    vs = s.versions("vm/1")
+    assert [v.digest for v in vs] == [xxhash.xxh3_128_digest(d) for d in (datas[2], datas[1])]
+    assert s.keys() == ["vm/1"]
+    assert oct(os.stat(tmp_path).st_mode & 0o777) == "0o700"
+
+
+def test_zero_size_object(tmp_path):
+    s = ObjectStore(tmp_path)
+    info = put(s, "empty", b"")
+    assert info.size == 0 and s.open_version(info) == b""
+
+
+def test_wrong_digest_keeps_the_previous_version(tmp_path):
+    s = ObjectStore(tmp_path)
+    good = put(s, "k", b"a" * 9000)
+    p = s.begin("k", bytes(16), 9000, CS)  # announces a digest the data will not have
+    for i in range(p.nchunks):
+        p.write(i, b"b" * min(CS, 9000 - i * CS))
+        p.mark_done(i, 0)
+    with pytest.raises(IntegrityError):
+        p.commit()
+    assert s.latest("k") == good and bytes(s.open_version(good)) == b"a" * 9000
+    assert not os.listdir(tmp_path / "partial")
+
+
+def test_lease(tmp_path):
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", bytes(range(16)), 10, CS)
+    with pytest.raises(KeyBusyError, match="busy"):
+        s.begin("k", bytes(range(16)), 10, CS)
+    p.abort()
+    s.begin("k", bytes(range(16)), 10, CS).abort()
+
+
+def test_resume_after_kill_9(tmp_path):
+    data = os.urandom(10 * CS + 100)
+    digest = xxhash.xxh3_128_digest(data)
+    pid = os.fork()
+    if pid == 0:  # child: write 6 chunks, then die without any cleanup
+        try:
+            s = ObjectStore(tmp_path)
+            p = s.begin("k", digest, len(data), CS)
+            for i in range(6):
+                c = data[i * CS : (i + 1) * CS]
+                p.write(i, c)
+                p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", digest, len(data), CS)
+    assert p.resumed == 6 and p.missing() == list(range(6, 11))
+    assert p.have == bytes([0b00111111, 0])
+    assert p.verify_resumed() == []
+    for i in p.missing():
+        c = data[i * CS : (i + 1) * CS]
+        p.write(i, c)
+        p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+    assert bytes(s.open_version(p.commit())) == data
+
+
+def test_corrupted_resumed_chunk_is_forgotten(tmp_path):
+    data = os.urandom(4 * CS)
+    digest = xxhash.xxh3_128_digest(data)
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", digest, len(data), CS)
+    for i in range(4):
+        p.write(i, data[i * CS : (i + 1) * CS])
+        p.mark_done(i, xxhash.xxh3_64_intdigest(data[i * CS : (i + 1) * CS]))
+    p.abort()
+    with open(p.base + ".part", "r+b") as f:  # bit rot in chunk 2 while nobody held it
+        f.seek(2 * CS + 7)
+        f.write(b"\xff")
+    p = s.begin("k", digest, len(data), CS)
+    assert p.verify_resumed() == [2] and p.missing() == [2]
+
+
+def test_mismatched_partial_is_restarted(tmp_path):
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", bytes(range(16)), 3 * CS, CS)
+    p.write(0, bytes(CS))
+    p.mark_done(0, 0)
+    p.abort()
+    p = s.begin("k", bytes(range(16)), 3 * CS, 2 * CS)  # another chunk size: start over
+    assert p.resumed == 0 and p.missing() == [0, 1]
+
+
+def test_concurrent_chunk_writes(tmp_path):
+    data = os.urandom(64 * CS)
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+
+    def w(start):
+        for i in range(start, 64, 4):
+            c = data[i * CS : (i + 1) * CS]
+            p.write(i, c)
+            p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+
+    ts = [threading.Thread(target=w, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert bytes(s.open_version(p.commit())) == data
+
+
+def test_gc_partials(tmp_path):
+    s = ObjectStore(tmp_path)
+    p = s.begin("old", bytes(range(16)), 10, CS)
+    p.abort()
+    held = s.begin("held", bytes(range(16)), 10, CS)
+    import time
+
+    removed = s.gc_partials(max_age_s=60, now=time.time() + 3600)
+    assert len(removed) == 1 and "old" in removed[0]
+    held.abort()
