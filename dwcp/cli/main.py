@@ -92,12 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", help="the control socket path")
     st.add_argument("--json", action="store_true")
 
-    try:
-        from .certs_cmd import add_parser as add_certs
-    except ImportError:  # pragma: no cover - the certs module ships with dwcp
-        add_certs = None
-    if add_certs is not None:
-        add_certs(sub)
+    from .certs_cmd import add_parser as add_certs
+
+    add_certs(sub)
 
     sub.add_parser("backend", help="print the data-plane backend in use and its features")
     return p

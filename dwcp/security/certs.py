@@ -112,6 +112,8 @@ def issue_node(directory, node_id: str, *, hosts=("127.0.0.1", "localhost"), day
             ca_cert = x509.load_pem_x509_certificate(f.read())
     except FileNotFoundError as exc:
         raise ConfigError(f"no cluster CA in {d} ({exc.filename} missing); run `dwcp certs init` first") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{d}/ca.key is not an ECDSA key made by `dwcp certs init`")
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for h in hosts:
