@@ -1,4 +1,4 @@
-from collections.abc import Buffer
+from typing_extensions import Buffer
 
 __all__ = ["FrameHeader", "pack_header", "pack_header_into", "parse_header", "xxh3_64", "xxh3_128",  # noqa: E501
            "page_hashes", "is_zero", "nonzero_pages", "features"]
