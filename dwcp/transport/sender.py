@@ -54,7 +54,12 @@ log = logging.getLogger("dwcp.sender")
 
 
 class TransferError(DWCPError):
-    """The transfer failed; the message says why (the receiver's words when it said so)."""
+    """The transfer failed; the message says why (the receiver's words when it said so).
+
+    ``stats`` holds what was sent before the failure, when known.
+    """
+
+    stats: dict = {}
 
 
 def _pow2(n: int) -> int:
@@ -262,7 +267,10 @@ class Sender:
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
             max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start)
             if state.failed:
-                raise TransferError(state.failed)
+                err = TransferError(state.failed)
+                err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent,
+                             "chunks_acked": len(spans) - state.remaining, "resumed_chunks": resumed}  # fmt: skip
+                raise err
             ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
             done = self._expect(ctrl, C.FRAME_DONE)
             if not done.get("ok") or done.get("digest") != digest.hex():
