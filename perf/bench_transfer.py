@@ -1,0 +1,264 @@
+"""Loopback transfer benchmark: dwcp against the physical references, same run.
+
+References: ``iperf3 -l 1M`` with 1 and N streams, and a plain Python socket
+pair (sendall / recv_into, 4 MiB buffers).  dwcp (one process holds both the
+receiving DataServer and the Sender; plaintext and mutual TLS):
+
+* full send of an incompressible object (checksums on: xxh3-64 per chunk,
+  xxh3-128 of the whole, fsync + rename at the receiver);
+* full send of a VM-like image (60% zero, 30% text, 10% random pages):
+  effective rate = raw bytes / seconds;
+* the 5%-dirty next version as a delta, against ``rsync --no-whole-file``
+  (local, its --stats bytes sent) and ``zstd --patch-from`` (compress | pipe |
+  decompress).
+
+Medians of --runs runs.  CPU seconds per GB are this process's (both sides).
+Writes perf/results/bench_transfer.json and, with matplotlib, a PNG.
+
+Note: this VM backs guest memory lazily; the first writes into never-touched
+page cache run several times slower.  A warm-up pass of each dwcp case runs
+before the timed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+from _common import RESULTS, ensure_tool, machine, write_json  # noqa: E402
+
+from dwcp._testbase.images import dirty_version, vm_image  # noqa: E402
+from dwcp._testbase.transfer import server_config  # noqa: E402
+from dwcp.config import SecurityConfig, TransportConfig  # noqa: E402
+from dwcp.storage import ObjectStore  # noqa: E402
+from dwcp.transport.sender import Sender  # noqa: E402
+from dwcp.transport.server import DataServer  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def iperf3(size: int, streams: int) -> float | None:
+    exe = ensure_tool("iperf3")
+    if not exe:
+        return None
+    port = _free_port()
+    srv = subprocess.Popen([exe, "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        out = subprocess.run([exe, "-c", "127.0.0.1", "-p", str(port), "-l", "1M", "-n", str(size), "-P",
+                              str(streams), "-J"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def python_socket(size: int) -> float:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    buf = bytearray(4 << 20)
+    done = threading.Event()
+
+    def rx():
+        c, _ = ls.accept()
+        mv = memoryview(bytearray(4 << 20))
+        n = 0
+        while n < size:
+            k = c.recv_into(mv)
+            if not k:
+                break
+            n += k
+        c.close()
+        done.set()
+
+    t = threading.Thread(target=rx)
+    t.start()
+    s = socket.create_connection(ls.getsockname())
+    t0 = time.perf_counter()
+    sent = 0
+    while sent < size:
+        s.sendall(buf)
+        sent += len(buf)
+    s.close()
+    done.wait()
+    dt = time.perf_counter() - t0
+    t.join()
+    ls.close()
+    return size / dt
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def dwcp_send(server: DataServer, sender: Sender, data, key: str, streams) -> dict:
+    c0 = _cpu()
+    r = sender.send(data, *server.address, key, streams=streams)
+    r["cpu_s"] = _cpu() - c0
+    return r
+
+
+def median_of(fn, runs: int) -> list[dict]:
+    return [fn(i) for i in range(runs)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="256 MiB objects, 3 runs")
+    ap.add_argument("--size-mib", type=int)
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--streams", type=int, default=2, help="N for iperf3 -P N and dwcp's fixed count")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    size = (args.size_mib or (256 if args.quick else 1024)) << 20
+    runs = args.runs or 3
+    tmp = tempfile.mkdtemp(prefix="dwcp-bench-")
+    res: dict = {"machine": machine(), "object_bytes": size, "runs": runs, "streams": args.streams}
+    try:
+        res["iperf3_1_stream_bytes_per_s"] = statistics.median(iperf3(size, 1) or 0 for _ in range(runs))
+        res[f"iperf3_{args.streams}_streams_bytes_per_s"] = statistics.median(
+            iperf3(size, args.streams) or 0 for _ in range(runs))  # fmt: skip
+        res["python_socket_bytes_per_s"] = statistics.median(python_socket(size) for _ in range(runs))
+
+        rnd = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
+        img = vm_image(size, seed=2)
+        img2 = dirty_version(img, fraction=0.05, seed=3)
+        plain = SecurityConfig(plaintext=True)
+        cases = {}
+        from dwcp.security.certs import init_ca, issue_node
+
+        init_ca(os.path.join(tmp, "ca"))
+        rx, tx = issue_node(os.path.join(tmp, "ca"), "rx"), issue_node(os.path.join(tmp, "ca"), "tx")
+        tls_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
+        for name, sec_rx, sec_tx, data, streams in (
+            ("random_plain_1", None, plain, rnd, 1),
+            (f"random_plain_{args.streams}", None, plain, rnd, args.streams),
+            ("random_tls_1", rx, tls_tx, rnd, 1),
+            ("vm_image_plain_auto", None, plain, img, None),
+        ):
+            out = []
+            for i in range(runs + 1):  # +1: warm-up
+                d = os.path.join(tmp, f"{name}-{i}")
+                srv = DataServer(server_config(d, plaintext=sec_rx is None, certs=sec_rx, chunk_size_bytes=4 << 20))
+                srv.start()
+                try:
+                    r = dwcp_send(srv, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
+                finally:
+                    srv.close()
+                    shutil.rmtree(d, ignore_errors=True)
+                if i:
+                    out.append(r)
+            cases[name] = {
+                "bytes_per_s": statistics.median(r["throughput_bytes_per_s"] for r in out),
+                "wire_bytes": out[0]["wire_bytes"],
+                "cpu_s_per_gb": statistics.median(r["cpu_s"] / (size / 1e9) for r in out),
+                "streams_max": out[0]["streams"]["max"],
+            }
+        # delta: v1 then v2 with the sender's baseline
+        out = []
+        for i in range(runs + 1):
+            d = os.path.join(tmp, f"delta-{i}")
+            srv = DataServer(server_config(d, chunk_size_bytes=4 << 20))
+            srv.start()
+            try:
+                snd = Sender(TransportConfig(), plain, baselines=ObjectStore(os.path.join(tmp, f"sent-{i}")))
+                snd.send(img, *srv.address, "bench/vm")
+                r = dwcp_send(srv, snd, img2, "bench/vm", None)
+                assert r["mode"] == "delta"
+            finally:
+                srv.close()
+                shutil.rmtree(d, ignore_errors=True)
+                shutil.rmtree(os.path.join(tmp, f"sent-{i}"), ignore_errors=True)
+            if i:
+                out.append(r)
+        cases["delta_5pct"] = {"seconds": statistics.median(r["seconds"] for r in out),
+                               "wire_bytes": out[0]["wire_bytes"],
+                               "cpu_s_per_gb": statistics.median(r["cpu_s"] / (size / 1e9) for r in out)}  # fmt: skip
+        res["dwcp"] = cases
+
+        v1, v2 = os.path.join(tmp, "v1"), os.path.join(tmp, "v2")
+        img.tofile(v1)
+        img2.tofile(v2)
+        peers = {}
+        rsync = ensure_tool("rsync")
+        if rsync:
+            ts, wire = [], 0
+            for _ in range(runs):
+                dst = os.path.join(tmp, "rsync-dst")
+                shutil.copyfile(v1, dst)
+                t0 = time.perf_counter()
+                o = subprocess.run([rsync, "--no-whole-file", "--ignore-times", "--inplace", "--stats", v2, dst], capture_output=True,
+                                   text=True, check=True)  # fmt: skip
+                ts.append(time.perf_counter() - t0)
+                m = re.search(r"Total bytes sent: ([\d,]+)", o.stdout)
+                wire = int(m.group(1).replace(",", "")) if m else 0
+            peers["rsync_no_whole_file"] = {"seconds": statistics.median(ts), "wire_bytes": wire}
+        zstd = ensure_tool("zstd")
+        if zstd:
+            ts = []
+            patch = os.path.join(tmp, "patch.zst")
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                subprocess.run(f"{zstd} -q -f -c --patch-from={v1} {v2} | tee {patch} | "
+                               f"{zstd} -q -d -f --patch-from={v1} -o {os.path.join(tmp, 'v2.out')}",
+                               shell=True, check=True)  # fmt: skip
+                ts.append(time.perf_counter() - t0)
+            peers["zstd_patch_from_pipe"] = {"seconds": statistics.median(ts), "wire_bytes": os.path.getsize(patch)}
+        res["delta_peers"] = peers
+
+        ip1 = res["iperf3_1_stream_bytes_per_s"] or float("nan")
+        res["ratios"] = {
+            "random_plain_1_vs_iperf3_1": cases["random_plain_1"]["bytes_per_s"] / ip1,
+            "random_tls_1_vs_iperf3_1": cases["random_tls_1"]["bytes_per_s"] / ip1,
+            "tls_cost_vs_plain_1": cases["random_tls_1"]["bytes_per_s"] / cases["random_plain_1"]["bytes_per_s"],
+            "vm_image_effective_vs_iperf3_1": cases["vm_image_plain_auto"]["bytes_per_s"] / ip1,
+            "python_socket_vs_iperf3_1": res["python_socket_bytes_per_s"] / ip1,
+        }
+        for name, p in peers.items():
+            res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(1, p["wire_bytes"])
+            res["ratios"][f"delta_speedup_vs_{name}"] = p["seconds"] / cases["delta_5pct"]["seconds"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = write_json(res, args.out, "bench_transfer.json")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = ["iperf3 1", f"iperf3 {args.streams}", "python socket"] + list(res["dwcp"])[:-1]
+        vals = [res["iperf3_1_stream_bytes_per_s"], res[f"iperf3_{args.streams}_streams_bytes_per_s"],
+                res["python_socket_bytes_per_s"]] + [c["bytes_per_s"] for c in list(res["dwcp"].values())[:-1]]  # fmt: skip
+        fig, ax = plt.subplots(figsize=(9, 4))
+        ax.barh(names, [v / 1e9 for v in vals])
+        ax.set_xlabel("GB/s (effective, loopback)")
+        fig.tight_layout()
+        fig.savefig(os.path.splitext(path)[0] + ".png", dpi=100)
+    except ImportError:
+        print("(matplotlib not installed: no PNG)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    os.makedirs(RESULTS, exist_ok=True)
+    raise SystemExit(main())
