@@ -22,7 +22,7 @@ import time
 
 from dwcp._testbase.images import dirty_version, vm_image
 
-__all__ = ["run_demo", "human_bytes", "start_daemon"]
+__all__ = ["run_demo", "human_bytes", "start_daemon", "same_dwcp_env"]
 
 
 def human_bytes(n: float) -> str:
@@ -41,6 +41,16 @@ def _toml(node: str, data_dir: str, certs: dict | None) -> str:
             f'[security]\n{sec}\n\n[storage]\ndata_dir = "{data_dir}"\n')  # fmt: skip
 
 
+def same_dwcp_env(env: dict | None = None) -> dict:
+    """An environment whose `python -m dwcp` imports this very dwcp (installed or in-place)."""
+    import dwcp
+
+    e = dict(os.environ if env is None else env)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(dwcp.__file__)))
+    e["PYTHONPATH"] = here + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
 def start_daemon(root: str, node: str, certs: dict | None, env: dict | None = None):
     """Start `dwcp daemon` for ``node`` under ``root``; returns (process, config path, control socket, port)."""
     from dwcp.daemon.control import request
@@ -51,8 +61,10 @@ def start_daemon(root: str, node: str, certs: dict | None, env: dict | None = No
     with open(cfg, "w") as f:
         f.write(_toml(node, data_dir, certs))
     log = open(os.path.join(root, f"{node}.log"), "wb")
+    # cwd=root: `python -m` puts the cwd first on sys.path, where a source
+    # checkout (without compiled extensions) would shadow the installed dwcp
     proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", cfg], stdout=log,
-                            stderr=subprocess.STDOUT, env=env)  # fmt: skip
+                            stderr=subprocess.STDOUT, env=same_dwcp_env(env), cwd=root)  # fmt: skip
     log.close()
     sock = os.path.join(data_dir, "control.sock")
     deadline = time.monotonic() + 30

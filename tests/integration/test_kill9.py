@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from dwcp.cli.demo import start_daemon
+from dwcp.cli.demo import same_dwcp_env, start_daemon
 from dwcp.config import SecurityConfig, TransportConfig
 from dwcp.daemon.control import request
 from dwcp.transport.sender import Sender, TransferError
@@ -40,10 +40,14 @@ def _daemon(root, port):
         f.write(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = {port}\n'
                 f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n'
                 f'[transport]\nchunk_size_bytes = {CHUNK}\n')  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", cfg],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # cwd=root: `python -m` puts the cwd first on sys.path, and a source tree
+    # there (without the compiled extensions) would shadow the installed dwcp
+    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", cfg], cwd=root, env=same_dwcp_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     sock = os.path.join(data, "control.sock")
     for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited: {proc.stderr.read().decode()[-2000:]}")
         try:
             request(sock, {"op": "status"}, timeout_s=2)
             return proc, sock
@@ -105,11 +109,12 @@ def test_sender_killed_mid_transfer(tmp_path):
     argv = [sys.executable, "-m", "dwcp", "send", str(src), "--to", f"127.0.0.1:{port}", "--key", "k9/tx",
             "--streams", str(STREAMS), "--plaintext", "--json", "--state-dir", str(tmp_path / "state")]  # fmt: skip
     try:
-        tx = subprocess.Popen([*argv, "--rate", "24M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        tx = subprocess.Popen([*argv, "--rate", "24M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                              env=same_dwcp_env())
         time.sleep(1.2)
         tx.kill()  # SIGKILL: no cleanup on the sending side
         tx.wait()
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env())
         assert out.returncode == 0, out.stderr
         r = json.loads(out.stdout)
         n = r["chunks"]  # the CLI's default 4 MiB chunks
