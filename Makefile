@@ -12,13 +12,13 @@ debug:
 	DWCP_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --cython-always
 
 # The whole suite (data-plane tests run on both backends through the `impl`
-# fixture), then the codec/protocol layers again on the pure-Python backend.
+# fixture), then the unit tests (codec, framing, storage...) again on the pure-Python backend.
 test:
 	pytest -p no:cacheprovider --import-mode=importlib --rootdir=. tests
 	$(MAKE) testref
 
 testref:
-	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit tests/protocol
+	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit
 
 # Run the tests against the installed package, away from the source tree.
 testinstalled:
