@@ -130,6 +130,9 @@ def test_mutual_tls(tmp_path, pki, image):
         bad = SecurityConfig(ca_cert=tx.ca_cert, cert=mallory.cert, key=mallory.key)
         with pytest.raises(Exception):  # noqa: B017 - ssl.SSLError or a reset, depending on timing
             Sender(tx_config(connect_timeout_s=3.0), bad).send(image, host, port, "tls/evil", streams=1)
+        deadline = time.monotonic() + 5  # the server notes the refusal on its own thread
+        while srv.stats["tls_failures_total"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert srv.stats["tls_failures_total"] >= 1
         assert srv.store.latest("tls/evil") is None
         # a plaintext client gets nothing
