@@ -344,6 +344,15 @@ class Partial:
                 self._map = mmap.mmap(self._fd, self.size)
             return self._map
 
+    def span(self, i: int) -> tuple[int, int]:
+        """(offset, length) of chunk ``i`` in the object."""
+        return self._span(i)
+
+    def fileno(self) -> int:
+        """The .part file, for writers that move bytes in the kernel (splice)."""
+        self._check()
+        return self._fd
+
     def view(self, i: int) -> memoryview:
         """A zero-copy view of chunk ``i`` in the mapped .part file.
 

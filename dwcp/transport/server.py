@@ -425,7 +425,19 @@ class DataServer:
             try:
                 off, ln = t.spans[idx]
                 out = memoryview(chunk_buf)[:ln]
-                if h.codec == C.CODEC_RAW:
+                spliced = False
+                if h.codec == C.CODEC_RAW and fs.can_splice and ln:
+                    # plain TCP: socket -> file in the kernel, then verify what landed
+                    fs.splice_into(partial.fileno(), off, ln)
+                    v = partial.view(idx)
+                    try:
+                        ok = _k.xxh3_64(v) == h.raw_hash
+                    finally:
+                        v.release()
+                    if not ok:
+                        raise IntegrityError(f"chunk {idx} fails its xxh3-64 check", C.ERR_CHECKSUM)
+                    spliced = True
+                elif h.codec == C.CODEC_RAW:
                     fs.recv_into_exact(out)  # straight into the reusable chunk buffer
                     if _k.xxh3_64(out) != h.raw_hash:
                         raise IntegrityError(f"chunk {idx} fails its xxh3-64 check", C.ERR_CHECKSUM)
@@ -438,7 +450,8 @@ class DataServer:
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
-                partial.write(idx, out)
+                if not spliced:
+                    partial.write(idx, out)
             except IntegrityError as exc:
                 t.unclaim(idx)
                 t.chunks_nacked += 1
