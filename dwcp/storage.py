@@ -377,6 +377,19 @@ class Partial:
         except OSError as exc:
             raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
 
+    def write_at(self, offset: int, data) -> None:
+        """Write ``data`` at a byte offset (part of a chunk; the caller marks the chunk done)."""
+        self._check()
+        mv = memoryview(data).cast("B")
+        if offset < 0 or offset + mv.nbytes > self.size:
+            raise ValueError(f"write of {mv.nbytes} bytes at {offset} outside the {self.size}-byte object")
+        try:
+            done = 0
+            while done < mv.nbytes:
+                done += os.pwrite(self._fd, mv[done:], offset + done)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
+
     def mark_done(self, i: int, raw_hash: int) -> None:
         self._check()
         self._span(i)

@@ -450,7 +450,11 @@ class DataServer:
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
-                if not spliced:
+                if h.codec == C.CODEC_ZERO:
+                    pass  # the .part is fallocated: unwritten extents already read as zeros
+                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD):
+                    self._write_nonzero_pages(partial, off, out)
+                elif not spliced:
                     partial.write(idx, out)
             except IntegrityError as exc:
                 t.unclaim(idx)
@@ -469,6 +473,28 @@ class DataServer:
             self.stats["bytes_wire_total"] += C.HEADER_SIZE + h.enc_len
             self.stats["bytes_raw_total"] += h.raw_len
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
+
+    @staticmethod
+    def _write_nonzero_pages(partial, off: int, out: memoryview) -> None:
+        """Write only the non-zero pages of a chunk (runs coalesced).
+
+        The rest of the fallocated .part reads as zeros already.  Should a
+        failed earlier attempt have left other bytes there, the whole-object
+        xxh3-128 at commit refuses the object, so nothing wrong is ever kept.
+        """
+        nz = _k.nonzero_pages(out, C.PAGE_SIZE)
+        n = len(nz)
+        i = 0
+        while i < n:
+            if not nz[i]:
+                i += 1
+                continue
+            j = i
+            while j < n and nz[j]:
+                j += 1
+            a, b = i * C.PAGE_SIZE, min(j * C.PAGE_SIZE, out.nbytes)
+            partial.write_at(off + a, out[a:b])
+            i = j
 
     # -- fetch: stream the latest version back ----------------------------
     def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
