@@ -128,12 +128,16 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int)
     ap.add_argument("--runs", type=int)
     ap.add_argument("--streams", type=int, default=2, help="N for iperf3 -P N and dwcp's fixed count")
+    ap.add_argument("--data-root", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                    help="where receivers keep objects (default /dev/shm: RAM, so the disk's fsync rate "
+                         "does not hide the transfer engine; pass a disk path to include it)")  # fmt: skip
     ap.add_argument("--out")
     args = ap.parse_args()
     size = (args.size_mib or (256 if args.quick else 1024)) << 20
     runs = args.runs or 3
-    tmp = tempfile.mkdtemp(prefix="dwcp-bench-")
-    res: dict = {"machine": machine(), "object_bytes": size, "runs": runs, "streams": args.streams}
+    tmp = tempfile.mkdtemp(prefix="dwcp-bench-", dir=args.data_root)
+    res: dict = {"machine": machine(), "object_bytes": size, "runs": runs, "streams": args.streams,
+                 "data_root": args.data_root or tempfile.gettempdir()}  # fmt: skip
     try:
         res["iperf3_1_stream_bytes_per_s"] = statistics.median(iperf3(size, 1) or 0 for _ in range(runs))
         res[f"iperf3_{args.streams}_streams_bytes_per_s"] = statistics.median(
