@@ -117,6 +117,7 @@ class _State:
     force_full: set[int] = field(default_factory=set)
     target_streams: int = 1
     stream_errors: list[str] = field(default_factory=list)
+    stream_info: list[dict] = field(default_factory=list)  # TCP_INFO of each stream as it ended
     all_done: threading.Event = field(default_factory=threading.Event)
 
     def mark_done(self, i: int) -> bool:
@@ -197,6 +198,12 @@ class Sender:
         transfer_id = secrets.randbits(63) | 1
 
         ctrl, sockinfo = open_stream(host, port, tp, self._ssl)
+        from .sockopts import probe_zerocopy
+
+        # MSG_ZEROCOPY pays only on real NICs for large sends; loopback always copies,
+        # and TLS encrypts in user space: report the probe, send with plain sendmsg.
+        sockinfo["zerocopy_available"] = self._ssl is None and probe_zerocopy(ctrl.sock)
+        sockinfo["zerocopy_used"] = False
         base_map = None
         try:
             hello = {"v": 1, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
@@ -296,6 +303,7 @@ class Sender:
             "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
                         "auto": controller is not None, "decisions": decisions},
             "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
+            "tcp_info": state.stream_info[:64],
         }  # fmt: skip
 
     # -- helpers -----------------------------------------------------------
@@ -456,6 +464,15 @@ class _StreamCtx:
                     fs.send(encode_control(C.FRAME_CLOSE, self.transfer_id, {"reason": "done"}))
                 except OSError:
                     pass
+            if fs is not None:
+                from .tcpinfo import read_tcp_info
+
+                info = read_tcp_info(fs.sock)
+                if info is not None:
+                    with state.lock:
+                        state.stream_info.append({"stream": sid, "bytes_sent": fs.bytes_sent, "rtt_us": info.rtt_us,
+                                                  "total_retrans": info.total_retrans,
+                                                  "delivery_rate_bytes_per_s": info.delivery_rate_bytes_per_s})  # fmt: skip
         except (OSError, DWCPError) as exc:
             why = f"stream {sid}: {type(exc).__name__}: {exc}"
             log.info("%s; requeueing %d chunks", why, len(inflight))

@@ -52,3 +52,27 @@ def test_disk_fills_during_the_transfer(small_fs):
     # fallocate reserved the blocks: our writes still fit, nothing is lost
     p.write(0, b"x" * (1 << 20))
     p.abort(keep=False)
+
+
+def test_transfer_to_a_full_disk(small_fs):
+    import numpy as np
+
+    from dwcp._testbase.transfer import server_config
+    from dwcp.config import SecurityConfig, TransportConfig
+    from dwcp.transport.sender import Sender, TransferError
+    from dwcp.transport.server import DataServer
+
+    srv = DataServer(server_config(small_fs / "rx"))
+    srv.start()
+    try:
+        tx = Sender(TransportConfig(chunk_size_bytes=1 << 20), SecurityConfig(plaintext=True))
+        small = np.random.default_rng(1).integers(0, 256, 1 << 20, dtype=np.uint8)
+        tx.send(small, *srv.address, "vm/d", streams=1)
+        big = np.random.default_rng(2).integers(0, 256, 16 << 20, dtype=np.uint8)
+        with pytest.raises(TransferError, match="No space left"):
+            tx.send(big, *srv.address, "vm/d", streams=1)
+        info = srv.store.latest("vm/d")
+        assert info is not None and bytes(srv.store.open_version(info)) == small.tobytes()
+        tx.send(small[: 1 << 19], *srv.address, "vm/d", streams=1)  # the daemon still serves
+    finally:
+        srv.close()

@@ -81,6 +81,9 @@ def test_auto_streams_reports_its_reasons(server, image):
     s = r["streams"]
     assert s["auto"] and s["decisions"] and s["decisions"][0]["reason"]
     assert 1 <= s["initial"] <= 8
+    # per-stream TCP_INFO and the socket settings are in the report
+    assert r["tcp_info"] and all(i["rtt_us"] >= 0 and i["bytes_sent"] > 0 for i in r["tcp_info"])
+    assert r["socket"]["nodelay"] and "zerocopy_available" in r["socket"]
 
 
 def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):
