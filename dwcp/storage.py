@@ -164,7 +164,14 @@ class ObjectStore:
             return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 
     # -- receiving -----------------------------------------------------------
-    def begin(self, key: str, digest: bytes, size: int, chunk_size: int) -> Partial:
+    def begin(self, key: str, digest: bytes, size: int, chunk_size: int, *, preallocate: bool = True) -> Partial:
+        """Take the key's write lease and open (or resume) its partial.
+
+        ``preallocate`` reserves the space up front (posix_fallocate), so a
+        full disk fails here, before any byte travels.  A caller that seeds
+        the partial from another version right away (``seed_from``) may skip
+        it: the copy allocates the space and fails just as early.
+        """
         validate_key(key)
         if len(digest) != 16:
             raise ValueError("digest must be 16 bytes (xxh3-128)")
@@ -176,7 +183,7 @@ class ObjectStore:
             p = Partial(self, key, bytes(digest), size, chunk_size)
             self._leases[key] = p
         try:
-            p._open()
+            p._open(preallocate)
         except BaseException:
             with self._lock:
                 self._leases.pop(key, None)
@@ -261,7 +268,7 @@ class Partial:
         self.resumed = 0
 
     # -- opening / resuming --------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, preallocate: bool = True) -> None:
         part, state = self.base + ".part", self.base + ".state"
         try:
             resumed = self._try_resume(part, state)
@@ -272,8 +279,10 @@ class Partial:
                     except FileNotFoundError:
                         pass
                 self._fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                if self.size:
+                if self.size and preallocate:
                     os.posix_fallocate(self._fd, 0, self.size)
+                elif self.size:
+                    os.ftruncate(self._fd, self.size)
                 self._sfd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 hdr = _STATE_HDR.pack(_STATE_MAGIC, self.size, self.chunk_size, self.digest)
                 os.pwrite(self._sfd, hdr + bytes(_REC.size * self.nchunks), 0)
@@ -376,6 +385,29 @@ class Partial:
                 done += os.pwrite(self._fd, mv[done:], off + done)
         except OSError as exc:
             raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
+
+    def seed_from(self, info: VersionInfo) -> None:
+        """Fill a fresh partial with another version of the same size (in the kernel).
+
+        For delta and pages transfers: afterwards only the pages that differ
+        need writing.  Refused on a resumed partial (it would overwrite
+        chunks already received).
+        """
+        self._check()
+        if self.resumed or any(self._have):
+            raise ValueError("cannot seed a partial that already holds chunks")
+        if info.size != self.size:
+            raise ValueError(f"cannot seed a {self.size}-byte object from a {info.size}-byte version")
+        try:
+            with open(info.path, "rb") as src:
+                done = 0
+                while done < self.size:
+                    k = os.copy_file_range(src.fileno(), self._fd, self.size - done, done, done)
+                    if k == 0:
+                        raise OSError(f"{info.path} ended after {done} bytes")
+                    done += k
+        except OSError as exc:
+            raise StorageError(f"cannot prepare {self.key!r} from its previous version: {exc}") from exc
 
     def write_at(self, offset: int, data) -> None:
         """Write ``data`` at a byte offset (part of a chunk; the caller marks the chunk done)."""

@@ -91,6 +91,7 @@ class _Transfer:
     claimed: set[int] = field(default_factory=set)
     streams: set[FrameSocket] = field(default_factory=set)
     closed: bool = False
+    seeded: bool = False  # the .part starts as a copy of the base: write only differing pages
     chunks_received: int = 0
     chunks_nacked: int = 0
     wire_bytes: int = 0
@@ -290,7 +291,9 @@ class DataServer:
             if info is not None and info.size == size and info.digest != digest and size > 0:
                 mode, base_info = "pages", info
         try:
-            partial = self.store.begin(key, digest, size, chunk_size)
+            # a delta/pages transfer seeds the partial from the base (which allocates
+            # the space, and fails as early on a full disk): no separate fallocate
+            partial = self.store.begin(key, digest, size, chunk_size, preallocate=base_info is None)
         except KeyBusyError as exc:
             self._send_error(fs, C.ERR_BAD_FIELD, str(exc))
             log.info("send of %s from %s refused: %s", key, peer, exc)
@@ -310,6 +313,9 @@ class DataServer:
                 base_info.digest if base_info is not None else None, secrets.token_hex(32), peer,
                 chunk_spans(size, chunk_size),
             )  # fmt: skip
+            if base_info is not None and partial.resumed == 0 and size:
+                partial.seed_from(base_info)
+                t.seeded = True
             with self._lock:
                 self._transfers[transfer_id] = t
             have = bytes(partial.have)
@@ -450,10 +456,13 @@ class DataServer:
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
-                if h.codec == C.CODEC_ZERO:
+                if h.codec == C.CODEC_ZERO and not t.seeded:
                     pass  # the .part is fallocated: unwritten extents already read as zeros
-                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD):
-                    self._write_nonzero_pages(partial, off, out)
+                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD) and not t.seeded:
+                    self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
+                elif h.codec in C.DELTA_CODECS and t.seeded and t.base is not None:
+                    # the .part holds the base already: write the pages this delta changed
+                    self._write_pages(partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE))
                 elif not spliced:
                     partial.write(idx, out)
             except IntegrityError as exc:
@@ -475,14 +484,14 @@ class DataServer:
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
 
     @staticmethod
-    def _write_nonzero_pages(partial, off: int, out: memoryview) -> None:
-        """Write only the non-zero pages of a chunk (runs coalesced).
+    def _write_pages(partial, off: int, out: memoryview, nz: bytearray) -> None:
+        """Write only the pages of a chunk flagged in ``nz`` (runs coalesced).
 
-        The rest of the fallocated .part reads as zeros already.  Should a
-        failed earlier attempt have left other bytes there, the whole-object
-        xxh3-128 at commit refuses the object, so nothing wrong is ever kept.
+        The other pages of the .part already hold the right bytes: zeros in a
+        fresh fallocated file (sparse/zero chunks), or the base version it was
+        seeded from (delta/pages chunks).  Should that assumption ever fail,
+        the whole-object xxh3-128 at commit refuses the object.
         """
-        nz = _k.nonzero_pages(out, C.PAGE_SIZE)
         n = len(nz)
         i = 0
         while i < n:
