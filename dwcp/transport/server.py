@@ -457,7 +457,7 @@ class DataServer:
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
                 if h.codec == C.CODEC_ZERO and not t.seeded:
-                    pass  # the .part is fallocated: unwritten extents already read as zeros
+                    pass  # the .part is a sparse file: holes read as zeros
                 elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD) and not t.seeded:
                     self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
                 elif h.codec in C.DELTA_CODECS and t.seeded and t.base is not None:
@@ -488,7 +488,7 @@ class DataServer:
         """Write only the pages of a chunk flagged in ``nz`` (runs coalesced).
 
         The other pages of the .part already hold the right bytes: zeros in a
-        fresh fallocated file (sparse/zero chunks), or the base version it was
+        fresh sparse file (sparse/zero chunks), or the base version it was
         seeded from (delta/pages chunks).  Should that assumption ever fail,
         the whole-object xxh3-128 at commit refuses the object.
         """

@@ -43,15 +43,22 @@ def test_too_big_for_the_disk(small_fs):
 
 def test_disk_fills_during_the_transfer(small_fs):
     s = ObjectStore(small_fs)
-    p = s.begin("k", bytes(range(16)), 4 << 20, 1 << 20)
-    with open(small_fs / "filler", "wb") as f:  # something else eats the space meanwhile
+    old = os.urandom(1 << 20)
+    p = s.begin("k", xxhash.xxh3_128_digest(old), len(old), 1 << 20)
+    p.write(0, old)
+    p.mark_done(0, xxhash.xxh3_64_intdigest(old))
+    good = p.commit()
+    p = s.begin("k", bytes(range(16)), 4 << 20, 1 << 20)  # the space is there when it starts
+    with open(small_fs / "filler", "wb") as f:  # then something else eats it
         try:
-            f.write(b"\0" * (8 << 20))
+            f.write(os.urandom(8 << 20))
         except OSError:
             pass
-    # fallocate reserved the blocks: our writes still fit, nothing is lost
-    p.write(0, b"x" * (1 << 20))
+    with pytest.raises(StorageError, match="No space left"):
+        for i in range(4):
+            p.write(i, b"x" * (1 << 20))
     p.abort(keep=False)
+    assert s.latest("k") == good and bytes(s.open_version(good)) == old
 
 
 def test_transfer_to_a_full_disk(small_fs):
