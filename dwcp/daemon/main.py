@@ -57,7 +57,7 @@ class Daemon:
             "ok": True, "node": self.config.node.id, "version": dwcp.__version__, "backend": dwcp.backend,
             "data_port": f"{host}:{port}", "tls": not self.config.security.plaintext,
             "uptime_s": time.time() - self.started, "transfers": self.server.transfers(),
-            "server": dict(self.server.stats), "sends_ok": self.sends_ok, "sends_failed": self.sends_failed,
+            "server": self.server.stats_snapshot(), "sends_ok": self.sends_ok, "sends_failed": self.sends_failed,
             "keys": len(self.store.keys()),
         }  # fmt: skip
 

@@ -9,7 +9,8 @@ Rules
 
        PROBE_UP   --gain >= threshold-->  PROBE_UP (step doubles, capped)
        PROBE_UP   --gain <  threshold-->  HOLD     (back to the best count seen)
-       HOLD       --hold_intervals----->  PROBE_DOWN (one stream fewer)
+       HOLD       --hold_intervals----->  PROBE_DOWN (one stream fewer), or
+                                          PROBE_UP (one more), alternately
        PROBE_DOWN --loss <  threshold-->  HOLD     (keep the smaller count)
        PROBE_DOWN --loss >= threshold-->  HOLD     (back up) ; then PROBE_UP after hold
 
@@ -89,6 +90,7 @@ class StreamController:
         self._best = (self.n, 0.0)
         self._held = 0
         self._peak = 0.0
+        self._down_next = True
         if self.n >= self.max_streams:
             self.state = HOLD
 
@@ -131,18 +133,22 @@ class StreamController:
             self.state = HOLD
             self._held = 0
             self._step = 1
-            best = self._best[0]
-            return self._go(best, f"gain {g / max(prev, 1) - 1:+.0%} below {self.gain_threshold:.0%}: hold at {best}")
+            back = self._prev_n
+            return self._go(back, f"gain {g / max(prev, 1) - 1:+.0%} below {self.gain_threshold:.0%}: hold at {back}")
         if self.state == HOLD:
             self._held += 1
-            if self._held >= self.hold_intervals and self.n > self.min_streams:
+            if self._held < self.hold_intervals:
+                return Decision(self.n, f"hold at {self.n}")
+            # alternate probes so the count can move both ways as the link changes
+            self._held = 0
+            self._prev_goodput = g
+            if (self._down_next or self.n >= self.max_streams) and self.n > self.min_streams:
+                self._down_next = False
                 self.state = PROBE_DOWN
-                self._prev_goodput = g
                 return self._go(self.n - 1, f"probe down: {self.n} -> {self.n - 1}")
-            if self._held >= self.hold_intervals * 2 and self.n < self.max_streams:
+            self._down_next = True
+            if self.n < self.max_streams:
                 self.state = PROBE_UP
-                self._held = 0
-                self._prev_goodput = g
                 self._peak = g  # the link may have changed: judge from what it gives now
                 return self._go(self.n + 1, f"probe up after holding: {self.n} -> {self.n + 1}")
             return Decision(self.n, f"hold at {self.n}")

@@ -132,9 +132,20 @@ class DataServer:
         self._closing = False
         self.decoder = ChunkDecoder(CodecConfig())
         self.encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e11))
+        self._stats_lock = threading.Lock()
         self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
+
+    def _count(self, name: str, n: int) -> None:
+        # stream threads update these concurrently: `+=` on a dict entry is a
+        # read-modify-write that can lose updates between threads
+        with self._stats_lock:
+            self.stats[name] += n
+
+    def stats_snapshot(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self.stats)
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -200,7 +211,7 @@ class DataServer:
                 log.warning("refusing %s: %d connections already", addr, self.config.listen.max_connections)
                 conn.close()
                 continue
-            self.stats["connections_total"] += 1
+            self._count("connections_total", 1)
             threading.Thread(target=self._serve, args=(conn, addr), name=f"dwcp-conn-{addr[1]}", daemon=True).start()
 
     def _serve(self, conn: socket.socket, addr) -> None:
@@ -214,7 +225,7 @@ class DataServer:
                 try:
                     conn = self._ssl.wrap_socket(conn, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
-                    self.stats["tls_failures_total"] += 1
+                    self._count("tls_failures_total", 1)
                     log.warning("TLS handshake with %s:%s refused: %s", addr[0], addr[1], exc)
                     return
                 from dwcp.security.tls import peer_identity
@@ -238,7 +249,7 @@ class DataServer:
             else:
                 self._control(fs, h.transfer_id, hello, peer)
         except RemoteProtocolError as exc:
-            self.stats["protocol_errors_total"] += 1
+            self._count("protocol_errors_total", 1)
             log.warning("protocol error from %s:%s: %s (code %d); closing", addr[0], addr[1], exc, exc.code)
             if fs is not None:
                 self._send_error(fs, exc.code, str(exc))
@@ -343,16 +354,16 @@ class DataServer:
             try:
                 info = partial.commit()
             except IntegrityError as exc:
-                self.stats["transfers_failed_total"] += 1
+                self._count("transfers_failed_total", 1)
                 self._send_error(fs, exc.code, f"{key}: {exc}")
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
                 return
             except StorageError as exc:
-                self.stats["transfers_failed_total"] += 1
+                self._count("transfers_failed_total", 1)
                 self._send_error(fs, 0, f"{key}: {exc}")
                 log.error("transfer %x of %s could not be stored: %s", transfer_id, key, exc)
                 return
-            self.stats["transfers_ok_total"] += 1
+            self._count("transfers_ok_total", 1)
             fs.send(encode_control(C.FRAME_DONE, transfer_id,
                                    {"ok": True, "digest": info.digest.hex(), "size": info.size,
                                     "chunks": len(t.spans)}))  # fmt: skip
@@ -468,7 +479,7 @@ class DataServer:
             except IntegrityError as exc:
                 t.unclaim(idx)
                 t.chunks_nacked += 1
-                self.stats["chunks_nacked_total"] += 1
+                self._count("chunks_nacked_total", 1)
                 log.warning("transfer %x: %s; asking for it again", t.transfer_id, exc)
                 fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": str(exc)[:200]}))
                 continue
@@ -478,9 +489,9 @@ class DataServer:
             partial.mark_done(idx, h.raw_hash)
             t.unclaim(idx)
             t.chunks_received += 1
-            self.stats["chunks_received_total"] += 1
-            self.stats["bytes_wire_total"] += C.HEADER_SIZE + h.enc_len
-            self.stats["bytes_raw_total"] += h.raw_len
+            self._count("chunks_received_total", 1)
+            self._count("bytes_wire_total", C.HEADER_SIZE + h.enc_len)
+            self._count("bytes_raw_total", h.raw_len)
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
 
     @staticmethod
