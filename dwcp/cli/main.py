@@ -120,6 +120,31 @@ def _print(result: dict, as_json: bool, human: str) -> None:
         print(human)
 
 
+class _ProgressBar:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        import time
+
+        self.label = label
+        self.t0 = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        frac = done / total if total else 1.0
+        rate = done / max(time.monotonic() - self.t0, 1e-9)
+        filled = int(30 * frac)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {frac:6.1%} {rate / 2**20:8.1f} MiB/s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
 def _cmd_send(args) -> int:
     from dwcp.daemon.main import parse_hostport
     from dwcp.storage import ObjectStore
@@ -136,12 +161,15 @@ def _cmd_send(args) -> int:
     with open(args.path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
+    bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
     try:
         r = sender.send(m if m is not None else b"", host, port, args.key, streams=args.streams,
-                        rate_limit_bytes_per_s=args.rate)  # fmt: skip
+                        rate_limit_bytes_per_s=args.rate, progress=bar)  # fmt: skip
     finally:
         if m is not None:
             m.close()
+        if bar is not None:
+            bar.close()
     from .demo import human_bytes
 
     _print(r, args.json, f"sent {args.key} -> {args.to}: {r['mode']}, {human_bytes(r['size'])} raw, "

@@ -169,11 +169,14 @@ class Sender:
         streams: int | None = None,
         rate_limit_bytes_per_s: float | None = None,
         resource_type: str | None = None,
+        progress=None,
     ) -> dict[str, Any]:
         """Send ``data`` (any contiguous buffer: bytes, mmap, numpy array; never copied) as ``key``.
 
-        ``streams``: a fixed stream count, or None for auto.  Returns the
-        transfer's statistics; raises TransferError on failure.
+        ``streams``: a fixed stream count, or None for auto.  ``progress``, if
+        given, is called as ``progress(acked_bytes, total_bytes)`` a few times a
+        second from the calling thread.  Returns the transfer's statistics;
+        raises TransferError on failure.
         """
         from dwcp.storage import validate_key
 
@@ -272,7 +275,7 @@ class Sender:
             bdp = int(link * rtt_s) if link else None
             ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
-            max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start)
+            max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
             if state.failed:
                 err = TransferError(state.failed)
                 err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent,
@@ -363,7 +366,8 @@ class Sender:
         except DWCPError as exc:
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
 
-    def _run_streams(self, ctx: _StreamCtx, n0: int, controller, decisions: list, t_start: float) -> int:
+    def _run_streams(self, ctx: _StreamCtx, n0: int, controller, decisions: list, t_start: float,
+                     progress=None) -> int:  # fmt: skip
         tp = self.transport
         state = ctx.state
         threads: dict[int, threading.Thread] = {}
@@ -389,6 +393,8 @@ class Sender:
                 th.start()
             max_seen = max(max_seen, len(threads))
             state.all_done.wait(0.25 if controller is None else 0.5)
+            if progress is not None:
+                progress(state.acked_raw, sum(ln for _, ln in state.spans))
             now = time.monotonic()
             if controller is not None and now - last_t >= 0.5:
                 goodput = (state.acked_raw - last_acked) / (now - last_t)

@@ -48,7 +48,9 @@ def stored(srv: DataServer, key: str) -> bytes:
 def test_full_then_delta_then_fetch(server, tmp_path, image):
     sender = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
     host, port = server.address
-    r1 = sender.send(image, host, port, "vm/a", streams=3)
+    ticks: list[tuple[int, int]] = []
+    r1 = sender.send(image, host, port, "vm/a", streams=3, progress=lambda d, t: ticks.append((d, t)))
+    assert ticks and all(0 <= d <= t == image.nbytes for d, t in ticks)
     assert r1["mode"] == "full" and r1["verified"] and r1["streams"]["max"] <= 3
     assert r1["wire_bytes"] < image.nbytes * 0.6  # zero pages elided
     assert stored(server, "vm/a") == image.tobytes()
