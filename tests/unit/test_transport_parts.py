@@ -239,3 +239,16 @@ def test_server_counters_lose_no_update_under_threads(tmp_path):
         t.join(30)
     snap = srv.stats_snapshot()
     assert snap["chunks_received_total"] == 160_000 and snap["bytes_raw_total"] == 480_000
+
+
+def test_example_config_parses():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "systemd", "dwcp.toml.example")
+    if not os.path.exists(path):  # running from an installed package without the source tree
+        pytest.skip("systemd/dwcp.toml.example is not beside the tests")
+    text = open(path).read().replace("plaintext = false", "plaintext = true")
+    import tomllib
+
+    cfg = from_dict(tomllib.loads(text))
+    assert cfg.transport.chunk_size_bytes == 4 << 20 and cfg.storage.keep_versions == 2
