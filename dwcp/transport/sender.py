@@ -116,6 +116,8 @@ class _State:
     nacks: dict[int, int] = field(default_factory=dict)
     force_full: set[int] = field(default_factory=set)
     target_streams: int = 1
+    active_streams: int = 0  # streams taking work (a retired stream drains without counting)
+    stream_failures: int = 0
     stream_errors: list[str] = field(default_factory=list)
     stream_info: list[dict] = field(default_factory=list)  # TCP_INFO of each stream as it ended
     all_done: threading.Event = field(default_factory=threading.Event)
@@ -372,23 +374,21 @@ class Sender:
         state = ctx.state
         threads: dict[int, threading.Thread] = {}
         next_id = 0
-        reconnects = 0
+        started: set[int] = set()  # stream ids that have registered as active (or exited)
         max_seen = 0
         last_t, last_acked = time.monotonic(), 0
         while True:
-            alive = {i: th for i, th in threads.items() if th.is_alive()}
-            dead = len(threads) - len(alive)
-            threads = alive
-            if dead and not state.all_done.is_set():
-                reconnects += dead
-                if reconnects > tp.max_stream_reconnects:
-                    state.fail(f"gave up after {reconnects} stream failures: {'; '.join(state.stream_errors[-3:])}")
+            threads = {i: th for i, th in threads.items() if th.is_alive()}
+            # only streams that failed count against the budget, not ones the controller retired
+            if state.stream_failures > tp.max_stream_reconnects and not state.all_done.is_set():
+                state.fail(f"gave up after {state.stream_failures} stream failures: "
+                           f"{'; '.join(state.stream_errors[-3:])}")  # fmt: skip
             if state.all_done.is_set():
                 break
-            while len(threads) < state.target_streams:
+            while state.active_streams + sum(1 for i in threads if i not in started) < state.target_streams:
                 sid = next_id
                 next_id += 1
-                th = threading.Thread(target=ctx.run, args=(sid,), name=f"dwcp-stream-{sid}", daemon=True)
+                th = threading.Thread(target=ctx.run, args=(sid, started), name=f"dwcp-stream-{sid}", daemon=True)
                 threads[sid] = th
                 th.start()
             max_seen = max(max_seen, len(threads))
@@ -429,10 +429,14 @@ class _StreamCtx:
         self.resource_type = resource_type
         self.window = sender.transport.window_chunks
 
-    def run(self, sid: int) -> None:
+    def run(self, sid: int, started: set[int]) -> None:
         state = self.state
         inflight: dict[int, int] = {}
         fs: FrameSocket | None = None
+        with state.lock:
+            state.active_streams += 1
+            started.add(sid)
+        active = True
         try:
             fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id,
@@ -443,7 +447,12 @@ class _StreamCtx:
                     self._read_ack(fs, inflight)
                 if state.all_done.is_set() or state.failed:
                     break
-                if sid >= state.target_streams:  # retired by the controller: drain and leave
+                if active:
+                    with state.lock:
+                        if state.active_streams > state.target_streams:  # the controller wants fewer
+                            state.active_streams -= 1
+                            active = False
+                if not active:  # retired: drain what is in flight, then leave
                     if not inflight:
                         break
                     self._read_ack(fs, inflight)
@@ -484,11 +493,15 @@ class _StreamCtx:
             log.info("%s; requeueing %d chunks", why, len(inflight))
             with state.lock:
                 state.stream_errors.append(why)
+                state.stream_failures += 1
             # A stream-level failure (including the receiver closing this stream
             # over a protocol error, e.g. a header corrupted in flight) costs
             # this stream only: its chunks are requeued and the monitor opens a
             # replacement, within the reconnect budget.
         finally:
+            if active:
+                with state.lock:
+                    state.active_streams -= 1
             for i in inflight:
                 if not state.done[i]:
                     self.q.try_put(i)

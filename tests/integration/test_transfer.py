@@ -269,3 +269,16 @@ def test_invalid_keys_are_refused(server):
         with pytest.raises(Exception) as ei:
             Sender(tx_config(), PLAIN).send(b"x" * 10, *server.address, key)
         assert "key" in str(ei.value).lower()
+
+
+def test_a_replacement_stream_takes_over_and_does_not_churn(server):
+    """Regression: a replacement stream got an id past the target and retired at once, over and over."""
+    data = np.random.default_rng(9).integers(0, 256, 24 << 20, dtype=np.uint8)
+    with FaultProxy(server.address) as proxy:
+        proxy.cut_after(2 << 20, conn=2)
+        r = Sender(tx_config(), PLAIN).send(data, *proxy.address, "raw/churn", streams=2,
+                                            rate_limit_bytes_per_s=16e6)  # fmt: skip
+        conns = proxy.connections
+    assert len(r["stream_errors"]) == 1
+    assert conns <= 5, f"{conns} connections: 1 control + 2 streams + 1 replacement expected"
+    assert stored(server, "raw/churn") == data.tobytes()
