@@ -284,6 +284,9 @@ class Sender:
                              "chunks_acked": len(spans) - state.remaining, "resumed_chunks": resumed}  # fmt: skip
                 raise err
             ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
+            # the receiver re-reads the whole object for its digest and fsyncs it:
+            # allow for that at a conservative 100 MB/s on top of the stall timeout
+            ctrl.sock.settimeout(tp.stall_timeout_s + size / 100e6)
             done = self._expect(ctrl, C.FRAME_DONE)
             if not done.get("ok") or done.get("digest") != digest.hex():
                 raise TransferError(f"receiver did not confirm {key}: {done}")

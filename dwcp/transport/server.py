@@ -344,7 +344,17 @@ class DataServer:
                 step = PAGE_HASHES_PER_FRAME * 8
                 for i in range(0, len(hashes), step):
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
-            got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
+            # The control stream is quiet while the data streams work: a silent
+            # control stream is only idle if the transfer made no progress either.
+            seen = -1
+            while True:
+                try:
+                    got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
+                    break
+                except TimeoutError:
+                    if t.chunks_received == seen:
+                        raise
+                    seen = t.chunks_received
             if got is None or got[0].frame_type != C.FRAME_DONE:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
                 return

@@ -282,3 +282,17 @@ def test_a_replacement_stream_takes_over_and_does_not_churn(server):
     assert len(r["stream_errors"]) == 1
     assert conns <= 5, f"{conns} connections: 1 control + 2 streams + 1 replacement expected"
     assert stored(server, "raw/churn") == data.tobytes()
+
+
+def test_a_quiet_control_stream_is_not_idle_while_data_flows(tmp_path):
+    """Regression: the receiver closed a transfer whose control stream was silent longer than
+    idle_timeout_s although its data streams were busy."""
+    srv = DataServer(server_config(tmp_path / "rx", idle_timeout_s=0.5))
+    srv.start()
+    try:
+        data = np.random.default_rng(10).integers(0, 256, 6 << 20, dtype=np.uint8)
+        r = Sender(tx_config(), PLAIN).send(data, *srv.address, "slow/k", streams=1, rate_limit_bytes_per_s=4e6)
+        assert r["seconds"] > 1.0 and r["verified"]
+        assert stored(srv, "slow/k") == data.tobytes()
+    finally:
+        srv.close()
