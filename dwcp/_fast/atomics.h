@@ -1,7 +1,17 @@
-/* C11/GCC atomics for the ring buffers (dwcp/_fast/ring.pyx). */
+/* GCC __atomic helpers for the ring buffers (dwcp/_fast/ring.pyx).
+ *
+ * Memory ordering, in one place:
+ *   - an index owned by one side (SPSC head/tail) is published with a
+ *     release store after the slot it covers is written, and read by the
+ *     other side with an acquire load before the slot is touched;
+ *   - Vyukov's MPMC queue orders each cell through its own sequence number
+ *     (acquire load / release store); the shared positions only need the
+ *     CAS to be atomic, so they are read relaxed.
+ * static inline only: this header is included by one extension. */
 #ifndef DWCP_ATOMICS_H
 #define DWCP_ATOMICS_H
 #include <stdint.h>
+#include <stdlib.h>  /* aligned_alloc */
 #include <time.h>
 
 static inline uint64_t dwcp_load_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -11,6 +21,7 @@ static inline int dwcp_cas(uint64_t *p, uint64_t *expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, expected, desired, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
 static inline int32_t dwcp_load_i32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void dwcp_store_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void dwcp_add_i32(int32_t *p, int32_t v) { __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
 static inline void dwcp_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -50,7 +61,8 @@ static inline int dwcp_mpmc_put(dwcp_mpmc_idx *ix, dwcp_mpmc_cell *cells, uint64
     for (;;) {
         dwcp_mpmc_cell *c = &cells[pos & mask];
         uint64_t seq = dwcp_load_acq(&c->seq);
-        int64_t dif = (int64_t)seq - (int64_t)pos;
+        /* difference in unsigned arithmetic, then signed: no overflow UB */
+        int64_t dif = (int64_t)(seq - pos);
         if (dif == 0) {
             if (dwcp_cas(&ix->enq, &pos, pos + 1)) {
                 c->value = v;
@@ -70,7 +82,7 @@ static inline int dwcp_mpmc_get(dwcp_mpmc_idx *ix, dwcp_mpmc_cell *cells, uint64
     for (;;) {
         dwcp_mpmc_cell *c = &cells[pos & mask];
         uint64_t seq = dwcp_load_acq(&c->seq);
-        int64_t dif = (int64_t)seq - (int64_t)(pos + 1);
+        int64_t dif = (int64_t)(seq - (pos + 1));
         if (dif == 0) {
             if (dwcp_cas(&ix->deq, &pos, pos + 1)) {
                 *v = c->value;

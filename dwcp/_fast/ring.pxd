@@ -1,3 +1,4 @@
+# Declarations for dwcp/_fast/ring.pyx (theory of operation and Rules there).
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 
 cdef extern from "atomics.h" nogil:
@@ -13,6 +14,8 @@ cdef extern from "atomics.h" nogil:
 
 
 cdef class RingBuffer:
+    # buf: nslots * slot_size bytes; lens: committed length per slot;
+    # views: live views per slot (atomic); idx: head/tail on own cache lines
     cdef uint8_t *buf
     cdef uint32_t *lens
     cdef int32_t *views
@@ -23,11 +26,26 @@ cdef class RingBuffer:
     cdef bint acquired
     cdef bint peeked
     cdef bint closed
-    cdef int32_t active
+    cdef int32_t active  # batch calls in flight (close() refuses to free under them)
 
     cdef void _free(self) noexcept
     cdef int _check(self) except -1
     cdef bint _can_write(self, uint64_t head) noexcept nogil
+    cdef Py_ssize_t _push_n(self, const uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil
+    cdef Py_ssize_t _pop_n(self, uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil
+
+
+cdef class _SlotView:
+    # Buffer exporter for one slot of a RingBuffer: counts live views in
+    # ring.views[slot]; single use (no new export once all are released).
+    cdef RingBuffer ring
+    cdef Py_ssize_t slot
+    cdef Py_ssize_t length
+    cdef bint readonly
+    cdef int32_t live
+    cdef bint spent
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
 
 
 cdef class MPMCQueue:
@@ -36,4 +54,3 @@ cdef class MPMCQueue:
     cdef readonly Py_ssize_t capacity
     cdef uint64_t mask
     cdef int32_t closed
-    cdef int32_t active

@@ -1,15 +1,32 @@
 """Pure-Python RingBuffer and MPMCQueue: the oracles for dwcp/_fast/ring.pyx.
 
-Same API, results and exceptions.  Each slot is its own bytearray, so the
-"a viewed slot is never overwritten" rule is checked exactly: a bytearray
-with live memoryview exports cannot be resized, which is how ``_viewed``
-asks CPython whether any view of the slot is still alive.
+Same API, results and exceptions; the Rules are in the module docstring of
+dwcp/_fast/ring.pyx.  Written to be obviously correct, not fast:
+
+* RingBuffer is one bytearray, free-running head/tail counters and a
+  threading.RLock around every state change (SPSC needs no lock, but the
+  oracle should not depend on the GIL's scheduling to be right).
+* Views of a slot are ctypes arrays laid over the bytearray
+  (``from_buffer``), wrapped in a memoryview.  Every memoryview derived from
+  it keeps the array alive; a weakref callback on the array is the "release
+  hook" that decrements the slot's view count when the last one is gone.
+  (Python 3.12's ``__buffer__``/``__release_buffer__`` would do the same
+  without ctypes; the project supports 3.11.)
+* MPMCQueue is a deque under a threading.Condition.
+* Buffer arguments are acquired the way Cython acquires a typed memoryview
+  argument (``_typed``), so a wrong buffer raises the same exception type in
+  both twins.
 """
 
 from __future__ import annotations
 
+import ctypes
+import operator
+import struct
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 
 from dwcp.errors import ClosedResourceError, LocalProtocolError
@@ -17,53 +34,151 @@ from dwcp.errors import ClosedResourceError, LocalProtocolError
 __all__ = ["RingBuffer", "MPMCQueue"]
 
 
+# -- arguments, as Cython converts them ---------------------------------------
+
+
+def _ssize(x) -> int:
+    """A ``Py_ssize_t`` argument: __index__, OverflowError beyond 64 bits."""
+    i = operator.index(x)
+    if not -(1 << 63) <= i < (1 << 63):
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return i
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyBUF_WRITABLE = 0x0001
+_PyBUF_FORMAT = 0x0004
+_PyBUF_C_CONTIGUOUS = 0x0038  # 0x0020 | PyBUF_STRIDES
+
+_pyapi = getattr(ctypes, "pythonapi", None)  # CPython only
+if _pyapi is not None:
+    _get_buffer = _pyapi.PyObject_GetBuffer
+    _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
+    _get_buffer.restype = ctypes.c_int
+    _release_buffer = _pyapi.PyBuffer_Release
+    _release_buffer.argtypes = [ctypes.POINTER(_Py_buffer)]
+    _release_buffer.restype = None
+
+
+def _request(obj, writable: bool) -> None:
+    """Ask ``obj`` for the buffer Cython asks for, so that the exporter raises
+    its own error (e.g. BufferError for bytes, ValueError for a read-only or
+    strided numpy array)."""
+    flags = _PyBUF_C_CONTIGUOUS | _PyBUF_FORMAT | (_PyBUF_WRITABLE if writable else 0)
+    if _pyapi is None:  # other interpreters: the common case, approximately
+        mv = memoryview(obj)
+        if writable and mv.readonly:
+            raise BufferError("Object is not writable.")
+        if not mv.c_contiguous:
+            raise BufferError("buffer is not C-contiguous")
+        return
+    view = _Py_buffer()
+    _get_buffer(obj, ctypes.byref(view), flags)  # a set error is raised by ctypes
+    _release_buffer(ctypes.byref(view))
+
+
+_CTYPE = {"B": ("uint8_t", 1), "Q": ("uint64_t", 8)}
+
+
+def _typed(obj, name: str, code: str, writable: bool) -> memoryview:
+    """A 1-D C-contiguous ``uint8`` (code "B") or ``uint64`` ("Q") argument,
+    checked in Cython's order; returns it as a flat memoryview of ``code``."""
+    if obj is None:
+        raise TypeError(f"Argument '{name}' must not be None")
+    _request(obj, writable)
+    mv = memoryview(obj)
+    if mv.ndim != 1:
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {mv.ndim})")
+    fmt = mv.format
+    order, char = (fmt[0], fmt[1:]) if fmt[:1] in "@=<>!" else ("@", fmt)
+    if order in ">!" and sys.byteorder == "little":
+        raise ValueError("Big-endian buffer not supported on little-endian compiler")
+    ctype, size = _CTYPE[code]
+    try:
+        ok = char in ("B", "H", "I", "L", "Q", "N") and struct.calcsize(order + char) == size
+    except struct.error:
+        ok = False
+    if not ok or mv.itemsize != size:
+        raise ValueError(f"Buffer dtype mismatch, expected '{ctype}' but got {fmt!r}")
+    flat = mv.cast("B")
+    return flat if code == "B" else flat.cast(code)
+
+
 def _pow2_check(n: int, what: str) -> None:
     if n < 2 or n & (n - 1) or n > (1 << 30):
         raise ValueError(f"{what} must be a power of two in [2, 2**30], got {n}")
 
 
-def _u8(b, writable: bool = False) -> memoryview:
-    mv = memoryview(b)
-    if writable and mv.readonly:
-        raise TypeError("buffer is read-only")
-    if not mv.c_contiguous:
-        raise ValueError("ndarray is not C-contiguous")
-    return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+# -- RingBuffer ----------------------------------------------------------------
 
 
 class RingBuffer:
+    """SPSC ring of ``nslots`` slots of ``slot_size`` bytes (Rules: dwcp/_fast/ring.pyx)."""
+
     def __init__(self, slot_size: int, nslots: int) -> None:
+        slot_size, nslots = _ssize(slot_size), _ssize(nslots)
         if not 1 <= slot_size <= (1 << 30):
             raise ValueError(f"slot_size must be in [1, 2**30], got {slot_size}")
         _pow2_check(nslots, "nslots")
         if slot_size * nslots > (1 << 40):
             raise ValueError("ring buffer larger than 1 TiB")
-        self.slot_size = slot_size
-        self.capacity = nslots
-        self._slots = [bytearray(slot_size) for _ in range(nslots)]
+        self._slot_size = slot_size
+        self._capacity = nslots
+        self._buf: bytearray | None = bytearray(slot_size * nslots)
         self._lens = [0] * nslots
-        self._head = 0
-        self._tail = 0
+        self._views = [0] * nslots  # live views per slot
+        self._hooks: dict[int, weakref.ref] = {}  # keeps the release hooks alive
+        self._head = 0  # slots committed so far (producer)
+        self._tail = 0  # slots released so far (consumer)
         self._acquired = False
         self._peeked = False
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a release hook may run inside a locked section
+
+    @property
+    def slot_size(self) -> int:
+        return self._slot_size
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def _check(self) -> None:
         if self._closed:
             raise ClosedResourceError("ring buffer is closed")
 
-    def _viewed(self, i: int) -> bool:
-        s = self._slots[i]
-        try:
-            s.append(0)
-        except BufferError:
-            return True
-        del s[-1]
-        return False
+    def _view(self, slot: int, length: int, readonly: bool) -> memoryview:
+        arr = (ctypes.c_ubyte * length).from_buffer(self._buf, slot * self._slot_size)
+
+        def released(ref: weakref.ref) -> None:
+            with self._lock:
+                self._views[slot] -= 1
+                self._hooks.pop(id(ref), None)
+
+        with self._lock:
+            self._views[slot] += 1
+            hook = weakref.ref(arr, released)
+            self._hooks[id(hook)] = hook
+        mv = memoryview(arr).cast("B")
+        return mv.toreadonly() if readonly else mv
 
     def _can_write(self) -> bool:
-        return self._head - self._tail < self.capacity and not self._viewed(self._head % self.capacity)
+        return self._head - self._tail < self._capacity and self._views[self._head % self._capacity] == 0
 
     def __len__(self) -> int:
         self._check()
@@ -73,62 +188,68 @@ class RingBuffer:
     def free(self) -> int:
         self._check()
         with self._lock:
-            n = self.capacity - (self._head - self._tail)
-            for i in range(self._head, self._tail + self.capacity):
-                if self._viewed(i % self.capacity):
-                    n -= 1
-            return n
+            return sum(
+                1 for i in range(self._head, self._tail + self._capacity) if not self._views[i % self._capacity]
+            )
 
     @property
     def view_count(self) -> int:
-        """Slots with live views (the reference cannot count several views of one slot)."""
         if self._closed:
             return 0
-        return sum(self._viewed(i) for i in range(self.capacity))
+        with self._lock:
+            return sum(self._views)
 
     # -- producer ----------------------------------------------------------
-    def acquire(self):
+    def acquire(self) -> memoryview | None:
         self._check()
         if self._acquired:
             raise LocalProtocolError("acquire() twice without commit()")
         with self._lock:
             if not self._can_write():
                 return None
+            view = self._view(self._head % self._capacity, self._slot_size, readonly=False)
             self._acquired = True
-            return memoryview(self._slots[self._head % self.capacity])
+            return view
 
     def commit(self, nbytes: int) -> None:
+        nbytes = _ssize(nbytes)
         self._check()
         if not self._acquired:
             raise LocalProtocolError("commit() without acquire()")
-        if not 0 <= nbytes <= self.slot_size:
-            raise ValueError(f"nbytes must be in [0, {self.slot_size}], got {nbytes}")
+        if not 0 <= nbytes <= self._slot_size:
+            raise ValueError(f"nbytes must be in [0, {self._slot_size}], got {nbytes}")
         with self._lock:
-            self._lens[self._head % self.capacity] = nbytes
+            self._lens[self._head % self._capacity] = nbytes
             self._head += 1
             self._acquired = False
 
+    def _put_one(self, item: memoryview) -> None:
+        i = self._head % self._capacity
+        off = i * self._slot_size
+        assert self._buf is not None
+        self._buf[off : off + len(item)] = item
+        self._lens[i] = len(item)
+        self._head += 1
+
     def push(self, data) -> bool:
+        mv = _typed(data, "data", "B", writable=False)
         self._check()
-        mv = _u8(data)
-        if len(mv) > self.slot_size:
-            raise ValueError(f"{len(mv)} bytes do not fit a {self.slot_size}-byte slot")
+        if len(mv) > self._slot_size:
+            raise ValueError(f"{len(mv)} bytes do not fit a {self._slot_size}-byte slot")
         if self._acquired:
             raise LocalProtocolError("push() while a slot is acquired")
         with self._lock:
             if not self._can_write():
                 return False
-            i = self._head % self.capacity
-            self._slots[i][: len(mv)] = mv
-            self._lens[i] = len(mv)
-            self._head += 1
+            self._put_one(mv)
             return True
 
     def push_batch(self, src, item_size: int) -> int:
+        mv = _typed(src, "src", "B", writable=False)
+        item_size = _ssize(item_size)
         self._check()
-        if not 1 <= item_size <= self.slot_size:
-            raise ValueError(f"item_size must be in [1, {self.slot_size}], got {item_size}")
-        mv = _u8(src)
+        if not 1 <= item_size <= self._slot_size:
+            raise ValueError(f"item_size must be in [1, {self._slot_size}], got {item_size}")
         if len(mv) % item_size:
             raise ValueError(f"len(src)={len(mv)} is not a multiple of item_size={item_size}")
         if self._acquired:
@@ -138,24 +259,27 @@ class RingBuffer:
             with self._lock:
                 if not self._can_write():
                     break
-                i = self._head % self.capacity
-                self._slots[i][:item_size] = mv[off : off + item_size]
-                self._lens[i] = item_size
-                self._head += 1
+                self._put_one(mv[off : off + item_size])
             count += 1
         return count
 
     # -- consumer ----------------------------------------------------------
-    def peek(self):
+    def _slot_bytes(self, i: int) -> bytes:
+        assert self._buf is not None
+        off = i * self._slot_size
+        return bytes(self._buf[off : off + self._lens[i]])
+
+    def peek(self) -> memoryview | None:
         self._check()
         if self._peeked:
             raise LocalProtocolError("peek() twice without release()")
         with self._lock:
             if self._tail == self._head:
                 return None
-            i = self._tail % self.capacity
+            i = self._tail % self._capacity
+            view = self._view(i, self._lens[i], readonly=True)
             self._peeked = True
-            return memoryview(self._slots[i])[: self._lens[i]].toreadonly()
+            return view
 
     def release(self) -> None:
         self._check()
@@ -165,50 +289,49 @@ class RingBuffer:
             self._tail += 1
             self._peeked = False
 
-    def pop(self):
+    def pop(self) -> bytes | None:
         self._check()
         if self._peeked:
             raise LocalProtocolError("pop() while a slot is peeked")
         with self._lock:
             if self._tail == self._head:
                 return None
-            i = self._tail % self.capacity
-            out = bytes(self._slots[i][: self._lens[i]])
+            out = self._slot_bytes(self._tail % self._capacity)
             self._tail += 1
             return out
 
     def pop_into(self, buf) -> int:
+        mv = _typed(buf, "buf", "B", writable=True)
         self._check()
-        mv = _u8(buf, writable=True)
         if self._peeked:
             raise LocalProtocolError("pop_into() while a slot is peeked")
         with self._lock:
             if self._tail == self._head:
                 return -1
-            i = self._tail % self.capacity
-            n = self._lens[i]
-            if n > len(mv):
-                raise ValueError(f"buffer of {len(mv)} bytes is too small for a {n}-byte slot")
-            mv[:n] = self._slots[i][:n]
+            item = self._slot_bytes(self._tail % self._capacity)
+            if len(item) > len(mv):
+                raise ValueError(f"buffer of {len(mv)} bytes is too small for a {len(item)}-byte slot")
+            mv[: len(item)] = item
             self._tail += 1
-            return n
+            return len(item)
 
     def pop_batch(self, dst, item_size: int) -> int:
+        mv = _typed(dst, "dst", "B", writable=True)
+        item_size = _ssize(item_size)
         self._check()
-        if not 1 <= item_size <= self.slot_size:
-            raise ValueError(f"item_size must be in [1, {self.slot_size}], got {item_size}")
-        mv = _u8(dst, writable=True)
+        if not 1 <= item_size <= self._slot_size:
+            raise ValueError(f"item_size must be in [1, {self._slot_size}], got {item_size}")
         if self._peeked:
             raise LocalProtocolError("pop_batch() while a slot is peeked")
         count = 0
-        for off in range(0, len(mv) - item_size + 1, item_size):
+        for _ in range(len(mv) // item_size):
             with self._lock:
                 if self._tail == self._head:
                     break
-                i = self._tail % self.capacity
-                if self._lens[i] != item_size:
+                item = self._slot_bytes(self._tail % self._capacity)
+                if len(item) != item_size:
                     break
-                mv[off : off + item_size] = self._slots[i][:item_size]
+                mv[count * item_size : (count + 1) * item_size] = item
                 self._tail += 1
             count += 1
         return count
@@ -216,39 +339,61 @@ class RingBuffer:
     def close(self) -> None:
         if self._closed:
             return
-        n = self.view_count
-        if n:
-            raise BufferError(f"cannot close a ring buffer with {n} live views")
-        self._closed = True
-        self._slots = []
+        with self._lock:
+            live = sum(self._views)
+            if live:
+                raise BufferError(f"cannot close a ring buffer with {live} live views")
+            self._closed = True
+            self._buf = None
 
-    def __enter__(self):
+    def __enter__(self) -> RingBuffer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         if self._closed:
             return "<RingBuffer closed>"
-        return f"<RingBuffer {len(self)}/{self.capacity} slots of {self.slot_size} bytes>"
+        return f"<RingBuffer {len(self)}/{self._capacity} slots of {self._slot_size} bytes>"
+
+
+# -- MPMCQueue -------------------------------------------------------------------
 
 
 def _u64(x) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError(f"MPMCQueue items are integers, got {type(x).__name__}")
+    # ints and integer-likes (__index__, e.g. numpy.uint64); bool is refused
+    if type(x) is not int:
+        if isinstance(x, bool) or not hasattr(type(x), "__index__"):
+            raise TypeError(f"MPMCQueue items are integers, got {type(x).__name__}")
+        x = operator.index(x)
     if not 0 <= x < 2**64:
         raise OverflowError(f"{x} does not fit in an unsigned 64-bit integer")
-    return x
+    return int(x)
+
+
+def _deadline(timeout) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    return time.monotonic() + timeout
 
 
 class MPMCQueue:
+    """Bounded MPMC queue of unsigned 64-bit integers (Rules: dwcp/_fast/ring.pyx)."""
+
     def __init__(self, capacity: int) -> None:
+        capacity = _ssize(capacity)
         _pow2_check(capacity, "capacity")
-        self.capacity = capacity
+        self._capacity = capacity
         self._q: deque[int] = deque()
         self._cv = threading.Condition()
         self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def __len__(self) -> int:
         return len(self._q)
@@ -262,17 +407,17 @@ class MPMCQueue:
         with self._cv:
             if self._closed:
                 raise ClosedResourceError("queue is closed")
-            if len(self._q) >= self.capacity:
+            if len(self._q) >= self._capacity:
                 return False
             self._q.append(v)
-            self._cv.notify()
+            self._cv.notify_all()
             return True
 
-    def try_get(self):
+    def try_get(self) -> int | None:
         with self._cv:
             if self._q:
                 v = self._q.popleft()
-                self._cv.notify()
+                self._cv.notify_all()
                 return v
             if self._closed:
                 raise ClosedResourceError("queue is closed and drained")
@@ -280,16 +425,14 @@ class MPMCQueue:
 
     def put(self, x, timeout=None) -> None:
         v = _u64(x)
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         with self._cv:
             while True:
                 if self._closed:
                     raise ClosedResourceError("queue is closed")
-                if len(self._q) < self.capacity:
+                if len(self._q) < self._capacity:
                     self._q.append(v)
-                    self._cv.notify()
+                    self._cv.notify_all()
                     return
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -297,14 +440,12 @@ class MPMCQueue:
                 self._cv.wait(left)
 
     def get(self, timeout=None) -> int:
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         with self._cv:
             while True:
                 if self._q:
                     v = self._q.popleft()
-                    self._cv.notify()
+                    self._cv.notify_all()
                     return v
                 if self._closed:
                     raise ClosedResourceError("queue is closed and drained")
@@ -314,31 +455,26 @@ class MPMCQueue:
                 self._cv.wait(left)
 
     def put_batch(self, src) -> int:
-        mv = memoryview(src).cast("B").cast("Q")
+        mv = _typed(src, "src", "Q", writable=False)
         with self._cv:
             if self._closed:
                 raise ClosedResourceError("queue is closed")
-            n = 0
-            for v in mv:
-                if len(self._q) >= self.capacity:
-                    break
-                self._q.append(v)
-                n += 1
-            self._cv.notify_all()
+            n = min(len(mv), self._capacity - len(self._q))
+            self._q.extend(mv[:n].tolist())
+            if n:
+                self._cv.notify_all()
             return n
 
     def get_batch(self, dst) -> int:
-        mv = memoryview(dst).cast("B").cast("Q")
-        if mv.readonly:
-            raise TypeError("buffer is read-only")
+        mv = _typed(dst, "dst", "Q", writable=True)
         with self._cv:
-            n = 0
-            while n < len(mv) and self._q:
-                mv[n] = self._q.popleft()
-                n += 1
-            if n == 0 and self._closed:
+            n = min(len(mv), len(self._q))
+            for i in range(n):
+                mv[i] = self._q.popleft()
+            if n == 0 and self._closed and not self._q:
                 raise ClosedResourceError("queue is closed and drained")
-            self._cv.notify_all()
+            if n:
+                self._cv.notify_all()
             return n
 
     def close(self) -> None:
@@ -347,4 +483,4 @@ class MPMCQueue:
             self._cv.notify_all()
 
     def __repr__(self) -> str:
-        return f"<MPMCQueue {len(self)}/{self.capacity}{' closed' if self._closed else ''}>"
+        return f"<MPMCQueue {len(self)}/{self._capacity}{' closed' if self._closed else ''}>"
