@@ -192,7 +192,9 @@ def probe_zerocopy(sock: socket.socket) -> bool:
         return False
 
 
-def bind_source(sock: socket.socket, *, source_address: str | None = None, interface: str | None = None) -> None:
+def bind_source(
+    sock: socket.socket, *, source_address: str | None = None, interface: str | None = None
+) -> None:
     """Pin a not-yet-connected socket to a NIC and/or a local address.
 
     Raises ConfigError, naming the setting, when the kernel refuses.
