@@ -189,7 +189,9 @@ class RingBuffer:
         self._check()
         with self._lock:
             return sum(
-                1 for i in range(self._head, self._tail + self._capacity) if not self._views[i % self._capacity]
+                1
+                for i in range(self._head, self._tail + self._capacity)
+                if not self._views[i % self._capacity]
             )
 
     @property
