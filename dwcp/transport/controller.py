@@ -1,63 +1,225 @@
 """How many TCP streams: the initial count from the bandwidth-delay product,
 then an online controller that probes on measured goodput.
 
+Theory of operation
+-------------------
+One TCP stream moves at most ``window / RTT``, and on a lossy path much
+less; N streams share the path's capacity.  ``initial_streams`` guesses N
+from the BDP.  ``StreamController`` then corrects the guess online: the
+driver calls ``observe(now, goodput)`` about every ``interval_s`` and applies
+the returned ``Decision.target_streams``.
+
+The controller only ever *compares* goodput at two stream counts.  The
+larger count is worth it when it gives at least ``1 + gain_threshold``
+times the goodput of the smaller one; the same test decides a probe up
+(keep the extra streams?) and a probe down (could we do with fewer?), so
+the two cannot disagree and walk the count back and forth on a steady link.
+
 Rules
 -----
-1. Sans-IO and deterministic: ``observe(now, goodput)`` in, a Decision out;
-   no clock, no randomness, no sockets.
-2. States and transitions::
+1. Sans-IO and deterministic: ``observe(now, goodput_bytes_per_s,
+   retransmit_rate)`` in, a ``Decision`` out.  No clock, no randomness, no
+   sockets; the same inputs give the same decisions.
+2. Measurement.  Observations are averaged, weighted by the time since the
+   previous one, until at least 3/4 of ``interval_s`` has passed; then the
+   average is *one sample*.  The sample taken in the interval a change took
+   effect is a settling sample (``settle_intervals`` of them): it is
+   recorded, never judged (so, with the default one, changes are at least
+   two intervals apart).  A zero sample (nothing acknowledged: a stall, or
+   the tail of the object) says nothing about the count: it is not judged.
+3. States and transitions (``_TRANSITIONS``; an event a state does not list
+   is a bug)::
 
-       PROBE_UP   --gain >= threshold-->  PROBE_UP (step doubles, capped)
-       PROBE_UP   --gain <  threshold-->  HOLD     (back to the best count seen)
-       HOLD       --hold_intervals----->  PROBE_DOWN (one stream fewer), or
-                                          PROBE_UP (one more), alternately
-       PROBE_DOWN --loss <  threshold-->  HOLD     (keep the smaller count)
-       PROBE_DOWN --loss >= threshold-->  HOLD     (back up) ; then PROBE_UP after hold
+       START      --MEASURED---------->  PROBE_UP    first sample: reference taken, try more
+       START      --MEASURED_AT_MAX--->  PROBE_DOWN  already at max: try fewer
+       START      --PINNED------------>  HOLD        min == max: nothing to decide
+       PROBE_UP   --GAIN-------------->  PROBE_UP    keep them; next step doubles (at most x2 streams)
+       PROBE_UP   --GAIN_AT_MAX------->  HOLD        keep them; no room above
+       PROBE_UP   --GAIN_PAST_KNEE---->  PROBE_DOWN  paid far less than in proportion: overshot,
+                                                     jump down to the estimated knee
+       PROBE_UP   --NO_GAIN----------->  HOLD        back to the count before the probe
+       PROBE_UP   --NO_GAIN_AT_START-->  PROBE_DOWN  the initial guess gained nothing from more
+                                                     streams: it may be too high, try fewer now
+       PROBE_DOWN --KEPT-------------->  PROBE_DOWN  fewer did as well: shed one more
+       PROBE_DOWN --KEPT_AT_MIN------->  HOLD        fewer did as well; at min
+       PROBE_DOWN --LOST-------------->  HOLD        back to the last count that did as well
+       HOLD       --WAIT-------------->  HOLD
+       HOLD       --TIMER_UP---------->  PROBE_UP    held long enough: probes alternate down and
+       HOLD       --TIMER_DOWN-------->  PROBE_DOWN  up, so the count follows the link both ways
+       HOLD       --SHIFT_UP---------->  PROBE_UP    two samples in a row >2x threshold above the
+       HOLD       --SHIFT_DOWN-------->  PROBE_DOWN  hold average (or below): the link changed
 
-   A probe down is judged against the *peak* goodput seen (not the last
-   interval), so a run of small accepted losses cannot compound.
-
-   A change is judged on the goodput of the interval *after* it took effect
-   (the first interval after a change is a settling interval and ignored).
-3. The count never leaves [min_streams, max_streams].
+4. Hysteresis.  HOLD lasts ``hold_intervals`` samples; after a probe that
+   changed nothing it doubles, up to ``max_hold_intervals``, and it resets
+   when a probe moves the count or the link shifts.  A probe down is judged
+   against the *peak* of its run (the reference or any better sample since),
+   so neither small accepted losses nor a transient dip that started the run
+   can compound into shedding streams that matter.
+5. A probe up is refused, whatever it gained, when the retransmit rate rose
+   above ``max_retransmit_rate`` and to more than twice its level before the
+   probe: those streams only fight each other for the bottleneck queue.
+6. The count never leaves [min_streams, max_streams].
+7. Errors are sticky: invalid input (goodput not a finite number >= 0, time
+   going backwards) raises ``InternalError`` and puts the controller in
+   ``ERROR``, where every later ``observe`` raises too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
-from dwcp.errors import ConfigError
+from dwcp.errors import ConfigError, InternalError
 
-__all__ = ["initial_streams", "StreamController", "Decision", "PROBE_UP", "HOLD", "PROBE_DOWN"]
+__all__ = [
+    "initial_streams",
+    "StreamController",
+    "Decision",
+    "HistoryEntry",
+    "START",
+    "PROBE_UP",
+    "HOLD",
+    "PROBE_DOWN",
+    "ERROR",
+]
 
-PROBE_UP = "PROBE_UP"
-HOLD = "HOLD"
-PROBE_DOWN = "PROBE_DOWN"
+
+class _Sentinel(str):
+    """A state or event name; a str so it prints and serialises as itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
-def _h(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.1f} {unit}"
+# States
+START = _Sentinel("START")
+PROBE_UP = _Sentinel("PROBE_UP")
+HOLD = _Sentinel("HOLD")
+PROBE_DOWN = _Sentinel("PROBE_DOWN")
+ERROR = _Sentinel("ERROR")
+
+# Events (what a judged sample says, given the limits)
+EV_MEASURED = _Sentinel("MEASURED")
+EV_MEASURED_AT_MAX = _Sentinel("MEASURED_AT_MAX")
+EV_PINNED = _Sentinel("PINNED")
+EV_GAIN = _Sentinel("GAIN")
+EV_GAIN_AT_MAX = _Sentinel("GAIN_AT_MAX")
+EV_GAIN_PAST_KNEE = _Sentinel("GAIN_PAST_KNEE")
+EV_NO_GAIN = _Sentinel("NO_GAIN")
+EV_NO_GAIN_AT_START = _Sentinel("NO_GAIN_AT_START")
+EV_KEPT = _Sentinel("KEPT")
+EV_KEPT_AT_MIN = _Sentinel("KEPT_AT_MIN")
+EV_LOST = _Sentinel("LOST")
+EV_WAIT = _Sentinel("WAIT")
+EV_TIMER_UP = _Sentinel("TIMER_UP")
+EV_TIMER_DOWN = _Sentinel("TIMER_DOWN")
+EV_SHIFT_UP = _Sentinel("SHIFT_UP")
+EV_SHIFT_DOWN = _Sentinel("SHIFT_DOWN")
+
+_TRANSITIONS: dict[tuple[str, str], str] = {
+    (START, EV_MEASURED): PROBE_UP,
+    (START, EV_MEASURED_AT_MAX): PROBE_DOWN,
+    (START, EV_PINNED): HOLD,
+    (PROBE_UP, EV_GAIN): PROBE_UP,
+    (PROBE_UP, EV_GAIN_AT_MAX): HOLD,
+    (PROBE_UP, EV_GAIN_PAST_KNEE): PROBE_DOWN,
+    (PROBE_UP, EV_NO_GAIN): HOLD,
+    (PROBE_UP, EV_NO_GAIN_AT_START): PROBE_DOWN,
+    (PROBE_DOWN, EV_KEPT): PROBE_DOWN,
+    (PROBE_DOWN, EV_KEPT_AT_MIN): HOLD,
+    (PROBE_DOWN, EV_LOST): HOLD,
+    (HOLD, EV_WAIT): HOLD,
+    (HOLD, EV_TIMER_UP): PROBE_UP,
+    (HOLD, EV_TIMER_DOWN): PROBE_DOWN,
+    (HOLD, EV_SHIFT_UP): PROBE_UP,
+    (HOLD, EV_SHIFT_DOWN): PROBE_DOWN,
+}
+
+
+# ---------------------------------------------------------------------------
+# Initial count
+
+
+def _si(n: float, unit: str) -> str:
+    for prefix in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.3g} {prefix}{unit}"
         n /= 1000
-    return f"{n:.1f} TB"
+    raise AssertionError("unreachable")
 
 
-def initial_streams(link_bytes_per_s: float | None, rtt_s: float, per_stream_window_bytes: int,
-                    min_streams: int, max_streams: int) -> tuple[int, str]:  # fmt: skip
+def _iec(n: float) -> str:
+    for prefix in ("", "Ki", "Mi", "Gi"):
+        if abs(n) < 1024 or prefix == "Gi":
+            return f"{n:.3g} {prefix}B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _real(x: object) -> float | None:
+    """``x`` as a finite float, or None."""
+    if isinstance(x, bool):
+        return None
+    try:
+        v = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _check_bounds(min_streams: int, max_streams: int) -> None:
+    for name, v in (("min_streams", min_streams), ("max_streams", max_streams)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{name} must be a whole number, got {v!r}")
     if not 1 <= min_streams <= max_streams:
-        raise ConfigError("need 1 <= min_streams <= max_streams")
-    if not link_bytes_per_s:
+        raise ConfigError(f"need 1 <= min_streams <= max_streams, got {min_streams} and {max_streams}")
+
+
+def initial_streams(
+    link_bytes_per_s: float | None,
+    rtt_s: float,
+    per_stream_window_bytes: int,
+    min_streams: int,
+    max_streams: int,
+) -> tuple[int, str]:
+    """ceil(BDP / per-stream window), clamped to [min, max], and the reason in words.
+
+    An unknown (None or 0) link speed starts at ``min_streams``: the
+    controller probes up from there.
+    """
+    _check_bounds(min_streams, max_streams)
+    rtt = _real(rtt_s)
+    if rtt is None or rtt < 0:
+        raise ConfigError(f"rtt must be a finite number of seconds >= 0, got {rtt_s!r}")
+    window = _real(per_stream_window_bytes)
+    if window is None or window <= 0:
+        raise ConfigError(
+            f"per-stream window must be a positive number of bytes, got {per_stream_window_bytes!r}"
+        )
+    link = None if link_bytes_per_s is None else _real(link_bytes_per_s)
+    if link_bytes_per_s is not None and (link is None or link < 0):
+        raise ConfigError(f"link speed must be a finite number >= 0 bytes/s, got {link_bytes_per_s!r}")
+    if not link:
         return min_streams, f"link speed unknown: start at min_streams={min_streams} and probe"
-    bdp = link_bytes_per_s * max(rtt_s, 0.0)
-    n = max(1, math.ceil(bdp / max(1, per_stream_window_bytes)))
+    bdp = link * rtt
+    n = max(1, math.ceil(bdp / window - 1e-9))
     clamped = max(min_streams, min(max_streams, n))
-    return clamped, (
-        f"BDP {_h(bdp)} = {link_bytes_per_s * 8 / 1e9:.2f} Gbit/s x {rtt_s * 1000:.2f} ms over "
-        f"{_h(per_stream_window_bytes)} windows -> {n} streams"
-        + (f", clamped to {clamped}" if clamped != n else "")
+    why = (
+        f"BDP {_si(bdp, 'B')} = {_si(link * 8, 'bit/s')} x {rtt * 1000:.3g} ms over "
+        f"{_iec(window)} windows -> {n} stream{'s' if n != 1 else ''}"
     )
+    if clamped != n:
+        why += f", clamped to {'min' if clamped > n else 'max'}_streams={clamped}"
+    return clamped, why
+
+
+# ---------------------------------------------------------------------------
+# Online controller
 
 
 @dataclass(frozen=True)
@@ -66,97 +228,315 @@ class Decision:
     reason: str
 
 
-@dataclass
+class HistoryEntry(NamedTuple):
+    now: float
+    streams: int  # the target after this observation
+    goodput_bytes_per_s: float
+    reason: str
+    state: str
+
+
 class StreamController:
-    initial: int
-    min_streams: int
-    max_streams: int
-    gain_threshold: float = 0.05
-    hold_intervals: int = 8
-    max_step: int = 8
-    state: str = PROBE_UP
-    history: list = field(default_factory=list)
+    """The online stream-count controller; see the module's rules.
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_streams <= self.max_streams:
-            raise ConfigError("need 1 <= min_streams <= max_streams")
-        if not 0 < self.gain_threshold < 1:
-            raise ConfigError("gain_threshold must be in (0, 1)")
-        self.n = max(self.min_streams, min(self.max_streams, self.initial))
+    ``n`` is the current target; ``state`` one of START, PROBE_UP, HOLD,
+    PROBE_DOWN, ERROR; ``history`` the last ``history_len`` observations.
+    """
+
+    def __init__(
+        self,
+        initial: int,
+        min_streams: int,
+        max_streams: int,
+        *,
+        interval_s: float = 0.5,
+        gain_threshold: float = 0.05,
+        hold_intervals: int = 8,
+        max_hold_intervals: int = 16,
+        settle_intervals: int = 1,
+        knee_efficiency: float = 0.5,
+        max_retransmit_rate: float = 0.02,
+        history_len: int = 4096,
+    ) -> None:
+        _check_bounds(min_streams, max_streams)
+        if isinstance(initial, bool) or not isinstance(initial, int):
+            raise ConfigError(f"initial stream count must be a whole number, got {initial!r}")
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise ConfigError(f"interval_s must be > 0, got {interval_s!r}")
+        if not 0 < gain_threshold < 1:
+            raise ConfigError(f"gain_threshold must be in (0, 1), got {gain_threshold!r}")
+        if not 1 <= hold_intervals <= max_hold_intervals:
+            raise ConfigError("need 1 <= hold_intervals <= max_hold_intervals")
+        if settle_intervals < 0:
+            raise ConfigError(f"settle_intervals must be >= 0, got {settle_intervals!r}")
+        if not 0 <= knee_efficiency <= 1:
+            raise ConfigError(f"knee_efficiency must be in [0, 1], got {knee_efficiency!r}")
+        if not max_retransmit_rate >= 0:
+            raise ConfigError(f"max_retransmit_rate must be >= 0, got {max_retransmit_rate!r}")
+        if history_len < 1:
+            raise ConfigError(f"history_len must be >= 1, got {history_len!r}")
+        self.min_streams = min_streams
+        self.max_streams = max_streams
+        self.interval_s = float(interval_s)
+        self.gain_threshold = float(gain_threshold)
+        self.hold_intervals = hold_intervals
+        self.max_hold_intervals = max_hold_intervals
+        self.settle_intervals = settle_intervals
+        self.knee_efficiency = float(knee_efficiency)
+        self.max_retransmit_rate = float(max_retransmit_rate)
+        self.history: deque[HistoryEntry] = deque(maxlen=history_len)
+
+        self.n = self._clamp(initial)
+        self.state: str = START
+        self._error: str | None = None
+        # measurement (rule 2)
+        self._last_now: float | None = None
+        self._acc_dt = 0.0
+        self._acc_g = 0.0
+        self._acc_rr_dt = 0.0
+        self._acc_rr = 0.0
+        self._settle = settle_intervals  # the initial streams are starting too
+        # probe bookkeeping
+        self._base = self.n  # the count a failed probe returns to
+        self._ref = 0.0  # goodput at _base (probe up) / peak of the run (probe down)
+        self._ref_rr: float | None = None
         self._step = 1
-        self._settling = True
-        self._prev_n = self.n
-        self._prev_goodput: float | None = None
-        self._best = (self.n, 0.0)
+        self._from_start = False
+        self._probe_origin = self.n  # the count held before this probe run
+        self._next_up = False  # HOLD's next timer probe goes up?
+        # HOLD bookkeeping
+        self._hold_len = hold_intervals
         self._held = 0
-        self._peak = 0.0
-        self._down_next = True
-        if self.n >= self.max_streams:
-            self.state = HOLD
+        self._hold_sum = 0.0
+        self._hold_cnt = 0
+        self._hold_rr_sum = 0.0
+        self._hold_rr_cnt = 0
+        self._pending: tuple[float, float | None, int] | None = None  # (goodput, rr, sign) of an outlier
 
-    def _go(self, n: int, reason: str) -> Decision:
-        n = max(self.min_streams, min(self.max_streams, n))
-        if n != self.n:
-            self._prev_n = self.n
-            self.n = n
-            self._settling = True
-        return Decision(self.n, reason)
+    def __repr__(self) -> str:
+        return f"<StreamController {self.state} n={self.n} in [{self.min_streams}, {self.max_streams}]>"
 
-    def observe(self, now: float, goodput_bytes_per_s: float, retransmit_rate: float | None = None) -> Decision:
-        g = max(0.0, goodput_bytes_per_s)
-        d = self._observe(g)
-        self.history.append((now, self.n, g, self.state, d.reason))
+    # -- public -------------------------------------------------------------
+
+    def observe(
+        self, now: float, goodput_bytes_per_s: float, retransmit_rate: float | None = None
+    ) -> Decision:
+        """Feed the goodput measured over the interval ending at ``now``; get the target."""
+        if self.state is ERROR:
+            raise InternalError(f"stream controller is in ERROR ({self._error}); it refuses input")
+        try:
+            d = self._observe(now, goodput_bytes_per_s, retransmit_rate)
+        except Exception as exc:
+            self.state = ERROR
+            self._error = str(exc)
+            raise
+        self.history.append(
+            HistoryEntry(now, d.target_streams, float(goodput_bytes_per_s), d.reason, self.state)
+        )
         return d
 
-    def _observe(self, g: float) -> Decision:
-        if self._settling:  # the interval a change took effect in: measure, do not judge
-            self._settling = False
+    def history_as_dicts(self) -> list[dict]:
+        """``history`` for ``--json`` output."""
+        return [e._asdict() for e in self.history]
+
+    # -- measurement --------------------------------------------------------
+
+    def _observe(self, now: float, g: float, rr: float | None) -> Decision:
+        g_ = _real(g)
+        if g_ is None or g_ < 0:
+            raise InternalError(f"goodput must be a finite number >= 0 bytes/s, got {g!r}")
+        rr_ = None if rr is None else _real(rr)
+        if rr is not None and (rr_ is None or rr_ < 0):
+            raise InternalError(f"retransmit rate must be a finite number >= 0 or None, got {rr!r}")
+        now_ = _real(now)
+        if now_ is None:
+            raise InternalError(f"now must be a finite number of seconds, got {now!r}")
+        g, rr, now = g_, rr_, now_
+        if self._last_now is not None and now < self._last_now:
+            raise InternalError(f"time went backwards: {now} after {self._last_now}")
+        dt = self.interval_s if self._last_now is None else now - self._last_now
+        self._last_now = now
+        self._acc_dt += dt
+        self._acc_g += g * dt
+        if rr is not None:
+            self._acc_rr_dt += dt
+            self._acc_rr += rr * dt
+        if self._acc_dt < 0.75 * self.interval_s:
+            return Decision(self.n, f"{self.state}: measuring at {self.n} streams")
+        sample = self._acc_g / self._acc_dt
+        sample_rr = self._acc_rr / self._acc_rr_dt if self._acc_rr_dt > 0 else None
+        self._acc_dt = self._acc_g = self._acc_rr_dt = self._acc_rr = 0.0
+        if self._settle > 0:
+            self._settle -= 1
             return Decision(self.n, f"{self.state}: settling at {self.n} streams")
-        if g > self._best[1] * (1 + self.gain_threshold) or self._best[0] == self.n:
-            if g >= self._best[1] or self._best[0] == self.n:
-                self._best = (self.n, max(g, self._best[1] if self._best[0] == self.n else g))
-        prev = self._prev_goodput
-        self._prev_goodput = g
-        self._peak = max(self._peak, g)
-        if self.state == PROBE_UP:
-            if prev is None or self.n == self._prev_n:
-                if self.n >= self.max_streams:
-                    self.state = HOLD
-                    return Decision(self.n, f"at max_streams={self.max_streams}")
-                return self._go(self.n + self._step, f"probe up: {self.n} -> {self.n + self._step}")
-            if g >= prev * (1 + self.gain_threshold):
-                if self.n >= self.max_streams:
-                    self.state = HOLD
-                    return Decision(self.n, f"gained {g / max(prev, 1) - 1:.0%}; at max_streams")
-                self._step = min(self.max_step, self._step * 2)
-                return self._go(self.n + self._step, f"gained {g / max(prev, 1) - 1:.0%}: probe up by {self._step}")
-            self.state = HOLD
-            self._held = 0
-            self._step = 1
-            back = self._prev_n
-            return self._go(back, f"gain {g / max(prev, 1) - 1:+.0%} below {self.gain_threshold:.0%}: hold at {back}")
-        if self.state == HOLD:
-            self._held += 1
-            if self._held < self.hold_intervals:
-                return Decision(self.n, f"hold at {self.n}")
-            # alternate probes so the count can move both ways as the link changes
-            self._held = 0
-            self._prev_goodput = g
-            if (self._down_next or self.n >= self.max_streams) and self.n > self.min_streams:
-                self._down_next = False
-                self.state = PROBE_DOWN
-                return self._go(self.n - 1, f"probe down: {self.n} -> {self.n - 1}")
-            self._down_next = True
-            if self.n < self.max_streams:
-                self.state = PROBE_UP
-                self._peak = g  # the link may have changed: judge from what it gives now
-                return self._go(self.n + 1, f"probe up after holding: {self.n} -> {self.n + 1}")
-            return Decision(self.n, f"hold at {self.n}")
-        # PROBE_DOWN
-        self.state = HOLD
+        if sample == 0:
+            return Decision(self.n, f"{self.state}: nothing acknowledged this interval, not judged")
+        return self._step_machine(sample, sample_rr)
+
+    def _step_machine(self, g: float, rr: float | None) -> Decision:
+        handlers: dict[str, Callable[[float, float | None], tuple[str, int, str]]] = {
+            START: self._on_start, PROBE_UP: self._on_probe_up, PROBE_DOWN: self._on_probe_down, HOLD: self._on_hold,
+        }  # fmt: skip
+        handler = handlers[self.state]
+        event, target, reason = handler(g, rr)
+        try:
+            new_state = _TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise InternalError(f"no transition from {self.state} on {event}") from None
+        if new_state is HOLD and self.state is not HOLD:
+            self._enter_hold(target)
+        self.state = new_state
+        self._move(target)
+        return Decision(self.n, reason)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _clamp(self, n: int) -> int:
+        return max(self.min_streams, min(self.max_streams, n))
+
+    def _move(self, target: int) -> None:
+        target = self._clamp(target)
+        if target != self.n:
+            self.n = target
+            self._settle = self.settle_intervals
+
+    def _worth_it(self, fewer: float, more: float) -> bool:
+        """Rule: the larger count pays when it gives >= (1 + threshold) x the smaller's goodput."""
+        return more >= fewer * (1 + self.gain_threshold) and more > 0
+
+    def _fresh_up_step(self, n: int) -> int:
+        # big enough that a stream count still in its linear region shows a gain of 2x the threshold
+        return max(1, math.ceil(n * 2 * self.gain_threshold - 1e-9))
+
+    def _enter_hold(self, target: int) -> None:
+        moved = self._clamp(target) != self._probe_origin
+        self._hold_len = self.hold_intervals if moved else min(2 * self._hold_len, self.max_hold_intervals)
+        self._reset_hold_stats()
+
+    def _reset_hold_stats(self) -> None:
         self._held = 0
-        ref = max(prev or 0.0, self._peak)
-        if g <= ref * (1 - self.gain_threshold):
-            return self._go(self._prev_n, f"lost {1 - g / max(ref, 1):.0%} with fewer streams: back to {self._prev_n}")
-        self._best = (self.n, g)
-        return Decision(self.n, f"kept {self.n}: fewer streams lost < {self.gain_threshold:.0%}")
+        self._hold_sum = self._hold_rr_sum = 0.0
+        self._hold_cnt = self._hold_rr_cnt = 0
+        self._pending = None
+
+    def _add_hold_sample(self, g: float, rr: float | None) -> None:
+        self._hold_sum += g
+        self._hold_cnt += 1
+        if rr is not None:
+            self._hold_rr_sum += rr
+            self._hold_rr_cnt += 1
+
+    def _start_up(self, ref: float, ref_rr: float | None, *, from_start: bool = False) -> int:
+        self._probe_origin = self._base = self.n
+        self._ref, self._ref_rr = ref, ref_rr
+        self._step = min(self._fresh_up_step(self.n), self.max_streams - self.n)
+        self._from_start = from_start
+        self._next_up = False
+        return self.n + self._step
+
+    def _start_down(self, base: int, peak: float, target: int, *, origin: int | None = None) -> int:
+        self._probe_origin = self.n if origin is None else origin
+        self._base = base
+        self._ref = peak
+        self._next_up = True
+        return target
+
+    # -- states -------------------------------------------------------------
+
+    def _on_start(self, g: float, rr: float | None) -> tuple[str, int, str]:
+        if self.min_streams == self.max_streams:
+            self._probe_origin = self.n
+            return EV_PINNED, self.n, f"fixed at {self.n} streams (min == max)"
+        if self.n >= self.max_streams:
+            t = self._start_down(self.n, g, self.n - 1)
+            return EV_MEASURED_AT_MAX, t, f"{_si(g, 'B/s')} at max {self.n} streams: probe down to {t}"
+        t = self._start_up(g, rr, from_start=True)
+        return EV_MEASURED, t, f"{_si(g, 'B/s')} at {self.n} streams: probe up to {t}"
+
+    def _on_probe_up(self, g: float, rr: float | None) -> tuple[str, int, str]:
+        base, n, ref = self._base, self.n, self._ref
+        gain = g / ref - 1 if ref > 0 else (math.inf if g > 0 else 0.0)
+        what = f"probe up {base} -> {n}: {gain:+.0%}" if math.isfinite(gain) else f"probe up {base} -> {n}"
+        rr_rose = rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
+        if rr_rose or not self._worth_it(ref, g):
+            why = f"retransmits rose to {rr:.1%}" if rr_rose else f"below {self.gain_threshold:.0%}"
+            if self._from_start and base > self.min_streams:
+                t = self._start_down(base, ref, base - 1, origin=base)
+                why += f": the initial {base} may be too many, probe down to {t}"
+                return EV_NO_GAIN_AT_START, t, f"{what}, {why}"
+            return EV_NO_GAIN, base, f"{what}, {why}: hold at {base}"
+        # the added streams paid; did they pay in proportion?
+        added = n - base
+        efficiency = gain / (added / base) if math.isfinite(gain) else 1.0
+        if efficiency < self.knee_efficiency:
+            knee = max(base + 1, math.ceil(base * g / ref - 1e-9))
+            if knee < n:
+                t = self._start_down(n, g, knee, origin=base)
+                why = f"past the knee, probe down to {t}"
+                return EV_GAIN_PAST_KNEE, t, f"{what} for {added / base:+.0%} streams: {why}"
+        if n >= self.max_streams:
+            return EV_GAIN_AT_MAX, n, f"{what}: keep {n}, the maximum"
+        self._base, self._ref, self._ref_rr = n, g, rr
+        self._step = min(2 * self._step, n)  # at most double the count per probe
+        t = min(self.max_streams, n + self._step)
+        return EV_GAIN, t, f"{what}: keep {n}, probe up to {t}"
+
+    def _on_probe_down(self, g: float, rr: float | None) -> tuple[str, int, str]:
+        n, base, peak = self.n, self._base, self._ref
+        if self._worth_it(g, peak):
+            what = f"probe down {base} -> {n}: {_si(g, 'B/s')} vs peak {_si(peak, 'B/s')}"
+            return EV_LOST, base, f"{what}, lost >= {self.gain_threshold:.0%}: back to {base}"
+        self._ref = max(peak, g)
+        self._base = n
+        if n <= self.min_streams:
+            return EV_KEPT_AT_MIN, n, f"probe down to {n} kept the goodput: hold at the minimum"
+        return EV_KEPT, n - 1, f"probe down to {n} kept the goodput: probe down to {n - 1}"
+
+    def _on_hold(self, g: float, rr: float | None) -> tuple[str, int, str]:
+        n = self.n
+        self._held += 1
+        mean = self._hold_sum / self._hold_cnt if self._hold_cnt else None
+        shift = 0
+        if mean and self._hold_cnt >= 2 and abs(g / mean - 1) > 2 * self.gain_threshold:
+            sign = 1 if g > mean else -1
+            if self._pending is not None and self._pending[2] == sign:
+                shift = sign
+            else:
+                if self._pending is not None:
+                    self._add_hold_sample(self._pending[0], self._pending[1])
+                self._pending = (g, rr, sign)
+        else:
+            if self._pending is not None:
+                self._add_hold_sample(self._pending[0], self._pending[1])
+                self._pending = None
+            self._add_hold_sample(g, rr)
+        if shift:
+            assert self._pending is not None and mean is not None
+            level = (self._pending[0] + g) / 2
+            moved = f"goodput moved {level / mean - 1:+.0%} while holding at {n}"
+            self._hold_len = self.hold_intervals
+            if shift > 0 and n < self.max_streams:
+                t = self._start_up(level, rr)
+                return EV_SHIFT_UP, t, f"{moved}: probe up to {t}"
+            if shift < 0 and n > self.min_streams:
+                t = self._start_down(n, level, n - 1)
+                return EV_SHIFT_DOWN, t, f"{moved}: probe down to {t}"
+            # no room that way: the new level is the hold's reference from now on
+            pending = self._pending
+            self._reset_hold_stats()
+            self._add_hold_sample(pending[0], pending[1])
+            self._add_hold_sample(g, rr)
+            return EV_WAIT, n, f"{moved}: no room to follow, hold"
+        if self._held < self._hold_len:
+            return EV_WAIT, n, f"hold at {n} ({self._held}/{self._hold_len})"
+        ref = self._hold_sum / self._hold_cnt if self._hold_cnt else g
+        ref_rr = self._hold_rr_sum / self._hold_rr_cnt if self._hold_rr_cnt else None
+        can_up, can_down = n < self.max_streams, n > self.min_streams
+        if can_up and (self._next_up or not can_down):
+            t = self._start_up(ref, ref_rr)
+            return EV_TIMER_UP, t, f"held {self._held} intervals at {n}: probe up to {t}"
+        if can_down:
+            t = self._start_down(n, ref, n - 1)
+            return EV_TIMER_DOWN, t, f"held {self._held} intervals at {n}: probe down to {t}"
+        self._reset_hold_stats()
+        return EV_WAIT, n, f"hold at {n}"
