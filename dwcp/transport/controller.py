@@ -22,7 +22,8 @@ Rules
    sockets; the same inputs give the same decisions.
 2. Measurement.  Observations are averaged, weighted by the time since the
    previous one, until at least 3/4 of ``interval_s`` has passed; then the
-   average is *one sample*.  The sample taken in the interval a change took
+   average is *one sample* (the first observation counts as a whole
+   interval).  The sample taken in the interval a change took
    effect is a settling sample (``settle_intervals`` of them): it is
    recorded, never judged (so, with the default one, changes are at least
    two intervals apart).  A zero sample (nothing acknowledged: a stall, or
@@ -261,7 +262,7 @@ class StreamController:
         _check_bounds(min_streams, max_streams)
         if isinstance(initial, bool) or not isinstance(initial, int):
             raise ConfigError(f"initial stream count must be a whole number, got {initial!r}")
-        if not (math.isfinite(interval_s) and interval_s > 0):
+        if not (_real(interval_s) or 0) > 0:
             raise ConfigError(f"interval_s must be > 0, got {interval_s!r}")
         if not 0 < gain_threshold < 1:
             raise ConfigError(f"gain_threshold must be in (0, 1), got {gain_threshold!r}")

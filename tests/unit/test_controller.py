@@ -304,6 +304,7 @@ def test_bad_input_is_sticky_error(bad):
         ((1, 5, 4), {}),
         ((1.5, 1, 4), {}),
         ((1, 1, 4), {"interval_s": 0}),
+        ((1, 1, 4), {"interval_s": "fast"}),
         ((1, 1, 4), {"gain_threshold": 0}),
         ((1, 1, 4), {"gain_threshold": 1.5}),
         ((1, 1, 4), {"hold_intervals": 0}),
