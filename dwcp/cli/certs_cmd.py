@@ -1,48 +1,87 @@
-"""`dwcp certs init|issue`."""
+"""`dwcp certs init|issue`: the cluster CA and node certificates for mutual TLS.
+
+    dwcp certs init  --dir /etc/dwcp/ca [--cluster NAME] [--days N] [--force] [--json]
+    dwcp certs issue --dir /etc/dwcp/ca --node NODE [--host H]... [--out DIR] [--days N] [--force] [--json]
+
+A human run prints one line per file written; ``--json`` prints one JSON
+object on stdout.  Errors raise ConfigError, which ``dwcp.cli.main`` turns
+into one line on stderr.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from dwcp.errors import ConfigError
 
 __all__ = ["add_parser", "run"]
 
+_DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
-def add_parser(sub) -> None:
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certs", help="cluster CA and node certificates for mutual TLS")
-    cs = p.add_subparsers(dest="certs_command", metavar="SUBCOMMAND")
-    i = cs.add_parser("init", help="create the cluster CA")
-    i.add_argument("--dir", required=True, help="directory for ca.key (0600) and ca.crt")
-    i.add_argument("--cluster", default="dwcp")
-    i.add_argument("--days", type=int, default=3650)
-    i.add_argument("--force", action="store_true")
-    i.add_argument("--json", action="store_true")
+    cs = p.add_subparsers(dest="certs_command", metavar="{init,issue}")
+
+    i = cs.add_parser("init", help="create the cluster CA (ca.key 0600, ca.crt)")
+    i.add_argument("--dir", required=True, help="the CA directory (created 0700 if missing)")
+    i.add_argument("--cluster", default="dwcp", help="cluster name, in the CA's subject (default: dwcp)")
+    i.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
+    i.add_argument(
+        "--force", action="store_true", help="replace an existing CA (orphans every node certificate)"
+    )
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+
     s = cs.add_parser("issue", help="issue a node certificate signed by the cluster CA")
-    s.add_argument("--dir", required=True, help="the CA directory")
-    s.add_argument("--node", required=True, help="node id (the certificate's CN)")
-    s.add_argument("--host", action="append", default=None, help="DNS name or IP for the SAN (repeatable)")
+    s.add_argument("--dir", required=True, help="the CA directory (from `dwcp certs init`)")
+    s.add_argument("--node", required=True, help="node id, the certificate's CN: 1-64 of [A-Za-z0-9._-]")
+    s.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="DNS name or IP address for the certificate's SAN (repeatable; default: 127.0.0.1 and localhost)",
+    )
     s.add_argument("--out", default=None, help="where to write <node>.key and <node>.crt (default: --dir)")
-    s.add_argument("--days", type=int, default=825)
-    s.add_argument("--force", action="store_true")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--days", type=int, default=825, help="validity in days, at most the CA's (default: 825)")
+    s.add_argument(
+        "--force", action="store_true", help="replace an existing key and certificate for this node"
+    )
+    s.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from dwcp.security.certs import init_ca, issue_node
 
-    if args.certs_command == "init":
-        r = init_ca(args.dir, cluster_name=args.cluster, days=args.days, force=args.force)
-        out = {"ca_key": r.ca_key, "ca_cert": r.ca_cert}
-    elif args.certs_command == "issue":
-        hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost")
-        r2 = issue_node(args.dir, args.node, hosts=hosts, days=args.days, force=args.force, out_dir=args.out)
-        out = {"key": r2.key, "cert": r2.cert, "ca_cert": r2.ca_cert}
+    command = getattr(args, "certs_command", None)
+    if command == "init":
+        ca = init_ca(args.dir, cluster_name=args.cluster, days=args.days, force=args.force)
+        written = [("CA key", ca.ca_key), ("CA certificate", ca.ca_cert)]
+        out: dict[str, object] = {
+            "command": "init",
+            "cluster": args.cluster,
+            "ca_key": ca.ca_key,
+            "ca_cert": ca.ca_cert,
+        }
+    elif command == "issue":
+        hosts = tuple(args.host) if args.host else _DEFAULT_HOSTS
+        node = issue_node(
+            args.dir, args.node, hosts=hosts, days=args.days, force=args.force, out_dir=args.out
+        )
+        written = [(f"{args.node} key", node.key), (f"{args.node} certificate", node.cert)]
+        out = {
+            "command": "issue",
+            "node": args.node,
+            "hosts": list(hosts),
+            "key": node.key,
+            "cert": node.cert,
+            "ca_cert": node.ca_cert,
+        }
     else:
-        raise ConfigError("dwcp certs: say init or issue")
+        raise ConfigError("say `init` (create the cluster CA) or `issue` (a node certificate)")
     if args.json:
         print(json.dumps(out))
     else:
-        for k, v in out.items():
-            print(f"wrote {k}: {v}")
+        for what, path in written:
+            print(f"wrote {path} ({what})")
     return 0

@@ -1,8 +1,25 @@
 """`dwcp certs`: a cluster CA and node certificates (ECDSA P-256, X.509).
 
-Private keys are created with mode 0600 from the first byte (os.open with
-the mode, never chmod after the fact) in directories of mode 0700, and are
-never overwritten without ``force``.
+Theory of operation
+-------------------
+A cluster has one CA (``ca.key`` + ``ca.crt``, made by :func:`init_ca`).
+Every node gets a key and a certificate signed by that CA
+(:func:`issue_node`); its node id is the certificate's CN.  The data port
+accepts exactly the peers whose certificate chains to the cluster CA
+(``dwcp.security.tls``), so issuing a certificate *is* admitting a node.
+
+Rules
+-----
+1. A private key is never readable by anyone but its owner, not even for an
+   instant: it is written to a temporary file created by ``os.open`` with
+   mode 0600 (``O_EXCL | O_NOFOLLOW``, so a planted file or symlink is not
+   reused), then renamed into place.  Directories we create are 0700.
+2. Nothing is overwritten without ``force``; every target is checked before
+   any file is written, so a refusal leaves the directory as it was.
+3. Keys are loaded only if their mode passes :func:`check_key_permissions`.
+4. A node certificate never outlives its CA (its ``notAfter`` is clamped).
+5. Bad input is the operator's fault: it raises ``ConfigError`` naming the
+   file or value, never a ``cryptography`` exception.
 """
 
 from __future__ import annotations
@@ -11,7 +28,9 @@ import datetime as dt
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,9 +39,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dwcp.errors import ConfigError
 
-__all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions"]
+__all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions", "valid_node_id"]
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A node id is a CN, a file name (<node_id>.key) and a log/metric label: keep
+# it to characters that are safe in all three.  "." and ".." are excluded
+# separately because they are path components.
+NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A DNS name in a SAN: LDH labels, optionally a leading "*." wildcard.
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
+# The CA's CN is "<cluster> cluster CA" and a CN is at most 64 characters.
+_CLUSTER_NAME_MAX = 64 - len(" cluster CA")
+# Backdate notBefore a little so that peers with slightly slow clocks accept
+# a certificate issued a moment ago.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -38,40 +68,146 @@ class NodePaths:
     ca_cert: str
 
 
-def _write(path: str, data: bytes, mode: int, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise ConfigError(f"{path} already exists (use --force to replace it)")
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def check_key_permissions(path: str | os.PathLike[str]) -> None:
+    """Raise ConfigError unless the private key at ``path`` is private to its owner.
+
+    Any group/other bit counts (a group-writable key can be swapped), and the
+    mode of the file a symlink points to is what is checked.
+    """
+    p = os.fspath(path)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ConfigError(f"private key {p} does not exist") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"private key {p} is accessible by group/other (mode {st.st_mode & 0o777:03o}); chmod 600 it"
+        )
+
+
+def valid_node_id(node_id: object) -> TypeGuard[str]:
+    """Whether ``node_id`` is a valid node id (and so a safe CN, file name and label)."""
+    return (
+        isinstance(node_id, str) and NODE_ID_RE.fullmatch(node_id) is not None and node_id not in (".", "..")
+    )
+
+
+def _check_node_id(node_id: object) -> str:
+    if not valid_node_id(node_id):
+        raise ConfigError(f"node id {node_id!r}: 1-64 characters of letters, digits, '.', '_' or '-'")
+    return node_id
+
+
+def _check_days(days: object) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError(f"days: {days!r} is not a whole number of days >= 1")
+    return days
+
+
+def _general_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    if isinstance(hosts, str):  # ("a") is a str, not a 1-tuple: accept it rather than split it into letters
+        hosts = (hosts,)
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        if not isinstance(h, str) or not h:
+            raise ConfigError(f"host {h!r}: expected a DNS name or an IP address")
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+            continue
+        except ValueError:
+            pass
+        if len(h) > 253 or not _DNS_NAME.fullmatch(h):
+            raise ConfigError(f"host {h!r}: not an IP address nor a valid DNS name")
+        names.append(x509.DNSName(h.lower()))
+    return names
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _refuse_existing(paths: Iterable[str], force: bool) -> None:
+    if force:
+        return
+    for p in paths:
+        if os.path.lexists(p):
+            raise ConfigError(f"{p} already exists (use --force to replace it)")
+
+
+def _make_dir(d: str) -> None:
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create directory {d}: {exc.strerror}") from None
+    if not os.path.isdir(d):
+        raise ConfigError(f"{d} is not a directory")
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically; the file never exists with a wider mode."""
+    tmp = f"{path}.tmp"
+    try:
+        os.unlink(tmp)  # a leftover from a crashed run; it was 0600 too
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed it (e.g. a 0644 certificate under umask 077)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 
-def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())  # fmt: skip
-
-
-def check_key_permissions(path: str) -> None:
+def _fsync_dir(d: str) -> None:
+    fd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(f"private key {path} does not exist") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(f"private key {path} is readable by group/other (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def init_ca(directory, *, cluster_name: str = "dwcp", days: int = 3650, force: bool = False) -> CAPaths:
+def _write_all(files: list[tuple[str, bytes, int]], force: bool) -> None:
+    _refuse_existing([p for p, _, _ in files], force)
+    try:
+        for path, data, mode in files:
+            _write(path, data, mode)
+        for d in {os.path.dirname(p) for p, _, _ in files}:
+            _fsync_dir(d)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {exc.filename or files[0][0]}: {exc.strerror}") from None
+
+
+def init_ca(
+    directory: str | os.PathLike[str], *, cluster_name: str = "dwcp", days: int = 3650, force: bool = False
+) -> CAPaths:
+    """Create the cluster CA in ``directory``: ``ca.key`` (0600) and self-signed ``ca.crt``.
+
+    Replacing a CA (``force``) orphans every node certificate it issued.
+    """
+    if not isinstance(cluster_name, str) or not 1 <= len(cluster_name) <= _CLUSTER_NAME_MAX:
+        raise ConfigError(f"cluster name {cluster_name!r}: 1-{_CLUSTER_NAME_MAX} characters")
+    _check_days(days)
     d = os.fspath(directory)
-    os.makedirs(d, mode=0o700, exist_ok=True)
+    paths = CAPaths(os.path.join(d, "ca.key"), os.path.join(d, "ca.crt"))
+    _refuse_existing([paths.ca_key, paths.ca_cert], force)
+    _make_dir(d)
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster_name} cluster CA"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_name)])  # fmt: skip
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster_name} cluster CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_name),
+        ]
+    )
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -79,70 +215,135 @@ def init_ca(directory, *, cluster_name: str = "dwcp", days: int = 3650, force: b
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
+        # path_length=0: the CA signs node certificates only, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    paths = CAPaths(os.path.join(d, "ca.key"), os.path.join(d, "ca.crt"))
-    if not force:
-        for p in (paths.ca_key, paths.ca_cert):
-            if os.path.exists(p):
-                raise ConfigError(f"{p} already exists (use --force to replace it)")
-    _write(paths.ca_key, _key_pem(key), 0o600, force)
-    _write(paths.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_all([(paths.ca_key, _key_pem(key), 0o600), (paths.ca_cert, pem, 0o644)], force)
     return paths
 
 
-def issue_node(directory, node_id: str, *, hosts=("127.0.0.1", "localhost"), days: int = 825,
-               force: bool = False, out_dir=None) -> NodePaths:  # fmt: skip
-    if not _NODE_ID.match(node_id or ""):
-        raise ConfigError(f"node id {node_id!r}: 1-64 characters of letters, digits, '.', '_' or '-'")
+def _load_ca(d: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = os.path.join(d, "ca.key"), os.path.join(d, "ca.crt")
+    for p in (key_path, cert_path):
+        if not os.path.isfile(p):
+            raise ConfigError(f"no cluster CA in {d} ({p} missing); run `dwcp certs init` first")
+    check_key_permissions(key_path)
+    try:
+        with open(key_path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
+    try:
+        with open(cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except ValueError as exc:
+        raise ConfigError(f"{cert_path}: not a PEM certificate ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path} is not an ECDSA key made by `dwcp certs init`")
+    if cert.public_key() != key.public_key():
+        raise ConfigError(f"{cert_path} does not belong to {key_path}")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise ConfigError(f"{cert_path} is not a CA certificate")
+    return key, cert
+
+
+def issue_node(
+    directory: str | os.PathLike[str],
+    node_id: str,
+    *,
+    hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+    days: int = 825,
+    force: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> NodePaths:
+    """Issue ``<node_id>.key`` (0600) and ``<node_id>.crt`` signed by the CA in ``directory``.
+
+    The files go to ``out_dir`` (created 0700 if missing) or ``directory``.
+    ``hosts`` become the subjectAltName: IP addresses as such, the rest as
+    DNS names.  They matter only to peers that turn hostname checks on.
+    """
+    _check_node_id(node_id)
+    _check_days(days)
+    sans = _general_names(hosts)
     d = os.fspath(directory)
     out = os.fspath(out_dir) if out_dir is not None else d
-    os.makedirs(out, mode=0o700, exist_ok=True)
-    try:
-        with open(os.path.join(d, "ca.key"), "rb") as f:
-            ca_key = serialization.load_pem_private_key(f.read(), None)
-        with open(os.path.join(d, "ca.crt"), "rb") as f:
-            ca_cert = x509.load_pem_x509_certificate(f.read())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"no cluster CA in {d} ({exc.filename} missing); run `dwcp certs init` first") from None
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{d}/ca.key is not an ECDSA key made by `dwcp certs init`")
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
+    paths = NodePaths(
+        os.path.join(out, f"{node_id}.key"), os.path.join(out, f"{node_id}.crt"), os.path.join(d, "ca.crt")
+    )
+    ca_key, ca_cert = _load_ca(d)
+    _refuse_existing([paths.key, paths.cert], force)
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    if not_after <= now:
+        raise ConfigError(
+            f"the cluster CA {paths.ca_cert} has expired ({ca_cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+    try:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    _make_dir(out)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    paths = NodePaths(os.path.join(out, f"{node_id}.key"), os.path.join(out, f"{node_id}.crt"),
-                      os.path.join(d, "ca.crt"))  # fmt: skip
-    if not force:
-        for p in (paths.key, paths.cert):
-            if os.path.exists(p):
-                raise ConfigError(f"{p} already exists (use --force to replace it)")
-    _write(paths.key, _key_pem(key), 0o600, force)
-    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        # Every node is both a server (receiving) and a client (sending).
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(aki, critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_all([(paths.key, _key_pem(key), 0o600), (paths.cert, pem, 0o644)], force)
     return paths
