@@ -116,7 +116,7 @@ def _typed(obj, name: str, code: str, writable: bool) -> memoryview:
     if not ok or mv.itemsize != size:
         raise ValueError(f"Buffer dtype mismatch, expected '{ctype}' but got {fmt!r}")
     flat = mv.cast("B")
-    return flat if code == "B" else flat.cast(code)
+    return flat if code == "B" else flat.cast(code)  # type: ignore[call-overload]
 
 
 def _pow2_check(n: int, what: str) -> None:
@@ -163,6 +163,7 @@ class RingBuffer:
             raise ClosedResourceError("ring buffer is closed")
 
     def _view(self, slot: int, length: int, readonly: bool) -> memoryview:
+        assert self._buf is not None  # callers check the ring is open first
         arr = (ctypes.c_ubyte * length).from_buffer(self._buf, slot * self._slot_size)
 
         def released(ref: weakref.ref) -> None:

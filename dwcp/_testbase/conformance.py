@@ -193,8 +193,8 @@ def check_mpmc_queue(factory) -> None:
     _raises(OverflowError, q.try_put, -1)
     _raises(OverflowError, q.try_put, 2**64)
     _raises(OverflowError, q.put, -1)
-    for bad in ("1", 1.0, True, None):
-        _raises(TypeError, q.try_put, bad)
+    for not_an_item in ("1", 1.0, True, None):
+        _raises(TypeError, q.try_put, not_an_item)
 
     class Index:
         def __index__(self) -> int:
