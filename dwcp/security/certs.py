@@ -45,7 +45,8 @@ __all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissio
 # it to characters that are safe in all three.  "." and ".." are excluded
 # separately because they are path components.
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# A DNS name in a SAN: LDH labels, optionally a leading "*." wildcard.
+# A DNS name in a SAN: labels of letters, digits, '-' (and '_', seen in the wild), optionally a
+# leading "*." wildcard.
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
 # The CA's CN is "<cluster> cluster CA" and a CN is at most 64 characters.
