@@ -201,26 +201,36 @@ cdef class RingBuffer:
                 and dwcp_load_i32(&self.views[head & self.mask]) == 0)
 
     cdef Py_ssize_t _push_n(self, const uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil:
+        # One acquire load of tail and one release store of head per batch:
+        # per-slot index traffic would bounce the two cache lines between
+        # the producer's and the consumer's cores for every slot.
         cdef uint64_t head = dwcp_load_rlx(&self.idx.head)
+        cdef uint64_t room = <uint64_t>self.capacity - (head - dwcp_load_acq(&self.idx.tail))
         cdef Py_ssize_t count = 0
-        while count < items and self._can_write(head):
+        if <uint64_t>items > room:
+            items = <Py_ssize_t>room
+        while count < items and dwcp_load_i32(&self.views[head & self.mask]) == 0:
             memcpy(self.buf + (head & self.mask) * self.slot_size, p + count * item_size, item_size)
             self.lens[head & self.mask] = <uint32_t>item_size
             head += 1
-            dwcp_store_rel(&self.idx.head, head)
             count += 1
+        if count:
+            dwcp_store_rel(&self.idx.head, head)
         return count
 
     cdef Py_ssize_t _pop_n(self, uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil:
+        # one acquire load of head and one release store of tail per batch
         cdef uint64_t tail = dwcp_load_rlx(&self.idx.tail)
+        cdef uint64_t ready = dwcp_load_acq(&self.idx.head) - tail
         cdef Py_ssize_t count = 0
-        while count < items and tail != dwcp_load_acq(&self.idx.head):
-            if self.lens[tail & self.mask] != <uint32_t>item_size:
-                break
+        if <uint64_t>items > ready:
+            items = <Py_ssize_t>ready
+        while count < items and self.lens[tail & self.mask] == <uint32_t>item_size:
             memcpy(p + count * item_size, self.buf + (tail & self.mask) * self.slot_size, item_size)
             tail += 1
-            dwcp_store_rel(&self.idx.tail, tail)
             count += 1
+        if count:
+            dwcp_store_rel(&self.idx.tail, tail)
         return count
 
     # -- producer ----------------------------------------------------------
