@@ -364,4 +364,5 @@ def test_property_many_streams_keep_the_goodput(per, ratio, hi, seed):
     # up bring it back, and on average the goodput stays within the threshold
     assert all(model(n, 0) >= model(best, 0) / 1.05**3 for n in held)
     assert sum(model(n, 0) for n, _ in tail) / len(tail) >= 0.92 * model(best, 0)
-    assert all(n <= best + 2 for n in held)
+    # above ~20 streams a probe adds ceil(10%) of them, and under noise one such step can be held
+    assert all(n <= best + max(2, math.ceil(0.1 * best)) for n in held)
