@@ -30,6 +30,7 @@ cdef class RingBuffer:
 
     cdef void _free(self) noexcept
     cdef int _check(self) except -1
+    cdef int _debug_check(self) except -1
     cdef bint _can_write(self, uint64_t head) noexcept nogil
     cdef Py_ssize_t _push_n(self, const uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil
     cdef Py_ssize_t _pop_n(self, uint8_t *p, Py_ssize_t items, Py_ssize_t item_size) noexcept nogil

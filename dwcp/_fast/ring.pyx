@@ -55,9 +55,11 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t, int64_t
 
+from .debug cimport DWCP_DEBUG
+
 import time
 
-from dwcp.errors import ClosedResourceError, LocalProtocolError
+from dwcp.errors import ClosedResourceError, InternalError, LocalProtocolError
 
 __all__ = ["RingBuffer", "MPMCQueue"]
 
@@ -167,6 +169,17 @@ cdef class RingBuffer:
             raise ClosedResourceError("ring buffer is closed")
         return 0
 
+    cdef int _debug_check(self) except -1:
+        # DWCP_DEBUG builds only (the C compiler drops the call otherwise)
+        cdef uint64_t used = dwcp_load_acq(&self.idx.head) - dwcp_load_acq(&self.idx.tail)
+        if used > <uint64_t>self.capacity:
+            raise InternalError(f"ring buffer holds {used} slots, capacity {self.capacity}")
+        cdef Py_ssize_t i
+        for i in range(self.capacity):
+            if dwcp_load_i32(&self.views[i]) < 0:
+                raise InternalError(f"slot {i} has a negative view count")
+        return 0
+
     # -- state -------------------------------------------------------------
     def __len__(self):
         """Committed slots not yet released."""
@@ -262,6 +275,8 @@ cdef class RingBuffer:
         self.lens[head & self.mask] = <uint32_t>nbytes
         dwcp_store_rel(&self.idx.head, head + 1)
         self.acquired = False
+        if DWCP_DEBUG:
+            self._debug_check()
 
     def push(self, const uint8_t[::1] data not None):
         """Copy ``data`` (at most slot_size bytes) into the next slot; False when full."""
@@ -301,6 +316,8 @@ cdef class RingBuffer:
         with nogil:
             count = self._push_n(p, items, item_size)
         dwcp_add_i32(&self.active, -1)
+        if DWCP_DEBUG:
+            self._debug_check()
         return count
 
     # -- consumer ----------------------------------------------------------
@@ -328,6 +345,8 @@ cdef class RingBuffer:
             raise LocalProtocolError("release() without peek()")
         dwcp_store_rel(&self.idx.tail, dwcp_load_rlx(&self.idx.tail) + 1)
         self.peeked = False
+        if DWCP_DEBUG:
+            self._debug_check()
 
     def pop(self):
         """The oldest slot's bytes (a copy), or None when empty."""
@@ -381,6 +400,8 @@ cdef class RingBuffer:
         with nogil:
             count = self._pop_n(p, items, item_size)
         dwcp_add_i32(&self.active, -1)
+        if DWCP_DEBUG:
+            self._debug_check()
         return count
 
     def close(self):
