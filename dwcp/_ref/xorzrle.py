@@ -1,10 +1,17 @@
 """Pure-Python XBZRLE and chunk delta: the oracle for dwcp/_fast/xorzrle.pyx.
 
-Formats are documented in dwcp/_fast/xorzrle.pyx.  Obviously correct
-rather than fast: byte loops over memoryviews, numpy only to find dirty pages.
+The formats and the Rules are in the module docstring of
+dwcp/_fast/xorzrle.pyx.  Obviously correct rather than fast: byte loops over
+memoryviews.  Arguments are converted the way Cython converts the typed
+arguments of the fast twin (``_buf``, ``_ssize``), in signature order, so a
+wrong argument raises the same exception type in both.
 """
 
 from __future__ import annotations
+
+import ctypes
+import operator
+import re
 
 from dwcp.errors import RemoteProtocolError
 from dwcp.wire.consts import ERR_MALFORMED
@@ -17,7 +24,7 @@ KIND_XBZRLE = 1
 KIND_RAW = 2
 
 _DELTA_ERRORS = {
-    -1: "truncated or overlong ULEB128 in a delta record",
+    -1: "truncated, overlong or overflowing ULEB128 in a delta record",
     -2: "delta record points past the last page",
     -3: "truncated delta record",
     -4: "unknown delta record kind",
@@ -31,13 +38,106 @@ class _Malformed(Exception):
         self.code = code
 
 
-def _u8(b, writable: bool = False) -> memoryview:
-    mv = memoryview(b)
-    if not mv.c_contiguous:
-        raise ValueError("ndarray is not C-contiguous")
-    if writable and mv.readonly:
-        raise TypeError("buffer is read-only")
-    return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+# -- arguments, as Cython converts them ---------------------------------------
+
+
+def _ssize(x) -> int:
+    """A ``Py_ssize_t`` argument: __index__, OverflowError beyond 64 bits."""
+    i = operator.index(x)
+    if not -(1 << 63) <= i < (1 << 63):
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return i
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyBUF_WRITABLE = 0x0001
+_PyBUF_FORMAT = 0x0004
+_PyBUF_C_CONTIGUOUS = 0x0038  # 0x0020 | PyBUF_STRIDES
+
+_pyapi = getattr(ctypes, "pythonapi", None)  # CPython only
+if _pyapi is not None:
+    _get_buffer = _pyapi.PyObject_GetBuffer
+    _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
+    _get_buffer.restype = ctypes.c_int
+    _release_buffer = _pyapi.PyBuffer_Release
+    _release_buffer.argtypes = [ctypes.POINTER(_Py_buffer)]
+    _release_buffer.restype = None
+
+# What Cython accepts for a uint8_t memoryview: unsigned char, char or bool
+# items, with any byte-order prefix, or a struct of one such field.
+_U8_FORMAT = re.compile(r"[@=<>!^]?(?:[Bc?]|T\{[@=<>!^]?[Bc?](?::[^:]*:)?\})")
+
+
+def _buf(obj, writable: bool) -> tuple[memoryview, int]:
+    """A 1-D C-contiguous uint8 argument as a flat memoryview, and its address."""
+    if _pyapi is not None:
+        # Ask the exporter for the buffer Cython asks for, so that it raises
+        # its own error (BufferError for bytes, ValueError for numpy, ...).
+        view = _Py_buffer()
+        flags = _PyBUF_C_CONTIGUOUS | _PyBUF_FORMAT | (_PyBUF_WRITABLE if writable else 0)
+        _get_buffer(obj, ctypes.byref(view), flags)  # a set error is raised by ctypes
+        addr = view.buf or 0
+        _release_buffer(ctypes.byref(view))
+    mv = memoryview(obj)
+    if _pyapi is None:  # other interpreters: the common cases, approximately
+        if writable and mv.readonly:
+            raise BufferError("Object is not writable.")
+        if not mv.c_contiguous:
+            raise BufferError("buffer is not C-contiguous")
+        import numpy as np
+
+        addr = np.frombuffer(mv.cast("B") if mv.nbytes else b"", np.uint8).ctypes.data
+    if mv.ndim != 1:
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {mv.ndim})")
+    if mv.itemsize != 1 or not _U8_FORMAT.fullmatch(mv.format):
+        raise ValueError(f"Buffer dtype mismatch, expected 'uint8_t' but got {mv.format!r}")
+    return (mv if mv.format == "B" else mv.cast("B")), addr
+
+
+def _convert(bufs: tuple, ints: tuple = ()) -> list:
+    """The arguments of a fast-twin function, converted as Cython's wrapper does.
+
+    ``bufs`` are (name, object, writable) and come first in every signature
+    here, then ``ints`` (Py_ssize_t).  Every argument is converted in order
+    before the ``not None`` checks run.
+    """
+    views = [None if obj is None else _buf(obj, writable) for _, obj, writable in bufs]
+    nums = [_ssize(x) for x in ints]
+    for (name, obj, _), _v in zip(bufs, views):
+        if obj is None:
+            raise TypeError(f"Argument '{name}' must not be None")
+    return [*views, *nums]
+
+
+def _overlap(a: int, na: int, b: int, nb: int) -> bool:
+    return na != 0 and nb != 0 and a < b + nb and b < a + na
+
+
+def _check_page_size(page_size: int) -> None:
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        raise ValueError(f"page_size must be a power of two in [512, 65536], got {page_size}")
+
+
+def _npages(n: int, ps: int) -> int:
+    return n // ps + (n % ps != 0)
+
+
+# -- ULEB128 -------------------------------------------------------------------
 
 
 def _uleb(v: int) -> bytes:
@@ -50,7 +150,7 @@ def _uleb(v: int) -> bytes:
 
 
 def _uleb_get(src: memoryview, i: int, maxbytes: int) -> tuple[int, int] | None:
-    """(value, bytes read) or None when truncated or longer than maxbytes."""
+    """(value, bytes read), or None when truncated, longer than maxbytes or >= 2**64."""
     v = 0
     for k in range(maxbytes):
         if i + k >= len(src):
@@ -58,45 +158,30 @@ def _uleb_get(src: memoryview, i: int, maxbytes: int) -> tuple[int, int] | None:
         b = src[i + k]
         v |= (b & 0x7F) << (7 * k)
         if not b & 0x80:
-            return v, k + 1
+            return (v, k + 1) if v < 1 << 64 else None
     return None
 
 
-def _check_page_size(page_size: int) -> None:
-    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
-        raise ValueError(f"page_size must be a power of two in [512, 65536], got {page_size}")
+# -- XBZRLE, one page ------------------------------------------------------------
 
 
 def _encode_page(old: memoryview, new: memoryview) -> bytes:
-    """The exact XBZRLE encoding (no budget)."""
+    """The exact XBZRLE encoding of new against old (no budget)."""
     out = bytearray()
     n = len(old)
     i = 0
     while i < n:
-        z = i
+        start = i
         while i < n and old[i] == new[i]:
             i += 1
         if i == n:
-            break
-        zrun = i - z
-        s = i
+            break  # no trailing zero run
+        zrun = i - start
+        start = i
         while i < n and old[i] != new[i]:
             i += 1
-        out += _uleb(zrun) + _uleb(i - s) + bytes(new[s:i])
+        out += _uleb(zrun) + _uleb(i - start) + new[start:i]
     return bytes(out)
-
-
-def xbzrle_encode(old, new, out) -> int:
-    o, nw, d = _u8(old), _u8(new), _u8(out, writable=True)
-    if len(nw) != len(o):
-        raise ValueError(f"old and new pages differ in length ({len(o)} != {len(nw)})")
-    if not 1 <= len(o) <= MAX_XBZRLE_PAGE:
-        raise ValueError(f"page length must be in [1, {MAX_XBZRLE_PAGE}], got {len(o)}")
-    enc = _encode_page(o, nw)
-    if len(enc) > len(d):
-        return -1
-    d[: len(enc)] = enc
-    return len(enc)
 
 
 def _decode_into(src: memoryview, page: memoryview) -> int:
@@ -123,83 +208,112 @@ def _decode_into(src: memoryview, page: memoryview) -> int:
     return d
 
 
+def xbzrle_encode(old, new, out) -> int:
+    (o, ao), (nw, an), (d, ad) = _convert((("old", old, False), ("new", new, False), ("out", out, True)))
+    if len(nw) != len(o):
+        raise ValueError(f"old and new pages differ in length ({len(o)} != {len(nw)})")
+    if not 1 <= len(o) <= MAX_XBZRLE_PAGE:
+        raise ValueError(f"page length must be in [1, {MAX_XBZRLE_PAGE}], got {len(o)}")
+    if _overlap(ad, len(d), ao, len(o)) or _overlap(ad, len(d), an, len(nw)):
+        raise ValueError("out overlaps old or new")
+    enc = _encode_page(o, nw)
+    if len(enc) > len(d):
+        return -1
+    d[: len(enc)] = enc
+    return len(enc)
+
+
 def xbzrle_decode(src, page) -> int:
-    s, p = _u8(src), _u8(page, writable=True)
+    (s, as_), (p, ap) = _convert((("src", src, False), ("page", page, True)))
     if len(p) > MAX_XBZRLE_PAGE:
         raise ValueError(f"page length must be at most {MAX_XBZRLE_PAGE}, got {len(p)}")
+    if _overlap(as_, len(s), ap, len(p)):
+        raise ValueError("src and page overlap")
     try:
         return _decode_into(s, p)
     except _Malformed:
         raise RemoteProtocolError("malformed XBZRLE page encoding", ERR_MALFORMED) from None
 
 
+# -- chunks ---------------------------------------------------------------------
+
+
 def scan_dirty(old, new, page_size: int = 4096) -> bytearray:
-    if page_size <= 0:
-        raise ValueError(f"page_size must be positive, got {page_size}")
-    o, nw = _u8(old), _u8(new)
+    (o, _), (nw, _), ps = _convert((("old", old, False), ("new", new, False)), (page_size,))
+    if ps <= 0:
+        raise ValueError(f"page_size must be positive, got {ps}")
     if len(nw) != len(o):
         raise ValueError(f"old and new differ in length ({len(o)} != {len(nw)})")
-    return bytearray(int(o[i : i + page_size] != nw[i : i + page_size]) for i in range(0, len(o), page_size))
+    return bytearray(int(o[i : i + ps] != nw[i : i + ps]) for i in range(0, len(o), ps))
 
 
 def delta_bound(length: int, page_size: int = 4096) -> int:
-    _check_page_size(page_size)
-    if length < 0:
+    n, ps = _convert((), (length, page_size))
+    _check_page_size(ps)
+    if n < 0:
         raise ValueError("length must be >= 0")
-    return length + 11 * ((length + page_size - 1) // page_size)
+    return n + 11 * _npages(n, ps)
 
 
 def _pages(n: int, ps: int):
-    for p in range((n + ps - 1) // ps):
-        off = p * ps
-        yield p, off, min(ps, n - off)
+    """(index, offset, length) of every page of an n-byte chunk."""
+    for p in range(_npages(n, ps)):
+        yield p, p * ps, min(ps, n - p * ps)
+
+
+def _emit(payload: bytearray, out: memoryview) -> int:
+    if len(payload) > len(out):
+        return -1
+    out[: len(payload)] = payload
+    return len(payload)
 
 
 def delta_encode(old, new, out, page_size: int = 4096) -> int:
-    _check_page_size(page_size)
-    o, nw, d = _u8(old), _u8(new), _u8(out, writable=True)
+    (o, ao), (nw, an), (d, ad), ps = _convert(
+        (("old", old, False), ("new", new, False), ("out", out, True)), (page_size,)
+    )
+    _check_page_size(ps)
     if len(nw) != len(o):
         raise ValueError(f"old and new differ in length ({len(o)} != {len(nw)})")
+    if _overlap(ad, len(d), ao, len(o)) or _overlap(ad, len(d), an, len(nw)):
+        raise ValueError("out overlaps old or new")
     payload = bytearray()
     last = 0
-    for p, off, ln in _pages(len(o), page_size):
-        op, np_ = o[off : off + ln], nw[off : off + ln]
-        if op == np_:
+    for p, off, ln in _pages(len(o), ps):
+        old_page, new_page = o[off : off + ln], nw[off : off + ln]
+        if old_page == new_page:
             continue
-        enc = _encode_page(op, np_)
-        head = _uleb(p - last)
+        enc = _encode_page(old_page, new_page)  # fits the budget of ln bytes iff len(enc) <= ln
         if len(enc) <= ln and len(enc) + len(_uleb(len(enc))) < ln:
-            payload += head + bytes([KIND_XBZRLE]) + _uleb(len(enc)) + enc
+            payload += _uleb(p - last) + bytes([KIND_XBZRLE]) + _uleb(len(enc)) + enc
         else:
-            payload += head + bytes([KIND_RAW]) + bytes(np_)
+            payload += _uleb(p - last) + bytes([KIND_RAW]) + new_page
         last = p + 1
-        if len(payload) > len(d):
-            return -1
-    d[: len(payload)] = payload
-    return len(payload)
+    return _emit(payload, d)
 
 
 def pages_encode(new, dirty, out, page_size: int = 4096) -> int:
-    _check_page_size(page_size)
-    nw, dm, d = _u8(new), _u8(dirty), _u8(out, writable=True)
-    npages = (len(nw) + page_size - 1) // page_size
-    if len(dm) != npages:
-        raise ValueError(f"dirty map has {len(dm)} entries for {npages} pages")
+    (nw, an), (dm, adm), (d, ad), ps = _convert(
+        (("new", new, False), ("dirty", dirty, False), ("out", out, True)), (page_size,)
+    )
+    _check_page_size(ps)
+    if len(dm) != _npages(len(nw), ps):
+        raise ValueError(f"dirty map has {len(dm)} entries for {_npages(len(nw), ps)} pages")
+    if _overlap(ad, len(d), an, len(nw)) or _overlap(ad, len(d), adm, len(dm)):
+        raise ValueError("out overlaps new or dirty")
     payload = bytearray()
     last = 0
-    for p, off, ln in _pages(len(nw), page_size):
-        if not dm[p]:
-            continue
-        payload += _uleb(p - last) + bytes([KIND_RAW]) + bytes(nw[off : off + ln])
-        last = p + 1
-        if len(payload) > len(d):
-            return -1
-    d[: len(payload)] = payload
-    return len(payload)
+    for p, off, ln in _pages(len(nw), ps):
+        if dm[p]:
+            payload += _uleb(p - last) + bytes([KIND_RAW]) + nw[off : off + ln]
+            last = p + 1
+    return _emit(payload, d)
 
 
-def _apply(src: memoryview, out: memoryview, n: int, ps: int) -> int:
-    npages = (n + ps - 1) // ps
+def _apply(src: memoryview, out: memoryview, ps: int) -> int:
+    """Apply the records of src onto out; the number of records."""
+    n = len(out)
+    npages = _npages(n, ps)
     i = page = count = 0
     while i < len(src):
         got = _uleb_get(src, i, 10)
@@ -207,9 +321,9 @@ def _apply(src: memoryview, out: memoryview, n: int, ps: int) -> int:
             raise _Malformed(-1)
         skip, k = got
         i += k
-        if page >= npages or skip >= npages - page:
-            raise _Malformed(-2)
         p = page + skip
+        if p >= npages:
+            raise _Malformed(-2)
         if i >= len(src):
             raise _Malformed(-3)
         kind = src[i]
@@ -240,25 +354,22 @@ def _apply(src: memoryview, out: memoryview, n: int, ps: int) -> int:
     return count
 
 
-def _addr(mv: memoryview) -> int:
-    import numpy as np
-
-    return int(np.frombuffer(mv, np.uint8).__array_interface__["data"][0])
-
-
 def delta_decode(payload, base, out, page_size: int = 4096) -> int:
-    _check_page_size(page_size)
-    src, b, o = _u8(payload), _u8(base), _u8(out, writable=True)
+    (src, asrc), (b, ab), (o, ao), ps = _convert(
+        (("payload", payload, False), ("base", base, False), ("out", out, True)), (page_size,)
+    )
+    _check_page_size(ps)
     n = len(b)
     if len(o) != n:
         raise ValueError(f"out has {len(o)} bytes, base has {n}")
-    if n:
-        ab, ao = _addr(b), _addr(o)
-        if ab != ao and ao < ab + n and ab < ao + n:
-            raise ValueError("out and base overlap partially")
-        if ab != ao:
-            o[:] = b
+    copy = n != 0 and ao != ab
+    if copy and _overlap(ao, n, ab, n):
+        raise ValueError("out and base overlap partially")
+    if _overlap(asrc, len(src), ao, n):
+        raise ValueError("payload and out overlap")
+    if copy:
+        o[:] = b
     try:
-        return _apply(src, o, n, page_size)
+        return _apply(src, o, ps)
     except _Malformed as m:
         raise RemoteProtocolError(_DELTA_ERRORS[m.code], ERR_MALFORMED) from None
