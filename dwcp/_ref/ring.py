@@ -67,10 +67,12 @@ _PyBUF_C_CONTIGUOUS = 0x0038  # 0x0020 | PyBUF_STRIDES
 
 _pyapi = getattr(ctypes, "pythonapi", None)  # CPython only
 if _pyapi is not None:
-    _get_buffer = _pyapi.PyObject_GetBuffer
+    # indexing (not attribute access) gives this module its own function object: the
+    # other _ref module sets argtypes with its own Py_buffer class on the shared one
+    _get_buffer = _pyapi["PyObject_GetBuffer"]
     _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
     _get_buffer.restype = ctypes.c_int
-    _release_buffer = _pyapi.PyBuffer_Release
+    _release_buffer = _pyapi["PyBuffer_Release"]
     _release_buffer.argtypes = [ctypes.POINTER(_Py_buffer)]
     _release_buffer.restype = None
 
