@@ -1,8 +1,11 @@
 """Loopback transfer benchmark: dwcp against the physical references, same run.
 
 References: ``iperf3 -l 1M`` with 1 and N streams, and a plain Python socket
-pair (sendall / recv_into, 4 MiB buffers).  dwcp (one process holds both the
-receiving DataServer and the Sender; plaintext and mutual TLS):
+pair (sendall / recv_into, 4 MiB buffers) discard what they receive; the
+storing references write it to a file under --data-root as a receiver must:
+``iperf3 -s -F FILE`` and ``dd`` of the object (the storage ceiling, no
+network).  dwcp runs as in production: the receiver is a ``dwcp daemon``
+process, the sender this process (plaintext and mutual TLS):
 
 * full send of an incompressible object (checksums on: xxh3-64 per chunk,
   xxh3-128 of the whole, fsync + rename at the receiver);
@@ -12,12 +15,15 @@ receiving DataServer and the Sender; plaintext and mutual TLS):
   (local, its --stats bytes sent) and ``zstd --patch-from`` (compress | pipe |
   decompress).
 
-Medians of --runs runs.  CPU seconds per GB are this process's (both sides).
+Medians of --runs runs.  CPU seconds per GB count both processes (sender and
+daemon).
 Writes perf/results/bench_transfer.json and, with matplotlib, a PNG.
 
 Note: this VM backs guest memory lazily; the first writes into never-touched
-page cache run several times slower.  A warm-up pass of each dwcp case runs
-before the timed runs.
+page cache run several times slower.  The script first writes and deletes a
+file of several object sizes under --data-root (so every case, peers included,
+writes into memory the guest has touched before), and a warm-up pass of each
+dwcp case runs before the timed runs.
 """
 
 from __future__ import annotations
@@ -39,14 +45,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from _common import RESULTS, ensure_tool, machine, write_json  # noqa: E402
 
 from dwcp._testbase.images import dirty_version, vm_image  # noqa: E402
-from dwcp._testbase.transfer import server_config  # noqa: E402
+from dwcp.cli.demo import start_daemon  # noqa: E402
 from dwcp.config import SecurityConfig, TransportConfig  # noqa: E402
 from dwcp.storage import ObjectStore  # noqa: E402
 from dwcp.transport.sender import Sender  # noqa: E402
-from dwcp.transport.server import DataServer  # noqa: E402
 
 
 def _free_port() -> int:
@@ -55,20 +61,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def iperf3(size: int, streams: int) -> float | None:
+def iperf3(size: int, streams: int, store_to: str | None = None) -> float | None:
+    """iperf3 -l 1M goodput in bytes/s; with ``store_to`` the server writes what it receives there (-F)."""
     exe = ensure_tool("iperf3")
     if not exe:
         return None
     port = _free_port()
-    srv = subprocess.Popen([exe, "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    extra = ["-F", store_to] if store_to else []
+    srv = subprocess.Popen([exe, "-s", "-1", "-p", str(port), *extra], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(0.3)
         out = subprocess.run([exe, "-c", "127.0.0.1", "-p", str(port), "-l", "1M", "-n", str(size), "-P",
                               str(streams), "-J"], capture_output=True, text=True, timeout=120)  # fmt: skip
         return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
     finally:
+        if store_to:  # -F: let it finish writing
+            try:
+                srv.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         srv.kill()
         srv.wait()
+        if store_to:
+            os.unlink(store_to)
+
+
+def dd_store(src: str, dst: str) -> float:
+    """Storage ceiling: bytes/s of copying the object into a new file under the data root (no network)."""
+    size = os.path.getsize(src)
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=4M", "conv=fsync"], check=True, capture_output=True)
+    dt = time.perf_counter() - t0
+    os.unlink(dst)
+    return size / dt
+
+
+def prefault(root: str, nbytes: int) -> None:
+    """Write and delete ``nbytes`` under ``root`` so later writes land in memory the guest has touched."""
+    path = os.path.join(root, "prefault")
+    block = bytes(8 << 20)
+    with open(path, "wb") as f:
+        for _ in range(0, nbytes, len(block)):
+            f.write(block)
+    os.unlink(path)
 
 
 def python_socket(size: int) -> float:
@@ -106,20 +142,32 @@ def python_socket(size: int) -> float:
     return size / dt
 
 
-def _cpu() -> float:
+def _cpu(*procs: psutil.Process) -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
-def dwcp_send(server: DataServer, sender: Sender, data, key: str, streams) -> dict:
-    c0 = _cpu()
-    r = sender.send(data, *server.address, key, streams=streams)
-    r["cpu_s"] = _cpu() - c0
+class Receiver:
+    """A `dwcp daemon` process receiving under ``root`` (plaintext, or mutual TLS with ``certs``)."""
+
+    def __init__(self, root: str, node: str, certs: dict | None) -> None:
+        self.proc, _cfg, _sock, self.port = start_daemon(root, node, certs)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def dwcp_send(rx: Receiver, sender: Sender, data, key: str, streams) -> dict:
+    c0 = _cpu(rx.ps)
+    r = sender.send(data, "127.0.0.1", rx.port, key, streams=streams)
+    r["cpu_s"] = _cpu(rx.ps) - c0
     return r
-
-
-def median_of(fn, runs: int) -> list[dict]:
-    return [fn(i) for i in range(runs)]
 
 
 def main() -> int:
@@ -139,12 +187,20 @@ def main() -> int:
     res: dict = {"machine": machine(), "object_bytes": size, "runs": runs, "streams": args.streams,
                  "data_root": args.data_root or tempfile.gettempdir()}  # fmt: skip
     try:
+        prefault(tmp, 4 * size)
         res["iperf3_1_stream_bytes_per_s"] = statistics.median(iperf3(size, 1) or 0 for _ in range(runs))
         res[f"iperf3_{args.streams}_streams_bytes_per_s"] = statistics.median(
             iperf3(size, args.streams) or 0 for _ in range(runs))  # fmt: skip
         res["python_socket_bytes_per_s"] = statistics.median(python_socket(size) for _ in range(runs))
+        # storing references: what any receiver that keeps the bytes is bounded by here
+        res["iperf3_1_stream_to_file_bytes_per_s"] = statistics.median(
+            iperf3(size, 1, os.path.join(tmp, "iperf3.out")) or 0 for _ in range(runs))  # fmt: skip
 
         rnd = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
+        src = os.path.join(tmp, "random.src")
+        rnd.tofile(src)
+        res["dd_store_bytes_per_s"] = statistics.median(dd_store(src, os.path.join(tmp, "dd.out")) for _ in range(runs))
+        os.unlink(src)
         img = vm_image(size, seed=2)
         img2 = dirty_version(img, fraction=0.05, seed=3)
         plain = SecurityConfig(plaintext=True)
@@ -152,23 +208,23 @@ def main() -> int:
         from dwcp.security.certs import init_ca, issue_node
 
         init_ca(os.path.join(tmp, "ca"))
-        rx, tx = issue_node(os.path.join(tmp, "ca"), "rx"), issue_node(os.path.join(tmp, "ca"), "tx")
+        rxc, tx = issue_node(os.path.join(tmp, "ca"), "rx"), issue_node(os.path.join(tmp, "ca"), "tx")
+        rx_certs = {"ca": rxc.ca_cert, "cert": rxc.cert, "key": rxc.key}
         tls_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
-        for name, sec_rx, sec_tx, data, streams in (
+        for name, certs, sec_tx, data, streams in (
             ("random_plain_1", None, plain, rnd, 1),
             (f"random_plain_{args.streams}", None, plain, rnd, args.streams),
-            ("random_tls_1", rx, tls_tx, rnd, 1),
+            ("random_tls_1", rx_certs, tls_tx, rnd, 1),
             ("vm_image_plain_auto", None, plain, img, None),
         ):
             out = []
             for i in range(runs + 1):  # +1: warm-up
                 d = os.path.join(tmp, f"{name}-{i}")
-                srv = DataServer(server_config(d, plaintext=sec_rx is None, certs=sec_rx, chunk_size_bytes=4 << 20))
-                srv.start()
+                rx = Receiver(d, "rx", certs)
                 try:
-                    r = dwcp_send(srv, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
+                    r = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
                 finally:
-                    srv.close()
+                    rx.close()
                     shutil.rmtree(d, ignore_errors=True)
                 if i:
                     out.append(r)
@@ -182,15 +238,14 @@ def main() -> int:
         out = []
         for i in range(runs + 1):
             d = os.path.join(tmp, f"delta-{i}")
-            srv = DataServer(server_config(d, chunk_size_bytes=4 << 20))
-            srv.start()
+            rx = Receiver(d, "rx", None)
             try:
                 snd = Sender(TransportConfig(), plain, baselines=ObjectStore(os.path.join(tmp, f"sent-{i}")))
-                snd.send(img, *srv.address, "bench/vm")
-                r = dwcp_send(srv, snd, img2, "bench/vm", None)
+                snd.send(img, "127.0.0.1", rx.port, "bench/vm")
+                r = dwcp_send(rx, snd, img2, "bench/vm", None)
                 assert r["mode"] == "delta"
             finally:
-                srv.close()
+                rx.close()
                 shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(tmp, f"sent-{i}"), ignore_errors=True)
             if i:
@@ -237,6 +292,11 @@ def main() -> int:
             "tls_cost_vs_plain_1": cases["random_tls_1"]["bytes_per_s"] / cases["random_plain_1"]["bytes_per_s"],
             "vm_image_effective_vs_iperf3_1": cases["vm_image_plain_auto"]["bytes_per_s"] / ip1,
             "python_socket_vs_iperf3_1": res["python_socket_bytes_per_s"] / ip1,
+            "iperf3_1_to_file_vs_iperf3_1": res["iperf3_1_stream_to_file_bytes_per_s"] / ip1,
+            "dd_store_vs_iperf3_1": res["dd_store_bytes_per_s"] / ip1,
+            "random_plain_1_vs_iperf3_1_to_file": cases["random_plain_1"]["bytes_per_s"]
+            / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
+            "random_plain_1_vs_dd_store": cases["random_plain_1"]["bytes_per_s"] / res["dd_store_bytes_per_s"],
         }
         for name, p in peers.items():
             res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(1, p["wire_bytes"])
@@ -250,9 +310,11 @@ def main() -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = ["iperf3 1", f"iperf3 {args.streams}", "python socket"] + list(res["dwcp"])[:-1]
+        names = ["iperf3 1", f"iperf3 {args.streams}", "python socket", "iperf3 1 -F (stores)",
+                 "dd (stores, no network)"] + list(res["dwcp"])[:-1]  # fmt: skip
         vals = [res["iperf3_1_stream_bytes_per_s"], res[f"iperf3_{args.streams}_streams_bytes_per_s"],
-                res["python_socket_bytes_per_s"]] + [c["bytes_per_s"] for c in list(res["dwcp"].values())[:-1]]  # fmt: skip
+                res["python_socket_bytes_per_s"], res["iperf3_1_stream_to_file_bytes_per_s"],
+                res["dd_store_bytes_per_s"]] + [c["bytes_per_s"] for c in list(res["dwcp"].values())[:-1]]  # fmt: skip
         fig, ax = plt.subplots(figsize=(9, 4))
         ax.barh(names, [v / 1e9 for v in vals])
         ax.set_xlabel("GB/s (effective, loopback)")

@@ -167,3 +167,23 @@ def test_gc_partials(tmp_path):
     removed = s.gc_partials(max_age_s=60, now=time.time() + 3600)
     assert len(removed) == 1 and "old" in removed[0]
     held.abort()
+
+
+def test_unverified_commit_is_only_for_a_digest_of_the_written_bytes(tmp_path):
+    # verify=False (a sender keeping its own copy) publishes without re-reading;
+    # the default re-reads and refuses a mismatch -- the receiver's path
+    s = ObjectStore(str(tmp_path))
+    data = os.urandom(3 * CS)
+    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    for i in range(3):
+        p.write(i, data[i * CS : (i + 1) * CS])
+        p.mark_done(i, 0)
+    info = p.commit(verify=False)
+    assert bytes(s.open_version(info)) == data and s.latest("k") == info
+    q = s.begin("k", xxhash.xxh3_128_digest(b"other" * CS), len(data), CS)
+    for i in range(3):
+        q.write(i, data[i * CS : (i + 1) * CS])
+        q.mark_done(i, 0)
+    with pytest.raises(IntegrityError):
+        q.commit()
+    assert s.latest("k") == info
