@@ -1,13 +1,20 @@
 """One frozen, typed configuration, parsed once from TOML and CLI flags.
 
 Sections mirror systemd/dwcp.toml.example; units are in the field names.
-Validation happens here, in ``__post_init__``, with one clear ConfigError
-per problem; nothing deeper in dwcp reads files or environment variables
-for settings.
+Every section validates itself in ``__post_init__`` and reports *all* its
+problems at once; ``from_dict`` gathers them over every section (unknown
+settings and wrong types included) into one ConfigError whose ``problems``
+lists one line per problem -- what ``dwcp check-config`` prints.  Nothing
+deeper in dwcp reads files or environment variables for settings.
+
+``reload_plan(old, new)`` says which differences a running daemon applies
+live and which need a restart (see ``LIVE``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -22,96 +29,220 @@ __all__ = [
     "SecurityConfig",
     "StorageConfig",
     "TransportConfig",
+    "CodecSettings",
+    "HealthConfig",
+    "LoggingConfig",
+    "LIVE",
     "load_toml",
     "from_dict",
+    "reload_plan",
 ]
 
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    id: str = "node"
-    region: str = "default"
+class _Section:
+    """Base of every section: ``problems()`` lists what is wrong, ``__post_init__`` raises them all."""
+
+    SECTION = ""
+
+    def problems(self) -> list[str]:
+        return []
 
     def __post_init__(self) -> None:
-        if not self.id or len(self.id) > 64 or not all(c.isalnum() or c in "._-" for c in self.id):
-            raise ConfigError(f"node.id {self.id!r}: 1-64 characters of letters, digits, '.', '_' or '-'")
+        probs = self.problems()
+        if probs:
+            raise ConfigError(problems=[f"{self.SECTION}.{p}" for p in probs])
 
 
 @dataclass(frozen=True)
-class ListenConfig:
+class NodeConfig(_Section):
+    SECTION = "node"
+    id: str = "node"
+    region: str = "default"
+    latitude_deg: float = 0.0  # coordinates: geo-proximity routing (haversine)
+    longitude_deg: float = 0.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("id", "region"):
+            v = getattr(self, name)
+            if not v or len(v) > 64 or not all(c.isalnum() or c in "._-" for c in v):
+                out.append(f"{name} {v!r}: 1-64 characters of letters, digits, '.', '_' or '-'")
+        if not -90.0 <= self.latitude_deg <= 90.0:
+            out.append(f"latitude_deg {self.latitude_deg} outside [-90, 90]")
+        if not -180.0 <= self.longitude_deg <= 180.0:
+            out.append(f"longitude_deg {self.longitude_deg} outside [-180, 180]")
+        return out
+
+
+@dataclass(frozen=True)
+class ListenConfig(_Section):
+    SECTION = "listen"
     host: str = "127.0.0.1"
     data_port: int = 7700  # 0 = any free port (tests)
     control_socket: str = ""  # default: <storage.data_dir>/control.sock
     max_connections: int = 256
+    metrics_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz
+    metrics_port: int = 7701  # 0 = any free port; -1 = no HTTP endpoint
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
+        out = []
         if not 0 <= self.data_port <= 65535:
-            raise ConfigError(f"listen.data_port {self.data_port} outside [0, 65535]")
+            out.append(f"data_port {self.data_port} outside [0, 65535]")
+        if not -1 <= self.metrics_port <= 65535:
+            out.append(f"metrics_port {self.metrics_port} outside [-1, 65535] (-1 turns the endpoint off)")
         if self.max_connections < 1:
-            raise ConfigError("listen.max_connections must be >= 1")
+            out.append(f"max_connections {self.max_connections} must be >= 1")
+        return out
 
 
 @dataclass(frozen=True)
-class SecurityConfig:
+class SecurityConfig(_Section):
+    SECTION = "security"
     plaintext: bool = False  # only with this explicit setting does the data port run without TLS
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
         if not self.plaintext and not (self.ca_cert and self.cert and self.key):
-            raise ConfigError(
-                "security: set ca_cert, cert and key for mutual TLS (see `dwcp certs`), "
+            return [
+                "ca_cert/cert/key: set all three for mutual TLS (see `dwcp certs`), "
                 "or plaintext = true to run without authentication on purpose"
-            )
+            ]
+        return []
 
 
 @dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(_Section):
+    SECTION = "storage"
     data_dir: str = "/var/lib/dwcp"
     keep_versions: int = 2
     partial_max_age_s: float = 7 * 24 * 3600.0
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
+        out = []
         if not self.data_dir:
-            raise ConfigError("storage.data_dir must be set")
+            out.append("data_dir must be set")
         if self.keep_versions < 2:
-            raise ConfigError("storage.keep_versions must be >= 2 (the previous version is the next baseline)")
+            out.append(f"keep_versions {self.keep_versions} must be >= 2 (the previous version is the next baseline)")
+        if not self.partial_max_age_s > 0:
+            out.append(f"partial_max_age_s {self.partial_max_age_s} must be positive")
+        return out
 
 
 @dataclass(frozen=True)
-class TransportConfig:
+class TransportConfig(_Section):
+    SECTION = "transport"
     min_streams: int = 1
     max_streams: int = 16
+    initial_streams: int = 0  # 0 = from the bandwidth-delay product
     chunk_size_bytes: int = 4 * MiB
     window_chunks: int = 2  # unacknowledged chunks per stream
     stall_timeout_s: float = 15.0  # no progress for this long = a dead stream
     connect_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0  # receiver side: a silent connection is closed
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight transfers get this long, then are checkpointed
     max_stream_reconnects: int = 32
     rate_limit_bytes_per_s: float = 0.0  # 0 = no cap
     link_bytes_per_s: float = 0.0  # 0 = unknown (auto streams start at min_streams)
     per_stream_window_bytes: int = 4 * MiB
+    socket_buffer_bytes: int = 0  # 0 = sized from the BDP
     congestion: str = "bbr"
+    zerocopy: bool = True  # MSG_ZEROCOPY where the probe says it pays
     source_address: str = ""
     interface: str = ""
     compress_workers: int = 0  # 0 = one per CPU
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
+        out = []
         if not 1 <= self.min_streams <= self.max_streams <= 256:
-            raise ConfigError("transport: need 1 <= min_streams <= max_streams <= 256")
+            out.append(f"min_streams {self.min_streams} / max_streams {self.max_streams}: need 1 <= min <= max <= 256")
+        elif self.initial_streams and not self.min_streams <= self.initial_streams <= self.max_streams:
+            out.append(f"initial_streams {self.initial_streams} outside [min_streams, max_streams] (0 = from the BDP)")
         cs = self.chunk_size_bytes
         if cs < 4096 or cs % 4096 or cs > 64 * MiB:
-            raise ConfigError(f"transport.chunk_size_bytes {cs}: a multiple of 4096 in [4 KiB, 64 MiB]")
+            out.append(f"chunk_size_bytes {cs}: a multiple of 4096 in [4 KiB, 64 MiB]")
         if self.window_chunks < 1:
-            raise ConfigError("transport.window_chunks must be >= 1")
-        for name in ("stall_timeout_s", "connect_timeout_s", "idle_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"transport.{name} must be positive")
-        if self.rate_limit_bytes_per_s < 0 or self.link_bytes_per_s < 0:
-            raise ConfigError("transport rates must be >= 0")
+            out.append(f"window_chunks {self.window_chunks} must be >= 1")
+        for name in ("stall_timeout_s", "connect_timeout_s", "idle_timeout_s", "drain_timeout_s"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                out.append(f"{name} {v} must be a positive number of seconds")
+        for name in ("rate_limit_bytes_per_s", "link_bytes_per_s"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                out.append(f"{name} {v} must be >= 0 (0 = none/unknown)")
+        if self.per_stream_window_bytes < 64 * 1024:
+            out.append(f"per_stream_window_bytes {self.per_stream_window_bytes} must be >= 64 KiB")
+        if self.socket_buffer_bytes < 0:
+            out.append(f"socket_buffer_bytes {self.socket_buffer_bytes} must be >= 0 (0 = from the BDP)")
+        if self.max_stream_reconnects < 0 or self.compress_workers < 0:
+            out.append("max_stream_reconnects and compress_workers must be >= 0")
+        return out
+
+
+@dataclass(frozen=True)
+class CodecSettings(_Section):
+    SECTION = "codec"
+    zstd_level: int = 0  # 0 = adaptive (measured speed vs the link)
+    zstd_level_min: int = 1
+    zstd_level_max: int = 9
+    delta: bool = True  # XBZRLE deltas against baselines
+    max_delta_chain: int = 10  # consecutive deltas before a full refresh
+    baseline_refresh_s: float = 300.0
+    dictionaries_dir: str = ""  # trained per-resource-type zstd dictionaries; "" = none
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 1 <= self.zstd_level_min <= self.zstd_level_max <= 22:
+            out.append(f"zstd_level_min {self.zstd_level_min} / zstd_level_max {self.zstd_level_max}: "
+                       "need 1 <= min <= max <= 22")  # fmt: skip
+        if self.zstd_level and not -7 <= self.zstd_level <= 22:
+            out.append(f"zstd_level {self.zstd_level} outside [-7, 22] (0 = adaptive)")
+        if self.max_delta_chain < 0:
+            out.append(f"max_delta_chain {self.max_delta_chain} must be >= 0")
+        if not self.baseline_refresh_s > 0:
+            out.append(f"baseline_refresh_s {self.baseline_refresh_s} must be positive")
+        return out
+
+
+@dataclass(frozen=True)
+class HealthConfig(_Section):
+    SECTION = "health"
+    min_compression_ratio: float = 1.1  # below: HDE degraded
+    error_rate_degraded: float = 0.01  # over the window: degraded at or above this fraction
+    error_rate_unhealthy: float = 0.05  # unhealthy above this fraction
+    error_window_s: float = 60.0
+    baseline_max_age_s: float = 300.0  # a lagging replica older than this: degraded
+    check_interval_s: float = 5.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0 <= self.error_rate_degraded <= self.error_rate_unhealthy <= 1:
+            out.append(f"error_rate_degraded {self.error_rate_degraded} / error_rate_unhealthy "
+                       f"{self.error_rate_unhealthy}: need 0 <= degraded <= unhealthy <= 1")  # fmt: skip
+        for name in ("min_compression_ratio", "error_window_s", "baseline_max_age_s", "check_interval_s"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                out.append(f"{name} {v} must be positive")
+        return out
+
+
+@dataclass(frozen=True)
+class LoggingConfig(_Section):
+    SECTION = "logging"
+    level: str = "info"
+
+    def problems(self) -> list[str]:
+        if self.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            return [f"level {self.level!r}: one of debug, info, warning, error, critical"]
+        return []
+
+    @property
+    def level_number(self) -> int:
+        return int(logging.getLevelName(self.level.upper()))
 
 
 @dataclass(frozen=True)
@@ -121,42 +252,66 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)  # mutual TLS unless told otherwise
     storage: StorageConfig = field(default_factory=StorageConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    codec: CodecSettings = field(default_factory=CodecSettings)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def control_socket(self) -> str:
         return self.listen.control_socket or os.path.join(self.storage.data_dir, "control.sock")
 
 
-_SECTIONS = {"node": NodeConfig, "listen": ListenConfig, "security": SecurityConfig, "storage": StorageConfig,
-             "transport": TransportConfig}  # fmt: skip
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
 
 
-def _build(cls, data: Any, where: str):
+def _build_section(cls, data: Any, where: str, problems: list[str]):
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table, got {type(data).__name__}")
+        problems.append(f"{where}: expected a table, got {type(data).__name__}")
+        return None
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for k, v in data.items():
         f = known.get(k)
         if f is None:
-            raise ConfigError(f"{where + '.' if where else ''}{k}: unknown setting")
-        if cls is Config:
-            kwargs[k] = _build(_SECTIONS[k], v, k)
+            problems.append(f"{where}.{k}: unknown setting")
             continue
-        want = type(f.default) if f.default is not None else None
+        want = type(f.default)
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if want is not None and not isinstance(v, want) or (want is int and isinstance(v, bool)):
-            raise ConfigError(f"{where}.{k}: expected {want.__name__ if want else '?'}, got {type(v).__name__}")
+        if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
+            problems.append(f"{where}.{k}: expected {want.__name__}, got {type(v).__name__} {v!r}")
+            continue
         kwargs[k] = v
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(str(exc)) from None
+        problems.extend(exc.problems)
+        return None
 
 
 def from_dict(data: dict) -> Config:
-    return _build(Config, data, "")
+    """Build a Config from parsed TOML; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a table")
+    sections = {}
+    for name, value in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            problems.append(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+            continue
+        sec = _build_section(cls, value, name, problems)
+        if sec is not None:
+            sections[name] = sec
+    for name, cls in _SECTIONS.items():  # defaults must be valid too (security is not)
+        if name not in data:
+            try:
+                cls()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems=problems)
+    return Config(**sections)
 
 
 def load_toml(path: str) -> Config:
@@ -165,6 +320,58 @@ def load_toml(path: str) -> Config:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(data)
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(problems=[f"{path}: {p}" for p in exc.problems]) from None
+
+
+# What a running daemon changes without a restart (section -> fields; "*" = all).
+# The rest (ports, data dir, identity, node id...) is reported and keeps its old value.
+LIVE: dict[str, frozenset[str]] = {
+    "transport": frozenset({
+        "min_streams", "max_streams", "initial_streams", "window_chunks", "stall_timeout_s",
+        "connect_timeout_s", "idle_timeout_s", "drain_timeout_s", "max_stream_reconnects",
+        "rate_limit_bytes_per_s", "link_bytes_per_s", "per_stream_window_bytes", "socket_buffer_bytes",
+        "congestion", "zerocopy", "chunk_size_bytes", "compress_workers",
+    }),  # fmt: skip
+    "codec": frozenset({"*"}),
+    "health": frozenset({"*"}),
+    "logging": frozenset({"*"}),
+    "storage": frozenset({"keep_versions", "partial_max_age_s"}),
+}
+
+
+def reload_plan(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(changes applied live, changes that need a restart), each as "section.field: old -> new"."""
+    live: list[str] = []
+    restart: list[str] = []
+    for sec in _SECTIONS:
+        a, b = getattr(old, sec), getattr(new, sec)
+        for f in fields(a):
+            va, vb = getattr(a, f.name), getattr(b, f.name)
+            if va == vb:
+                continue
+            line = f"{sec}.{f.name}: {va!r} -> {vb!r}"
+            ok = LIVE.get(sec, frozenset())
+            (live if "*" in ok or f.name in ok else restart).append(line)
+    return live, restart
+
+
+def merge_live(old: Config, new: Config) -> Config:
+    """The config a daemon runs after a reload: ``new``'s live fields, ``old``'s others."""
+    from dataclasses import replace
+
+    out = {}
+    for sec in _SECTIONS:
+        a, b = getattr(old, sec), getattr(new, sec)
+        ok = LIVE.get(sec, frozenset())
+        if "*" in ok:
+            out[sec] = b
+        else:
+            out[sec] = replace(a, **{n: getattr(b, n) for n in ok})
+    return Config(**out)

@@ -43,7 +43,15 @@ class DWCPError(Exception):
 
 
 class ConfigError(DWCPError, ValueError):
-    """The operator's configuration or arguments are invalid."""
+    """The operator's configuration or arguments are invalid.
+
+    ``problems`` lists every problem found (one line each), so that
+    ``dwcp check-config`` can report them all at once; ``str()`` joins them.
+    """
+
+    def __init__(self, message: str = "", problems: list[str] | None = None) -> None:
+        self.problems = list(problems) if problems else ([message] if message else [])
+        super().__init__(message or "\n".join(self.problems))
 
 
 class ProtocolError(DWCPError):
