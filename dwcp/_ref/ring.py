@@ -37,6 +37,12 @@ __all__ = ["RingBuffer", "MPMCQueue"]
 # -- arguments, as Cython converts them ---------------------------------------
 
 
+def _not_none(mv, name: str) -> memoryview:
+    if mv is None:
+        raise TypeError(f"Argument '{name}' must not be None")
+    return mv
+
+
 def _ssize(x) -> int:
     """A ``Py_ssize_t`` argument: __index__, OverflowError beyond 64 bits."""
     i = operator.index(x)
@@ -97,10 +103,16 @@ def _request(obj, writable: bool) -> None:
 _CTYPE = {"B": ("uint8_t", 1), "Q": ("uint64_t", 8)}
 
 
-def _typed(obj, name: str, code: str, writable: bool) -> memoryview:
+def _typed(obj, name: str, code: str, writable: bool, *, none_ok: bool = False) -> memoryview:
     """A 1-D C-contiguous ``uint8`` (code "B") or ``uint64`` ("Q") argument,
-    checked in Cython's order; returns it as a flat memoryview of ``code``."""
+    checked in Cython's order; returns it as a flat memoryview of ``code``.
+
+    Cython converts every argument before it checks ``not None``: a caller
+    with later arguments passes ``none_ok=True``, converts those, then calls
+    ``_not_none``."""
     if obj is None:
+        if none_ok:
+            return None  # type: ignore[return-value]
         raise TypeError(f"Argument '{name}' must not be None")
     _request(obj, writable)
     mv = memoryview(obj)
@@ -250,8 +262,9 @@ class RingBuffer:
             return True
 
     def push_batch(self, src, item_size: int) -> int:
-        mv = _typed(src, "src", "B", writable=False)
+        mv = _typed(src, "src", "B", writable=False, none_ok=True)
         item_size = _ssize(item_size)
+        mv = _not_none(mv, "src")
         self._check()
         if not 1 <= item_size <= self._slot_size:
             raise ValueError(f"item_size must be in [1, {self._slot_size}], got {item_size}")
@@ -321,8 +334,9 @@ class RingBuffer:
             return len(item)
 
     def pop_batch(self, dst, item_size: int) -> int:
-        mv = _typed(dst, "dst", "B", writable=True)
+        mv = _typed(dst, "dst", "B", writable=True, none_ok=True)
         item_size = _ssize(item_size)
+        mv = _not_none(mv, "dst")
         self._check()
         if not 1 <= item_size <= self._slot_size:
             raise ValueError(f"item_size must be in [1, {self._slot_size}], got {item_size}")

@@ -406,3 +406,17 @@ def test_parity_queue_items(fast, ref, item):
             (_outcome(lambda q=q: q.try_put(item)), _outcome(q.try_get), _outcome(lambda q=q: q.put(item, 0)))
         )
     assert outs[0] == outs[1]
+
+
+def test_batch_arguments_convert_before_the_none_check(impl):
+    # Cython converts every argument, then checks `not None`: an oversized item_size
+    # is an OverflowError even with src=None (found by the stateful parity test)
+    r = impl.RingBuffer(4, 4)
+    with pytest.raises(OverflowError):
+        r.push_batch(None, 1 << 64)
+    with pytest.raises(OverflowError):
+        r.pop_batch(None, 1 << 64)
+    with pytest.raises(TypeError):
+        r.push_batch(None, 1)
+    with pytest.raises(TypeError):
+        r.pop_batch(None, 1)
