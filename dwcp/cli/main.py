@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", help="the control socket path")
     st.add_argument("--json", action="store_true")
 
+    rl = sub.add_parser("reload", help="make the local daemon re-read its config file (like SIGHUP)")
+    rl.add_argument("--config", help="the daemon's config (for its control socket)")
+    rl.add_argument("--socket", help="the control socket path")
+    rl.add_argument("--json", action="store_true")
+
+    cc = sub.add_parser("check-config", help="validate a config file: every problem, one per line")
+    cc.add_argument("file")
+    cc.add_argument("--json", action="store_true", help="print the effective config (defaults filled in)")
+
     from .certs_cmd import add_parser as add_certs
 
     add_certs(sub)
@@ -193,17 +202,52 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
-def _cmd_status(args) -> int:
+def _ask_daemon(args, req: dict, timeout_s: float = 10) -> dict:
     from dwcp.config import load_toml
     from dwcp.daemon.control import request
 
     path = args.socket or (load_toml(args.config).control_socket if args.config else "/var/lib/dwcp/control.sock")
     try:
-        r = request(path, {"op": "status"}, timeout_s=10)
+        return request(path, req, timeout_s=timeout_s)
     except (FileNotFoundError, ConnectionRefusedError):
         raise ConfigError(f"no daemon answers on {path} (is dwcpd running? pass --config or --socket)") from None
+
+
+def _cmd_status(args) -> int:
+    r = _ask_daemon(args, {"op": "status"})
     _print(r, args.json, "\n".join(f"{k}: {v}" for k, v in r.items()))
     return 0 if r.get("ok") else EXIT_ERROR
+
+
+def _cmd_reload(args) -> int:
+    r = _ask_daemon(args, {"op": "reload"}, timeout_s=30)
+    if r.get("ok"):
+        lines = [f"applied: {x}" for x in r["applied"]] + [f"needs a restart: {x}" for x in r["needs_restart"]]
+        _print(r, args.json, "\n".join(lines) or "reloaded: nothing changed")
+        return 0
+    if args.json:
+        _print(r, True, "")
+    else:
+        print(f"dwcp reload: {r.get('error')}", file=sys.stderr)
+        for p in r.get("problems", []):
+            print(f"  {p}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _cmd_check_config(args) -> int:
+    import dataclasses
+
+    from dwcp.config import load_toml
+
+    try:
+        cfg = load_toml(args.file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        print(f"dwcp check-config: {len(exc.problems)} problem(s) in {args.file}", file=sys.stderr)
+        return EXIT_ERROR
+    _print(dataclasses.asdict(cfg), args.json, f"{args.file}: ok")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,13 +265,17 @@ def main(argv: list[str] | None = None) -> int:
             from dwcp.config import load_toml
             from dwcp.daemon.main import run
 
-            return run(load_toml(args.config))
+            return run(load_toml(args.config), config_path=args.config)
         if args.command == "send":
             return _cmd_send(args)
         if args.command == "fetch":
             return _cmd_fetch(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "reload":
+            return _cmd_reload(args)
+        if args.command == "check-config":
+            return _cmd_check_config(args)
         if args.command == "certs":
             from .certs_cmd import run as run_certs
 

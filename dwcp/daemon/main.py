@@ -1,4 +1,19 @@
-"""`dwcp daemon --config FILE`: what systemd runs (Type=notify)."""
+"""`dwcp daemon --config FILE`: what systemd runs (Type=notify).
+
+The Daemon owns every component and starts them in order (store, data
+port, control socket), stops them in reverse, and runs the main loop:
+
+* SIGHUP (``systemctl reload``) or the control API's ``reload`` re-reads the
+  config file.  A file with any problem is rejected whole and the running
+  config stays; otherwise the live settings (``dwcp.config.LIVE``) change at
+  once and the rest is reported as needing a restart.
+* SIGTERM/SIGINT drain: new transfers are refused (ERR_UNAVAILABLE), running
+  ones get ``transport.drain_timeout_s`` to finish, and whatever is still
+  running then stays checkpointed in its partial for a resume.
+* systemd: READY=1 once the data port and control socket serve, WATCHDOG=1
+  from this loop at half of WatchdogSec, STATUS= a one-line summary,
+  RELOADING=1/READY=1 around a reload, STOPPING=1 on shutdown.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +25,8 @@ import threading
 import time
 
 import dwcp
-from dwcp.config import Config
+from dwcp.config import Config, load_toml, merge_live, reload_plan
+from dwcp.errors import ConfigError
 from dwcp.storage import ObjectStore
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
@@ -18,7 +34,7 @@ from dwcp.transport.server import DataServer
 from .control import ControlServer
 from .sdnotify import notify
 
-__all__ = ["Daemon", "run"]
+__all__ = ["Daemon", "run", "parse_hostport"]
 
 log = logging.getLogger("dwcp.daemon")
 
@@ -31,8 +47,9 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         os.makedirs(config.storage.data_dir, mode=0o700, exist_ok=True)
         self.store = ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self.sent = ObjectStore(os.path.join(config.storage.data_dir, "sent"), keep_versions=2)
@@ -41,30 +58,111 @@ class Daemon:
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent)
         self.started = time.time()
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._started: list[tuple[str, object]] = []
         self.sends_ok = 0
         self.sends_failed = 0
+        self.reloads_ok = 0
+        self.reloads_rejected = 0
 
+    # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        host, port = self.server.start()
-        self.control.start()
+        """Start the components in order; on a failure stop those already started."""
+        steps = (("data port", self.server.start, self.server.close),
+                 ("control socket", self.control.start, self.control.close))  # fmt: skip
+        try:
+            for name, start, stop in steps:
+                start()
+                self._started.append((name, stop))
+        except BaseException:
+            self.close()
+            raise
+        host, port = self.server.address
         log.info("dwcp %s daemon %s up: data port %s:%d, control %s, backend %s",
                  dwcp.__version__, self.config.node.id, host, port, self.config.control_socket,
                  dwcp.backend)  # fmt: skip
 
+    def close(self) -> None:
+        """Stop the components in reverse order (each at most once)."""
+        while self._started:
+            name, stop = self._started.pop()
+            try:
+                stop()  # type: ignore[operator]
+            except Exception:
+                log.exception("stopping the %s failed", name)
+
+    def drain(self) -> int:
+        """Refuse new transfers and give running ones drain_timeout_s; returns how many were left."""
+        timeout = self.config.transport.drain_timeout_s
+        left = self.server.drain(timeout)
+        if left:
+            log.warning("%d transfers still running after %.0f s of draining: checkpointed for resume", left, timeout)
+        return left
+
+    # -- reload --------------------------------------------------------------
+    def reload(self, path: str | None = None) -> dict:
+        """Re-read the config file; apply what can change live; report the rest."""
+        path = path or self.config_path
+        if not path:
+            return {"ok": False, "error": "this daemon was not started from a config file"}
+        with self._reload_lock:
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            try:
+                try:
+                    new = load_toml(path)
+                except ConfigError as exc:
+                    self.reloads_rejected += 1
+                    log.error("reload of %s rejected; the running config stays:\n  %s", path,
+                              "\n  ".join(exc.problems))  # fmt: skip
+                    return {"ok": False, "error": "config rejected; the running config stays", "problems": exc.problems}
+                live, restart = reload_plan(self.config, new)
+                running = merge_live(self.config, new)
+                self._apply(running)
+                self.config = running
+                self.reloads_ok += 1
+                for line in live:
+                    log.info("reload: %s", line)
+                for line in restart:
+                    log.warning("reload: %s needs a restart; still running the old value", line)
+                return {"ok": True, "applied": live, "needs_restart": restart}
+            finally:
+                notify("READY=1", f"STATUS={self.summary()}")
+
+    def _apply(self, cfg: Config) -> None:
+        logging.getLogger().setLevel(cfg.logging.level_number)
+        logging.getLogger("dwcp").setLevel(cfg.logging.level_number)
+        self.store.keep_versions = cfg.storage.keep_versions
+        self.server.reconfigure(cfg)
+        self.sender.reconfigure(cfg.transport)
+
+    # -- control API ---------------------------------------------------------
     def status(self) -> dict:
         host, port = self.server.address
         return {
-            "ok": True, "node": self.config.node.id, "version": dwcp.__version__, "backend": dwcp.backend,
+            "ok": True, "node": self.config.node.id, "region": self.config.node.region,
+            "version": dwcp.__version__, "backend": dwcp.backend,
             "data_port": f"{host}:{port}", "tls": not self.config.security.plaintext,
-            "uptime_s": time.time() - self.started, "transfers": self.server.transfers(),
+            "uptime_s": time.time() - self.started, "draining": self.server.draining,
+            "transfers": self.server.transfers(),
             "server": self.server.stats_snapshot(), "sends_ok": self.sends_ok, "sends_failed": self.sends_failed,
+            "reloads_ok": self.reloads_ok, "reloads_rejected": self.reloads_rejected,
             "keys": len(self.store.keys()),
         }  # fmt: skip
+
+    def summary(self) -> str:
+        host, port = self.server.address
+        return (f"serving {host}:{port}, {len(self.server.transfers())} transfers in progress, "
+                f"{self.server.stats_snapshot()['transfers_ok_total']} received, {self.sends_ok} sent"
+                + (", draining" if self.server.draining else ""))  # fmt: skip
 
     def handle(self, req: dict) -> dict:
         op = req.get("op")
         if op == "status":
             return self.status()
+        if op == "reload":
+            return self.reload()
         if op == "send":
             host, port = parse_hostport(str(req["to"]))
             path = str(req["path"])
@@ -85,35 +183,49 @@ class Daemon:
                     m.close()
             return {"ok": True, **stats}
         if op == "stop":
-            self._stop.set()
+            self.stop()
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    def wait(self) -> None:
-        wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        interval = wd_usec / 2e6 if wd_usec else 5.0
-        while not self._stop.wait(interval):
-            if wd_usec:
-                notify("WATCHDOG=1")
+    # -- main loop -------------------------------------------------------------
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
-    def close(self) -> None:
-        notify("STOPPING=1")
-        self.control.close()
-        self.server.close()
+    def wait(self) -> None:
+        """The main loop: watchdog, status, reloads; returns once asked to stop."""
+        wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if os.environ.get("WATCHDOG_PID") not in (None, "", str(os.getpid())):
+            wd_usec = 0  # the watchdog is some other process's
+        interval = min(wd_usec / 2e6, 5.0) if wd_usec else 5.0
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if wd_usec:
+                notify("WATCHDOG=1")
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            notify(f"STATUS={self.summary()}")
 
 
-def run(config: Config) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    d = Daemon(config)
+def run(config: Config, config_path: str | None = None) -> int:
+    logging.basicConfig(level=config.logging.level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    d = Daemon(config, config_path=config_path)
     d.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: d.stop())
-    notify("READY=1", f"STATUS=serving on {d.server.address[0]}:{d.server.address[1]}")
+    signal.signal(signal.SIGHUP, lambda *_: d.request_reload())
+    notify("READY=1", f"STATUS={d.summary()}")
     try:
         d.wait()
+        notify("STOPPING=1", "STATUS=draining")
+        d.drain()
     finally:
         d.close()
+    log.info("daemon %s stopped", config.node.id)
     return 0

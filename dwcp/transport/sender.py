@@ -36,6 +36,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,11 +155,19 @@ class Sender:
         self.security = security
         self.node_id = node_id
         self.baselines = baselines
+        # limiters of running sends whose rate comes from the config (a reload changes them)
+        self._config_limiters: weakref.WeakSet = weakref.WeakSet()
         self._ssl: ssl.SSLContext | None = None
         if not security.plaintext:
             from dwcp.security.tls import TLSConfig, client_context
 
             self._ssl = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
+
+    def reconfigure(self, transport: TransportConfig) -> None:
+        """New sends use ``transport``; running sends capped by the config get its new rate now."""
+        self.transport = transport
+        for lim in list(self._config_limiters):
+            lim.set_rate(transport.rate_limit_bytes_per_s or None)
 
     # -- the whole transfer ------------------------------------------------
     def send(
@@ -272,8 +281,11 @@ class Sender:
             encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=link or 1.25e9, compress_workers=max(1, n0)))
             limiter = None
             rate = rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
-            if rate:
-                limiter = RateLimiter(TokenBucket(rate, max(tp.chunk_size_bytes, int(rate * 0.05))))
+            if rate or rate_limit_bytes_per_s is None:
+                # a config-driven cap (even "none" now) follows reloads; an explicit --rate does not
+                limiter = RateLimiter(TokenBucket(rate or None, max(tp.chunk_size_bytes, int((rate or 0) * 0.05))))
+                if rate_limit_bytes_per_s is None:
+                    self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
             ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip

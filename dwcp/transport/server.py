@@ -130,6 +130,8 @@ class DataServer:
         self._transfers: dict[int, _Transfer] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._draining = False
+        self._idle = threading.Condition(self._lock)  # notified whenever a transfer ends
         self.decoder = ChunkDecoder(CodecConfig())
         self.encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e11))
         self._stats_lock = threading.Lock()
@@ -183,6 +185,32 @@ class DataServer:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+
+    def reconfigure(self, config: Config) -> None:
+        """Run new transfers and connections with ``config`` (a reload's live settings)."""
+        self.config = config
+
+    def drain(self, timeout_s: float) -> int:
+        """Refuse new transfers (ERR_UNAVAILABLE) and wait up to ``timeout_s`` for the running ones.
+
+        Returns how many were still running at the deadline; closing the
+        server then leaves their partials checkpointed for a resume.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._draining = True
+            while self._transfers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._idle.wait(left)
+            return len(self._transfers)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def __enter__(self) -> DataServer:
         self.start()
@@ -287,6 +315,10 @@ class DataServer:
             raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
         size, chunk_size = hello["size"], hello["chunk_size"]
         digest = bytes.fromhex(hello["digest"])
+        if self._draining:
+            self._send_error(fs, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} elsewhere or later")
+            log.info("send of %s from %s refused: draining", key, peer)
+            return
         with self._lock:
             if transfer_id in self._transfers:
                 raise RemoteProtocolError(f"transfer id {transfer_id} is already in use", C.ERR_BAD_FIELD)
@@ -383,6 +415,7 @@ class DataServer:
                 with self._lock:
                     self._transfers.pop(transfer_id, None)
                     t.closed = True
+                    self._idle.notify_all()
                 for s in list(t.streams):
                     try:
                         s.sock.shutdown(socket.SHUT_RDWR)

@@ -114,3 +114,4 @@ ERR_MALFORMED = 10
 ERR_UNKNOWN_DICT = 11
 ERR_UNKNOWN_BASELINE = 12
 ERR_TRUNCATED = 13
+ERR_UNAVAILABLE = 14  # the receiver is draining (shutting down): retry elsewhere or later
