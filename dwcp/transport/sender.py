@@ -47,6 +47,7 @@ from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, Remo
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
+from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 
 __all__ = ["Sender", "TransferError", "open_stream"]
@@ -57,10 +58,19 @@ log = logging.getLogger("dwcp.sender")
 class TransferError(DWCPError):
     """The transfer failed; the message says why (the receiver's words when it said so).
 
-    ``stats`` holds what was sent before the failure, when known.
+    ``stats`` holds what was sent before the failure, when known; ``code``
+    the receiver's wire error code when it refused (``ERR_*``; 0 = unspecified),
+    None when it did not answer with an error.
     """
 
     stats: dict = {}
+    code: int | None = None
+
+    @classmethod
+    def refused(cls, message: str, code: int) -> TransferError:
+        err = cls(f"receiver refused: {message} (code {code})")
+        err.code = code
+        return err
 
 
 def _pow2(n: int) -> int:
@@ -149,8 +159,13 @@ class Sender:
         *,
         node_id: str = "node",
         baselines=None,
+        events: TransferEvents | None = None,
     ) -> None:
-        """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas)."""
+        """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
+
+        ``events`` receives what the sends do (metrics); see dwcp.transport.events.
+        """
+        self.events = events if events is not None else NO_EVENTS
         self.transport = transport
         self.security = security
         self.node_id = node_id
@@ -191,10 +206,26 @@ class Sender:
         """
         from dwcp.storage import validate_key
 
-        from .ratelimit import RateLimiter, TokenBucket
-
         key = validate_key(key)
         t_start = time.perf_counter()
+        try:
+            r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type, progress)
+        except BaseException as exc:
+            st = getattr(exc, "stats", {})
+            if isinstance(exc, TransferError) and exc.code is not None:
+                outcome = "integrity" if exc.code == C.ERR_CHECKSUM else "refused"
+            else:
+                outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.events.transfer_finished("tx", f"{host}:{port}", outcome, time.perf_counter() - t_start, 0,
+                                          st.get("wire_bytes", 0))  # fmt: skip
+            raise
+        self.events.transfer_finished("tx", r["to"], "ok", r["seconds"], r["size"], r["wire_bytes"])
+        return r
+
+    def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
+              rate_limit_bytes_per_s: float | None, resource_type: str | None, progress) -> dict[str, Any]:  # fmt: skip
+        from .ratelimit import RateLimiter, TokenBucket
+
         mv = memoryview(data)
         if not mv.c_contiguous:
             raise ValueError("data must be a contiguous buffer")
@@ -292,7 +323,7 @@ class Sender:
             max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
             if state.failed:
                 err = TransferError(state.failed)
-                err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent,
+                err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent, "wire_bytes": state.wire_bytes,
                              "chunks_acked": len(spans) - state.remaining, "resumed_chunks": resumed}  # fmt: skip
                 raise err
             ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
@@ -334,7 +365,7 @@ class Sender:
             raise BrokenResourceError("receiver closed the control stream")
         h, msg = got
         if h.frame_type == C.FRAME_ERROR:
-            raise TransferError(f"receiver refused: {msg['message']} (code {msg['code']})")
+            raise TransferError.refused(msg["message"], msg["code"])
         return msg
 
     @staticmethod
@@ -347,7 +378,7 @@ class Sender:
                 raise BrokenResourceError("receiver closed the control stream during page hashes")
             h, payload = r
             if h.frame_type == C.FRAME_ERROR:
-                raise TransferError(f"receiver refused: {payload['message']}")
+                raise TransferError.refused(payload["message"], payload["code"])
             first, n = h.offset, len(payload) // 8
             if first != got or first + n > npages:
                 raise RemoteProtocolError("page hashes out of order or out of range", C.ERR_MALFORMED)
@@ -443,6 +474,8 @@ class _StreamCtx:
         self.bdp = bdp
         self.resource_type = resource_type
         self.window = sender.transport.window_chunks
+        self.events = sender.events
+        self.peer = f"{host}:{port}"
 
     def run(self, sid: int, started: set[int]) -> None:
         state = self.state
@@ -452,11 +485,14 @@ class _StreamCtx:
             state.active_streams += 1
             started.add(sid)
         active = True
+        ev, peer = self.events, self.peer
+        failed = False
         try:
             fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id,
                                    {"v": 1, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
                                     "stream": sid}))  # fmt: skip
+            ev.stream_opened(peer)
             while not state.failed:
                 while inflight and (len(inflight) >= self.window or fs.readable()):
                     self._read_ack(fs, inflight)
@@ -486,6 +522,7 @@ class _StreamCtx:
                     self.limiter.acquire(f.wire_len)
                 inflight[i] = f.wire_len
                 fs.send(f.header, f.payload)
+                ev.chunk("tx", peer, f.codec, f.raw_len, f.wire_len)
                 with state.lock:
                     state.wire_bytes += f.wire_len
                     state.chunks_sent += 1
@@ -499,6 +536,7 @@ class _StreamCtx:
 
                 info = read_tcp_info(fs.sock)
                 if info is not None:
+                    ev.tcp_info(peer, info.rtt_us / 1e6, info.total_retrans)
                     with state.lock:
                         state.stream_info.append({"stream": sid, "bytes_sent": fs.bytes_sent, "rtt_us": info.rtt_us,
                                                   "total_retrans": info.total_retrans,
@@ -506,6 +544,7 @@ class _StreamCtx:
         except (OSError, DWCPError) as exc:
             why = f"stream {sid}: {type(exc).__name__}: {exc}"
             log.info("%s; requeueing %d chunks", why, len(inflight))
+            failed = True
             with state.lock:
                 state.stream_errors.append(why)
                 state.stream_failures += 1
@@ -517,12 +556,17 @@ class _StreamCtx:
             if active:
                 with state.lock:
                     state.active_streams -= 1
+            requeued = 0
             for i in inflight:
                 if not state.done[i]:
                     self.q.try_put(i)
-                    with state.lock:
-                        state.chunks_resent += 1
+                    requeued += 1
+            if requeued:
+                with state.lock:
+                    state.chunks_resent += requeued
+                ev.chunk_retransmit("tx", peer, requeued)
             if fs is not None:
+                ev.stream_closed(peer, failed)
                 fs.close()
 
     def _encode(self, i: int):
@@ -559,6 +603,7 @@ class _StreamCtx:
         if c >= len(state.spans) or state.done[c]:
             return
         if msg["reason"] != "busy":
+            self.events.chunk_retransmit("tx", self.peer)
             with state.lock:
                 n = state.nacks[c] = state.nacks.get(c, 0) + 1
                 state.chunks_resent += 1

@@ -43,6 +43,7 @@ import secrets
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ from dwcp.storage import ObjectStore, validate_key
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
+from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 
 __all__ = ["DataServer", "PROTOCOL_VERSION", "CAPS"]
@@ -113,8 +115,10 @@ def _is_set(bitmap, i: int) -> bool:
 
 
 class DataServer:
-    def __init__(self, config: Config, *, store: ObjectStore | None = None) -> None:
+    def __init__(self, config: Config, *, store: ObjectStore | None = None,
+                 events: TransferEvents | None = None) -> None:  # fmt: skip
         self.config = config
+        self.events = events if events is not None else NO_EVENTS
         self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self._ssl: ssl.SSLContext | None = None
         if not config.security.plaintext:
@@ -246,6 +250,7 @@ class DataServer:
         with self._lock:
             self._conns.add(conn)
         fs: FrameSocket | None = None
+        peer_name = f"plaintext:{addr[0]}"
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.settimeout(self.config.transport.connect_timeout_s)
@@ -258,9 +263,9 @@ class DataServer:
                     return
                 from dwcp.security.tls import peer_identity
 
-                peer = peer_identity(conn)
+                peer = peer_name = peer_identity(conn)
             else:
-                peer = f"plaintext:{addr[0]}"
+                peer = peer_name
             fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s)
             got = fs.recv_control(C.FRAME_HELLO)
             if got is None:
@@ -278,6 +283,7 @@ class DataServer:
                 self._control(fs, h.transfer_id, hello, peer)
         except RemoteProtocolError as exc:
             self._count("protocol_errors_total", 1)
+            self.events.protocol_error(peer_name, exc.code)
             log.warning("protocol error from %s:%s: %s (code %d); closing", addr[0], addr[1], exc, exc.code)
             if fs is not None:
                 self._send_error(fs, exc.code, str(exc))
@@ -306,6 +312,19 @@ class DataServer:
 
     # -- control stream: one transfer ------------------------------------
     def _control(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+        t0 = time.perf_counter()
+        rep: dict[str, Any] = {"outcome": "failed", "size": 0, "wire": 0}
+        try:
+            self._control_transfer(fs, transfer_id, hello, peer, rep)
+        except BaseException:
+            rep["outcome"] = "failed"
+            raise
+        finally:
+            self.events.transfer_finished("rx", peer, rep["outcome"], time.perf_counter() - t0, rep["size"],
+                                          rep["wire"])  # fmt: skip
+
+    def _control_transfer(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str, rep: dict) -> None:
+        """One send's control stream; ``rep`` gets its outcome (see events.OUTCOMES) and sizes."""
         for k in ("key", "size", "digest", "chunk_size"):
             if k not in hello:
                 raise RemoteProtocolError(f"HELLO for a send lacks {k!r}", C.ERR_MALFORMED)
@@ -318,6 +337,7 @@ class DataServer:
         if self._draining:
             self._send_error(fs, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} elsewhere or later")
             log.info("send of %s from %s refused: draining", key, peer)
+            rep["outcome"] = "refused"
             return
         with self._lock:
             if transfer_id in self._transfers:
@@ -340,6 +360,7 @@ class DataServer:
         except KeyBusyError as exc:
             self._send_error(fs, C.ERR_BAD_FIELD, str(exc))
             log.info("send of %s from %s refused: %s", key, peer, exc)
+            rep["outcome"] = "refused"
             return
         except StorageError as exc:
             self._send_error(fs, 0, str(exc))
@@ -389,6 +410,7 @@ class DataServer:
                     seen = t.chunks_received
             if got is None or got[0].frame_type != C.FRAME_DONE:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
+                rep.update(outcome="interrupted", wire=t.wire_bytes)
                 return
             missing = partial.missing()
             if missing:
@@ -399,13 +421,16 @@ class DataServer:
                 self._count("transfers_failed_total", 1)
                 self._send_error(fs, exc.code, f"{key}: {exc}")
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
+                rep.update(outcome="integrity", wire=t.wire_bytes)
                 return
             except StorageError as exc:
                 self._count("transfers_failed_total", 1)
                 self._send_error(fs, 0, f"{key}: {exc}")
                 log.error("transfer %x of %s could not be stored: %s", transfer_id, key, exc)
+                rep.update(wire=t.wire_bytes)
                 return
             self._count("transfers_ok_total", 1)
+            rep.update(outcome="ok", size=info.size, wire=t.wire_bytes)
             fs.send(encode_control(C.FRAME_DONE, transfer_id,
                                    {"ok": True, "digest": info.digest.hex(), "size": info.size,
                                     "chunks": len(t.spans)}))  # fmt: skip
@@ -522,6 +547,8 @@ class DataServer:
             except IntegrityError as exc:
                 t.unclaim(idx)
                 t.chunks_nacked += 1
+                self.events.checksum_failure(t.peer)
+                self.events.chunk_retransmit("rx", t.peer)
                 self._count("chunks_nacked_total", 1)
                 log.warning("transfer %x: %s; asking for it again", t.transfer_id, exc)
                 fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": str(exc)[:200]}))
@@ -535,6 +562,7 @@ class DataServer:
             self._count("chunks_received_total", 1)
             self._count("bytes_wire_total", C.HEADER_SIZE + h.enc_len)
             self._count("bytes_raw_total", h.raw_len)
+            self.events.chunk("rx", t.peer, h.codec, h.raw_len, C.HEADER_SIZE + h.enc_len)
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
 
     @staticmethod
