@@ -49,6 +49,8 @@ from dwcp.wire.messages import encode_control
 
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .tcpinfo import read_tcp_info
+from .window import StreamWindow
 
 __all__ = ["Sender", "TransferError", "open_stream"]
 
@@ -388,8 +390,6 @@ class Sender:
 
     @staticmethod
     def _rtt_s(fs: FrameSocket) -> float:
-        from .tcpinfo import read_tcp_info
-
         try:
             info = read_tcp_info(fs.sock)
         except OSError:
@@ -473,7 +473,8 @@ class _StreamCtx:
         self.limiter = limiter
         self.bdp = bdp
         self.resource_type = resource_type
-        self.window = sender.transport.window_chunks
+        self.window_floor = sender.transport.window_chunks
+        self.chunk_bytes = sender.transport.chunk_size_bytes
         self.events = sender.events
         self.peer = f"{host}:{port}"
 
@@ -487,6 +488,7 @@ class _StreamCtx:
         active = True
         ev, peer = self.events, self.peer
         failed = False
+        win = StreamWindow(self.window_floor, self.chunk_bytes)
         try:
             fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id,
@@ -494,8 +496,15 @@ class _StreamCtx:
                                     "stream": sid}))  # fmt: skip
             ev.stream_opened(peer)
             while not state.failed:
-                while inflight and (len(inflight) >= self.window or fs.readable()):
-                    self._read_ack(fs, inflight)
+                while inflight and (len(inflight) >= win.window or fs.readable()):
+                    win.on_acked(self._read_ack(fs, inflight), time.monotonic())
+                now = time.monotonic()
+                if win.due(now):
+                    try:
+                        info = read_tcp_info(fs.sock)
+                    except OSError:
+                        info = None
+                    win.update(now, (info.min_rtt_us or info.rtt_us) / 1e6 if info is not None else None)
                 if state.all_done.is_set() or state.failed:
                     break
                 if active:
@@ -506,12 +515,12 @@ class _StreamCtx:
                 if not active:  # retired: drain what is in flight, then leave
                     if not inflight:
                         break
-                    self._read_ack(fs, inflight)
+                    win.on_acked(self._read_ack(fs, inflight), time.monotonic())
                     continue
                 i = self.q.try_get()
                 if i is None:
                     if inflight:
-                        self._read_ack(fs, inflight)
+                        win.on_acked(self._read_ack(fs, inflight), time.monotonic())
                     else:
                         state.all_done.wait(0.01)  # others may still requeue work
                     continue
@@ -532,13 +541,12 @@ class _StreamCtx:
                 except OSError:
                     pass
             if fs is not None:
-                from .tcpinfo import read_tcp_info
-
                 info = read_tcp_info(fs.sock)
                 if info is not None:
                     ev.tcp_info(peer, info.rtt_us / 1e6, info.total_retrans)
                     with state.lock:
                         state.stream_info.append({"stream": sid, "bytes_sent": fs.bytes_sent, "rtt_us": info.rtt_us,
+                                                  "window_chunks": win.window,
                                                   "total_retrans": info.total_retrans,
                                                   "delivery_rate_bytes_per_s": info.delivery_rate_bytes_per_s})  # fmt: skip
         except (OSError, DWCPError) as exc:
@@ -584,7 +592,8 @@ class _StreamCtx:
                               base_digest=self.base_digest, last=last, resource_type=self.resource_type)  # fmt: skip
         return enc.encode(chunk, offset=off, transfer_id=tid, last=last, resource_type=self.resource_type)
 
-    def _read_ack(self, fs: FrameSocket, inflight: dict[int, int]) -> None:
+    def _read_ack(self, fs: FrameSocket, inflight: dict[int, int]) -> int:
+        """Read one ACK/NACK; returns the wire bytes it acknowledged."""
         state = self.state
         got = fs.recv_control(C.FRAME_ACK, C.FRAME_NACK)
         if got is None:
@@ -593,15 +602,16 @@ class _StreamCtx:
         if h.frame_type == C.FRAME_ERROR:
             raise BrokenResourceError(f"receiver closed the stream: {msg['message']} (code {msg['code']})")
         if h.frame_type == C.FRAME_ACK:
+            acked = 0
             for c in msg["chunks"]:
-                inflight.pop(c, None)
+                acked += inflight.pop(c, 0)
                 if c < len(state.spans):
                     state.mark_done(c)
-            return
+            return acked
         c = msg["chunk"]
         inflight.pop(c, None)
         if c >= len(state.spans) or state.done[c]:
-            return
+            return 0
         if msg["reason"] != "busy":
             self.events.chunk_retransmit("tx", self.peer)
             with state.lock:
@@ -611,6 +621,7 @@ class _StreamCtx:
                     state.force_full.add(c)
             if n > 5:
                 state.fail(f"chunk {c} failed verification at the receiver {n} times: {msg['reason']}")
-                return
+                return 0
             log.warning("chunk %d NACKed (%s); resending", c, msg["reason"])
         self.q.try_put(c)
+        return 0
