@@ -115,6 +115,15 @@ def open_stream(
     return FrameSocket(s, timeout_s=transport.stall_timeout_s), applied
 
 
+def _percentiles(xs: list[float]) -> dict[str, float] | None:
+    """p50/p99/max of ``xs`` (seconds) in milliseconds; None when empty."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return {"p50": s[len(s) // 2] * 1000, "p99": s[min(len(s) - 1, math.ceil(0.99 * len(s)) - 1)] * 1000,
+            "max": s[-1] * 1000, "n": len(s)}  # fmt: skip
+
+
 @dataclass
 class _State:
     spans: list[tuple[int, int]]
@@ -133,6 +142,7 @@ class _State:
     stream_failures: int = 0
     stream_errors: list[str] = field(default_factory=list)
     stream_info: list[dict] = field(default_factory=list)  # TCP_INFO of each stream as it ended
+    chunk_latency_s: list[float] = field(default_factory=list)  # send -> ACK of each acknowledged chunk
     all_done: threading.Event = field(default_factory=threading.Event)
 
     def mark_done(self, i: int) -> bool:
@@ -356,6 +366,7 @@ class Sender:
             "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
                         "auto": controller is not None, "decisions": decisions},
             "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
+            "chunk_latency_ms": _percentiles(state.chunk_latency_s),
             "tcp_info": state.stream_info[:64],
         }  # fmt: skip
 
@@ -480,7 +491,7 @@ class _StreamCtx:
 
     def run(self, sid: int, started: set[int]) -> None:
         state = self.state
-        inflight: dict[int, int] = {}
+        inflight: dict[int, tuple[int, float]] = {}  # chunk -> (wire bytes, when sent)
         fs: FrameSocket | None = None
         with state.lock:
             state.active_streams += 1
@@ -529,7 +540,7 @@ class _StreamCtx:
                 f = self._encode(i)
                 if self.limiter is not None:
                     self.limiter.acquire(f.wire_len)
-                inflight[i] = f.wire_len
+                inflight[i] = (f.wire_len, time.monotonic())
                 fs.send(f.header, f.payload)
                 ev.chunk("tx", peer, f.codec, f.raw_len, f.wire_len)
                 with state.lock:
@@ -592,7 +603,7 @@ class _StreamCtx:
                               base_digest=self.base_digest, last=last, resource_type=self.resource_type)  # fmt: skip
         return enc.encode(chunk, offset=off, transfer_id=tid, last=last, resource_type=self.resource_type)
 
-    def _read_ack(self, fs: FrameSocket, inflight: dict[int, int]) -> int:
+    def _read_ack(self, fs: FrameSocket, inflight: dict[int, tuple[int, float]]) -> int:
         """Read one ACK/NACK; returns the wire bytes it acknowledged."""
         state = self.state
         got = fs.recv_control(C.FRAME_ACK, C.FRAME_NACK)
@@ -603,8 +614,12 @@ class _StreamCtx:
             raise BrokenResourceError(f"receiver closed the stream: {msg['message']} (code {msg['code']})")
         if h.frame_type == C.FRAME_ACK:
             acked = 0
+            now = time.monotonic()
             for c in msg["chunks"]:
-                acked += inflight.pop(c, 0)
+                sent = inflight.pop(c, None)
+                if sent is not None:
+                    acked += sent[0]
+                    state.chunk_latency_s.append(now - sent[1])  # list.append is atomic
                 if c < len(state.spans):
                     state.mark_done(c)
             return acked

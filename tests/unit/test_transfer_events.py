@@ -74,6 +74,8 @@ def test_a_send_reports_the_same_bytes_on_both_sides(tmp_path):
     assert len(tx_ev.of("open")) == len(tx_ev.of("close")) == 2 and not any(c[2] for c in tx_ev.of("close"))
     assert len(tx_ev.of("tcp")) == 2 and all(c[2] > 0 for c in tx_ev.of("tcp"))
     assert not tx_ev.of("retransmit") and not rx_ev.of("checksum")
+    lat = r["chunk_latency_ms"]  # send -> ACK of every chunk
+    assert lat["n"] == 5 and 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 10_000
 
 
 def test_refusals_and_protocol_errors_are_reported(tmp_path):
