@@ -1,0 +1,276 @@
+"""Throughput SLAs on emulated WAN links (run as root).
+
+    sudo python perf/sla.py [--quick] [--config perf/sla.toml] [--out FILE]
+
+For every cell of the matrix in sla.toml (RTT x loss x rate cap), in one
+testbed (dwcp/_testbase/wan.py: two namespaces, tbf, iptables statistic, a
+user-space delay relay) and the same link setting, it runs:
+
+* one plain Python TCP stream (sendall / recv_into),
+* ``iperf3 -P N`` for each N (the best N is the physical peer),
+* dwcp (a `dwcp daemon` in host b, `dwcp send` in host a) with each fixed
+  stream count, and with ``--streams auto``.
+
+It reports goodput as a fraction of the cap, the count auto chose, its
+settling time (when its last change of count happened), CPU seconds per GB
+(sender + daemon) and p50/p99 chunk latency (send -> ACK); writes
+perf/results/sla.json and, with matplotlib, sla.png; and exits 1 when an
+SLA of sla.toml is missed (2 when the testbed cannot be built here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+from _common import RESULTS, machine, write_json  # noqa: E402
+
+from dwcp._testbase.wan import Link, Testbed  # noqa: E402
+
+PORT = 7700
+PY_RX = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); buf = memoryview(bytearray(1 << 22)); n = 0; t0 = None
+while True:
+    k = c.recv_into(buf)
+    if not k: break
+    if t0 is None: t0 = time.perf_counter()
+    n += k
+print(n / (time.perf_counter() - t0), flush=True)
+"""
+PY_TX = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); buf = bytes(1 << 22); left = int(sys.argv[3])
+while left > 0:
+    s.sendall(buf[: min(left, len(buf))]); left -= len(buf)
+s.close()
+"""
+
+
+def python_stream(tb: Testbed, size: int) -> float:
+    rx = tb.popen("b", [sys.executable, "-c", PY_RX, tb.addr["b"], str(PORT + 1)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None
+        rx.stdout.readline()
+        tb.run("a", [sys.executable, "-c", PY_TX, tb.addr["b"], str(PORT + 1), str(size)], timeout=600)
+        return float(rx.stdout.readline())
+    finally:
+        rx.kill()
+        rx.wait()
+
+
+def iperf3(tb: Testbed, size: int, n: int) -> float | None:
+    srv = tb.popen("b", ["iperf3", "-s", "-1", "-B", tb.addr["b"], "-p", str(PORT + 2)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.4)
+        r = tb.run("a", ["iperf3", "-c", tb.addr["b"], "-p", str(PORT + 2), "-n", str(size), "-P", str(n), "-J"],
+                   check=False, timeout=600)  # fmt: skip
+        j = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        return j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 8 or None
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+class Daemon:
+    """`dwcp daemon` in host b, receiving on /dev/shm."""
+
+    def __init__(self, tb: Testbed, root: str) -> None:
+        self.root = root
+        self.data = os.path.join(root, "b")
+        cfg = os.path.join(root, "b.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[node]\nid = "b"\n[listen]\nhost = "{tb.addr["b"]}"\ndata_port = {PORT}\nmetrics_port = -1\n'
+                    f'[security]\nplaintext = true\n[storage]\ndata_dir = "{self.data}"\n'
+                    '[transport]\nidle_timeout_s = 60.0\n')  # fmt: skip
+        self.proc = tb.popen("b", [sys.executable, "-m", "dwcp", "daemon", "--config", cfg], cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(self.data, "control.sock")):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("dwcp daemon did not start in host b")
+            time.sleep(0.1)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def clear(self) -> None:
+        shutil.rmtree(os.path.join(self.data, "objects"), ignore_errors=True)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str) -> dict:
+    state = os.path.join(d.root, "sender-state")
+    c0 = d.cpu()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = tb.run("a", [sys.executable, "-m", "dwcp", "send", src, "--to", f"{tb.addr['b']}:{PORT}", "--key", key,
+                     "--plaintext", "--json", "--streams", streams, "--state-dir", state],
+               cwd=d.root, check=False, timeout=900)  # fmt: skip
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = d.cpu() - c0 + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    shutil.rmtree(state, ignore_errors=True)
+    d.clear()
+    if r.returncode != 0:
+        return {"error": r.stderr.strip()[-500:]}
+    o = json.loads(r.stdout)
+    dec = o["streams"]["decisions"]
+    changes = [x["t"] for a, x in zip(dec, dec[1:]) if x["streams"] != a["streams"]]
+    return {
+        "bytes_per_s": o["throughput_bytes_per_s"], "seconds": o["seconds"], "cpu_s_per_gb": cpu / (o["size"] / 1e9),
+        "streams_final": o["streams"]["final"], "streams_max": o["streams"]["max"],
+        "settle_s": changes[-1] if changes else 0.0, "decisions": dec,
+        "chunk_latency_ms": o.get("chunk_latency_ms"), "retransmits": sum(s.get("total_retrans", 0) for s in o["tcp_info"]),
+    }  # fmt: skip
+
+
+def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float) -> dict:
+    runs = m["runs"]
+
+    def med(xs):
+        xs = [x for x in xs if x]
+        return statistics.median(xs) if xs else None
+
+    cell: dict = {"python_1_stream": med(python_stream(tb, size) for _ in range(runs))}
+    cell["iperf3"] = {str(n): med(iperf3(tb, size, n) for _ in range(runs)) for n in m["iperf3_streams"]}
+    cell["dwcp_fixed"] = {}
+    for n in m["fixed_streams"]:
+        rs = [dwcp_send(tb, d, src, f"sla/f{n}-{i}", str(n)) for i in range(runs)]
+        cell["dwcp_fixed"][str(n)] = rs[len(rs) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in rs)}
+    rs = [dwcp_send(tb, d, src, f"sla/auto-{i}", "auto") for i in range(runs)]
+    cell["dwcp_auto"] = rs[len(rs) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in rs)}
+    frac = {"python_1_stream": (cell["python_1_stream"] or 0) / cap,
+            "iperf3_best": max((v or 0) for v in cell["iperf3"].values()) / cap,
+            "dwcp_auto": (cell["dwcp_auto"]["bytes_per_s"] or 0) / cap}  # fmt: skip
+    for n, r in cell["dwcp_fixed"].items():
+        frac[f"dwcp_{n}"] = (r["bytes_per_s"] or 0) / cap
+    cell["fraction_of_cap"] = frac
+    best = max(cell["dwcp_fixed"], key=lambda n: cell["dwcp_fixed"][n]["bytes_per_s"] or 0)
+    cell["best_fixed_streams"] = int(best)
+    cell["best_iperf3_streams"] = int(max(cell["iperf3"], key=lambda n: cell["iperf3"][n] or 0))
+    return cell
+
+
+def check(cells: list[dict], slas: list[dict]) -> list[dict]:
+    out = []
+    for s in slas:
+        for c in cells:
+            if c["rtt_ms"] != s["rtt_ms"] or c["loss"] != s["loss"]:
+                continue
+            auto = c["dwcp_auto"]
+            got = {"fraction_of_cap": c["fraction_of_cap"]["dwcp_auto"], "settle_s": auto.get("settle_s"),
+                   "streams": auto.get("streams_final"), "best_fixed": c["best_fixed_streams"]}  # fmt: skip
+            missed = []
+            if got["fraction_of_cap"] < s["min_fraction_of_cap"]:
+                missed.append(f"goodput {got['fraction_of_cap']:.2f} of the cap < {s['min_fraction_of_cap']}")
+            if got["settle_s"] is None or got["settle_s"] > s["max_settle_s"]:
+                missed.append(f"settled after {got['settle_s']} s > {s['max_settle_s']} s")
+            if got["streams"] is None or abs(got["streams"] - got["best_fixed"]) > s["max_streams_from_best_fixed"]:
+                missed.append(f"auto ended at {got['streams']} streams, best fixed {got['best_fixed']}")
+            out.append({"sla": s["name"], "rate_mbit": c["rate_mbit"], "measured": got, "missed": missed,
+                        "single_stream_fraction": c["fraction_of_cap"]["python_1_stream"]})  # fmt: skip
+    return out
+
+
+def plot(res: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no PNG)", file=sys.stderr)
+        return
+    cells = res["cells"]
+    names = list(cells[0]["fraction_of_cap"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(cells)), 4.5))
+    w = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([j + i * w for j in range(len(cells))], [c["fraction_of_cap"][n] for c in cells], w, label=n)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cells))])
+    ax.set_xticklabels([f"{c['rate_mbit']:g}M {c['rtt_ms']:g}ms {c['loss'] * 100:g}%" for c in cells], fontsize=8)
+    ax.set_ylabel("goodput / rate cap")
+    ax.axhline(0.85, ls=":", c="k")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=os.path.join(HERE, "sla.toml"))
+    ap.add_argument("--quick", action="store_true", help="the [quick] matrix: the SLA cells only, smaller objects")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    why = Testbed.unavailable()
+    if why:
+        print(f"sla.py: {why}", file=sys.stderr)
+        return 2
+    with open(args.config, "rb") as f:
+        conf = tomllib.load(f)
+    m = conf["quick" if args.quick else "matrix"]
+    size = m["object_mib"] << 20
+    root = tempfile.mkdtemp(prefix="dwcp-sla-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    res: dict = {"machine": machine(), "matrix": m, "cells": []}
+    try:
+        src = os.path.join(root, "object")
+        np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8).tofile(src)
+        with Testbed(Link()) as tb:
+            d = Daemon(tb, root)
+            try:
+                for rate in m["rate_mbit"]:
+                    for rtt in m["rtt_ms"]:
+                        for loss in m["loss"]:
+                            tb.set_link(Link(rate_bit_s=rate * 1e6, rtt_ms=rtt, loss=loss))
+                            t0 = time.monotonic()
+                            cell = {"rate_mbit": rate, "rtt_ms": rtt, "loss": loss}
+                            cell |= run_cell(tb, d, src, size, m, rate * 1e6 / 8)
+                            cell["wall_s"] = time.monotonic() - t0
+                            res["cells"].append(cell)
+                            print(f"{rate:g} Mbit/s {rtt:g} ms {loss * 100:g}%: "
+                                  + ", ".join(f"{k} {v:.2f}" for k, v in cell["fraction_of_cap"].items())
+                                  + f"; auto -> {cell['dwcp_auto'].get('streams_final')} streams "
+                                  f"(settled {cell['dwcp_auto'].get('settle_s')} s), best fixed "
+                                  f"{cell['best_fixed_streams']}", file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                d.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    res["sla"] = check(res["cells"], conf.get("sla", []))
+    path = write_json(res, args.out, "sla.json")
+    plot(res, os.path.splitext(path)[0] + ".png")
+    missed = [s for s in res["sla"] if s["missed"]]
+    for s in res["sla"]:
+        print(f"{'MISSED' if s['missed'] else 'met'}: {s['sla']} at {s['rate_mbit']:g} Mbit/s: {s['measured']}"
+              + (f" -- {'; '.join(s['missed'])}" if s["missed"] else ""), file=sys.stderr)  # fmt: skip
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    os.makedirs(RESULTS, exist_ok=True)
+    raise SystemExit(main())
