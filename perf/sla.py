@@ -12,7 +12,8 @@ user-space delay relay) and the same link setting, it runs:
   stream count, and with ``--streams auto``.
 
 It reports goodput as a fraction of the cap, the count auto chose, its
-settling time (when its last change of count happened), CPU seconds per GB
+settling time (from when its count stayed within +-1 of where it ended:
+periodic one-stream probes do not count), CPU seconds per GB
 (sender + daemon) and p50/p99 chunk latency (send -> ACK); writes
 perf/results/sla.json and, with matplotlib, sla.png; and exits 1 when an
 SLA of sla.toml is missed (2 when the testbed cannot be built here).
@@ -140,11 +141,14 @@ def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str) -> dict:
         return {"error": r.stderr.strip()[-500:]}
     o = json.loads(r.stdout)
     dec = o["streams"]["decisions"]
-    changes = [x["t"] for a, x in zip(dec, dec[1:]) if x["streams"] != a["streams"]]
+    # settled: from the decision after the last one that left [final - 1, final + 1]
+    final = dec[-1]["streams"]
+    bad = [i for i, x in enumerate(dec) if abs(x["streams"] - final) > 1]
+    settle = dec[bad[-1] + 1]["t"] if bad else 0.0
     return {
         "bytes_per_s": o["throughput_bytes_per_s"], "seconds": o["seconds"], "cpu_s_per_gb": cpu / (o["size"] / 1e9),
         "streams_final": o["streams"]["final"], "streams_max": o["streams"]["max"],
-        "settle_s": changes[-1] if changes else 0.0, "decisions": dec,
+        "settle_s": settle, "decisions": dec,
         "chunk_latency_ms": o.get("chunk_latency_ms"), "retransmits": sum(s.get("total_retrans", 0) for s in o["tcp_info"]),
     }  # fmt: skip
 

@@ -187,11 +187,13 @@ def initial_streams(
     per_stream_window_bytes: int,
     min_streams: int,
     max_streams: int,
+    *,
+    unknown_start: int | None = None,
 ) -> tuple[int, str]:
     """ceil(BDP / per-stream window), clamped to [min, max], and the reason in words.
 
-    An unknown (None or 0) link speed starts at ``min_streams``: the
-    controller probes up from there.
+    An unknown (None or 0) link speed starts at ``unknown_start`` (clamped),
+    or at ``min_streams`` without one: the controller probes from there.
     """
     _check_bounds(min_streams, max_streams)
     rtt = _real(rtt_s)
@@ -206,7 +208,10 @@ def initial_streams(
     if link_bytes_per_s is not None and (link is None or link < 0):
         raise ConfigError(f"link speed must be a finite number >= 0 bytes/s, got {link_bytes_per_s!r}")
     if not link:
-        return min_streams, f"link speed unknown: start at min_streams={min_streams} and probe"
+        if unknown_start is None:
+            return min_streams, f"link speed unknown: start at min_streams={min_streams} and probe"
+        n = max(min_streams, min(max_streams, unknown_start))
+        return n, f"link speed unknown: start at {n} streams and probe"
     bdp = link * rtt
     n = max(1, math.ceil(bdp / window - 1e-9))
     clamped = max(min_streams, min(max_streams, n))

@@ -115,6 +115,12 @@ def open_stream(
     return FrameSocket(s, timeout_s=transport.stall_timeout_s), applied
 
 
+# --streams auto on a link of unknown speed: a long path needs several streams and
+# extra ones on a short path cost little (perf/sla.py: 4-8 streams within 2% of each
+# other at 50 ms), so start here and let the controller probe either way
+UNKNOWN_LINK_STREAMS = 4
+
+
 def _percentiles(xs: list[float]) -> dict[str, float] | None:
     """p50/p99/max of ``xs`` (seconds) in milliseconds; None when empty."""
     if not xs:
@@ -310,8 +316,11 @@ class Sender:
             if streams is None:
                 from .controller import StreamController, initial_streams
 
-                n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
-                                          tp.max_streams)  # fmt: skip
+                if tp.initial_streams:
+                    n0, why = tp.initial_streams, f"initial_streams={tp.initial_streams} from the config"
+                else:
+                    n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
+                                              tp.max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
                 controller = StreamController(n0, tp.min_streams, tp.max_streams)
             else:
                 n0, why, controller = streams, f"fixed at {streams} by the caller", None

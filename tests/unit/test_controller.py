@@ -366,3 +366,10 @@ def test_property_many_streams_keep_the_goodput(per, ratio, hi, seed):
     assert sum(model(n, 0) for n, _ in tail) / len(tail) >= 0.92 * model(best, 0)
     # above ~20 streams a probe adds ceil(10%) of them, and under noise one such step can be held
     assert all(n <= best + max(2, math.ceil(0.1 * best)) for n in held)
+
+
+@pytest.mark.parametrize("start,lo,hi,want", [(4, 1, 16, 4), (4, 6, 16, 6), (4, 1, 3, 3)])
+def test_unknown_link_can_start_elsewhere_than_min(start, lo, hi, want):
+    n, why = initial_streams(None, 0.05, 4 << 20, lo, hi, unknown_start=start)
+    assert n == want and why == f"link speed unknown: start at {want} streams and probe"
+    assert initial_streams(1.25e8, 0.05, 4 << 20, lo, hi, unknown_start=start)[0] == max(lo, min(hi, 2))
