@@ -1,0 +1,270 @@
+"""The cluster's sans-IO pieces: ring, breaker, balancer, affinity, geo, routing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dwcp.cluster.balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
+from dwcp.cluster.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from dwcp.cluster.geo import Location, PrefixTable, haversine_km
+from dwcp.cluster.ring import HashRing
+from dwcp.cluster.routing import RegionGraph
+from dwcp.errors import ConfigError
+
+KEYS = [f"vm/{i}/disk" for i in range(20_000)]
+
+
+# -- ring -------------------------------------------------------------------------------
+
+
+def test_replicas_are_distinct_deterministic_and_skip_excluded():
+    r = HashRing([f"n{i}" for i in range(5)])
+    a = r.replicas("k", 3)
+    assert len(set(a)) == 3 and a == HashRing([f"n{i}" for i in reversed(range(5))]).replicas("k", 3)
+    assert r.replicas("k", 9) == r.replicas("k", 5) and len(r.replicas("k", 9)) == 5
+    b = r.replicas("k", 3, exclude=[a[0]])
+    assert b == [x for x in r.replicas("k", 4) if x != a[0]][:3]  # the others keep their order
+    assert HashRing().replicas("k", 2) == [] and HashRing().primary("k") is None
+
+
+def test_balance_with_150_vnodes():
+    load = HashRing([f"n{i}" for i in range(10)]).load(KEYS)
+    mean = len(KEYS) / 10
+    assert max(load.values()) < 1.25 * mean and min(load.values()) > 0.75 * mean, load
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(3, 12), st.integers(0, 10_000))
+def test_adding_or_removing_a_peer_moves_about_one_nth(n, salt):
+    peers = [f"p{salt}-{i}" for i in range(n)]
+    r1 = HashRing(peers)
+    r2 = r1.with_peers([*peers, "new"])
+    before = {k: r1.primary(k) for k in KEYS[:5000]}
+    after = {k: r2.primary(k) for k in KEYS[:5000]}
+    moved = [k for k in before if before[k] != after[k]]
+    assert all(after[k] == "new" for k in moved)  # only onto the new peer
+    assert len(moved) / len(before) < 2.0 / (n + 1)
+    r3 = r1.with_peers(peers[1:])  # remove one: only its keys move
+    assert all(r3.primary(k) == before[k] for k in before if before[k] != peers[0])
+
+
+def test_ring_config_errors():
+    with pytest.raises(ConfigError):
+        HashRing(["a"], vnodes=0)
+    with pytest.raises(ConfigError):
+        HashRing([""])
+    with pytest.raises(ValueError):
+        HashRing(["a"]).replicas("k", 0)
+
+
+# -- breaker ----------------------------------------------------------------------------
+
+CFG = BreakerConfig(consecutive_failures=3, failure_rate=0.5, min_calls=6, window_s=10, open_s=5, max_open_s=20,
+                    half_open_calls=2)  # fmt: skip
+
+
+def test_consecutive_failures_open_then_half_open_then_close():
+    b = CircuitBreaker(CFG)
+    for t in range(3):
+        assert b.allow(t)
+        b.record(False, t)
+    assert b.current(2.5) == OPEN and not b.allow(4)
+    assert b.current(7.0) == HALF_OPEN
+    assert b.allow(7.0) and b.allow(7.1) and not b.allow(7.2)  # two trial slots
+    b.record(True, 7.3)
+    b.record(True, 7.4)
+    assert b.current(7.5) == CLOSED and b.snapshot(7.5)["calls_in_window"] == 0
+
+
+def test_failure_in_half_open_reopens_with_doubled_backoff_up_to_the_max():
+    b = CircuitBreaker(CFG)
+    for t in range(3):
+        b.record(False, t)
+    opened = 2.0
+    for expect in (10, 20, 20):  # 5 -> 10 -> 20 (max) -> 20
+        t = opened + b.snapshot(opened)["open_remaining_s"]
+        assert b.current(t - 0.01) == OPEN and b.current(t) == HALF_OPEN
+        assert b.allow(t)
+        b.record(False, t)
+        opened = t
+        assert b.snapshot(t)["open_remaining_s"] == expect
+    assert b.opened_total == 4
+
+
+def test_failure_rate_over_the_window_opens():
+    b = CircuitBreaker(CFG)
+    for t, ok in enumerate([True, False, True, False, True, False]):  # never 3 in a row
+        b.record(ok, float(t))
+    assert b.current(6) == OPEN  # 3 of 6 = 50%
+    b2 = CircuitBreaker(CFG)
+    for t, ok in enumerate([False, True, False, True, True, True, False, True]):
+        b2.record(ok, float(t))
+    assert b2.current(8) == CLOSED  # 3 of 8 < 50%
+    b3 = CircuitBreaker(CFG)
+    for t, ok in enumerate([False, True, False, True, False]):
+        b3.record(ok, float(t) * 4)  # spread over 16 s: the window (10 s) never holds min_calls
+    assert b3.current(17) == CLOSED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=60))
+def test_breaker_never_lets_calls_through_while_open(events):
+    b, t = CircuitBreaker(CFG), 0.0
+    for ok, dt in events:
+        t += dt
+        state = b.current(t)
+        allowed = b.allow(t)
+        assert allowed == (state == CLOSED) or state == HALF_OPEN
+        if allowed:
+            b.record(ok, t)
+        assert b.current(t) in (CLOSED, OPEN, HALF_OPEN)
+
+
+def test_breaker_config_is_validated():
+    with pytest.raises(ConfigError):
+        BreakerConfig(failure_rate=0)
+    with pytest.raises(ConfigError):
+        BreakerConfig(open_s=10, max_open_s=5)
+
+
+# -- balancer ---------------------------------------------------------------------------
+
+
+def peers() -> list[Peer]:
+    return [Peer("a", "10.0.0.1:7700", "eu", Location(52.5, 13.4)), Peer("b", "10.0.0.2:7700", "eu", Location(48.9, 2.35)),
+            Peer("c", "10.1.0.1:7700", "us", Location(40.7, -74.0)), Peer("d", "10.2.0.1:7700", "ap")]  # fmt: skip
+
+
+def test_round_robin_and_least_connections():
+    lb = Balancer(peers(), policy="round_robin")
+    assert [lb.pick().id for _ in range(8)] == list("abcdabcd")
+    lb = Balancer(peers(), policy="least_connections")
+    lb.peers["a"].active, lb.peers["b"].active, lb.peers["c"].active, lb.peers["d"].active = 3, 1, 2, 1
+    assert lb.pick().id == "b"  # ties broken by latency then id
+    assert lb.pick(exclude=["b"]).id == "d"
+
+
+@given(st.lists(st.integers(0, 50), min_size=2, max_size=10, unique=True), st.integers(0, 2**32))
+def test_p2c_never_picks_the_most_loaded(loads, seed):
+    ps = [Peer(f"p{i}", f"10.9.0.{i}:1") for i in range(len(loads))]
+    for p, ld in zip(ps, loads):
+        p.active = ld
+    lb = Balancer(ps, policy="p2c", rng=random.Random(seed))
+    worst = max(ps, key=lambda p: p.active).id
+    assert all(lb.pick().id != worst for _ in range(20))
+
+
+def test_no_healthy_peer_is_a_clear_error_and_breakers_exclude():
+    ps = peers()
+    for p in ps:
+        p.healthy = False
+    lb = Balancer(ps, policy="p2c")
+    with pytest.raises(NoHealthyPeerError, match="no healthy peer.*candidates: a, b, c, d"):
+        lb.pick()
+    ps[2].healthy = True
+    assert lb.pick().id == "c"
+    lb2 = Balancer(peers(), policy="round_robin", allow=lambda pid: pid in ("b", "d"))
+    assert {lb2.pick().id for _ in range(6)} == {"b", "d"}
+    lb2.remove("b")
+    lb2.remove("d")
+    with pytest.raises(NoHealthyPeerError):
+        lb2.pick()
+    assert lb2.stats()["no_healthy_peer"] == {"round_robin": 1}
+
+
+def test_geo_picks_the_nearest_and_uses_the_prefix_table_for_unknown_peers():
+    here = Location(50.1, 8.7)  # Frankfurt
+    lb = Balancer(peers(), policy="geo", here=here)
+    dist = {p.id: haversine_km(here, p.location) for p in peers() if p.location}
+    assert lb.pick().id == min(dist, key=dist.get) == "a"  # Berlin ~420 km, Paris ~480 km, NYC ~6200 km
+    # "d" has no coordinates: last, unless a prefix says where it is
+    lb = Balancer(peers(), policy="geo", here=Location(35.7, 139.7),
+                  prefixes=PrefixTable([("10.2.0.0/16", Location(35.6, 139.6, "ap"))]))  # fmt: skip
+    assert lb.pick().id == "d"
+    with pytest.raises(ConfigError):
+        Balancer(peers(), policy="geo")
+
+
+def test_region_priority_fails_over_to_the_next_region():
+    ps = peers()
+    lb = Balancer(ps, policy="region", region_priority=["us", "eu", "ap"])
+    assert {lb.pick().id for _ in range(10)} == {"c"}
+    ps[2].healthy = False
+    assert {lb.pick().id for _ in range(20)} == {"a", "b"}
+    st_ = lb.stats()
+    assert st_["decisions"] == {"region": 30} and st_["by_region"] == {"us": 10, "eu": 20}
+    assert st_["pick_us_p50"] is not None and st_["pick_us_p50"] <= st_["pick_us_p99"]
+
+
+def test_haversine_and_prefix_table():
+    assert haversine_km(Location(0, 0), Location(0, 0)) == 0
+    assert abs(haversine_km(Location(51.5074, -0.1278), Location(40.7128, -74.0060)) - 5570) < 15  # London-NYC
+    t = PrefixTable([("10.0.0.0/8", Location(1, 1, "wide")), ("10.1.0.0/16", Location(2, 2, "narrow")),
+                     ("2001:db8::/32", Location(3, 3, "v6"))])  # fmt: skip
+    assert t.lookup("10.1.2.3").region == "narrow" and t.lookup("10.9.9.9").region == "wide"
+    assert t.lookup("2001:db8::1").region == "v6" and t.lookup("192.0.2.1") is None and t.lookup("junk") is None
+    with pytest.raises(ConfigError):
+        PrefixTable([("10.0.0.0/33", Location(0, 0))])
+    with pytest.raises(ConfigError):
+        Location(91, 0)
+
+
+def test_session_affinity_expires_and_forgets_removed_peers():
+    a = SessionAffinity(ttl_s=10, max_entries=3)
+    a.set("k1", "a", 0)
+    assert a.get("k1", 5) == "a" and a.get("k1", 14) == "a"  # a use refreshes it
+    assert a.get("k1", 24.5) is None
+    for i in range(5):
+        a.set(f"k{i}", "b" if i % 2 else "c", 100)
+    assert len(a) == 3 and a.get("k0", 100) is None  # the oldest went first
+    assert a.forget_peer("c") == 2 and a.get("k4", 100) is None and a.get("k3", 100) == "b"
+    assert a.expire(200) == 1 and len(a) == 0
+
+
+# -- routing ----------------------------------------------------------------------------
+
+
+def graph() -> RegionGraph:
+    g = RegionGraph(alpha=1.0)
+    for a, b, rtt, bw in [("eu", "us", 0.080, 50e6), ("us", "ap", 0.100, 1e9), ("eu", "ap", 0.150, 20e6),
+                          ("eu", "me", 0.040, 1e9), ("me", "ap", 0.120, 1e9)]:  # fmt: skip
+        g.observe(a, b, rtt_s=rtt, bandwidth_bytes_per_s=bw)
+        g.observe(b, a, rtt_s=rtt, bandwidth_bytes_per_s=bw)
+    return g
+
+
+def test_shortest_and_widest_paths():
+    g = graph()
+    s = g.shortest("eu", "ap")
+    assert s.regions == ("eu", "ap") and s.latency_s == pytest.approx(0.075)  # vs 0.02 + 0.06 via me
+    w = g.widest("eu", "ap")
+    assert w.regions == ("eu", "me", "ap") and w.bandwidth_bytes_per_s == 1e9 and w.relays == ("me",)
+    assert g.shortest("eu", "mars") is None and g.widest("eu", "eu").regions == ("eu",)
+
+
+def test_plan_relays_only_when_the_measured_numbers_say_it_is_faster():
+    g = graph()
+    big = g.plan("eu", "ap", 10 << 30)
+    assert big.regions == ("eu", "me", "ap") and big.estimated_s < 20
+    tiny = g.plan("eu", "ap", 1000)  # latency dominates: the direct link
+    assert tiny.regions == ("eu", "ap")
+    g.forget("me")
+    assert g.plan("eu", "ap", 10 << 30).regions in {("eu", "ap"), ("eu", "us", "ap")}
+    assert g.plan("eu", "nowhere", 1) is None
+
+
+def test_routing_smooths_measurements_and_rejects_nonsense():
+    g = RegionGraph(alpha=0.5)
+    g.observe("a", "b", rtt_s=0.1, bandwidth_bytes_per_s=100.0)
+    g.observe("a", "b", rtt_s=0.3, bandwidth_bytes_per_s=300.0)
+    r = g.link("a", "b")
+    assert r.latency_s == pytest.approx(0.1) and r.bandwidth_bytes_per_s == pytest.approx(200.0)
+    for bad in ({"rtt_s": -1}, {"bandwidth_bytes_per_s": 0}, {"rtt_s": float("nan")}):
+        with pytest.raises(ValueError):
+            g.observe("a", "b", **bad)
+    with pytest.raises(ValueError):
+        g.observe("a", "a", rtt_s=0.1)
