@@ -75,16 +75,22 @@ class Balancer:
         self.by_region: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self._pick_ns: deque[int] = deque(maxlen=4096)
-        self._pick_times: deque[float] = deque(maxlen=4096)
+        self._rate_mark = (time.monotonic(), 0)  # picks per second: since the previous stats() call
+        self._ids: list[str] = list(self.peers)
+        self._dist: dict[str, float | None] = {}  # geo: km from here (None: unknown), per peer
 
     # -- membership --------------------------------------------------------
     def add(self, peer: Peer) -> None:
         with self._lock:
             self.peers[peer.id] = peer
+            self._ids = list(self.peers)
+            self._dist.pop(peer.id, None)
 
     def remove(self, peer_id: str) -> None:
         with self._lock:
             self.peers.pop(peer_id, None)
+            self._ids = list(self.peers)
+            self._dist.pop(peer_id, None)
 
     def location(self, p: Peer) -> Location | None:
         if p.location is not None:
@@ -96,6 +102,14 @@ class Balancer:
         """Choose a healthy peer among ``candidates`` (peer ids; default all) minus ``exclude``."""
         t0 = time.perf_counter_ns()
         with self._lock:
+            if self.policy == "p2c" and candidates is None and not exclude:
+                fast = self._p2c_any()
+                if fast is not None:
+                    fast.picks += 1
+                    self.decisions["p2c"] += 1
+                    self.by_region[fast.region] += 1
+                    self._pick_ns.append(time.perf_counter_ns() - t0)
+                    return fast
             ids = self.peers.keys() if candidates is None else candidates
             skip = set(exclude)
             pool = [p for i in ids if i not in skip and (p := self.peers.get(i)) is not None and p.healthy]
@@ -109,8 +123,22 @@ class Balancer:
             self.decisions[self.policy] += 1
             self.by_region[choice.region] += 1
         self._pick_ns.append(time.perf_counter_ns() - t0)
-        self._pick_times.append(time.monotonic())
         return choice
+
+    def _p2c_any(self) -> Peer | None:
+        """P2C over all peers in O(1): two distinct random peers, both healthy, or None (take the slow path)."""
+        ids = self._ids
+        n = len(ids)
+        if n < 2:
+            return None
+        r = self.rng.random
+        i = int(r() * n)
+        j = int(r() * (n - 1))
+        j += j >= i
+        a, b = self.peers[ids[i]], self.peers[ids[j]]
+        if not (a.healthy and b.healthy and self.allow(a.id) and self.allow(b.id)):
+            return None
+        return a if (a.active, a.latency_ewma_s) <= (b.active, b.latency_ewma_s) else b
 
     def _round_robin(self, pool: list[Peer]) -> Peer:
         pool.sort(key=lambda p: p.id)
@@ -133,8 +161,11 @@ class Balancer:
         here = self.here
 
         def dist(p: Peer) -> tuple[int, float, int, str]:
-            loc = self.location(p)
-            return (0, haversine_km(here, loc), p.active, p.id) if loc is not None else (1, 0.0, p.active, p.id)
+            if p.id not in self._dist:  # locations are static: compute each distance once
+                loc = self.location(p)
+                self._dist[p.id] = haversine_km(here, loc) if loc is not None else None
+            d = self._dist[p.id]
+            return (0, d, p.active, p.id) if d is not None else (1, 0.0, p.active, p.id)
 
         return min(pool, key=dist)
 
@@ -149,14 +180,16 @@ class Balancer:
     def stats(self) -> dict:
         ns = sorted(self._pick_ns)
         now = time.monotonic()
-        recent = sum(1 for t in self._pick_times if now - t <= 10.0)
+        total = sum(self.decisions.values())
+        rate = (total - self._rate_mark[1]) / (now - self._rate_mark[0]) if now > self._rate_mark[0] else 0.0
+        self._rate_mark = (now, total)
 
         def q(f: float) -> float | None:
             return ns[min(len(ns) - 1, int(f * len(ns)))] / 1e3 if ns else None
 
         return {"policy": self.policy, "decisions": dict(self.decisions), "by_region": dict(self.by_region),
                 "no_healthy_peer": dict(self.failures), "pick_us_p50": q(0.5), "pick_us_p99": q(0.99),
-                "picks_per_s": recent / 10.0}  # fmt: skip
+                "picks_per_s": rate}  # fmt: skip
 
 
 class SessionAffinity:
