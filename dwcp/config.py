@@ -32,6 +32,8 @@ __all__ = [
     "CodecSettings",
     "HealthConfig",
     "LoggingConfig",
+    "ClusterConfig",
+    "PeerConfig",
     "LIVE",
     "load_toml",
     "from_dict",
@@ -246,6 +248,86 @@ class LoggingConfig(_Section):
 
 
 @dataclass(frozen=True)
+class PeerConfig:
+    """A cluster member, from [[cluster.peers]]."""
+
+    id: str
+    address: str  # HOST:PORT of its data port
+    region: str = "default"
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+
+
+@dataclass(frozen=True)
+class ClusterConfig(_Section):
+    SECTION = "cluster"
+    peers: tuple = ()  # of PeerConfig; [[cluster.peers]] tables in TOML
+    replicas: int = 2  # copies of each key, on the first distinct peers of the hash ring
+    vnodes: int = 150  # ring points per peer
+    policy: str = "p2c"  # round_robin, least_connections, p2c, geo, region
+    region_priority: tuple = ()  # of region names, for policy = "region"
+    prefixes: tuple = ()  # of {cidr, latitude_deg, longitude_deg, region}: locations of unknown addresses
+    probe_interval_s: float = 5.0
+    affinity_ttl_s: float = 600.0
+    breaker_consecutive_failures: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_min_calls: int = 10
+    breaker_window_s: float = 60.0
+    breaker_open_s: float = 30.0
+    breaker_max_open_s: float = 300.0
+    breaker_half_open_calls: int = 3
+
+    def __post_init__(self) -> None:
+        peers = []
+        for i, p in enumerate(self.peers):
+            if isinstance(p, PeerConfig):
+                peers.append(p)
+                continue
+            if not isinstance(p, dict) or not {"id", "address"} <= set(p) or not set(p) <= {
+                "id", "address", "region", "latitude_deg", "longitude_deg"}:  # fmt: skip
+                raise ConfigError(problems=[f"cluster.peers[{i}]: a table with id, address and optionally "
+                                            "region, latitude_deg, longitude_deg"])  # fmt: skip
+            peers.append(PeerConfig(**p))
+        object.__setattr__(self, "peers", tuple(peers))
+        object.__setattr__(self, "region_priority", tuple(self.region_priority))
+        object.__setattr__(self, "prefixes", tuple(self.prefixes))
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        out = []
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            out.append(f"peers: duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        for p in self.peers:
+            host, sep, port = p.address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                out.append(f"peers: {p.id}: address {p.address!r} is not HOST:PORT")
+            if (p.latitude_deg is None) != (p.longitude_deg is None):
+                out.append(f"peers: {p.id}: give both latitude_deg and longitude_deg, or neither")
+            elif p.latitude_deg is not None and not (-90 <= p.latitude_deg <= 90 and -180 <= p.longitude_deg <= 180):  # type: ignore[operator]
+                out.append(f"peers: {p.id}: coordinates out of range")
+        if self.replicas < 1:
+            out.append(f"replicas {self.replicas} must be >= 1")
+        if not 1 <= self.vnodes <= 10_000:
+            out.append(f"vnodes {self.vnodes} outside [1, 10000]")
+        if self.policy not in ("round_robin", "least_connections", "p2c", "geo", "region"):
+            out.append(f"policy {self.policy!r}: one of round_robin, least_connections, p2c, geo, region")
+        for i, e in enumerate(self.prefixes):
+            if not isinstance(e, dict) or not {"cidr", "latitude_deg", "longitude_deg"} <= set(e):
+                out.append(f"prefixes[{i}]: a table with cidr, latitude_deg, longitude_deg (and region)")
+        for name in ("probe_interval_s", "affinity_ttl_s", "breaker_window_s", "breaker_open_s"):
+            if not getattr(self, name) > 0:
+                out.append(f"{name} must be positive")
+        if not 0 < self.breaker_failure_rate <= 1:
+            out.append(f"breaker_failure_rate {self.breaker_failure_rate} outside (0, 1]")
+        if self.breaker_max_open_s < self.breaker_open_s:
+            out.append("breaker_max_open_s must be >= breaker_open_s")
+        if min(self.breaker_consecutive_failures, self.breaker_min_calls, self.breaker_half_open_calls) < 1:
+            out.append("breaker_consecutive_failures, breaker_min_calls and breaker_half_open_calls must be >= 1")
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -255,6 +337,7 @@ class Config:
     codec: CodecSettings = field(default_factory=CodecSettings)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def control_socket(self) -> str:
@@ -278,6 +361,8 @@ def _build_section(cls, data: Any, where: str, problems: list[str]):
         want = type(f.default)
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if want is tuple and isinstance(v, list):
+            v = tuple(v)
         if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
             problems.append(f"{where}.{k}: expected {want.__name__}, got {type(v).__name__} {v!r}")
             continue
@@ -342,6 +427,7 @@ LIVE: dict[str, frozenset[str]] = {
     "codec": frozenset({"*"}),
     "health": frozenset({"*"}),
     "logging": frozenset({"*"}),
+    "cluster": frozenset({"*"}),  # membership, policy and breaker settings: the next pick uses them
     "storage": frozenset({"keep_versions", "partial_max_age_s"}),
 }
 

@@ -55,6 +55,26 @@ _REC = struct.Struct("<QB7x")  # xxh3-64, done
 assert _STATE_HDR.size == 64 and _REC.size == 16
 
 
+def close_mapping(m: mmap.mmap) -> None:
+    """Close a mapping of a file being sent.
+
+    A send that failed may leave views of it alive in reference cycles (its
+    stream threads' frames, an exception's traceback) until the collector
+    runs: collect once, and if a view is still alive leave the mapping to go
+    with it rather than fail the command over it.
+    """
+    try:
+        m.close()
+    except BufferError:
+        import gc
+
+        gc.collect()
+        try:
+            m.close()
+        except BufferError:
+            pass
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a valid object key, else raise InvalidKeyError saying why."""
     if not isinstance(key, str) or not key:

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("send", help="send a file as KEY to a daemon")
     s.add_argument("path")
-    s.add_argument("--to", required=True, help="HOST:PORT of the receiving daemon")
+    s.add_argument("--to", required=True, help="HOST:PORT of the receiving daemon, or with --config's [cluster]: "
+                   "a peer id, region:NAME (the key's replicas there, failing over), or cluster")
     s.add_argument("--key", required=True)
     s.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
     s.add_argument("--rate", type=_size, default=None, help="cap the total rate, bytes/s (e.g. 500M)")
@@ -155,12 +156,20 @@ class _ProgressBar:
 
 
 def _cmd_send(args) -> int:
+    from dwcp.cluster.node import ClusterView, parse_target
     from dwcp.daemon.main import parse_hostport
-    from dwcp.storage import ObjectStore
+    from dwcp.storage import ObjectStore, close_mapping
     from dwcp.transport.sender import Sender
 
     security, transport, cfg = _load_security(args)
-    host, port = parse_hostport(args.to)
+    kind, _ = parse_target(args.to)
+    cluster = None
+    if kind == "addr":
+        host, port = parse_hostport(args.to)
+    elif cfg is None:
+        raise ConfigError(f"--to {args.to}: a cluster target needs --config with a [cluster] section")
+    else:
+        cluster = ClusterView(cfg.cluster, cfg.node)
     state_dir = args.state_dir or (
         os.path.join(cfg.storage.data_dir, "sent") if cfg is not None
         else os.path.join(os.path.expanduser("~/.local/state/dwcp"), "sent")
@@ -172,16 +181,22 @@ def _cmd_send(args) -> int:
         m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
     bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
     try:
-        r = sender.send(m if m is not None else b"", host, port, args.key, streams=args.streams,
-                        rate_limit_bytes_per_s=args.rate, progress=bar)  # fmt: skip
+        kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
+        buf = m if m is not None else b""
+        if cluster is not None:
+            r = cluster.send(sender, buf, args.key, args.to, **kw)
+        else:
+            r = sender.send(buf, host, port, args.key, **kw)
     finally:
         if m is not None:
-            m.close()
+            close_mapping(m)
         if bar is not None:
             bar.close()
     from .demo import human_bytes
 
-    _print(r, args.json, f"sent {args.key} -> {args.to}: {r['mode']}, {human_bytes(r['size'])} raw, "
+    where = f"{args.to} ({r['peer']}" + (f", after {len(r['failover'])} failed" if r["failover"] else "") + ")" \
+        if "peer" in r else args.to  # fmt: skip
+    _print(r, args.json, f"sent {args.key} -> {where}: {r['mode']}, {human_bytes(r['size'])} raw, "
                          f"{human_bytes(r['wire_bytes'])} on the wire ({r['ratio']:.1f}x), "
                          f"{human_bytes(r['throughput_bytes_per_s'])}/s, {r['streams']['max']} streams, "
                          f"digest {r['digest']} verified")  # fmt: skip

@@ -23,11 +23,13 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import dwcp
+from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.errors import ConfigError
-from dwcp.storage import ObjectStore
+from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
 
@@ -56,6 +58,7 @@ class Daemon:
         self.server = DataServer(config, store=self.store)
         self.control = ControlServer(config.control_socket, self.handle)
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent)
+        self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.started = time.time()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -70,8 +73,10 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         """Start the components in order; on a failure stop those already started."""
-        steps = (("data port", self.server.start, self.server.close),
-                 ("control socket", self.control.start, self.control.close))  # fmt: skip
+        steps = [("data port", self.server.start, self.server.close),
+                 ("control socket", self.control.start, self.control.close)]  # fmt: skip
+        if self.cluster is not None:
+            steps.append(("peer prober", self._start_prober, lambda: None))
         try:
             for name, start, stop in steps:
                 start()
@@ -83,6 +88,22 @@ class Daemon:
         log.info("dwcp %s daemon %s up: data port %s:%d, control %s, backend %s",
                  dwcp.__version__, self.config.node.id, host, port, self.config.control_socket,
                  dwcp.backend)  # fmt: skip
+
+    def _start_prober(self) -> None:
+        threading.Thread(target=self._probe_loop, name="dwcp-prober", daemon=True).start()
+
+    def _probe_loop(self) -> None:
+        """Probe every peer's data port each probe_interval_s (liveness, RTT between regions)."""
+        while not self._stop.is_set():
+            view = self.cluster
+            if view is None:
+                return
+            for pid in list(view.peers):
+                was = view.peers[pid].healthy
+                ok = view.probe(pid)
+                if ok != was:
+                    log.warning("peer %s is %s", pid, "reachable again" if ok else "unreachable")
+            self._stop.wait(self.config.cluster.probe_interval_s)
 
     def close(self) -> None:
         """Stop the components in reverse order (each at most once)."""
@@ -136,6 +157,8 @@ class Daemon:
         self.store.keep_versions = cfg.storage.keep_versions
         self.server.reconfigure(cfg)
         self.sender.reconfigure(cfg.transport)
+        if cfg.cluster != self.config.cluster:  # membership/policy/breakers: a fresh view (breakers restart closed)
+            self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None
 
     # -- control API ---------------------------------------------------------
     def status(self) -> dict:
@@ -149,6 +172,7 @@ class Daemon:
             "server": self.server.stats_snapshot(), "sends_ok": self.sends_ok, "sends_failed": self.sends_failed,
             "reloads_ok": self.reloads_ok, "reloads_rejected": self.reloads_rejected,
             "keys": len(self.store.keys()),
+            "cluster": self.cluster.status() if self.cluster is not None else None,
         }  # fmt: skip
 
     def summary(self) -> str:
@@ -164,23 +188,32 @@ class Daemon:
         if op == "reload":
             return self.reload()
         if op == "send":
-            host, port = parse_hostport(str(req["to"]))
+            to = str(req["to"])
+            kind, _ = parse_target(to)
+            if kind != "addr" and self.cluster is None:
+                raise ConfigError(f"--to {to}: this daemon has no [cluster] peers")
             path = str(req["path"])
             streams = req.get("streams")
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else None
+            kw: dict[str, Any] = {"streams": None if streams in (None, "auto") else int(streams),
+                                  "rate_limit_bytes_per_s": req.get("rate")}
+            buf = m if m is not None else b""
             try:
-                stats = self.sender.send(m if m is not None else b"", host, port, str(req["key"]),
-                                         streams=None if streams in (None, "auto") else int(streams),
-                                         rate_limit_bytes_per_s=req.get("rate"))  # fmt: skip
+                if kind == "addr":
+                    host, port = parse_hostport(to)
+                    stats = self.sender.send(buf, host, port, str(req["key"]), **kw)
+                else:
+                    assert self.cluster is not None
+                    stats = self.cluster.send(self.sender, buf, str(req["key"]), to, **kw)
                 self.sends_ok += 1
             except Exception:
                 self.sends_failed += 1
                 raise
             finally:
                 if m is not None:
-                    m.close()
+                    close_mapping(m)
             return {"ok": True, **stats}
         if op == "stop":
             self.stop()

@@ -268,3 +268,65 @@ def test_routing_smooths_measurements_and_rejects_nonsense():
             g.observe("a", "b", **bad)
     with pytest.raises(ValueError):
         g.observe("a", "a", rtt_s=0.1)
+
+
+# -- the node's view ---------------------------------------------------------------------
+
+
+def view(**cluster):
+    from dwcp.cluster.node import ClusterView
+    from dwcp.config import from_dict
+
+    peers = [{"id": f"n{i}", "address": f"127.0.0.1:{7700 + i}", "region": "r1" if i < 3 else "r2"} for i in range(5)]
+    cfg = from_dict({"security": {"plaintext": True}, "cluster": {"peers": peers, **cluster}})
+    t = [0.0]
+    return ClusterView(cfg.cluster, cfg.node, clock=lambda: t[0]), t
+
+
+def test_candidates_put_the_keys_homes_first_then_failover_order():
+    v, _ = view(replicas=2)
+    c = [p.id for p in v.candidates("vm/1", "region:r1")]
+    assert sorted(c) == ["n0", "n1", "n2"] and set(c[:2]) == set(v.ring.with_peers(["n0", "n1", "n2"]).replicas("vm/1", 2))
+    assert {p.id for p in v.candidates("vm/1", "cluster")} == {f"n{i}" for i in range(5)}
+    assert [p.id for p in v.candidates("vm/1", "n4")] == ["n4"]
+    v.affinity.set("vm/1", c[2], 0.0)
+    assert v.candidates("vm/1", "region:r1")[0].id == c[2]  # affinity wins
+
+
+def test_open_breakers_and_unknown_targets():
+    from dwcp.cluster.node import parse_target
+
+    v, t = view(breaker_consecutive_failures=2, breaker_open_s=10.0)
+    for _ in range(2):
+        v.record("n3", False)
+    assert [p.id for p in v.candidates("k", "region:r2")] == ["n4"]
+    v.record("n4", False)
+    v.record("n4", False)
+    with pytest.raises(NoHealthyPeerError, match=r"n3 \(open\).*n4 \(open\)|n4 \(open\).*n3 \(open\)"):
+        v.candidates("k", "region:r2")
+    t[0] = 10.0  # half-open: candidates again
+    assert {p.id for p in v.candidates("k", "region:r2")} == {"n3", "n4"}
+    assert v.breaker_states()["n3"] == 1 and v.status()["peers"]["n0"]["breaker"]["state"] == "closed"
+    with pytest.raises(ConfigError, match="no peer in that region"):
+        v.candidates("k", "region:mars")
+    with pytest.raises(ConfigError, match="no such peer"):
+        v.candidates("k", "n9")
+    assert parse_target("10.0.0.1:7700") == ("addr", "10.0.0.1:7700") and parse_target("[::1]:7") == ("addr", "[::1]:7")
+    assert parse_target("region:eu") == ("region", "eu") and parse_target("cluster") == ("cluster", "")
+    with pytest.raises(ConfigError):
+        parse_target("region:")
+
+
+def test_cluster_config_problems():
+    from dwcp.config import from_dict
+
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"security": {"plaintext": True}, "cluster": {
+            "peers": [{"id": "a", "address": "x"}, {"id": "a", "address": "h:1", "latitude_deg": 1.0}],
+            "policy": "best", "replicas": 0}})  # fmt: skip
+    probs = "\n".join(ei.value.problems)
+    for want in ("duplicate ids", "'x' is not HOST:PORT", "both latitude_deg and longitude_deg", "policy 'best'",
+                 "replicas 0"):  # fmt: skip
+        assert want in probs, probs
+    with pytest.raises(ConfigError, match=r"peers\[0\]"):
+        from_dict({"security": {"plaintext": True}, "cluster": {"peers": [{"id": "a"}]}})

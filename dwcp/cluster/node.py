@@ -1,0 +1,194 @@
+"""A node's view of its cluster, and sending with failover.
+
+``ClusterView`` ties the sans-IO pieces together for one node: the peers
+from ``[cluster]``, the hash ring over them, a circuit breaker per peer, the
+balancer, session affinity and the region graph.  ``send`` resolves a
+target -- ``region:NAME``, ``cluster`` (every peer), a peer id, or
+``HOST:PORT`` -- to an ordered list of candidates (the key's ring replicas
+first, so a key keeps landing where its baseline is; the affinity peer
+first of all), and sends to the first that takes it; when a peer fails,
+even mid-transfer, its breaker learns of it and the transfer moves to the
+next candidate, which resumes whatever part of the object it already holds.
+Only ``probe`` does I/O (a TCP connect with a timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dwcp.config import ClusterConfig, NodeConfig
+from dwcp.errors import ConfigError, DWCPError
+
+from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
+from .breaker import STATE_VALUES, BreakerConfig, CircuitBreaker
+from .geo import Location, PrefixTable
+from .ring import HashRing
+from .routing import RegionGraph
+
+__all__ = ["ClusterView", "parse_target"]
+
+log = logging.getLogger("dwcp.cluster")
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """("addr", "host:port") | ("region", name) | ("cluster", "") | ("node", id)."""
+    if text.startswith("region:"):
+        name = text[len("region:") :]
+        if not name:
+            raise ConfigError("--to region: needs a region name")
+        return "region", name
+    if text == "cluster":
+        return "cluster", ""
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit():
+        return "addr", text
+    return "node", text
+
+
+class ClusterView:
+    def __init__(self, cluster: ClusterConfig, node: NodeConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = cluster
+        self.node = node
+        self.clock = clock
+        self.peers: dict[str, Peer] = {}
+        for p in cluster.peers:
+            loc = Location(p.latitude_deg, p.longitude_deg, p.region) if p.latitude_deg is not None else None
+            self.peers[p.id] = Peer(p.id, p.address, p.region, loc)
+        bc = BreakerConfig(cluster.breaker_consecutive_failures, cluster.breaker_failure_rate,
+                           cluster.breaker_min_calls, cluster.breaker_window_s, cluster.breaker_open_s,
+                           cluster.breaker_max_open_s, cluster.breaker_half_open_calls)  # fmt: skip
+        self.breakers = {pid: CircuitBreaker(bc) for pid in self.peers}
+        self.ring = HashRing(self.peers, vnodes=cluster.vnodes)
+        prefixes = PrefixTable((e["cidr"], Location(e["latitude_deg"], e["longitude_deg"], e.get("region", "")))
+                               for e in cluster.prefixes)  # fmt: skip
+        here = Location(node.latitude_deg, node.longitude_deg, node.region)
+        self.balancer = Balancer(list(self.peers.values()), policy=cluster.policy, here=here,
+                                 region_priority=cluster.region_priority, prefixes=prefixes,
+                                 allow=lambda pid: self.breakers[pid].current(self.clock()) != "open")  # fmt: skip
+        self.affinity = SessionAffinity(cluster.affinity_ttl_s)
+        self.graph = RegionGraph()
+        self.failovers = 0
+
+    # -- choosing --------------------------------------------------------------
+    def candidates(self, key: str, target: str) -> list[Peer]:
+        """Peers to try for ``key`` at ``target``, best first (only healthy, breaker not open)."""
+        kind, what = parse_target(target)
+        now = self.clock()
+        if kind == "addr":
+            raise ValueError("a HOST:PORT target needs no cluster")
+        if kind == "node":
+            if what not in self.peers:
+                raise ConfigError(f"--to {what}: no such peer in [cluster] (known: {', '.join(sorted(self.peers)) or 'none'})")
+            pool = [what]
+        else:
+            pool = [pid for pid, p in self.peers.items() if kind == "cluster" or p.region == what]
+            if not pool:
+                regions = sorted({p.region for p in self.peers.values()})
+                raise ConfigError(f"--to {target}: no peer in that region (regions: {', '.join(regions) or 'none'})")
+            ring = self.ring if kind == "cluster" else self.ring.with_peers(pool)
+            homes = ring.replicas(key, self.config.replicas)
+            rest = ring.replicas(key, len(pool))[len(homes) :]
+            # the key's homes first (its baseline lives there), spread by the balancer's policy;
+            # then the rest of the ring order for failover
+            pool = self._spread(homes) + rest
+            sticky = self.affinity.get(key, now)
+            if sticky in pool:
+                pool.remove(sticky)
+                pool.insert(0, sticky)
+        ok = [pid for pid in pool if self.peers[pid].healthy and self.breakers[pid].current(now) != "open"]
+        if not ok:
+            states = ", ".join(f"{pid} ({'unhealthy' if not self.peers[pid].healthy else self.breakers[pid].current(now)})"
+                               for pid in pool)  # fmt: skip
+            raise NoHealthyPeerError(f"no healthy peer for {key!r} at {target}: {states}")
+        return [self.peers[pid] for pid in ok]
+
+    def _spread(self, homes: list[str]) -> list[str]:
+        if len(homes) < 2:
+            return homes
+        try:
+            first = self.balancer.pick(homes).id
+        except NoHealthyPeerError:
+            return homes
+        return [first] + [h for h in homes if h != first]
+
+    # -- learning ----------------------------------------------------------------
+    def record(self, peer_id: str, ok: bool, *, seconds: float | None = None, size: int = 0,
+               rtt_s: float | None = None) -> None:  # fmt: skip
+        now = self.clock()
+        p = self.peers.get(peer_id)
+        if p is None:
+            return
+        b = self.breakers[peer_id]
+        before = b.current(now)
+        b.record(ok, now)
+        if b.current(now) != before:
+            log.warning("peer %s: circuit %s -> %s", peer_id, before, b.current(now))
+        if ok and seconds and size:
+            bw = size / seconds
+            p.latency_ewma_s = 0.7 * p.latency_ewma_s + 0.3 * seconds if p.latency_ewma_s else seconds
+            if p.region != self.node.region:
+                self.graph.observe(self.node.region, p.region, rtt_s=rtt_s, bandwidth_bytes_per_s=bw)
+
+    def probe(self, peer_id: str, timeout_s: float = 2.0) -> bool:
+        """Can we open a TCP connection to the peer's data port?  (Feeds health and the graph's RTT.)"""
+        p = self.peers[peer_id]
+        host, _, port = p.address.rpartition(":")
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                pass
+        except OSError:
+            p.healthy = False
+            return False
+        rtt = time.perf_counter() - t0
+        p.healthy = True
+        if p.region != self.node.region:
+            self.graph.observe(self.node.region, p.region, rtt_s=rtt)
+        return True
+
+    # -- sending ------------------------------------------------------------------
+    def send(self, sender, data, key: str, target: str, **kw: Any) -> dict:
+        """Send ``data`` as ``key`` to ``target`` with failover; returns the sender's stats plus
+        ``peer`` (who took it) and ``failover`` (what failed before, in order)."""
+        tried: list[dict] = []
+        for p in self.candidates(key, target):
+            now = self.clock()
+            if not self.breakers[p.id].allow(now):
+                continue
+            host, _, port = p.address.rpartition(":")
+            p.active += 1
+            try:
+                r = sender.send(data, host.strip("[]"), int(port), key, **kw)
+            except (DWCPError, OSError) as exc:
+                self.record(p.id, False)
+                tried.append({"peer": p.id, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                self.failovers += 1
+                log.warning("send of %s to %s failed (%s); trying the next replica", key, p.id, exc)
+                continue
+            finally:
+                p.active -= 1
+            self.record(p.id, True, seconds=r["seconds"], size=r["size"], rtt_s=r.get("rtt_ms", 0) / 1000 or None)
+            self.affinity.set(key, p.id, self.clock())
+            return {**r, "peer": p.id, "region": p.region, "failover": tried}
+        raise NoHealthyPeerError(f"every candidate for {key!r} at {target} failed: "
+                                 + "; ".join(f"{t['peer']}: {t['error']}" for t in tried) if tried else
+                                 f"no candidate for {key!r} at {target} would take a call (breakers open)")  # fmt: skip
+
+    # -- reporting -------------------------------------------------------------------
+    def status(self) -> dict:
+        now = self.clock()
+        return {
+            "peers": {pid: {"address": p.address, "region": p.region, "healthy": p.healthy, "active": p.active,
+                            "breaker": self.breakers[pid].snapshot(now)} for pid, p in self.peers.items()},
+            "balancer": self.balancer.stats(), "failovers": self.failovers,
+            "affinity_entries": len(self.affinity),
+        }  # fmt: skip
+
+    def breaker_states(self) -> dict[str, int]:
+        """Per-peer breaker state as a metric value (0 closed, 1 half-open, 2 open)."""
+        now = self.clock()
+        return {pid: STATE_VALUES[b.current(now)] for pid, b in self.breakers.items()}
