@@ -37,7 +37,7 @@ def _toml(node: str, data_dir: str, certs: dict | None) -> str:
     sec = "plaintext = true" if certs is None else (
         f'ca_cert = "{certs["ca"]}"\ncert = "{certs["cert"]}"\nkey = "{certs["key"]}"'
     )  # fmt: skip
-    return (f'[node]\nid = "{node}"\n\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\n\n'
+    return (f'[node]\nid = "{node}"\n\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\nmetrics_port = 0\n\n'
             f'[security]\n{sec}\n\n[storage]\ndata_dir = "{data_dir}"\n')  # fmt: skip
 
 

@@ -34,6 +34,9 @@ from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
 
 from .control import ControlServer
+from .health import AmstCheck, ErrorRateCheck, HdeCheck, HealthRegistry
+from .http import OpsHTTPServer
+from .metrics import Metrics
 from .sdnotify import notify
 
 __all__ = ["Daemon", "run", "parse_hostport"]
@@ -48,6 +51,20 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Events(Metrics):
+    """The daemon's data-plane events: metrics, and transfer outcomes for the error-rate check."""
+
+    def __init__(self, errors: ErrorRateCheck) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def transfer_finished(self, direction: str, peer: str, outcome: str, seconds: float, raw_bytes: int,
+                          wire_bytes: int) -> None:  # fmt: skip
+        super().transfer_finished(direction, peer, outcome, seconds, raw_bytes, wire_bytes)
+        if outcome != "refused":  # a refusal (draining, key busy) is not this node failing
+            self.errors.record(outcome == "ok", time.monotonic())
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None) -> None:
         self.config = config
@@ -55,10 +72,18 @@ class Daemon:
         os.makedirs(config.storage.data_dir, mode=0o700, exist_ok=True)
         self.store = ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self.sent = ObjectStore(os.path.join(config.storage.data_dir, "sent"), keep_versions=2)
-        self.server = DataServer(config, store=self.store)
+        self.errors = ErrorRateCheck(config.health.error_window_s, config.health.error_rate_degraded,
+                                     config.health.error_rate_unhealthy)  # fmt: skip
+        self.metrics = _Events(self.errors)
+        self.server = DataServer(config, store=self.store, events=self.metrics)
         self.control = ControlServer(config.control_socket, self.handle)
-        self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent)
+        self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
+                             events=self.metrics)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
+        self.health = HealthRegistry()
+        self._register_checks(config)
+        self._register_sources()
+        self.http: OpsHTTPServer | None = None
         self.started = time.time()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -75,6 +100,8 @@ class Daemon:
         """Start the components in order; on a failure stop those already started."""
         steps = [("data port", self.server.start, self.server.close),
                  ("control socket", self.control.start, self.control.close)]  # fmt: skip
+        if self.config.listen.metrics_port >= 0:
+            steps.append(("metrics endpoint", self._start_http, self._close_http))
         if self.cluster is not None:
             steps.append(("peer prober", self._start_prober, lambda: None))
         try:
@@ -88,6 +115,59 @@ class Daemon:
         log.info("dwcp %s daemon %s up: data port %s:%d, control %s, backend %s",
                  dwcp.__version__, self.config.node.id, host, port, self.config.control_socket,
                  dwcp.backend)  # fmt: skip
+
+    def _start_http(self) -> None:
+        lc = self.config.listen
+        self.http = OpsHTTPServer(lc.metrics_host, lc.metrics_port, self.metrics.registry, self._healthz, self._readyz)
+        self.http.start()
+
+    def _close_http(self) -> None:
+        if self.http is not None:
+            self.http.close()
+
+    # -- health and metrics ----------------------------------------------------
+    def _register_checks(self, cfg: Config) -> None:
+        tp, h = cfg.transport, cfg.health
+
+        def stream_counts() -> list[int]:
+            # a transfer gets its data streams within a moment of its HELLO: judge those older than 5 s
+            return [t["streams"] for t in self.server.transfers() if t["age_s"] > 5.0]
+
+        self.health.register("amst", AmstCheck(stream_counts, tp.min_streams, tp.max_streams))
+        self.health.register("hde", HdeCheck(self.metrics.compression_ratio, self._baselines,
+                                             delta_enabled=cfg.codec.delta, min_ratio=h.min_compression_ratio))  # fmt: skip
+        self.errors.window_s, self.errors.degraded = h.error_window_s, h.error_rate_degraded
+        self.errors.unhealthy = h.error_rate_unhealthy
+        self.health.register("error_rate", self.errors)
+
+    def _baselines(self) -> int:
+        return len(self.sent.keys()) + len(self.store.keys())
+
+    def _register_sources(self) -> None:
+        m = self.metrics
+
+        def health() -> list:
+            rep = self.health.last or self.health.evaluate(time.monotonic())
+            return [({"check": c.name}, int(c.status)) for c in rep.checks]
+
+        m.add_source("dwcp_health_status", "gauge", "Health per check: 0 healthy, 1 degraded, 2 unhealthy", health)
+        m.add_source("dwcp_codec_baselines", "gauge", "Versions held that can serve as delta baselines",
+                     lambda: [({}, self._baselines())])  # fmt: skip
+        m.add_source("dwcp_transfer_in_progress", "gauge", "Transfers being received now",
+                     lambda: [({}, len(self.server.transfers()))])  # fmt: skip
+        m.add_source("dwcp_daemon_reloads_total", "counter", "Config reloads, by result",
+                     lambda: [({"result": "ok"}, self.reloads_ok), ({"result": "rejected"}, self.reloads_rejected)])  # fmt: skip
+        m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
+                     lambda: [({"peer": p}, v) for p, v in self.cluster.breaker_states().items()] if self.cluster else [])  # fmt: skip
+
+    def _healthz(self) -> tuple[int, dict]:
+        rep = self.health.evaluate(time.monotonic())
+        return rep.http_status, rep.to_dict()
+
+    def _readyz(self) -> tuple[int, dict]:
+        if self.server.draining:
+            return 503, {"ready": False, "why": "draining: shutting down"}
+        return 200, {"ready": True}
 
     def _start_prober(self) -> None:
         threading.Thread(target=self._probe_loop, name="dwcp-prober", daemon=True).start()
@@ -157,6 +237,7 @@ class Daemon:
         self.store.keep_versions = cfg.storage.keep_versions
         self.server.reconfigure(cfg)
         self.sender.reconfigure(cfg.transport)
+        self._register_checks(cfg)
         if cfg.cluster != self.config.cluster:  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None
 
@@ -173,6 +254,8 @@ class Daemon:
             "reloads_ok": self.reloads_ok, "reloads_rejected": self.reloads_rejected,
             "keys": len(self.store.keys()),
             "cluster": self.cluster.status() if self.cluster is not None else None,
+            "health": self.health.evaluate(time.monotonic()).to_dict(),
+            "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
         }  # fmt: skip
 
     def summary(self) -> str:

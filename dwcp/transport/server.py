@@ -97,6 +97,7 @@ class _Transfer:
     chunks_received: int = 0
     chunks_nacked: int = 0
     wire_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def claim(self, idx: int) -> bool:
         with self.lock:
@@ -226,8 +227,10 @@ class DataServer:
     def transfers(self) -> list[dict]:
         with self._lock:
             ts = list(self._transfers.values())
+        now = time.monotonic()
         return [{"transfer_id": t.transfer_id, "key": t.key, "mode": t.mode, "size": t.size, "peer": t.peer,
-                 "chunks_received": t.chunks_received, "streams": len(t.streams)} for t in ts]  # fmt: skip
+                 "chunks_received": t.chunks_received, "streams": len(t.streams), "age_s": now - t.started}
+                for t in ts]  # fmt: skip
 
     # -- accepting -------------------------------------------------------
     def _accept_loop(self) -> None:
