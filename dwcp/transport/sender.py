@@ -178,11 +178,16 @@ class Sender:
         node_id: str = "node",
         baselines=None,
         events: TransferEvents | None = None,
+        tune_dir: str | None = None,
     ) -> None:
         """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
 
         ``events`` receives what the sends do (metrics); see dwcp.transport.events.
+        ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
+        egress NIC has one starts --streams auto from its link speed, unless the
+        config sets link_bytes_per_s / initial_streams itself.
         """
+        self.tune_dir = tune_dir
         self.events = events if events is not None else NO_EVENTS
         self.transport = transport
         self.security = security
@@ -310,7 +315,9 @@ class Sender:
                 if not q.try_put(i):
                     raise LocalProtocolError("work queue full", 0)
 
-            link = tp.link_bytes_per_s or (1e11 if _is_loopback(host) else 0.0)
+            prof = self._nic_profile(host) if streams is None else None
+            link = tp.link_bytes_per_s or (1e11 if _is_loopback(host) else 0.0) or float(
+                (prof or {}).get("link_bytes_per_s") or 0.0)
             rtt_s = self._rtt_s(ctrl)
             decisions: list[dict] = []
             if streams is None:
@@ -376,6 +383,7 @@ class Sender:
                         "auto": controller is not None, "decisions": decisions},
             "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
             "chunk_latency_ms": _percentiles(state.chunk_latency_s),
+            "nic_profile": prof.get("nic") if prof else None,
             "tcp_info": state.stream_info[:64],
         }  # fmt: skip
 
@@ -407,6 +415,14 @@ class Sender:
             out[first * 8 : (first + n) * 8] = payload
             got += n
         return bytes(out)
+
+    def _nic_profile(self, host: str) -> dict | None:
+        if not self.tune_dir:
+            return None
+        from .nic import egress_nic, load_profile
+
+        nic = self.transport.interface or egress_nic(host)
+        return load_profile(self.tune_dir, nic) if nic else None
 
     @staticmethod
     def _rtt_s(fs: FrameSocket) -> float:
