@@ -14,6 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from dwcp.cli.demo import same_dwcp_env
@@ -113,3 +114,102 @@ def test_a_real_prometheus_scrapes_it(daemon, tmp_path):
         prom.terminate()
         prom.wait(30)
     assert os.path.isdir(tmp_path / "tsdb")
+
+
+# -- the endpoint on its own: probes, errors and junk, without a daemon -----------------------------------------
+
+
+@pytest.fixture
+def ops_server():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from dwcp.daemon.http import OpsHTTPServer
+
+    reg = CollectorRegistry()
+    Counter("dwcp_test_things", "things", registry=reg).inc(3)
+    probes = {"healthz": lambda: (200, {"status": "healthy"}), "readyz": lambda: (503, {"ready": False})}
+    srv = OpsHTTPServer("127.0.0.1", 0, reg, lambda: probes["healthz"](), lambda: probes["readyz"]())
+    srv.start()
+    host, port = srv.address
+    yield f"http://{host}:{port}/", probes, srv
+    srv.close()
+
+
+def raw_request(url: str, data: bytes) -> bytes:
+    host, port = url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    return out
+
+
+def test_server_serves_metrics_and_probe_answers(ops_server):
+    base, probes, _ = ops_server
+    with urllib.request.urlopen(base + "metrics?x=1", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        fams = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    assert fams["dwcp_test_things"].samples[0].value == 3
+    assert get(base + "healthz") == (200, '{"status": "healthy"}\n')
+    assert get(base + "readyz") == (503, '{"ready": false}\n')  # the probe's status is passed through
+    probes["readyz"] = lambda: (200, {"ready": True})
+    assert get(base + "readyz") == (200, '{"ready": true}\n')
+    assert get(base + "metricsx")[0] == 404 and get(base)[0] == 404
+
+
+def test_server_survives_a_raising_probe_bad_methods_and_junk(ops_server):
+    base, probes, _ = ops_server
+    probes["healthz"] = lambda: 1 / 0  # type: ignore[assignment]
+    assert get(base + "healthz")[0] == 500
+    req = urllib.request.Request(base + "metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 405
+    head = raw_request(base, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0] and head.endswith(b"\r\n\r\n")
+    # a request line http.server cannot parse is answered with its HTML error page (HTTP/0.9 style: no status line)
+    junk = raw_request(base, b"\x00\xff garbage \r\n\r\n")
+    assert b"Error response" in junk and b"400" in junk
+    assert raw_request(base, b"GARBAGE / HTTP/1.1\r\n\r\n").split()[1] == b"501"
+    assert b"400" in raw_request(base, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(40))  # TLS hello
+    assert raw_request(base, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").split()[1] == b"414"
+    assert raw_request(base, b"") == b""  # a connection closed at once
+    assert get(base + "readyz")[0] == 503  # still serving after all of it
+
+
+def test_server_close_frees_the_port(ops_server):
+    _, _, srv = ops_server
+    host, port = srv.address
+    srv.close()
+    with socket.socket() as s:  # nothing listens any more
+        assert s.connect_ex((host, port)) != 0
+
+
+@pytest.mark.xfail(strict=True, reason="OpsHTTPServer.close() calls shutdown(), which waits forever for a serve_forever() "
+                   "that never ran; fix: shut down only when start() made the thread")  # fmt: skip
+def test_server_closed_before_it_started_does_not_hang():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from dwcp.daemon.http import OpsHTTPServer
+
+    srv = OpsHTTPServer("127.0.0.1", 0, CollectorRegistry(), lambda: (200, {}), lambda: (200, {}))
+    t = threading.Thread(target=srv.close, daemon=True)  # a hang stays in this thread, not the test run
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "close() before start() hangs"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_a_real_daemons_exposition_passes_promtool(daemon):
+    """The whole catalogue as the daemon serves it, its registered sources included, not only Metrics' own."""
+    code, text = get(daemon["url"] + "metrics")
+    assert code == 200
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"dwcp_health_status", "dwcp_codec_baselines", "dwcp_build_info", "dwcp_transfer_duration_seconds"} <= names
+    assert all(n.startswith("dwcp_") for n in names), names
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout, r.stderr)

@@ -126,3 +126,36 @@ def test_no_update_is_lost_while_reconfiguring_and_scraping():
     assert {x[1]["peer"] for x in s["dwcp_transfer_bytes_raw"]} >= {"*"}  # both labellings were used
     count = [x[2] for x in s["dwcp_transfer_duration_seconds"] if x[0].endswith("_count")]
     assert count == [threads * n]
+
+
+@pytest.mark.xfail(strict=True, reason="Metrics.values() snapshots the blocks before it reads the slot index, so a label "
+                   "set that opens a new block in between is a KeyError (the scrape fails: a 500 on /metrics); fix: "
+                   "read _slots.index first, then snapshot _slots.blocks")  # fmt: skip
+def test_a_scrape_racing_a_new_block_does_not_fail():
+    from dwcp.daemon import metrics as M
+
+    m = Metrics()
+    for p in range(M._BLOCK // 2):  # two slots per label set: block 0 is now full
+        m.chunk("tx", f"p{p}", C.CODEC_RAW, 1, 1)
+
+    class Racing(list):  # the interleaving, made certain: a data-plane thread allocates right after
+        def __iter__(self):  # the scrape has snapshotted every block
+            yield from list.__iter__(self)
+            m.chunk("tx", "late", C.CODEC_RAW, 5, 5)
+
+    m._slots.blocks = Racing(m._slots.blocks)
+    assert m.values().get(("dwcp_transfer_bytes_raw_total", "tx", "late", "raw"), 0) in (0, 5)
+    m._slots.blocks = m._slots.blocks[:]  # a plain list again (slicing does not call __iter__)
+    s = scrape(m)
+    assert sum(x[2] for x in s["dwcp_transfer_bytes_raw"]) == M._BLOCK // 2 + 5
+
+
+@pytest.mark.xfail(strict=True, reason="stream_opened/stream_closed label by the per_peer setting of the moment, so a "
+                   "stream opened before reconfigure(per_peer=False) and closed after leaves its peer at +1 and '*' at "
+                   "-1 forever; fix: keep gauges keyed by the real peer and fold them into '*' at scrape time")  # fmt: skip
+def test_stream_gauge_survives_a_per_peer_toggle():
+    m = Metrics()
+    m.stream_opened("b:7700")
+    m.reconfigure(per_peer=False)
+    m.stream_closed("b:7700", failed=False)
+    assert all(x[2] == 0 for x in scrape(m)["dwcp_transport_streams"])
