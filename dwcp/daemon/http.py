@@ -30,6 +30,7 @@ class OpsHTTPServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "dwcp"
+            sys_version = ""  # do not tell the world the Python version
             protocol_version = "HTTP/1.1"
 
             def log_message(self, fmt, *args) -> None:  # http.server logs to stderr by default
@@ -80,5 +81,7 @@ class OpsHTTPServer:
         log.info("metrics and health on http://%s:%d/", *self.address)
 
     def close(self) -> None:
-        self._srv.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever(): only if it ran
+            self._srv.shutdown()
+            self._thread = None
         self._srv.server_close()

@@ -157,6 +157,22 @@ class Daemon:
                      lambda: [({}, len(self.server.transfers()))])  # fmt: skip
         m.add_source("dwcp_daemon_reloads_total", "counter", "Config reloads, by result",
                      lambda: [({"result": "ok"}, self.reloads_ok), ({"result": "rejected"}, self.reloads_rejected)])  # fmt: skip
+        def lb(field: str, label: str) -> list:
+            st = self.cluster.balancer.stats() if self.cluster else {}
+            return [({label: k}, v) for k, v in st.get(field, {}).items()]
+
+        def lb_pick() -> list:
+            st = self.cluster.balancer.stats() if self.cluster else {}
+            return [({"quantile": q}, st[f"pick_us_{q}"] / 1e6) for q in ("p50", "p99") if st.get(f"pick_us_{q}")]
+
+        m.add_source("dwcp_cluster_lb_decisions_total", "counter", "Peer picks by policy", lambda: lb("decisions", "policy"))
+        m.add_source("dwcp_cluster_lb_region_picks_total", "counter", "Peer picks by the picked peer's region",
+                     lambda: lb("by_region", "region"))  # fmt: skip
+        m.add_source("dwcp_cluster_lb_no_healthy_peer_total", "counter", "Picks that found no healthy peer",
+                     lambda: lb("no_healthy_peer", "policy"))  # fmt: skip
+        m.add_source("dwcp_cluster_lb_pick_seconds", "gauge", "Pick latency quantiles over the last 4096 picks", lb_pick)
+        m.add_source("dwcp_cluster_failovers_total", "counter", "Sends moved to the next replica after a peer failed",
+                     lambda: [({}, self.cluster.failovers)] if self.cluster else [])  # fmt: skip
         m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
                      lambda: [({"peer": p}, v) for p, v in self.cluster.breaker_states().items()] if self.cluster else [])  # fmt: skip
 

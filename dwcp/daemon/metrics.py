@@ -142,11 +142,13 @@ class Metrics(TransferEvents):
     def protocol_error(self, peer: str, code: int) -> None:
         self._add("dwcp_transport_protocol_errors_total", (str(code),))  # not by peer: anyone can send junk
 
+    # a gauge is kept by the real peer (an open and its close must meet in one slot even if the
+    # labelling changes in between) and folded into "*" at scrape time when per_peer is off
     def stream_opened(self, peer: str) -> None:
-        self._add("dwcp_transport_streams", (self._peer(peer),), 1)
+        self._add("dwcp_transport_streams", (peer,), 1)
 
     def stream_closed(self, peer: str, failed: bool) -> None:
-        self._add("dwcp_transport_streams", (self._peer(peer),), (1 << 64) - 1)  # -1, modulo 2**64
+        self._add("dwcp_transport_streams", (peer,), (1 << 64) - 1)  # -1, modulo 2**64
         if failed:
             self._add("dwcp_transport_stream_reconnects_total", (self._peer(peer),))
 
@@ -179,9 +181,10 @@ class Metrics(TransferEvents):
 
     def values(self) -> dict[tuple, int]:
         """Every slot's value by label key (counters unsigned; gauges signed)."""
-        snaps = {id(b): b.snapshot() for b in self._slots.blocks}  # type: ignore[attr-defined]
+        index = self._slots.index  # first: every block it names exists before the snapshot below
+        snaps = {id(b): b.snapshot() for b in list(self._slots.blocks)}  # type: ignore[attr-defined]
         out = {}
-        for key, (block, i) in self._slots.index.items():
+        for key, (block, i) in index.items():
             v = snaps[id(block)][i]
             out[key] = v - (1 << 64) if v >= 1 << 63 else v
         return out
@@ -201,8 +204,13 @@ class _Collector(Collector):
                           else GaugeMetricFamily(name, help_text, labels=labels))  # fmt: skip
         raw: dict[str, int] = {}
         wire: dict[str, int] = {}
+        streams: dict[str, int] = {}
         for key, v in vals.items():
             name, labels = key[0], key[1:]
+            if name == "dwcp_transport_streams":
+                p = labels[0] if m.per_peer else "*"
+                streams[p] = streams.get(p, 0) + v
+                continue
             if name in fams:
                 value = v / _US if name == "dwcp_transport_rtt_seconds" else v
                 fams[name].add_metric([str(x) for x in labels], value)
@@ -210,6 +218,8 @@ class _Collector(Collector):
                     raw[labels[2]] = raw.get(labels[2], 0) + v
                 elif name == "dwcp_transfer_bytes_wire_total":
                     wire[labels[2]] = wire.get(labels[2], 0) + v
+        for p, n in sorted(streams.items()):
+            fams["dwcp_transport_streams"].add_metric([p], n)
         yield from fams.values()
         ratio = GaugeMetricFamily("dwcp_codec_compression_ratio", "Raw bytes over wire bytes so far, by codec",
                                   labels=["codec"])  # fmt: skip

@@ -66,6 +66,19 @@ def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
         assert st["keys"] == 1
         for n in ("n3", "n4"):  # the other region was not touched
             assert request(socks[n], {"op": "status"}, timeout_s=5)["keys"] == 0
+        # the same send through a daemon that has the cluster (n3, region r2): its metrics show the cluster
+        others = "".join(f'[[cluster.peers]]\nid = "{n}"\naddress = "127.0.0.1:{ports[n]}"\nregion = "{r}"\n'
+                         for n, r in nodes.items() if n != "n3")  # fmt: skip
+        dcfg = tmp_path / "d" / "n3.toml"
+        dcfg.write_text(dcfg.read_text() + f"[cluster]\n{others}")
+        assert request(socks["n3"], {"op": "reload"}, timeout_s=10)["ok"]
+        r = request(socks["n3"], {"op": "send", "path": str(src), "to": "region:r1", "key": "vm/again"}, timeout_s=60)
+        assert r["ok"] and r["peer"] == other, r
+        st = request(socks["n3"], {"op": "status"}, timeout_s=5)
+        import urllib.request
+
+        text = urllib.request.urlopen(st["metrics_endpoint"] + "metrics", timeout=10).read().decode()
+        assert 'dwcp_cluster_breaker_state{peer="n1"}' in text and "dwcp_cluster_lb_decisions_total" in text
     finally:
         for p in procs.values():
             if p.poll() is None:

@@ -187,8 +187,6 @@ def test_server_close_frees_the_port(ops_server):
         assert s.connect_ex((host, port)) != 0
 
 
-@pytest.mark.xfail(strict=True, reason="OpsHTTPServer.close() calls shutdown(), which waits forever for a serve_forever() "
-                   "that never ran; fix: shut down only when start() made the thread")  # fmt: skip
 def test_server_closed_before_it_started_does_not_hang():
     import threading
 
