@@ -1,4 +1,9 @@
-"""`dwcp tune` against a veth pair in a network namespace the test creates."""
+"""`dwcp tune` against virtual NICs in a network namespace the test creates.
+
+The namespace holds a veth pair (MTU 9000 on one end), a bridge and a veth
+left down: every one of them refuses some ethtool query, and none may crash
+the reader.  Needs root and iproute2 with ``ip netns``; skipped otherwise.
+"""
 
 from __future__ import annotations
 
@@ -14,36 +19,70 @@ import pytest
 from dwcp.cli.demo import same_dwcp_env
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                reason="needs root and iproute2 to create a network namespace")  # fmt: skip
+                                reason="needs root and iproute2 (`ip netns`) to create a network namespace")  # fmt: skip
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
 def netns():
-    ns = f"dwcp-tune-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
+    ns = f"dwcp-tune-{secrets.token_hex(4)}"
+    r = _ip("netns", "add", ns)
+    if r.returncode != 0:
+        pytest.skip(f"`ip netns add` failed (no CAP_SYS_ADMIN or no netns support?): {r.stderr.strip()}")
     try:
-        for cmd in (["ip", "link", "add", "vt0", "type", "veth", "peer", "name", "vt1"],
-                    ["ip", "link", "set", "vt0", "mtu", "9000"], ["ip", "link", "set", "vt1", "mtu", "9000"],
-                    ["ip", "link", "set", "vt0", "up"], ["ip", "link", "set", "vt1", "up"]):  # fmt: skip
-            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
+        for cmd in (
+            ["link", "add", "vt0", "type", "veth", "peer", "name", "vt1"],
+            ["link", "set", "vt0", "mtu", "9000"],
+            ["link", "set", "vt0", "up"],
+            ["link", "set", "vt1", "up"],
+            ["link", "add", "vdown0", "type", "veth", "peer", "name", "vdown1"],  # left down: no carrier
+            ["link", "add", "br0", "type", "bridge"],
+        ):  # fmt: skip
+            r = _ip("-n", ns, *cmd)
+            assert r.returncode == 0, f"ip -n {ns} {' '.join(cmd)}: {r.stderr}"
         yield ns
     finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        _ip("netns", "del", ns)
 
 
-def test_tune_reads_veth_and_applies_a_profile(netns, tmp_path):
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "dwcp", "tune", "--json", "--rtt-ms", "20",
-                        "--apply", "--state-dir", str(tmp_path)], capture_output=True, text=True, env=same_dwcp_env(),
-                       cwd=str(tmp_path))  # fmt: skip
+def _tune(ns: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "dwcp.cli.tune_cmd", *args],
+        capture_output=True, text=True, env=same_dwcp_env(), cwd=cwd, timeout=60,
+    )  # fmt: skip
+
+
+def test_tune_reads_the_namespace_nics_and_applies(netns, tmp_path):
+    r = _tune(netns, "--json", "--rtt-ms", "20", "--apply", "--state-dir", str(tmp_path), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     nics = {n["name"]: n for n in out["nics"]}
-    assert set(nics) == {"lo", "vt0", "vt1"}
-    v = nics["vt0"]
-    assert v["mtu"] == 9000 and v["carrier"] is True and v["tx_queues"] >= 1 and v["source"] == "netlink"
-    assert v["speed_mbit_s"] in (None, 10000)  # veth reports 10000 on some kernels, nothing on others
+    assert set(nics) == {"lo", "vt0", "vt1", "vdown0", "vdown1", "br0"}  # this namespace's, not the host's
+    vt0, vt1 = nics["vt0"], nics["vt1"]
+    assert (vt0["mtu"], vt1["mtu"]) == (9000, 1500)
+    assert vt0["carrier"] is True and vt0["operstate"] == "up" and vt0["source"] == "netlink"
+    assert vt0["tx_queues"] >= 1 and vt0["rx_queues"] >= 1 and vt0["driver"] is None
+    assert vt0["speed_mbit_s"] in (None, 10000)  # veth says 10000 through ethtool on recent kernels
+    assert nics["vdown0"]["carrier"] is False and nics["vdown0"]["operstate"] == "down"
+    assert nics["lo"]["speed_mbit_s"] is None and nics["br0"]["speed_mbit_s"] in (None, 10000)
+
+    profiles = {p["nic"]: p for p in out["profiles"]}
+    p = profiles["vt0"]
+    if vt0["speed_mbit_s"] == 10000:
+        assert p["bdp_bytes"] == 25_000_000  # 1.25e9 B/s x 20 ms
+        assert 1 <= p["initial_streams"] <= p["max_streams"] <= 2 * vt0["tx_queues"]
+    else:
+        assert p["bdp_bytes"] is None and p["initial_streams"] == 4
     applied = json.loads((tmp_path / "tune.json").read_text())
-    assert {p["nic"] for p in applied["profiles"]} == {"lo", "vt0", "vt1"}
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "dwcp", "tune", "--interface", "nope"],
-                       capture_output=True, text=True, env=same_dwcp_env(), cwd=str(tmp_path))  # fmt: skip
-    assert r.returncode == 1 and "no such interface: nope" in r.stderr
+    assert applied["rtt_s"] == 0.02 and {q["nic"] for q in applied["profiles"]} == set(nics)
+
+
+def test_tune_restricted_to_one_interface_and_a_missing_one(netns, tmp_path):
+    r = _tune(netns, "--interface", "vt0", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].startswith("vt0: ") and "mtu 9000" in r.stdout and "br0" not in r.stdout
+    r = _tune(netns, "--interface", "eth0-not-here", cwd=str(tmp_path))
+    assert r.returncode == 1 and r.stderr == "dwcp tune: error: no such interface: eth0-not-here\n"
