@@ -66,6 +66,9 @@ def _state_dir(args: argparse.Namespace) -> str:
     return DEFAULT_STATE_DIR
 
 
+_CARRIER = {True: "on", False: "off", None: "unknown"}
+
+
 def _fmt(v: object, unit: str = "") -> str:
     return "unknown" if v is None else f"{v}{unit}"
 
@@ -77,9 +80,9 @@ def _human(report: dict) -> str:
         p = profiles[n["name"]]
         offloads = " ".join(f"{k}={'on' if v else 'off'}" for k, v in n["offloads"].items()) or "unknown"
         lines += [
-            f"{n['name']}: {_fmt(n['speed_mbit_s'], ' Mbit/s')} {n['duplex'] or ''}".rstrip()
+            f"{n['name']}: {'speed ' + _fmt(n['speed_mbit_s'], ' Mbit/s')} {n['duplex'] or ''}".rstrip()
             + f", mtu {_fmt(n['mtu'])}, queues tx {_fmt(n['tx_queues'])} rx {_fmt(n['rx_queues'])}, "
-            f"driver {n['driver'] or '-'}, carrier {_fmt(n['carrier'])}, {n['operstate'] or 'unknown'}",
+            f"driver {n['driver'] or '-'}, carrier {_CARRIER[n['carrier']]}, {n['operstate'] or 'unknown'}",
             f"  offloads: {offloads}",
             f"  streams {p['min_streams']}/{p['initial_streams']}/{p['max_streams']} (min/initial/max), "
             f"window {p['per_stream_window_bytes']} B, buffer {p['socket_buffer_bytes'] or 'autotuned'}, "
