@@ -286,6 +286,7 @@ class Partial:
         self._have = bytearray((self.nchunks + 7) // 8)
         self._hashes = [0] * self.nchunks
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)  # notified by mark_done (a relay waits on it)
         self._closed = False
         self.resumed = 0
 
@@ -460,6 +461,18 @@ class Partial:
         with self._lock:
             self._have[i >> 3] |= 1 << (i & 7)
             self._hashes[i] = raw_hash
+            self._landed.notify_all()
+
+    def wait_chunk(self, i: int, timeout_s: float) -> bool:
+        """Block until chunk ``i`` is stored and verified (True) or ``timeout_s`` passes (False)."""
+        self._span(i)
+        with self._lock:
+            return self._landed.wait_for(lambda: bool(self._have[i >> 3] >> (i & 7) & 1), timeout_s)
+
+    @property
+    def part_path(self) -> str:
+        """The .part file (its inode becomes the version at commit: a reader's mapping stays valid)."""
+        return self.base + ".part"
 
     def unmark(self, i: int) -> None:
         self._check()

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("send", help="send a file as KEY to a daemon")
     s.add_argument("path")
+    s.add_argument("--via", help="with a cluster target: relay through this peer id or region:NAME (default: "
+                   "through a region only when the measured region graph says it is faster)")
     s.add_argument("--to", required=True, help="HOST:PORT of the receiving daemon, or with --config's [cluster]: "
                    "a peer id, region:NAME (the key's replicas there, failing over), or cluster")
     s.add_argument("--key", required=True)
@@ -175,6 +177,8 @@ def _cmd_send(args) -> int:
     cluster = None
     if kind == "addr":
         host, port = parse_hostport(args.to)
+        if args.via:
+            raise ConfigError("--via needs a cluster target (a peer id or region:NAME) and --config")
     elif cfg is None:
         raise ConfigError(f"--to {args.to}: a cluster target needs --config with a [cluster] section")
     else:
@@ -194,7 +198,7 @@ def _cmd_send(args) -> int:
         kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
         buf = m if m is not None else b""
         if cluster is not None:
-            r = cluster.send(sender, buf, args.key, args.to, **kw)
+            r = cluster.send(sender, buf, args.key, args.to, via=args.via, **kw)
         else:
             r = sender.send(buf, host, port, args.key, **kw)
     finally:
@@ -204,7 +208,8 @@ def _cmd_send(args) -> int:
             bar.close()
     from .demo import human_bytes
 
-    where = f"{args.to} ({r['peer']}" + (f", after {len(r['failover'])} failed" if r["failover"] else "") + ")" \
+    where = f"{args.to} ({r['peer']}" + (f" via {r['via']}" if r.get("via") else "") \
+        + (f", after {len(r['failover'])} failed" if r["failover"] else "") + ")" \
         if "peer" in r else args.to  # fmt: skip
     _print(r, args.json, f"sent {args.key} -> {where}: {r['mode']}, {human_bytes(r['size'])} raw, "
                          f"{human_bytes(r['wire_bytes'])} on the wire ({r['ratio']:.1f}x), "

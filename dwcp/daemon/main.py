@@ -305,7 +305,7 @@ class Daemon:
                     stats = self.sender.send(buf, host, port, str(req["key"]), **kw)
                 else:
                     assert self.cluster is not None
-                    stats = self.cluster.send(self.sender, buf, str(req["key"]), to, **kw)
+                    stats = self.cluster.send(self.sender, buf, str(req["key"]), to, via=req.get("via"), **kw)
                 self.sends_ok += 1
             except Exception:
                 self.sends_failed += 1

@@ -37,6 +37,7 @@ import ssl
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +220,9 @@ class Sender:
         rate_limit_bytes_per_s: float | None = None,
         resource_type: str | None = None,
         progress=None,
+        digest: bytes | None = None,
+        ready: Callable[[int, float], bool] | None = None,
+        forward_to: str | None = None,
     ) -> dict[str, Any]:
         """Send ``data`` (any contiguous buffer: bytes, mmap, numpy array; never copied) as ``key``.
 
@@ -226,13 +230,21 @@ class Sender:
         given, is called as ``progress(acked_bytes, total_bytes)`` a few times a
         second from the calling thread.  Returns the transfer's statistics;
         raises TransferError on failure.
+
+        Relaying: ``digest`` (the object's xxh3-128, when the caller already
+        knows it) skips hashing ``data`` up front; ``ready(i, timeout_s)`` is
+        asked before chunk ``i`` is read and must return True once its bytes
+        are in ``data`` (a relay forwards chunks as they land); ``forward_to``
+        (HOST:PORT) asks the receiver to relay the object on, pipelined, and to
+        answer only once the final receiver has verified and stored it.
         """
         from dwcp.storage import validate_key
 
         key = validate_key(key)
         t_start = time.perf_counter()
         try:
-            r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type, progress)
+            r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type, progress,
+                           digest, ready, forward_to)  # fmt: skip
         except BaseException as exc:
             st = getattr(exc, "stats", {})
             if isinstance(exc, TransferError) and exc.code is not None:
@@ -246,7 +258,8 @@ class Sender:
         return r
 
     def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
-              rate_limit_bytes_per_s: float | None, resource_type: str | None, progress) -> dict[str, Any]:  # fmt: skip
+              rate_limit_bytes_per_s: float | None, resource_type: str | None, progress, known_digest: bytes | None,
+              ready, forward_to: str | None) -> dict[str, Any]:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
         mv = memoryview(data)
@@ -257,7 +270,7 @@ class Sender:
         if streams is not None and not 1 <= streams <= 256:
             raise ValueError(f"streams must be in [1, 256], got {streams}")
         size = mv.nbytes
-        digest = _k.xxh3_128(mv)
+        digest = known_digest if known_digest is not None else _k.xxh3_128(mv)
         spans = chunk_spans(size, tp.chunk_size_bytes)
         cache_key = f"{host}:{port}/{key}"
         base_info = self.baselines.latest(cache_key) if self.baselines is not None else None
@@ -279,6 +292,8 @@ class Sender:
                      "sparse", "pages", "resume"], "node": self.node_id}  # fmt: skip
             if base_info is not None:
                 hello["base_digest"] = base_info.digest.hex()
+            if forward_to:
+                hello["forward"] = {"to": forward_to}
             if streams is not None:
                 hello["streams"] = streams
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, hello))
@@ -348,6 +363,7 @@ class Sender:
             bdp = int(link * rtt_s) if link else None
             ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
+            ctx.ready = ready
             max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
             if state.failed:
                 err = TransferError(state.failed)
@@ -357,7 +373,8 @@ class Sender:
             ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
             # the receiver re-reads the whole object for its digest and fsyncs it:
             # allow for that at a conservative 100 MB/s on top of the stall timeout
-            ctrl.sock.settimeout(tp.stall_timeout_s + size / 100e6)
+            # (a relay answers once the next hop has it too: allow for a slower second hop)
+            ctrl.sock.settimeout(tp.stall_timeout_s + size / (10e6 if forward_to else 100e6))
             done = self._expect(ctrl, C.FRAME_DONE)
             if not done.get("ok") or done.get("digest") != digest.hex():
                 raise TransferError(f"receiver did not confirm {key}: {done}")
@@ -384,6 +401,7 @@ class Sender:
             "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
             "chunk_latency_ms": _percentiles(state.chunk_latency_s),
             "nic_profile": prof.get("nic") if prof else None,
+            "relayed": done.get("forwarded"),
             "tcp_info": state.stream_info[:64],
         }  # fmt: skip
 
@@ -513,6 +531,7 @@ class _StreamCtx:
         self.chunk_bytes = sender.transport.chunk_size_bytes
         self.events = sender.events
         self.peer = f"{host}:{port}"
+        self.ready: Callable[[int, float], bool] | None = None  # a relay: wait for chunk i to land
 
     def run(self, sid: int, started: set[int]) -> None:
         state = self.state
@@ -614,6 +633,12 @@ class _StreamCtx:
                 fs.close()
 
     def _encode(self, i: int):
+        if self.ready is not None:
+            waited = 0.0
+            while not self.ready(i, 0.5):  # the upstream sender has not delivered it yet
+                waited += 0.5
+                if self.state.failed or waited > self.sender.transport.stall_timeout_s * 4:
+                    raise TransferError(f"chunk {i} never arrived from upstream")
         off, ln = self.state.spans[i]
         chunk = self.data[off : off + ln]
         last = i == len(self.state.spans) - 1

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dwcp._backend import impl as _k
@@ -59,7 +60,7 @@ from dwcp.errors import (
     RemoteProtocolError,
     StorageError,
 )
-from dwcp.storage import ObjectStore, validate_key
+from dwcp.storage import ObjectStore, close_mapping, validate_key
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
@@ -113,6 +114,54 @@ class _Transfer:
 
 def _is_set(bitmap, i: int) -> bool:
     return bool(bitmap[i >> 3] >> (i & 7) & 1)
+
+
+class _Forwarder(threading.Thread):
+    """Relay: send a transfer's object on to the next hop while it arrives, chunk by chunk.
+
+    Reads the .part through its own mapping (the inode becomes the version at
+    commit, so the mapping stays valid), and hands each chunk to the next
+    hop only once it is stored and verified here (``Partial.wait_chunk``).
+    """
+
+    def __init__(self, server: DataServer, t: _Transfer, host: str, port: int, digest: bytes) -> None:
+        super().__init__(name=f"dwcp-relay-{t.transfer_id:x}", daemon=True)
+        self.server, self.t, self.host, self.port, self.digest = server, t, host, port, digest
+        self.to = f"{host}:{port}"
+        self.error: str | None = None
+        self.result: dict = {}
+
+    def _ready(self, i: int, timeout_s: float) -> bool:
+        if self.t.partial.wait_chunk(i, timeout_s):
+            return True
+        if self.t.closed:  # the upstream transfer ended without this chunk
+            raise BrokenResourceError("the upstream transfer ended")
+        return False
+
+    def run(self) -> None:
+        import mmap
+
+        from .sender import Sender
+
+        cfg = self.server.config
+        try:
+            fd = os.open(self.t.partial.part_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                m = mmap.mmap(fd, self.t.size, prot=mmap.PROT_READ) if self.t.size else None
+            finally:
+                os.close(fd)
+            try:
+                # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
+                tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
+                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events)
+                self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
+                                       digest=self.digest, ready=self._ready)  # fmt: skip
+            finally:
+                if m is not None:
+                    close_mapping(m)
+        except Exception as exc:  # reported to the upstream sender in the DONE/ERROR
+            self.error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("relay of %s to %s failed: %s", self.t.key, self.to, self.error)
 
 
 class DataServer:
@@ -337,6 +386,7 @@ class DataServer:
             raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
         size, chunk_size = hello["size"], hello["chunk_size"]
         digest = bytes.fromhex(hello["digest"])
+        fwd_to = self._forward_target(hello)
         if self._draining:
             self._send_error(fs, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} elsewhere or later")
             log.info("send of %s from %s refused: draining", key, peer)
@@ -400,6 +450,7 @@ class DataServer:
                 step = PAGE_HASHES_PER_FRAME * 8
                 for i in range(0, len(hashes), step):
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
+            fwd = self._start_forwarder(t, fwd_to, digest) if fwd_to is not None else None
             # The control stream is quiet while the data streams work: a silent
             # control stream is only idle if the transfer made no progress either.
             seen = -1
@@ -434,9 +485,16 @@ class DataServer:
                 return
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=t.wire_bytes)
-            fs.send(encode_control(C.FRAME_DONE, transfer_id,
-                                   {"ok": True, "digest": info.digest.hex(), "size": info.size,
-                                    "chunks": len(t.spans)}))  # fmt: skip
+            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": len(t.spans)}
+            if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
+                fwd.join()
+                if fwd.error is not None:
+                    self._send_error(fs, C.ERR_UNAVAILABLE, f"{key}: stored here, but relaying to {fwd.to} failed: "
+                                                            f"{fwd.error}")  # fmt: skip
+                    return
+                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result["seconds"],
+                                     "wire_bytes": fwd.result["wire_bytes"], "mode": fwd.result["mode"]}  # fmt: skip
+            fs.send(encode_control(C.FRAME_DONE, transfer_id, done))
             log.info("transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex())
         finally:
             if t is not None:
@@ -455,6 +513,23 @@ class DataServer:
                 partial.abort(keep=True)  # no-op after a commit
             except DWCPError:
                 pass
+
+    @staticmethod
+    def _forward_target(hello: dict) -> tuple[str, int] | None:
+        """The next hop a relayed send names (checked before WELCOME), or None."""
+        if "forward" not in hello:
+            return None
+        to = hello["forward"]["to"]
+        host, sep, port = to.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RemoteProtocolError(f"forward.to {to!r} is not HOST:PORT", C.ERR_BAD_FIELD)
+        return host.strip("[]"), int(port)
+
+    def _start_forwarder(self, t: _Transfer, to: tuple[str, int], digest: bytes) -> _Forwarder:
+        fwd = _Forwarder(self, t, to[0], to[1], digest)
+        fwd.start()
+        log.info("transfer %x: relaying %s on to %s as it lands", t.transfer_id, t.key, fwd.to)
+        return fwd
 
     # -- data streams ----------------------------------------------------
     def _data(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:

@@ -49,6 +49,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "token": (str, False),  # data streams: the token WELCOME gave
         "stream": (int, False),
         "node": (str, False),
+        "forward": (dict, False),  # {"to": "HOST:PORT"}: relay the object on to the next hop
     },
     C.FRAME_WELCOME: {
         "mode": (str, True),  # "full" | "delta" | "pages"
@@ -68,6 +69,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "size": (int, False),
         "ok": (bool, False),
         "chunks": (int, False),
+        "forwarded": (dict, False),  # a relay's next hop: {"to", "seconds", "wire_bytes", "mode"}
     },
     C.FRAME_ERROR: {"code": (int, True), "message": (str, True)},
     C.FRAME_CLOSE: {"reason": (str, False)},
@@ -131,6 +133,17 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         raise err(f"unknown mode {obj['mode']!r}")
     if frame_type == C.FRAME_HELLO and "caps" in obj and not all(isinstance(c, str) for c in obj["caps"]):
         raise err("caps must be strings")
+    fw = obj.get("forward")
+    if fw is not None and (set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300):
+        raise err("forward must be {\"to\": \"HOST:PORT\"}")
+    fd = obj.get("forwarded")
+    if fd is not None and (
+        set(fd) != {"to", "seconds", "wire_bytes", "mode"} or not isinstance(fd["to"], str) or len(fd["to"]) > 300
+        or not isinstance(fd["mode"], str) or len(fd["mode"]) > 16
+        or not all(isinstance(fd[k], int | float) and not isinstance(fd[k], bool) and 0 <= fd[k] < 2**63
+                   for k in ("seconds", "wire_bytes"))
+    ):  # fmt: skip
+        raise err("forwarded must be {to, seconds, wire_bytes, mode}")
     return obj
 
 

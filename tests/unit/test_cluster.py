@@ -330,3 +330,34 @@ def test_cluster_config_problems():
         assert want in probs, probs
     with pytest.raises(ConfigError, match=r"peers\[0\]"):
         from_dict({"security": {"plaintext": True}, "cluster": {"peers": [{"id": "a"}]}})
+
+
+class FakeSender:
+    def __init__(self, fail_hosts=()):
+        self.calls, self.fail = [], set(fail_hosts)
+
+    def send(self, data, host, port, key, **kw):
+        self.calls.append((f"{host}:{port}", kw.get("forward_to")))
+        if f"{host}:{port}" in self.fail:
+            raise OSError("connection refused")
+        return {"seconds": 1.0, "size": len(data), "rtt_ms": 1.0}
+
+
+def test_relay_is_chosen_by_measured_numbers_and_falls_back_to_direct():
+    v, _ = view()  # n0-n2 in r1, n3-n4 in r2; this node is in region "default"
+    v.graph.observe("default", "r2", rtt_s=0.1, bandwidth_bytes_per_s=10e6)  # a thin direct link
+    v.graph.observe("default", "r1", rtt_s=0.08, bandwidth_bytes_per_s=1e9)  # longer, but wide
+    v.graph.observe("r1", "r2", rtt_s=0.08, bandwidth_bytes_per_s=1e9)
+    relay = v.relay_for("k", "region:r2", 1 << 30)
+    assert relay is not None and relay.region == "r1"
+    assert v.relay_for("k", "region:r2", 1000) is None  # tiny: latency rules, direct
+    s = FakeSender()
+    r = v.send(s, b"x" * 100, "k", "region:r2", via="n1")
+    final = v.candidates("k", "region:r2")[0]
+    assert s.calls == [("127.0.0.1:7701", final.address)] and r["via"] == "n1" and r["peer"] == final.id
+    s = FakeSender(fail_hosts={"127.0.0.1:7701"})
+    r = v.send(s, b"x" * 100, "k2", "region:r2", via="n1")
+    assert s.calls[0][1] is not None and s.calls[1][1] is None  # relay failed: direct
+    assert "via" not in r and r["failover"][0]["peer"] == "n1"
+    with pytest.raises(ConfigError):
+        v.relay_for("k", "region:r2", 1, via="1.2.3.4:5")
