@@ -100,14 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--socket", help="the control socket path")
     rl.add_argument("--json", action="store_true")
 
-    tu = sub.add_parser("tune", help="read each NIC (speed, MTU, queues, offloads) and derive stream profiles")
-    tu.add_argument("--rtt-ms", type=float, default=1.0,
-                    help="the RTT the profile is for (default 1 ms: a LAN; use your WAN path's, e.g. from ping)")
-    tu.add_argument("--interface", action="append", help="only this NIC (repeatable)")
-    tu.add_argument("--apply", action="store_true", help="write the profiles to <state dir>/tune.json for the transport")
-    tu.add_argument("--state-dir", help="default: storage.data_dir of --config, else /var/lib/dwcp")
-    tu.add_argument("--config")
-    tu.add_argument("--json", action="store_true")
+    from .tune_cmd import add_parser as add_tune
+
+    add_tune(sub)
 
     cc = sub.add_parser("check-config", help="validate a config file: every problem, one per line")
     cc.add_argument("file")
@@ -264,36 +259,6 @@ def _cmd_reload(args) -> int:
     return EXIT_ERROR
 
 
-def _cmd_tune(args) -> int:
-    from dwcp.config import load_toml
-    from dwcp.transport.nic import apply_profiles, kernel_sysctls, profile, read_nics
-
-    if args.rtt_ms <= 0:
-        raise ConfigError("--rtt-ms must be positive")
-    nics = read_nics(args.interface)
-    if args.interface and {n.name for n in nics} != set(args.interface):
-        missing = sorted(set(args.interface) - {n.name for n in nics})
-        raise ConfigError(f"no such interface: {', '.join(missing)}")
-    sysctls = kernel_sysctls()
-    profiles = [profile(n, rtt_ms=args.rtt_ms, sysctls=sysctls) for n in nics]
-    out: dict = {"nics": [n.to_dict() for n in nics], "sysctls": sysctls, "profiles": profiles}
-    if args.apply:
-        state = args.state_dir or (load_toml(args.config).storage.data_dir if args.config else "/var/lib/dwcp")
-        out["applied"] = apply_profiles(state, profiles)
-    lines = []
-    for n, p in zip(nics, profiles):
-        speed = f"{n.speed_mbit_s} Mbit/s" if n.speed_mbit_s else "speed unknown"
-        lines.append(f"{n.name}: {speed}, mtu {n.mtu}, {n.tx_queues}/{n.rx_queues} tx/rx queues, "
-                     f"driver {n.driver or '-'}, carrier {'up' if n.carrier else 'down'}")  # fmt: skip
-        lines.append(f"  streams {p['min_streams']}..{p['initial_streams']}..{p['max_streams']}, "
-                     f"window {p['per_stream_window_bytes'] >> 10} KiB: {p['why']}")  # fmt: skip
-        lines += [f"  warning: {w}" for w in p["warnings"]]
-    if args.apply:
-        lines.append(f"wrote {out['applied']}")
-    _print(out, args.json, "\n".join(lines))
-    return 0
-
-
 def _cmd_check_config(args) -> int:
     import dataclasses
 
@@ -337,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return _cmd_check_config(args)
         if args.command == "tune":
-            return _cmd_tune(args)
+            from .tune_cmd import run as run_tune
+
+            return run_tune(args)
         if args.command == "certs":
             from .certs_cmd import run as run_certs
 

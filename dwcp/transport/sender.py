@@ -437,7 +437,7 @@ class Sender:
     def _nic_profile(self, host: str) -> dict | None:
         if not self.tune_dir:
             return None
-        from .nic import egress_nic, load_profile
+        from dwcp.tune import egress_nic, load_profile
 
         nic = self.transport.interface or egress_nic(host)
         return load_profile(self.tune_dir, nic) if nic else None

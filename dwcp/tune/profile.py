@@ -12,9 +12,11 @@ transport uses whichever is larger (see ``dwcp.transport.sockopts``).  So:
 
 - ``per_stream_window_bytes = min(buffer limit / 2, bdp_bytes)``, at least 64 KiB;
 - ``initial_streams = ceil(bdp_bytes / per_stream_window_bytes)`` in [1, 64];
-- ``max_streams`` = 2 x the NIC's tx queues (more flows than queues only
-  contend for them), at most 64; when filling the BDP would take more, the
-  profile stays at the cap and warns (bigger buffers are the fix);
+- ``max_streams`` = the larger of 2 x the NIC's tx queues and what filling
+  the BDP takes (at least 4), at most 64: on a long path the BDP decides, and
+  single-queue NICs (virtio, veth, TUN) must not cap a WAN send at 2 streams
+  (perf/sla.py: 4-8 streams did best at 50 ms on one queue); past 64 the
+  profile warns (bigger buffers are the fix);
 - with an unknown link rate (virtual NICs, no carrier) there is no BDP: the
   profile starts at 4 streams, allows 16 (the config's default) and lets the
   online controller probe.
@@ -224,11 +226,11 @@ def stream_profile(nic: NicInfo, *, rtt_s: float, sysctls: Sysctls) -> StreamPro
     bdp = max(1, round(rate * rtt_s))
     window = max(MIN_WINDOW_BYTES, min(limit, bdp))
     need = min(MAX_STREAMS, math.ceil(bdp / window))
-    max_streams = min(MAX_STREAMS, 2 * (nic.tx_queues or 1))
+    max_streams = min(MAX_STREAMS, max(2 * (nic.tx_queues or 1), need, 4))
     warnings = buffer_warnings(sysctls, bdp, nic.name)
-    if need > max_streams:
-        warnings.append(f"{nic.name}: filling the BDP takes {need} streams of {window} bytes but "
-                        f"{nic.tx_queues or 1} tx queue(s) allow {max_streams}: raise the buffers above")  # fmt: skip
+    if math.ceil(bdp / window) > MAX_STREAMS:
+        warnings.append(f"{nic.name}: filling the BDP takes {math.ceil(bdp / window)} streams of {window} bytes, "
+                        f"more than {MAX_STREAMS}: raise the buffers above")  # fmt: skip
     return StreamProfile(
         nic=nic.name, speed_mbit_s=nic.speed_mbit_s, mtu=nic.mtu, tx_queues=nic.tx_queues, rtt_s=rtt_s,
         link_bytes_per_s=rate, bdp_bytes=bdp, per_stream_window_bytes=window, min_streams=1,

@@ -55,7 +55,7 @@ def test_small_buffers_need_many_streams_and_say_which_sysctl_to_raise():
     # windows: min(max(32 MiB, 4 MiB), max(4 MiB, 4 MiB)) / 2 = 2 MiB; ceil(62.5e6 / 2 MiB) = 30 streams
     p = stream_profile(TEN_G, rtt_s=0.05, sysctls=SMALL)
     assert p.per_stream_window_bytes == 2 * MiB and p.socket_buffer_bytes == 4 * MiB
-    assert (p.initial_streams, p.max_streams) == (16, 16)  # 30 wanted, 2 x 8 tx queues allowed
+    assert (p.initial_streams, p.max_streams) == (30, 30)  # the BDP decides above 2 x 8 tx queues
     need = 120 * MiB  # 2 x BDP = 125e6 rounded up to MiB
     assert list(p.warnings) == [
         f"net.core.rmem_max = {4 * MiB} is below 2 x the BDP of eth1 (125000000 bytes): "
@@ -66,7 +66,6 @@ def test_small_buffers_need_many_streams_and_say_which_sysctl_to_raise():
         f"sysctl -w net.ipv4.tcp_rmem='4096 131072 {need}'",
         f"net.ipv4.tcp_wmem max {4 * MiB} is below 2 x the BDP of eth1 (125000000 bytes): "
         f"sysctl -w net.ipv4.tcp_wmem='4096 16384 {need}'",
-        "eth1: filling the BDP takes 30 streams of 2097152 bytes but 8 tx queue(s) allow 16: raise the buffers above",
     ]
     many_queues = stream_profile(NicInfo("eth1", speed_mbit_s=10_000, tx_queues=32), rtt_s=0.05, sysctls=SMALL)
     assert (many_queues.initial_streams, many_queues.max_streams) == (30, 64)
@@ -77,7 +76,7 @@ def test_unreadable_sysctls_use_linux_defaults_and_raise_no_warning():
     # 1 Gbit/s x 20 ms = 2.5 MB; default windows: min(6 MiB, 4 MiB) / 2 = 2 MiB -> 2 streams
     p = stream_profile(NicInfo("eth0", speed_mbit_s=1000), rtt_s=0.02, sysctls=Sysctls())
     assert p.bdp_bytes == 2_500_000 and p.per_stream_window_bytes == 2 * MiB
-    assert (p.initial_streams, p.max_streams) == (2, 2)  # unknown queues count as one: max 2
+    assert (p.initial_streams, p.max_streams) == (2, 4)  # unknown queues count as one; the floor is 4
     assert p.chunk_size_bytes == 8 * MiB and p.warnings == ()
 
 
