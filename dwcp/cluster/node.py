@@ -15,7 +15,6 @@ Only ``probe`` does I/O (a TCP connect with a timeout).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,21 +132,41 @@ class ClusterView:
             if p.region != self.node.region:
                 self.graph.observe(self.node.region, p.region, rtt_s=rtt_s, bandwidth_bytes_per_s=bw)
 
-    def probe(self, peer_id: str, timeout_s: float = 2.0) -> bool:
-        """Can we open a TCP connection to the peer's data port?  (Feeds health and the graph's RTT.)"""
+    def probe(self, peer_id: str, timeout_s: float = 2.0, *, transport=None, ssl_ctx=None) -> bool:
+        """Probe the peer's data port (mutual TLS when ``ssl_ctx``): liveness, the RTT to its region, and
+        the region links it measured (so relays can be planned over links this node never used)."""
+        from dataclasses import replace
+
+        from dwcp.config import TransportConfig
+        from dwcp.transport.sender import open_stream
+        from dwcp.wire import consts as C
+        from dwcp.wire.messages import encode_control
+
         p = self.peers[peer_id]
         host, _, port = p.address.rpartition(":")
-        t0 = time.perf_counter()
+        tp = replace(transport or TransportConfig(), connect_timeout_s=timeout_s, stall_timeout_s=timeout_s)
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                pass
-        except OSError:
+            fs, _ = open_stream(host.strip("[]"), int(port), tp, ssl_ctx)
+            try:
+                connected = time.perf_counter()
+                fs.send(encode_control(C.FRAME_HELLO, 1, {"v": 1, "role": "control", "op": "probe",
+                                                          "node": self.node.id}))  # fmt: skip
+                got = fs.recv_control(C.FRAME_WELCOME)
+            finally:
+                fs.close()
+        except (OSError, DWCPError):
             p.healthy = False
             return False
-        rtt = time.perf_counter() - t0
+        if got is None or got[0].frame_type != C.FRAME_WELCOME or got[1].get("mode") != "probe":
+            p.healthy = False
+            return False
+        msg = got[1]
         p.healthy = True
+        rtt = time.perf_counter() - connected  # HELLO -> WELCOME: one round trip
         if p.region != self.node.region:
             self.graph.observe(self.node.region, p.region, rtt_s=rtt)
+        if msg.get("region") == p.region:
+            self.graph.merge(msg.get("links", []), origin=p.region)
         return True
 
     # -- sending ------------------------------------------------------------------

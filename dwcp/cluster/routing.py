@@ -62,6 +62,22 @@ class RegionGraph:
             old = self._bw.get((a, b))
             self._bw[(a, b)] = bandwidth_bytes_per_s if old is None else old + self.alpha * (bandwidth_bytes_per_s - old)
 
+    def links(self, *, origin: str | None = None) -> list[list]:
+        """Known links as [from, to, one-way latency s, bytes/s] (only those starting at ``origin``)."""
+        return [[a, b, self._lat[(a, b)], self._bw[(a, b)]] for (a, b) in sorted(self._lat)
+                if (a, b) in self._bw and (origin is None or a == origin)]  # fmt: skip
+
+    def merge(self, links: list[list], *, origin: str) -> int:
+        """Take a peer's measurements of links that start at its region ``origin`` (not ours to
+        second-guess: the peer measured them); returns how many were taken."""
+        n = 0
+        for a, b, lat, bw in links:
+            if a != origin or a == b or not (lat >= 0 and bw > 0):
+                continue
+            self._lat[(a, b)], self._bw[(a, b)] = float(lat), float(bw)
+            n += 1
+        return n
+
     def forget(self, region: str) -> None:
         for d in (self._lat, self._bw):
             for k in [k for k in d if region in k]:

@@ -80,6 +80,7 @@ class Daemon:
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
                              events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
+        self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
         self.health = HealthRegistry()
         self._register_checks(config)
         self._register_sources()
@@ -196,7 +197,7 @@ class Daemon:
                 return
             for pid in list(view.peers):
                 was = view.peers[pid].healthy
-                ok = view.probe(pid)
+                ok = view.probe(pid, transport=self.config.transport, ssl_ctx=self.sender._ssl)
                 if ok != was:
                     log.warning("peer %s is %s", pid, "reachable again" if ok else "unreachable")
             self._stop.wait(self.config.cluster.probe_interval_s)

@@ -45,6 +45,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -169,6 +170,7 @@ class DataServer:
                  events: TransferEvents | None = None) -> None:  # fmt: skip
         self.config = config
         self.events = events if events is not None else NO_EVENTS
+        self.link_source: Callable[[], list[list]] | None = None  # the daemon's region graph
         self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self._ssl: ssl.SSLContext | None = None
         if not config.security.plaintext:
@@ -239,6 +241,10 @@ class DataServer:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+
+    def links(self) -> list[list]:
+        """Region links this node measured, for peers' routing: [[from, to, latency_s, bytes_per_s], ...]."""
+        return self.link_source() if self.link_source is not None else []
 
     def reconfigure(self, config: Config) -> None:
         """Run new transfers and connections with ``config`` (a reload's live settings)."""
@@ -331,6 +337,10 @@ class DataServer:
                 self._data(fs, h.transfer_id, hello, peer)
             elif hello.get("op") == "fetch":
                 self._fetch(fs, h.transfer_id, hello, peer)
+            elif hello.get("op") == "probe":
+                # a peer's liveness probe: our region and the links we measured (routing gossip)
+                fs.send(encode_control(C.FRAME_WELCOME, h.transfer_id, {"mode": "probe", "node": self.config.node.id,
+                                       "region": self.config.node.region, "links": self.links()}))  # fmt: skip
             else:
                 self._control(fs, h.transfer_id, hello, peer)
         except RemoteProtocolError as exc:

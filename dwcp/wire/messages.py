@@ -61,6 +61,8 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "chunk_size": (int, False),
         "node": (str, False),
         "resumed_chunks": (int, False),
+        "region": (str, False),  # mode "probe": the answering node's region
+        "links": (list, False),  # mode "probe": [[from, to, one-way latency s, bytes/s], ...] it measured
     },
     C.FRAME_ACK: {"chunks": (list, True)},
     C.FRAME_NACK: {"chunk": (int, True), "reason": (str, True)},
@@ -125,12 +127,19 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_HELLO:
         if obj["role"] not in ("control", "data"):
             raise err(f"unknown role {obj['role']!r}")
-        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch"):
+        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe"):
             raise err(f"unknown op {obj.get('op')!r}")
         if obj["role"] == "data" and not _HEX64.match(obj.get("token", "")):
             raise err("data stream without a valid token")
-    if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch"):
+    if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
+    links = obj.get("links")
+    if links is not None and (len(links) > 4096 or not all(
+        isinstance(x, list) and len(x) == 4 and all(isinstance(r, str) and 0 < len(r) <= 64 for r in x[:2])
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e15 for v in x[2:])
+        for x in links
+    )):  # fmt: skip
+        raise err("links must be at most 4096 [from, to, latency_s, bytes_per_s] entries")
     if frame_type == C.FRAME_HELLO and "caps" in obj and not all(isinstance(c, str) for c in obj["caps"]):
         raise err("caps must be strings")
     fw = obj.get("forward")

@@ -361,3 +361,12 @@ def test_relay_is_chosen_by_measured_numbers_and_falls_back_to_direct():
     assert "via" not in r and r["failover"][0]["peer"] == "n1"
     with pytest.raises(ConfigError):
         v.relay_for("k", "region:r2", 1, via="1.2.3.4:5")
+
+
+def test_graph_links_and_merging_a_peers_measurements():
+    g = RegionGraph(alpha=1.0)
+    g.observe("a", "b", rtt_s=0.02, bandwidth_bytes_per_s=1e9)
+    g.observe("a", "c", rtt_s=0.2)  # no bandwidth yet: not a usable link
+    assert g.links() == [["a", "b", 0.01, 1e9]] and g.links(origin="b") == []
+    n = g.merge([["b", "c", 0.01, 1e9], ["x", "c", 0.0, 1e9], ["b", "b", 0.0, 1.0], ["b", "d", 0.01, 0]], origin="b")
+    assert n == 1 and g.widest("a", "c").regions == ("a", "b", "c")
