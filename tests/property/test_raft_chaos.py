@@ -1,0 +1,148 @@
+"""Raft under chaos in the deterministic simulator: safety always, liveness once a quorum can talk.
+
+The default run uses a bounded number of seeds; --run-slow runs many more.
+A failure prints its seed: `Sim(..., seed=N)` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dwcp._testbase.raftsim import Sim
+
+SLOW = bool(os.environ.get("DWCP_SLOW_TESTS"))
+
+
+def seeds(fast: int, slow: int) -> list[int]:
+    return list(range(slow if SLOW else fast))
+
+
+def test_same_seed_same_run():
+    a, b = Sim(5, seed=42, drop=0.1), Sim(5, seed=42, drop=0.1)
+    for s in (a, b):
+        s.wait_leader()
+        for k in range(5):
+            s.wait_commit(b"v%d" % k)
+    assert a.now == b.now and a.history == b.history and a.delivered == b.delivered
+
+
+@pytest.mark.parametrize("seed", seeds(12, 400))
+def test_random_faults_never_break_safety_and_progress_resumes(seed):
+    s = Sim(5, seed=seed, drop=0.05, dup=0.05, min_delay=1, max_delay=6)
+    r = s.rng
+    s.wait_leader()
+    for k in range(30):
+        s.propose(b"p%d" % k)
+        s.run(r.randint(1, 15))
+        x = r.random()
+        if x < 0.1:  # crash up to two nodes (f = 2 of 5)
+            down = [i for i in s.ids if i not in s.alive]
+            if len(down) < 2:
+                s.crash(r.choice(sorted(s.alive)))
+        elif x < 0.2:
+            for i in [i for i in s.ids if i not in s.alive]:
+                s.restart(i)
+        elif x < 0.3:
+            ids = s.ids[:]
+            r.shuffle(ids)
+            cut = r.randint(1, 4)
+            s.partition(set(ids[:cut]), set(ids[cut:]))
+        elif x < 0.4:
+            s.heal()
+    s.heal()
+    for i in [i for i in s.ids if i not in s.alive]:
+        s.restart(i)
+    s.wait_commit(b"final")
+    s.check_agreement()
+    assert len({tuple(v) for v in s.applied.values()}) == 1  # all state machines equal
+
+
+@pytest.mark.parametrize("seed", seeds(6, 200))
+def test_50_50_partition_no_progress_no_split_brain(seed):
+    s = Sim(4, seed=seed)
+    s.wait_leader()
+    before = len(s.history)
+    s.partition({"n0", "n1"}, {"n2", "n3"})
+    for k in range(20):
+        for i in s.leaders():
+            try:
+                s.nodes[i].propose(b"split%d" % k)
+            except Exception:
+                pass
+        s.run(10)
+    assert len(s.history) <= before + 1  # at most an entry that was already in flight
+    s.heal()
+    s.wait_commit(b"after")
+    s.check_agreement()
+
+
+@pytest.mark.parametrize("seed", seeds(6, 200))
+def test_70_30_majority_commits_and_the_minority_converges(seed):
+    s = Sim(5, seed=seed)
+    s.wait_leader()
+    s.partition({"n0", "n1", "n2"}, {"n3", "n4"})
+    s.run(60)
+    idx = s.wait_commit(b"majority", nodes={"n0", "n1", "n2"})
+    assert all(len(s.applied[i]) < idx for i in ("n3", "n4"))
+    s.heal()
+    s.wait_commit(b"healed")
+    s.check_agreement()
+    logs = {i: [(e.term, e.data) for e in s.applied[i]] for i in s.ids}
+    assert len({tuple(v) for v in logs.values()}) == 1  # same height and same hash everywhere
+
+
+@pytest.mark.parametrize("seed", seeds(6, 200))
+def test_leader_crash_gives_a_new_leader_and_loses_nothing_committed(seed):
+    s = Sim(5, seed=seed, max_delay=3)
+    s.wait_leader()
+    for k in range(5):
+        s.wait_commit(b"c%d" % k)
+    committed = dict(s.history)
+    old = s.leader()
+    s.crash(old)
+    t0 = s.now
+    while s.leader() in (None, old):
+        s.step()
+        assert s.now - t0 < 200, "no new leader"
+    assert s.now - t0 <= 6 * s.election_ticks  # within a few election timeouts
+    s.wait_commit(b"next")
+    s.restart(old)
+    s.wait_commit(b"back")
+    s.check_agreement()
+    assert all(s.history[i] == e for i, e in committed.items())
+
+
+@pytest.mark.parametrize("seed", seeds(4, 100))
+def test_cascading_crashes_stop_progress_only_without_a_quorum(seed):
+    s = Sim(5, seed=seed)
+    s.wait_leader()
+    s.crash("n0")
+    s.crash("n1")
+    s.wait_commit(b"three alive")
+    s.crash("n2")
+    before = len(s.history)
+    for k in range(10):
+        s.propose(b"lost%d" % k)
+        s.run(20)
+    assert len(s.history) == before  # two of five cannot commit
+    s.restart("n0")
+    s.wait_commit(b"quorum again", nodes={"n0", "n3", "n4"})
+    s.check_agreement()
+
+
+@pytest.mark.parametrize("seed", seeds(4, 100))
+def test_flapping_partitions_and_message_storms(seed):
+    s = Sim(5, seed=seed, drop=0.2, dup=0.3, max_delay=10)
+    s.wait_leader(max_ticks=3000)
+    for k in range(15):
+        if k % 2:
+            s.partition({"n0", "n1"}, {"n2", "n3", "n4"})
+        else:
+            s.heal()
+        s.propose(b"f%d" % k)
+        s.run(25)
+    s.heal()
+    s.wait_commit(b"settled", max_ticks=5000)
+    s.check_agreement()
