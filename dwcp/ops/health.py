@@ -66,6 +66,7 @@ __all__ = [
     "CheckResult",
     "Report",
     "Check",
+    "CheckLike",
     "HealthThresholds",
     "HealthRegistry",
     "Readiness",
@@ -180,9 +181,12 @@ class HealthThresholds:
 # -- registry and readiness ---------------------------------------------------------------
 
 
+CheckLike = Check | Callable[[float], CheckResult]  # a plain function needs ``register(..., name=)``
+
+
 @dataclass
 class _Entry:
-    check: Check
+    check: CheckLike
     interval_s: float
     last: CheckResult | None = None
 
@@ -196,12 +200,12 @@ class HealthRegistry:
         self.readiness = Readiness()
         self.last: Report | None = None  # the latest report, for a metrics scrape that must not run checks
 
-    def register(self, check: Check, *, name: str | None = None, interval_s: float = 0.0) -> None:
+    def register(self, check: CheckLike, *, name: str | None = None, interval_s: float = 0.0) -> None:
         """Add ``check`` (or replace the one of that name, dropping its cached result).
 
-        ``interval_s`` > 0 caches its result for that long (rule 4).
+        ``name`` defaults to ``check.name``; ``interval_s`` > 0 caches its result for that long (rule 4).
         """
-        name = name if name is not None else check.name
+        name = name if name is not None else getattr(check, "name", None)
         if not name:
             raise ValueError("a health check needs a name")
         if not (interval_s >= 0 and math.isfinite(interval_s)):
@@ -255,7 +259,7 @@ class HealthRegistry:
         return self.readiness.http_status, self.readiness.to_dict()
 
 
-def _run(name: str, check: Check, now: float) -> CheckResult:
+def _run(name: str, check: CheckLike, now: float) -> CheckResult:
     try:
         r = check(now)
         if not isinstance(r, CheckResult):
@@ -377,6 +381,8 @@ class ErrorRateCheck:
     ``k * b <= t < (k + 1) * b``).  ``record`` is O(1) amortised; memory is at
     most ``n`` buckets whatever the request rate.  An event stamped before the
     newest bucket (threads racing to record) counts in the newest bucket.
+    New thresholds with another ``error_bucket_s`` start an empty window (the
+    old buckets do not map onto the new ones); a new window length keeps them.
     """
 
     name = "error_rate"
@@ -386,9 +392,15 @@ class ErrorRateCheck:
         self._lock = threading.Lock()
         self._buckets: deque[list[int]] = deque()  # [bucket index, ok, failed], oldest first
         self._ok = self._failed = 0
+        self._bucket_s = self.thresholds.error_bucket_s  # what the indices in _buckets count in
 
     def _geometry(self) -> tuple[float, int]:
+        """(bucket width, buckets in the window); call with the lock held."""
         t = self.thresholds
+        if t.error_bucket_s != self._bucket_s:
+            self._buckets.clear()
+            self._ok = self._failed = 0
+            self._bucket_s = t.error_bucket_s
         return t.error_bucket_s, max(1, round(t.error_window_s / t.error_bucket_s))
 
     def _expire(self, k_now: int, n: int) -> None:
@@ -398,9 +410,9 @@ class ErrorRateCheck:
             self._failed -= failed
 
     def record(self, ok: bool, now: float) -> None:
-        b, n = self._geometry()
-        k = math.floor(now / b)
         with self._lock:
+            b, n = self._geometry()
+            k = math.floor(now / b)
             self._expire(k, n)
             if self._buckets and self._buckets[-1][0] >= k:
                 bucket = self._buckets[-1]
@@ -416,8 +428,8 @@ class ErrorRateCheck:
 
     def counts(self, now: float) -> tuple[int, int]:
         """(failed, all) requests in the window at ``now``."""
-        b, n = self._geometry()
         with self._lock:
+            b, n = self._geometry()
             self._expire(math.floor(now / b), n)
             return self._failed, self._ok + self._failed
 

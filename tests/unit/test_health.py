@@ -170,6 +170,20 @@ def test_error_rate_memory_is_bounded():
     assert c.counts(99.99)[1] == 1000  # 10 s of 100 requests a second
 
 
+def test_error_rate_reconfigured_window():
+    reg = HealthRegistry()
+    c = ErrorRateCheck(HealthThresholds(error_window_s=60.0))
+    reg.register(c)
+    c.record(False, 10.0)
+    c.record(True, 40.0)
+    reg.reconfigure(HealthThresholds(error_window_s=20.0))  # same buckets, shorter window
+    assert c.counts(40.0) == (0, 1)
+    reg.reconfigure(HealthThresholds(error_window_s=20.0, error_bucket_s=0.5))  # other buckets: a fresh window
+    assert c.counts(40.0) == (0, 0)
+    c.record(False, 41.0)
+    assert c.counts(41.0) == (1, 1) and c.counts(60.9) == (1, 1) and c.counts(61.0) == (0, 0)
+
+
 def test_error_rate_late_event_counts_in_the_newest_bucket():
     c = ErrorRateCheck(HealthThresholds(error_window_s=60.0))
     c.record(True, 50.0)
@@ -195,7 +209,7 @@ def test_error_rate_equals_a_brute_force_count(steps, window):
     window_s, bucket_s = window
     t = HealthThresholds(error_window_s=window_s, error_bucket_s=bucket_s)
     c = ErrorRateCheck(t)
-    now, events = 0.0, []
+    now, events = 0.0, list[tuple[float, bool]]()
     for dt, ok, query in steps:
         now += dt
         if query:
@@ -278,7 +292,7 @@ def test_registry_is_the_worst_and_survives_a_raising_check():
     def boom(now: float) -> CheckResult:
         raise RuntimeError("catalog unreachable")
 
-    reg.register(boom, name="boom")  # type: ignore[arg-type]
+    reg.register(boom, name="boom")
     rep = reg.evaluate(3.0)
     assert rep.status is U and rep.http_status == 503
     b = rep.check("boom")
@@ -412,7 +426,7 @@ def test_overall_is_the_max_of_the_parts(statuses, raising):
     reg = HealthRegistry()
     for i, s in enumerate(statuses):
         if i in raising:
-            reg.register(lambda now: 1 / 0, name=f"c{i}")  # type: ignore[arg-type,misc]
+            reg.register(lambda now: 1 / 0, name=f"c{i}")  # type: ignore[arg-type,return-value]
         else:
             reg.register(Fixed(f"c{i}", s))
     rep = reg.evaluate(0.0)

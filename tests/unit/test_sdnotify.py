@@ -197,7 +197,13 @@ def test_socket_vanishing_after_start_does_not_raise(systemd, caplog):
         assert n.status("back") and back.recv() == "STATUS=back"
     finally:
         back.close()
-        n.close()
+    # gone again after working: that is news, one more warning
+    os.unlink(path)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="dwcp.daemon.sdnotify"):
+        assert n.watchdog() is False and n.watchdog() is False
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG]
+    n.close()
 
 
 def test_refused_socket_does_not_raise(tmp_path, caplog):
