@@ -29,15 +29,15 @@ import dwcp
 from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.errors import ConfigError
+from dwcp.ops.health import AmstCheck, ErrorRateCheck, HdeCheck, HealthRegistry, HealthThresholds
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
 
 from .control import ControlServer
-from .health import AmstCheck, ErrorRateCheck, HdeCheck, HealthRegistry
 from .http import OpsHTTPServer
 from .metrics import Metrics
-from .sdnotify import notify
+from .sdnotify import Notifier
 
 __all__ = ["Daemon", "run", "parse_hostport"]
 
@@ -72,8 +72,7 @@ class Daemon:
         os.makedirs(config.storage.data_dir, mode=0o700, exist_ok=True)
         self.store = ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self.sent = ObjectStore(os.path.join(config.storage.data_dir, "sent"), keep_versions=2)
-        self.errors = ErrorRateCheck(config.health.error_window_s, config.health.error_rate_degraded,
-                                     config.health.error_rate_unhealthy)  # fmt: skip
+        self.errors = ErrorRateCheck(HealthThresholds.from_config(config))
         self.metrics = _Events(self.errors)
         self.server = DataServer(config, store=self.store, events=self.metrics)
         self.control = ControlServer(config.control_socket, self.handle)
@@ -82,6 +81,7 @@ class Daemon:
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
         self.health = HealthRegistry()
+        self.notifier = Notifier()
         self._register_checks(config)
         self._register_sources()
         self.http: OpsHTTPServer | None = None
@@ -128,18 +128,17 @@ class Daemon:
 
     # -- health and metrics ----------------------------------------------------
     def _register_checks(self, cfg: Config) -> None:
-        tp, h = cfg.transport, cfg.health
+        th = HealthThresholds.from_config(cfg)
 
         def stream_counts() -> list[int]:
             # a transfer gets its data streams within a moment of its HELLO: judge those older than 5 s
             return [t["streams"] for t in self.server.transfers() if t["age_s"] > 5.0]
 
-        self.health.register("amst", AmstCheck(stream_counts, tp.min_streams, tp.max_streams))
-        self.health.register("hde", HdeCheck(self.metrics.compression_ratio, self._baselines,
-                                             delta_enabled=cfg.codec.delta, min_ratio=h.min_compression_ratio))  # fmt: skip
-        self.errors.window_s, self.errors.degraded = h.error_window_s, h.error_rate_degraded
-        self.errors.unhealthy = h.error_rate_unhealthy
-        self.health.register("error_rate", self.errors)
+        self.health.register(AmstCheck(stream_counts, th), name="amst")
+        self.health.register(HdeCheck(self.metrics.compression_ratio, self._baselines, th,
+                                      delta_enabled=cfg.codec.delta), name="hde")  # fmt: skip
+        self.health.register(self.errors, name="error_rate")
+        self.health.reconfigure(th)
 
     def _baselines(self) -> int:
         return len(self.sent.keys()) + len(self.store.keys())
@@ -178,13 +177,10 @@ class Daemon:
                      lambda: [({"peer": p}, v) for p, v in self.cluster.breaker_states().items()] if self.cluster else [])  # fmt: skip
 
     def _healthz(self) -> tuple[int, dict]:
-        rep = self.health.evaluate(time.monotonic())
-        return rep.http_status, rep.to_dict()
+        return self.health.healthz(time.monotonic())
 
     def _readyz(self) -> tuple[int, dict]:
-        if self.server.draining:
-            return 503, {"ready": False, "why": "draining: shutting down"}
-        return 200, {"ready": True}
+        return self.health.readyz()
 
     def _start_prober(self) -> None:
         threading.Thread(target=self._probe_loop, name="dwcp-prober", daemon=True).start()
@@ -213,6 +209,7 @@ class Daemon:
 
     def drain(self) -> int:
         """Refuse new transfers and give running ones drain_timeout_s; returns how many were left."""
+        self.health.readiness.mark_draining()
         timeout = self.config.transport.drain_timeout_s
         left = self.server.drain(timeout)
         if left:
@@ -226,7 +223,7 @@ class Daemon:
         if not path:
             return {"ok": False, "error": "this daemon was not started from a config file"}
         with self._reload_lock:
-            notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            self.notifier.reloading()
             try:
                 try:
                     new = load_toml(path)
@@ -246,7 +243,7 @@ class Daemon:
                     log.warning("reload: %s needs a restart; still running the old value", line)
                 return {"ok": True, "applied": live, "needs_restart": restart}
             finally:
-                notify("READY=1", f"STATUS={self.summary()}")
+                self.notifier.ready(self.summary())
 
     def _apply(self, cfg: Config) -> None:
         logging.getLogger().setLevel(cfg.logging.level_number)
@@ -331,19 +328,17 @@ class Daemon:
 
     def wait(self) -> None:
         """The main loop: watchdog, status, reloads; returns once asked to stop."""
-        wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if os.environ.get("WATCHDOG_PID") not in (None, "", str(os.getpid())):
-            wd_usec = 0  # the watchdog is some other process's
-        interval = min(wd_usec / 2e6, 5.0) if wd_usec else 5.0
+        wd = self.notifier.watchdog_interval_s  # half of WatchdogSec, None when not ours to feed
+        interval = min(wd, 5.0) if wd else 5.0
         while not self._stop.is_set():
             self._wake.wait(interval)
             self._wake.clear()
-            if wd_usec:
-                notify("WATCHDOG=1")
+            if wd:
+                self.notifier.watchdog()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            notify(f"STATUS={self.summary()}")
+            self.notifier.status(self.summary())
 
 
 def run(config: Config, config_path: str | None = None) -> int:
@@ -353,10 +348,12 @@ def run(config: Config, config_path: str | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: d.stop())
     signal.signal(signal.SIGHUP, lambda *_: d.request_reload())
-    notify("READY=1", f"STATUS={d.summary()}")
+    d.health.readiness.mark_started()
+    d.health.readiness.set_serving(True)
+    d.notifier.ready(d.summary())
     try:
         d.wait()
-        notify("STOPPING=1", "STATUS=draining")
+        d.notifier.stopping("draining")
         d.drain()
     finally:
         d.close()

@@ -53,7 +53,8 @@ FRAME_DONE = 6
 FRAME_ERROR = 7
 FRAME_PAGE_HASHES = 8
 FRAME_CLOSE = 9
-FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_CLOSE + 1))
+FRAME_RAFT = 10  # a consensus message between cluster nodes (JSON), on a stream opened with HELLO op "raft"
+FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_RAFT + 1))
 
 # Codecs.  Each id names the whole decode stack, so the decoder dispatches
 # on it and nothing else.

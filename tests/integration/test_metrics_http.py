@@ -58,7 +58,8 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     code, body = get(base + "healthz")
     assert code == 200 and set(json.loads(body)["checks"]) == {"amst", "hde", "error_rate"}
     assert json.loads(body)["checks"]["hde"]["status"] == "degraded"  # no baselines yet
-    assert get(base + "readyz") == (200, json.dumps({"ready": True}) + "\n")
+    code, body = get(base + "readyz")
+    assert code == 200 and json.loads(body) == {"ready": True, "started": True, "serving": True, "draining": False}
     assert get(base + "nope")[0] == 404
     data = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8)
     Sender(TransportConfig(chunk_size_bytes=1 << 20), SecurityConfig(plaintext=True)).send(
@@ -73,7 +74,8 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     assert {s.labels["check"] for s in fams["dwcp_health_status"].samples} == {"amst", "hde", "error_rate"}
     hde = json.loads(get(base + "healthz")[1])["checks"]["hde"]
     # a baseline is held now; random bytes do not compress, which is what HDE reports
-    assert hde["baselines"] == 1 and hde["status"] == "degraded" and hde["message"].startswith("compression ratio 1.00")
+    assert hde["detail"]["baselines"] == 1 and hde["status"] == "degraded"
+    assert hde["message"].startswith("compression ratio 1 below 1.1")
     # junk on the HTTP port: answered (400) or dropped, the endpoint keeps serving
     host, port = base.split("//")[1].strip("/").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
