@@ -34,6 +34,7 @@ __all__ = [
     "LoggingConfig",
     "ClusterConfig",
     "PeerConfig",
+    "ConsensusConfig",
     "LIVE",
     "load_toml",
     "from_dict",
@@ -328,6 +329,25 @@ class ClusterConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ConsensusConfig(_Section):
+    SECTION = "consensus"
+    enabled: bool = False  # replicate the catalog over the [cluster] peers (all of them vote)
+    algorithm: str = "raft"  # "raft"; "bft" is not implemented yet
+    tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
+    election_ticks: int = 10
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.algorithm != "raft":
+            out.append(f"algorithm {self.algorithm!r}: only \"raft\" is implemented")
+        if not 1.0 <= self.tick_ms <= 10_000.0:
+            out.append(f"tick_ms {self.tick_ms} outside [1, 10000]")
+        if not 3 <= self.election_ticks <= 1000:
+            out.append(f"election_ticks {self.election_ticks} outside [3, 1000]")
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -338,6 +358,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
     @property
     def control_socket(self) -> str:

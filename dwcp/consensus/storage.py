@@ -56,7 +56,7 @@ class FileStorage(MemoryStorage):
             with open(self._log_path, "rb") as f:
                 lines = f.read().split(b"\n")
         except FileNotFoundError:
-            return
+            lines = [b""]
         torn = lines.pop()  # after the last newline: empty, or a record a crash cut short
         for n, line in enumerate(lines, 1):
             try:

@@ -28,7 +28,8 @@ from typing import Any
 import dwcp
 from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
-from dwcp.errors import ConfigError
+from dwcp.consensus.driver import RaftDriver
+from dwcp.errors import ConfigError, DWCPError
 from dwcp.ops.health import AmstCheck, ErrorRateCheck, HdeCheck, HealthRegistry, HealthThresholds
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.sender import Sender
@@ -80,6 +81,16 @@ class Daemon:
                              events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
+        self.raft: RaftDriver | None = None
+        cc = config.consensus
+        if cc.enabled:
+            if not config.cluster.peers:
+                raise ConfigError("consensus.enabled needs [cluster] peers to replicate the catalog with")
+            self.raft = RaftDriver(config.node.id, {p.id: p.address for p in config.cluster.peers},
+                                   config.storage.data_dir, transport=config.transport, ssl_ctx=self.sender._ssl,
+                                   tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
+            self.server.raft_deliver = self.raft.deliver
+            self.server.on_commit = self._record_version
         self.health = HealthRegistry()
         self.notifier = Notifier()
         self._register_checks(config)
@@ -105,6 +116,8 @@ class Daemon:
             steps.append(("metrics endpoint", self._start_http, self._close_http))
         if self.cluster is not None:
             steps.append(("peer prober", self._start_prober, lambda: None))
+        if self.raft is not None:
+            steps.append(("consensus", self.raft.start, self.raft.close))
         try:
             for name, start, stop in steps:
                 start()
@@ -181,6 +194,21 @@ class Daemon:
 
     def _readyz(self) -> tuple[int, dict]:
         return self.health.readyz()
+
+    def _record_version(self, key: str, digest: bytes, size: int) -> None:
+        """A verified, stored version: record it in the catalog (in the background; the sender has its answer)."""
+        raft = self.raft
+        if raft is None:
+            return
+
+        def record() -> None:
+            try:
+                raft.propose({"op": "version", "key": key, "digest": digest.hex(), "size": size,
+                              "holder": self.config.node.id, "at": time.time()}, timeout_s=30)  # fmt: skip
+            except DWCPError as exc:
+                log.warning("could not record %s in the catalog: %s", key, exc)
+
+        threading.Thread(target=record, name="dwcp-catalog", daemon=True).start()
 
     def _start_prober(self) -> None:
         threading.Thread(target=self._probe_loop, name="dwcp-prober", daemon=True).start()
@@ -268,6 +296,8 @@ class Daemon:
             "reloads_ok": self.reloads_ok, "reloads_rejected": self.reloads_rejected,
             "keys": len(self.store.keys()),
             "cluster": self.cluster.status() if self.cluster is not None else None,
+            "raft": self.raft.status() if self.raft is not None else None,
+            "catalog": self.raft.catalog.where() if self.raft is not None else None,
             "health": self.health.evaluate(time.monotonic()).to_dict(),
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
         }  # fmt: skip

@@ -171,6 +171,8 @@ class DataServer:
         self.config = config
         self.events = events if events is not None else NO_EVENTS
         self.link_source: Callable[[], list[list]] | None = None  # the daemon's region graph
+        self.raft_deliver: Callable[[dict, str | None], None] | None = None  # the daemon's consensus driver
+        self.on_commit: Callable[[str, bytes, int], None] | None = None  # (key, digest, size) once stored
         self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self._ssl: ssl.SSLContext | None = None
         if not config.security.plaintext:
@@ -337,6 +339,15 @@ class DataServer:
                 self._data(fs, h.transfer_id, hello, peer)
             elif hello.get("op") == "fetch":
                 self._fetch(fs, h.transfer_id, hello, peer)
+            elif hello.get("op") == "raft":
+                if self.raft_deliver is None:
+                    raise RemoteProtocolError("this node runs no consensus", C.ERR_BAD_FIELD)
+                fs.sock.settimeout(None)  # a long-lived stream: quiet while the cluster is
+                while True:
+                    got = fs.recv_control(C.FRAME_RAFT)
+                    if got is None:
+                        return
+                    self.raft_deliver(got[1], None if self._ssl is None else peer)
             elif hello.get("op") == "probe":
                 # a peer's liveness probe: our region and the links we measured (routing gossip)
                 fs.send(encode_control(C.FRAME_WELCOME, h.transfer_id, {"mode": "probe", "node": self.config.node.id,
@@ -495,6 +506,8 @@ class DataServer:
                 return
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=t.wire_bytes)
+            if self.on_commit is not None:
+                self.on_commit(key, info.digest, info.size)
             done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": len(t.spans)}
             if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
                 fwd.join()

@@ -74,6 +74,22 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "forwarded": (dict, False),  # a relay's next hop: {"to", "seconds", "wire_bytes", "mode"}
     },
     C.FRAME_ERROR: {"code": (int, True), "message": (str, True)},
+    C.FRAME_RAFT: {  # dwcp.consensus.driver: one Raft message, or a follower's forwarded proposal
+        "type": (str, True),
+        "src": (str, True),
+        "dst": (str, False),
+        "term": (int, False),
+        "last_index": (int, False),
+        "last_term": (int, False),
+        "granted": (bool, False),
+        "prev_index": (int, False),
+        "prev_term": (int, False),
+        "commit": (int, False),
+        "entries": (list, False),
+        "success": (bool, False),
+        "match": (int, False),
+        "data": (str, False),
+    },
     C.FRAME_CLOSE: {"reason": (str, False)},
 }
 
@@ -127,12 +143,25 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_HELLO:
         if obj["role"] not in ("control", "data"):
             raise err(f"unknown role {obj['role']!r}")
-        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe"):
+        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe", "raft"):
             raise err(f"unknown op {obj.get('op')!r}")
         if obj["role"] == "data" and not _HEX64.match(obj.get("token", "")):
             raise err("data stream without a valid token")
     if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
+    if frame_type == C.FRAME_RAFT:
+        if obj["type"] not in ("vote", "vote_resp", "append", "append_resp", "forward"):
+            raise err(f"unknown raft message type {obj['type']!r}")
+        ents = obj.get("entries", [])
+        if len(ents) > 1024 or not all(
+            isinstance(e, list) and len(e) == 4 and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63
+                                                        for x in e[:2])
+            and e[2] in ("data", "noop", "conf") and isinstance(e[3], str) and len(e[3]) <= 2 << 20
+            for e in ents
+        ):  # fmt: skip
+            raise err("raft entries must be at most 1024 [term, index, kind, hex data] lists")
+        if len(obj.get("data", "")) > 2 << 20:
+            raise err("forwarded proposal too large")
     links = obj.get("links")
     if links is not None and (len(links) > 4096 or not all(
         isinstance(x, list) and len(x) == 4 and all(isinstance(r, str) and 0 < len(r) <= 64 for r in x[:2])
