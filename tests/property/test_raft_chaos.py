@@ -6,17 +6,26 @@ A failure prints its seed: `Sim(..., seed=N)` replays it exactly.
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from dwcp._testbase.raftsim import Sim
 
-SLOW = bool(os.environ.get("DWCP_SLOW_TESTS"))
+# (fast, slow) seed counts per scenario: --run-slow (or DWCP_SLOW_TESTS=1) runs the slow ones
+SEEDS = {
+    "test_random_faults_never_break_safety_and_progress_resumes": (12, 400),
+    "test_50_50_partition_no_progress_no_split_brain": (6, 200),
+    "test_70_30_majority_commits_and_the_minority_converges": (6, 200),
+    "test_leader_crash_gives_a_new_leader_and_loses_nothing_committed": (6, 200),
+    "test_cascading_crashes_stop_progress_only_without_a_quorum": (4, 100),
+    "test_flapping_partitions_and_message_storms": (4, 100),
+}
 
 
-def seeds(fast: int, slow: int) -> list[int]:
-    return list(range(slow if SLOW else fast))
+def pytest_generate_tests(metafunc):
+    if "seed" in metafunc.fixturenames:
+        import os
+
+        slow = metafunc.config.getoption("--run-slow") or bool(os.environ.get("DWCP_SLOW_TESTS"))
+        fast_n, slow_n = SEEDS[metafunc.function.__name__]
+        metafunc.parametrize("seed", range(slow_n if slow else fast_n))
 
 
 def test_same_seed_same_run():
@@ -28,7 +37,6 @@ def test_same_seed_same_run():
     assert a.now == b.now and a.history == b.history and a.delivered == b.delivered
 
 
-@pytest.mark.parametrize("seed", seeds(12, 400))
 def test_random_faults_never_break_safety_and_progress_resumes(seed):
     s = Sim(5, seed=seed, drop=0.05, dup=0.05, min_delay=1, max_delay=6)
     r = s.rng
@@ -54,12 +62,12 @@ def test_random_faults_never_break_safety_and_progress_resumes(seed):
     s.heal()
     for i in [i for i in s.ids if i not in s.alive]:
         s.restart(i)
-    s.wait_commit(b"final")
+    idx = s.wait_commit(b"final")
     s.check_agreement()
-    assert len({tuple(v) for v in s.applied.values()}) == 1  # all state machines equal
+    # all state machines equal up to "final" (entries after it may still be on their way to some)
+    assert len({tuple(v[:idx]) for v in s.applied.values()}) == 1
 
 
-@pytest.mark.parametrize("seed", seeds(6, 200))
 def test_50_50_partition_no_progress_no_split_brain(seed):
     s = Sim(4, seed=seed)
     s.wait_leader()
@@ -78,7 +86,6 @@ def test_50_50_partition_no_progress_no_split_brain(seed):
     s.check_agreement()
 
 
-@pytest.mark.parametrize("seed", seeds(6, 200))
 def test_70_30_majority_commits_and_the_minority_converges(seed):
     s = Sim(5, seed=seed)
     s.wait_leader()
@@ -87,13 +94,12 @@ def test_70_30_majority_commits_and_the_minority_converges(seed):
     idx = s.wait_commit(b"majority", nodes={"n0", "n1", "n2"})
     assert all(len(s.applied[i]) < idx for i in ("n3", "n4"))
     s.heal()
-    s.wait_commit(b"healed")
+    idx = s.wait_commit(b"healed")
     s.check_agreement()
-    logs = {i: [(e.term, e.data) for e in s.applied[i]] for i in s.ids}
+    logs = {i: [(e.term, e.data) for e in s.applied[i][:idx]] for i in s.ids}
     assert len({tuple(v) for v in logs.values()}) == 1  # same height and same hash everywhere
 
 
-@pytest.mark.parametrize("seed", seeds(6, 200))
 def test_leader_crash_gives_a_new_leader_and_loses_nothing_committed(seed):
     s = Sim(5, seed=seed, max_delay=3)
     s.wait_leader()
@@ -114,7 +120,6 @@ def test_leader_crash_gives_a_new_leader_and_loses_nothing_committed(seed):
     assert all(s.history[i] == e for i, e in committed.items())
 
 
-@pytest.mark.parametrize("seed", seeds(4, 100))
 def test_cascading_crashes_stop_progress_only_without_a_quorum(seed):
     s = Sim(5, seed=seed)
     s.wait_leader()
@@ -132,7 +137,6 @@ def test_cascading_crashes_stop_progress_only_without_a_quorum(seed):
     s.check_agreement()
 
 
-@pytest.mark.parametrize("seed", seeds(4, 100))
 def test_flapping_partitions_and_message_storms(seed):
     s = Sim(5, seed=seed, drop=0.2, dup=0.3, max_delay=10)
     s.wait_leader(max_ticks=3000)
