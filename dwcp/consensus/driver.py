@@ -85,15 +85,20 @@ class _PeerLink(threading.Thread):
         host, _, port = self.address.rpartition(":")
         while not self.driver.stopped.is_set():
             try:
-                d = self.q.get(timeout=0.2)
+                batch = [self.q.get(timeout=0.2)]
             except queue.Empty:
                 continue
+            while len(batch) < 256:  # whatever else is queued goes in the same write
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
             try:
                 if self._fs is None:
                     self._fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
                     self._fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
                                                                      "node": self.driver.id}))  # fmt: skip
-                self._fs.send(encode_control(C.FRAME_RAFT, 0, d))
+                self._fs.send(b"".join(encode_control(C.FRAME_RAFT, 0, d) for d in batch))
             except (OSError, DWCPError) as exc:
                 log.debug("raft link to %s: %s", self.peer, exc)
                 if self._fs is not None:
@@ -185,15 +190,21 @@ class RaftDriver:
         deadline = time.monotonic() + timeout_s
         with self.lock:
             self._waiters[cid] = (ev, box)
+        proposed_in: int | None = None  # the term we proposed (or forwarded) in: once per term
         while not ev.is_set():
             with self.lock:
                 leader = self.node.leader
-                if self.node.role is Role.LEADER:
-                    self.node.propose(data)
-                    self._drain()
-                elif leader in self.links:
-                    self.links[leader].send({"type": "forward", "src": self.id, "data": data.hex()})
-            if ev.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if proposed_in != self.node.term:
+                    if self.node.role is Role.LEADER:
+                        self.node.propose(data)
+                        self._drain()
+                        proposed_in = self.node.term
+                    elif leader in self.links:
+                        self.links[leader].send({"type": "forward", "src": self.id, "data": data.hex()})
+                        proposed_in = self.node.term
+            # a new term may have dropped an uncommitted proposal: ask again then (the catalog's
+            # commands are idempotent per id-less content: a version seen twice just counts once)
+            if ev.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
                 with self.lock:

@@ -266,7 +266,7 @@ class RaftNode:
         if len(self._votes & self.voters) >= self.quorum:
             self._become_leader()
             return
-        for p in self.voters - {self.id}:
+        for p in sorted(self.voters - {self.id}):
             self._send(Msg(MsgType.VOTE, self.id, p, self.term, last_index=self.last_index,
                            last_term=self.log[-1].term))  # fmt: skip
 
@@ -328,7 +328,7 @@ class RaftNode:
             if self._next[m.src] <= self.last_index:
                 self._send_append(m.src)
         else:
-            self._next[m.src] = max(1, min(self._next.get(m.src, 1) - 1, m.match + 1))
+            self._next[m.src] = max(1, min(self._next.get(m.src, 1) - 1, m.match + 1, self._match.get(m.src, 0) + 1))
             self._send_append(m.src)
 
     # -- leader machinery --------------------------------------------------------------
@@ -338,9 +338,13 @@ class RaftNode:
         entries = tuple(self.log[nxt : nxt + self.max_entries])
         self._send(Msg(MsgType.APPEND, self.id, p, self.term, prev_index=prev, prev_term=self.log[prev].term,
                        entries=entries, commit=self.commit))  # fmt: skip
+        if entries:
+            # pipeline: the next append to p carries what follows (etcd's "replicate" state); a lost
+            # message shows up as a refused later append, which backs next off and resends
+            self._next[p] = entries[-1].index + 1
 
     def _broadcast_append(self) -> None:
-        for p in self.voters - {self.id}:
+        for p in sorted(self.voters - {self.id}):
             self._send_append(p)
 
     def _maybe_commit(self) -> None:
