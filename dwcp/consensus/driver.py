@@ -119,6 +119,8 @@ class RaftDriver:
         self.stopped = threading.Event()
         self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
+        self._pending: list[bytes] = []  # group commit: proposals waiting for the next leader write
+        self._flushing = False
         self.leader_changes = 0
         self._last_leader: str | None = None
 
@@ -192,16 +194,20 @@ class RaftDriver:
             self._waiters[cid] = (ev, box)
         proposed_in: int | None = None  # the term we proposed (or forwarded) in: once per term
         while not ev.is_set():
+            flush = False
             with self.lock:
                 leader = self.node.leader
                 if proposed_in != self.node.term:
                     if self.node.role is Role.LEADER:
-                        self.node.propose(data)
-                        self._drain()
+                        self._pending.append(data)
                         proposed_in = self.node.term
+                        flush = not self._flushing
+                        self._flushing = self._flushing or flush
                     elif leader in self.links:
                         self.links[leader].send({"type": "forward", "src": self.id, "data": data.hex()})
                         proposed_in = self.node.term
+            if flush:
+                self._flush()
             # a new term may have dropped an uncommitted proposal: ask again then (the catalog's
             # commands are idempotent per id-less content: a version seen twice just counts once)
             if ev.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
@@ -211,6 +217,19 @@ class RaftDriver:
                     self._waiters.pop(cid, None)
                 raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", leader)
         return box[0]
+
+    def _flush(self) -> None:
+        """Group commit: whoever finds no flush running writes everything pending, in rounds."""
+        while True:
+            with self.lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+                if self.node.role is Role.LEADER:
+                    self.node.propose_batch(batch)
+                    self._drain()
+                # not leader any more: the proposers see the new term and forward or retry
 
     def status(self) -> dict:
         with self.lock:

@@ -202,14 +202,19 @@ class RaftNode:
 
     def propose(self, data: bytes, kind: str = "data") -> int:
         """Append ``data`` to the log (leader only); returns its index (committed later, maybe never)."""
+        return self.propose_batch([data], kind)[0]
+
+    def propose_batch(self, items: list[bytes], kind: str = "data") -> list[int]:
+        """Append several entries at once: one storage write (one fsync), one append per follower."""
         if self.role is not Role.LEADER:
             raise NotLeaderError(f"{self.id} is not the leader (term {self.term})", self.leader)
-        e = Entry(self.term, self.last_index + 1, kind, data)
-        self.storage.append([e])
-        self._match[self.id] = e.index
+        first = self.last_index + 1
+        es = [Entry(self.term, first + k, kind, d) for k, d in enumerate(items)]
+        self.storage.append(es)
+        self._match[self.id] = self.last_index
         self._broadcast_append()
         self._maybe_commit()
-        return e.index
+        return [e.index for e in es]
 
     def propose_conf(self, voters: set[str]) -> int:
         """Change the voters by exactly one node (added or removed)."""
