@@ -16,6 +16,14 @@ from dwcp.transport.server import DataServer
 from dwcp.wire import consts as C
 
 
+def wait_for(pred, timeout_s: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class Recorder(TransferEvents):
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -70,6 +78,7 @@ def test_a_send_reports_the_same_bytes_on_both_sides(tmp_path):
     assert Counter(c[3] for c in tx) == Counter(c[3] for c in rx) and C.CODEC_ZERO in {c[3] for c in tx}
     assert {c[2] for c in tx} == {peer} and {c[2] for c in rx} == {f"plaintext:{host}"}
     assert tx_ev.of("done") == [("done", "tx", peer, "ok", data.nbytes, r["wire_bytes"])]
+    wait_for(lambda: rx_ev.of("done"))  # the server reports once it has answered
     assert rx_ev.of("done") == [("done", "rx", f"plaintext:{host}", "ok", data.nbytes, r["wire_bytes"])]
     assert len(tx_ev.of("open")) == len(tx_ev.of("close")) == 2 and not any(c[2] for c in tx_ev.of("close"))
     assert len(tx_ev.of("tcp")) == 2 and all(c[2] > 0 for c in tx_ev.of("tcp"))
@@ -90,5 +99,6 @@ def test_refusals_and_protocol_errors_are_reported(tmp_path):
         with socket.create_connection(srv.address) as s:  # garbage on the data port
             s.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(64))
             s.recv(4096)
+    wait_for(lambda: rx_ev.of("done"))  # the server reports once it has answered
     assert [c[3] for c in tx_ev.of("done")] == ["refused"] and [c[3] for c in rx_ev.of("done")] == ["refused"]
     assert [c[2] for c in rx_ev.of("protocol")] == [C.ERR_BAD_MAGIC]
