@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 __all__ = ["FaultProxy"]
@@ -26,7 +27,7 @@ __all__ = ["FaultProxy"]
 
 @dataclass
 class _Fault:
-    kind: str  # "corrupt" | "cut" | "stall"
+    kind: str  # "corrupt" | "cut" | "stall" | "blackhole"
     at: int
     conn: int
 
@@ -64,6 +65,12 @@ class FaultProxy:
     def stall_after(self, n: int, conn: int) -> None:
         with self._lock:
             self._faults.append(_Fault("stall", n, conn))
+
+    def blackhole_after(self, n: int, conn: int) -> None:
+        """Like stall, but the far side never learns the near side closed (a FIN stuck behind
+        unacknowledged data, as when TCP is in RTO backoff): only the proxy's close releases it."""
+        with self._lock:
+            self._faults.append(_Fault("blackhole", n, conn))
 
     def pause(self) -> None:
         self._running.clear()
@@ -123,11 +130,14 @@ class FaultProxy:
                         dst.sendall(chunk[:k])
                         self.faults_fired += 1
                         break
-                    else:  # stall: swallow everything from here on, keep both sockets open
+                    else:  # stall/blackhole: swallow everything from here on, keep both sockets open
                         dst.sendall(chunk[:k])
                         self.faults_fired += 1
                         while not self._closed and src.recv_into(mv):
                             pass
+                        if fault.kind == "blackhole":
+                            while not self._closed:
+                                time.sleep(0.05)
                         return
                 dst.sendall(chunk)
                 relayed += n

@@ -572,10 +572,16 @@ class DataServer:
         scratch = bytearray()
         chunk_buf = bytearray(t.chunk_size)
         nchunks = len(t.spans)
+        idle = fs.sock.gettimeout()
         while not t.closed:
+            fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s
             h = fs.recv_header()
             if h is None:
                 return
+            # inside a frame it must keep moving: a stream stalled mid-chunk (e.g. TCP in RTO
+            # backoff) holds that chunk's claim, and the sender's resend on another stream gets
+            # "busy" until this read gives up -- so give up after the stall timeout, not the idle one
+            fs.sock.settimeout(self.config.transport.stall_timeout_s)
             if h.frame_type == C.FRAME_CLOSE:
                 fs.skip_payload(h)
                 return
