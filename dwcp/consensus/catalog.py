@@ -89,6 +89,18 @@ class Catalog:
         return {k: {"version": vs[-1]["version"], "digest": vs[-1]["digest"], "holders": sorted(vs[-1]["holders"])}
                 for k, vs in sorted(self.keys.items()) if vs}  # fmt: skip
 
+    def replica_versions(self) -> dict[str, list[tuple[str, int, float]]]:
+        """Per key, each holder's newest version: [(holder, version, made_at)] (for the baseline-sync check)."""
+        out: dict[str, list[tuple[str, int, float]]] = {}
+        for k, vs in self.keys.items():
+            newest: dict[str, tuple[int, float]] = {}
+            for v in vs:
+                for h in v["holders"]:
+                    if h not in newest or v["version"] > newest[h][0]:
+                        newest[h] = (v["version"], v["at"])
+            out[k] = [(h, ver, at) for h, (ver, at) in sorted(newest.items())]
+        return out
+
     def snapshot(self) -> dict:
         return {"keys": self.keys, "leases": self.leases, "applied_index": self.applied_index}
 

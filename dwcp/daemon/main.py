@@ -30,7 +30,15 @@ from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
 from dwcp.errors import ConfigError, DWCPError
-from dwcp.ops.health import AmstCheck, ErrorRateCheck, HdeCheck, HealthRegistry, HealthThresholds
+from dwcp.ops.health import (
+    AmstCheck,
+    BaselineSyncCheck,
+    ErrorRateCheck,
+    HdeCheck,
+    HealthRegistry,
+    HealthThresholds,
+    ReplicaVersion,
+)
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
@@ -151,6 +159,15 @@ class Daemon:
         self.health.register(HdeCheck(self.metrics.compression_ratio, self._baselines, th,
                                       delta_enabled=cfg.codec.delta), name="hde")  # fmt: skip
         self.health.register(self.errors, name="error_rate")
+        if self.raft is not None:  # replicas' versions come from the replicated catalog
+            raft = self.raft
+
+            def replicas() -> dict:
+                with raft.lock:
+                    rv = raft.catalog.replica_versions()
+                return {k: [ReplicaVersion(h, v, at) for h, v, at in vs] for k, vs in rv.items()}
+
+            self.health.register(BaselineSyncCheck(replicas, th), name="baseline_sync", interval_s=cfg.health.check_interval_s)
         self.health.reconfigure(th)
 
     def _baselines(self) -> int:

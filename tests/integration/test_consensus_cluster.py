@@ -93,6 +93,8 @@ def test_leader_killed_during_catalog_writes(tmp_path, n):
             snd.send(data, "127.0.0.1", c.ports[c.ids[k % n]], f"obj/{k}")
         c.wait(lambda: all(len((c.status(i) or {}).get("catalog") or {}) == 4 for i in c.ids), what="4 keys everywhere")
         before = c.status(c.ids[0])["catalog"]
+        health = c.status(c.ids[1])["health"]["checks"]
+        assert health["baseline_sync"]["status"] == "healthy"  # fed by the replicated catalog
         # kill -9 the leader while more versions are being recorded
         rest = [i for i in c.ids if i != lead]
         os.kill(c.procs[lead].pid, signal.SIGKILL)

@@ -70,8 +70,10 @@ def test_catalog_versions_holders_and_leases():
     assert not r["ok"] and "leased to n1" in r["error"]
     assert do(7, op="lease", key="k", holder="n2", until=200.0, at=150.0)["ok"]  # the old lease expired
     assert c.apply(8, b"junk")["ok"] is False and do(9, op="nope")["ok"] is False and do(10, op="version")["ok"] is False
+    do(11, op="version", key="k", digest="aa", size=10, holder="n3", at=5.0)
+    assert c.replica_versions()["k"] == [("n2", 2, 0.0), ("n3", 1, 0.0)]  # each holder's newest version
     again = Catalog.restore(json.loads(json.dumps(c.snapshot())))
-    assert again.where() == c.where() and again.applied_index == 10
+    assert again.where() == c.where() and again.applied_index == 11
 
 
 @given(st.sampled_from(list(MsgType)), st.integers(0, 2**40), st.lists(
