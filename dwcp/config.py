@@ -141,7 +141,8 @@ class TransportConfig(_Section):
     min_streams: int = 1
     max_streams: int = 16
     initial_streams: int = 0  # 0 = from the bandwidth-delay product
-    chunk_size_bytes: int = 4 * MiB
+    chunk_size_bytes: int = 4 * MiB  # with adaptive_chunks: the size for a path not measured yet
+    adaptive_chunks: bool = True  # chunk size and first stream count from the last send to the same peer
     window_chunks: int = 2  # unacknowledged chunks per stream
     stall_timeout_s: float = 15.0  # no progress for this long = a dead stream
     connect_timeout_s: float = 10.0
@@ -443,7 +444,7 @@ LIVE: dict[str, frozenset[str]] = {
         "min_streams", "max_streams", "initial_streams", "window_chunks", "stall_timeout_s",
         "connect_timeout_s", "idle_timeout_s", "drain_timeout_s", "max_stream_reconnects",
         "rate_limit_bytes_per_s", "link_bytes_per_s", "per_stream_window_bytes", "socket_buffer_bytes",
-        "congestion", "zerocopy", "chunk_size_bytes", "compress_workers",
+        "congestion", "zerocopy", "chunk_size_bytes", "adaptive_chunks", "compress_workers",
     }),  # fmt: skip
     "codec": frozenset({"*"}),
     "health": frozenset({"*"}),

@@ -36,6 +36,7 @@ import mmap
 import os
 import re
 import struct
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -116,6 +117,30 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_atomic(path: str, data: str, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: a temporary file beside it, fsync, rename, directory fsync.
+
+    A reader sees the old file or the new one, never half of one, and a
+    crash leaves no temporary file behind that a later write would trip on.
+    """
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(d)
+
+
 class ObjectStore:
     def __init__(self, data_dir, *, keep_versions: int = 2) -> None:
         if keep_versions < 1:
@@ -186,6 +211,28 @@ class ObjectStore:
             return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 
     # -- receiving -----------------------------------------------------------
+    def partial_chunk_size(self, key: str, digest: bytes, size: int) -> int | None:
+        """The chunk size of a resumable partial of this exact object, if one is on disk.
+
+        A sender may propose another chunk size than the interrupted attempt
+        used (its choice follows the path); answering with this one keeps the
+        chunks already received.  A header that does not match is None: that
+        partial is not resumable anyway.
+        """
+        validate_key(key)
+        state = os.path.join(self._partial, f"{escape_key(key)}.{bytes(digest).hex()}.state")
+        try:
+            with open(state, "rb") as f:
+                raw = f.read(_STATE_HDR.size)
+        except OSError:
+            return None
+        if len(raw) != _STATE_HDR.size:
+            return None
+        magic, psize, chunk_size, pdigest = _STATE_HDR.unpack(raw)
+        if magic != _STATE_MAGIC or psize != size or pdigest != bytes(digest) or chunk_size <= 0:
+            return None
+        return int(chunk_size)
+
     def begin(self, key: str, digest: bytes, size: int, chunk_size: int, *, preallocate: bool = True) -> Partial:
         """Take the key's write lease and open (or resume) its partial.
 

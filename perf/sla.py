@@ -126,16 +126,21 @@ class Daemon:
             self.proc.wait()
 
 
-def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str) -> dict:
+def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str, extra: tuple[str, ...] = (),
+              keep_paths: bool = False) -> dict:
+    """One `dwcp send`; its state dir (baselines) is removed after, except paths.json with ``keep_paths``."""
     state = os.path.join(d.root, "sender-state")
     c0 = d.cpu()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = tb.run("a", [sys.executable, "-m", "dwcp", "send", src, "--to", f"{tb.addr['b']}:{PORT}", "--key", key,
-                     "--plaintext", "--json", "--streams", streams, "--state-dir", state],
+                     "--plaintext", "--json", "--streams", streams, "--state-dir", state, *extra],
                cwd=d.root, check=False, timeout=900)  # fmt: skip
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = d.cpu() - c0 + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    shutil.rmtree(state, ignore_errors=True)
+    for name in os.listdir(state) if os.path.isdir(state) else ():
+        if not (keep_paths and name == "paths.json"):
+            p = os.path.join(state, name)
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
     d.clear()
     if r.returncode != 0:
         return {"error": r.stderr.strip()[-500:]}
@@ -149,11 +154,12 @@ def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str) -> dict:
         "bytes_per_s": o["throughput_bytes_per_s"], "seconds": o["seconds"], "cpu_s_per_gb": cpu / (o["size"] / 1e9),
         "streams_final": o["streams"]["final"], "streams_max": o["streams"]["max"],
         "settle_s": settle, "decisions": dec,
-        "chunk_latency_ms": o.get("chunk_latency_ms"), "retransmits": sum(s.get("total_retrans", 0) for s in o["tcp_info"]),
+        "chunk_latency_ms": o.get("chunk_latency_ms"), "chunk_size": o.get("chunk_size"),
+        "chunk_size_reason": o.get("chunk_size_reason"), "retransmits": sum(s.get("total_retrans", 0) for s in o["tcp_info"]),
     }  # fmt: skip
 
 
-def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float) -> dict:
+def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, chunk_sweep: list[str]) -> dict:
     runs = m["runs"]
 
     def med(xs):
@@ -166,11 +172,25 @@ def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float) -
     for n in m["fixed_streams"]:
         rs = [dwcp_send(tb, d, src, f"sla/f{n}-{i}", str(n)) for i in range(runs)]
         cell["dwcp_fixed"][str(n)] = rs[len(rs) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in rs)}
-    rs = [dwcp_send(tb, d, src, f"sla/auto-{i}", "auto") for i in range(runs)]
+    # auto, cold: no earlier send to this peer (the SLA); then warm: a second send that starts from
+    # what the first measured of the path (chunk size, stream count; dwcp.transport.chunking)
+    rs, warm = [], []
+    for i in range(runs):
+        rs.append(dwcp_send(tb, d, src, f"sla/auto-{i}", "auto", keep_paths=True))
+        warm.append(dwcp_send(tb, d, src, f"sla/warm-{i}", "auto"))
     cell["dwcp_auto"] = rs[len(rs) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in rs)}
+    cell["dwcp_auto_warm"] = warm[len(warm) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in warm)}
+    if chunk_sweep:
+        cell["chunk_sweep"] = {}
+        for cs in chunk_sweep:
+            cr = [dwcp_send(tb, d, src, f"sla/c{cs}-{i}", "auto", ("--chunk-size", cs)) for i in range(runs)]
+            cell["chunk_sweep"][cs] = cr[len(cr) // 2] | {"bytes_per_s": med(r.get("bytes_per_s") for r in cr)}
     frac = {"python_1_stream": (cell["python_1_stream"] or 0) / cap,
             "iperf3_best": max((v or 0) for v in cell["iperf3"].values()) / cap,
-            "dwcp_auto": (cell["dwcp_auto"]["bytes_per_s"] or 0) / cap}  # fmt: skip
+            "dwcp_auto": (cell["dwcp_auto"]["bytes_per_s"] or 0) / cap,
+            "dwcp_auto_warm": (cell["dwcp_auto_warm"]["bytes_per_s"] or 0) / cap}  # fmt: skip
+    for cs, r in cell.get("chunk_sweep", {}).items():
+        frac[f"auto_chunk_{cs}"] = (r["bytes_per_s"] or 0) / cap
     for n, r in cell["dwcp_fixed"].items():
         frac[f"dwcp_{n}"] = (r["bytes_per_s"] or 0) / cap
     cell["fraction_of_cap"] = frac
@@ -203,6 +223,8 @@ def check(cells: list[dict], slas: list[dict]) -> list[dict]:
             if got["streams"] is None or not lo <= got["streams"] <= hi:
                 missed.append(f"auto ended at {got['streams']} streams, outside [{lo}, {hi}] (knee "
                               f"{got['knee_fixed']}, best {got['best_fixed']} of the fixed counts)")  # fmt: skip
+            got["warm_fraction_of_cap"] = c["fraction_of_cap"].get("dwcp_auto_warm")
+            got["warm_streams"] = c.get("dwcp_auto_warm", {}).get("streams_final")
             out.append({"sla": s["name"], "rate_mbit": c["rate_mbit"], "measured": got, "missed": missed,
                         "single_stream_fraction": c["fraction_of_cap"]["python_1_stream"]})  # fmt: skip
     return out
@@ -237,6 +259,8 @@ def main() -> int:
     ap.add_argument("--config", default=os.path.join(HERE, "sla.toml"))
     ap.add_argument("--quick", action="store_true", help="the [quick] matrix: the SLA cells only, smaller objects")
     ap.add_argument("--out")
+    ap.add_argument("--chunk-sweep", default="", metavar="SIZES",
+                    help="also run --streams auto at these fixed chunk sizes per cell (e.g. 1M,4M,16M)")
     args = ap.parse_args()
     why = Testbed.unavailable()
     if why:
@@ -260,7 +284,8 @@ def main() -> int:
                             tb.set_link(Link(rate_bit_s=rate * 1e6, rtt_ms=rtt, loss=loss))
                             t0 = time.monotonic()
                             cell = {"rate_mbit": rate, "rtt_ms": rtt, "loss": loss}
-                            cell |= run_cell(tb, d, src, size, m, rate * 1e6 / 8)
+                            cell |= run_cell(tb, d, src, size, m, rate * 1e6 / 8,
+                                             [c for c in args.chunk_sweep.split(",") if c])
                             cell["wall_s"] = time.monotonic() - t0
                             res["cells"].append(cell)
                             print(f"{rate:g} Mbit/s {rtt:g} ms {loss * 100:g}%: "

@@ -5,6 +5,7 @@ exit code, never a traceback (set DWCP_TRACEBACK=1 to see one).  Every
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import mmap
 import os
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", required=True)
     s.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
     s.add_argument("--rate", type=_size, default=None, help="cap the total rate, bytes/s (e.g. 500M)")
+    s.add_argument("--chunk-size", type=_size, default=None,
+                   help="fixed chunk size, a multiple of 4K in [4K, 64M] (default: adapted to what the last send to "
+                        "this peer measured, else the config's transport.chunk_size_bytes)")
     s.add_argument("--state-dir", help="where sent versions are kept as the next baselines "
                                        "(default: <data_dir>/sent with --config, else ~/.local/state/dwcp)")  # fmt: skip
     s.add_argument("--json", action="store_true")
@@ -168,6 +172,11 @@ def _cmd_send(args) -> int:
     from dwcp.transport.sender import Sender
 
     security, transport, cfg = _load_security(args)
+    if args.chunk_size is not None:
+        transport = dataclasses.replace(transport, chunk_size_bytes=args.chunk_size, adaptive_chunks=False)
+        bad = [p for p in transport.problems() if p.startswith("chunk_size_bytes")]
+        if bad:
+            raise ConfigError(f"--chunk-size: {bad[0]}")
     kind, _ = parse_target(args.to)
     cluster = None
     if kind == "addr":
@@ -260,8 +269,6 @@ def _cmd_reload(args) -> int:
 
 
 def _cmd_check_config(args) -> int:
-    import dataclasses
-
     from dwcp.config import load_toml
 
     try:

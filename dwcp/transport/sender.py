@@ -180,6 +180,7 @@ class Sender:
         baselines=None,
         events: TransferEvents | None = None,
         tune_dir: str | None = None,
+        path_dir: str | None = None,
     ) -> None:
         """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
 
@@ -187,8 +188,15 @@ class Sender:
         ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
         egress NIC has one starts --streams auto from its link speed, unless the
         config sets link_bytes_per_s / initial_streams itself.
+        ``path_dir``: where what each send measured of its path is remembered
+        (``paths.json``, see dwcp.transport.chunking); default: the baselines'
+        directory; None without baselines: nothing remembered.
         """
+        from .chunking import PathMemory
+
         self.tune_dir = tune_dir
+        pd = path_dir if path_dir is not None else getattr(baselines, "data_dir", None)
+        self.paths: PathMemory | None = PathMemory(pd) if pd else None
         self.events = events if events is not None else NO_EVENTS
         self.transport = transport
         self.security = security
@@ -271,7 +279,15 @@ class Sender:
             raise ValueError(f"streams must be in [1, 256], got {streams}")
         size = mv.nbytes
         digest = known_digest if known_digest is not None else _k.xxh3_128(mv)
-        spans = chunk_spans(size, tp.chunk_size_bytes)
+        peer_addr = f"{host}:{port}"
+        path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
+        if tp.adaptive_chunks:
+            from .chunking import choose_chunk_size
+
+            chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
+        else:
+            chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
+        spans = chunk_spans(size, chunk_size)
         cache_key = f"{host}:{port}/{key}"
         base_info = self.baselines.latest(cache_key) if self.baselines is not None else None
         if base_info is not None and base_info.size != size:
@@ -288,7 +304,7 @@ class Sender:
         base_map = None
         try:
             hello = {"v": 1, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
-                     "chunk_size": tp.chunk_size_bytes, "page_size": C.PAGE_SIZE, "caps": ["xbzrle", "zstd",
+                     "chunk_size": chunk_size, "page_size": C.PAGE_SIZE, "caps": ["xbzrle", "zstd",
                      "sparse", "pages", "resume"], "node": self.node_id}  # fmt: skip
             if base_info is not None:
                 hello["base_digest"] = base_info.digest.hex()
@@ -299,6 +315,11 @@ class Sender:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, hello))
             welcome = self._expect(ctrl, C.FRAME_WELCOME)
             mode = welcome["mode"]
+            if welcome.get("chunk_size", chunk_size) != chunk_size:
+                # the receiver holds part of this object in the chunks of an earlier attempt: use those
+                chunk_size = welcome["chunk_size"]  # bounds and alignment checked by the message schema
+                chunk_why = f"{chunk_size >> 10} KiB: the receiver's partial from an interrupted send"
+                spans = chunk_spans(size, chunk_size)
             have = bytes.fromhex(welcome.get("have", ""))
             base = None
             base_digest = None
@@ -338,8 +359,12 @@ class Sender:
             if streams is None:
                 from .controller import StreamController, initial_streams
 
+                fresh = path is not None and time.time() - path.at < 86400.0
                 if tp.initial_streams:
                     n0, why = tp.initial_streams, f"initial_streams={tp.initial_streams} from the config"
+                elif fresh and path is not None:
+                    n0 = min(tp.max_streams, max(tp.min_streams, path.streams))
+                    why = f"the last send to {peer_addr} ended at {path.streams} streams"
                 else:
                     n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
                                               tp.max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
@@ -357,13 +382,14 @@ class Sender:
             rate = rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
             if rate or rate_limit_bytes_per_s is None:
                 # a config-driven cap (even "none" now) follows reloads; an explicit --rate does not
-                limiter = RateLimiter(TokenBucket(rate or None, max(tp.chunk_size_bytes, int((rate or 0) * 0.05))))
+                limiter = RateLimiter(TokenBucket(rate or None, max(chunk_size, int((rate or 0) * 0.05))))
                 if rate_limit_bytes_per_s is None:
                     self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
             ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
             ctx.ready = ready
+            ctx.chunk_bytes = chunk_size
             max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
             if state.failed:
                 err = TransferError(state.failed)
@@ -388,13 +414,14 @@ class Sender:
                 base_map.release()
         elapsed = time.perf_counter() - t_start
         if self.baselines is not None:
-            self._remember(cache_key, mv, digest, spans)
+            self._remember(cache_key, mv, digest, spans, chunk_size)
         wire = state.wire_bytes
-        return {
+        result = {
             "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
             "wire_bytes": wire, "ratio": (size / wire) if wire else math.inf, "seconds": elapsed,
             "throughput_bytes_per_s": size / elapsed if elapsed > 0 else 0.0,
-            "chunks": len(spans), "chunks_sent": state.chunks_sent, "chunks_resent": state.chunks_resent,
+            "chunks": len(spans), "chunk_size": chunk_size, "chunk_size_reason": chunk_why,
+            "chunks_sent": state.chunks_sent, "chunks_resent": state.chunks_resent,
             "resumed_chunks": resumed, "stream_errors": state.stream_errors[:20],
             "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
                         "auto": controller is not None, "decisions": decisions},
@@ -404,6 +431,14 @@ class Sender:
             "relayed": done.get("forwarded"),
             "tcp_info": state.stream_info[:64],
         }  # fmt: skip
+        if self.paths is not None and mode != "delta":
+            # a delta says little of the path (a few chunks of a few bytes): only bulk sends teach it
+            from .chunking import path_stats_from_send
+
+            ps = path_stats_from_send(result, now=time.time())
+            if ps is not None:
+                self.paths.put(peer_addr, ps)
+        return result
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -452,13 +487,13 @@ class Sender:
             return 0.001
         return max(info.rtt_us, 1) / 1e6
 
-    def _remember(self, cache_key: str, mv: memoryview, digest: bytes, spans) -> None:
+    def _remember(self, cache_key: str, mv: memoryview, digest: bytes, spans, chunk_size: int) -> None:
         """Keep a copy of what was sent as the baseline of the next send of this key."""
         assert self.baselines is not None
         if self.baselines.get(cache_key, digest) is not None:
             return
         try:
-            p = self.baselines.begin(cache_key, digest, mv.nbytes, self.transport.chunk_size_bytes)
+            p = self.baselines.begin(cache_key, digest, mv.nbytes, chunk_size)
             with p:
                 for i, (off, ln) in enumerate(spans):
                     chunk = mv[off : off + ln]
@@ -603,6 +638,7 @@ class _StreamCtx:
                         state.stream_info.append({"stream": sid, "bytes_sent": fs.bytes_sent, "rtt_us": info.rtt_us,
                                                   "window_chunks": win.window,
                                                   "total_retrans": info.total_retrans,
+                                                  "bytes_retrans": info.bytes_retrans,
                                                   "delivery_rate_bytes_per_s": info.delivery_rate_bytes_per_s})  # fmt: skip
         except (OSError, DWCPError) as exc:
             why = f"stream {sid}: {type(exc).__name__}: {exc}"

@@ -427,6 +427,13 @@ class DataServer:
             info = self.store.latest(key)
             if info is not None and info.size == size and info.digest != digest and size > 0:
                 mode, base_info = "pages", info
+        resume_cs = self.store.partial_chunk_size(key, digest, size)
+        if resume_cs is not None and resume_cs != chunk_size and C.PAGE_SIZE <= resume_cs <= C.MAX_RAW_LEN \
+                and resume_cs % C.PAGE_SIZE == 0:  # fmt: skip
+            # an interrupted attempt used another chunk size: keep what it received (WELCOME says which)
+            log.info("send of %s: resuming in the partial's %d-byte chunks (sender proposed %d)", key, resume_cs,
+                     chunk_size)  # fmt: skip
+            chunk_size = resume_cs
         try:
             # a delta/pages transfer seeds the partial from the base (which allocates
             # the space, and fails as early on a full disk): no separate fallocate
@@ -459,7 +466,7 @@ class DataServer:
             have = bytes(partial.have)
             resumed = sum(bin(b).count("1") for b in have)
             welcome = {"mode": mode, "token": t.token, "have": have.hex(), "resumed_chunks": resumed,
-                       "node": self.config.node.id}  # fmt: skip
+                       "chunk_size": chunk_size, "node": self.config.node.id}  # fmt: skip
             if t.base_digest is not None:
                 welcome["base_digest"] = t.base_digest.hex()
             fs.send(encode_control(C.FRAME_WELCOME, transfer_id, welcome))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 
-from dwcp.storage import _fsync_dir  # the object store's: one way to make a rename durable
+from dwcp.storage import write_atomic
 
 __all__ = ["TUNE_FILE", "FORMAT_VERSION", "DEFAULT_STATE_DIR", "apply_profiles", "load_profile"]
 
@@ -30,21 +29,7 @@ def apply_profiles(state_dir: str, profiles: list[dict], *, rtt_s: float) -> str
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, TUNE_FILE)
     data = json.dumps({"version": FORMAT_VERSION, "rtt_s": rtt_s, "profiles": profiles}, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{TUNE_FILE}.", suffix=".tmp", dir=state_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it 0600; the transport may run as another user
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(state_dir)
+    write_atomic(path, data, mode=0o644)  # 0644: the transport may run as another user
     return path
 
 

@@ -3,6 +3,7 @@ most about one chunk per stream, and the stored digest is the sender's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -86,8 +87,12 @@ def test_receiver_killed_mid_transfer(tmp_path):
     first = getattr(errors[0], "stats", {})
     proc, sock = _daemon(str(tmp_path), port)
     try:
-        r = Sender(_tx(), SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS)
+        # the resend proposes 4x bigger chunks (as an adapted chunk size may): the receiver answers
+        # with its partial's chunk size, and what it holds is kept
+        tx = dataclasses.replace(_tx(), chunk_size_bytes=4 * CHUNK)
+        r = Sender(tx, SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS)
         n = SIZE // CHUNK
+        assert r["chunk_size"] == CHUNK and r["chunks"] == n, r["chunk_size_reason"]
         assert r["verified"] and r["resumed_chunks"] > 0
         assert r["chunks_sent"] == n - r["resumed_chunks"]
         if first:  # what the dead receiver got but had not persisted: about one chunk per stream

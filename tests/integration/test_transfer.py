@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -16,6 +17,7 @@ from dwcp._testbase.images import dirty_version, vm_image
 from dwcp._testbase.transfer import server_config
 from dwcp.config import SecurityConfig, TransportConfig
 from dwcp.storage import ObjectStore
+from dwcp.transport.chunking import PathStats, choose_chunk_size
 from dwcp.transport.fetch import fetch
 from dwcp.transport.sender import Sender, TransferError
 from dwcp.transport.server import DataServer
@@ -316,3 +318,23 @@ def test_a_quiet_control_stream_is_not_idle_while_data_flows(tmp_path):
         assert stored(srv, "slow/k") == data.tobytes()
     finally:
         srv.close()
+
+
+def test_a_second_send_to_a_peer_starts_from_what_the_first_measured(server, tmp_path):
+    host, port = server.address
+    data = np.random.default_rng(4).integers(0, 256, 24 << 20, dtype=np.uint8)
+    sender = Sender(tx_config(max_streams=4), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
+    r1 = sender.send(data, host, port, "path/a")
+    assert r1["chunk_size"] == 1 << 20 and "no earlier send" in r1["chunk_size_reason"]
+    mem = json.loads((tmp_path / "sent" / "paths.json").read_text())["paths"][f"{host}:{port}"]
+    assert mem["streams"] == r1["streams"]["final"] and mem["stream_bytes_per_s"] > 0
+    r2 = sender.send(data[::-1].copy(), host, port, "path/b")  # another key, same peer: full mode again
+    assert "measured last time" in r2["chunk_size_reason"]
+    want, _ = choose_chunk_size(PathStats(**mem), 1 << 20, now=time.time())
+    assert r2["chunk_size"] == want >= 1 << 20 and r2["chunks"] == -(-data.nbytes // want)
+    assert r2["streams"]["decisions"][0]["reason"] == f"the last send to {host}:{port} ended at {mem['streams']} streams"
+    assert stored(server, "path/b") == data[::-1].tobytes()
+    # a fixed chunk size (dwcp send --chunk-size) is not adapted
+    r3 = Sender(tx_config(adaptive_chunks=False), PLAIN, baselines=ObjectStore(tmp_path / "sent")).send(
+        data, host, port, "path/c")  # fmt: skip
+    assert r3["chunk_size"] == 1 << 20 and "fixed" in r3["chunk_size_reason"]

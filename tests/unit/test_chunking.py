@@ -1,0 +1,126 @@
+"""Chunk size from the path: the policy's rules, the path digest of a send report, the path memory file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dwcp.transport.chunking import (
+    MAX_PATHS,
+    MiB,
+    PathMemory,
+    PathStats,
+    choose_chunk_size,
+    path_stats_from_send,
+)
+
+NOW = 1_800_000_000.0
+
+
+def _ps(rtt_s=0.05, loss=0.0, rate=12.5e6, streams=8, at=NOW) -> PathStats:
+    return PathStats(rtt_s=rtt_s, retrans_fraction=loss, stream_bytes_per_s=rate, streams=streams, at=at)
+
+
+def test_no_record_or_a_stale_one_keeps_the_configured_size():
+    assert choose_chunk_size(None, 4 * MiB, now=NOW)[0] == 4 * MiB
+    size, why = choose_chunk_size(_ps(at=NOW - 8 * 86400), 4 * MiB, now=NOW)
+    assert size == 4 * MiB and "too old" in why
+
+
+def test_wan_path_at_1_gbit_gets_chunks_of_about_two_rtts_per_stream():
+    # 1 Gbit/s over 8 streams at 50 ms: 15.6 MB/s per stream, 100 ms per chunk -> 1 MiB (2^20 <= 1.56e6)
+    size, why = choose_chunk_size(_ps(rate=125e6 / 8), 4 * MiB, now=NOW)
+    assert size == MiB and "100 ms per chunk" in why
+    # fewer, faster streams on the same path: bigger chunks
+    assert choose_chunk_size(_ps(rate=125e6 / 2), 4 * MiB, now=NOW)[0] == 4 * MiB
+
+
+def test_a_lossy_path_halves_the_chunk_time():
+    clean = choose_chunk_size(_ps(rate=80e6, loss=0.001), 4 * MiB, now=NOW)
+    lossy = choose_chunk_size(_ps(rate=80e6, loss=0.02), 4 * MiB, now=NOW)
+    assert lossy[0] == clean[0] // 2 and "lossy" in lossy[1] and "lossy" not in clean[1]
+
+
+def test_loopback_speeds_hit_the_ceiling_and_slow_links_the_floor():
+    assert choose_chunk_size(_ps(rtt_s=50e-6, rate=2e9, streams=2), 4 * MiB, now=NOW)[0] == 16 * MiB
+    assert choose_chunk_size(_ps(rtt_s=0.2, rate=100e3), 4 * MiB, now=NOW)[0] == MiB
+
+
+@given(rtt=st.floats(0, 10), loss=st.floats(0, 1), rate=st.floats(0, 1e11), streams=st.integers(1, 256))
+def test_always_a_power_of_two_in_bounds_and_monotone_in_rate(rtt, loss, rate, streams):
+    size, _ = choose_chunk_size(_ps(rtt, loss, rate, streams), 4 * MiB, now=NOW)
+    assert MiB <= size <= 16 * MiB and size & (size - 1) == 0
+    faster, _ = choose_chunk_size(_ps(rtt, loss, rate * 2 + 1, streams), 4 * MiB, now=NOW)
+    assert faster >= size
+    lossier, _ = choose_chunk_size(_ps(rtt, min(1.0, loss + 0.01), rate, streams), 4 * MiB, now=NOW)
+    assert lossier <= size
+
+
+@pytest.mark.parametrize("bad", [{"rtt_s": -1}, {"retrans_fraction": float("nan")}, {"streams": 0},
+                                 {"streams": 1.5}, {"stream_bytes_per_s": float("inf")}])  # fmt: skip
+def test_path_stats_refuse_nonsense(bad):
+    kw = {"rtt_s": 0.05, "retrans_fraction": 0.0, "stream_bytes_per_s": 1e6, "streams": 4, "at": NOW} | bad
+    with pytest.raises(ValueError):
+        PathStats(**kw)
+
+
+# A send report recorded on the emulated WAN (perf/sla.py testbed: 1 Gbit/s, 50 ms RTT, 1% loss,
+# --streams 8, 4 MiB chunks, 512 MiB object), trimmed to what the digest reads.
+RECORDED_1PCT = {
+    "wire_bytes": 536_879_104, "seconds": 5.11, "chunks_sent": 128, "rtt_ms": 50.4,
+    "streams": {"initial": 4, "max": 8, "final": 8},
+    "tcp_info": [{"stream": i, "bytes_sent": 67_109_888, "rtt_us": r, "total_retrans": t, "bytes_retrans": t * 1448}
+                 for i, (r, t) in enumerate([(51_210, 708), (50_893, 655), (52_004, 731), (50_770, 690),
+                                             (51_532, 702), (50_912, 671), (51_048, 688), (50_655, 713)])],
+}  # fmt: skip
+
+
+def test_path_digest_of_a_recorded_lossy_send_and_the_size_it_leads_to():
+    ps = path_stats_from_send(RECORDED_1PCT, now=NOW)
+    assert ps is not None
+    assert 0.050 < ps.rtt_s < 0.052
+    assert 0.014 < ps.retrans_fraction < 0.016  # 1% loss each way shows as ~1.5% retransmitted
+    assert ps.streams == 8 and ps.stream_bytes_per_s == pytest.approx(536_879_104 / 5.11 / 8)
+    size, why = choose_chunk_size(ps, 4 * MiB, now=NOW)
+    assert size == MiB and "lossy" in why  # 13 MB/s per stream x 50 ms
+
+
+def test_path_digest_falls_back_to_segments_on_old_kernels_and_skips_tiny_sends():
+    old = dict(RECORDED_1PCT, tcp_info=[{k: v for k, v in i.items() if k != "bytes_retrans"}
+                                        for i in RECORDED_1PCT["tcp_info"]])  # fmt: skip
+    ps = path_stats_from_send(old, now=NOW)
+    assert ps is not None and ps.retrans_fraction == pytest.approx(path_stats_from_send(RECORDED_1PCT, now=NOW).retrans_fraction)
+    assert path_stats_from_send(dict(RECORDED_1PCT, chunks_sent=2), now=NOW) is None
+    assert path_stats_from_send({"tcp_info": []}, now=NOW) is None
+
+
+def test_memory_round_trip_is_atomic_bounded_and_forgiving(tmp_path):
+    mem = PathMemory(str(tmp_path / "state"))
+    assert mem.get("h:1") is None  # no file yet
+    mem.put("h:1", _ps())
+    assert mem.get("h:1") == _ps()
+    assert not [f for f in os.listdir(tmp_path / "state") if f.endswith(".tmp")]
+    for i in range(MAX_PATHS + 5):
+        mem.put(f"p:{i}", _ps(at=NOW + i))
+    doc = json.loads((tmp_path / "state" / "paths.json").read_text())
+    assert len(doc["paths"]) == MAX_PATHS and "p:0" not in doc["paths"] and "h:1" not in doc["paths"]
+    # one bad record costs only itself; a damaged file is an empty memory
+    doc["paths"]["p:10"]["streams"] = -3
+    (tmp_path / "state" / "paths.json").write_text(json.dumps(doc))
+    assert mem.get("p:10") is None and mem.get("p:11") is not None
+    (tmp_path / "state" / "paths.json").write_text("{not json")
+    assert mem.get("p:11") is None
+    mem.put("p:11", _ps())  # and it recovers on the next write
+    assert mem.get("p:11") == _ps()
+
+
+def test_memory_that_cannot_be_written_does_not_fail_the_send(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    mem = PathMemory(str(blocker / "sub"))  # a directory under a regular file cannot exist
+    mem.put("h:1", _ps())
+    assert mem.get("h:1") is None
