@@ -47,11 +47,18 @@ def _ports(n: int) -> list[int]:
 class EtcdServer:
     """One etcd member on loopback free ports, restartable on the same ports and data."""
 
-    def __init__(self, root: str) -> None:
-        self.root = root
+    def __init__(self, root: str, tls=None) -> None:
+        self.root, self.tls = root, tls  # tls: dwcp.security.certs NodePaths (server cert, key, CA)
         cport, pport = _ports(2)
-        self.url, self.peer = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{cport}"
+        self.peer = f"http://127.0.0.1:{pport}"
         self.proc: subprocess.Popen | None = None
+        self.ctx = None
+        if tls:
+            import ssl
+
+            self.ctx = ssl.create_default_context(cafile=tls.ca_cert)
+            self.ctx.load_cert_chain(tls.cert, tls.key)
 
     def start(self, timeout_s: float = 30.0) -> None:
         assert ETCD is not None
@@ -59,14 +66,16 @@ class EtcdServer:
             self.proc = subprocess.Popen(
                 [ETCD, "--name", "t", "--data-dir", os.path.join(self.root, "data"), "--listen-client-urls", self.url,
                  "--advertise-client-urls", self.url, "--listen-peer-urls", self.peer,
-                 "--initial-advertise-peer-urls", self.peer, "--initial-cluster", f"t={self.peer}"],
+                 "--initial-advertise-peer-urls", self.peer, "--initial-cluster", f"t={self.peer}",
+                 *(["--cert-file", self.tls.cert, "--key-file", self.tls.key, "--trusted-ca-file", self.tls.ca_cert,
+                    "--client-cert-auth"] if self.tls else [])],
                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/health", timeout=2, context=self.ctx) as r:
                     if json.loads(r.read()).get("health") == "true":
                         return
             except (OSError, ValueError):
@@ -92,7 +101,7 @@ class EtcdServer:
 
     def call(self, path: str, req: dict) -> dict:
         r = urllib.request.Request(self.url + path, data=json.dumps(req).encode(), method="POST")
-        with urllib.request.urlopen(r, timeout=5) as resp:
+        with urllib.request.urlopen(r, timeout=5, context=self.ctx) as resp:
             return json.loads(resp.read())
 
 
@@ -319,6 +328,26 @@ def test_compacted_watch_start_reloads_from_the_snapshot(etcd, prefix, nodes):
         b._watch()  # rule 3: the watch from R + 1 is refused...
     b.catch_up(time.monotonic() + 5)  # ...and the catch-up loads the snapshot instead
     assert b.status()["snapshots_loaded"] == 1 and _same(a, b)
+
+
+@needs_etcd
+def test_mutual_tls_to_etcd(tmp_path, prefix, nodes):
+    from dwcp.security.certs import init_ca, issue_node
+
+    init_ca(tmp_path / "ca", cluster_name="etcd")
+    server, client = issue_node(tmp_path / "ca", "etcd"), issue_node(tmp_path / "ca", "dwcp")
+    (tmp_path / "etcd").mkdir()
+    s = EtcdServer(str(tmp_path / "etcd"), tls=server)
+    s.start()
+    try:
+        a = nodes([s.url], prefix, ca_file=client.ca_cert, cert_file=client.cert, key_file=client.key)
+        assert a.propose(_version("obj", "d"))["ok"]
+        anon = nodes([s.url], prefix, start=False, ca_file=client.ca_cert)  # no client certificate: refused
+        with pytest.raises(EtcdError) as ei:
+            anon.propose(_version("obj", "e"), timeout_s=1)
+        assert ei.value.endpoint == s.url and isinstance(ei.value.__cause__, OSError), ei.value  # the TLS handshake
+    finally:
+        s.close()
 
 
 # -- failures and bounds ---------------------------------------------------------------------------------
