@@ -60,7 +60,7 @@ import zlib
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from dwcp.errors import BrokenResourceError
+from dwcp.errors import BrokenResourceError, ClosedResourceError
 
 from .catalog import Catalog
 
@@ -214,7 +214,8 @@ class _Gateway:
     """POSTs JSON to the endpoints' /v3 gateway, one keep-alive connection per thread and endpoint."""
 
     def __init__(self, endpoints: tuple[str, ...], ssl_ctx: ssl.SSLContext | None, max_response_bytes: int,
-                 request_timeout_s: float) -> None:  # fmt: skip
+                 request_timeout_s: float, stopped: threading.Event | None = None) -> None:  # fmt: skip
+        self.stopped = stopped or threading.Event()  # set: the owner closed, calls stop retrying
         if not endpoints:
             raise EtcdError("no etcd endpoints configured")
         self.endpoints = endpoints
@@ -266,6 +267,8 @@ class _Gateway:
         ep: str | None = None
         tries = 0
         while True:
+            if self.stopped.is_set():
+                raise ClosedResourceError(f"the etcd catalog is closed ({path} not sent)")
             i = self.current
             ep = self.endpoints[i]
             left = deadline - time.monotonic()
@@ -294,7 +297,8 @@ class _Gateway:
                 self.current = (i + 1) % len(self.endpoints)
                 self.failovers += 1
             if tries % len(self.endpoints) == 0:  # a whole round failed: back off a little
-                time.sleep(min(0.05 * (1 << min(tries // len(self.endpoints), 5)), max(0.0, deadline - time.monotonic())))
+                self.stopped.wait(min(0.05 * (1 << min(tries // len(self.endpoints), 5)),
+                                      max(0.0, deadline - time.monotonic())))  # fmt: skip
         raise EtcdError(f"no etcd endpoint answered {path} in time: {last}", ep) from last
 
 
@@ -314,7 +318,8 @@ class EtcdCatalog:
             ctx = ssl.create_default_context(cafile=ca_file or None)
             if cert_file:
                 ctx.load_cert_chain(cert_file, key_file or None)
-        self.gw = _Gateway(tuple(endpoints), ctx, max_response_bytes, request_timeout_s)
+        self.stopped = threading.Event()
+        self.gw = _Gateway(tuple(endpoints), ctx, max_response_bytes, request_timeout_s, self.stopped)
         p = prefix.rstrip("/").encode()
         self.prefix = p.decode()
         self._log = p + b"/log/"
@@ -326,7 +331,6 @@ class EtcdCatalog:
         self.snapshot_chunk_bytes, self.max_snapshot_bytes = snapshot_chunk_bytes, max_snapshot_bytes
         self.catalog = Catalog()
         self.lock = threading.Lock()  # around the catalog, the waiters and the counters
-        self.stopped = threading.Event()
         self.caught_up = threading.Event()  # set after the first full catch-up
         self._seen = 0  # every log entry at or below this revision has been applied (or is in the snapshot)
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
@@ -464,6 +468,8 @@ class EtcdCatalog:
                 self.caught_up.set()
                 self._watch()
                 backoff = 0.05
+            except ClosedResourceError:
+                return
             except (EtcdError, OSError, http.client.HTTPException) as exc:
                 if self.stopped.is_set():
                     return
@@ -558,6 +564,8 @@ class EtcdCatalog:
         while not self.stopped.wait(self.snapshot_check_s * random.uniform(0.75, 1.25)):  # jitter: nodes do not collide
             try:
                 self.snapshot(force=False)
+            except ClosedResourceError:
+                return
             except EtcdError as exc:
                 log.warning("etcd catalog snapshot: %s", exc)
 
