@@ -332,19 +332,51 @@ class ClusterConfig(_Section):
 @dataclass(frozen=True)
 class ConsensusConfig(_Section):
     SECTION = "consensus"
-    enabled: bool = False  # replicate the catalog over the [cluster] peers (all of them vote)
+    enabled: bool = False  # replicate the catalog (raft: over the [cluster] peers, all of them vote)
+    backend: str = "raft"  # "raft" among the daemons, or "etcd" (an external etcd v3 cluster keeps the log)
     algorithm: str = "raft"  # "raft"; "bft" is not implemented yet
     tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
     election_ticks: int = 10
+    etcd_endpoints: tuple = ()  # of "http(s)://HOST:PORT"; requests fail over to the next one
+    etcd_prefix: str = "/dwcp/default"  # every key of this cluster's catalog lives under it
+    etcd_ca: str = ""  # CA bundle that signed etcd's server certificate ("" = the system's)
+    etcd_cert: str = ""  # client certificate for etcd's --client-cert-auth ("" = none)
+    etcd_key: str = ""  # its private key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etcd_endpoints", tuple(self.etcd_endpoints))
+        super().__post_init__()
 
     def problems(self) -> list[str]:
+        from urllib.parse import urlsplit
+
         out = []
         if self.algorithm != "raft":
             out.append(f"algorithm {self.algorithm!r}: only \"raft\" is implemented")
+        if self.backend not in ("raft", "etcd"):
+            out.append(f"backend {self.backend!r}: one of \"raft\", \"etcd\"")
         if not 1.0 <= self.tick_ms <= 10_000.0:
             out.append(f"tick_ms {self.tick_ms} outside [1, 10000]")
         if not 3 <= self.election_ticks <= 1000:
             out.append(f"election_ticks {self.election_ticks} outside [3, 1000]")
+        for e in self.etcd_endpoints:
+            try:
+                u = urlsplit(e) if isinstance(e, str) else None
+                ok = u is not None and u.scheme in ("http", "https") and bool(u.hostname) and u.port is not None
+                ok = ok and u is not None and u.path in ("", "/") and not u.query
+            except ValueError:
+                ok = False
+            if not ok:
+                out.append(f"etcd_endpoints: {e!r} is not http(s)://HOST:PORT")
+        if self.backend == "etcd" and self.enabled and not self.etcd_endpoints:
+            out.append("etcd_endpoints: backend \"etcd\" needs at least one endpoint")
+        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.rstrip("/") == "" or "\0" in self.etcd_prefix:
+            out.append(f"etcd_prefix {self.etcd_prefix!r}: an absolute key prefix such as \"/dwcp/<cluster>\"")
+        if bool(self.etcd_cert) != bool(self.etcd_key):
+            out.append("etcd_cert/etcd_key: give both (client certificate and its key) or neither")
+        if (self.etcd_ca or self.etcd_cert) and any(e.startswith("http://") for e in self.etcd_endpoints
+                                                    if isinstance(e, str)):  # fmt: skip
+            out.append("etcd_ca/etcd_cert: set, but some etcd_endpoints are plain http:// (use https://)")
         return out
 
 

@@ -29,6 +29,7 @@ import dwcp
 from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
+from dwcp.consensus.etcd import EtcdCatalog
 from dwcp.errors import ConfigError, DWCPError
 from dwcp.ops.health import (
     AmstCheck,
@@ -89,15 +90,20 @@ class Daemon:
                              events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
-        self.raft: RaftDriver | None = None
+        self.catalog_backend: RaftDriver | EtcdCatalog | None = None
         cc = config.consensus
-        if cc.enabled:
+        if cc.enabled and cc.backend == "etcd":  # an external etcd keeps the log: no [cluster] peers needed
+            self.catalog_backend = EtcdCatalog(cc.etcd_endpoints, cc.etcd_prefix, ca_file=cc.etcd_ca,
+                                               cert_file=cc.etcd_cert, key_file=cc.etcd_key)  # fmt: skip
+            self.server.on_commit = self._record_version
+        elif cc.enabled:
             if not config.cluster.peers:
                 raise ConfigError("consensus.enabled needs [cluster] peers to replicate the catalog with")
-            self.raft = RaftDriver(config.node.id, {p.id: p.address for p in config.cluster.peers},
-                                   config.storage.data_dir, transport=config.transport, ssl_ctx=self.sender._ssl,
-                                   tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
-            self.server.raft_deliver = self.raft.deliver
+            self.catalog_backend = RaftDriver(config.node.id, {p.id: p.address for p in config.cluster.peers},
+                                              config.storage.data_dir, transport=config.transport,
+                                              ssl_ctx=self.sender._ssl, tick_s=cc.tick_ms / 1000,
+                                              election_ticks=cc.election_ticks)  # fmt: skip
+            self.server.raft_deliver = self.catalog_backend.deliver
             self.server.on_commit = self._record_version
         self.health = HealthRegistry()
         self.notifier = Notifier()
@@ -124,8 +130,8 @@ class Daemon:
             steps.append(("metrics endpoint", self._start_http, self._close_http))
         if self.cluster is not None:
             steps.append(("peer prober", self._start_prober, lambda: None))
-        if self.raft is not None:
-            steps.append(("consensus", self.raft.start, self.raft.close))
+        if self.catalog_backend is not None:
+            steps.append(("consensus", self.catalog_backend.start, self.catalog_backend.close))
         try:
             for name, start, stop in steps:
                 start()
@@ -159,12 +165,12 @@ class Daemon:
         self.health.register(HdeCheck(self.metrics.compression_ratio, self._baselines, th,
                                       delta_enabled=cfg.codec.delta), name="hde")  # fmt: skip
         self.health.register(self.errors, name="error_rate")
-        if self.raft is not None:  # replicas' versions come from the replicated catalog
-            raft = self.raft
+        if self.catalog_backend is not None:  # replicas' versions come from the replicated catalog
+            backend = self.catalog_backend
 
             def replicas() -> dict:
-                with raft.lock:
-                    rv = raft.catalog.replica_versions()
+                with backend.lock:
+                    rv = backend.catalog.replica_versions()
                 return {k: [ReplicaVersion(h, v, at) for h, v, at in vs] for k, vs in rv.items()}
 
             self.health.register(BaselineSyncCheck(replicas, th), name="baseline_sync", interval_s=cfg.health.check_interval_s)
@@ -214,13 +220,13 @@ class Daemon:
 
     def _record_version(self, key: str, digest: bytes, size: int) -> None:
         """A verified, stored version: record it in the catalog (in the background; the sender has its answer)."""
-        raft = self.raft
-        if raft is None:
+        backend = self.catalog_backend
+        if backend is None:
             return
 
         def record() -> None:
             try:
-                raft.propose({"op": "version", "key": key, "digest": digest.hex(), "size": size,
+                backend.propose({"op": "version", "key": key, "digest": digest.hex(), "size": size,
                               "holder": self.config.node.id, "at": time.time()}, timeout_s=30)  # fmt: skip
             except DWCPError as exc:
                 log.warning("could not record %s in the catalog: %s", key, exc)
@@ -303,6 +309,7 @@ class Daemon:
     # -- control API ---------------------------------------------------------
     def status(self) -> dict:
         host, port = self.server.address
+        cb = self.catalog_backend
         return {
             "ok": True, "node": self.config.node.id, "region": self.config.node.region,
             "version": dwcp.__version__, "backend": dwcp.backend,
@@ -313,8 +320,9 @@ class Daemon:
             "reloads_ok": self.reloads_ok, "reloads_rejected": self.reloads_rejected,
             "keys": len(self.store.keys()),
             "cluster": self.cluster.status() if self.cluster is not None else None,
-            "raft": self.raft.status() if self.raft is not None else None,
-            "catalog": self.raft.catalog.where() if self.raft is not None else None,
+            "raft": cb.status() if isinstance(cb, RaftDriver) else None,
+            "consensus": {"backend": self.config.consensus.backend, **cb.status()} if cb is not None else None,
+            "catalog": cb.catalog.where() if cb is not None else None,
             "health": self.health.evaluate(time.monotonic()).to_dict(),
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
         }  # fmt: skip
