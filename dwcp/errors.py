@@ -31,6 +31,7 @@ __all__ = [
     "IntegrityError",
     "ClosedResourceError",
     "BrokenResourceError",
+    "EtcdError",
     "InternalError",
     "InvalidKeyError",
     "KeyBusyError",
@@ -91,6 +92,21 @@ class ClosedResourceError(DWCPError):
 
 class BrokenResourceError(DWCPError):
     """The peer or the network broke the resource; see ``__cause__``."""
+
+
+class EtcdError(BrokenResourceError):
+    """etcd could not be reached, refused a request, or answered something we cannot use.
+
+    ``endpoint`` is the endpoint that failed last (None when none was tried);
+    ``code`` the gRPC status code etcd gave, if any.
+    """
+
+    def __init__(self, msg: str, endpoint: str | None = None, code: int | None = None) -> None:
+        super().__init__(f"{msg} (etcd {endpoint})" if endpoint else msg)
+        self.msg, self.endpoint, self.code = msg, endpoint, code
+
+    def __reduce__(self):
+        return (type(self), (self.msg, self.endpoint, self.code))
 
 
 class InternalError(DWCPError):

@@ -60,7 +60,7 @@ import zlib
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from dwcp.errors import BrokenResourceError, ClosedResourceError
+from dwcp.errors import ClosedResourceError, EtcdError
 
 from .catalog import Catalog
 
@@ -69,21 +69,6 @@ __all__ = ["EtcdCatalog", "EtcdError", "KV", "parse_response", "parse_kvs", "par
 log = logging.getLogger("dwcp.etcd")
 
 MiB = 1 << 20
-
-
-class EtcdError(BrokenResourceError):
-    """etcd could not be reached, refused a request, or answered something we cannot use.
-
-    ``endpoint`` is the endpoint that failed last (None when none was tried);
-    ``code`` the gRPC status code etcd gave, if any.
-    """
-
-    def __init__(self, msg: str, endpoint: str | None = None, code: int | None = None) -> None:
-        super().__init__(f"{msg} (etcd {endpoint})" if endpoint else msg)
-        self.endpoint, self.code = endpoint, code
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.endpoint, self.code))
 
 
 class KV(NamedTuple):
