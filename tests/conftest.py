@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test taking ``seed`` in a module with a ``SEEDS`` table ({test name: (fast count, slow count)})
+    runs over range(fast count), or range(slow count) with --run-slow / DWCP_SLOW_TESTS=1."""
+    table = getattr(metafunc.module, "SEEDS", None)
+    if "seed" not in metafunc.fixturenames or table is None or hasattr(metafunc.module, "pytest_generate_tests"):
+        return
+    slow = metafunc.config.getoption("--run-slow") or bool(os.environ.get("DWCP_SLOW_TESTS"))
+    fast_n, slow_n = table[metafunc.function.__name__]
+    metafunc.parametrize("seed", range(slow_n if slow else fast_n))
+
+
 def _impls() -> list[str]:
     # Under DWCP_IMPL=ref (the CI's second pass) only the reference runs.
     if os.environ.get("DWCP_IMPL", "auto") == "ref":
