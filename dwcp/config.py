@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -258,6 +259,7 @@ class PeerConfig:
     region: str = "default"
     latitude_deg: float | None = None
     longitude_deg: float | None = None
+    bft_key: str = ""  # its Ed25519 public key (64 hex digits; `dwcp certs bft-key`), for consensus.algorithm "bft"
 
 
 @dataclass(frozen=True)
@@ -286,9 +288,9 @@ class ClusterConfig(_Section):
                 peers.append(p)
                 continue
             if not isinstance(p, dict) or not {"id", "address"} <= set(p) or not set(p) <= {
-                "id", "address", "region", "latitude_deg", "longitude_deg"}:  # fmt: skip
+                "id", "address", "region", "latitude_deg", "longitude_deg", "bft_key"}:  # fmt: skip
                 raise ConfigError(problems=[f"cluster.peers[{i}]: a table with id, address and optionally "
-                                            "region, latitude_deg, longitude_deg"])  # fmt: skip
+                                            "region, latitude_deg, longitude_deg, bft_key"])  # fmt: skip
             peers.append(PeerConfig(**p))
         object.__setattr__(self, "peers", tuple(peers))
         object.__setattr__(self, "region_priority", tuple(self.region_priority))
@@ -308,6 +310,8 @@ class ClusterConfig(_Section):
                 out.append(f"peers: {p.id}: give both latitude_deg and longitude_deg, or neither")
             elif p.latitude_deg is not None and not (-90 <= p.latitude_deg <= 90 and -180 <= p.longitude_deg <= 180):  # type: ignore[operator]
                 out.append(f"peers: {p.id}: coordinates out of range")
+            if p.bft_key and not re.fullmatch(r"[0-9a-f]{64}", p.bft_key):
+                out.append(f"peers: {p.id}: bft_key must be 64 lowercase hex digits (an Ed25519 public key)")
         if self.replicas < 1:
             out.append(f"replicas {self.replicas} must be >= 1")
         if not 1 <= self.vnodes <= 10_000:
@@ -334,7 +338,9 @@ class ConsensusConfig(_Section):
     SECTION = "consensus"
     enabled: bool = False  # replicate the catalog (raft: over the [cluster] peers, all of them vote)
     backend: str = "raft"  # "raft" among the daemons, or "etcd" (an external etcd v3 cluster keeps the log)
-    algorithm: str = "raft"  # "raft"; "bft" is not implemented yet
+    algorithm: str = "raft"  # "raft" (crash faults) or "bft" (PBFT, f < n/3 Byzantine nodes; needs peers' bft_key)
+    # switchable at run time by a committed command (`dwcp consensus switch bft|raft`): this is the start
+    bft_key_file: str = ""  # this node's Ed25519 signing key; "" = <data_dir>/consensus/bft.key (made 0600 if missing)
     tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
     election_ticks: int = 10
     etcd_endpoints: tuple = ()  # of "http(s)://HOST:PORT"; requests fail over to the next one
@@ -351,8 +357,8 @@ class ConsensusConfig(_Section):
         from urllib.parse import urlsplit
 
         out = []
-        if self.algorithm != "raft":
-            out.append(f"algorithm {self.algorithm!r}: only \"raft\" is implemented")
+        if self.algorithm not in ("raft", "bft"):
+            out.append(f"algorithm {self.algorithm!r}: one of \"raft\", \"bft\"")
         if self.backend not in ("raft", "etcd"):
             out.append(f"backend {self.backend!r}: one of \"raft\", \"etcd\"")
         if not 1.0 <= self.tick_ms <= 10_000.0:

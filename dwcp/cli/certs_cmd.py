@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from dwcp.errors import ConfigError
 
@@ -49,9 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
+    b = cs.add_parser("bft-key", help="this node's Ed25519 key for BFT consensus (made 0600 if missing); "
+                                      "prints the public key the other nodes list as its bft_key")  # fmt: skip
+    b.add_argument("--key-file", required=True, help="e.g. /var/lib/dwcp/consensus/bft.key (the default bft_key_file)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
 
 def run(args: argparse.Namespace) -> int:
-    from dwcp.security.certs import init_ca, issue_node
+    from dwcp.security.certs import bft_signing_key, init_ca, issue_node
 
     command = getattr(args, "certs_command", None)
     if command == "init":
@@ -77,8 +83,18 @@ def run(args: argparse.Namespace) -> int:
             "cert": node.cert,
             "ca_cert": node.ca_cert,
         }
+    elif command == "bft-key":
+        existed = os.path.exists(args.key_file)
+        _, pub = bft_signing_key(args.key_file)
+        written = [] if existed else [("BFT signing key", args.key_file)]
+        out = {"command": "bft-key", "key_file": args.key_file, "public_key": pub, "created": not existed}
+        if not args.json:
+            for what, path in written:
+                print(f"wrote {path} ({what})")
+            print(f"bft_key = \"{pub}\"   # for this node's [[cluster.peers]] entry in the other nodes' configs")
+            return 0
     else:
-        raise ConfigError("say `init` (create the cluster CA) or `issue` (a node certificate)")
+        raise ConfigError("say `init` (create the cluster CA), `issue` (a node certificate) or `bft-key`")
     if args.json:
         print(json.dumps(out))
     else:

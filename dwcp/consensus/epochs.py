@@ -53,7 +53,8 @@ from dwcp.errors import DWCPError
 
 from .catalog import Catalog
 
-__all__ = ["Engine", "Envelope", "EpochNode", "EpochReady", "RaftEngine", "switch_command", "ALGORITHMS"]
+__all__ = ["Engine", "Envelope", "EpochNode", "EpochReady", "PbftEngine", "RaftEngine", "switch_command",
+           "ALGORITHMS"]
 
 ALGORITHMS = ("raft", "bft")
 MAX_PENDING = 10_000  # queued proposals per node
@@ -66,7 +67,9 @@ class Engine(Protocol):
 
     def tick(self) -> None: ...
 
-    def step(self, msg: Any) -> None: ...
+    def step(self, msg: Any, frm: str) -> None:
+        """One engine message from the authenticated node ``frm``."""
+        ...
 
     def offer(self, data: bytes) -> Any:
         """Take ``data`` for ordering, or return (dst, payload) to forward it, or None to wait (no leader)."""
@@ -107,8 +110,9 @@ class RaftEngine:
     def tick(self) -> None:
         self.node.tick()
 
-    def step(self, msg) -> None:
-        self.node.step(msg)
+    def step(self, msg, frm: str) -> None:
+        if msg.src == frm:  # a Raft message names its sender: it must be the link's peer
+            self.node.step(msg)
 
     def offer(self, data: bytes):
         from .raft import NotLeaderError, Role
@@ -124,6 +128,36 @@ class RaftEngine:
     def ready(self):
         r = self.node.ready()
         return [(m.dst, m) for m in r.messages], [e.data for e in r.committed if e.kind == "data"]
+
+
+class PbftEngine:
+    """A PbftNode as an epoch engine: any node takes a proposal (PBFT forwards and retries it itself)."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self._offered: set[bytes] = set()  # data this engine ordered already: the host's retries are no-ops
+
+    def tick(self) -> None:
+        self.node.tick()
+
+    def step(self, msg, frm: str) -> None:
+        self.node.step(msg, frm)
+
+    def offer(self, data: bytes):
+        if data in self._offered:
+            return True
+        try:
+            self.node.propose(data)
+        except DWCPError:  # too many pending: offer again later
+            return None
+        self._offered.add(data)
+        return True
+
+    def ready(self):
+        r = self.node.ready()
+        done = [c.data for c in r.committed if c.kind == "data"]
+        self._offered.difference_update(done)
+        return [(e.dst, e.msg) for e in r.messages], done
 
 
 class EpochNode:
@@ -195,7 +229,7 @@ class EpochNode:
             self._take_state(env)
         elif env.epoch == self.epoch - 1 and self.retired is not None:
             if env.kind == "engine":
-                self.retired.step(env.body)  # rule 2: the old epoch's laggards learn the switch from it
+                self.retired.step(env.body, env.src)  # rule 2: the old epoch's laggards learn the switch from it
         elif env.epoch < self.epoch:  # the sender missed a switch: tell it (rate-limited)
             if self._now - self._hinted.get(env.src, -10**9) >= self.hint_every:
                 self._hinted[env.src] = self._now
@@ -205,7 +239,7 @@ class EpochNode:
                 self._hinted[env.src] = self._now
                 self._send(env.src, "state_req", env.epoch, epoch=self.epoch)
         elif env.kind == "engine":
-            self.engine.step(env.body)
+            self.engine.step(env.body, env.src)
         elif env.kind == "forward" and isinstance(env.body, bytes):
             self.engine.offer(env.body)  # a follower's proposal; if we are not the leader (any more) it retries
         self._drain_engine()

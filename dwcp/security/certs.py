@@ -39,7 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dwcp.errors import ConfigError
 
-__all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions", "valid_node_id"]
+__all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions", "valid_node_id", "bft_signing_key",
+           "bft_verify_key"]
 
 # A node id is a CN, a file name (<node_id>.key) and a log/metric label: keep
 # it to characters that are safe in all three.  "." and ".." are excluded
@@ -348,3 +349,40 @@ def issue_node(
     pem = cert.public_bytes(serialization.Encoding.PEM)
     _write_all([(paths.key, _key_pem(key), 0o600), (paths.cert, pem, 0o644)], force)
     return paths
+
+
+def bft_signing_key(path: str, *, create: bool = True):
+    """This node's Ed25519 key for signing consensus messages in BFT mode, and its public key in hex.
+
+    Made (mode 0600, raw 32 bytes) when missing and ``create``; an existing
+    key must be private to its owner (``check_key_permissions``) and exactly
+    32 bytes.  Peers list the public key as ``bft_key`` in [[cluster.peers]].
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    if not os.path.exists(path):
+        if not create:
+            raise ConfigError(f"BFT signing key {path} does not exist (`dwcp certs bft-key --key-file {path}`)")
+        _make_dir(os.path.dirname(path) or ".")
+        key = Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+        _write_all([(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()), 0o600)], False)
+    check_key_permissions(path)
+    with open(path, "rb") as f:
+        raw = f.read(33)
+    if len(raw) != 32:
+        raise ConfigError(f"BFT signing key {path}: expected 32 raw bytes (Ed25519), found {len(raw)}")
+    key = Ed25519PrivateKey.from_private_bytes(raw)
+    return key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def bft_verify_key(hex_key: str):
+    """An Ed25519 public key from its 64 hex digits (a peer's ``bft_key``)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+    except ValueError:
+        raise ConfigError(f"bft_key {hex_key!r}: not an Ed25519 public key (64 hex digits)") from None
