@@ -13,6 +13,7 @@ IDS = ["a", "b", "c"]
 
 
 def node(i="a", **kw) -> RaftNode:
+    kw.setdefault("pre_vote", False)  # the classic election, message by message (PreVote has its own tests)
     return RaftNode(i, IDS, rng=random.Random(1), **kw)
 
 
@@ -36,7 +37,7 @@ def test_a_follower_campaigns_after_its_randomized_timeout_and_wins_with_a_major
 def test_timeouts_are_randomized_within_one_to_two_election_timeouts():
     ticks = set()
     for seed in range(40):
-        n = RaftNode("a", IDS, rng=random.Random(seed), election_ticks=10)
+        n = RaftNode("a", IDS, rng=random.Random(seed), election_ticks=10, pre_vote=False)
         t = 0
         while n.role is not Role.CANDIDATE:
             n.tick()
@@ -122,7 +123,7 @@ def test_membership_changes_one_node_at_a_time():
 
 def test_restart_from_disk_keeps_term_vote_log_and_configuration():
     disk = MemoryStorage()
-    n = RaftNode("a", IDS, disk, rng=random.Random(2))
+    n = RaftNode("a", IDS, disk, rng=random.Random(2), pre_vote=False)
     elect(n)
     n.step(Msg(MsgType.VOTE_RESP, "b", "a", 1, granted=True))
     n.propose_conf({"a", "b", "c", "d"})
