@@ -30,7 +30,16 @@ import json
 import random
 
 from dwcp.consensus.catalog import Catalog
-from dwcp.consensus.raft import Entry, HardState, MemoryStorage, Msg, NotLeaderError, RaftNode, Role, SnapshotMeta
+from dwcp.consensus.raft import (
+    Entry,
+    HardState,
+    MemoryStorage,
+    Msg,
+    NotLeaderError,
+    RaftNode,
+    Role,
+    SnapshotMeta,
+)
 from dwcp.errors import StorageError
 
 __all__ = ["Sim", "SafetyViolation", "FullDisk"]
