@@ -5,7 +5,7 @@ A ``RaftNode`` never reads a clock, a socket or a file.  The driver:
 1. calls ``tick()`` at a fixed interval (elections and heartbeats count ticks);
 2. feeds every received message to ``step(msg)``;
 3. calls ``ready()`` and, in this order, makes the storage durable (the node
-   has already written to its ``Storage``; a ``FileStorage`` fsyncs there),
+   has already written to its ``Storage``; ``storage.sync()`` fsyncs it),
    sends ``ready.messages``, restores the state machine from
    ``ready.snapshot`` if there is one, applies ``ready.committed`` to it, and
    then serves ``ready.read_states`` (linearizable reads);
@@ -181,6 +181,9 @@ class MemoryStorage:
 
     def set_hard(self, hs: HardState) -> None:
         self.hard = hs
+
+    def sync(self) -> None:
+        """Make what was appended durable (the driver calls it before sending ``ready().messages``)."""
 
     def append(self, entries: list[Entry]) -> None:
         """Append ``entries``; the first must follow the log or replace a suffix (truncating it)."""
@@ -681,13 +684,11 @@ class RaftNode:
 
     def _maybe_commit(self) -> None:
         self._match[self.id] = self.last_index
-        for n in range(self.last_index, self.commit, -1):
-            if self._term_at(n) != self.term:
-                break  # only entries of this term commit by counting (5.4.2)
-            if sum(1 for p in self.voters if self._match.get(p, 0) >= n) >= self.quorum:
-                self.commit = n
-                self._persist()
-                break
+        # the highest index a quorum holds: the quorum-th largest match (etcd's quorum.JointConfig)
+        n = sorted((self._match.get(p, 0) for p in self.voters), reverse=True)[self.quorum - 1]
+        if n > self.commit and self._term_at(n) == self.term:  # only entries of this term commit by counting (5.4.2)
+            self.commit = n
+            self._persist()
         if self._reads and self._term_at(self.commit) == self.term:
             for r in self._reads:
                 if r.index is None:

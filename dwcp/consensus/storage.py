@@ -6,8 +6,9 @@
   voters, size, crc32) then the state machine's bytes; replaced atomically
   the same way.
 * ``raft.log`` holds the entries after the snapshot, append-only, one JSON
-  record per line (term, index, kind, data in hex), fsynced after each
-  append.  A conflicting suffix (a new leader overwriting uncommitted
+  record per line (term, index, kind, data in hex); ``sync()`` fsyncs what
+  was appended since the last call (the driver calls it before sending, so
+  a burst of appends shares one fsync).  A conflicting suffix (a new leader overwriting uncommitted
   entries) and a compaction rewrite the file atomically.
 
 A crash at any point leaves a loadable state.  Compacting writes the
@@ -17,7 +18,10 @@ if the entry at the snapshot's index has another term -- a follower's
 log replaced by a leader's snapshot -- everything after it is dropped too),
 then rewrites the log.  A torn last record (a crash mid-write, never
 acknowledged) is dropped; anything else malformed is a StorageError, never a
-silently shorter log.  A write that fails (disk full) raises StorageError;
+silently shorter log.  The commit index alone is not worth two fsyncs per commit on every node
+(Raft's safety needs term and vote durable, not the commit index, which a
+restarted node learns again): it is written with the next term or vote
+change, snapshot or close.  A write that fails (disk full) raises StorageError;
 the node then stops (its errors are sticky) and a restart reloads the disk.
 """
 
@@ -55,6 +59,8 @@ class FileStorage(MemoryStorage):
         self._log_path = os.path.join(directory, "raft.log")
         self._snap_path = os.path.join(directory, "raft.snap")
         self._fd = -1
+        self._hard_dirty = False
+        self._unsynced = False
         self._load()
         self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
@@ -137,6 +143,7 @@ class FileStorage(MemoryStorage):
 
     def _rewrite_log(self) -> None:
         self._replace(self._log_path, b"".join(_record(e) for e in self.log[1:]))
+        self._unsynced = False
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -147,11 +154,22 @@ class FileStorage(MemoryStorage):
     def set_hard(self, hs: HardState) -> None:
         if hs == self.hard:
             return
+        if (hs.term, hs.vote) == (self.hard.term, self.hard.vote):
+            # only the commit index moved: Raft's safety needs term and vote durable, not the commit
+            # index (a restarted node learns it again from the leader), so it is written with the next
+            # term/vote change, snapshot or close -- not with two fsyncs per commit on every node
+            self.hard = hs
+            self._hard_dirty = True
+            return
+        self._write_hard(hs)
+
+    def _write_hard(self, hs: HardState) -> None:
         try:
             self._replace(self._hard_path, json.dumps({"term": hs.term, "vote": hs.vote, "commit": hs.commit}).encode())
         except OSError as exc:
             raise self._failed("hard state", exc) from exc
         self.hard = hs
+        self._hard_dirty = False
 
     def append(self, entries: list[Entry]) -> None:
         if not entries:
@@ -163,9 +181,19 @@ class FileStorage(MemoryStorage):
                 self._rewrite_log()
             else:
                 self._write(self._fd, b"".join(_record(e) for e in entries))
-                os.fsync(self._fd)
+                self._unsynced = True
         except OSError as exc:
             raise self._failed("log", exc) from exc
+
+    def sync(self) -> None:
+        """Make appended entries durable: one fsync for everything appended since the last one.  The driver
+        calls it before it sends what ``ready()`` returned (so several appends share one fsync)."""
+        if self._unsynced:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise self._failed("log", exc) from exc
+            self._unsynced = False
 
     def _save_snap(self, meta: SnapshotMeta, data: bytes) -> None:
         head = {"index": meta.index, "term": meta.term, "voters": list(meta.voters), "size": len(data),
@@ -179,6 +207,8 @@ class FileStorage(MemoryStorage):
             self._rewrite_log()
         except OSError as exc:
             raise self._failed("snapshot", exc) from exc
+        if self._hard_dirty:
+            self._write_hard(self.hard)
 
     def install(self, meta: SnapshotMeta, data: bytes) -> None:
         super().install(meta, data)
@@ -189,6 +219,11 @@ class FileStorage(MemoryStorage):
             raise self._failed("snapshot", exc) from exc
 
     def close(self) -> None:
+        if self._hard_dirty:
+            try:
+                self._write_hard(self.hard)
+            except StorageError:
+                pass  # the commit index is advisory (see set_hard)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

