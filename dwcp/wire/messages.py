@@ -88,7 +88,14 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "entries": (list, False),
         "success": (bool, False),
         "match": (int, False),
-        "data": (str, False),
+        "data": (str, False),  # a forwarded proposal, or a snapshot chunk (hex)
+        "read_seq": (int, False),  # ReadIndex: the leader's heartbeat round, echoed
+        "snap_index": (int, False),
+        "snap_term": (int, False),
+        "voters": (list, False),
+        "offset": (int, False),
+        "done": (bool, False),
+        "ctx": (str, False),  # a forwarded read's context (hex)
     },
     C.FRAME_CLOSE: {"reason": (str, False)},
 }
@@ -116,7 +123,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"field {k!r} must be {typ.__name__}")
         if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 1 << 64:
             raise err(f"field {k!r}={v} out of range")
-        if isinstance(v, str) and len(v) > 4096 and k != "have":
+        if isinstance(v, str) and len(v) > 4096 and k != "have" and not (frame_type == C.FRAME_RAFT and k == "data"):
             raise err(f"field {k!r} is too long")
     for k, (_, required) in schema.items():
         if required and k not in obj:
@@ -150,7 +157,8 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
     if frame_type == C.FRAME_RAFT:
-        if obj["type"] not in ("vote", "vote_resp", "append", "append_resp", "forward"):
+        if obj["type"] not in ("vote", "vote_resp", "prevote", "prevote_resp", "append", "append_resp", "snap",
+                               "snap_resp", "read_index", "read_index_resp", "forward"):
             raise err(f"unknown raft message type {obj['type']!r}")
         ents = obj.get("entries", [])
         if len(ents) > 1024 or not all(
@@ -161,7 +169,10 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         ):  # fmt: skip
             raise err("raft entries must be at most 1024 [term, index, kind, hex data] lists")
         if len(obj.get("data", "")) > 2 << 20:
-            raise err("forwarded proposal too large")
+            raise err("forwarded proposal or snapshot chunk too large")
+        vs = obj.get("voters", [])
+        if len(vs) > 256 or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in vs):
+            raise err("voters must be at most 256 node ids")
     links = obj.get("links")
     if links is not None and (len(links) > 4096 or not all(
         isinstance(x, list) and len(x) == 4 and all(isinstance(r, str) and 0 < len(r) <= 64 for r in x[:2])

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from dwcp.consensus.catalog import Catalog
 from dwcp.consensus.driver import msg_from_wire, msg_to_wire
-from dwcp.consensus.raft import Entry, HardState, Msg, MsgType
+from dwcp.consensus.raft import Entry, HardState, Msg, MsgType, SnapshotMeta
 from dwcp.consensus.storage import FileStorage
-from dwcp.errors import DWCPError, ProtocolError, StorageError
+from dwcp.errors import DWCPError, ProtocolError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -76,18 +76,65 @@ def test_catalog_versions_holders_and_leases():
     assert again.where() == c.where() and again.applied_index == 11
 
 
-@given(st.sampled_from(list(MsgType)), st.integers(0, 2**40), st.lists(
-    st.tuples(st.integers(0, 2**40), st.integers(1, 2**40), st.sampled_from(["data", "noop", "conf"]), st.binary(max_size=64)),
-    max_size=5), st.booleans(), st.integers(0, 2**40))  # fmt: skip
-def test_raft_messages_survive_the_wire(t, term, ents, flag, n):
-    m = Msg(t, "a", "b", term, last_index=n if t is MsgType.VOTE else 0, last_term=n if t is MsgType.VOTE else 0,
-            granted=flag if t is MsgType.VOTE_RESP else False,
-            prev_index=n if t is MsgType.APPEND else 0, prev_term=n if t is MsgType.APPEND else 0,
-            entries=tuple(Entry(*e) for e in ents) if t is MsgType.APPEND else (), commit=n if t is MsgType.APPEND else 0,
-            success=flag if t is MsgType.APPEND_RESP else False, match=n if t is MsgType.APPEND_RESP else 0)  # fmt: skip
+_ints = st.integers(0, 2**40)
+_names = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8)
+_entries = st.lists(st.builds(Entry, _ints, st.integers(1, 2**40), st.sampled_from(["data", "noop", "conf"]),
+                              st.binary(max_size=64)), max_size=5)  # fmt: skip
+_metas = st.builds(SnapshotMeta, st.integers(1, 2**40), _ints, st.lists(_names, min_size=1, max_size=5).map(tuple))
+
+
+def _wire_msgs():
+    def one(t, src, dst, term):
+        b = st.booleans()
+        kw = {
+            MsgType.VOTE: st.fixed_dictionaries({"last_index": _ints, "last_term": _ints}),
+            MsgType.PREVOTE: st.fixed_dictionaries({"last_index": _ints, "last_term": _ints}),
+            MsgType.VOTE_RESP: st.fixed_dictionaries({"granted": b}),
+            MsgType.PREVOTE_RESP: st.fixed_dictionaries({"granted": b}),
+            MsgType.APPEND: st.fixed_dictionaries({"prev_index": _ints, "prev_term": _ints, "commit": _ints,
+                                                   "read_seq": _ints, "entries": _entries.map(tuple)}),  # fmt: skip
+            MsgType.APPEND_RESP: st.fixed_dictionaries({"success": b, "match": _ints, "read_seq": _ints}),
+            MsgType.SNAP: st.fixed_dictionaries({"snap": _metas, "offset": _ints, "done": b, "read_seq": _ints,
+                                                 "data": st.binary(max_size=256)}),  # fmt: skip
+            MsgType.SNAP_RESP: st.fixed_dictionaries({"snap": _metas.map(lambda m: SnapshotMeta(m.index, m.term)),
+                                                      "match": _ints, "read_seq": _ints}),  # fmt: skip
+            MsgType.READ_INDEX: st.fixed_dictionaries({"ctx": st.binary(max_size=64)}),
+            MsgType.READ_INDEX_RESP: st.fixed_dictionaries({"ctx": st.binary(max_size=64), "commit": _ints}),
+        }[t]
+        return kw.map(lambda k: Msg(t, src, dst, term, **k))
+
+    return st.tuples(st.sampled_from(list(MsgType)), _names, _names, _ints).flatmap(lambda a: one(*a))
+
+
+@given(_wire_msgs())
+def test_raft_messages_survive_the_wire(m):
     d = msg_to_wire(m)
     frame = encode_control(C.FRAME_RAFT, 0, d)  # passes the schema
     assert frame[:4] == b"DWCF" and msg_from_wire(json.loads(json.dumps(d))) == m
+
+
+_junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(),
+                               st.text(max_size=8), st.sampled_from(["ab", "zz", "data", "noop", "", "0" * 9])),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                     max_leaves=12)  # fmt: skip
+_fields = ["type", "src", "dst", "term", "entries", "data", "match", "commit", "snap_index", "snap_term", "voters",
+           "offset", "done", "ctx", "read_seq", "granted", "success", "prev_index", "last_index", "zz"]  # fmt: skip
+
+
+@given(st.one_of(
+    st.dictionaries(st.sampled_from(_fields), _junk, max_size=10),
+    st.builds(lambda t, d: {**d, "type": t}, st.sampled_from([t.value for t in MsgType]),
+              st.dictionaries(st.sampled_from(_fields[1:]), _junk, max_size=12)),
+    _wire_msgs().map(msg_to_wire).flatmap(lambda d: st.sampled_from(sorted(d)).flatmap(
+        lambda k: _junk.map(lambda v: {**d, k: v}))),
+    _junk,
+))  # fmt: skip
+def test_msg_from_wire_of_junk_raises_remote_protocol_error_only(d):
+    try:
+        m = msg_from_wire(d)
+    except RemoteProtocolError:
+        return
+    assert isinstance(m, Msg) and isinstance(m.term, int) and all(isinstance(e.data, bytes) for e in m.entries)
 
 
 @given(st.dictionaries(st.sampled_from(["type", "src", "dst", "term", "entries", "data", "match", "zz"]),
@@ -109,3 +156,155 @@ def test_any_raft_dict_is_a_message_or_a_protocol_error(d):
 def test_file_storage_dir_is_private(tmp_path):
     FileStorage(str(tmp_path / "raft")).close()
     assert oct(os.stat(tmp_path / "raft").st_mode & 0o777) == "0o700"
+
+
+# -- snapshots on disk -------------------------------------------------------------------------------
+def test_file_storage_keeps_a_snapshot_and_the_log_after_it(tmp_path):
+    s = FileStorage(str(tmp_path))
+    s.append([Entry(1, i, "data", b"%d" % i) for i in range(1, 8)])
+    s.set_hard(HardState(1, "a", 7))
+    s.compact(SnapshotMeta(5, 1, ("a", "b")), b"state@5")
+    s.append([Entry(2, 8, "data", b"8")])
+    s.close()
+    t = FileStorage(str(tmp_path))
+    assert t.snap == SnapshotMeta(5, 1, ("a", "b")) and t.snap_data == b"state@5"
+    assert [e.index for e in t.log] == [5, 6, 7, 8] and t.log[0].term == 1 and t.hard.commit == 7
+    assert b'"index":1,' not in (tmp_path / "raft.log").read_bytes().replace(b" ", b"")
+    t.install(SnapshotMeta(20, 3, ("a", "b", "c")), b"leader's")
+    t.close()
+    u = FileStorage(str(tmp_path))
+    assert u.snap.index == 20 and u.snap_data == b"leader's" and [e.index for e in u.log] == [20]
+    (tmp_path / "raft.snap").write_bytes((tmp_path / "raft.snap").read_bytes()[:-1] + b"X")
+    with pytest.raises(StorageError, match="raft.snap is damaged"):
+        FileStorage(str(tmp_path))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _expected_term(i: int) -> int:
+    return 1 if i <= 12 else 2
+
+
+def _storage_script(s: FileStorage) -> None:
+    s.compact(SnapshotMeta(6, 1, ("a",)), b"S6")
+    s.append([Entry(1, 11), Entry(1, 12)])
+    s.install(SnapshotMeta(20, 2, ("a",)), b"S20")  # a leader's snapshot replaces the log
+    s.append([Entry(2, 21)])
+    s.set_hard(HardState(2, None, 21))
+
+
+def test_a_crash_at_any_write_leaves_a_loadable_state(tmp_path, monkeypatch):
+    import dwcp.consensus.storage as storage
+
+    points = [0]
+    crash_at = [-1]
+
+    def point() -> None:
+        points[0] += 1
+        if points[0] == crash_at[0]:
+            raise _Crash
+
+    class Crashy(FileStorage):
+        def _write(self, fd, data):
+            point()
+            if points[0] + 1 == crash_at[0]:  # the write itself tears: half of it lands
+                os.write(fd, data[: len(data) // 2])
+                raise _Crash
+            super()._write(fd, data)
+
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(storage.os, "replace", lambda a, b: (point(), real_replace(a, b))[1])
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (point(), real_fsync(fd))[1])
+
+    def setup(d) -> Crashy:
+        s = Crashy(str(d))
+        s.append([Entry(1, i) for i in range(1, 11)])
+        s.set_hard(HardState(1, None, 10))
+        return s
+
+    s = setup(tmp_path / "count")
+    points[0] = 0
+    _storage_script(s)
+    total = points[0]
+    assert total > 20
+    for k in range(1, total + 2):
+        d = tmp_path / f"crash{k}"
+        s = setup(d)
+        points[0], crash_at[0] = 0, k
+        try:
+            _storage_script(s)
+        except _Crash:
+            pass
+        s.close()
+        crash_at[0] = -1
+        t = FileStorage(str(d))  # loads: no StorageError
+        assert t.snap.index in (0, 6, 20) and t.snap_data == {0: b"", 6: b"S6", 20: b"S20"}[t.snap.index]
+        assert [e.index for e in t.log] == list(range(t.snap.index, t.snap.index + len(t.log)))
+        assert all(e.term == _expected_term(e.index) for e in t.log[1:]), k
+        assert t.hard.commit <= t.snap.index + len(t.log) - 1
+        t.close()
+
+
+def test_disk_full_mid_write_raises_storage_error_and_the_disk_still_loads(tmp_path):
+    import errno
+
+    from dwcp.consensus.raft import RaftNode
+
+    class Full(FileStorage):
+        room = 10**9
+
+        def _write(self, fd, data):
+            n = min(len(data), self.room)
+            os.write(fd, data[:n])
+            self.room -= n
+            if n < len(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    for room in (0, 30, 100, 333, 1000, 2500):
+        d = tmp_path / f"full{room}"
+        s = Full(str(d))
+        s.room = room
+        n = RaftNode("a", ["a"], s, pre_vote=False)
+        with pytest.raises(StorageError, match="No space left"):
+            while True:
+                while n.role.value != "leader":
+                    n.tick()
+                n.propose(b"x" * 50)
+                n.ready()
+                if n.applied % 7 == 0:
+                    n.compact(n.applied, b"snap" * 20)
+        with pytest.raises(StorageError):  # sticky
+            n.tick()
+        s.close()
+        t = FileStorage(str(d))  # what reached the disk loads
+        assert [e.index for e in t.log] == list(range(t.snap.index, t.snap.index + len(t.log)))
+        t.close()
+
+
+def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
+    from dwcp.config import TransportConfig
+    from dwcp.consensus.driver import RaftDriver
+
+    d = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005, snapshot_every=10)
+    d.start()
+    try:
+        for k in range(25):
+            assert d.propose({"op": "version", "key": f"k{k % 3}", "digest": f"{k:032x}", "size": k, "holder": "h"})["ok"]
+        where = d.read(lambda c: c.where())
+        assert where == d.catalog.where() and len(where) == 3
+        assert d.snapshots >= 2 and d.storage.snap.index >= 20 and d.status()["snapshot_index"] == d.storage.snap.index
+        copy = d.read()
+        assert copy is not d.catalog and copy.where() == where
+    finally:
+        d.close()
+    again = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005, snapshot_every=10)
+    # the snapshot on disk, then the log after it up to the durable commit index
+    assert again.installed == 1 and 0 < again.storage.snap.index < again.applied == again.node.commit
+    assert again.catalog.where() == where
+    again.start()
+    try:
+        assert again.read(lambda c: c.where()) == where  # the rest of the log replayed once it committed
+    finally:
+        again.close()
