@@ -25,7 +25,6 @@ enough, a proposal commits everywhere connected (``wait_commit``).
 from __future__ import annotations
 
 import collections
-import heapq
 import json
 import random
 
@@ -34,13 +33,14 @@ from dwcp.consensus.raft import (
     Entry,
     HardState,
     MemoryStorage,
-    Msg,
     NotLeaderError,
     RaftNode,
     Role,
     SnapshotMeta,
 )
 from dwcp.errors import StorageError
+
+from .simnet import SimNet
 
 __all__ = ["Sim", "SafetyViolation", "FullDisk"]
 
@@ -89,14 +89,15 @@ def _from_snapshot(data: bytes) -> tuple[list[Entry], Catalog]:
     return entries, Catalog.restore(d["catalog"])
 
 
-class Sim:
+class Sim(SimNet):
     def __init__(self, n: int = 5, seed: int = 0, *, drop: float = 0.0, dup: float = 0.0, min_delay: int = 1,
                  max_delay: int = 3, election_ticks: int = 10, compact: float = 0.0, replay: float = 0.0,
                  pre_vote: bool = True) -> None:  # fmt: skip
         self.rng = random.Random(seed)
         self.ids = [f"n{i}" for i in range(n)]
         self.drop, self.dup, self.min_delay, self.max_delay = drop, dup, min_delay, max_delay
-        self.compact_p, self.replay_p = compact, replay
+        self.compact_p = compact
+        self._init_net(replay)
         self.election_ticks, self.pre_vote = election_ticks, pre_vote
         self.disks: dict[str, MemoryStorage] = {i: MemoryStorage() for i in self.ids}
         self.alive = set(self.ids)
@@ -104,11 +105,6 @@ class Sim:
         self.catalogs: dict[str, Catalog] = {i: Catalog() for i in self.ids}
         self.nodes = {i: self._boot(i) for i in self.ids}
         self.now = 0
-        self._net: list[tuple[int, int, Msg]] = []
-        self._seq = 0
-        self._old: collections.deque[Msg] = collections.deque(maxlen=512)  # for replays
-        self.groups: list[set[str]] | None = None
-        self.slow: dict[str, int] = {}  # node -> extra ticks on every message to or from it
         self.history: dict[int, Entry] = {}  # index -> the entry committed there (first applied anywhere)
         self.delivered = 0
         self.snapshots_taken = 0
@@ -119,16 +115,7 @@ class Sim:
         return RaftNode(i, self.ids, self.disks[i], election_ticks=self.election_ticks, pre_vote=self.pre_vote,
                         rng=random.Random(self.rng.random()))  # fmt: skip
 
-    # -- faults ----------------------------------------------------------------------
-    def partition(self, *groups: set[str]) -> None:
-        self.groups = [set(g) for g in groups]
-
-    def heal(self) -> None:
-        self.groups = None
-
-    def connected(self, a: str, b: str) -> bool:
-        return self.groups is None or any(a in g and b in g for g in self.groups)
-
+    # -- faults (and partition/heal/slow from SimNet) ---------------------------------
     def crash(self, i: str) -> None:
         self.alive.discard(i)
 
@@ -143,20 +130,6 @@ class Sim:
         self.alive.add(i)
 
     # -- running ------------------------------------------------------------------------
-    def _schedule(self, m: Msg) -> None:
-        if self.rng.random() < self.drop:
-            return
-        extra = self.slow.get(m.src, 0) + self.slow.get(m.dst, 0)
-        for _ in range(2 if self.rng.random() < self.dup else 1):
-            self._push(m, self.rng.randint(self.min_delay, self.max_delay) + extra)
-        self._old.append(m)
-        if self._old and self.rng.random() < self.replay_p:  # an old message shows up again, late
-            self._push(self._old[self.rng.randrange(len(self._old))], self.rng.randint(1, 4 * self.max_delay))
-
-    def _push(self, m: Msg, delay: int) -> None:
-        self._seq += 1
-        heapq.heappush(self._net, (self.now + delay, self._seq, m))
-
     def _call(self, i: str, fn, *args) -> bool:
         """Into node i's core; a full disk stops the node (as the driver does), anything else is a bug."""
         try:
@@ -169,8 +142,7 @@ class Sim:
 
     def step(self) -> None:
         self.now += 1
-        while self._net and self._net[0][0] <= self.now:
-            _, _, m = heapq.heappop(self._net)
+        for m in self._due():
             if m.dst in self.alive and m.src in self.alive and self.connected(m.src, m.dst):
                 self._call(m.dst, self.nodes[m.dst].step, m)
                 self.delivered += 1

@@ -34,15 +34,6 @@ def cmd(k: int, holder: str = "h") -> bytes:
                        "holder": holder}).encode()  # fmt: skip
 
 
-def pytest_generate_tests(metafunc):
-    if "seed" in metafunc.fixturenames:
-        import os
-
-        slow = metafunc.config.getoption("--run-slow") or bool(os.environ.get("DWCP_SLOW_TESTS"))
-        fast_n, slow_n = SEEDS[metafunc.function.__name__]
-        metafunc.parametrize("seed", range(slow_n if slow else fast_n))
-
-
 def test_same_seed_same_run():
     a, b = Sim(5, seed=42, drop=0.1), Sim(5, seed=42, drop=0.1)
     for s in (a, b):
