@@ -340,6 +340,7 @@ class ConsensusConfig(_Section):
     backend: str = "raft"  # "raft" among the daemons, or "etcd" (an external etcd v3 cluster keeps the log)
     algorithm: str = "raft"  # "raft" (crash faults) or "bft" (PBFT, f < n/3 Byzantine nodes; needs peers' bft_key)
     # switchable at run time by a committed command (`dwcp consensus switch bft|raft`): this is the start
+    adaptive: bool = False  # host the catalog in switchable epochs even when starting with raft (`dwcp consensus switch`)
     bft_key_file: str = ""  # this node's Ed25519 signing key; "" = <data_dir>/consensus/bft.key (made 0600 if missing)
     tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
     election_ticks: int = 10

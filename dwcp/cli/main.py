@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--socket", help="the control socket path")
     rl.add_argument("--json", action="store_true")
 
+    cs = sub.add_parser("consensus", help="the replicated catalog's consensus (adaptive mode)")
+    css = cs.add_subparsers(dest="consensus_command")
+    sw = css.add_parser("switch", help="switch the cluster's algorithm by a committed command (nothing applied is lost)")
+    sw.add_argument("algorithm", choices=["raft", "bft"])
+    sw.add_argument("--config", help="the local daemon's config (for its control socket)")
+    sw.add_argument("--socket", help="the control socket path")
+    sw.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the switch to be applied here")
+    sw.add_argument("--json", action="store_true")
+
     from .tune_cmd import add_parser as add_tune
 
     add_tune(sub)
@@ -268,6 +277,23 @@ def _cmd_reload(args) -> int:
     return EXIT_ERROR
 
 
+def _cmd_consensus(args) -> int:
+    if getattr(args, "consensus_command", None) != "switch":
+        raise ConfigError("say `dwcp consensus switch raft|bft`")
+    r = _ask_daemon(args, {"op": "consensus_switch", "algorithm": args.algorithm, "timeout_s": args.timeout},
+                    timeout_s=args.timeout + 5)  # fmt: skip
+    if r.get("ok"):
+        c = r["consensus"]
+        _print(r, args.json, f"switched: epoch {c['epoch']} runs {c['algorithm']}")
+        return 0
+    if args.json:
+        _print(r, True, "")
+    else:
+        why = r.get("error") or (r.get("result") or {}).get("error") or f"already running {args.algorithm}"
+        print(f"dwcp consensus switch: {why}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def _cmd_check_config(args) -> int:
     from dwcp.config import load_toml
 
@@ -306,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_status(args)
         if args.command == "reload":
             return _cmd_reload(args)
+        if args.command == "consensus":
+            return _cmd_consensus(args)
         if args.command == "check-config":
             return _cmd_check_config(args)
         if args.command == "tune":

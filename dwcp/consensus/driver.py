@@ -178,7 +178,8 @@ def _command_id(data: bytes) -> str | None:
 class _PeerLink(threading.Thread):
     """Sends one peer its messages over a stream it (re)opens as needed."""
 
-    def __init__(self, driver: RaftDriver, peer: str, address: str) -> None:
+    def __init__(self, driver: Any, peer: str, address: str) -> None:
+        """``driver``: a RaftDriver or an EpochDriver (its ``id``, ``transport``, ``ssl_ctx``, ``stopped``)."""
         super().__init__(name=f"dwcp-raft-{peer}", daemon=True)
         self.driver, self.peer, self.address = driver, peer, address
         self.q: queue.Queue = queue.Queue(maxsize=10_000)

@@ -29,6 +29,7 @@ import dwcp
 from dwcp.cluster.node import ClusterView, parse_target
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
+from dwcp.consensus.epoch_driver import EpochDriver
 from dwcp.consensus.etcd import EtcdCatalog
 from dwcp.errors import ConfigError, DWCPError
 from dwcp.ops.health import (
@@ -90,7 +91,7 @@ class Daemon:
                              events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
-        self.catalog_backend: RaftDriver | EtcdCatalog | None = None
+        self.catalog_backend: RaftDriver | EpochDriver | EtcdCatalog | None = None
         cc = config.consensus
         if cc.enabled and cc.backend == "etcd":  # an external etcd keeps the log: no [cluster] peers needed
             self.catalog_backend = EtcdCatalog(cc.etcd_endpoints, cc.etcd_prefix, ca_file=cc.etcd_ca,
@@ -99,10 +100,13 @@ class Daemon:
         elif cc.enabled:
             if not config.cluster.peers:
                 raise ConfigError("consensus.enabled needs [cluster] peers to replicate the catalog with")
-            self.catalog_backend = RaftDriver(config.node.id, {p.id: p.address for p in config.cluster.peers},
-                                              config.storage.data_dir, transport=config.transport,
-                                              ssl_ctx=self.sender._ssl, tick_s=cc.tick_ms / 1000,
-                                              election_ticks=cc.election_ticks)  # fmt: skip
+            peers = {p.id: p.address for p in config.cluster.peers}
+            if cc.algorithm == "bft" or cc.adaptive:
+                self.catalog_backend = self._epoch_driver(config, peers)
+            else:
+                self.catalog_backend = RaftDriver(config.node.id, peers, config.storage.data_dir,
+                                                  transport=config.transport, ssl_ctx=self.sender._ssl,
+                                                  tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
             self.server.raft_deliver = self.catalog_backend.deliver
             self.server.on_commit = self._record_version
         self.health = HealthRegistry()
@@ -176,6 +180,26 @@ class Daemon:
             self.health.register(BaselineSyncCheck(replicas, th), name="baseline_sync", interval_s=cfg.health.check_interval_s)
         self.health.reconfigure(th)
 
+    def _epoch_driver(self, config: Config, peers: dict[str, str]) -> EpochDriver:
+        """Adaptive consensus (algorithm "bft", or adaptive = true): BFT keys from the config and the key file."""
+        from dwcp.security.certs import bft_signing_key, bft_verify_key
+
+        cc = config.consensus
+        keyed = {p.id: p.bft_key for p in config.cluster.peers if p.bft_key}
+        signer, verify = None, {}
+        if cc.algorithm == "bft" or keyed:
+            missing = sorted(set(peers) - set(keyed))
+            if missing:
+                raise ConfigError(f"consensus: BFT needs every [[cluster.peers]] bft_key; missing for {', '.join(missing)}")
+            if len(peers) + 1 < 4:
+                raise ConfigError(f"consensus: BFT needs n >= 4 nodes (f >= 1), this cluster has {len(peers) + 1}")
+            key_file = cc.bft_key_file or os.path.join(config.storage.data_dir, "consensus", "bft.key")
+            signer, own = bft_signing_key(key_file)
+            verify = {i: bft_verify_key(k) for i, k in keyed.items()} | {config.node.id: bft_verify_key(own)}
+        return EpochDriver(config.node.id, peers, config.storage.data_dir, transport=config.transport,
+                           ssl_ctx=self.sender._ssl, algorithm=cc.algorithm, signer=signer, verify_keys=verify,
+                           tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
+
     def _baselines(self) -> int:
         return len(self.sent.keys()) + len(self.store.keys())
 
@@ -211,6 +235,24 @@ class Daemon:
                      lambda: [({}, self.cluster.failovers)] if self.cluster else [])  # fmt: skip
         m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
                      lambda: [({"peer": p}, v) for p, v in self.cluster.breaker_states().items()] if self.cluster else [])  # fmt: skip
+
+        def consensus_faults() -> list:
+            cb = self.catalog_backend
+            if not isinstance(cb, EpochDriver):
+                return []
+            with cb.lock:
+                f = cb.faults()
+            return [({"kind": k, "node": n}, v) for k, by in sorted(f.items()) for n, v in sorted(by.items())]
+
+        def consensus_epoch() -> list:
+            cb = self.catalog_backend
+            return [({"algorithm": cb.node.algorithm}, cb.node.epoch)] if isinstance(cb, EpochDriver) else []
+
+        m.add_source("dwcp_consensus_faults_total", "counter",
+                     "Byzantine faults detected by the BFT engine, by kind and offending node ('*': more than f)",
+                     consensus_faults)  # fmt: skip
+        m.add_source("dwcp_consensus_epoch", "gauge", "The adaptive consensus epoch, labelled by its algorithm",
+                     consensus_epoch)  # fmt: skip
 
     def _healthz(self) -> tuple[int, dict]:
         return self.health.healthz(time.monotonic())
@@ -367,6 +409,13 @@ class Daemon:
                 if m is not None:
                     close_mapping(m)
             return {"ok": True, **stats}
+        if op == "consensus_switch":
+            cb = self.catalog_backend
+            if not isinstance(cb, EpochDriver):
+                raise ConfigError("this node's consensus is not switchable: set [consensus] adaptive = true "
+                                  "(or algorithm = \"bft\") on every node and restart them")  # fmt: skip
+            res = cb.switch(str(req.get("algorithm")), timeout_s=float(req.get("timeout_s", 10.0)))
+            return {"ok": bool(res.get("ok")), "result": res, "consensus": cb.status()}
         if op == "stop":
             self.stop()
             return {"ok": True}

@@ -96,6 +96,11 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "offset": (int, False),
         "done": (bool, False),
         "ctx": (str, False),  # a forwarded read's context (hex)
+        # dwcp.consensus.epoch_driver (type "epoch"): an envelope of the adaptive host
+        "epoch": (int, False),
+        "kind": (str, False),  # engine | forward | hint | state_req | state
+        "body": (dict, False),  # an engine message (a Raft or PBFT message's wire form)
+        "want": (int, False),  # state_req: the epoch whose start state is asked for
     },
     C.FRAME_CLOSE: {"reason": (str, False)},
 }

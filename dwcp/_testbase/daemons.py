@@ -1,0 +1,78 @@
+"""Daemons as subprocesses for cluster tests: a loopback cluster of `dwcp daemon`s with consensus."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from dwcp.cli.demo import same_dwcp_env
+from dwcp.daemon.control import request
+
+__all__ = ["Cluster", "free_ports"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Cluster:
+    def __init__(self, root, n: int) -> None:
+        self.root, self.ids = root, [f"c{i}" for i in range(n)]
+        self.ports = dict(zip(self.ids, free_ports(n)))
+        self.procs: dict[str, subprocess.Popen] = {}
+        for i in self.ids:
+            self.start(i)
+
+    def cfg(self, i: str) -> str:
+        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "127.0.0.1:{self.ports[p]}"\n'
+                        for p in self.ids if p != i)  # fmt: skip
+        path = os.path.join(self.root, f"{i}.toml")
+        with open(path, "w") as f:
+            f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {self.ports[i]}\n'
+                    f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\n'
+                    f'data_dir = "{os.path.join(self.root, i)}"\n[cluster]\nprobe_interval_s = 1.0\n{peers}'
+                    f'[consensus]\nenabled = true\ntick_ms = 50.0\nelection_ticks = 10\n')  # fmt: skip
+        return path
+
+    def start(self, i: str) -> None:
+        log = open(os.path.join(self.root, f"{i}.log"), "ab")
+        self.procs[i] = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", self.cfg(i)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=same_dwcp_env(), cwd=self.root)  # fmt: skip
+        log.close()
+
+    def status(self, i: str) -> dict | None:
+        try:
+            return request(os.path.join(self.root, i, "control.sock"), {"op": "status"}, timeout_s=5)
+        except OSError:
+            return None
+
+    def leader(self, among=None) -> str | None:
+        for i in among or self.ids:
+            st = self.status(i)
+            if st and st["raft"]["role"] == "leader":
+                return i
+        return None
+
+    def wait(self, pred, timeout: float = 20.0, what: str = ""):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -1,0 +1,272 @@
+"""The daemon's driver for adaptive consensus: an ``EpochNode`` (Raft or PBFT epochs) on the data port.
+
+The same surface as ``RaftDriver`` (``start``, ``close``, ``propose``,
+``catalog``, ``lock``, ``status``, ``deliver``), used when
+``consensus.algorithm = "bft"`` or ``consensus.adaptive = true``:
+
+* the wire: the data port's consensus streams (HELLO op "raft", mutual TLS),
+  one FRAME_RAFT frame per envelope, ``{"type": "epoch", "epoch", "src",
+  "dst", "kind", "body"|"data"|"want"}``; an engine message travels in its
+  engine's wire form (``msg_to_wire`` for Raft, ``Msg.to_wire`` for PBFT) and
+  is parsed only when it belongs to an epoch this node runs;
+* identity: with TLS, an envelope's ``src`` must be the certificate's node
+  id (and a PBFT message is signed besides); in plaintext (tests only) the
+  envelope's ``src`` is taken as the peer;
+* durability: each Raft epoch keeps its log in ``consensus/epoch-N/raft``
+  (fsynced, as ``RaftDriver``); the epoch host's own state -- the current
+  epoch, its algorithm and the catalog as it stood at the epoch's start --
+  is written atomically to ``consensus/epoch.json`` at every switch, so a
+  restarted node resumes in its epoch and replays that epoch's log (a Raft
+  epoch) or fetches what it missed from its peers (PBFT: FETCH/ENTRIES, or
+  a state transfer when an epoch went by);
+* BFT keys: this node signs with its Ed25519 key (``consensus.bft_key_file``),
+  and verifies with the ``bft_key`` each [[cluster.peers]] entry gives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from dwcp.errors import DWCPError, RemoteProtocolError
+from dwcp.storage import write_atomic
+from dwcp.wire import consts as C
+from dwcp.wire.messages import encode_control
+
+from .catalog import Catalog
+from .driver import _PeerLink, msg_from_wire, msg_to_wire
+from .epochs import ALGORITHMS, Envelope, EpochNode, PbftEngine, RaftEngine
+from .raft import NotLeaderError, RaftNode
+from .storage import FileStorage
+
+__all__ = ["EpochDriver"]
+
+log = logging.getLogger("dwcp.consensus")
+
+MAX_STATE_HEX = 2 * (64 << 20)
+
+
+class EpochDriver:
+    def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, transport, ssl_ctx=None,
+                 algorithm: str = "raft", signer=None, verify_keys: dict | None = None, tick_s: float = 0.05,
+                 election_ticks: int = 10) -> None:  # fmt: skip
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r}: one of {ALGORITHMS}")
+        self.id = node_id
+        self.ids = sorted({node_id, *peers})
+        self.transport, self.ssl_ctx, self.tick_s = transport, ssl_ctx, tick_s
+        self.election_ticks = election_ticks
+        self.signer, self.verify_keys = signer, dict(verify_keys or {})
+        self.dir = os.path.join(data_dir, "consensus")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._storages: list[FileStorage] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
+        self._waiters: dict[str, tuple[threading.Event, list]] = {}
+        self._seq = 0
+        self._prefix = os.urandom(4).hex()
+        self.node = EpochNode(node_id, self.ids, self._make_engine, algorithm=algorithm)
+        self._restore()
+        self._saved_epoch = self.node.epoch
+
+    # -- engines and the epoch file ------------------------------------------------------
+    def _make_engine(self, algorithm: str, epoch: int):
+        if algorithm == "bft":
+            from .pbft import PbftNode
+
+            if self.signer is None or set(self.verify_keys) < set(self.ids):
+                missing = sorted(set(self.ids) - set(self.verify_keys))
+                raise DWCPError(f"BFT consensus needs this node's signing key and every node's bft_key (missing: "
+                                f"{', '.join(missing) or 'our signing key'})")  # fmt: skip
+            return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys))
+        st = FileStorage(os.path.join(self.dir, f"epoch-{epoch}", "raft"))
+        self._storages.append(st)
+        return RaftEngine(RaftNode(self.id, self.ids, st, election_ticks=self.election_ticks))
+
+    @property
+    def _epoch_file(self) -> str:
+        return os.path.join(self.dir, "epoch.json")
+
+    def _restore(self) -> None:
+        try:
+            with open(self._epoch_file, encoding="utf-8") as f:
+                st = json.load(f)
+        except FileNotFoundError:
+            return
+        n = self.node
+        n.epoch, n.algorithm, n.previous_algorithm = int(st["epoch"]), str(st["algorithm"]), str(st["previous"])
+        n.catalog = Catalog.restore(json.loads(st["catalog"]))
+        n.gidx = int(st["gidx"])
+        n._ids.clear()
+        n._ids.update((i, None) for i in st["ids"])
+        n.start_state = (n.gidx, n._snap(), n.algorithm, list(st["ids"]))
+        n.engine = self._make_engine(n.algorithm, n.epoch)
+        log.info("consensus: resuming epoch %d (%s) from global index %d", n.epoch, n.algorithm, n.gidx)
+
+    def _save(self) -> None:
+        """The epoch's start, durable before anything of the new epoch is sent (called with the lock held)."""
+        n = self.node
+        gidx, snap, alg, ids = n.start_state
+        doc = {"epoch": n.epoch, "algorithm": alg, "previous": n.previous_algorithm, "gidx": gidx,
+               "catalog": snap.decode(), "ids": ids}  # fmt: skip
+        write_atomic(self._epoch_file, json.dumps(doc, separators=(",", ":")))
+        self._saved_epoch = n.epoch
+        log.info("consensus: epoch %d runs %s from global index %d", n.epoch, alg, gidx)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+        threading.Thread(target=self._ticker, name="dwcp-consensus-tick", daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        with self.lock:
+            for st in self._storages:
+                st.close()
+
+    def _ticker(self) -> None:
+        while not self.stopped.wait(self.tick_s):
+            with self.lock:
+                self.node.tick()
+                self._drain()
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.node.catalog
+
+    # -- the wire -------------------------------------------------------------------------------
+    def _body_out(self, m: Any) -> dict:
+        return m.to_wire() if hasattr(m, "to_wire") else msg_to_wire(m)
+
+    def _to_wire(self, e: Envelope) -> dict:
+        d: dict[str, Any] = {"type": "epoch", "epoch": e.epoch, "src": e.src, "dst": e.dst, "kind": e.kind}
+        if e.kind == "engine":
+            d["body"] = self._body_out(e.body)
+        elif e.kind in ("forward", "state"):
+            d["data"] = e.body.hex()
+        elif e.kind == "state_req":
+            d["want"] = int(e.body)
+        return d
+
+    def _algorithm_of(self, epoch: int) -> str | None:
+        n = self.node
+        if epoch == n.epoch:
+            return n.algorithm
+        if epoch == n.epoch - 1 and n.retired is not None:
+            return n.previous_algorithm
+        return None
+
+    def _from_wire(self, d: dict) -> Envelope:
+        try:
+            epoch, src, dst, kind = int(d["epoch"]), str(d["src"]), str(d["dst"]), str(d["kind"])
+            body: Any = None
+            if kind == "engine":
+                alg = self._algorithm_of(epoch)
+                if alg == "bft":
+                    from .pbft import Msg as PbftMsg
+
+                    body = PbftMsg.from_wire(d.get("body"))
+                elif alg == "raft":
+                    body = msg_from_wire(d.get("body") or {})
+            elif kind in ("forward", "state"):
+                raw = d.get("data")
+                if not isinstance(raw, str) or len(raw) > MAX_STATE_HEX:
+                    raise ValueError("data must be hex within the state bound")
+                body = bytes.fromhex(raw)
+            elif kind == "state_req":
+                body = int(d["want"])
+            elif kind != "hint":
+                raise ValueError(f"unknown kind {kind!r}")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RemoteProtocolError(f"bad consensus envelope: {exc}", C.ERR_MALFORMED) from None
+        return Envelope(epoch, src, dst, kind, body)
+
+    def deliver(self, d: dict, peer_identity: str | None) -> None:
+        """An envelope from the data port; ``peer_identity`` is the TLS identity (None: plaintext)."""
+        if d.get("type") != "epoch":
+            raise RemoteProtocolError("this node runs adaptive consensus: epoch envelopes only", C.ERR_BAD_FIELD)
+        with self.lock:
+            e = self._from_wire(d)
+            if peer_identity is not None and e.src != peer_identity:
+                raise RemoteProtocolError(f"consensus envelope from {peer_identity} claims to be from {e.src}",
+                                          C.ERR_BAD_FIELD)  # fmt: skip
+            if e.dst != self.id or e.src not in self.links:
+                raise RemoteProtocolError(f"envelope {e.src} -> {e.dst} is not for this cluster node", C.ERR_BAD_FIELD)
+            self.node.step(e)  # an engine message of an epoch we do not run only moves the epoch bookkeeping
+            self._drain()
+
+    def _drain(self) -> None:
+        r = self.node.ready()
+        if self.node.epoch != self._saved_epoch:
+            self._save()
+        for e in r.messages:
+            link = self.links.get(e.dst)
+            if link is not None:
+                link.send(encode_control(C.FRAME_RAFT, 0, self._to_wire(e)))
+        for _gidx, cmd, res in r.applied:
+            w = self._waiters.pop(cmd.get("id", ""), None)
+            if w is not None:
+                w[1].append(res)
+                w[0].set()
+        for st in self._storages[-2:]:
+            st.sync()
+
+    # -- proposing --------------------------------------------------------------------------------
+    def propose(self, cmd: dict, timeout_s: float = 5.0) -> dict:
+        """Apply ``cmd`` to the catalog through the current epoch's consensus; its result once applied here."""
+        ev, box = threading.Event(), []  # type: ignore[var-annotated]
+        with self.lock:
+            self._seq += 1
+            cid = f"{self.id}:{self._prefix}:{self._seq}"
+            self._waiters[cid] = (ev, box)
+            self.node.propose({**cmd, "id": cid})
+            self._drain()
+        if not ev.wait(timeout_s):
+            with self.lock:
+                self._waiters.pop(cid, None)
+                self.node._pending.pop(cid, None)
+            raise NotLeaderError(f"no quorum applied the command within {timeout_s} s", None)
+        return box[0]
+
+    def switch(self, algorithm: str, timeout_s: float = 10.0) -> dict:
+        """Switch the cluster's algorithm by a committed command (adaptive mode)."""
+        if algorithm not in ALGORITHMS:
+            raise DWCPError(f"algorithm {algorithm!r}: one of {', '.join(ALGORITHMS)}")
+        if algorithm == "bft":
+            self._make_engine_check()
+        return self.propose({"op": "switch", "algorithm": algorithm}, timeout_s=timeout_s)
+
+    def _make_engine_check(self) -> None:
+        if self.signer is None or set(self.verify_keys) < set(self.ids):
+            raise DWCPError("switching to BFT needs this node's signing key and every peer's bft_key in the config")
+
+    def faults(self) -> dict[str, dict[str, int]]:
+        """PBFT fault counters of the current (or retired) BFT engine: kind -> node -> count."""
+        out: dict[str, dict[str, int]] = {}
+        for eng in (self.node.engine, self.node.retired):
+            node = getattr(eng, "node", None)
+            for kind, by in (getattr(node, "faults", None) or {}).items():
+                for who, n in by.items():
+                    out.setdefault(kind, {})[who] = out.get(kind, {}).get(who, 0) + n
+        return out
+
+    def status(self) -> dict:
+        with self.lock:
+            n = self.node
+            eng = getattr(n.engine, "node", None)
+            st: dict[str, Any] = {"epoch": n.epoch, "algorithm": n.algorithm, "applied": n.gidx,
+                                  "switches": n.switches, "pending": len(n._pending)}  # fmt: skip
+            if n.algorithm == "raft" and eng is not None:
+                st.update(role=eng.role.value, term=eng.term, leader=eng.leader, commit=eng.commit)
+            elif eng is not None:
+                st.update(view=eng.view, primary=eng.primary(), status=eng.status.value, last_executed=eng.last_exec,
+                          f=eng.f)  # fmt: skip
+            st["faults"] = self.faults()
+            st["at"] = time.time()
+            return st
