@@ -24,7 +24,7 @@ NEW-VIEW or ENTRIES digest is the hash of its proofs' bodies and signatures.
 Rules kept here (what a correct node checks and does):
 
 * a message is accepted only if its sender is the link peer it came from
-  (else ``wrong_sender``; REQUESTs excepted: backups relay them), its signature verifies under the sender's key (else
+  (else ``wrong_sender``; REQUEST and NEW-VIEW excepted: they are relayed), its signature verifies under the sender's key (else
   ``bad_signature``) and its digest matches its payload (else ``bad_payload``);
   faults are counted in ``faults[kind][node]`` and logged in ``fault_events``,
   never silently dropped;
@@ -36,7 +36,8 @@ Rules kept here (what a correct node checks and does):
   FETCH and ENTRIES are processed;
 * a node accepts one PRE-PREPARE per (view, seq); a second one with another
   digest, or two PREPAREs or two COMMITs (or CHECKPOINTs) from one node with
-  different digests for one slot, is ``equivocation`` (a PREPARE carries the
+  different digests for one slot, is ``equivocation``; a COMMIT for another
+  digest than the one we prepared there is ``conflicting_commit`` (a PREPARE carries the
   primary's pre-prepare signature in ``aux``, so a primary that told two
   backups two different things is caught by either of them, and a view change
   starts at once);
@@ -67,7 +68,11 @@ Rules kept here (what a correct node checks and does):
   FETCH(last executed seq); the answer (ENTRIES) carries the executed
   pre-prepares plus the stable checkpoint proof (the hash chain must reach the
   certified digest) and commit certificates for entries above it; anything
-  unproven is ``bad_proof`` and is dropped.  A node behind by more entries than
+  unproven is ``bad_proof`` and is dropped.  FETCH goes out when a node has
+  seen a sequence number it has not executed and made no progress for
+  ``fetch_ticks``, and as an idle poll every 4 x ``fetch_ticks`` (one peer at a
+  time, round robin); the answer also carries our NEW-VIEW when the asker is in
+  an older view, so a node that was away rejoins the current view.  A node behind by more entries than
   its peers retain (``retain_entries``) would need a catalog snapshot transfer,
   which is not implemented here;
 * every table is bounded: per slot at most n votes, slots only inside the
@@ -134,6 +139,7 @@ FAULT_KINDS = (
     "bad_view_change",  # a VIEW-CHANGE whose certificates do not hold
     "bad_new_view",  # a NEW-VIEW whose proofs do not justify it
     "bad_proof",  # ENTRIES (state transfer) that does not verify
+    "conflicting_commit",  # a COMMIT for another digest than the one we prepared in that view and slot
     "too_many_faulty",  # evidence that more than f nodes are faulty: reported, never accepted
 )
 
@@ -152,6 +158,9 @@ class MsgType(enum.Enum):
 
 _TYPES = {t.value: t for t in MsgType}
 _PROOF_TYPES = {MsgType.VIEW_CHANGE, MsgType.NEW_VIEW, MsgType.ENTRIES}
+# self-certifying messages that a node may pass on: a request (signed by its origin, forwarded to the
+# primary) and a NEW-VIEW (signed by the primary, shown to a node that missed it)
+_RELAYED = {MsgType.REQUEST, MsgType.NEW_VIEW}
 
 
 def request_digest(origin: str, rid: int, data: bytes) -> str:
@@ -562,8 +571,9 @@ class PbftNode:
                 self._start_view_change(self.view + 1, "view change timeout")
         if self.now % self.resend_ticks == 0:
             self._resend()
+        behind = self._max_seen > self.last_exec or self.h > self.last_exec
         if self.now % self.fetch_ticks == 0 and self._since_progress >= self.fetch_ticks and (
-            self._max_seen > self.last_exec or self.h > self.last_exec
+            behind or self.now % (4 * self.fetch_ticks) == 0  # an idle poll: we may have missed everything
         ):
             others = [p for p in self.ids if p != self.id]
             self._fetch_rr += 1
@@ -610,7 +620,7 @@ class PbftNode:
     def _step(self, m: Msg, frm: str) -> None:
         if frm not in self.keys or frm == self.id:
             return
-        if m.sender != frm and m.type is not MsgType.REQUEST:  # requests are relayed; their origin signs them
+        if m.sender != frm and m.type not in _RELAYED:
             self._fault("wrong_sender", frm, m, f"{m.type.value} from {frm} claims to be from {m.sender}")
             return
         if not self._verify(m):
@@ -742,6 +752,12 @@ class PbftNode:
         self._check_prepared((m.view, m.seq))
 
     def _on_commit(self, m: Msg) -> None:
+        key = (m.view, m.seq)
+        pp = self.pps.get(key)
+        if key in self.sent_commit and pp is not None and pp.digest != m.digest:
+            # we hold a prepared certificate for another digest in this view: either the sender is
+            # faulty or two prepared certificates exist, which takes more than f faulty nodes
+            self._fault("conflicting_commit", m.sender, m, f"commit {m.digest[:12]} where we prepared {pp.digest[:12]}")
         if self._vote(self.commits, m):
             self._check_committed((m.view, m.seq))
 
