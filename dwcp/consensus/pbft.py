@@ -894,7 +894,7 @@ class PbftNode:
             return
         self._stabilize(seq, d, proof)
 
-    def _stabilize(self, seq: int, digest: str, proof: tuple[Msg, ...]) -> None:
+    def _stabilize(self, seq: int, digest: str, proof: tuple[Msg, ...], assign: bool = True) -> None:
         if seq <= self.h:
             return
         self.h, self.stable_digest, self.stable_proof = seq, digest, proof
@@ -907,8 +907,8 @@ class PbftNode:
         self.ckpts = {s: v for s, v in self.ckpts.items() if s > seq}
         self.own_ckpts = {s: v for s, v in self.own_ckpts.items() if s > seq}
         self.assigned = {d: s for d, s in self.assigned.items() if s > seq}
-        if self.is_primary and self.status is Status.NORMAL:
-            self._assign_pending()
+        if assign and self.is_primary and self.status is Status.NORMAL:
+            self._assign_pending()  # the window moved
 
     # -- view change ---------------------------------------------------------------------------------------
     def _start_view_change(self, new_view: int, reason: str) -> None:
@@ -1078,7 +1078,7 @@ class PbftNode:
                 if own is not None and own != cert[1]:
                     self._fault("too_many_faulty", "*", nv, f"certified checkpoint {min_s} differs from ours")
                 else:
-                    self._stabilize(*cert)
+                    self._stabilize(*cert, assign=False)  # not before next_seq and assigned are set below
         self.assigned = {}
         self.next_seq = max([pp.seq for pp in pps], default=min_s)
         for pp in pps:
