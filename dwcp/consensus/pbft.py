@@ -36,11 +36,14 @@ Rules kept here (what a correct node checks and does):
   FETCH and ENTRIES are processed;
 * a node accepts one PRE-PREPARE per (view, seq); a second one with another
   digest, or two PREPAREs or two COMMITs (or CHECKPOINTs) from one node with
-  different digests for one slot, is ``equivocation``; a COMMIT for another
-  digest than the one we prepared there is ``conflicting_commit`` (a PREPARE carries the
+  different digests for one slot, is ``equivocation`` (a PREPARE carries the
   primary's pre-prepare signature in ``aux``, so a primary that told two
   backups two different things is caught by either of them, and a view change
-  starts at once);
+  starts at once); a COMMIT for another digest than the one we prepared in
+  that slot is ``conflicting_commit`` (its sender is faulty, or more than f are);
+* a node that restarts without its durable state is amnesic (as the primary it
+  may re-issue a sequence number it had used, which its peers report as
+  equivocation): it counts against f until it has caught up;
 * prepared(v, n, d) = the pre-prepare plus 2f matching PREPAREs from distinct
   backups; a prepared node multicasts COMMIT; decided(n, d) = 2f + 1 matching
   COMMITs from distinct nodes and the request body; decided entries execute in
