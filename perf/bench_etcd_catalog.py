@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,17 +39,8 @@ sys.path.insert(0, HERE)
 
 from _common import ensure_tool, machine, write_json  # noqa: E402
 
+from dwcp._testbase.daemons import free_ports  # noqa: E402
 from dwcp.consensus.etcd import EtcdCatalog  # noqa: E402
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_etcd(etcd: str, root: str) -> tuple[subprocess.Popen, str]:

@@ -32,15 +32,26 @@ class Cluster:
         for i in self.ids:
             self.start(i)
 
+    tick_ms = 50.0
+
+    def peer_extra(self, p: str) -> str:
+        """More TOML lines for peer ``p``'s [[cluster.peers]] table (a subclass adds keys, say)."""
+        return ""
+
+    def consensus_extra(self) -> str:
+        """More TOML lines for the [consensus] section."""
+        return ""
+
     def cfg(self, i: str) -> str:
-        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "127.0.0.1:{self.ports[p]}"\n'
+        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "127.0.0.1:{self.ports[p]}"\n{self.peer_extra(p)}'
                         for p in self.ids if p != i)  # fmt: skip
         path = os.path.join(self.root, f"{i}.toml")
         with open(path, "w") as f:
             f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {self.ports[i]}\n'
                     f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\n'
                     f'data_dir = "{os.path.join(self.root, i)}"\n[cluster]\nprobe_interval_s = 1.0\n{peers}'
-                    f'[consensus]\nenabled = true\ntick_ms = 50.0\nelection_ticks = 10\n')  # fmt: skip
+                    f'[consensus]\nenabled = true\ntick_ms = {self.tick_ms}\nelection_ticks = 10\n'
+                    f'{self.consensus_extra()}')  # fmt: skip
         return path
 
     def start(self, i: str) -> None:

@@ -66,6 +66,7 @@ class EpochDriver:
         self._storages: list[FileStorage] = []
         self.lock = threading.Lock()
         self.stopped = threading.Event()
+        self.failed: BaseException | None = None
         self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._seq = 0
@@ -133,8 +134,13 @@ class EpochDriver:
     def _ticker(self) -> None:
         while not self.stopped.wait(self.tick_s):
             with self.lock:
-                self.node.tick()
-                self._drain()
+                try:
+                    self.node.tick()
+                    self._drain()
+                except DWCPError as exc:  # an engine in ERROR (sticky), a disk failure: stop, loudly
+                    self.failed = exc
+                    log.error("consensus on %s stops: %s", self.id, exc)
+                    self.stopped.set()
 
     @property
     def catalog(self) -> Catalog:
@@ -268,5 +274,6 @@ class EpochDriver:
                 st.update(view=eng.view, primary=eng.primary(), status=eng.status.value, last_executed=eng.last_exec,
                           f=eng.f)  # fmt: skip
             st["faults"] = self.faults()
+            st["failed"] = None if self.failed is None else str(self.failed)
             st["at"] = time.time()
             return st

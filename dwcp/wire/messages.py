@@ -163,7 +163,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         raise err(f"unknown mode {obj['mode']!r}")
     if frame_type == C.FRAME_RAFT:
         if obj["type"] not in ("vote", "vote_resp", "prevote", "prevote_resp", "append", "append_resp", "snap",
-                               "snap_resp", "read_index", "read_index_resp", "forward"):
+                               "snap_resp", "read_index", "read_index_resp", "forward", "epoch"):
             raise err(f"unknown raft message type {obj['type']!r}")
         ents = obj.get("entries", [])
         if len(ents) > 1024 or not all(

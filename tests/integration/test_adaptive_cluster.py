@@ -28,17 +28,13 @@ class BftCluster(Cluster):
             _, self.pub[i] = bft_signing_key(os.path.join(root, i, "consensus", "bft.key"))
         super().__init__(root, n)
 
-    def cfg(self, i: str) -> str:
-        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "127.0.0.1:{self.ports[p]}"\nbft_key = "{self.pub[p]}"\n'
-                        for p in self.ids if p != i)  # fmt: skip
-        path = os.path.join(self.root, f"{i}.toml")
-        with open(path, "w") as f:
-            f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {self.ports[i]}\n'
-                    f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\n'
-                    f'data_dir = "{os.path.join(self.root, i)}"\n[cluster]\nprobe_interval_s = 1.0\n{peers}'
-                    f'[consensus]\nenabled = true\ntick_ms = 20.0\nelection_ticks = 10\n'
-                    f'algorithm = "{self.algorithm}"\nadaptive = {str(self.adaptive).lower()}\n')  # fmt: skip
-        return path
+    tick_ms = 20.0
+
+    def peer_extra(self, p: str) -> str:
+        return f'bft_key = "{self.pub[p]}"\n'
+
+    def consensus_extra(self) -> str:
+        return f'algorithm = "{self.algorithm}"\nadaptive = {str(self.adaptive).lower()}\n'
 
     def holders(self, i: str, key: str) -> list[str]:
         st = self.status(i)
@@ -84,8 +80,8 @@ def test_a_bft_config_without_every_peers_key_is_refused(tmp_path):
     cl = BftCluster.__new__(BftCluster)
     cl.root, cl.ids, cl.algorithm, cl.adaptive = str(tmp_path), ["c0", "c1", "c2", "c3"], "bft", False
     cl.ports = {i: 7000 + k for k, i in enumerate(cl.ids)}
-    cl.pub = {i: "" for i in cl.ids}  # no keys: the config check refuses an empty bft_key only where bft needs it
-    cfg = cl.cfg("c0").replace('bft_key = ""\n', "")
+    cl.pub = {i: "" for i in cl.ids}  # bft_key = "" for every peer: no keys
+    cfg = cl.cfg("c0")
     out = subprocess.run([sys.executable, "-m", "dwcp", "daemon", "--config", cfg], capture_output=True, text=True,
                          env=same_dwcp_env(), cwd=str(tmp_path), timeout=60)  # fmt: skip
     assert out.returncode != 0 and "bft_key" in out.stderr, out.stderr
@@ -105,7 +101,7 @@ def test_switching_raft_to_bft_and_back_under_writes_loses_nothing(tmp_path):
         cl.wait(lambda: all(cl.status(i)["consensus"]["epoch"] == 1 for i in cl.ids), what="all in epoch 1")
         _send(cl, "c1", "ad/b", 2)
         cl.wait(lambda: cl.everywhere("ad/b", "c1"), what="ad/b under bft")
-        sw[4] = "raft"
+        sw[5] = "raft"
         out = subprocess.run(sw, capture_output=True, text=True, env=same_dwcp_env(), cwd=cl.root, timeout=60)
         assert out.returncode == 0, out.stderr
         _send(cl, "c3", "ad/c", 3)
@@ -119,3 +115,27 @@ def test_switching_raft_to_bft_and_back_under_writes_loses_nothing(tmp_path):
         assert out.returncode != 0
     finally:
         cl.close()
+
+
+def test_a_forged_consensus_message_is_detected_counted_and_exported(bft):
+    import socket
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dwcp.consensus.pbft import Msg, MsgType
+    from dwcp.wire import consts as C
+    from dwcp.wire.messages import encode_control
+
+    bft.wait(lambda: all((bft.status(i) or {}).get("consensus") for i in bft.ids), what="4 daemons up")
+    # a PREPARE "from c1" signed with a key that is not c1's
+    m = Msg(MsgType.PREPARE, "c1", 0, 1, "ab" * 32)
+    m = Msg(m.type, m.sender, m.view, m.seq, m.digest, sig=Ed25519PrivateKey.generate().sign(m.body()))
+    with socket.create_connection(("127.0.0.1", bft.ports["c0"]), timeout=5) as s:
+        s.sendall(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft", "node": "c1"}))
+        s.sendall(encode_control(C.FRAME_RAFT, 0, {"type": "epoch", "epoch": 0, "src": "c1", "dst": "c0",
+                                                   "kind": "engine", "body": m.to_wire()}))  # fmt: skip
+        bft.wait(lambda: bft.status("c0")["consensus"]["faults"].get("bad_signature", {}).get("c1"),
+                 what="the forged signature counted against c1")  # fmt: skip
+    # the daemon keeps working: a version is still recorded everywhere
+    _send(bft, "c2", "bft/after", 5)
+    bft.wait(lambda: bft.everywhere("bft/after", "c2"), what="bft/after recorded")

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dwcp._testbase.daemons import free_ports
 from dwcp.cli.demo import same_dwcp_env
 from dwcp.config import ConsensusConfig
 from dwcp.consensus.etcd import (
@@ -34,22 +35,12 @@ ETCD = shutil.which("etcd")
 needs_etcd = pytest.mark.skipif(ETCD is None, reason="the etcd binary is not installed (apt-get install etcd-server)")
 
 
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class EtcdServer:
     """One etcd member on loopback free ports, restartable on the same ports and data."""
 
     def __init__(self, root: str, tls=None) -> None:
         self.root, self.tls = root, tls  # tls: dwcp.security.certs NodePaths (server cert, key, CA)
-        cport, pport = _ports(2)
+        cport, pport = free_ports(2)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{cport}"
         self.peer = f"http://127.0.0.1:{pport}"
         self.proc: subprocess.Popen | None = None
@@ -201,7 +192,7 @@ def test_propose_apply_where_one_node(etcd, prefix, nodes):
 
 @needs_etcd
 def test_fails_over_to_the_next_endpoint(etcd, prefix, nodes):
-    dead = f"http://127.0.0.1:{_ports(1)[0]}"
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     a = nodes([dead, etcd.url], prefix)
     assert a.propose(_version("k", "d1"))["ok"]
     assert a.status()["endpoint"] == etcd.url and a.status()["failovers"] >= 1
@@ -469,7 +460,7 @@ def _dwcp(*args, cwd, timeout=60):
 def test_two_daemons_share_the_catalog_in_etcd(etcd, prefix, tmp_path):
     procs = []
     try:
-        ports = _ports(2)
+        ports = free_ports(2)
         socks = {}
         for i, node in enumerate(("e0", "e1")):
             data_dir = tmp_path / node
