@@ -27,7 +27,7 @@ from dwcp.consensus.raft import MemoryStorage, RaftNode
 
 from .simnet import SimNet
 
-__all__ = ["EpochSim", "SafetyViolation", "raft_factory"]
+__all__ = ["EpochSim", "SafetyViolation", "mixed_factory", "raft_factory"]
 
 
 class SafetyViolation(AssertionError):
@@ -40,6 +40,30 @@ def raft_factory(node_id: str, ids: list[str], rng: random.Random, election_tick
                                    rng=random.Random(rng.random())))  # fmt: skip
 
     return make
+
+
+def mixed_factory(ids: list[str], seed: int, election_ticks: int = 10) -> Callable:
+    """Real engines for both algorithms: Raft, and PBFT with Ed25519 keys drawn from ``seed``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dwcp.consensus.epochs import PbftEngine
+    from dwcp.consensus.pbft import PbftNode
+
+    krng = random.Random(seed)
+    keys = {i: Ed25519PrivateKey.from_private_bytes(krng.randbytes(32)) for i in ids}
+    verify = {i: k.public_key() for i, k in keys.items()}
+
+    def factory(node_id: str, _ids: list[str], rng: random.Random) -> Callable:
+        raft = raft_factory(node_id, ids, rng, election_ticks)
+
+        def make(algorithm: str, epoch: int):
+            if algorithm == "bft":
+                return PbftEngine(PbftNode(node_id, ids, keys[node_id], verify))
+            return raft(algorithm, epoch)
+
+        return make
+
+    return factory
 
 
 class EpochSim(SimNet):

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from dwcp._testbase.epochsim import EpochSim, SafetyViolation
+from dwcp._testbase.epochsim import EpochSim, SafetyViolation, mixed_factory
 from dwcp.consensus.epochs import Envelope, EpochNode, switch_command
 
 SEEDS = {  # (default, --run-slow) seed counts; tests/conftest.py parametrizes `seed` from it
@@ -22,6 +22,11 @@ SEEDS = {  # (default, --run-slow) seed counts; tests/conftest.py parametrizes `
     "test_back_and_forth_switches_under_drops_and_duplicates": (6, 200),
     "test_switch_proposed_on_the_minority_side_waits_for_the_heal": (4, 100),
 }
+
+
+def _sim(n: int, seed: int, **kw) -> EpochSim:
+    """Real engines: Raft epochs and PBFT epochs (Ed25519-signed) from the seed."""
+    return EpochSim(n, seed, factory=mixed_factory([f"n{i}" for i in range(n)], seed), **kw)
 
 
 def _all_switched(s: EpochSim, epoch: int):
@@ -33,7 +38,7 @@ def _drained(s: EpochSim):
 
 
 def test_switch_under_load_loses_nothing(seed):
-    s = EpochSim(5, seed, drop=0.02)
+    s = _sim(5, seed, drop=0.02)
     s.run(150, load=0.4)
     before = dict(s.acked)
     s.switch("bft")
@@ -47,7 +52,7 @@ def test_switch_under_load_loses_nothing(seed):
 
 
 def test_switch_in_a_partition_and_the_minority_catches_up_by_state_transfer(seed):
-    s = EpochSim(5, seed, drop=0.03, dup=0.03)
+    s = _sim(5, seed, drop=0.03, dup=0.03)
     s.run(120, load=0.3)
     s.partition({"n0", "n1", "n2"}, {"n3", "n4"})
     s.switch("bft", at="n0")
@@ -64,7 +69,7 @@ def test_switch_in_a_partition_and_the_minority_catches_up_by_state_transfer(see
 
 
 def test_back_and_forth_switches_under_drops_and_duplicates(seed):
-    s = EpochSim(5, seed, drop=0.08, dup=0.08, max_delay=6)
+    s = _sim(4, seed, drop=0.08, dup=0.08, max_delay=6)
     for k, alg in enumerate(["bft", "raft", "bft", "raft"], start=1):
         s.run(80, load=0.3)
         s.switch(alg)
@@ -76,7 +81,7 @@ def test_back_and_forth_switches_under_drops_and_duplicates(seed):
 
 
 def test_switch_proposed_on_the_minority_side_waits_for_the_heal(seed):
-    s = EpochSim(5, seed)
+    s = _sim(5, seed)
     s.run(100, load=0.3)
     s.partition({"n0", "n1", "n2"}, {"n3", "n4"})
     s.switch("bft", at="n4")
@@ -91,7 +96,7 @@ def test_switch_proposed_on_the_minority_side_waits_for_the_heal(seed):
 def test_same_seed_same_run():
     runs = []
     for _ in range(2):
-        s = EpochSim(5, 7, drop=0.05)
+        s = _sim(5, 7, drop=0.05)
         s.run(100, load=0.3)
         s.switch("bft")
         s.run(300, load=0.3)
@@ -100,7 +105,7 @@ def test_same_seed_same_run():
 
 
 def test_a_command_retried_across_the_switch_is_applied_once():
-    s = EpochSim(3, 1)
+    s = _sim(4, 1)
     s.run(60)
     node = s.nodes["n1"]
     cmd = {"op": "version", "key": "k", "digest": "d1", "size": 1, "holder": "n1", "at": 0.0, "id": "dup-1"}
