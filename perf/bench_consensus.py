@@ -16,6 +16,13 @@ over real sockets on 127.0.0.1 (plaintext), storage fsynced under
   leader and a proposal commits.
 
 The peer is the same proposal path with 1 node (no replication), same run.
+
+BFT (--bft-nodes 4,7): the same measures with the daemon's EpochDriver
+running PBFT (Ed25519-signed messages, fresh keys), at --bft-rate ops/s
+(every node verifies O(n) signatures per command, all nodes share this one
+process and its GIL: 1000 ops/s is out of reach, so the fixed rate is
+lower); failover stops the primary and times a proposal on another node
+(a view change).  The peer is the same run's Raft cluster.
 """
 
 from __future__ import annotations
@@ -36,22 +43,39 @@ from _common import machine, write_json  # noqa: E402
 from dwcp._testbase.transfer import server_config  # noqa: E402
 from dwcp.config import TransportConfig  # noqa: E402
 from dwcp.consensus.driver import RaftDriver  # noqa: E402
+from dwcp.consensus.epoch_driver import EpochDriver  # noqa: E402
 from dwcp.consensus.raft import Role  # noqa: E402
 from dwcp.transport.server import DataServer  # noqa: E402
 
 
 class Cluster:
-    def __init__(self, n: int, root: str) -> None:
+    def __init__(self, n: int, root: str, algorithm: str = "raft") -> None:
         self.ids = [f"r{i}" for i in range(n)]
+        self.algorithm = algorithm
         self.servers = {i: DataServer(server_config(os.path.join(root, i), node=i)) for i in self.ids}
         addr = {i: "{}:{}".format(*s.start()) for i, s in self.servers.items()}
-        self.drivers = {i: RaftDriver(i, {p: addr[p] for p in self.ids if p != i}, os.path.join(root, i),
-                                      transport=TransportConfig(), tick_s=0.05) for i in self.ids}  # fmt: skip
+        self.drivers: dict = {}
+        if algorithm == "bft":
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            keys = {i: Ed25519PrivateKey.generate() for i in self.ids}
+            pubs = {i: k.public_key() for i, k in keys.items()}
+            self.drivers = {i: EpochDriver(i, {p: addr[p] for p in self.ids if p != i}, os.path.join(root, i),
+                                           transport=TransportConfig(), algorithm="bft", signer=keys[i],
+                                           verify_keys=pubs, tick_s=0.05) for i in self.ids}  # fmt: skip
+        else:
+            self.drivers = {i: RaftDriver(i, {p: addr[p] for p in self.ids if p != i}, os.path.join(root, i),
+                                          transport=TransportConfig(), tick_s=0.05) for i in self.ids}  # fmt: skip
         for i in self.ids:
             self.servers[i].raft_deliver = self.drivers[i].deliver
             self.drivers[i].start()
 
     def leader(self) -> str | None:
+        if self.algorithm == "bft":  # the primary of the current view, as the live nodes see it
+            live = [d for d in self.drivers.values() if not d.stopped.is_set()]
+            views = [d.node.engine.node for d in live]
+            v = max(e.view for e in views)
+            return views[0].primary(v) if all(e.view == v for e in views) else None
         for i, d in self.drivers.items():
             if not d.stopped.is_set() and d.node.role is Role.LEADER:
                 return i
@@ -127,8 +151,8 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
-def run(n: int, root: str, rate: float, seconds: float, failover: bool) -> dict:
-    c = Cluster(n, root)
+def run(n: int, root: str, rate: float, seconds: float, failover: bool, algorithm: str = "raft") -> dict:
+    c = Cluster(n, root, algorithm)
     try:
         lead = c.wait_leader()
         d = c.drivers[lead]
@@ -140,11 +164,15 @@ def run(n: int, root: str, rate: float, seconds: float, failover: bool) -> dict:
             t0 = time.perf_counter()
             c.drivers[lead].close()
             c.servers[lead].close()
-            new = None
-            while new is None or new == lead:
-                new = c.leader()
-                time.sleep(0.001)
-            c.drivers[new].propose(cmd(10**9), timeout_s=10)
+            if algorithm == "bft":  # any live node proposes; the backups' timers change the view
+                new = next(i for i in c.ids if i != lead)
+                c.drivers[new].propose(cmd(10**9), timeout_s=30)
+            else:
+                new = None
+                while new is None or new == lead:
+                    new = c.leader()
+                    time.sleep(0.001)
+                c.drivers[new].propose(cmd(10**9), timeout_s=10)
             out["failover_s"] = time.perf_counter() - t0
         return out
     finally:
@@ -158,6 +186,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--data-root")
+    ap.add_argument("--bft-nodes", default="4,7", help="PBFT cluster sizes to measure as well (\"\" = none)")
+    ap.add_argument("--bft-rate", type=float, default=50.0, help="the fixed rate for the BFT latency, ops/s")
     ap.add_argument("--out")
     args = ap.parse_args()
     res: dict = {"machine": machine(), "data_root": args.data_root or tempfile.gettempdir(), "runs": {}}
@@ -178,6 +208,21 @@ def main() -> int:
                      "max_ops_vs_single_node": k["max_ops_s"] / res["nodes_1"]["max_ops_s"]}  # fmt: skip
     res["targets"] = {"p99_le_10ms_at_rate": k["p99_ms"] <= 10, "ge_5000_ops_s": k["max_ops_s"] >= 5000,
                       "failover_le_2s": (k["failover_s"] or 0) <= 2}  # fmt: skip
+    for n in (int(x) for x in args.bft_nodes.split(",") if x):
+        rs = []
+        for _ in range(args.runs):
+            root = tempfile.mkdtemp(prefix="dwcp-bft-", dir=args.data_root)
+            rs.append(run(n, root, args.bft_rate, args.seconds, failover=True, algorithm="bft"))
+        res["runs"][f"bft_{n}"] = rs
+        b = res[f"bft_{n}"] = {
+            "rate_ops_s": args.bft_rate,
+            "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in rs),
+            "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in rs),
+            "max_ops_s": statistics.median(r["max_ops_s"] for r in rs),
+            "failover_s": statistics.median(r["failover_s"] for r in rs),
+        }
+        b["max_ops_vs_raft"] = b["max_ops_s"] / k["max_ops_s"]
+        print(f"bft n={n}: {b}", file=sys.stderr)
     write_json(res, args.out, "bench_consensus.json")
     return 0
 
