@@ -11,7 +11,9 @@ proposals at the primary with at most ``window`` in flight.  Reported:
 * ``per_node_ops_per_s``: the same times n, the rate one node could sustain on
   one core of its own (its share of the work is 1/n: each node signs and
   verifies its own messages);
-* commit latency p50/p99 in wall milliseconds (queueing in the window included);
+* commit latency p50/p99 in wall milliseconds, loaded (queueing in the window
+  included) and unloaded (one proposal at a time: the CPU time of one commit
+  across the cluster);
 * the Ed25519 sign/verify cost on this machine, which bounds all of the above;
 * the peer: the Raft core (``dwcp._testbase.raftsim``) with the same n, batch
   and network, same process, so the lead can quote the ratio.
@@ -68,13 +70,16 @@ def run(ops: int, window: int) -> dict:
         r["cluster_ops_per_s"] = r.pop("ops_per_s")
         r["per_node_ops_per_s"] = r["cluster_ops_per_s"] * n
         r["messages_per_op"] = r["delivered"] / ops
+        one = bftsim.bench(n, max(ops // 8, 20), window=1)  # one at a time: the commit latency itself
+        r["unloaded_latency_p50_ms"], r["unloaded_latency_p99_ms"] = one["latency_p50_ms"], one["latency_p99_ms"]
         out["pbft"].append(r)
         peer = raft_peer(n, ops, window)
         out["raft_peer"].append(peer)
         r["ratio_to_raft_core"] = r["cluster_ops_per_s"] / peer["cluster_ops_per_s"]
         print(f"n={n}: pbft {r['cluster_ops_per_s']:.0f} ops/s (one core for the cluster; "
               f"{r['per_node_ops_per_s']:.0f} per node-core), p50 {r['latency_p50_ms']:.1f} ms, "
-              f"p99 {r['latency_p99_ms']:.1f} ms, {r['messages_per_op']:.1f} msgs/op; "
+              f"p99 {r['latency_p99_ms']:.1f} ms (unloaded p50 {r['unloaded_latency_p50_ms']:.1f} ms), "
+              f"{r['messages_per_op']:.1f} msgs/op; "
               f"raft core {peer['cluster_ops_per_s']:.0f} ops/s", file=sys.stderr)  # fmt: skip
     return out
 
