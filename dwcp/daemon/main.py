@@ -364,10 +364,19 @@ class Daemon:
             "cluster": self.cluster.status() if self.cluster is not None else None,
             "raft": cb.status() if isinstance(cb, RaftDriver) else None,
             "consensus": {"backend": self.config.consensus.backend, **cb.status()} if cb is not None else None,
-            "catalog": cb.catalog.where() if cb is not None else None,
+            "catalog": self._catalog_where(cb),
             "health": self.health.evaluate(time.monotonic()).to_dict(),
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
         }  # fmt: skip
+
+    @staticmethod
+    def _catalog_where(cb) -> dict | None:
+        """Every key's latest version and holders, from this node's applied catalog (under its lock: a Raft
+        snapshot install replaces the catalog object)."""
+        if cb is None:
+            return None
+        with cb.lock:
+            return cb.catalog.where()
 
     def summary(self) -> str:
         host, port = self.server.address
