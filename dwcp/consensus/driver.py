@@ -1,17 +1,25 @@
 """The daemon's Raft driver: ticks, the wire, durable storage and the catalog around the sans-IO core.
 
-* One lock around the ``RaftNode`` (the core is single-threaded by design).
-* A ticker thread calls ``tick()`` every ``tick_s``; connection threads call
-  ``deliver`` for each message a peer sent; after either, ``ready()`` is
-  drained: its messages go to per-peer send queues, its committed entries
-  are applied to the ``Catalog`` in log order.  The storage (``FileStorage``)
-  fsyncs inside the core's calls, so nothing is sent before it is durable.
+* One core thread per node steps the ``RaftNode`` (single-threaded by design),
+  in rounds: it takes everything delivered, proposed and asked since the last
+  round, steps it all, ticks if a tick is due, then drains ``ready()`` once:
+  one fsync (``FileStorage.sync``) before anything is sent or applied, one
+  write per peer, committed entries applied to the ``Catalog`` in log order;
+  proposers and readers are woken after the lock is released.  Work that
+  arrives during a round's fsync makes the next round, so batches grow with
+  the load.  ``lock`` is held for a round's stepping and draining.
+* A leader holds new proposals while a replication round is in flight (at
+  most HOLD_S) and proposes them together when it commits: one round trip per
+  batch, not many small pipelined ones that each cost every node a wake-up,
+  an fsync and a frame.
 * Peers talk over the data port: a stream opened with HELLO op "raft" (mutual
   TLS, and the sender's certificate identity must be the ``src`` of every
-  message it carries), then one FRAME_RAFT JSON frame per message.  A lost
-  connection loses messages, which Raft tolerates; links reconnect.
-* ``propose`` waits until the command is applied (or times out); a follower
-  forwards the command to the leader it knows.
+  message it carries), then FRAME_RAFT JSON frames, one per message (a
+  round's frames to a peer go out in one write).  ``deliver`` checks them on
+  the connection's thread and queues them for the core.  A lost connection
+  loses messages, which Raft tolerates; links reconnect.
+* ``propose`` waits until the command is applied (or times out); a follower's
+  core forwards the command to the leader it knows.
 """
 
 from __future__ import annotations
