@@ -1,17 +1,25 @@
 """The daemon's Raft driver: ticks, the wire, durable storage and the catalog around the sans-IO core.
 
-* One lock around the ``RaftNode`` (the core is single-threaded by design).
-* A ticker thread calls ``tick()`` every ``tick_s``; connection threads call
-  ``deliver`` for each message a peer sent; after either, ``ready()`` is
-  drained: its messages go to per-peer send queues, its committed entries
-  are applied to the ``Catalog`` in log order.  The storage (``FileStorage``)
-  fsyncs inside the core's calls, so nothing is sent before it is durable.
+* One core thread per node steps the ``RaftNode`` (single-threaded by design),
+  in rounds: it takes everything delivered, proposed and asked since the last
+  round, steps it all, ticks if a tick is due, then drains ``ready()`` once:
+  one fsync (``FileStorage.sync``) before anything is sent or applied, one
+  write per peer, committed entries applied to the ``Catalog`` in log order;
+  proposers and readers are woken after the lock is released.  Work that
+  arrives during a round's fsync makes the next round, so batches grow with
+  the load.  ``lock`` is held for a round's stepping and draining.
+* A leader holds new proposals while a replication round is in flight (at
+  most HOLD_S) and proposes them together when it commits: one round trip per
+  batch, not many small pipelined ones that each cost every node a wake-up,
+  an fsync and a frame.
 * Peers talk over the data port: a stream opened with HELLO op "raft" (mutual
   TLS, and the sender's certificate identity must be the ``src`` of every
-  message it carries), then one FRAME_RAFT JSON frame per message.  A lost
-  connection loses messages, which Raft tolerates; links reconnect.
-* ``propose`` waits until the command is applied (or times out); a follower
-  forwards the command to the leader it knows.
+  message it carries), then FRAME_RAFT JSON frames, one per message (a
+  round's frames to a peer go out in one write).  ``deliver`` checks them on
+  the connection's thread and queues them for the core.  A lost connection
+  loses messages, which Raft tolerates; links reconnect.
+* ``propose`` waits until the command is applied (or times out); a follower's
+  core forwards the command to the leader it knows.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ import itertools
 import json
 import logging
 import os
-import queue
 import secrets
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +55,10 @@ MAX_WIRE_ENTRIES = 1024  # entries in one APPEND (the core sends max_entries_per
 MAX_WIRE_VOTERS = 256
 MAX_WIRE_NAME = 256  # a node id
 MAX_WIRE_CTX = 64  # a read's context, bytes
+MAX_LINK_QUEUE = 10_000  # frames queued for one peer while its stream is down or full
+HOLD_S = 0.002  # the longest a leader holds proposals back for the round in flight
+MAX_HELD = 1024  # ... or until this many are held
+MAX_INBOX = 50_000  # messages (or proposals, or reads) waiting for the core thread's next round
 MAX_WIRE_DATA = 2 << 20  # one entry's or one snapshot chunk's bytes (the core's chunk: SNAP_CHUNK_BYTES)
 assert SNAP_CHUNK_BYTES <= MAX_WIRE_DATA
 
@@ -176,47 +189,80 @@ def _command_id(data: bytes) -> str | None:
 
 
 class _PeerLink(threading.Thread):
-    """Sends one peer its messages over a stream it (re)opens as needed."""
+    """Sends one peer its messages over a stream it (re)opens as needed.
+
+    ``send`` writes straight to the socket from the caller's thread when the stream is up, nothing is
+    queued and the kernel takes the whole frame without blocking (the common case: no thread hand-off);
+    otherwise the frame (or the part of it the kernel did not take) is queued, and this thread writes the
+    queue in order, connecting first if needed.  A lost stream loses what was queued for it, as a lossy
+    network would, and so does a queue past MAX_LINK_QUEUE frames (whole frames only)."""
 
     def __init__(self, driver: Any, peer: str, address: str) -> None:
         """``driver``: a RaftDriver or an EpochDriver (its ``id``, ``transport``, ``ssl_ctx``, ``stopped``)."""
         super().__init__(name=f"dwcp-raft-{peer}", daemon=True)
         self.driver, self.peer, self.address = driver, peer, address
-        self.q: queue.Queue = queue.Queue(maxsize=10_000)
+        self._cv = threading.Condition(threading.Lock())  # guards _fs, _queue and _writing
+        self._queue: list[bytes] = []
+        self._writing = False  # this thread is writing a batch outside the lock: no direct write meanwhile
         self._fs: Any = None  # a FrameSocket once connected
+        self._direct = True  # plaintext streams only (an SSLSocket's send takes no flags)
 
     def send(self, frame: bytes) -> None:
-        try:
-            self.q.put_nowait(frame)
-        except queue.Full:
-            pass  # a peer that cannot keep up loses messages, as on a lossy network
+        with self._cv:
+            if self._fs is not None and self._direct and not self._queue and not self._writing:
+                try:
+                    n = self._fs.sock.send(frame, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    n = 0  # this thread meets the error on its next write and reconnects
+                if n >= len(frame):
+                    return
+                self._queue.append(frame[n:])  # the rest of a started frame: never dropped (see _lost)
+                self._cv.notify()
+                return
+            if len(self._queue) >= MAX_LINK_QUEUE:
+                return  # a peer that cannot keep up loses messages, as on a lossy network
+            self._queue.append(frame)
+            self._cv.notify()
+
+    def _lost(self, fs: Any) -> None:
+        """The stream failed: close it, and drop what was queued for it (it may end in half a frame)."""
+        with self._cv:
+            if self._fs is fs:
+                self._fs = None
+            self._queue.clear()
+        if fs is not None:
+            fs.close()
 
     def run(self) -> None:
         from dwcp.transport.sender import open_stream
 
         host, _, port = self.address.rpartition(":")
         while not self.driver.stopped.is_set():
+            with self._cv:
+                if not self._queue:
+                    self._cv.wait(0.2)
+                    if not self._queue:
+                        continue
+                batch, self._queue = self._queue, []
+                fs = self._fs
+                self._writing = True
             try:
-                batch = [self.q.get(timeout=0.2)]
-            except queue.Empty:
-                continue
-            while len(batch) < 256:  # whatever else is queued goes in the same write
-                try:
-                    batch.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if self._fs is None:
-                    self._fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
-                    self._fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
-                                                                     "node": self.driver.id}))  # fmt: skip
-                self._fs.send(b"".join(batch))
+                if fs is None:
+                    fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
+                    fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
+                                                              "node": self.driver.id}))  # fmt: skip
+                    with self._cv:
+                        self._fs, self._direct = fs, not isinstance(fs.sock, ssl.SSLSocket)
+                fs.send(b"".join(batch))
             except (OSError, DWCPError) as exc:
                 log.debug("raft link to %s: %s", self.peer, exc)
-                if self._fs is not None:
-                    self._fs.close()
-                    self._fs = None
+                self._lost(fs)
                 self.driver.stopped.wait(0.1)
+            finally:
+                with self._cv:
+                    self._writing = False
 
 
 class RaftDriver:
@@ -234,51 +280,47 @@ class RaftDriver:
         self.snapshots = 0  # taken here (compactions)
         self.installed = 0  # snapshots restored (at start, or sent by a leader)
         self.failed: BaseException | None = None  # a storage failure stopped this node
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the core, the catalog, the waiters (held by the core thread per round)
         self.stopped = threading.Event()
         self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._readers: dict[bytes, threading.Event] = {}
-        self._inbox: list[Msg] = []  # delivered messages waiting for the lock (bounded by the connections)
-        self._inbox_lock = threading.Lock()
+        # the core thread's input, swapped out whole each round (under _in_lock); _wake says "look"
+        self._in_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._inbox: list[Msg] = []  # delivered messages (bounded: MAX_INBOX, beyond it dropped as if lost)
+        self._props: list[tuple[int, bytes]] = []  # (the term it was handed in, command): proposals and forwards
+        self._reads: list[bytes] = []  # read contexts to ask the core about
+        self._held: list[bytes] = []  # leader: proposals waiting for the round in flight to commit (core thread)
+        self._held_since = 0.0
+        self._held_term = -1
+        self._quiet_props = False  # set by the core thread: see _submit
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
-        self._pending: list[bytes] = []  # group commit: proposals waiting for the next leader write
-        self._flushing = False
+        self.rounds = 0  # core rounds run (status: entries per round is the batching achieved)
+        self.dropped = 0  # delivered messages or forwards dropped because the core was MAX_INBOX behind
         self.leader_changes = 0
         self._last_leader: str | None = None
+        self._core_thread: threading.Thread | None = None
         with self.lock:
-            self._drain()  # a restart: the catalog from the snapshot on disk (the log replays as it commits)
+            out = self._drain()  # a restart: the catalog from the snapshot on disk (the log replays as it commits)
+        self._release(out)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         for link in self.links.values():
             link.start()
-        threading.Thread(target=self._ticker, name="dwcp-raft-tick", daemon=True).start()
+        self._core_thread = threading.Thread(target=self._run, name=f"dwcp-raft-core-{self.id}", daemon=True)
+        self._core_thread.start()
 
     def close(self) -> None:
         self.stopped.set()
+        self._wake.set()
         with self.lock:
             self.storage.close()
 
-    def _ticker(self) -> None:
-        while not self.stopped.wait(self.tick_s):
-            with self.lock:
-                if self._live():
-                    self._core(self.node.tick)
-
     def _live(self) -> bool:
         return self.failed is None and not self.stopped.is_set()
-
-    def _core(self, fn: Callable[..., _T], *args: Any) -> _T | None:
-        """Call into the core and drain it (lock held); a storage failure stops this node for good."""
-        try:
-            out = fn(*args)
-            self._drain()
-            return out
-        except (StorageError, InternalError) as exc:
-            self._fail(exc)
-            return None
 
     def _fail(self, exc: BaseException) -> None:
         if self.failed is None:
@@ -288,72 +330,116 @@ class RaftDriver:
         self.stopped.set()
         self.storage.close()
 
-    # -- the wire -----------------------------------------------------------------------
-    def deliver(self, d: dict, peer_identity: str | None) -> None:
-        """A message from the data port; ``peer_identity`` is the TLS identity (None: plaintext)."""
-        if d.get("type") == "forward":  # a follower's proposal for us to lead
-            if peer_identity is not None and d.get("src") != peer_identity:
-                raise RemoteProtocolError("forwarded proposal from a node that is not its sender", C.ERR_BAD_FIELD)
-            try:
-                data = _hex(d.get("data"), MAX_WIRE_DATA, "forwarded data")
-            except (ValueError, TypeError) as exc:
-                raise RemoteProtocolError(f"bad forwarded proposal: {exc}", C.ERR_MALFORMED) from None
+    def _submit(self, kind: str, item: Any) -> None:
+        with self._in_lock:
+            box = self._inbox if kind == "msg" else self._props if kind == "prop" else self._reads
+            if len(box) >= MAX_INBOX:
+                self.dropped += 1  # the core is far behind: lose it, as a congested network would
+                return
+            box.append(item)
+            if kind == "prop" and self._quiet_props:
+                return  # the leader's core wakes for the round in flight's answers (or HOLD_S) and takes it then
+        self._wake.set()
+
+    # -- the core thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        """The one thread that steps the core: each round takes everything delivered, proposed and asked
+        since the last one, steps it all, ticks if due, then drains once (one fsync, one write per peer,
+        one wake-up per applied command).  Work that arrives during a round's fsync makes the next round:
+        the batches grow with the load by themselves."""
+        next_tick = time.monotonic() + self.tick_s
+        while not self.stopped.is_set():
+            wait = next_tick - time.monotonic()
+            if wait > 0:
+                self._wake.wait(min(wait, HOLD_S) if self._held or self._quiet_props else wait)
+            self._wake.clear()  # before the swap: whatever comes after it sets the flag again
+            with self._in_lock:
+                msgs, self._inbox = self._inbox, []
+                props, self._props = self._props, []
+                reads, self._reads = self._reads, []
+            now = time.monotonic()
+            tick = now >= next_tick
+            if tick:
+                next_tick = max(next_tick + self.tick_s, now)  # a stalled round does not owe a burst of ticks
             with self.lock:
-                if self._live() and self.node.role is Role.LEADER:
-                    self._pending.append(data)
-                    flush = not self._flushing
-                    self._flushing = self._flushing or flush
-                else:
-                    flush = False
-            if flush:
-                self._flush()
-            return
-        m = msg_from_wire(d)
-        if peer_identity is not None and m.src != peer_identity:
-            raise RemoteProtocolError(f"raft message from {peer_identity} claims to be from {m.src}", C.ERR_BAD_FIELD)
-        if m.dst != self.id or m.src not in self.links:
-            raise RemoteProtocolError(f"raft message {m.src} -> {m.dst} is not for this cluster node", C.ERR_BAD_FIELD)
-        with self._inbox_lock:
-            self._inbox.append(m)
-        # flat combining: whoever gets the lock steps everything queued so far and drains once (one fsync
-        # for a burst of appends); a thread that finds the inbox already emptied by another just returns
-        with self.lock:
-            with self._inbox_lock:
-                batch, self._inbox = self._inbox, []
-            if batch and self._live():
-                self._core(self._step_all, batch)
+                if not self._live():
+                    return
+                try:
+                    self._round(msgs, props, reads, tick, now)
+                    out = self._drain()
+                except (StorageError, InternalError) as exc:
+                    self._fail(exc)
+                    return
+                self.rounds += 1
+                # a replication round in flight: proposals wait for it, so they need not wake the core
+                self._quiet_props = self.node.role is Role.LEADER and self.node.commit < self.node.last_index
+            self._release(out)
 
-    def _step_all(self, batch: list[Msg]) -> None:
-        for m in batch:
-            self.node.step(m)
+    def _round(self, msgs: list[Msg], props: list[tuple[int, bytes]], reads: list[bytes], tick: bool,
+               now: float) -> None:
+        node = self.node
+        for m in msgs:
+            node.step(m)
+        if props or self._held:
+            # a proposal handed in at another term is dropped: its proposer sees the new term and asks again
+            mine = [d for t, d in props if t == node.term]
+            if node.role is Role.LEADER:
+                # hold new proposals while a replication round is in flight, and propose them all when it
+                # commits: one round trip carries every proposal that came in during the previous one (the
+                # batch grows with the load), instead of many small pipelined rounds that each cost every
+                # node a wake-up, an fsync and a frame; HOLD_S bounds the wait if a round is lost
+                if self._held and self._held_term != node.term:
+                    self._held = []
+                if mine and not self._held:
+                    self._held_since, self._held_term = now, node.term
+                self._held.extend(mine)
+                if self._held and (node.commit >= node.last_index or len(self._held) >= MAX_HELD
+                                   or now - self._held_since >= HOLD_S):  # fmt: skip
+                    batch, self._held = self._held, []
+                    node.propose_batch(batch)
+            elif mine and node.leader in self.links:
+                self.links[node.leader].send(b"".join(
+                    encode_control(C.FRAME_RAFT, 0, {"type": "forward", "src": self.id, "data": d.hex()})
+                    for d in mine))  # fmt: skip
+        for ctx in reads:
+            try:
+                node.read_index(ctx)
+            except NotLeaderError:
+                pass  # the reader asks again (a leader may be elected meanwhile)
+        if tick:
+            node.tick()
 
-    def _drain(self) -> None:
+    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]], list[threading.Event]]:
+        """Hand out what the core has ready (lock held).  Returns what to do once the lock is released:
+        the messages per peer, and the proposers and readers to wake."""
         r = self.node.ready()
         self.storage.sync()  # durable before anyone hears of it, or it is applied
+        sends: dict[str, list[Msg]] = {}
         for m in r.messages:
-            link = self.links.get(m.dst)
-            if link is not None:
-                link.send(raft_frame(msg_to_wire(m)))
+            sends.setdefault(m.dst, []).append(m)
         if r.snapshot is not None:
             meta, data = r.snapshot
             self.catalog = Catalog.restore(json.loads(data))
             self.applied = meta.index
             self.installed += 1
             log.info("raft: catalog restored from the snapshot at %d (term %d)", meta.index, meta.term)
+        wake: list[tuple[threading.Event, list, dict]] = []
+        waiters, catalog = self._waiters, self.catalog
         for e in r.committed:
             self.applied = e.index
             if e.kind != "data":
                 continue
-            res = self.catalog.apply(e.index, e.data)
-            cid = _command_id(e.data) if self._waiters else None
-            w = self._waiters.pop(cid, None) if cid is not None else None
-            if w is not None:
-                w[1].append(res)
-                w[0].set()
+            res = catalog.apply(e.index, e.data)
+            if waiters:
+                cid = _command_id(e.data)
+                w = waiters.pop(cid, None) if cid is not None else None
+                if w is not None:
+                    wake.append((w[0], w[1], res))
+        readers: list[threading.Event] = []
         for rs in r.read_states:
             ev = self._readers.pop(rs.ctx, None)
             if ev is not None:
-                ev.set()
+                readers.append(ev)
         if self.applied - self.storage.snap.index >= self.snapshot_every:
             data = json.dumps(self.catalog.snapshot(), separators=(",", ":")).encode()
             self.node.compact(self.applied, data)
@@ -362,6 +448,42 @@ class RaftDriver:
             self._last_leader = self.node.leader
             self.leader_changes += 1
             log.info("raft: leader is %s (term %d)", self.node.leader, self.node.term)
+        return sends, wake, readers
+
+    def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]],
+                                  list[threading.Event]]) -> None:  # fmt: skip
+        """Send a round's messages (one write per peer) and wake its proposers and readers (lock released)."""
+        sends, wake, readers = out
+        for dst, ms in sends.items():
+            link = self.links.get(dst)
+            if link is not None:
+                link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
+        for ev, box, res in wake:
+            box.append(res)
+            ev.set()
+        for ev in readers:
+            ev.set()
+
+    # -- the wire -----------------------------------------------------------------------
+    def deliver(self, d: dict, peer_identity: str | None) -> None:
+        """A message from the data port; ``peer_identity`` is the TLS identity (None: plaintext).  Checked
+        here, on the connection's thread; the core thread steps it with the rest of its round."""
+        if d.get("type") == "forward":  # a follower's proposal for us to lead
+            if peer_identity is not None and d.get("src") != peer_identity:
+                raise RemoteProtocolError("forwarded proposal from a node that is not its sender", C.ERR_BAD_FIELD)
+            try:
+                data = _hex(d.get("data"), MAX_WIRE_DATA, "forwarded data")
+            except (ValueError, TypeError) as exc:
+                raise RemoteProtocolError(f"bad forwarded proposal: {exc}", C.ERR_MALFORMED) from None
+            if self.node.role is Role.LEADER:  # a racy look: the core checks again, under its term
+                self._submit("prop", (self.node.term, data))
+            return
+        m = msg_from_wire(d)
+        if peer_identity is not None and m.src != peer_identity:
+            raise RemoteProtocolError(f"raft message from {peer_identity} claims to be from {m.src}", C.ERR_BAD_FIELD)
+        if m.dst != self.id or m.src not in self.links:
+            raise RemoteProtocolError(f"raft message {m.src} -> {m.dst} is not for this cluster node", C.ERR_BAD_FIELD)
+        self._submit("msg", m)
 
     # -- proposing ------------------------------------------------------------------------
     def _check(self) -> None:
@@ -377,45 +499,22 @@ class RaftDriver:
         with self.lock:
             self._check()
             self._waiters[cid] = (ev, box)
-        proposed_in: int | None = None  # the term we proposed (or forwarded) in: once per term
-        while not ev.is_set():
-            flush = False
-            with self.lock:
-                self._check()
-                leader = self.node.leader
-                if proposed_in != self.node.term:
-                    if self.node.role is Role.LEADER:
-                        self._pending.append(data)
-                        proposed_in = self.node.term
-                        flush = not self._flushing
-                        self._flushing = self._flushing or flush
-                    elif leader in self.links:
-                        self.links[leader].send(encode_control(C.FRAME_RAFT, 0, {"type": "forward", "src": self.id,
-                                                                                  "data": data.hex()}))  # fmt: skip
-                        proposed_in = self.node.term
-            if flush:
-                self._flush()
-            # a new term may have dropped an uncommitted proposal: ask again then (the catalog's
-            # commands are idempotent per id-less content: a version seen twice just counts once)
+        proposed_in: int | None = None  # the term we handed it in at: once per term
+        while True:
+            self._check()
+            term = self.node.term  # a racy read; the core drops the proposal if the term moved on
+            if proposed_in != term:
+                # the core proposes it (leader) or forwards it (follower); a new term may have dropped an
+                # uncommitted proposal: ask again then (the catalog's commands are idempotent per content)
+                self._submit("prop", (term, data))
+                proposed_in = term
             if ev.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
                 with self.lock:
                     self._waiters.pop(cid, None)
-                raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", leader)
+                raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", self.node.leader)
         return box[0]
-
-    def _flush(self) -> None:
-        """Group commit: whoever finds no flush running writes everything pending, in rounds."""
-        while True:
-            with self.lock:
-                batch, self._pending = self._pending, []
-                if not batch or not self._live():
-                    self._flushing = False
-                    return
-                if self.node.role is Role.LEADER:
-                    self._core(self.node.propose_batch, batch)
-                # not leader any more: the proposers see the new term and forward or retry
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, fn: Callable[[Catalog], _T] | None = None, timeout_s: float = 5.0) -> Any:
@@ -424,23 +523,19 @@ class RaftDriver:
         ctx = secrets.token_bytes(8)
         ev = threading.Event()
         deadline = time.monotonic() + timeout_s
-        leader: str | None = None
+        with self.lock:
+            self._check()
+            self._readers[ctx] = ev
         while True:
-            with self.lock:
-                self._check()
-                self._readers[ctx] = ev
-                leader = self.node.leader
-                try:
-                    self._core(self.node.read_index, ctx)
-                except NotLeaderError as exc:
-                    leader = exc.leader
+            self._check()
+            self._submit("read", ctx)
             # a lost heartbeat or forward, or a new leader, drops the read: ask again
             if ev.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
                 with self.lock:
                     self._readers.pop(ctx, None)
-                raise NotLeaderError(f"no leader confirmed a read within {timeout_s} s", leader)
+                raise NotLeaderError(f"no leader confirmed a read within {timeout_s} s", self.node.leader)
         with self.lock:
             self._check()
             return fn(self.catalog) if fn is not None else copy.deepcopy(self.catalog)
@@ -451,4 +546,5 @@ class RaftDriver:
             return {"role": n.role.value, "term": n.term, "leader": n.leader, "commit": n.commit,
                     "last_index": n.last_index, "voters": sorted(n.voters), "leader_changes": self.leader_changes,
                     "applied": self.applied, "snapshot_index": self.storage.snap.index, "snapshots": self.snapshots,
+                    "rounds": self.rounds, "dropped": self.dropped,
                     "failed": None if self.failed is None else str(self.failed)}  # fmt: skip

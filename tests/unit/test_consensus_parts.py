@@ -308,3 +308,56 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
         assert again.read(lambda c: c.where()) == where  # the rest of the log replayed once it committed
     finally:
         again.close()
+
+
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), st.sampled_from(["data", "noop", "conf", "other"]),
+       st.binary(max_size=64))  # fmt: skip
+def test_a_log_record_is_the_json_it_always_was(term, index, kind, data):
+    from dwcp.consensus.storage import _record
+
+    assert _record(Entry(term, index, kind, data)) == json.dumps([term, index, kind, data.hex()],
+                                                                 separators=(",", ":")).encode() + b"\n"  # fmt: skip
+
+
+def test_a_peer_link_keeps_frames_whole_and_in_order_when_the_kernel_takes_part_of_one():
+    """Direct writes while the stream is idle; a partial write queues the rest ahead of later frames."""
+    import socket
+    import threading
+
+    from dwcp.consensus.driver import _PeerLink
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    class FS:  # the FrameSocket surface the link uses
+        sock = a
+
+        def send(self, data: bytes) -> None:
+            a.sendall(data)
+
+        def close(self) -> None:
+            pass
+
+    drv = type("D", (), {"id": "x", "transport": None, "ssl_ctx": None, "stopped": threading.Event()})()
+    link = _PeerLink(drv, "p", "127.0.0.1:1")
+    link._fs = FS()
+    frames = [bytes([k]) * (1000 * (k % 7 + 1)) for k in range(200)]  # far more than the socket buffer
+    got = bytearray()
+    want = sum(map(len, frames))
+
+    def read() -> None:
+        while len(got) < want:
+            got.extend(b.recv(1 << 16))
+
+    reader = threading.Thread(target=read)
+    link.start()
+    try:
+        for f in frames:
+            link.send(f)
+        reader.start()
+        reader.join(10)
+        assert bytes(got) == b"".join(frames)
+    finally:
+        drv.stopped.set()
+        a.close()
+        b.close()
