@@ -43,6 +43,7 @@ from _common import RESULTS, machine, write_json  # noqa: E402
 from dwcp._testbase.wan import Link, Testbed  # noqa: E402
 
 PORT = 7700
+CONGESTION = ""  # --congestion: every sender's TCP congestion control ("" = each tool's default; dwcp's is bbr)
 PY_RX = """
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,8 +57,10 @@ while True:
 print(n / (time.perf_counter() - t0), flush=True)
 """
 PY_TX = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); buf = bytes(1 << 22); left = int(sys.argv[3])
+import os, socket, sys
+s = socket.socket(); cc = os.environ.get("DWCP_SLA_CC")
+if cc: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+s.connect((sys.argv[1], int(sys.argv[2]))); buf = bytes(1 << 22); left = int(sys.argv[3])
 while left > 0:
     s.sendall(buf[: min(left, len(buf))]); left -= len(buf)
 s.close()
@@ -69,7 +72,8 @@ def python_stream(tb: Testbed, size: int) -> float:
     try:
         assert rx.stdout is not None
         rx.stdout.readline()
-        tb.run("a", [sys.executable, "-c", PY_TX, tb.addr["b"], str(PORT + 1), str(size)], timeout=600)
+        tb.run("a", [sys.executable, "-c", PY_TX, tb.addr["b"], str(PORT + 1), str(size)], timeout=600,
+               env={**os.environ, "DWCP_SLA_CC": CONGESTION})  # fmt: skip
         return float(rx.stdout.readline())
     finally:
         rx.kill()
@@ -81,7 +85,8 @@ def iperf3(tb: Testbed, size: int, n: int) -> float | None:
                    stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(0.4)
-        r = tb.run("a", ["iperf3", "-c", tb.addr["b"], "-p", str(PORT + 2), "-n", str(size), "-P", str(n), "-J"],
+        cc = ["-C", CONGESTION] if CONGESTION else []
+        r = tb.run("a", ["iperf3", "-c", tb.addr["b"], "-p", str(PORT + 2), "-n", str(size), "-P", str(n), "-J", *cc],
                    check=False, timeout=600)  # fmt: skip
         j = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
         return j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 8 or None
@@ -132,8 +137,15 @@ def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str, extra: t
     state = os.path.join(d.root, "sender-state")
     c0 = d.cpu()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ident = ["--plaintext"]
+    if CONGESTION:  # a sender config: the transport settings come from it
+        cfg = os.path.join(d.root, "a.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[node]\nid = "a"\n[security]\nplaintext = true\n[storage]\ndata_dir = "{os.path.join(d.root, "a")}"\n'
+                    f'[transport]\ncongestion = "{CONGESTION}"\n')  # fmt: skip
+        ident = ["--config", cfg]
     r = tb.run("a", [sys.executable, "-m", "dwcp", "send", src, "--to", f"{tb.addr['b']}:{PORT}", "--key", key,
-                     "--plaintext", "--json", "--streams", streams, "--state-dir", state, *extra],
+                     *ident, "--json", "--streams", streams, "--state-dir", state, *extra],
                cwd=d.root, check=False, timeout=900)  # fmt: skip
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = d.cpu() - c0 + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -259,9 +271,13 @@ def main() -> int:
     ap.add_argument("--config", default=os.path.join(HERE, "sla.toml"))
     ap.add_argument("--quick", action="store_true", help="the [quick] matrix: the SLA cells only, smaller objects")
     ap.add_argument("--out")
+    ap.add_argument("--congestion", default="", help="TCP congestion control for every sender (e.g. cubic; "
+                    "default: each tool's own, bbr for dwcp)")
     ap.add_argument("--chunk-sweep", default="", metavar="SIZES",
                     help="also run --streams auto at these fixed chunk sizes per cell (e.g. 1M,4M,16M)")
     args = ap.parse_args()
+    global CONGESTION
+    CONGESTION = args.congestion
     why = Testbed.unavailable()
     if why:
         print(f"sla.py: {why}", file=sys.stderr)
@@ -271,7 +287,7 @@ def main() -> int:
     m = conf["quick" if args.quick else "matrix"]
     size = m["object_mib"] << 20
     root = tempfile.mkdtemp(prefix="dwcp-sla-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    res: dict = {"machine": machine(), "matrix": m, "cells": []}
+    res: dict = {"machine": machine(), "matrix": m, "congestion": CONGESTION or "default (dwcp: bbr)", "cells": []}
     try:
         src = os.path.join(root, "object")
         np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8).tofile(src)
