@@ -84,7 +84,13 @@ class EpochDriver:
                 missing = sorted(set(self.ids) - set(self.verify_keys))
                 raise DWCPError(f"BFT consensus needs this node's signing key and every node's bft_key (missing: "
                                 f"{', '.join(missing) or 'our signing key'})")  # fmt: skip
-            return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys))
+            from .pbft_storage import FilePbftStorage
+
+            # durable votes, view and executed entries: a restarted node never contradicts what it signed, and
+            # re-emits its executed entries, which rebuild the catalog from the epoch's start
+            pst = FilePbftStorage(os.path.join(self.dir, f"epoch-{epoch}", "pbft"))
+            self._storages.append(pst)  # type: ignore[arg-type]  # synced in _drain, closed in close()
+            return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys, storage=pst))
         st = FileStorage(os.path.join(self.dir, f"epoch-{epoch}", "raft"))
         self._storages.append(st)
         return RaftEngine(RaftNode(self.id, self.ids, st, election_ticks=self.election_ticks))
