@@ -215,6 +215,8 @@ class EpochDriver:
 
     def _drain(self) -> None:
         r = self.node.ready()
+        for st in self._storages[-2:]:  # durable before anything is handed to the links (their threads send)
+            st.sync()
         if self.node.epoch != self._saved_epoch:
             self._save()
         for e in r.messages:
@@ -226,8 +228,6 @@ class EpochDriver:
             if w is not None:
                 w[1].append(res)
                 w[0].set()
-        for st in self._storages[-2:]:
-            st.sync()
 
     # -- proposing --------------------------------------------------------------------------------
     def propose(self, cmd: dict, timeout_s: float = 5.0) -> dict:
