@@ -5,9 +5,13 @@ deterministic) exchange messages over a simulated network with random delays
 (so reordering), drops, duplicates and partitions.  Time is ticks.  Nodes can
 crash and restart:
 
-* ``restart(i)`` (disk kept): the node keeps its whole protocol state (log,
-  votes, checkpoints, executed history: the state PBFT requires to be durable
-  before a message is sent) and loses what was in flight and its timers;
+* ``restart(i)`` (disk kept): a *new* ``PbftNode`` built from the node's
+  ``MemoryPbftStorage`` (what PBFT requires to be durable before a message is
+  sent: view, its own votes, certificates, checkpoints, executed entries; the
+  simulator syncs it after ``ready()`` and before sending, as a driver does).
+  Messages in flight, timers and everything volatile are lost; the node
+  re-emits its executed entries, which rebuild its catalog from empty (as the
+  daemon rebuilds its catalog from the epoch's start);
 * ``restart(i, keep_state=False)`` (disk lost): a fresh node with an empty log
   and an empty catalog.  It recovers by state transfer: FETCH from its peers,
   ENTRIES proven by the stable checkpoint (2f + 1 signatures over the execution
@@ -45,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dwcp.consensus.catalog import Catalog
 from dwcp.consensus.pbft import Committed, Envelope, Msg, MsgType, PbftNode, request_digest
+from dwcp.consensus.pbft_storage import MemoryPbftStorage
 
 __all__ = [
     "Behaviour",
@@ -232,13 +237,15 @@ class Storm(Behaviour):
 class Sim:
     def __init__(self, n: int = 4, seed: int = 0, *, drop: float = 0.0, dup: float = 0.0, min_delay: int = 1,
                  max_delay: int = 3, behaviours: dict[str, Behaviour] | None = None, strict: bool = True,
-                 **node_kw: Any) -> None:  # fmt: skip
+                 durable: bool = True, **node_kw: Any) -> None:  # fmt: skip
         self.rng = random.Random(seed)
         self.ids = [f"n{i}" for i in range(n)]
         self.signers = {i: Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) for i in self.ids}
         self.pubs = {i: k.public_key() for i, k in self.signers.items()}
         self.drop, self.dup, self.min_delay, self.max_delay = drop, dup, min_delay, max_delay
         self.node_kw = {"view_change_ticks": 40, "checkpoint_interval": 8, **node_kw}
+        self.durable = durable  # False: no storage at all (the bench measures the core alone)
+        self.disks = {i: MemoryPbftStorage() for i in self.ids}
         self.nodes = {i: self._boot(i) for i in self.ids}
         self.behaviours: dict[str, Behaviour] = {}
         for i, b in (behaviours or {}).items():
@@ -260,7 +267,8 @@ class Sim:
         self._incarnation = dict.fromkeys(self.ids, 0)
 
     def _boot(self, i: str, incarnation: int = 0) -> PbftNode:
-        return PbftNode(i, self.ids, self.signers[i], self.pubs, incarnation=incarnation, **self.node_kw)
+        return PbftNode(i, self.ids, self.signers[i], self.pubs, incarnation=incarnation,
+                        storage=self.disks[i] if self.durable else None, **self.node_kw)  # fmt: skip
 
     @property
     def correct(self) -> list[str]:
@@ -278,15 +286,21 @@ class Sim:
 
     def crash(self, i: str) -> None:
         self.alive.discard(i)
+        self.disks[i].crash()  # what was not synced is gone (nothing the node sent: it syncs first)
 
     def restart(self, i: str, keep_state: bool = True) -> None:
-        if keep_state:
+        """A new node object: from its disk (``keep_state``; without ``durable`` the old object reboots), or
+        amnesic with a new incarnation (fresh request ids)."""
+        if keep_state and not self.durable:
             self.nodes[i].reboot()
-        else:
+            self.alive.add(i)
+            return
+        if not keep_state:
             self._incarnation[i] += 1
-            self.nodes[i] = self._boot(i, self._incarnation[i])
-            self.applied[i] = []
-            self.catalogs[i] = Catalog()
+            self.disks[i] = MemoryPbftStorage()
+        self.nodes[i] = self._boot(i, self._incarnation[i])
+        self.applied[i] = []  # the catalog is rebuilt from the executed entries the node re-emits
+        self.catalogs[i] = Catalog()
         self.alive.add(i)
 
     # -- running ----------------------------------------------------------------------------------------
@@ -314,6 +328,7 @@ class Sim:
             node, b = self.nodes[i], self.behaviours.get(i)
             node.tick()
             r = node.ready()
+            self.disks[i].sync()  # durable before anything is sent
             out = r.messages
             if b is not None:
                 out = [e2 for e in out for e2 in b.outgoing(e)] + b.tick()
@@ -394,7 +409,7 @@ class Sim:
 def bench(n: int, ops: int = 300, *, window: int = 32, seed: int = 0) -> dict[str, float]:
     """Throughput and latency of the PBFT core alone (signing and verification included): ``ops``
     proposals at the primary, at most ``window`` in flight, a one-tick network; wall-clock seconds."""
-    s = Sim(n, seed=seed, min_delay=1, max_delay=1, checkpoint_interval=64, view_change_ticks=10**6)
+    s = Sim(n, seed=seed, min_delay=1, max_delay=1, checkpoint_interval=64, view_change_ticks=10**6, durable=False)
     prim = s.nodes[s.ids[0]]
     started: dict[bytes, float] = {}
     lat: list[float] = []

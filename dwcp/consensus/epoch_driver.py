@@ -84,7 +84,13 @@ class EpochDriver:
                 missing = sorted(set(self.ids) - set(self.verify_keys))
                 raise DWCPError(f"BFT consensus needs this node's signing key and every node's bft_key (missing: "
                                 f"{', '.join(missing) or 'our signing key'})")  # fmt: skip
-            return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys))
+            from .pbft_storage import FilePbftStorage
+
+            # durable votes, view and executed entries: a restarted node never contradicts what it signed, and
+            # re-emits its executed entries, which rebuild the catalog from the epoch's start
+            pst = FilePbftStorage(os.path.join(self.dir, f"epoch-{epoch}", "pbft"))
+            self._storages.append(pst)  # type: ignore[arg-type]  # synced in _drain, closed in close()
+            return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys, storage=pst))
         st = FileStorage(os.path.join(self.dir, f"epoch-{epoch}", "raft"))
         self._storages.append(st)
         return RaftEngine(RaftNode(self.id, self.ids, st, election_ticks=self.election_ticks))
@@ -209,6 +215,8 @@ class EpochDriver:
 
     def _drain(self) -> None:
         r = self.node.ready()
+        for st in self._storages[-2:]:  # durable before anything is handed to the links (their threads send)
+            st.sync()
         if self.node.epoch != self._saved_epoch:
             self._save()
         for e in r.messages:
@@ -220,8 +228,6 @@ class EpochDriver:
             if w is not None:
                 w[1].append(res)
                 w[0].set()
-        for st in self._storages[-2:]:
-            st.sync()
 
     # -- proposing --------------------------------------------------------------------------------
     def propose(self, cmd: dict, timeout_s: float = 5.0) -> dict:

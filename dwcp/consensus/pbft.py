@@ -41,6 +41,19 @@ Rules kept here (what a correct node checks and does):
   backups two different things is caught by either of them, and a view change
   starts at once); a COMMIT for another digest than the one we prepared in
   that slot is ``conflicting_commit`` (its sender is faulty, or more than f are);
+* a node never signs two different digests for one (type, view, seq) (two
+  CHECKPOINTs for one seq, two VIEW-CHANGEs for one view): ``_new`` refuses
+  with InternalError, and so that this holds across restarts, a node given a
+  ``storage`` (``pbft_storage``) writes there, before ``ready()`` hands out
+  the message, its view and VIEW-CHANGE in progress, every PRE-PREPARE it
+  accepted or issued, its own PREPAREs, COMMITs and CHECKPOINTs, its prepared
+  and commit certificates above the stable checkpoint, the stable checkpoint
+  and its proof, its request-id reservation and its executed entries; the
+  driver syncs the storage before it sends.  Built from a non-empty storage,
+  the node resumes: same view (or view change), the same votes (the resend
+  timer sends them again), as the primary the next free sequence number, and
+  its executed entries re-emitted in ``ready().committed`` from sequence 1
+  (the host rebuilds its state machine from them; then FETCH brings the rest);
 * a node that restarts without its durable state is amnesic (as the primary it
   may re-issue a sequence number it had used, which its peers report as
   equivocation): it counts against f until it has caught up;
@@ -102,7 +115,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from dwcp.errors import InternalError, LocalProtocolError, RemoteProtocolError
+from dwcp.errors import InternalError, LocalProtocolError, RemoteProtocolError, StorageError
+
+from .pbft_storage import PbftStorage
 
 __all__ = [
     "Committed",
@@ -164,6 +179,9 @@ _PROOF_TYPES = {MsgType.VIEW_CHANGE, MsgType.NEW_VIEW, MsgType.ENTRIES}
 # self-certifying messages that a node may pass on: a request (signed by its origin, forwarded to the
 # primary) and a NEW-VIEW (signed by the primary, shown to a node that missed it)
 _RELAYED = {MsgType.REQUEST, MsgType.NEW_VIEW}
+# the votes that bind a node: it never signs two digests for one (type, view, seq)
+_BINDING = {MsgType.PRE_PREPARE, MsgType.PREPARE, MsgType.COMMIT, MsgType.CHECKPOINT, MsgType.VIEW_CHANGE}
+RID_BLOCK = 1024  # request ids reserved per state write (a restart skips the rest of the block)
 
 
 def request_digest(origin: str, rid: int, data: bytes) -> str:
@@ -359,6 +377,7 @@ class PbftNode:
         retain_entries: int = 4096,
         dedup_window: int = 65536,
         incarnation: int = 0,
+        storage: PbftStorage | None = None,
     ) -> None:
         if node_id not in ids or len(set(ids)) != len(ids):
             raise ValueError("a node is one of the (distinct) ids")
@@ -425,6 +444,13 @@ class PbftNode:
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._outbox: list[Envelope] = []
         self._out_committed: list[Committed] = []
+        # durability
+        self._signed: dict[tuple[MsgType, int, int], str] = {}  # (type, view, seq) -> the digest we signed
+        self.storage = storage
+        self._rid_reserved = 0
+        self.replayed = 0  # executed entries re-emitted from storage at construction
+        if storage is not None:
+            self._restore(storage)
 
     # -- small helpers -------------------------------------------------------------------------
     def primary(self, view: int | None = None) -> str:
@@ -438,7 +464,14 @@ class PbftNode:
         return Msg(m.type, m.sender, m.view, m.seq, m.digest, m.data, m.proofs, m.aux, self.signer.sign(m.body()))
 
     def _new(self, t: MsgType, **kw: Any) -> Msg:
-        return self._sign(Msg(t, self.id, **kw))
+        m = Msg(t, self.id, **kw)
+        if t in _BINDING:
+            k = (t, m.view, 0 if t is MsgType.VIEW_CHANGE else m.seq)
+            old = self._signed.setdefault(k, m.digest)
+            if old != m.digest:
+                raise InternalError(f"{self.id}: refusing to sign {t.value} {m.digest[:12]} for view {m.view} "
+                                    f"seq {m.seq}: we signed {old[:12]} there")  # fmt: skip
+        return self._sign(m)
 
     def _send(self, dst: str, m: Msg) -> None:
         if dst != self.id:
@@ -517,6 +550,9 @@ class PbftNode:
             raise LocalProtocolError("too many pending requests")
         try:
             self._rid += 1
+            if self.storage is not None and self._rid > self._rid_reserved:
+                self._rid_reserved = self._rid + RID_BLOCK
+                self._save_state()
             req = self._new(MsgType.REQUEST, seq=self._rid, data=data,
                             digest=request_digest(self.id, self._rid, data))  # fmt: skip
             self.own_pending[req.digest] = req
@@ -555,6 +591,117 @@ class PbftNode:
         self._vc_elapsed = self._since_progress = 0
         if self.status is Status.ERROR:
             raise LocalProtocolError("cannot reboot a node in ERROR")
+
+    # -- durability (pbft_storage) ---------------------------------------------------------------
+    def _persist(self, kind: str, seq: int, body: Any) -> None:
+        if self.storage is not None:
+            self.storage.append([kind, seq, body])
+
+    def _save_state(self) -> None:
+        if self.storage is None:
+            return
+        self.storage.set_state({
+            "view": self.view,
+            "status": self.status.value,
+            "own_vc": None if self.own_vc is None else self.own_vc.to_wire(),
+            "nv": None if self.nv_msg is None else self.nv_msg.to_wire(),
+            "h": self.h,
+            "stable_digest": self.stable_digest,
+            "stable_proof": [c.to_wire() for c in self.stable_proof],
+            "rid": self._rid_reserved,
+        })  # fmt: skip
+
+    def _restore(self, storage: PbftStorage) -> None:
+        """Resume from what ``storage`` holds (nothing: a first start).  Our own disk is trusted for
+        signatures; its shape is checked, and anything malformed is a StorageError."""
+        state, log, execs = storage.load()
+        try:
+            self._restore_from(state, log, execs)
+        except (ValueError, KeyError, TypeError, RemoteProtocolError) as exc:
+            raise StorageError(f"{self.id}: the pbft storage does not load: {exc}") from None
+
+    def _restore_from(self, state: dict[str, Any] | None, log: list[list[Any]], execs: list[list[Any]]) -> None:
+        if state is not None:
+            self.view = int(state["view"])
+            self.status = Status(state["status"])
+            if self.status is Status.ERROR:
+                raise ValueError("status error is never stored")
+            self.own_vc = None if state["own_vc"] is None else Msg.from_wire(state["own_vc"])
+            self.nv_msg = None if state["nv"] is None else Msg.from_wire(state["nv"])
+            self.h, self.stable_digest = int(state["h"]), str(state["stable_digest"])
+            self.stable_proof = tuple(Msg.from_wire(w) for w in state["stable_proof"])
+            self._rid_reserved = int(state["rid"])
+            self._rid = max(self._rid, self._rid_reserved)
+        if self.own_vc is not None:
+            if self.status is Status.VIEW_CHANGE:
+                self.vcs[self.id] = self.own_vc
+            self._signed[(MsgType.VIEW_CHANGE, self.own_vc.view, 0)] = self.own_vc.digest
+        # the executed entries, replayed: chain, history, dedup window, own checkpoints, and re-emitted
+        for seq, w in execs:
+            pp = Msg.from_wire(w)
+            if seq != self.last_exec + 1 or pp.seq != seq or pp.type is not MsgType.PRE_PREPARE:
+                raise ValueError(f"executed entry {pp.seq} at {seq} after {self.last_exec}")
+            chain = chain_next(self.chain, seq, pp.digest)
+            if seq == self.h and chain != self.stable_digest:
+                raise ValueError(f"the executed entries do not hash to the stable checkpoint {self.h}")
+            self._executed(seq, pp, chain)
+        self.replayed = self.last_exec
+        floor = self.nv_msg.view if self.nv_msg is not None else 0  # pre-prepares of views we left are void
+        for kind, seq, body in log:
+            if seq <= self.h:
+                continue
+            if kind == "pcert":
+                cert = tuple(Msg.from_wire(w) for w in body)
+                if seq not in self.pcerts or cert[0].view > self.pcerts[seq][0].view:
+                    self.pcerts[seq] = cert
+                continue
+            if kind == "ccert":
+                self.ccerts[seq] = tuple(Msg.from_wire(w) for w in body)
+                continue
+            m = Msg.from_wire(body)
+            key = (m.view, m.seq)
+            if m.seq != seq:
+                raise ValueError(f"{kind} record for seq {seq} holds seq {m.seq}")
+            if kind == "pp":
+                if m.type is not MsgType.PRE_PREPARE:
+                    raise ValueError(f"pp record holds a {m.type.value}")
+                if m.sender == self.id:
+                    self._signed[(m.type, m.view, m.seq)] = m.digest
+                if m.view >= floor:
+                    self.pps[key] = m
+                continue
+            if m.sender != self.id or m.type not in (MsgType.PREPARE, MsgType.COMMIT, MsgType.CHECKPOINT):
+                raise ValueError(f"vote record holds a {m.type.value} from {m.sender}")
+            self._signed[(m.type, m.view, m.seq)] = m.digest
+            if m.type is MsgType.CHECKPOINT:
+                self.ckpts.setdefault(m.seq, {})[self.id] = m
+            elif m.view >= floor:
+                table = self.prepares if m.type is MsgType.PREPARE else self.commits
+                table.setdefault(key, {})[self.id] = m
+                if m.type is MsgType.COMMIT:
+                    self.sent_commit.add(key)
+        if self.nv_msg is not None:  # the pre-prepares of the NEW-VIEW that started our view
+            for pp in self.nv_msg.proofs:
+                if pp.type is MsgType.PRE_PREPARE and self._in_window(pp.seq):
+                    self.pps.setdefault((pp.view, pp.seq), pp)
+                    if pp.sender == self.id:
+                        self._signed[(pp.type, pp.view, pp.seq)] = pp.digest
+        mine = [(v, n) for (v, n) in self.pps if v == self.view]
+        self.next_seq = max([n for _, n in mine] + [self.h])
+        self._max_seen = max([n for _, n in self.pps] + [0])  # slots seen and not executed: FETCH soon
+        for key in sorted(mine):
+            pp = self.pps[key]
+            if pp.proofs:
+                self.assigned[pp.digest] = pp.seq
+                if pp.seq > self.last_exec and pp.digest not in self._dedup and len(self.requests) < self.max_pending:
+                    self.requests[pp.digest] = pp.proofs[0]  # pending again: the view-change timer runs for it
+                    self._arrived[pp.digest] = self.now
+        if self.status is Status.NORMAL and self.nv_msg is not None and self.nv_msg.view == self.view:
+            # a NEW-VIEW's pre-prepares we had not prepared yet (the state is written before the votes)
+            for key in sorted(mine):
+                pp = self.pps[key]
+                if pp.sender != self.id and self.id not in self.prepares.get(key, {}) and pp.seq > self.last_exec:
+                    self._prepare(pp)
 
     # -- ticking -----------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -681,6 +828,7 @@ class PbftNode:
         pp = self._new(MsgType.PRE_PREPARE, view=self.view, seq=self.next_seq, digest=req.digest, proofs=(req,))
         self.assigned[req.digest] = pp.seq
         self.pps[(self.view, pp.seq)] = pp
+        self._persist("pp", pp.seq, pp.to_wire())
         self._broadcast(pp)
 
     def _assign_pending(self) -> None:
@@ -706,19 +854,24 @@ class PbftNode:
                 self._equivocation(m.sender, m, "two pre-prepares for one slot")
             return
         self.pps[key] = m
+        self._persist("pp", m.seq, m.to_wire())
         if m.proofs and m.digest not in self._dedup and m.digest not in self.requests:
             if len(self.requests) < self.max_pending:
                 self.requests[m.digest] = m.proofs[0]
                 self._arrived[m.digest] = self.now
-        prep = self._new(MsgType.PREPARE, view=m.view, seq=m.seq, digest=m.digest, aux=m.sig)
-        self.prepares.setdefault(key, {})[self.id] = prep
-        self._broadcast(prep)
+        self._prepare(m)
         # prepares that arrived first, for another digest, with the primary's signature on it?
         for p in list(self.prepares.get(key, {}).values()):
             if p.digest != m.digest and self._aux_proves(p):
                 self._equivocation(m.sender, m, f"pre-prepare {m.digest[:12]} vs {p.digest[:12]} shown by {p.sender}")
                 break
         self._check_prepared(key)
+
+    def _prepare(self, pp: Msg) -> None:
+        prep = self._new(MsgType.PREPARE, view=pp.view, seq=pp.seq, digest=pp.digest, aux=pp.sig)
+        self.prepares.setdefault((pp.view, pp.seq), {})[self.id] = prep
+        self._persist("vote", pp.seq, prep.to_wire())
+        self._broadcast(prep)
 
     def _aux_proves(self, p: Msg) -> bool:
         """A PREPARE's aux is the primary's signature on PRE-PREPARE(view, seq, p.digest)."""
@@ -774,8 +927,10 @@ class PbftNode:
             return
         self.sent_commit.add(key)
         self.pcerts[key[1]] = (pp, *match[: 2 * self.f])
+        self._persist("pcert", key[1], [p.to_wire() for p in self.pcerts[key[1]]])
         c = self._new(MsgType.COMMIT, view=key[0], seq=key[1], digest=pp.digest)
         self.commits.setdefault(key, {})[self.id] = c
+        self._persist("vote", key[1], c.to_wire())
         self._broadcast(c)
         self._check_committed(key)
 
@@ -815,6 +970,7 @@ class PbftNode:
         self.decided[seq] = pp
         if cert:
             self.ccerts[seq] = cert
+            self._persist("ccert", seq, [c.to_wire() for c in cert])
         self._execute()
 
     def _execute(self) -> None:
@@ -826,31 +982,40 @@ class PbftNode:
                 self.decided[n] = pp
                 self._fault("too_many_faulty", "*", pp, f"our history diverges from the stable checkpoint at {n}")
                 return
-            self.chain, self.last_exec = chain, n
-            self.history[n] = pp
-            while len(self.history) > self.retain:
-                self.history.popitem(last=False)
-            if pp.digest == NULL_DIGEST or not pp.proofs:
-                self._out_committed.append(Committed(n, b"", "null"))
-            else:
-                req = pp.proofs[0]
-                kind = "dup" if pp.digest in self._dedup else "data"
-                self._dedup[pp.digest] = None
-                while len(self._dedup) > self.dedup_window:
-                    self._dedup.popitem(last=False)
-                self._out_committed.append(Committed(n, req.data if kind == "data" else b"", kind, req.sender, req.seq))
-                self.requests.pop(pp.digest, None)
-                self.own_pending.pop(pp.digest, None)
-                self._arrived.pop(pp.digest, None)
+            if self.storage is not None:
+                self.storage.append_exec([n, pp.to_wire()])
+            self._executed(n, pp, chain)
             self._vc_elapsed = 0
             self._since_progress = 0
             self.vc_timeout = self.base_vc_ticks
             if n % self.K == 0 and n > self.h:
-                self.own_ckpts[n] = chain
                 ck = self._new(MsgType.CHECKPOINT, seq=n, digest=chain)
                 self.ckpts.setdefault(n, {})[self.id] = ck
+                self._persist("vote", n, ck.to_wire())
                 self._broadcast(ck)
                 self._check_stable(n)
+
+    def _executed(self, n: int, pp: Msg, chain: str) -> None:
+        """Sequence ``n`` executed (or replayed from storage): the chain, the history, the dedup window and
+        the entry for ``ready().committed``."""
+        self.chain, self.last_exec = chain, n
+        self.history[n] = pp
+        while len(self.history) > self.retain:
+            self.history.popitem(last=False)
+        if pp.digest == NULL_DIGEST or not pp.proofs:
+            self._out_committed.append(Committed(n, b"", "null"))
+        else:
+            req = pp.proofs[0]
+            kind = "dup" if pp.digest in self._dedup else "data"
+            self._dedup[pp.digest] = None
+            while len(self._dedup) > self.dedup_window:
+                self._dedup.popitem(last=False)
+            self._out_committed.append(Committed(n, req.data if kind == "data" else b"", kind, req.sender, req.seq))
+            self.requests.pop(pp.digest, None)
+            self.own_pending.pop(pp.digest, None)
+            self._arrived.pop(pp.digest, None)
+        if n % self.K == 0 and n > self.h:
+            self.own_ckpts[n] = chain
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _on_checkpoint(self, m: Msg) -> None:
@@ -901,6 +1066,10 @@ class PbftNode:
         if seq <= self.h:
             return
         self.h, self.stable_digest, self.stable_proof = seq, digest, proof
+        self._signed = {k: d for k, d in self._signed.items() if k[2] > seq or k[0] is MsgType.VIEW_CHANGE}
+        if self.storage is not None:
+            self._save_state()  # first the new h (loading skips records at or below it), then the shorter log
+            self.storage.compact(seq)
         self.pps = {k: v for k, v in self.pps.items() if k[1] > seq}
         self.prepares = {k: v for k, v in self.prepares.items() if k[1] > seq}
         self.commits = {k: v for k, v in self.commits.items() if k[1] > seq}
@@ -927,6 +1096,7 @@ class PbftNode:
         ps = tuple(proofs)
         self.own_vc = self._new(MsgType.VIEW_CHANGE, view=new_view, seq=self.h, digest=proofs_digest(ps), proofs=ps)
         self.vcs[self.id] = self.own_vc
+        self._save_state()
         self._broadcast(self.own_vc)
         self._maybe_new_view()
 
@@ -1073,6 +1243,8 @@ class PbftNode:
         self.prepares = {k: v for k, v in self.prepares.items() if k[0] >= nv.view}
         self.commits = {k: v for k, v in self.commits.items() if k[0] >= nv.view}
         self.sent_commit = {k for k in self.sent_commit if k[0] >= nv.view}
+        # we never sign for an earlier view again (CHECKPOINTs carry no view)
+        self._signed = {k: d for k, d in self._signed.items() if k[1] >= nv.view or k[0] is MsgType.CHECKPOINT}
         if min_s > self.h:
             cks = [p for p in best_vc.proofs if p.type is MsgType.CHECKPOINT]
             cert = self._ckpt_cert(cks)
@@ -1084,6 +1256,7 @@ class PbftNode:
                     self._stabilize(*cert, assign=False)  # not before next_seq and assigned are set below
         self.assigned = {}
         self.next_seq = max([pp.seq for pp in pps], default=min_s)
+        self._save_state()  # the NEW-VIEW holds its pre-prepares: a restart re-reads them from the state
         for pp in pps:
             if not self._in_window(pp.seq):
                 continue
@@ -1092,9 +1265,7 @@ class PbftNode:
             if pp.proofs:
                 self.assigned[pp.digest] = pp.seq
             if self.id != nv.sender:
-                prep = self._new(MsgType.PREPARE, view=pp.view, seq=pp.seq, digest=pp.digest, aux=pp.sig)
-                self.prepares.setdefault(key, {})[self.id] = prep
-                self._broadcast(prep)
+                self._prepare(pp)
             self._check_prepared(key)
         if self.is_primary:
             self._assign_pending()

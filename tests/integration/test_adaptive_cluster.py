@@ -76,6 +76,46 @@ def test_bft_cluster_records_versions_everywhere_and_survives_one_crash(bft):
     bft.wait(lambda: bft.everywhere("bft/b", "c2"), timeout=30, what="the restarted node caught up")
 
 
+class CalmBft(BftCluster):
+    """Ticks of 100 ms: a view change after 2 s without progress, longer than a restart and the links'
+    reconnection (a restarted primary that is voted out for being slow would test nothing here)."""
+
+    tick_ms = 100.0
+
+
+def test_the_bft_primary_killed_and_restarted_from_its_disk_is_never_blamed(tmp_path):
+    """SIGKILL of the primary while idle (nobody times out), twice: it comes back from its disk in its view,
+    with its votes and fresh sequence numbers (an amnesic primary re-issues sequence numbers its peers
+    report as equivocation), and rebuilds its catalog from its executed entries."""
+    bft = CalmBft(str(tmp_path), 4, algorithm="bft")
+    try:
+        bft.wait(lambda: all((bft.status(i) or {}).get("consensus") for i in bft.ids), what="4 daemons up")
+        for k in range(2):
+            _send(bft, "c1", f"dur/{k}", 10 + k)
+            bft.wait(lambda k=k: bft.everywhere(f"dur/{k}", "c1"), what=f"dur/{k} recorded on all 4 nodes")
+            bft.procs["c0"].send_signal(signal.SIGKILL)
+            bft.procs["c0"].wait()
+            bft.start("c0")
+            # its catalog is back from its own disk at once (before any new commit)
+            bft.wait(lambda k=k: bft.everywhere(f"dur/{k}", "c1", ["c0"]), timeout=30, what="c0 rebuilt its catalog")
+        _send(bft, "c2", "dur/after", 20)
+        bft.wait(lambda: bft.everywhere("dur/after", "c2"), timeout=30, what="dur/after recorded everywhere")
+
+        def agree() -> bool:
+            return len({json.dumps(bft.status(i)["catalog"], sort_keys=True) for i in bft.ids}) == 1
+
+        bft.wait(agree, timeout=30, what="equal catalogs on all 4 nodes")
+        for i in bft.ids:
+            st = bft.status(i)["consensus"]
+            assert not any("c0" in by for by in st["faults"].values()), (i, st["faults"])
+            assert st["failed"] is None
+        # No assertion on the view: in about 2 runs of 5 the view moves to 1 after a restart with no fault
+        # recorded (a timeout, not evidence).  Not pinned down; likely the peers' first sends on their stale
+        # links to the killed c0 being lost.  An amnesic c0 fails the fault check above (equivocation).
+    finally:
+        bft.close()
+
+
 def test_a_bft_config_without_every_peers_key_is_refused(tmp_path):
     cl = BftCluster.__new__(BftCluster)
     cl.root, cl.ids, cl.algorithm, cl.adaptive = str(tmp_path), ["c0", "c1", "c2", "c3"], "bft", False

@@ -44,6 +44,7 @@ SEEDS = {
     "test_majority_commits_minority_converges": (4, 1000),
     "test_partition_with_byzantine_nodes": (4, 1000),
     "test_random_crashes_and_restarts": (6, 1000),
+    "test_a_primary_restarted_from_disk_never_contradicts_itself": (6, 1000),
     "test_slow_node_and_message_storms": (4, 1000),
     "test_more_than_f_faulty_is_reported_not_accepted": (6, 1000),
 }
@@ -266,6 +267,28 @@ def test_random_crashes_and_restarts(seed, n):
     s.wait_commit(b"final", max_ticks=8000)
     settle(s)
     assert blamed(s) <= amnesic and not s.faults("too_many_faulty")
+
+
+@N
+def test_a_primary_restarted_from_disk_never_contradicts_itself(seed, n):
+    """The primary crashes and comes back from its disk again and again, under load, before the others
+    time out (so it is still the primary): it goes on with fresh sequence numbers and its old votes, and
+    is never blamed for anything (an amnesic one re-issues sequence numbers: equivocation)."""
+    s = Sim(n, seed=seed, drop=0.02, dup=0.03, max_delay=4)
+    r = s.rng
+    restarts = 0
+    for k in range(12):
+        workload(s, r.randint(1, 3), f"pr{k}-", gap=4)
+        prim = s.nodes[s.ids[0]].primary(max(s.nodes[i].view for i in s.alive))
+        s.crash(prim)
+        s.run(r.randint(0, 8))  # shorter than the view-change timeout (40 ticks)
+        s.restart(prim)
+        restarts += 1
+        s.run(r.randint(0, 6))
+    s.wait_commit(b"final", max_ticks=8000)
+    settle(s)
+    assert restarts == 12 and not blamed(s) and not s.faults("too_many_faulty"), s.faults()
+    assert all(len(s.applied[i]) == len(s.history) for i in s.ids)  # the restarted ones rebuilt everything
 
 
 @N

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +26,10 @@ from dwcp.consensus.pbft import (
     proofs_digest,
     request_digest,
 )
-from dwcp.errors import LocalProtocolError, RemoteProtocolError
+from dwcp.consensus.pbft_storage import FilePbftStorage, MemoryPbftStorage
+from dwcp.errors import InternalError, LocalProtocolError, RemoteProtocolError, StorageError
+
+KW = {"checkpoint_interval": 4, "view_change_ticks": 10}
 
 
 def make(n: int = 4, **kw) -> tuple[dict[str, PbftNode], dict[str, Ed25519PrivateKey]]:
@@ -33,8 +37,13 @@ def make(n: int = 4, **kw) -> tuple[dict[str, PbftNode], dict[str, Ed25519Privat
     ids = [f"n{i}" for i in range(n)]
     sk = {i: Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for i in ids}
     pk = {i: k.public_key() for i, k in sk.items()}
-    kw = {"checkpoint_interval": 4, "view_change_ticks": 10, **kw}
+    kw = {**KW, **kw}
     return {i: PbftNode(i, ids, sk[i], pk, **kw) for i in ids}, sk
+
+
+def reborn(node: PbftNode, storage, **kw) -> PbftNode:
+    """A new node object (a restarted process) from ``storage``, with ``node``'s identity and keys."""
+    return PbftNode(node.id, node.ids, node.signer, node.keys, storage=storage, **{**KW, **kw})
 
 
 Drop = Callable[[str, Envelope], bool]
@@ -499,3 +508,124 @@ def test_a_flipped_bit_in_a_signed_field_is_caught(k, pos, x):
     d[pos % 32] ^= x
     nodes["n2"].step(replace(m, digest=bytes(d).hex()), m.sender)
     assert sum(nodes["n2"].faults.get("bad_signature", {}).values()) == 1
+
+
+# -- durability: a node restarted from its storage never contradicts itself ------------------------------------
+def durable(n: int = 4, **kw) -> tuple[dict[str, PbftNode], dict[str, Ed25519PrivateKey], dict[str, MemoryPbftStorage]]:
+    nodes, sk = make(n, **kw)
+    disks = {i: MemoryPbftStorage() for i in nodes}
+    nodes = {i: reborn(nd, disks[i], **kw) for i, nd in nodes.items()}
+    return nodes, sk, disks
+
+
+def test_a_node_restarted_from_storage_refuses_to_prepare_another_digest_for_a_slot_it_prepared():
+    nodes, sk, disks = durable()
+    r1, r2 = request(sk, "n2", 1, b"x"), request(sk, "n2", 2, b"y")
+    pp1 = signed(sk, Msg(MsgType.PRE_PREPARE, "n0", 0, 1, r1.digest, proofs=(r1,)))
+    pp2 = signed(sk, Msg(MsgType.PRE_PREPARE, "n0", 0, 1, r2.digest, proofs=(r2,)))  # the primary lies
+    nodes["n1"].step(pp1, "n0")
+    prep1 = _first(nodes, "n1", MsgType.PREPARE)
+    assert prep1.digest == r1.digest
+    disks["n1"].sync()  # what the driver does before it sends prep1
+    disks["n1"].crash()
+    n1 = reborn(nodes["n1"], disks["n1"])
+    assert (0, 1) in n1.pps and n1.prepares[(0, 1)]["n1"] == prep1
+    n1.step(pp2, "n0")
+    assert not [e for e in n1.ready().messages if e.msg.type is MsgType.PREPARE and e.msg.digest == r2.digest]
+    assert faults(n1, "equivocation") == {"n0": 1}  # the second pre-prepare is the primary's fault, not ours
+    # and even if a bug tried, the signing guard refuses (the node goes to ERROR rather than sign)
+    with pytest.raises(InternalError, match="refusing to sign"):
+        n1._new(MsgType.PREPARE, view=0, seq=1, digest=r2.digest)
+    # without its storage (amnesic) the same node would have prepared the other digest
+    amnesic = reborn(nodes["n1"], None)
+    amnesic.step(pp2, "n0")
+    assert [e.msg.digest for e in amnesic.ready().messages if e.msg.type is MsgType.PREPARE][0] == r2.digest
+
+
+def test_a_restarted_node_sends_its_votes_again_and_the_slot_commits():
+    nodes, sk, disks = durable()
+    nodes["n2"].propose(b"x")
+    # everything goes through except n1's votes, then n1 restarts: the others wait for its vote
+    pump(nodes, drop=lambda src, e: src == "n1" and e.msg.type in (MsgType.PREPARE, MsgType.COMMIT)
+         or (src, e.dst) == ("n0", "n3"))  # fmt: skip
+    assert nodes["n1"].last_exec == 0 and nodes["n3"].last_exec == 0
+    for d in disks.values():
+        d.sync()
+    nodes["n1"] = reborn(nodes["n1"], disks["n1"])
+    out = tick_all(nodes, 10)
+    assert all([c.data for c in out[i]] == [b"x"] for i in ("n0", "n2", "n3")), out
+    assert not any(nd.faults for nd in nodes.values())
+
+
+def test_a_restarted_primary_goes_on_with_fresh_sequence_numbers_and_re_emits_what_it_executed():
+    nodes, sk, disks = durable()
+    for k in range(6):
+        nodes[f"n{k % 4}"].propose(b"%d" % k)
+        pump(nodes)
+    for d in disks.values():
+        d.sync()
+    before = nodes["n0"]
+    nodes["n0"] = n0 = reborn(before, disks["n0"])
+    assert (n0.view, n0.h, n0.last_exec, n0.chain, n0.next_seq) == (0, 4, 6, before.chain, 6)
+    assert n0.replayed == 6 and n0._rid > before._rid  # a fresh request-id block: no digest reused
+    again = n0.ready().committed  # the host rebuilds its state machine from these
+    assert [c.seq for c in again] == list(range(1, 7)) and sorted(c.data for c in again) == [b"%d" % k for k in range(6)]
+    nodes["n3"].propose(b"after")
+    out = pump(nodes)
+    assert all([(c.seq, c.data) for c in out[i]] == [(7, b"after")] for i in ("n1", "n2", "n3"))
+    assert [(c.seq, c.data) for c in out["n0"]] == [(7, b"after")]
+    assert not any(nd.faults for nd in nodes.values())
+
+
+def test_a_node_restarted_in_a_view_change_resumes_it():
+    nodes, sk, disks = durable()
+    silent = lambda src, e: src == "n0" or e.dst == "n0"  # noqa: E731
+    nodes["n2"].propose(b"x")
+    tick_all(nodes, 12, lambda src, e: silent(src, e) or "n1" in (src, e.dst))  # the next primary away too
+    assert nodes["n3"].status is Status.VIEW_CHANGE
+    for d in disks.values():
+        d.sync()
+    vc = nodes["n3"].own_vc
+    nodes["n3"] = n3 = reborn(nodes["n3"], disks["n3"])
+    assert n3.status is Status.VIEW_CHANGE and n3.view == 1 and n3.own_vc == vc
+    out = tick_all(nodes, 10, silent)
+    assert all(nodes[i].view == 1 and [c.data for c in out[i]] == [b"x"] for i in ("n1", "n2"))
+    assert nodes["n3"].view == 1 and nodes["n3"].status is Status.NORMAL
+    assert not any(nd.faults for nd in nodes.values())
+
+
+def test_file_storage_round_trip_compaction_torn_tail_and_damage(tmp_path):
+    nodes, sk = make()
+    dirs = {i: str(tmp_path / i) for i in nodes}
+    st = {i: FilePbftStorage(dirs[i]) for i in nodes}
+    nodes = {i: reborn(nd, st[i]) for i, nd in nodes.items()}
+    for k in range(10):
+        nodes[f"n{k % 4}"].propose(b"%d" % k)
+        pump(nodes)
+        for s_ in st.values():
+            s_.sync()
+    n1 = nodes["n1"]
+    assert n1.h == 8 and n1.last_exec == 10
+    st["n1"].close()
+    log = (tmp_path / "n1" / "pbft.log").read_bytes().splitlines()
+    assert log and all(json.loads(x)[1] > 8 for x in log)  # collected at the stable checkpoint
+    assert len((tmp_path / "n1" / "pbft.exec").read_bytes().splitlines()) == 10
+    # a record a crash cut short is dropped (it was never synced, so never acted on)
+    with open(tmp_path / "n1" / "pbft.log", "ab") as f:
+        f.write(b'["vote",11,{"t":"prep')
+    again = reborn(n1, FilePbftStorage(dirs["n1"]))
+    assert (again.view, again.h, again.last_exec, again.chain) == (0, 8, 10, n1.chain)
+    assert again.stable_proof == n1.stable_proof and again.pcerts == n1.pcerts and again.ccerts == n1.ccerts
+    assert [c.seq for c in again.ready().committed] == list(range(1, 11))
+    again.storage.close()
+    assert (tmp_path / "n1" / "pbft.log").read_bytes().endswith(b"\n")
+    # anything else malformed is a StorageError, never a shorter history
+    ex = tmp_path / "n1" / "pbft.exec"
+    lines = ex.read_bytes().splitlines(keepends=True)
+    ex.write_bytes(b"".join(lines[:3] + lines[4:]))
+    with pytest.raises(StorageError, match="executed seq 5 after 3"):
+        FilePbftStorage(dirs["n1"])
+    ex.write_bytes(b"".join(lines))
+    (tmp_path / "n1" / "pbft.state").write_text("{not json")
+    with pytest.raises(StorageError, match="pbft.state is damaged"):
+        FilePbftStorage(dirs["n1"])
