@@ -16,9 +16,11 @@ The same surface as ``RaftDriver`` (``start``, ``close``, ``propose``,
   (fsynced, as ``RaftDriver``); the epoch host's own state -- the current
   epoch, its algorithm and the catalog as it stood at the epoch's start --
   is written atomically to ``consensus/epoch.json`` at every switch, so a
-  restarted node resumes in its epoch and replays that epoch's log (a Raft
-  epoch) or fetches what it missed from its peers (PBFT: FETCH/ENTRIES, or
-  a state transfer when an epoch went by);
+  restarted node resumes in its epoch and replays that epoch's log: Raft's
+  from ``epoch-N/raft``, PBFT's executed entries and signed votes from
+  ``epoch-N/pbft`` (so it never contradicts what it signed), then catches
+  up what it missed from its peers (Raft replication; PBFT FETCH/ENTRIES,
+  or a state transfer when an epoch went by);
 * BFT keys: this node signs with its Ed25519 key (``consensus.bft_key_file``),
   and verifies with the ``bft_key`` each [[cluster.peers]] entry gives.
 """
@@ -32,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-from dwcp.errors import DWCPError, RemoteProtocolError
+from dwcp.errors import DWCPError, RemoteProtocolError, StorageError
 from dwcp.storage import write_atomic
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
@@ -63,7 +65,7 @@ class EpochDriver:
         self.signer, self.verify_keys = signer, dict(verify_keys or {})
         self.dir = os.path.join(data_dir, "consensus")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self._storages: list[FileStorage] = []
+        self._storages: list[Any] = []  # FileStorage (Raft epochs), FilePbftStorage (PBFT): sync() and close()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.failed: BaseException | None = None
@@ -71,8 +73,11 @@ class EpochDriver:
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._seq = 0
         self._prefix = os.urandom(4).hex()
-        self.node = EpochNode(node_id, self.ids, self._make_engine, algorithm=algorithm)
-        self._restore()
+        saved = self._load()
+        self.node = EpochNode(node_id, self.ids, self._make_engine, algorithm=saved["algorithm"] if saved else algorithm,
+                              epoch=int(saved["epoch"]) if saved else 0)  # fmt: skip
+        if saved:
+            self._restore(saved)
         self._saved_epoch = self.node.epoch
 
     # -- engines and the epoch file ------------------------------------------------------
@@ -89,7 +94,7 @@ class EpochDriver:
             # durable votes, view and executed entries: a restarted node never contradicts what it signed, and
             # re-emits its executed entries, which rebuild the catalog from the epoch's start
             pst = FilePbftStorage(os.path.join(self.dir, f"epoch-{epoch}", "pbft"))
-            self._storages.append(pst)  # type: ignore[arg-type]  # synced in _drain, closed in close()
+            self._storages.append(pst)  # synced in _drain, closed in close()
             return PbftEngine(PbftNode(self.id, self.ids, self.signer, self.verify_keys, storage=pst))
         st = FileStorage(os.path.join(self.dir, f"epoch-{epoch}", "raft"))
         self._storages.append(st)
@@ -99,20 +104,27 @@ class EpochDriver:
     def _epoch_file(self) -> str:
         return os.path.join(self.dir, "epoch.json")
 
-    def _restore(self) -> None:
+    def _load(self) -> dict | None:
         try:
             with open(self._epoch_file, encoding="utf-8") as f:
-                st = json.load(f)
+                doc = json.load(f)
         except FileNotFoundError:
-            return
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"{self._epoch_file}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("algorithm") not in ALGORITHMS:
+            raise StorageError(f"{self._epoch_file}: not an epoch record")
+        return doc
+
+    def _restore(self, st: dict) -> None:
+        """Back in the saved epoch: the catalog as it stood at its start; the engine replays the rest."""
         n = self.node
-        n.epoch, n.algorithm, n.previous_algorithm = int(st["epoch"]), str(st["algorithm"]), str(st["previous"])
+        n.previous_algorithm = str(st["previous"])
         n.catalog = Catalog.restore(json.loads(st["catalog"]))
         n.gidx = int(st["gidx"])
         n._ids.clear()
         n._ids.update((i, None) for i in st["ids"])
         n.start_state = (n.gidx, n._snap(), n.algorithm, list(st["ids"]))
-        n.engine = self._make_engine(n.algorithm, n.epoch)
         log.info("consensus: resuming epoch %d (%s) from global index %d", n.epoch, n.algorithm, n.gidx)
 
     def _save(self) -> None:

@@ -162,15 +162,15 @@ class PbftEngine:
 
 class EpochNode:
     def __init__(self, id: str, ids: list[str], make_engine: Callable[[str, int], Engine], *,
-                 algorithm: str = "raft", retry_ticks: int = 40, hint_every: int = 10) -> None:  # fmt: skip
+                 algorithm: str = "raft", epoch: int = 0, retry_ticks: int = 40, hint_every: int = 10) -> None:  # fmt: skip
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {algorithm!r}: one of {ALGORITHMS}")
         self.id, self.ids = id, sorted(ids)
         self.make_engine = make_engine
         self.retry_ticks, self.hint_every = retry_ticks, hint_every
         self.catalog = Catalog()
-        self.epoch, self.algorithm = 0, algorithm
-        self.engine: Engine = make_engine(algorithm, 0)
+        self.epoch, self.algorithm = epoch, algorithm  # epoch > 0: a restart (the driver restores the rest)
+        self.engine: Engine = make_engine(algorithm, epoch)
         self.retired: Engine | None = None  # the previous epoch's engine, still serving its laggards
         self.gidx = 0
         # the state at this epoch's start, for laggards: (gidx, catalog snapshot JSON, algorithm, applied ids)
