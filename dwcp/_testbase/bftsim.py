@@ -47,6 +47,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dwcp._testbase.simnet import SimNet
 from dwcp.consensus.catalog import Catalog
 from dwcp.consensus.pbft import Committed, Envelope, Msg, MsgType, PbftNode, request_digest
 from dwcp.consensus.pbft_storage import MemoryPbftStorage
@@ -234,7 +235,7 @@ class Storm(Behaviour):
 
 
 # -- the simulator ----------------------------------------------------------------------------------------
-class Sim:
+class Sim(SimNet):
     def __init__(self, n: int = 4, seed: int = 0, *, drop: float = 0.0, dup: float = 0.0, min_delay: int = 1,
                  max_delay: int = 3, behaviours: dict[str, Behaviour] | None = None, strict: bool = True,
                  durable: bool = True, **node_kw: Any) -> None:  # fmt: skip
@@ -254,7 +255,7 @@ class Sim:
         self.byzantine = set(self.behaviours)
         self.alive = set(self.ids)
         self.now = 0
-        self._net: list[tuple[int, int, str, Envelope]] = []
+        self._wire: list[tuple[int, int, str, Envelope]] = []
         self._seq = 0
         self.groups: list[set[str]] | None = None
         self.strict = strict
@@ -274,16 +275,7 @@ class Sim:
     def correct(self) -> list[str]:
         return [i for i in self.ids if i not in self.byzantine]
 
-    # -- faults -----------------------------------------------------------------------------------------
-    def partition(self, *groups: set[str]) -> None:
-        self.groups = [set(g) for g in groups]
-
-    def heal(self) -> None:
-        self.groups = None
-
-    def connected(self, a: str, b: str) -> bool:
-        return self.groups is None or any(a in g and b in g for g in self.groups)
-
+    # -- faults (partition/heal/connected from SimNet; messages are (sender, envelope) here, scheduled below) --
     def crash(self, i: str) -> None:
         self.alive.discard(i)
         self.disks[i].crash()  # what was not synced is gone (nothing the node sent: it syncs first)
@@ -304,19 +296,19 @@ class Sim:
         self.alive.add(i)
 
     # -- running ----------------------------------------------------------------------------------------
-    def _schedule(self, frm: str, env: Envelope) -> None:
+    def _post(self, frm: str, env: Envelope) -> None:
         if self.rng.random() < self.drop:
             return
         extra = self.behaviours[frm].extra_delay if frm in self.behaviours else 0
         for _ in range(2 if self.rng.random() < self.dup else 1):
             self._seq += 1
             due = self.now + self.rng.randint(self.min_delay, self.max_delay) + extra
-            heapq.heappush(self._net, (due, self._seq, frm, env))
+            heapq.heappush(self._wire, (due, self._seq, frm, env))
 
     def step(self) -> None:
         self.now += 1
-        while self._net and self._net[0][0] <= self.now:
-            _, _, frm, env = heapq.heappop(self._net)
+        while self._wire and self._wire[0][0] <= self.now:
+            _, _, frm, env = heapq.heappop(self._wire)
             if env.dst in self.alive and frm in self.alive and self.connected(frm, env.dst):
                 if env.dst in self.seen and len(self.seen[env.dst]) < 2000:
                     self.seen[env.dst].append(env.msg)
@@ -333,7 +325,7 @@ class Sim:
             if b is not None:
                 out = [e2 for e in out for e2 in b.outgoing(e)] + b.tick()
             for env in out:
-                self._schedule(i, env)
+                self._post(i, env)
             for c in r.committed:
                 self._apply(i, c)
 

@@ -43,6 +43,8 @@ from typing import Any, Protocol
 
 from dwcp.errors import StorageError
 
+from .storage import AtomicFiles
+
 __all__ = ["FilePbftStorage", "MemoryPbftStorage", "PbftStorage"]
 
 Record = list[Any]  # JSON-safe: [kind, seq, body] in the log, [seq, pre-prepare wire] in the executed entries
@@ -119,19 +121,11 @@ class MemoryPbftStorage:
         pass
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _line(rec: Record) -> bytes:
     return json.dumps(rec, separators=(",", ":")).encode() + b"\n"
 
 
-class FilePbftStorage:
+class FilePbftStorage(AtomicFiles):
     def __init__(self, directory: str) -> None:
         self.dir = directory
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -195,24 +189,6 @@ class FilePbftStorage:
         return self._state, list(self._log), execs
 
     # -- writing -------------------------------------------------------------------
-    def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-
-    def _replace(self, path: str, data: bytes) -> None:
-        """Write ``path`` atomically: tmp + fsync + rename + directory fsync."""
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            self._write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
-
     def _rewrite_log(self) -> None:
         self._replace(self._log_path, b"".join(_line(r) for r in self._log))
         if self._log_fd >= 0:

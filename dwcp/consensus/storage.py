@@ -32,18 +32,35 @@ import os
 import zlib
 
 from dwcp.errors import StorageError
+from dwcp.storage import _fsync_dir
 
 from .raft import Entry, HardState, MemoryStorage, SnapshotMeta
 
 __all__ = ["FileStorage"]
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class AtomicFiles:
+    """Writes for a durable store in ``self.dir``: every write goes through ``_write`` (a test may make it
+    fail), ``_replace`` swaps a whole file atomically (tmp + fsync + rename + directory fsync)."""
+
+    dir: str
+
+    def _write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    def _replace(self, path: str, data: bytes) -> None:
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self._write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(self.dir)
 
 
 _KINDS = {"data": b"data", "noop": b"noop", "conf": b"conf"}
@@ -58,7 +75,7 @@ def _record(e: Entry) -> bytes:
     return b'[%d,%d,"%b","%b"]\n' % (e.term, e.index, kind, e.data.hex().encode())
 
 
-class FileStorage(MemoryStorage):
+class FileStorage(MemoryStorage, AtomicFiles):
     def __init__(self, directory: str) -> None:
         super().__init__()
         self.dir = directory
@@ -130,25 +147,7 @@ class FileStorage(MemoryStorage):
         self.snap, self.snap_data = meta, data
         self.log = [Entry(meta.term, meta.index, "noop")]
 
-    # -- writing (every write goes through _write, which a test may make fail) ------------
-    def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-
-    def _replace(self, path: str, data: bytes) -> None:
-        """Write ``path`` atomically: tmp + fsync + rename + directory fsync."""
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            self._write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
-
+    # -- writing (AtomicFiles: every write goes through _write, which a test may make fail) -------
     def _rewrite_log(self) -> None:
         self._replace(self._log_path, b"".join(_record(e) for e in self.log[1:]))
         self._unsynced = False
