@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -62,3 +63,54 @@ def write_json(result: dict, out: str | None, default_name: str) -> str:
     json.dump(result, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return path
+
+
+# Load generators for request/response systems (the consensus and catalog benchmarks): ``op(k)`` does
+# request number k and returns when it is done.
+def fixed_rate(op: Callable[[int], object], rate: float, seconds: float, base: int, threads: int = 8) -> list[float]:
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    total = int(rate * seconds)
+
+    def worker(w: int) -> None:
+        for k in range(w, total, threads):
+            wait = t0 + k / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            s = time.perf_counter()
+            op(base + k)
+            lat.append(time.perf_counter() - s)
+
+    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return lat
+
+
+def max_rate(op: Callable[[int], object], seconds: float, base: int, threads: int = 32) -> float:
+    done = [0]
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        k = w
+        while time.perf_counter() < stop:
+            op(base + k)
+            k += threads
+            with lock:
+                done[0] += 1
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0] / (time.perf_counter() - t0)
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000

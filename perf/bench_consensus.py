@@ -32,13 +32,12 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import machine, write_json  # noqa: E402
+from _common import fixed_rate, machine, max_rate, pct, write_json  # noqa: E402
 
 from dwcp._testbase.transfer import server_config  # noqa: E402
 from dwcp.config import TransportConfig  # noqa: E402
@@ -101,65 +100,15 @@ def cmd(k: int) -> dict:
     return {"op": "version", "key": f"bench/{k % 1000}", "digest": f"{k:032x}", "size": k, "holder": "bench"}
 
 
-def fixed_rate(d: RaftDriver, rate: float, seconds: float, threads: int = 8) -> list[float]:
-    lat: list[float] = []
-    t0 = time.perf_counter()
-    total = int(rate * seconds)
-
-    def worker(w: int) -> None:
-        for k in range(w, total, threads):
-            due = t0 + k / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            s = time.perf_counter()
-            d.propose(cmd(k), timeout_s=10)
-            lat.append(time.perf_counter() - s)
-
-    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return lat
-
-
-def max_rate(d: RaftDriver, seconds: float, threads: int = 32) -> float:
-    done = [0]
-    stop = time.perf_counter() + seconds
-    lock = threading.Lock()
-
-    def worker(w: int) -> None:
-        k = w
-        while time.perf_counter() < stop:
-            d.propose(cmd(k), timeout_s=10)
-            k += threads
-            with lock:
-                done[0] += 1
-
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return done[0] / (time.perf_counter() - t0)
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
-
-
 def run(n: int, root: str, rate: float, seconds: float, failover: bool, algorithm: str = "raft") -> dict:
     c = Cluster(n, root, algorithm)
     try:
         lead = c.wait_leader()
         d = c.drivers[lead]
-        lat = fixed_rate(d, rate, seconds)
+        lat = fixed_rate(lambda k: d.propose(cmd(k), timeout_s=10), rate, seconds, 0)
         out = {"nodes": n, "rate_ops_s": rate, "latency_ms": {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
                                                               "max": max(lat) * 1000, "n": len(lat)}}  # fmt: skip
-        out["max_ops_s"] = max_rate(d, seconds)
+        out["max_ops_s"] = max_rate(lambda k: d.propose(cmd(k), timeout_s=10), seconds, 10**7)
         if failover and n > 1:
             t0 = time.perf_counter()
             c.drivers[lead].close()

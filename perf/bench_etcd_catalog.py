@@ -37,7 +37,7 @@ from collections.abc import Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import ensure_tool, machine, write_json  # noqa: E402
+from _common import ensure_tool, fixed_rate, machine, max_rate, pct, write_json  # noqa: E402
 
 from dwcp._testbase.daemons import free_ports  # noqa: E402
 from dwcp.consensus.etcd import EtcdCatalog  # noqa: E402
@@ -87,55 +87,6 @@ class RawGateway:
         r = c.getresponse()
         if r.status != 200 or b'"succeeded":true' not in r.read():
             raise RuntimeError("raw txn failed")
-
-
-def fixed_rate(op: Callable[[int], object], rate: float, seconds: float, base: int, threads: int = 8) -> list[float]:
-    lat: list[float] = []
-    t0 = time.perf_counter()
-    total = int(rate * seconds)
-
-    def worker(w: int) -> None:
-        for k in range(w, total, threads):
-            wait = t0 + k / rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            s = time.perf_counter()
-            op(base + k)
-            lat.append(time.perf_counter() - s)
-
-    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return lat
-
-
-def max_rate(op: Callable[[int], object], seconds: float, base: int, threads: int = 32) -> float:
-    done = [0]
-    stop = time.perf_counter() + seconds
-    lock = threading.Lock()
-
-    def worker(w: int) -> None:
-        k = w
-        while time.perf_counter() < stop:
-            op(base + k)
-            k += threads
-            with lock:
-                done[0] += 1
-
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return done[0] / (time.perf_counter() - t0)
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
 def measure(op: Callable[[int], object], rate: float, seconds: float, base: int) -> dict:

@@ -59,8 +59,21 @@ Rules
 5. A probe up is refused, whatever it gained, when the retransmit rate rose
    above ``max_retransmit_rate`` and to more than twice its level before the
    probe: those streams only fight each other for the bottleneck queue.
-6. The count never leaves [min_streams, max_streams].
-7. Errors are sticky: invalid input (goodput not a finite number >= 0, time
+6. Loss-limited paths.  With a loss-based congestion control (``loss_based``:
+   cubic, reno -- not bbr) each stream's rate is bounded near
+   MSS / (RTT x sqrt(p)) (Mathis et al.), so until the bottleneck fills the
+   goodput grows in proportion to the count, and a sample's noise (one loss
+   burst halves a stream's window) is larger than one added stream's share.
+   While the retransmitted fraction is above ``lossy_retransmit_rate`` (the
+   last sample's, or the hold's average), a probe up therefore doubles the
+   count instead of adding ~10% of it, and a drop of the goodput while
+   holding is answered with a probe *up* (fewer streams cannot help a
+   loss-limited path) -- within rule 5's retransmit veto and rule 7's bounds.
+   Measured on the emulated 1 Gbit/s, 50 ms, 1% loss link under cubic: the
+   fixed counts 1, 2, 4, 8 gave 0.11, 0.23, 0.44, 0.77 of the cap, while
+   +1-stream probes judged on 1 s samples read -7% and walked the count down.
+7. The count never leaves [min_streams, max_streams].
+8. Errors are sticky: invalid input (goodput not a finite number >= 0, time
    going backwards) raises ``InternalError`` and puts the controller in
    ``ERROR``, where every later ``observe`` raises too.
 """
@@ -262,6 +275,8 @@ class StreamController:
         settle_intervals: int = 1,
         knee_efficiency: float = 0.5,
         max_retransmit_rate: float = 0.02,
+        loss_based: bool = False,
+        lossy_retransmit_rate: float = 0.005,
         history_len: int = 4096,
     ) -> None:
         _check_bounds(min_streams, max_streams)
@@ -279,6 +294,8 @@ class StreamController:
             raise ConfigError(f"knee_efficiency must be in [0, 1], got {knee_efficiency!r}")
         if not max_retransmit_rate >= 0:
             raise ConfigError(f"max_retransmit_rate must be >= 0, got {max_retransmit_rate!r}")
+        if not lossy_retransmit_rate >= 0:
+            raise ConfigError(f"lossy_retransmit_rate must be >= 0, got {lossy_retransmit_rate!r}")
         if history_len < 1:
             raise ConfigError(f"history_len must be >= 1, got {history_len!r}")
         self.min_streams = min_streams
@@ -290,6 +307,9 @@ class StreamController:
         self.settle_intervals = settle_intervals
         self.knee_efficiency = float(knee_efficiency)
         self.max_retransmit_rate = float(max_retransmit_rate)
+        self.loss_based = bool(loss_based)
+        self.lossy_retransmit_rate = float(lossy_retransmit_rate)
+        self._last_rr: float | None = None  # the last sample's retransmit rate
         self.history: deque[HistoryEntry] = deque(maxlen=history_len)
 
         self.n = self._clamp(initial)
@@ -377,6 +397,8 @@ class StreamController:
             return Decision(self.n, f"{self.state}: settling at {self.n} streams")
         if sample == 0:
             return Decision(self.n, f"{self.state}: nothing acknowledged this interval, not judged")
+        if sample_rr is not None:
+            self._last_rr = sample_rr
         return self._step_machine(sample, sample_rr)
 
     def _step_machine(self, g: float, rr: float | None) -> Decision:
@@ -410,7 +432,14 @@ class StreamController:
         """Rule: the larger count pays when it gives >= (1 + threshold) x the smaller's goodput."""
         return more >= fewer * (1 + self.gain_threshold) and more > 0
 
-    def _fresh_up_step(self, n: int) -> int:
+    def _loss_limited(self, rr: float | None = None) -> bool:
+        """Rule 6: a loss-based congestion control losing more than ``lossy_retransmit_rate``."""
+        r = rr if rr is not None else self._last_rr
+        return self.loss_based and r is not None and r > self.lossy_retransmit_rate
+
+    def _fresh_up_step(self, n: int, rr: float | None = None) -> int:
+        if self._loss_limited(rr):
+            return n  # rule 6: double -- the gain, if the path is still linear, dwarfs a sample's noise
         # big enough that a stream count still in its linear region shows a gain of 2x the threshold
         return max(1, math.ceil(n * 2 * self.gain_threshold - 1e-9))
 
@@ -435,7 +464,7 @@ class StreamController:
     def _start_up(self, ref: float, ref_rr: float | None, *, from_start: bool = False) -> int:
         self._probe_origin = self._base = self.n
         self._ref, self._ref_rr = ref, ref_rr
-        self._step = min(self._fresh_up_step(self.n), self.max_streams - self.n)
+        self._step = min(self._fresh_up_step(self.n, ref_rr), self.max_streams - self.n)
         self._from_start = from_start
         self._next_up = False
         return self.n + self._step
@@ -524,6 +553,10 @@ class StreamController:
             if shift > 0 and n < self.max_streams:
                 t = self._start_up(level, rr)
                 return EV_SHIFT_UP, t, f"{moved}: probe up to {t}"
+            if shift < 0 and self._loss_limited(rr) and n < self.max_streams:
+                t = self._start_up(level, rr)  # rule 6: fewer streams cannot help a loss-limited path
+                r = rr if rr is not None else self._last_rr or 0.0
+                return EV_SHIFT_UP, t, f"{moved} on a loss-limited path ({r:.1%} retransmitted): probe up to {t}"
             if shift < 0 and n > self.min_streams:
                 t = self._start_down(n, level, n - 1)
                 return EV_SHIFT_DOWN, t, f"{moved}: probe down to {t}"

@@ -149,6 +149,9 @@ class _State:
     stream_failures: int = 0
     stream_errors: list[str] = field(default_factory=list)
     stream_info: list[dict] = field(default_factory=list)  # TCP_INFO of each stream as it ended
+    # per stream id: (bytes sent, bytes retransmitted) at its last TCP_INFO poll, for the controller's
+    # retransmitted fraction per interval (ended streams keep their last values: the sums only grow)
+    live_tcp: dict[int, tuple[int, int]] = field(default_factory=dict)
     chunk_latency_s: list[float] = field(default_factory=list)  # send -> ACK of each acknowledged chunk
     all_done: threading.Event = field(default_factory=threading.Event)
 
@@ -368,7 +371,9 @@ class Sender:
                 else:
                     n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
                                               tp.max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
-                controller = StreamController(n0, tp.min_streams, tp.max_streams)
+                # rule 6 of the controller: a loss-based congestion control is rate-limited by loss per stream
+                cc = sockinfo.get("congestion") or "cubic"
+                controller = StreamController(n0, tp.min_streams, tp.max_streams, loss_based=not cc.startswith("bbr"))
             else:
                 n0, why, controller = streams, f"fixed at {streams} by the caller", None
             n0 = max(1, min(n0, max(1, len(todo))))
@@ -512,6 +517,7 @@ class Sender:
         started: set[int] = set()  # stream ids that have registered as active (or exited)
         max_seen = 0
         last_t, last_acked = time.monotonic(), 0
+        last_sent = last_retrans = 0
         while True:
             threads = {i: th for i, th in threads.items() if th.is_alive()}
             # only streams that failed count against the budget, not ones the controller retired
@@ -534,7 +540,12 @@ class Sender:
             if controller is not None and now - last_t >= 0.5:
                 goodput = (state.acked_raw - last_acked) / (now - last_t)
                 last_t, last_acked = now, state.acked_raw
-                d = controller.observe(now, goodput)
+                with state.lock:
+                    sent = sum(a for a, _ in state.live_tcp.values())
+                    retrans = sum(b for _, b in state.live_tcp.values())
+                rr = min(1.0, max(0.0, (retrans - last_retrans) / (sent - last_sent))) if sent > last_sent else None
+                last_sent, last_retrans = sent, retrans
+                d = controller.observe(now, goodput, rr)
                 if d.target_streams != state.target_streams:
                     state.target_streams = d.target_streams
                     decisions.append({"t": round(now - t_start, 3), "streams": d.target_streams, "reason": d.reason})
@@ -595,6 +606,9 @@ class _StreamCtx:
                     except OSError:
                         info = None
                     win.update(now, (info.min_rtt_us or info.rtt_us) / 1e6 if info is not None else None)
+                    if info is not None and info.bytes_retrans is not None:
+                        with state.lock:
+                            state.live_tcp[sid] = (fs.bytes_sent, info.bytes_retrans)
                 if state.all_done.is_set() or state.failed:
                     break
                 if active:

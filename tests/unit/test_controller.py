@@ -419,3 +419,44 @@ def test_on_measured_wan_curves_it_meets_the_sla_goodput_and_settles(name, seed)
     # it does not chase the last 2-5% with 2-4x the streams (gain threshold 5%): on these
     # curves it holds 2-3 streams where 8 fixed streams were best by a few percent
     assert 2 <= mid <= 3
+
+
+# perf/sla.py --quick --congestion cubic (medians of 3, this machine, session 3): under a loss-based congestion
+# control the goodput grows in proportion to the count at 1% loss (Mathis), and 1 s samples are noisy
+CUBIC_1PCT = {1: 0.107, 2: 0.234, 4: 0.442, 8: 0.77}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_loss_limited_path_is_probed_by_doubling_and_reaches_its_knee(seed):
+    c = StreamController(4, 1, 16, loss_based=True)
+    model = measured(CUBIC_1PCT)  # flat past 8: the knee is 8
+    counts, states = run(c, model, 60, noise=0.25, seed=seed, rr=lambda n: 0.012)
+    assert counts[2] == 8  # 4 -> 8 in one probe (rule 6), not 4 -> 5
+    mean = sum(model(n, 0) for n in counts[10:]) / len(counts[10:]) / 125e6
+    assert mean >= 0.70, (mean, counts)  # the 1%-loss SLA
+    held = sorted(n for n, st in zip(counts[10:], states[10:]) if st == HOLD)
+    assert 7 <= held[len(held) // 2] <= 16, counts  # never walked back below the knee
+
+
+def test_a_goodput_drop_on_a_loss_limited_path_probes_up_not_down():
+    c = StreamController(4, 1, 16, loss_based=True)
+    level = {"v": 1.0}
+
+    def model(n: int, k: int) -> float:
+        return min(n, 4) * 10e6 * level["v"]  # flat past 4 until the drop
+
+    run(c, model, 30, rr=lambda n: 0.012)
+    assert c.state == HOLD and c.n == 4
+    level["v"] = 0.5  # the path lost half its per-stream rate: more streams are the only remedy
+    for k in range(30, 36):
+        d = c.observe(k * 0.5, model(c.n, k), 0.012)
+        if d.target_streams != 4:
+            break
+    assert d.target_streams == 8 and "loss-limited" in d.reason
+
+
+def test_without_loss_or_with_bbr_the_probe_steps_stay_small():
+    for kw, rr in (({"loss_based": True}, 0.001), ({"loss_based": False}, 0.03)):
+        c = StreamController(8, 1, 16, **kw)
+        run(c, capped(10e6, 1e9), 3, rr=lambda n, r=rr: r)
+        assert c.n == 9, (kw, rr)  # +ceil(8 x 2 x 5%) = +1
