@@ -68,7 +68,10 @@ Rules
    last sample's, or the hold's average), a probe up therefore doubles the
    count instead of adding ~10% of it, and a drop of the goodput while
    holding is answered with a probe *up* (fewer streams cannot help a
-   loss-limited path) -- within rule 5's retransmit veto and rule 7's bounds.
+   loss-limited path), a probe up that gained nothing holds and probes up
+   again at the next timer (never "the initial count may be too many"), and
+   the initial streams get one more settling interval (slow start overshoots)
+   -- within rule 5's retransmit veto and rule 7's bounds.
    Measured on the emulated 1 Gbit/s, 50 ms, 1% loss link under cubic: the
    fixed counts 1, 2, 4, 8 gave 0.11, 0.23, 0.44, 0.77 of the cap, while
    +1-stream probes judged on 1 s samples read -7% and walked the count down.
@@ -321,7 +324,9 @@ class StreamController:
         self._acc_g = 0.0
         self._acc_rr_dt = 0.0
         self._acc_rr = 0.0
-        self._settle = settle_intervals  # the initial streams are starting too
+        # the initial streams are starting too; under a loss-based congestion control their slow start
+        # overshoots (the first ~1.5 s ran at 2x the steady rate at 50 ms / 1% loss): one more interval
+        self._settle = settle_intervals + (1 if loss_based else 0)
         # probe bookkeeping
         self._base = self.n  # the count a failed probe returns to
         self._ref = 0.0  # goodput at _base (probe up) / peak of the run (probe down)
@@ -495,10 +500,12 @@ class StreamController:
         rr_rose = rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
         if rr_rose or not self._worth_it(ref, g):
             why = f"retransmits rose to {rr:.1%}" if rr_rose else f"below {self.gain_threshold:.0%}"
-            if self._from_start and base > self.min_streams:
+            if self._from_start and base > self.min_streams and not self._loss_limited(rr):
                 t = self._start_down(base, ref, base - 1, origin=base)
                 why += f": the initial {base} may be too many, probe down to {t}"
                 return EV_NO_GAIN_AT_START, t, f"{what}, {why}"
+            if self._loss_limited(rr):  # rule 6: fewer streams cannot help; the next timer probe goes up again
+                self._next_up = True
             return EV_NO_GAIN, base, f"{what}, {why}: hold at {base}"
         # the added streams paid; did they pay in proportion?
         added = n - base

@@ -460,3 +460,17 @@ def test_without_loss_or_with_bbr_the_probe_steps_stay_small():
         c = StreamController(8, 1, 16, **kw)
         run(c, capped(10e6, 1e9), 3, rr=lambda n, r=rr: r)
         assert c.n == 9, (kw, rr)  # +ceil(8 x 2 x 5%) = +1
+
+
+def test_slow_start_overshoot_on_a_loss_limited_path_does_not_walk_the_count_down():
+    # what the emulated 1%-loss link did under cubic: the first ~1.5 s at 4 streams ran at twice the steady
+    # rate, so 4 -> 8 read +0% against it; the controller must not conclude "4 may be too many"
+    c = StreamController(4, 1, 16, loss_based=True)
+    base = measured(CUBIC_1PCT)
+
+    def model(n: int, k: int) -> float:
+        return base(n, k) * (2.0 if k < 3 else 1.0)
+
+    counts, _ = run(c, model, 40, rr=lambda n: 0.012)
+    assert min(counts) >= 4, counts  # never below the start
+    assert counts[-1] >= 8, counts  # and it got to the knee
