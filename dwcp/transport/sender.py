@@ -526,7 +526,12 @@ class Sender:
                            f"{'; '.join(state.stream_errors[-3:])}")  # fmt: skip
             if state.all_done.is_set():
                 break
-            while state.active_streams + sum(1 for i in threads if i not in started) < state.target_streams:
+            while True:
+                # one consistent view: a stream registers (started + active_streams) under the lock, and a
+                # torn read between the two counted it in neither and spawned a spare that then retired
+                with state.lock:
+                    if state.active_streams + sum(1 for i in threads if i not in started) >= state.target_streams:
+                        break
                 sid = next_id
                 next_id += 1
                 th = threading.Thread(target=ctx.run, args=(sid, started), name=f"dwcp-stream-{sid}", daemon=True)
