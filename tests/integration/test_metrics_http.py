@@ -64,11 +64,17 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     data = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8)
     Sender(TransportConfig(chunk_size_bytes=1 << 20), SecurityConfig(plaintext=True)).send(
         data, "127.0.0.1", daemon["port"], "m/obj")
-    code, text = get(base + "metrics")
-    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    # the receiver counts a transfer as completed after it has answered the sender: scrape until it has
+    deadline = time.monotonic() + 10
+    while True:
+        code, text = get(base + "metrics")
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        done = [s for s in fams["dwcp_transfer_completed"].samples if s.labels == {"direction": "rx", "outcome": "ok"}]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     raw = sum(s.value for s in fams["dwcp_transfer_bytes_raw"].samples if s.labels["direction"] == "rx")
     assert code == 200 and raw == data.nbytes
-    done = [s for s in fams["dwcp_transfer_completed"].samples if s.labels == {"direction": "rx", "outcome": "ok"}]
     assert done and done[0].value == 1
     assert fams["dwcp_codec_baselines"].samples[0].value == 1
     assert {s.labels["check"] for s in fams["dwcp_health_status"].samples} == {"amst", "hde", "error_rate"}
