@@ -85,10 +85,7 @@ class EpochDriver:
         if algorithm == "bft":
             from .pbft import PbftNode
 
-            if self.signer is None or set(self.verify_keys) < set(self.ids):
-                missing = sorted(set(self.ids) - set(self.verify_keys))
-                raise DWCPError(f"BFT consensus needs this node's signing key and every node's bft_key (missing: "
-                                f"{', '.join(missing) or 'our signing key'})")  # fmt: skip
+            self._check_bft_keys()
             from .pbft_storage import FilePbftStorage
 
             # durable votes, view and executed entries: a restarted node never contradicts what it signed, and
@@ -263,12 +260,15 @@ class EpochDriver:
         if algorithm not in ALGORITHMS:
             raise DWCPError(f"algorithm {algorithm!r}: one of {', '.join(ALGORITHMS)}")
         if algorithm == "bft":
-            self._make_engine_check()
+            self._check_bft_keys()
         return self.propose({"op": "switch", "algorithm": algorithm}, timeout_s=timeout_s)
 
-    def _make_engine_check(self) -> None:
+    def _check_bft_keys(self) -> None:
+        """BFT needs this node's signing key and every node's bft_key (before a switch is even proposed)."""
         if self.signer is None or set(self.verify_keys) < set(self.ids):
-            raise DWCPError("switching to BFT needs this node's signing key and every peer's bft_key in the config")
+            missing = sorted(set(self.ids) - set(self.verify_keys))
+            raise DWCPError(f"BFT consensus needs this node's signing key and every node's bft_key (missing: "
+                            f"{', '.join(missing) or 'our signing key'})")  # fmt: skip
 
     def faults(self) -> dict[str, dict[str, int]]:
         """PBFT fault counters of the current (or retired) BFT engine: kind -> node -> count."""

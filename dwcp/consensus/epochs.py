@@ -311,10 +311,12 @@ class EpochNode:
         while len(self._ids) > MAX_REMEMBERED_IDS:
             self._ids.popitem(last=False)
 
-    def _start_epoch(self, epoch: int, algorithm: str) -> None:
-        self.previous_algorithm, self.algorithm = self.algorithm, algorithm
-        self.epoch = epoch
-        self.retired, self.engine = self.engine, self.make_engine(algorithm, epoch)
+    def _start_epoch(self, epoch: int, algorithm: str, *, previous: str | None = None, retire: bool = True) -> None:
+        """Enter ``epoch`` run by ``algorithm`` from the catalog as it stands now (rule 2 after a switch applied
+        here; rule 3 after a state transfer, where the old engine is too far behind to serve anyone)."""
+        self.previous_algorithm = self.algorithm if previous is None else previous
+        self.algorithm, self.epoch = algorithm, epoch
+        self.retired, self.engine = (self.engine if retire else None), self.make_engine(algorithm, epoch)
         self.start_state = (self.gidx, self._snap(), algorithm, list(self._ids))
         self.switches += 1
         self._answers = {e: a for e, a in self._answers.items() if e > epoch}
@@ -366,11 +368,4 @@ class EpochNode:
         self._ids = OrderedDict((i, None) for i in ids[-MAX_REMEMBERED_IDS:])
         for cid in [c for c in self._pending if c in self._ids]:
             del self._pending[cid]
-        self.previous_algorithm = str(st["previous"])
-        self.algorithm, self.epoch = alg, epoch
-        self.retired, self.engine = None, self.make_engine(alg, epoch)  # too far behind to serve anyone
-        self.start_state = (gidx, self._snap(), alg, list(self._ids))
-        self.switches += 1
-        self._answers = {e: a for e, a in self._answers.items() if e > epoch}
-        for cid, (data, _) in self._pending.items():
-            self._pending[cid] = (data, -10**9)
+        self._start_epoch(epoch, alg, previous=str(st["previous"]), retire=False)

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 
 from dwcp.storage import write_atomic
@@ -151,7 +150,3 @@ class PathMemory:
             write_atomic(self.path, doc)
         except OSError as exc:  # a path memory that cannot be written costs only the next send's tuning
             log.warning("could not remember the path to %s in %s: %s", peer, self.path, exc)
-
-    @staticmethod
-    def now() -> float:
-        return time.time()
