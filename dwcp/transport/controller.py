@@ -36,9 +36,13 @@ Rules
        START      --PINNED------------>  HOLD        min == max: nothing to decide
        PROBE_UP   --GAIN-------------->  PROBE_UP    keep them; next step doubles (at most x2 streams)
        PROBE_UP   --GAIN_AT_MAX------->  HOLD        keep them; no room above
+       PROBE_UP   --GAIN_SATURATED---->  HOLD        keep them; a loss-limited path's bottleneck
+                                                     filled (rule 6): no point going further
        PROBE_UP   --GAIN_PAST_KNEE---->  PROBE_DOWN  paid far less than in proportion: overshot,
                                                      jump down to the estimated knee
        PROBE_UP   --NO_GAIN----------->  HOLD        back to the count before the probe
+       PROBE_UP   --LOOK_AGAIN-------->  PROBE_UP    a loss-limited path read lower: one more
+                                                     sample before judging (rule 6)
        PROBE_UP   --NO_GAIN_AT_START-->  PROBE_DOWN  the initial guess gained nothing from more
                                                      streams: it may be too high, try fewer now
        PROBE_DOWN --KEPT-------------->  PROBE_DOWN  fewer did as well: shed one more
@@ -65,16 +69,33 @@ Rules
    goodput grows in proportion to the count, and a sample's noise (one loss
    burst halves a stream's window) is larger than one added stream's share.
    While the retransmitted fraction is above ``lossy_retransmit_rate`` (the
-   last sample's, or the hold's average), a probe up therefore doubles the
+   mean of the last 4 samples, settling ones included: one sample of a
+   1%-loss path reads 0.3-2%), a probe up therefore doubles the
    count instead of adding ~10% of it, and a drop of the goodput while
    holding is answered with a probe *up* (fewer streams cannot help a
    loss-limited path), a probe up that gained nothing holds and probes up
    again at the next timer (never "the initial count may be too many"), and
-   the initial streams get one more settling interval (slow start overshoots)
-   -- within rule 5's retransmit veto and rule 7's bounds.
+   the initial streams, and the streams a probe adds, get one more settling
+   interval (each new stream's slow start overshoots for ~1.5 s).  The path
+   stays linear until its bottleneck fills, so a probe up that gained is kept
+   and the next one doubles again, with no knee estimate (the reference it
+   would use is the noisiest sample).  A full bottleneck announces itself:
+   the retransmitted fraction jumps from the path's random loss to several
+   times it (queue overflow).  So: without that jump a probe up is kept
+   unless the goodput fell by more than twice ``gain_threshold`` (doubling
+   the streams of a path that is not full cannot lower it: a lower reading
+   is the reference's overshoot or noise, ~10% per sample on such a path;
+   one that low is judged again on the mean of it and one more sample),
+   and the next probe doubles again; with it, rule 5 becomes: kept and held there
+   (GAIN_SATURATED) when it gained at least ``gain_threshold``, refused
+   otherwise (the extra streams only overflow the queue).  A path whose
+   goodput does not grow with the count (not network-bound) and never
+   overflows ends at ``max_streams``.  Within rule 7's bounds.
    Measured on the emulated 1 Gbit/s, 50 ms, 1% loss link under cubic: the
-   fixed counts 1, 2, 4, 8 gave 0.11, 0.23, 0.44, 0.77 of the cap, while
-   +1-stream probes judged on 1 s samples read -7% and walked the count down.
+   fixed counts 1, 2, 4, 8, 16 gave 0.11, 0.22, 0.42, 0.80, 0.88 of the cap
+   and the retransmitted fraction was ~1% up to 8 streams, 10% at 16;
+   +1-stream probes judged on 1 s samples read -7% and walked the count down,
+   and rule 5 alone refused 8 -> 16 although it gained 20%.
 7. The count never leaves [min_streams, max_streams].
 8. Errors are sticky: invalid input (goodput not a finite number >= 0, time
    going backwards) raises ``InternalError`` and puts the controller in
@@ -126,8 +147,10 @@ EV_MEASURED_AT_MAX = _Sentinel("MEASURED_AT_MAX")
 EV_PINNED = _Sentinel("PINNED")
 EV_GAIN = _Sentinel("GAIN")
 EV_GAIN_AT_MAX = _Sentinel("GAIN_AT_MAX")
+EV_GAIN_SATURATED = _Sentinel("GAIN_SATURATED")
 EV_GAIN_PAST_KNEE = _Sentinel("GAIN_PAST_KNEE")
 EV_NO_GAIN = _Sentinel("NO_GAIN")
+EV_LOOK_AGAIN = _Sentinel("LOOK_AGAIN")
 EV_NO_GAIN_AT_START = _Sentinel("NO_GAIN_AT_START")
 EV_KEPT = _Sentinel("KEPT")
 EV_KEPT_AT_MIN = _Sentinel("KEPT_AT_MIN")
@@ -144,8 +167,10 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
     (START, EV_PINNED): HOLD,
     (PROBE_UP, EV_GAIN): PROBE_UP,
     (PROBE_UP, EV_GAIN_AT_MAX): HOLD,
+    (PROBE_UP, EV_GAIN_SATURATED): HOLD,
     (PROBE_UP, EV_GAIN_PAST_KNEE): PROBE_DOWN,
     (PROBE_UP, EV_NO_GAIN): HOLD,
+    (PROBE_UP, EV_LOOK_AGAIN): PROBE_UP,
     (PROBE_UP, EV_NO_GAIN_AT_START): PROBE_DOWN,
     (PROBE_DOWN, EV_KEPT): PROBE_DOWN,
     (PROBE_DOWN, EV_KEPT_AT_MIN): HOLD,
@@ -256,6 +281,7 @@ class HistoryEntry(NamedTuple):
     goodput_bytes_per_s: float
     reason: str
     state: str
+    retransmit_rate: float | None = None  # as fed with this observation
 
 
 class StreamController:
@@ -312,7 +338,7 @@ class StreamController:
         self.max_retransmit_rate = float(max_retransmit_rate)
         self.loss_based = bool(loss_based)
         self.lossy_retransmit_rate = float(lossy_retransmit_rate)
-        self._last_rr: float | None = None  # the last sample's retransmit rate
+        self._recent_rr: deque[float] = deque(maxlen=4)  # the last samples' retransmit rates, settling or not
         self.history: deque[HistoryEntry] = deque(maxlen=history_len)
 
         self.n = self._clamp(initial)
@@ -333,6 +359,7 @@ class StreamController:
         self._ref_rr: float | None = None
         self._step = 1
         self._from_start = False
+        self._first_look: float | None = None  # rule 6: a loss-limited probe's first, lower, sample
         self._probe_origin = self.n  # the count held before this probe run
         self._next_up = False  # HOLD's next timer probe goes up?
         # HOLD bookkeeping
@@ -362,7 +389,8 @@ class StreamController:
             self._error = str(exc)
             raise
         self.history.append(
-            HistoryEntry(now, d.target_streams, float(goodput_bytes_per_s), d.reason, self.state)
+            HistoryEntry(now, d.target_streams, float(goodput_bytes_per_s), d.reason, self.state,
+                         None if retransmit_rate is None else float(retransmit_rate))  # fmt: skip
         )
         return d
 
@@ -397,13 +425,13 @@ class StreamController:
         sample = self._acc_g / self._acc_dt
         sample_rr = self._acc_rr / self._acc_rr_dt if self._acc_rr_dt > 0 else None
         self._acc_dt = self._acc_g = self._acc_rr_dt = self._acc_rr = 0.0
+        if sample_rr is not None:
+            self._recent_rr.append(sample_rr)
         if self._settle > 0:
             self._settle -= 1
             return Decision(self.n, f"{self.state}: settling at {self.n} streams")
         if sample == 0:
             return Decision(self.n, f"{self.state}: nothing acknowledged this interval, not judged")
-        if sample_rr is not None:
-            self._last_rr = sample_rr
         return self._step_machine(sample, sample_rr)
 
     def _step_machine(self, g: float, rr: float | None) -> Decision:
@@ -430,20 +458,25 @@ class StreamController:
     def _move(self, target: int) -> None:
         target = self._clamp(target)
         if target != self.n:
+            # rule 6: streams added to a loss-limited path overshoot in slow start for ~1.5 s
+            self._settle = self.settle_intervals + (1 if target > self.n and self._loss_limited() else 0)
             self.n = target
-            self._settle = self.settle_intervals
 
     def _worth_it(self, fewer: float, more: float) -> bool:
         """Rule: the larger count pays when it gives >= (1 + threshold) x the smaller's goodput."""
         return more >= fewer * (1 + self.gain_threshold) and more > 0
 
-    def _loss_limited(self, rr: float | None = None) -> bool:
-        """Rule 6: a loss-based congestion control losing more than ``lossy_retransmit_rate``."""
-        r = rr if rr is not None else self._last_rr
+    def _recent_retransmit_rate(self) -> float | None:
+        return sum(self._recent_rr) / len(self._recent_rr) if self._recent_rr else None
+
+    def _loss_limited(self) -> bool:
+        """Rule 6: a loss-based congestion control losing more than ``lossy_retransmit_rate``
+        (the mean of the last 4 samples, settling ones too: one sample of a 1%-loss path reads 0.3-2%)."""
+        r = self._recent_retransmit_rate()
         return self.loss_based and r is not None and r > self.lossy_retransmit_rate
 
-    def _fresh_up_step(self, n: int, rr: float | None = None) -> int:
-        if self._loss_limited(rr):
+    def _fresh_up_step(self, n: int) -> int:
+        if self._loss_limited():
             return n  # rule 6: double -- the gain, if the path is still linear, dwarfs a sample's noise
         # big enough that a stream count still in its linear region shows a gain of 2x the threshold
         return max(1, math.ceil(n * 2 * self.gain_threshold - 1e-9))
@@ -469,8 +502,9 @@ class StreamController:
     def _start_up(self, ref: float, ref_rr: float | None, *, from_start: bool = False) -> int:
         self._probe_origin = self._base = self.n
         self._ref, self._ref_rr = ref, ref_rr
-        self._step = min(self._fresh_up_step(self.n, ref_rr), self.max_streams - self.n)
+        self._step = min(self._fresh_up_step(self.n), self.max_streams - self.n)
         self._from_start = from_start
+        self._first_look = None
         self._next_up = False
         return self.n + self._step
 
@@ -497,15 +531,15 @@ class StreamController:
         base, n, ref = self._base, self.n, self._ref
         gain = g / ref - 1 if ref > 0 else (math.inf if g > 0 else 0.0)
         what = f"probe up {base} -> {n}: {gain:+.0%}" if math.isfinite(gain) else f"probe up {base} -> {n}"
+        if self._loss_limited():
+            return self._on_probe_up_loss_limited(g, rr, gain, what)
         rr_rose = rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
         if rr_rose or not self._worth_it(ref, g):
             why = f"retransmits rose to {rr:.1%}" if rr_rose else f"below {self.gain_threshold:.0%}"
-            if self._from_start and base > self.min_streams and not self._loss_limited(rr):
+            if self._from_start and base > self.min_streams:
                 t = self._start_down(base, ref, base - 1, origin=base)
                 why += f": the initial {base} may be too many, probe down to {t}"
                 return EV_NO_GAIN_AT_START, t, f"{what}, {why}"
-            if self._loss_limited(rr):  # rule 6: fewer streams cannot help; the next timer probe goes up again
-                self._next_up = True
             return EV_NO_GAIN, base, f"{what}, {why}: hold at {base}"
         # the added streams paid; did they pay in proportion?
         added = n - base
@@ -522,6 +556,35 @@ class StreamController:
         self._step = min(2 * self._step, n)  # at most double the count per probe
         t = min(self.max_streams, n + self._step)
         return EV_GAIN, t, f"{what}: keep {n}, probe up to {t}"
+
+    def _on_probe_up_loss_limited(self, g: float, rr: float | None, gain: float, what: str) -> tuple[str, int, str]:
+        """Rule 6's probe up: linear until the bottleneck fills; a full one is told by the retransmits."""
+        base, n = self._base, self.n
+        before = self._ref_rr or 0.0
+        self._next_up = True  # whatever happens, fewer streams cannot help this path
+        if rr is not None and rr > self.max_retransmit_rate and rr > 2 * before:  # the bottleneck filled
+            if self._worth_it(self._ref, g):
+                why = f"retransmits {before:.1%} -> {rr:.1%}: the bottleneck is full"
+                return EV_GAIN_SATURATED, n, f"{what}, {why}: hold at {n}"
+            why = f"retransmits {before:.1%} -> {rr:.1%}: the extra streams only overflow the bottleneck"
+            return EV_NO_GAIN, base, f"{what}, {why}: hold at {base}"
+        if self._first_look is not None:  # the second sample of a probe that read lower: judge their mean
+            g = (g + self._first_look) / 2
+            self._first_look = None
+            gain = g / self._ref - 1 if self._ref > 0 else 0.0
+            what = f"probe up {base} -> {n}: {gain:+.0%} over two samples"
+        elif g < self._ref * (1 - 2 * self.gain_threshold):
+            self._first_look = g
+            return EV_LOOK_AGAIN, n, f"{what}: lower on a loss-limited path, one more sample at {n}"
+        if g < self._ref * (1 - 2 * self.gain_threshold):
+            why = f"lost on a loss-limited path: hold at {base}, probe up again later"
+            return EV_NO_GAIN, base, f"{what}, {why}"
+        if n >= self.max_streams:
+            return EV_GAIN_AT_MAX, n, f"{what}: keep {n}, the maximum"
+        self._base, self._ref, self._ref_rr = n, g, rr
+        t = min(self.max_streams, 2 * n)
+        self._step = t - n
+        return EV_GAIN, t, f"{what} on a loss-limited path: keep {n}, probe up to {t}"
 
     def _on_probe_down(self, g: float, rr: float | None) -> tuple[str, int, str]:
         n, base, peak = self.n, self._base, self._ref
@@ -560,11 +623,11 @@ class StreamController:
             if shift > 0 and n < self.max_streams:
                 t = self._start_up(level, rr)
                 return EV_SHIFT_UP, t, f"{moved}: probe up to {t}"
-            if shift < 0 and self._loss_limited(rr) and n < self.max_streams:
+            if shift < 0 and self._loss_limited() and n < self.max_streams:
                 t = self._start_up(level, rr)  # rule 6: fewer streams cannot help a loss-limited path
-                r = rr if rr is not None else self._last_rr or 0.0
+                r = self._recent_retransmit_rate() or 0.0
                 return EV_SHIFT_UP, t, f"{moved} on a loss-limited path ({r:.1%} retransmitted): probe up to {t}"
-            if shift < 0 and n > self.min_streams:
+            if shift < 0 and n > self.min_streams and not self._loss_limited():
                 t = self._start_down(n, level, n - 1)
                 return EV_SHIFT_DOWN, t, f"{moved}: probe down to {t}"
             # no room that way: the new level is the hold's reference from now on
@@ -581,8 +644,10 @@ class StreamController:
         if can_up and (self._next_up or not can_down):
             t = self._start_up(ref, ref_rr)
             return EV_TIMER_UP, t, f"held {self._held} intervals at {n}: probe up to {t}"
-        if can_down:
+        if can_down and not self._loss_limited():
             t = self._start_down(n, ref, n - 1)
             return EV_TIMER_DOWN, t, f"held {self._held} intervals at {n}: probe down to {t}"
         self._reset_hold_stats()
+        if can_down:  # rule 6: at max_streams; a lost sample of a lossy path is noise, not a sign of too many
+            return EV_WAIT, n, f"hold at {n}: loss-limited, fewer streams cannot help"
         return EV_WAIT, n, f"hold at {n}"

@@ -49,7 +49,8 @@ _FIELDS: tuple[tuple[str, str, int], ...] = (
     ("delivery_rate_bytes_per_s", "Q", 160),  # 4.9 (after data_segs_in/out)
     ("busy_time_us", "Q", 168),  # 4.10
     ("delivered", "I", 192),  # 4.18 (after rwnd_limited, sndbuf_limited)
-    ("bytes_retrans", "Q", 208),  # 4.19 (after delivered_ce, bytes_sent)
+    ("bytes_sent", "Q", 200),  # 4.19 (after delivered_ce); retransmits included
+    ("bytes_retrans", "Q", 208),  # 4.19
 )
 _STRUCTS = {fmt: struct.Struct("=" + fmt) for fmt in ("B", "I", "Q")}
 # ~0ULL from the kernel means "not measured yet" for the pacing rate.
@@ -74,6 +75,7 @@ class TcpInfo:
     delivery_rate_bytes_per_s: int | None = None
     busy_time_us: int | None = None
     delivered: int | None = None  # segments delivered, retransmits included
+    bytes_sent: int | None = None  # payload bytes sent, retransmits included
     bytes_retrans: int | None = None
 
     @property

@@ -274,6 +274,7 @@ def _fake_tcp_info(length: int) -> bytes:
         ("delivery_rate", "Q", 160, 118_000_000),
         ("busy_time", "Q", 168, 5_000_000),
         ("delivered", "I", 192, 777_777),
+        ("bytes_sent", "Q", 200, 10**10 + 5000),
         ("bytes_retrans", "Q", 208, 4242),
     ]:
         struct.pack_into("=" + fmt, raw, off, value)
@@ -285,7 +286,8 @@ def test_parse_full_tcp_info():
     assert info == TcpInfo(
         state=1, retransmits=3, rtt_us=50_000, rttvar_us=2_500, snd_cwnd=42, total_retrans=9, lost=7,
         pacing_rate_bytes_per_s=125_000_000, bytes_acked=10**10, bytes_received=12345, min_rtt_us=49_000,
-        delivery_rate_bytes_per_s=118_000_000, busy_time_us=5_000_000, delivered=777_777, bytes_retrans=4242,
+        delivery_rate_bytes_per_s=118_000_000, busy_time_us=5_000_000, delivered=777_777, bytes_sent=10**10 + 5000,
+        bytes_retrans=4242,
     )  # fmt: skip
 
 
@@ -298,7 +300,7 @@ def test_parse_full_tcp_info():
         (160, "min_rtt_us", "delivery_rate_bytes_per_s"),  # 4.6 .. 4.8
         (168, "delivery_rate_bytes_per_s", "busy_time_us"),  # 4.9
         (192, "busy_time_us", "delivered"),  # 4.10 .. 4.17
-        (200, "delivered", "bytes_retrans"),  # 4.18
+        (200, "delivered", "bytes_sent"),  # 4.18
     ],
 )
 def test_older_kernels_shorter_structs_leave_fields_none(length, last_present, first_missing):

@@ -168,6 +168,58 @@ def test_sockopts_and_tcp_info():
     ls.close()
 
 
+def test_sender_tcp_totals_count_acked_bytes_across_streams_that_come_and_go():
+    """The controller's goodput signal: TCP-acknowledged bytes summed over live and ended streams."""
+    from dwcp.transport.sender import _State
+
+    state = _State(spans=[(0, 1)], done=bytearray(1), remaining=1)
+    assert state.tcp_totals() == (0, 0, 0)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    pairs = []
+    for sid in range(3):
+        c = socket.create_connection(ls.getsockname(), timeout=5)
+        s, _ = ls.accept()
+        pairs.append((c, s))
+        state.tcp_register(sid, c)
+    if read_tcp_info(pairs[0][0]) is None or read_tcp_info(pairs[0][0]).bytes_sent is None:
+        pytest.skip("TCP_INFO without tcpi_bytes_sent (Linux < 4.19)")
+
+    def send(i: int, n: int) -> None:
+        c, s = pairs[i]
+        c.sendall(b"x" * n)
+        got = 0
+        while got < n:
+            got += len(s.recv(1 << 20))
+
+    def acked_settles(expect: int) -> tuple[int, int, int]:
+        for _ in range(500):  # the ACK of the last segment may trail recv() by a moment
+            tot = state.tcp_totals()
+            assert tot is not None
+            if tot[0] >= expect:
+                return tot
+            threading.Event().wait(0.002)
+        raise AssertionError(f"acked {tot} never reached {expect}")
+
+    syn = 3  # tcpi_bytes_acked counts each connection's SYN as one byte
+    send(0, 300_000)
+    send(1, 200_000)
+    tot = acked_settles(500_000 + syn)
+    assert tot == (500_000 + syn, 500_000, 0)
+    state.tcp_unregister(1)  # stream 1 ended: its bytes stay counted, its socket is no longer read
+    pairs[1][0].close()
+    send(2, 100_000)
+    tot = acked_settles(600_000 + syn)
+    assert tot == (600_000 + syn, 600_000, 0) and 1 not in state.tcp_socks
+    state.tcp_unregister(1)  # twice: no double count
+    assert state.tcp_totals() == tot
+    for c, s in pairs:
+        c.close()
+        s.close()
+    ls.close()
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="mutual TLS"):
         from_dict({})
