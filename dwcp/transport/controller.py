@@ -70,32 +70,36 @@ Rules
    burst halves a stream's window) is larger than one added stream's share.
    While the retransmitted fraction is above ``lossy_retransmit_rate`` (the
    mean of the last 4 samples, settling ones included: one sample of a
-   1%-loss path reads 0.3-2%), a probe up therefore doubles the
-   count instead of adding ~10% of it, and a drop of the goodput while
-   holding is answered with a probe *up* (fewer streams cannot help a
-   loss-limited path), a probe up that gained nothing holds and probes up
-   again at the next timer (never "the initial count may be too many"), and
-   the initial streams, and the streams a probe adds, get one more settling
-   interval (each new stream's slow start overshoots for ~1.5 s).  The path
-   stays linear until its bottleneck fills, so a probe up that gained is kept
-   and the next one doubles again, with no knee estimate (the reference it
-   would use is the noisiest sample).  A full bottleneck announces itself:
-   the retransmitted fraction jumps from the path's random loss to several
-   times it (queue overflow).  So: without that jump a probe up is kept
-   unless the goodput fell by more than twice ``gain_threshold`` (doubling
-   the streams of a path that is not full cannot lower it: a lower reading
-   is the reference's overshoot or noise, ~10% per sample on such a path;
-   one that low is judged again on the mean of it and one more sample),
-   and the next probe doubles again; with it, rule 5 becomes: kept and held there
-   (GAIN_SATURATED) when it gained at least ``gain_threshold``, refused
-   otherwise (the extra streams only overflow the queue).  A path whose
-   goodput does not grow with the count (not network-bound) and never
-   overflows ends at ``max_streams``.  Within rule 7's bounds.
+   1%-loss path reads 0.3-2%):
+
+   * a probe up doubles the count (not ~10% more), and the streams it adds
+     settle one more interval (a new stream's slow start overshoots for
+     ~1.5 s; the initial streams' overshoot inflates the first reference
+     instead, which the next point absorbs -- waiting it out cost every
+     transfer half a second);
+   * it is kept unless the goodput fell by more than twice
+     ``gain_threshold`` (doubling the streams of a path that is not full
+     cannot lower it: a lower reading is the reference's overshoot or
+     noise, ~10% per sample; one that low is judged again on the mean of
+     it and one more sample), with no knee estimate (it would rest on the
+     noisiest sample), and the next probe doubles again;
+   * a full bottleneck announces itself: the retransmitted fraction jumps
+     from the path's random loss to several times it (queue overflow).
+     Rule 5 then becomes: kept and held there (GAIN_SATURATED) when it
+     gained at least ``gain_threshold``, refused otherwise (the extra
+     streams only overflow the queue);
+   * fewer streams cannot help: a refused probe holds and the next timer
+     probes up again (never "the initial count may be too many"), a drop
+     while holding is answered with a probe up, and the hold never probes
+     down (at ``max_streams`` it just holds).  A path whose goodput does
+     not grow with the count (not network-bound) and never overflows ends
+     at ``max_streams``.
+
    Measured on the emulated 1 Gbit/s, 50 ms, 1% loss link under cubic: the
-   fixed counts 1, 2, 4, 8, 16 gave 0.11, 0.22, 0.42, 0.80, 0.88 of the cap
-   and the retransmitted fraction was ~1% up to 8 streams, 10% at 16;
-   +1-stream probes judged on 1 s samples read -7% and walked the count down,
-   and rule 5 alone refused 8 -> 16 although it gained 20%.
+   fixed counts 1, 2, 4, 8, 16 gave 0.11, 0.23, 0.43, 0.81, 0.85 of the cap;
+   +1-stream probes judged on 1 s samples read -7% and walked the count
+   down, and rule 5 alone refused 8 -> 16 although it gained 20%.  With
+   these rules auto reaches 16 streams in 3.4 s.
 7. The count never leaves [min_streams, max_streams].
 8. Errors are sticky: invalid input (goodput not a finite number >= 0, time
    going backwards) raises ``InternalError`` and puts the controller in
@@ -350,9 +354,7 @@ class StreamController:
         self._acc_g = 0.0
         self._acc_rr_dt = 0.0
         self._acc_rr = 0.0
-        # the initial streams are starting too; under a loss-based congestion control their slow start
-        # overshoots (the first ~1.5 s ran at 2x the steady rate at 50 ms / 1% loss): one more interval
-        self._settle = settle_intervals + (1 if loss_based else 0)
+        self._settle = settle_intervals
         # probe bookkeeping
         self._base = self.n  # the count a failed probe returns to
         self._ref = 0.0  # goodput at _base (probe up) / peak of the run (probe down)
