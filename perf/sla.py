@@ -215,25 +215,28 @@ def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, c
     for n, r in cell["dwcp_fixed"].items():
         frac[f"dwcp_{n}"] = (r["bytes_per_s"] or 0) / cap
     cell["fraction_of_cap"] = frac
-    fixed = cell["dwcp_fixed"]
+    cell.update(rank_fixed(cell["dwcp_fixed"], cap))
+    cell["best_iperf3_streams"] = int(max(cell["iperf3"], key=lambda n: cell["iperf3"][n] or 0))
+    return cell
+
+
+def rank_fixed(fixed: dict[str, dict], cap: float) -> dict:
+    """The best fixed count, the counts tied with it, the knee (the fewest tied) and each count's range.
+
+    On a plateau the argmax is noise.  A count is tied with the best when this run cannot tell them
+    apart: its median is within 2% of the best's, or its runs' range overlaps the best count's runs'.
+    """
     best = max(fixed, key=lambda n: fixed[n]["bytes_per_s"] or 0)
-    cell["best_fixed_streams"] = int(best)
-    # On a plateau the argmax is noise.  A count is tied with the best when this run cannot tell them
-    # apart: its median is within 2% of the best's, or its runs' range overlaps the best count's runs'
-    # range.  The knee is the fewest tied streams.
     top = fixed[best]["bytes_per_s"] or 0
 
     def span(r: dict) -> tuple[float, float]:
         xs = [x["bytes_per_s"] for x in r["runs"] if x.get("bytes_per_s")] or [0.0]
         return min(xs), max(xs)
 
-    tied = [int(n) for n, r in fixed.items()
-            if (r["bytes_per_s"] or 0) >= 0.98 * top or span(r)[1] >= span(fixed[best])[0]]  # fmt: skip
-    cell["tied_fixed_streams"] = sorted(tied)
-    cell["knee_fixed_streams"] = min(tied)
-    cell["fixed_spread_of_cap"] = {n: [round(x / cap, 3) for x in span(r)] for n, r in fixed.items()}
-    cell["best_iperf3_streams"] = int(max(cell["iperf3"], key=lambda n: cell["iperf3"][n] or 0))
-    return cell
+    tied = sorted(int(n) for n, r in fixed.items()
+                  if (r["bytes_per_s"] or 0) >= 0.98 * top or span(r)[1] >= span(fixed[best])[0])  # fmt: skip
+    return {"best_fixed_streams": int(best), "tied_fixed_streams": tied, "knee_fixed_streams": tied[0],
+            "fixed_spread_of_cap": {n: [round(x / cap, 3) for x in span(r)] for n, r in fixed.items()}}  # fmt: skip
 
 
 def check(cells: list[dict], slas: list[dict]) -> list[dict]:
