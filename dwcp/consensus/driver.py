@@ -19,7 +19,9 @@
   the connection's thread and queues them for the core.  A lost connection
   loses messages, which Raft tolerates; links reconnect.
 * ``propose`` waits until the command is applied (or times out); a follower's
-  core forwards the command to the leader it knows.
+  core forwards the command to the leader it knows.  A proposer never takes
+  ``lock`` (it would queue behind a round's fsync): it registers its waiter
+  with the submission under ``_in_lock``, and waits on a one-shot latch.
 """
 
 from __future__ import annotations
@@ -283,10 +285,13 @@ class RaftDriver:
         self.lock = threading.Lock()  # the core, the catalog, the waiters (held by the core thread per round)
         self.stopped = threading.Event()
         self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
-        self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._readers: dict[bytes, threading.Event] = {}
         # the core thread's input, swapped out whole each round (under _in_lock); _wake says "look"
         self._in_lock = threading.Lock()
+        # proposals waiting to be applied here (under _in_lock, registered with the submission, so a proposer
+        # never queues on ``lock`` behind a round's fsync): command id -> (a held lock the core releases once
+        # the command is applied -- a one-shot latch, cheaper than an Event to make, wait on and set --, box)
+        self._waiters: dict[str, tuple[threading.Lock, list]] = {}
         self._wake = threading.Event()
         self._inbox: list[Msg] = []  # delivered messages (bounded: MAX_INBOX, beyond it dropped as if lost)
         self._props: list[tuple[int, bytes]] = []  # (the term it was handed in, command): proposals and forwards
@@ -330,8 +335,10 @@ class RaftDriver:
         self.stopped.set()
         self.storage.close()
 
-    def _submit(self, kind: str, item: Any) -> None:
+    def _submit(self, kind: str, item: Any, waiter: tuple[str, threading.Lock, list] | None = None) -> None:
         with self._in_lock:
+            if waiter is not None:
+                self._waiters[waiter[0]] = waiter[1:]
             box = self._inbox if kind == "msg" else self._props if kind == "prop" else self._reads
             if len(box) >= MAX_INBOX:
                 self.dropped += 1  # the core is far behind: lose it, as a congested network would
@@ -409,7 +416,7 @@ class RaftDriver:
         if tick:
             node.tick()
 
-    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]], list[threading.Event]]:
+    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]], list[threading.Event]]:
         """Hand out what the core has ready (lock held).  Returns what to do once the lock is released:
         the messages per peer, and the proposers and readers to wake."""
         r = self.node.ready()
@@ -423,18 +430,25 @@ class RaftDriver:
             self.applied = meta.index
             self.installed += 1
             log.info("raft: catalog restored from the snapshot at %d (term %d)", meta.index, meta.term)
-        wake: list[tuple[threading.Event, list, dict]] = []
-        waiters, catalog = self._waiters, self.catalog
+        done: list[tuple[str, dict]] = []
+        # a racy look is enough: a command's waiter is registered before the command is handed to the core
+        waiting, catalog = bool(self._waiters), self.catalog
         for e in r.committed:
             self.applied = e.index
             if e.kind != "data":
                 continue
             res = catalog.apply(e.index, e.data)
-            if waiters:
+            if waiting:
                 cid = _command_id(e.data)
-                w = waiters.pop(cid, None) if cid is not None else None
-                if w is not None:
-                    wake.append((w[0], w[1], res))
+                if cid is not None:
+                    done.append((cid, res))
+        wake: list[tuple[threading.Lock, list, dict]] = []
+        if done:
+            with self._in_lock:
+                for cid, res in done:
+                    w = self._waiters.pop(cid, None)
+                    if w is not None:
+                        wake.append((w[0], w[1], res))
         readers: list[threading.Event] = []
         for rs in r.read_states:
             ev = self._readers.pop(rs.ctx, None)
@@ -450,7 +464,7 @@ class RaftDriver:
             log.info("raft: leader is %s (term %d)", self.node.leader, self.node.term)
         return sends, wake, readers
 
-    def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]],
+    def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]],
                                   list[threading.Event]]) -> None:  # fmt: skip
         """Send a round's messages (one write per peer) and wake its proposers and readers (lock released)."""
         sends, wake, readers = out
@@ -458,9 +472,9 @@ class RaftDriver:
             link = self.links.get(dst)
             if link is not None:
                 link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
-        for ev, box, res in wake:
+        for latch, box, res in wake:
             box.append(res)
-            ev.set()
+            latch.release()
         for ev in readers:
             ev.set()
 
@@ -494,11 +508,10 @@ class RaftDriver:
         """Apply ``cmd`` to the catalog through consensus; its result once committed and applied here."""
         cid = f"{self._id_prefix}{next(self._ids):08x}"  # 16 hex digits, unique per driver
         data = json.dumps({**cmd, "id": cid}, separators=(",", ":")).encode()
-        ev, box = threading.Event(), []  # type: ignore[var-annotated]
+        latch, box = threading.Lock(), []  # type: ignore[var-annotated]
+        latch.acquire()  # the core releases it once the command is applied here
+        waiter: tuple[str, threading.Lock, list] | None = (cid, latch, box)
         deadline = time.monotonic() + timeout_s
-        with self.lock:
-            self._check()
-            self._waiters[cid] = (ev, box)
         proposed_in: int | None = None  # the term we handed it in at: once per term
         while True:
             self._check()
@@ -506,12 +519,12 @@ class RaftDriver:
             if proposed_in != term:
                 # the core proposes it (leader) or forwards it (follower); a new term may have dropped an
                 # uncommitted proposal: ask again then (the catalog's commands are idempotent per content)
-                self._submit("prop", (term, data))
-                proposed_in = term
-            if ev.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                self._submit("prop", (term, data), waiter)
+                proposed_in, waiter = term, None
+            if latch.acquire(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
-                with self.lock:
+                with self._in_lock:
                     self._waiters.pop(cid, None)
                 raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", self.node.leader)
         return box[0]

@@ -310,6 +310,29 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
         again.close()
 
 
+def test_a_proposal_keeps_its_timeout_while_a_round_is_stuck_and_leaves_no_waiter_behind(tmp_path):
+    """Proposers do not take the core's lock (a round holds it through its fsync): one handed in while a
+    round is stuck times out when asked to, and the next proposal, once the round is over, commits."""
+    from dwcp.config import TransportConfig
+    from dwcp.consensus.driver import RaftDriver
+    from dwcp.consensus.raft import NotLeaderError
+
+    d = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005)
+    d.start()
+    try:
+        cmd = {"op": "version", "key": "k", "digest": f"{1:032x}", "size": 1, "holder": "h"}
+        assert d.propose(cmd)["version"] == 1
+        with d.lock:  # the core thread cannot run a round
+            with pytest.raises(NotLeaderError):
+                d.propose({**cmd, "digest": f"{2:032x}"}, timeout_s=0.05)
+            assert d._waiters == {}
+        assert d.propose({**cmd, "digest": f"{3:032x}"})["ok"]
+        assert [v["digest"] for v in d.read(lambda c: c.keys["k"])] == [f"{k:032x}" for k in (1, 2, 3)]
+        assert d._waiters == {}
+    finally:
+        d.close()
+
+
 @given(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), st.sampled_from(["data", "noop", "conf", "other"]),
        st.binary(max_size=64))  # fmt: skip
 def test_a_log_record_is_the_json_it_always_was(term, index, kind, data):
