@@ -3,8 +3,10 @@
 * One core thread per node steps the ``RaftNode`` (single-threaded by design),
   in rounds: it takes everything delivered, proposed and asked since the last
   round, steps it all, ticks if a tick is due, then drains ``ready()`` once:
-  one fsync (``FileStorage.sync``) before anything is sent or applied, one
-  write per peer, committed entries applied to the ``Catalog`` in log order;
+  a leader's replication (APPEND, SNAP) goes out first, then one fsync
+  (``FileStorage.sync``) before anything else is sent or anything applied
+  (so the leader's disk writes while the followers' do: Raft thesis 10.2.1),
+  one write per peer, committed entries applied to the ``Catalog`` in log order;
   proposers and readers are woken after the lock is released.  Work that
   arrives during a round's fsync makes the next round, so batches grow with
   the load.  ``lock`` is held for a round's stepping and draining.
@@ -127,12 +129,17 @@ def _bool(d: dict, k: str) -> bool:
 
 
 def _entry(x: Any) -> Entry:
-    if not isinstance(x, list) or len(x) != 4:
+    """One wire entry, checked as ``_int``/``_hex`` would (inline: a follower decodes every entry)."""
+    if type(x) is not list or len(x) != 4:
         raise ValueError("an entry is [term, index, kind, hex data]")
     term, index, kind, data = x
-    if kind not in ("data", "noop", "conf"):
+    if type(term) is not int or type(index) is not int or not (0 <= term < 1 << 63 and 0 <= index < 1 << 63):
+        raise ValueError("an entry's term and index must be integers in [0, 2**63)")
+    if kind != "data" and kind != "noop" and kind != "conf":
         raise ValueError(f"unknown entry kind {kind!r}")
-    return Entry(_int({"t": term}, "t"), _int({"i": index}, "i"), kind, _hex(data, MAX_WIRE_DATA, "entry data"))
+    if type(data) is not str or len(data) > 2 * MAX_WIRE_DATA:
+        raise ValueError(f"entry data must be hex of at most {MAX_WIRE_DATA} bytes")
+    return Entry(term, index, kind, bytes.fromhex(data))
 
 
 def msg_from_wire(d: dict) -> Msg:
@@ -420,10 +427,16 @@ class RaftDriver:
         """Hand out what the core has ready (lock held).  Returns what to do once the lock is released:
         the messages per peer, and the proposers and readers to wake."""
         r = self.node.ready()
-        self.storage.sync()  # durable before anyone hears of it, or it is applied
+        # a leader's replication (APPEND, SNAP) leaves before its own fsync, which then runs while the
+        # followers write theirs (Raft thesis 10.2.1): it acknowledges nothing, and the leader counts its
+        # own log for a commit only in a later round (the answers it needs come in one), after this fsync,
+        # or -- one voter alone -- this round's committed entries are applied only after it
         sends: dict[str, list[Msg]] = {}
+        early: dict[str, list[Msg]] = {}
         for m in r.messages:
-            sends.setdefault(m.dst, []).append(m)
+            (early if m.type is MsgType.APPEND or m.type is MsgType.SNAP else sends).setdefault(m.dst, []).append(m)
+        self._send(early)
+        self.storage.sync()  # durable before anyone hears of it (an answer, a vote), or it is applied
         if r.snapshot is not None:
             meta, data = r.snapshot
             self.catalog = Catalog.restore(json.loads(data))
@@ -468,15 +481,18 @@ class RaftDriver:
                                   list[threading.Event]]) -> None:  # fmt: skip
         """Send a round's messages (one write per peer) and wake its proposers and readers (lock released)."""
         sends, wake, readers = out
-        for dst, ms in sends.items():
-            link = self.links.get(dst)
-            if link is not None:
-                link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
+        self._send(sends)
         for latch, box, res in wake:
             box.append(res)
             latch.release()
         for ev in readers:
             ev.set()
+
+    def _send(self, sends: dict[str, list[Msg]]) -> None:
+        for dst, ms in sends.items():
+            link = self.links.get(dst)
+            if link is not None:
+                link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
 
     # -- the wire -----------------------------------------------------------------------
     def deliver(self, d: dict, peer_identity: str | None) -> None:
