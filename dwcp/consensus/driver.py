@@ -3,8 +3,10 @@
 * One core thread per node steps the ``RaftNode`` (single-threaded by design),
   in rounds: it takes everything delivered, proposed and asked since the last
   round, steps it all, ticks if a tick is due, then drains ``ready()`` once:
-  one fsync (``FileStorage.sync``) before anything is sent or applied, one
-  write per peer, committed entries applied to the ``Catalog`` in log order;
+  a leader's replication (APPEND, SNAP) goes out first, then one fsync
+  (``FileStorage.sync``) before anything else is sent or anything applied
+  (so the leader's disk writes while the followers' do: Raft thesis 10.2.1),
+  one write per peer, committed entries applied to the ``Catalog`` in log order;
   proposers and readers are woken after the lock is released.  Work that
   arrives during a round's fsync makes the next round, so batches grow with
   the load.  ``lock`` is held for a round's stepping and draining.
@@ -19,7 +21,9 @@
   the connection's thread and queues them for the core.  A lost connection
   loses messages, which Raft tolerates; links reconnect.
 * ``propose`` waits until the command is applied (or times out); a follower's
-  core forwards the command to the leader it knows.
+  core forwards the command to the leader it knows.  A proposer never takes
+  ``lock`` (it would queue behind a round's fsync): it registers its waiter
+  with the submission under ``_in_lock``, and waits on a one-shot latch.
 """
 
 from __future__ import annotations
@@ -125,12 +129,17 @@ def _bool(d: dict, k: str) -> bool:
 
 
 def _entry(x: Any) -> Entry:
-    if not isinstance(x, list) or len(x) != 4:
+    """One wire entry, checked as ``_int``/``_hex`` would (inline: a follower decodes every entry)."""
+    if type(x) is not list or len(x) != 4:
         raise ValueError("an entry is [term, index, kind, hex data]")
     term, index, kind, data = x
-    if kind not in ("data", "noop", "conf"):
+    if type(term) is not int or type(index) is not int or not (0 <= term < 1 << 63 and 0 <= index < 1 << 63):
+        raise ValueError("an entry's term and index must be integers in [0, 2**63)")
+    if kind != "data" and kind != "noop" and kind != "conf":
         raise ValueError(f"unknown entry kind {kind!r}")
-    return Entry(_int({"t": term}, "t"), _int({"i": index}, "i"), kind, _hex(data, MAX_WIRE_DATA, "entry data"))
+    if type(data) is not str or len(data) > 2 * MAX_WIRE_DATA:
+        raise ValueError(f"entry data must be hex of at most {MAX_WIRE_DATA} bytes")
+    return Entry(term, index, kind, bytes.fromhex(data))
 
 
 def msg_from_wire(d: dict) -> Msg:
@@ -283,10 +292,13 @@ class RaftDriver:
         self.lock = threading.Lock()  # the core, the catalog, the waiters (held by the core thread per round)
         self.stopped = threading.Event()
         self.links = {p: _PeerLink(self, p, a) for p, a in peers.items()}
-        self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._readers: dict[bytes, threading.Event] = {}
         # the core thread's input, swapped out whole each round (under _in_lock); _wake says "look"
         self._in_lock = threading.Lock()
+        # proposals waiting to be applied here (under _in_lock, registered with the submission, so a proposer
+        # never queues on ``lock`` behind a round's fsync): command id -> (a held lock the core releases once
+        # the command is applied -- a one-shot latch, cheaper than an Event to make, wait on and set --, box)
+        self._waiters: dict[str, tuple[threading.Lock, list]] = {}
         self._wake = threading.Event()
         self._inbox: list[Msg] = []  # delivered messages (bounded: MAX_INBOX, beyond it dropped as if lost)
         self._props: list[tuple[int, bytes]] = []  # (the term it was handed in, command): proposals and forwards
@@ -330,8 +342,10 @@ class RaftDriver:
         self.stopped.set()
         self.storage.close()
 
-    def _submit(self, kind: str, item: Any) -> None:
+    def _submit(self, kind: str, item: Any, waiter: tuple[str, threading.Lock, list] | None = None) -> None:
         with self._in_lock:
+            if waiter is not None:
+                self._waiters[waiter[0]] = waiter[1:]
             box = self._inbox if kind == "msg" else self._props if kind == "prop" else self._reads
             if len(box) >= MAX_INBOX:
                 self.dropped += 1  # the core is far behind: lose it, as a congested network would
@@ -409,32 +423,45 @@ class RaftDriver:
         if tick:
             node.tick()
 
-    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]], list[threading.Event]]:
+    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]], list[threading.Event]]:
         """Hand out what the core has ready (lock held).  Returns what to do once the lock is released:
         the messages per peer, and the proposers and readers to wake."""
         r = self.node.ready()
-        self.storage.sync()  # durable before anyone hears of it, or it is applied
+        # a leader's replication (APPEND, SNAP) leaves before its own fsync, which then runs while the
+        # followers write theirs (Raft thesis 10.2.1): it acknowledges nothing, and the leader counts its
+        # own log for a commit only in a later round (the answers it needs come in one), after this fsync,
+        # or -- one voter alone -- this round's committed entries are applied only after it
         sends: dict[str, list[Msg]] = {}
+        early: dict[str, list[Msg]] = {}
         for m in r.messages:
-            sends.setdefault(m.dst, []).append(m)
+            (early if m.type is MsgType.APPEND or m.type is MsgType.SNAP else sends).setdefault(m.dst, []).append(m)
+        self._send(early)
+        self.storage.sync()  # durable before anyone hears of it (an answer, a vote), or it is applied
         if r.snapshot is not None:
             meta, data = r.snapshot
             self.catalog = Catalog.restore(json.loads(data))
             self.applied = meta.index
             self.installed += 1
             log.info("raft: catalog restored from the snapshot at %d (term %d)", meta.index, meta.term)
-        wake: list[tuple[threading.Event, list, dict]] = []
-        waiters, catalog = self._waiters, self.catalog
+        done: list[tuple[str, dict]] = []
+        # a racy look is enough: a command's waiter is registered before the command is handed to the core
+        waiting, catalog = bool(self._waiters), self.catalog
         for e in r.committed:
             self.applied = e.index
             if e.kind != "data":
                 continue
             res = catalog.apply(e.index, e.data)
-            if waiters:
+            if waiting:
                 cid = _command_id(e.data)
-                w = waiters.pop(cid, None) if cid is not None else None
-                if w is not None:
-                    wake.append((w[0], w[1], res))
+                if cid is not None:
+                    done.append((cid, res))
+        wake: list[tuple[threading.Lock, list, dict]] = []
+        if done:
+            with self._in_lock:
+                for cid, res in done:
+                    w = self._waiters.pop(cid, None)
+                    if w is not None:
+                        wake.append((w[0], w[1], res))
         readers: list[threading.Event] = []
         for rs in r.read_states:
             ev = self._readers.pop(rs.ctx, None)
@@ -450,19 +477,22 @@ class RaftDriver:
             log.info("raft: leader is %s (term %d)", self.node.leader, self.node.term)
         return sends, wake, readers
 
-    def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Event, list, dict]],
+    def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]],
                                   list[threading.Event]]) -> None:  # fmt: skip
         """Send a round's messages (one write per peer) and wake its proposers and readers (lock released)."""
         sends, wake, readers = out
+        self._send(sends)
+        for latch, box, res in wake:
+            box.append(res)
+            latch.release()
+        for ev in readers:
+            ev.set()
+
+    def _send(self, sends: dict[str, list[Msg]]) -> None:
         for dst, ms in sends.items():
             link = self.links.get(dst)
             if link is not None:
                 link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
-        for ev, box, res in wake:
-            box.append(res)
-            ev.set()
-        for ev in readers:
-            ev.set()
 
     # -- the wire -----------------------------------------------------------------------
     def deliver(self, d: dict, peer_identity: str | None) -> None:
@@ -494,11 +524,10 @@ class RaftDriver:
         """Apply ``cmd`` to the catalog through consensus; its result once committed and applied here."""
         cid = f"{self._id_prefix}{next(self._ids):08x}"  # 16 hex digits, unique per driver
         data = json.dumps({**cmd, "id": cid}, separators=(",", ":")).encode()
-        ev, box = threading.Event(), []  # type: ignore[var-annotated]
+        latch, box = threading.Lock(), []  # type: ignore[var-annotated]
+        latch.acquire()  # the core releases it once the command is applied here
+        waiter: tuple[str, threading.Lock, list] | None = (cid, latch, box)
         deadline = time.monotonic() + timeout_s
-        with self.lock:
-            self._check()
-            self._waiters[cid] = (ev, box)
         proposed_in: int | None = None  # the term we handed it in at: once per term
         while True:
             self._check()
@@ -506,12 +535,12 @@ class RaftDriver:
             if proposed_in != term:
                 # the core proposes it (leader) or forwards it (follower); a new term may have dropped an
                 # uncommitted proposal: ask again then (the catalog's commands are idempotent per content)
-                self._submit("prop", (term, data))
-                proposed_in = term
-            if ev.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                self._submit("prop", (term, data), waiter)
+                proposed_in, waiter = term, None
+            if latch.acquire(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
-                with self.lock:
+                with self._in_lock:
                     self._waiters.pop(cid, None)
                 raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", self.node.leader)
         return box[0]

@@ -6,7 +6,10 @@ A ``RaftNode`` never reads a clock, a socket or a file.  The driver:
 2. feeds every received message to ``step(msg)``;
 3. calls ``ready()`` and, in this order, makes the storage durable (the node
    has already written to its ``Storage``; ``storage.sync()`` fsyncs it),
-   sends ``ready.messages``, restores the state machine from
+   sends ``ready.messages`` (a leader's APPEND and SNAP may leave before the
+   fsync -- thesis 10.2.1: they acknowledge nothing, and the leader counts its
+   own log toward a commit only when an answer comes, in a later round, or
+   with no other voter, before it applies), restores the state machine from
    ``ready.snapshot`` if there is one, applies ``ready.committed`` to it, and
    then serves ``ready.read_states`` (linearizable reads);
 4. now and then snapshots the state machine at an applied index and hands it

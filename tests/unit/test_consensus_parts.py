@@ -310,6 +310,94 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
         again.close()
 
 
+def test_a_proposal_keeps_its_timeout_while_a_round_is_stuck_and_leaves_no_waiter_behind(tmp_path):
+    """Proposers do not take the core's lock (a round holds it through its fsync): one handed in while a
+    round is stuck times out when asked to, and the next proposal, once the round is over, commits."""
+    from dwcp.config import TransportConfig
+    from dwcp.consensus.driver import RaftDriver
+    from dwcp.consensus.raft import NotLeaderError
+
+    d = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005)
+    d.start()
+    try:
+        cmd = {"op": "version", "key": "k", "digest": f"{1:032x}", "size": 1, "holder": "h"}
+        assert d.propose(cmd)["version"] == 1
+        with d.lock:  # the core thread cannot run a round
+            with pytest.raises(NotLeaderError):
+                d.propose({**cmd, "digest": f"{2:032x}"}, timeout_s=0.05)
+            assert d._waiters == {}
+        assert d.propose({**cmd, "digest": f"{3:032x}"})["ok"]
+        assert [v["digest"] for v in d.read(lambda c: c.keys["k"])] == [f"{k:032x}" for k in (1, 2, 3)]
+        assert d._waiters == {}
+    finally:
+        d.close()
+
+
+def test_a_leader_replicates_before_its_own_fsync_and_everything_else_waits_for_it(tmp_path):
+    """Raft thesis 10.2.1: the leader's APPENDs leave before it fsyncs its log (the two disks write at
+    once); a follower's answer, and the leader's applying, come only after the fsync."""
+    from dwcp._backend import impl as k
+    from dwcp.config import TransportConfig
+    from dwcp.consensus.driver import RaftDriver, msg_from_wire
+    from dwcp.consensus.raft import Role
+    from dwcp.wire.messages import decode_control
+
+    events: list[tuple] = []
+
+    class Link:  # records what the driver sends, message by message
+        def __init__(self, dst: str) -> None:
+            self.dst, self.msgs = dst, []
+
+        def send(self, frames: bytes) -> None:
+            pos, msgs = 0, []
+            while pos < len(frames):
+                h = k.parse_header(frames, pos)
+                msgs.append(msg_from_wire(decode_control(h, frames[pos + C.HEADER_SIZE : pos + C.HEADER_SIZE + h.enc_len])))
+                pos += C.HEADER_SIZE + h.enc_len
+            self.msgs += msgs
+            events.append(("send", self.dst, [m.type.value for m in msgs]))
+
+    def driver(i: str) -> RaftDriver:  # not started: this test runs its rounds
+        d = RaftDriver(i, {p: "127.0.0.1:9" for p in "abc" if p != i}, str(tmp_path / i), transport=TransportConfig())
+        d.links = {p: Link(p) for p in "abc" if p != i}  # type: ignore[misc]
+        sync = d.storage.sync
+        d.storage.sync = lambda: (events.append(("sync", i, d.storage._unsynced)), sync())[1]  # type: ignore[method-assign]
+        return d
+
+    def sent(link) -> list[Msg]:
+        out, link.msgs = link.msgs, []
+        return out
+
+    a, b = driver("a"), driver("b")
+    while a.node.role is not Role.LEADER:
+        a.node.tick()
+        for m in a.node.ready().messages:
+            if m.type in (MsgType.PREVOTE, MsgType.VOTE):
+                a.node.step(Msg(MsgType(m.type.value + "_resp"), m.dst, "a", m.term, granted=True))
+    a._release(a._drain())
+    for m in sent(a.links["b"]):  # the leader's no-op: b holds it
+        b.node.step(m)
+    b._release(b._drain())
+    for m in sent(b.links["a"]):
+        a.node.step(m)
+    a._release(a._drain())
+    events.clear()
+    a.node.propose_batch([json.dumps({"op": "version", "key": "k", "digest": "0" * 32, "size": 1, "holder": "h",
+                                      "id": "0123456789abcdef"}).encode()])  # fmt: skip
+    a._release(a._drain())
+    assert events == [("send", "b", ["append"]), ("send", "c", ["append"]), ("sync", "a", True)]
+    assert a.node.commit < a.node.last_index and a.catalog.keys == {}  # nothing applied before a quorum has it
+    events.clear()
+    for m in sent(a.links["b"]):
+        b.node.step(m)
+    b._release(b._drain())
+    assert events == [("sync", "b", True), ("send", "a", ["append_resp"])]  # b answers once its log is durable
+    for m in sent(b.links["a"]):
+        a.node.step(m)
+    a._release(a._drain())
+    assert a.node.commit == a.node.last_index and list(a.catalog.keys) == ["k"]
+
+
 @given(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), st.sampled_from(["data", "noop", "conf", "other"]),
        st.binary(max_size=64))  # fmt: skip
 def test_a_log_record_is_the_json_it_always_was(term, index, kind, data):
