@@ -28,12 +28,14 @@
 
 from __future__ import annotations
 
+import _socket
 import copy
 import itertools
 import json
 import logging
 import os
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -197,6 +199,24 @@ def _command_id(data: bytes) -> str | None:
     return cid if isinstance(cid, str) else None
 
 
+def _peer_closed(sock: Any) -> bool:
+    """Whether the peer has closed this stream (its FIN or RST has arrived), without consuming anything.
+
+    A raft stream carries nothing back, so a readable one is closed -- or holds TLS records (a TLS 1.3
+    session ticket): peeked at below the TLS layer, those are data and the stream is alive.
+    """
+    try:
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLIN)
+        if not p.poll(0):
+            return False
+        return _socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):
+        return True
+
+
 class _PeerLink(threading.Thread):
     """Sends one peer its messages over a stream it (re)opens as needed.
 
@@ -218,6 +238,10 @@ class _PeerLink(threading.Thread):
 
     def send(self, frame: bytes) -> None:
         with self._cv:
+            if self._fs is not None and not self._queue and not self._writing and _peer_closed(self._fs.sock):
+                # a restarted peer: the old stream's first write would vanish into its RST; reopen first
+                fs, self._fs = self._fs, None
+                fs.close()
             if self._fs is not None and self._direct and not self._queue and not self._writing:
                 try:
                     n = self._fs.sock.send(frame, socket.MSG_DONTWAIT)
@@ -258,6 +282,12 @@ class _PeerLink(threading.Thread):
                 fs = self._fs
                 self._writing = True
             try:
+                if fs is not None and _peer_closed(fs.sock):
+                    with self._cv:
+                        if self._fs is fs:
+                            self._fs = None
+                    fs.close()
+                    fs = None
                 if fs is None:
                     fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
                     fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
