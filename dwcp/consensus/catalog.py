@@ -6,7 +6,11 @@ are JSON objects:
 
 * ``{"op": "version", "key", "digest", "size", "holder", "at"}`` -- ``holder``
   verified and stored version ``digest`` of ``key``; versions of a key are
-  numbered in commit order (a digest seen again just gains a holder);
+  numbered in commit order (a digest seen again just gains a holder); a key
+  keeps its last ``MAX_KEY_VERSIONS`` (a node stores its last
+  ``storage.keep_versions``, at least 2: older entries describe files long
+  pruned, and would make every snapshot of the catalog grow with the number
+  of transfers ever made);
 * ``{"op": "drop", "key", "digest", "holder"}`` -- a holder pruned it;
 * ``{"op": "lease", "key", "holder", "until"}`` / ``{"op": "release", "key", "holder"}``
   -- one writer per key (a lease held by another holder and not expired at
@@ -21,7 +25,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "MAX_KEY_VERSIONS"]
+
+MAX_KEY_VERSIONS = 64
 
 
 class Catalog:
@@ -64,6 +70,8 @@ class Catalog:
         v = {"version": (vs[-1]["version"] + 1) if vs else 1, "digest": digest, "size": size, "holders": [holder],
              "at": at}  # fmt: skip
         vs.append(v)
+        if len(vs) > MAX_KEY_VERSIONS:
+            del vs[: len(vs) - MAX_KEY_VERSIONS]
         return {"ok": True, "version": v["version"]}
 
     def _drop(self, key: str, digest: str, holder: str) -> dict:

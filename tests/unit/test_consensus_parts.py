@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dwcp.consensus.catalog import Catalog
+from dwcp.consensus.catalog import MAX_KEY_VERSIONS, Catalog
 from dwcp.consensus.driver import msg_from_wire, msg_to_wire
 from dwcp.consensus.raft import Entry, HardState, Msg, MsgType, SnapshotMeta
 from dwcp.consensus.storage import FileStorage
@@ -74,6 +74,17 @@ def test_catalog_versions_holders_and_leases():
     assert c.replica_versions()["k"] == [("n2", 2, 0.0), ("n3", 1, 0.0)]  # each holder's newest version
     again = Catalog.restore(json.loads(json.dumps(c.snapshot())))
     assert again.where() == c.where() and again.applied_index == 11
+
+
+def test_catalog_keeps_a_bounded_history_per_key():
+    c = Catalog()
+    for i in range(1, MAX_KEY_VERSIONS + 41):
+        r = c.apply(i, json.dumps({"op": "version", "key": "vm", "digest": f"{i:032x}", "size": i, "holder": "n1"}).encode())
+        assert r == {"ok": True, "version": i}  # numbering goes on past the trimmed ones
+    vs = c.keys["vm"]
+    assert len(vs) == MAX_KEY_VERSIONS and vs[0]["version"] == 41 and vs[-1]["version"] == MAX_KEY_VERSIONS + 40
+    assert c.where()["vm"]["version"] == MAX_KEY_VERSIONS + 40
+    assert len(json.dumps(c.snapshot())) < 200 * MAX_KEY_VERSIONS  # the snapshot does not grow with the history
 
 
 _ints = st.integers(0, 2**40)
