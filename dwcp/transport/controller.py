@@ -45,6 +45,9 @@ Rules
                                                      sample before judging (rule 6)
        PROBE_UP   --NO_GAIN_AT_START-->  PROBE_DOWN  the initial guess gained nothing from more
                                                      streams: it may be too high, try fewer now
+                                                     (not under a loss-based congestion control:
+                                                     until its slow start's overshoot ends, 2-3 s,
+                                                     fewer streams read as good as more)
        PROBE_DOWN --KEPT-------------->  PROBE_DOWN  fewer did as well: shed one more
        PROBE_DOWN --KEPT_AT_MIN------->  HOLD        fewer did as well; at min
        PROBE_DOWN --LOST-------------->  HOLD        back to the last count that did as well
@@ -538,7 +541,9 @@ class StreamController:
         rr_rose = rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
         if rr_rose or not self._worth_it(ref, g):
             why = f"retransmits rose to {rr:.1%}" if rr_rose else f"below {self.gain_threshold:.0%}"
-            if self._from_start and base > self.min_streams:
+            # (under a loss-based congestion control not at once: the initial streams' slow start overshoots
+            # for 2-3 s, and fewer streams read as good as more until it ends -- the hold timer probes down)
+            if self._from_start and base > self.min_streams and not self.loss_based:
                 t = self._start_down(base, ref, base - 1, origin=base)
                 why += f": the initial {base} may be too many, probe down to {t}"
                 return EV_NO_GAIN_AT_START, t, f"{what}, {why}"

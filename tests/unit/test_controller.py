@@ -527,3 +527,16 @@ def test_a_loss_limited_probe_that_only_overflows_the_bottleneck_is_refused():
     held = [n for n, st in zip(counts[6:], states[6:]) if st == HOLD]
     assert held and all(n == 8 for n in held), counts
     assert any("only overflow" in e.reason for e in c.history)
+
+
+# perf/sla.py --quick --congestion cubic, session 4, 0.1% loss (not loss-limited: ~0.1% retransmitted)
+CUBIC_01PCT = {1: 0.47, 2: 0.76, 4: 0.90, 8: 0.92, 16: 0.89}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_under_a_loss_based_cc_the_start_is_not_explored_downwards_during_the_overshoot(seed):
+    # the initial 4 streams run at the cap for their first 3 s, so did 3 and 2 when probed in that time:
+    # auto walked down to 2 and held them (0.75 of the cap where 4 fixed streams got 0.90)
+    c = StreamController(4, 1, 16, loss_based=True)
+    counts, _ = run(c, Overshoot(CUBIC_01PCT), 20, noise=0.02, seed=seed, rr=lambda n: 0.001)
+    assert min(counts) >= 3, counts  # a 10 s transfer stays at the knee or above
