@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,16 @@ def machine() -> dict:
         "dwcp_backend": dwcp.backend,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so ``finally`` and ``with`` blocks remove what a
+    script set up (network namespaces, daemons, files); Python's default just dies."""
+
+    def bye(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, bye)
 
 
 def write_json(result: dict, out: str | None, default_name: str) -> str:

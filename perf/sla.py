@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from _common import RESULTS, machine, write_json  # noqa: E402
+from _common import RESULTS, exit_cleanly_on_sigterm, machine, write_json  # noqa: E402
 
 from dwcp._testbase.wan import Link, Testbed  # noqa: E402
 
@@ -349,5 +349,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_cleanly_on_sigterm()
     os.makedirs(RESULTS, exist_ok=True)
     raise SystemExit(main())

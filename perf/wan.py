@@ -20,7 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import machine, write_json  # noqa: E402
+from _common import exit_cleanly_on_sigterm, machine, write_json  # noqa: E402
 
 from dwcp._testbase.wan import Link, Testbed  # noqa: E402
 
@@ -68,4 +68,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_cleanly_on_sigterm()
     raise SystemExit(main())
