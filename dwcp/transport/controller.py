@@ -75,7 +75,9 @@ Rules
    mean of the last 4 samples, settling ones included: one sample of a
    1%-loss path reads 0.3-2%):
 
-   * a probe up doubles the count (not ~10% more), and the streams it adds
+   * a probe up doubles the count (not ~10% more; the first probe of a
+     loss-based transfer doubles whatever the loss: slow start has seen too
+     few segments to tell it, 0-0.4% on a 1%-loss path), and the streams it adds
      settle one more interval (a new stream's slow start overshoots for
      ~1.5 s; the initial streams' overshoot inflates the first reference
      instead, which the next point absorbs -- waiting it out cost every
@@ -87,10 +89,11 @@ Rules
      it and one more sample), with no knee estimate (it would rest on the
      noisiest sample), and the next probe doubles again;
    * a full bottleneck announces itself: the retransmitted fraction jumps
-     from the path's random loss to several times it (queue overflow).
-     Rule 5 then becomes: kept and held there (GAIN_SATURATED) when it
-     gained at least ``gain_threshold``, refused otherwise (the extra
-     streams only overflow the queue);
+     from the path's random loss to several times it (queue overflow), in
+     two samples running (single samples spike to 20%).  Rule 5 then
+     becomes: kept and held there (GAIN_SATURATED) when it gained at least
+     ``gain_threshold``, refused otherwise (the extra streams only overflow
+     the queue);
    * fewer streams cannot help: a refused probe holds and the next timer
      probes up again (never "the initial count may be too many"), a drop
      while holding is answered with a probe up, and the hold never probes
@@ -364,7 +367,7 @@ class StreamController:
         self._ref_rr: float | None = None
         self._step = 1
         self._from_start = False
-        self._first_look: float | None = None  # rule 6: a loss-limited probe's first, lower, sample
+        self._first_look: tuple[float, float | None] | None = None  # rule 6: a probe's first, bad, sample
         self._probe_origin = self.n  # the count held before this probe run
         self._next_up = False  # HOLD's next timer probe goes up?
         # HOLD bookkeeping
@@ -480,9 +483,11 @@ class StreamController:
         r = self._recent_retransmit_rate()
         return self.loss_based and r is not None and r > self.lossy_retransmit_rate
 
-    def _fresh_up_step(self, n: int) -> int:
-        if self._loss_limited():
-            return n  # rule 6: double -- the gain, if the path is still linear, dwarfs a sample's noise
+    def _fresh_up_step(self, n: int, from_start: bool = False) -> int:
+        if self._loss_limited() or (from_start and self.loss_based):
+            # rule 6: double -- the gain, if the path is still linear, dwarfs a sample's noise (and at the
+            # start a loss-based path's loss is not known yet: slow start has seen too few segments)
+            return n
         # big enough that a stream count still in its linear region shows a gain of 2x the threshold
         return max(1, math.ceil(n * 2 * self.gain_threshold - 1e-9))
 
@@ -507,7 +512,7 @@ class StreamController:
     def _start_up(self, ref: float, ref_rr: float | None, *, from_start: bool = False) -> int:
         self._probe_origin = self._base = self.n
         self._ref, self._ref_rr = ref, ref_rr
-        self._step = min(self._fresh_up_step(self.n), self.max_streams - self.n)
+        self._step = min(self._fresh_up_step(self.n, from_start), self.max_streams - self.n)
         self._from_start = from_start
         self._first_look = None
         self._next_up = False
@@ -569,21 +574,32 @@ class StreamController:
         base, n = self._base, self.n
         before = self._ref_rr or 0.0
         self._next_up = True  # whatever happens, fewer streams cannot help this path
-        if rr is not None and rr > self.max_retransmit_rate and rr > 2 * before:  # the bottleneck filled
+
+        def congested(r: float | None) -> bool:
+            return r is not None and r > self.max_retransmit_rate and r > 2 * before
+
+        lower = g < self._ref * (1 - 2 * self.gain_threshold)
+        full = congested(rr)
+        if self._first_look is not None:
+            # the second sample of a probe that read badly: the goodput's mean; a full bottleneck stays full
+            g0, rr0 = self._first_look
+            self._first_look = None
+            g = (g + g0) / 2
+            full = full and congested(rr0)
+            gain = g / self._ref - 1 if self._ref > 0 else 0.0
+            what = f"probe up {base} -> {n}: {gain:+.0%} over two samples"
+            lower = g < self._ref * (1 - 2 * self.gain_threshold)
+        elif lower or full:  # one sample spikes (retransmits up to 20%, goodput +-10%): look again
+            self._first_look = (g, rr)
+            return EV_LOOK_AGAIN, n, f"{what}: {'lower' if lower else 'retransmits up'}, one more sample at {n}"
+        if full:  # the bottleneck filled
+            assert rr is not None
             if self._worth_it(self._ref, g):
                 why = f"retransmits {before:.1%} -> {rr:.1%}: the bottleneck is full"
                 return EV_GAIN_SATURATED, n, f"{what}, {why}: hold at {n}"
             why = f"retransmits {before:.1%} -> {rr:.1%}: the extra streams only overflow the bottleneck"
             return EV_NO_GAIN, base, f"{what}, {why}: hold at {base}"
-        if self._first_look is not None:  # the second sample of a probe that read lower: judge their mean
-            g = (g + self._first_look) / 2
-            self._first_look = None
-            gain = g / self._ref - 1 if self._ref > 0 else 0.0
-            what = f"probe up {base} -> {n}: {gain:+.0%} over two samples"
-        elif g < self._ref * (1 - 2 * self.gain_threshold):
-            self._first_look = g
-            return EV_LOOK_AGAIN, n, f"{what}: lower on a loss-limited path, one more sample at {n}"
-        if g < self._ref * (1 - 2 * self.gain_threshold):
+        if lower:
             why = f"lost on a loss-limited path: hold at {base}, probe up again later"
             return EV_NO_GAIN, base, f"{what}, {why}"
         if n >= self.max_streams:

@@ -457,10 +457,15 @@ def test_a_goodput_drop_on_a_loss_limited_path_probes_up_not_down():
 
 
 def test_without_loss_or_with_bbr_the_probe_steps_stay_small():
-    for kw, rr in (({"loss_based": True}, 0.001), ({"loss_based": False}, 0.03)):
-        c = StreamController(8, 1, 16, **kw)
-        run(c, capped(10e6, 1e9), 3, rr=lambda n, r=rr: r)
-        assert c.n == 9, (kw, rr)  # +ceil(8 x 2 x 5%) = +1
+    c = StreamController(8, 1, 16, loss_based=False)  # bbr, even at 3% retransmitted
+    run(c, capped(10e6, 1e9), 3, rr=lambda n: 0.03)
+    assert c.n == 9  # +ceil(8 x 2 x 5%) = +1
+    # a loss-based path: the first probe doubles (slow start has not seen enough to tell the loss), but
+    # once the loss is known to be low the steps are small again
+    c = StreamController(8, 1, 16, loss_based=True)
+    counts, _ = run(c, lambda n, k: min(n, 8) * 10e6 * (1.5 if k >= 30 else 1.0), 40, rr=lambda n: 0.001)
+    assert counts[1:3] == [16, 16] and counts[3] == 8  # 8 -> 16 gained nothing: back to 8
+    assert 9 in counts[30:] and 10 not in counts, counts  # the shift up at 30 probes +1
 
 
 def test_slow_start_overshoot_on_a_loss_limited_path_does_not_walk_the_count_down():
@@ -540,3 +545,21 @@ def test_under_a_loss_based_cc_the_start_is_not_explored_downwards_during_the_ov
     c = StreamController(4, 1, 16, loss_based=True)
     counts, _ = run(c, Overshoot(CUBIC_01PCT), 20, noise=0.02, seed=seed, rr=lambda n: 0.001)
     assert min(counts) >= 3, counts  # a 10 s transfer stays at the knee or above
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_loss_limited_path_whose_loss_reads_low_at_first_and_spikes_still_doubles(seed):
+    # the emulated 1%-loss link under cubic: the first samples read 0-0.4% retransmitted (slow start has
+    # seen few losses yet), later ones 0.3-2% with single samples up to 22%; once such a start probed
+    # 4 -> 5 (not known to be lossy), and once a 2% sample refused 8 -> 16 as "the bottleneck is full"
+    k = {"i": 0}
+
+    def rr(n: int) -> float:
+        k["i"] += 1
+        return 0.003 if k["i"] <= 3 else 0.22 if k["i"] == 7 else 0.012  # 7: the judging of 8 -> 16
+
+    c = StreamController(4, 1, 16, loss_based=True)
+    counts, _ = run(c, Overshoot(CUBIC_1PCT_16), 40, noise=0.05, seed=seed, rr=rr)
+    assert counts[2] == 8, counts  # the start doubles
+    assert settled_at(counts, 15, 16) <= 10, counts
+    assert any("retransmits up, one more sample" in e.reason for e in c.history)  # the spike was looked at twice
