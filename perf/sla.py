@@ -300,6 +300,7 @@ def main() -> int:
                     "default: each tool's own, bbr for dwcp)")
     ap.add_argument("--chunk-sweep", default="", metavar="SIZES",
                     help="also run --streams auto at these fixed chunk sizes per cell (e.g. 1M,4M,16M)")
+    ap.add_argument("--loss", default="", metavar="RATES", help="only these loss rates of the matrix (e.g. 0.001)")
     args = ap.parse_args()
     global CONGESTION
     CONGESTION = args.congestion
@@ -309,7 +310,9 @@ def main() -> int:
         return 2
     with open(args.config, "rb") as f:
         conf = tomllib.load(f)
-    m = conf["quick" if args.quick else "matrix"]
+    m = dict(conf["quick" if args.quick else "matrix"])
+    if args.loss:
+        m["loss"] = [float(x) for x in args.loss.split(",")]
     size = m["object_mib"] << 20
     root = tempfile.mkdtemp(prefix="dwcp-sla-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     res: dict = {"machine": machine(), "matrix": m, "congestion": CONGESTION or "default (dwcp: bbr)", "cells": []}

@@ -90,6 +90,17 @@ def test_auto_streams_reports_its_reasons(server, image):
     assert r["socket"]["nodelay"] and "zerocopy_available" in r["socket"]
 
 
+def test_auto_streams_use_the_tuned_profile_of_the_egress_nic(server, image, tmp_path):
+    from dwcp.tune.store import apply_profiles
+
+    host, port = server.address
+    apply_profiles(str(tmp_path / "tune"), [{"nic": "lo", "link_bytes_per_s": 5e8}], rtt_s=0.001)
+    r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned")
+    assert r["nic_profile"] == "lo" and r["streams"]["auto"]  # looked up beside the digest, then used
+    r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned2", streams=2)
+    assert r["nic_profile"] is None  # fixed streams: no lookup
+
+
 def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):
     data = np.random.default_rng(1).integers(0, 256, 4 << 20, dtype=np.uint8)  # raw chunks
     with FaultProxy(server.address) as proxy:
