@@ -96,11 +96,22 @@ def test_no_update_is_lost_while_reconfiguring_and_scraping():
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    done = [0] * threads
+
+    def starred() -> bool:
+        return any(x[1]["peer"] == "*" for x in scrape(m)["dwcp_transfer_bytes_raw"])
+
     def work(k: int) -> None:
         rng = random.Random(k)
-        for _ in range(n):
-            m.chunk("tx", f"peer{rng.randrange(20)}", rng.choice([C.CODEC_RAW, C.CODEC_ZSTD]), 7, 3)
-            m.transfer_finished("tx", "p", "ok", rng.random() * 10, 7, 3)
+        # rounds of n until both labellings have been used (a starved churn thread once toggled too
+        # late for that on a loaded machine; the premise, not the property, is what more rounds secure)
+        for _ in range(20):
+            for _ in range(n):
+                m.chunk("tx", f"peer{rng.randrange(20)}", rng.choice([C.CODEC_RAW, C.CODEC_ZSTD]), 7, 3)
+                m.transfer_finished("tx", "p", "ok", rng.random() * 10, 7, 3)
+            done[k] += n
+            if starred():
+                break
 
     def churn() -> None:
         try:
@@ -121,11 +132,12 @@ def test_no_update_is_lost_while_reconfiguring_and_scraping():
     c.join()
     assert not errors
     s = scrape(m)
-    assert sum(x[2] for x in s["dwcp_transfer_bytes_raw"]) == 7 * threads * n
-    assert sum(x[2] for x in s["dwcp_transfer_bytes_wire"]) == 3 * threads * n
+    total = sum(done)
+    assert sum(x[2] for x in s["dwcp_transfer_bytes_raw"]) == 7 * total
+    assert sum(x[2] for x in s["dwcp_transfer_bytes_wire"]) == 3 * total
     assert {x[1]["peer"] for x in s["dwcp_transfer_bytes_raw"]} >= {"*"}  # both labellings were used
     count = [x[2] for x in s["dwcp_transfer_duration_seconds"] if x[0].endswith("_count")]
-    assert count == [threads * n]
+    assert count == [total]
 
 
 def test_a_scrape_racing_a_new_block_does_not_fail():
