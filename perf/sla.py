@@ -233,8 +233,9 @@ def rank_fixed(fixed: dict[str, dict], cap: float) -> dict:
         xs = [x["bytes_per_s"] for x in r["runs"] if x.get("bytes_per_s")] or [0.0]
         return min(xs), max(xs)
 
+    slowest_best = span(fixed[best])[0]
     tied = sorted(int(n) for n, r in fixed.items()
-                  if (r["bytes_per_s"] or 0) >= 0.98 * top or span(r)[1] >= span(fixed[best])[0])  # fmt: skip
+                  if (r["bytes_per_s"] or 0) >= 0.98 * top or span(r)[1] >= slowest_best)  # fmt: skip
     return {"best_fixed_streams": int(best), "tied_fixed_streams": tied, "knee_fixed_streams": tied[0],
             "fixed_spread_of_cap": {n: [round(x / cap, 3) for x in span(r)] for n, r in fixed.items()}}  # fmt: skip
 

@@ -474,6 +474,10 @@ class StreamController:
         """Rule: the larger count pays when it gives >= (1 + threshold) x the smaller's goodput."""
         return more >= fewer * (1 + self.gain_threshold) and more > 0
 
+    def _retransmits_rose(self, rr: float | None) -> bool:
+        """Rule 5: above ``max_retransmit_rate`` and more than twice the level before the probe."""
+        return rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
+
     def _recent_retransmit_rate(self) -> float | None:
         return sum(self._recent_rr) / len(self._recent_rr) if self._recent_rr else None
 
@@ -543,7 +547,7 @@ class StreamController:
         what = f"probe up {base} -> {n}: {gain:+.0%}" if math.isfinite(gain) else f"probe up {base} -> {n}"
         if self._loss_limited():
             return self._on_probe_up_loss_limited(g, rr, gain, what)
-        rr_rose = rr is not None and rr > self.max_retransmit_rate and rr > 2 * (self._ref_rr or 0.0)
+        rr_rose = self._retransmits_rose(rr)
         if rr_rose or not self._worth_it(ref, g):
             why = f"retransmits rose to {rr:.1%}" if rr_rose else f"below {self.gain_threshold:.0%}"
             # (under a loss-based congestion control not at once: the initial streams' slow start overshoots
@@ -574,25 +578,19 @@ class StreamController:
         base, n = self._base, self.n
         before = self._ref_rr or 0.0
         self._next_up = True  # whatever happens, fewer streams cannot help this path
-
-        def congested(r: float | None) -> bool:
-            return r is not None and r > self.max_retransmit_rate and r > 2 * before
-
-        lower = g < self._ref * (1 - 2 * self.gain_threshold)
-        full = congested(rr)
-        if self._first_look is not None:
+        full = self._retransmits_rose(rr)  # rule 5's signal: here, the bottleneck filled
+        first, self._first_look = self._first_look, None
+        if first is not None:
             # the second sample of a probe that read badly: the goodput's mean; a full bottleneck stays full
-            g0, rr0 = self._first_look
-            self._first_look = None
-            g = (g + g0) / 2
-            full = full and congested(rr0)
+            g = (g + first[0]) / 2
+            full = full and self._retransmits_rose(first[1])
             gain = g / self._ref - 1 if self._ref > 0 else 0.0
             what = f"probe up {base} -> {n}: {gain:+.0%} over two samples"
-            lower = g < self._ref * (1 - 2 * self.gain_threshold)
-        elif lower or full:  # one sample spikes (retransmits up to 20%, goodput +-10%): look again
+        lower = g < self._ref * (1 - 2 * self.gain_threshold)
+        if first is None and (lower or full):  # one sample spikes (retransmits up to 20%, goodput +-10%)
             self._first_look = (g, rr)
             return EV_LOOK_AGAIN, n, f"{what}: {'lower' if lower else 'retransmits up'}, one more sample at {n}"
-        if full:  # the bottleneck filled
+        if full:
             assert rr is not None
             if self._worth_it(self._ref, g):
                 why = f"retransmits {before:.1%} -> {rr:.1%}: the bottleneck is full"
