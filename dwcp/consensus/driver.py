@@ -239,9 +239,7 @@ class _PeerLink(threading.Thread):
     def send(self, frame: bytes) -> None:
         with self._cv:
             if self._fs is not None and not self._queue and not self._writing and _peer_closed(self._fs.sock):
-                # a restarted peer: the old stream's first write would vanish into its RST; reopen first
-                fs, self._fs = self._fs, None
-                fs.close()
+                self._forget_closed(self._fs)
             if self._fs is not None and self._direct and not self._queue and not self._writing:
                 try:
                     n = self._fs.sock.send(frame, socket.MSG_DONTWAIT)
@@ -258,6 +256,13 @@ class _PeerLink(threading.Thread):
                 return  # a peer that cannot keep up loses messages, as on a lossy network
             self._queue.append(frame)
             self._cv.notify()
+
+    def _forget_closed(self, fs: Any) -> None:
+        """(``_cv`` held) A stream the peer closed -- restarted: the old stream's next write would vanish into
+        its RST.  Close it so the next write reopens; unlike ``_lost``, what is queued stays for the new one."""
+        if self._fs is fs:
+            self._fs = None
+        fs.close()
 
     def _lost(self, fs: Any) -> None:
         """The stream failed: close it, and drop what was queued for it (it may end in half a frame)."""
@@ -284,9 +289,7 @@ class _PeerLink(threading.Thread):
             try:
                 if fs is not None and _peer_closed(fs.sock):
                     with self._cv:
-                        if self._fs is fs:
-                            self._fs = None
-                    fs.close()
+                        self._forget_closed(fs)
                     fs = None
                 if fs is None:
                     fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
