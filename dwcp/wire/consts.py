@@ -116,3 +116,7 @@ ERR_UNKNOWN_DICT = 11
 ERR_UNKNOWN_BASELINE = 12
 ERR_TRUNCATED = 13
 ERR_UNAVAILABLE = 14  # the receiver is draining (shutting down): retry elsewhere or later
+ERR_STORAGE = 15  # the receiver cannot store the object (disk full, I/O error): the message says why
+ERR_FORBIDDEN = 16  # the peer's identity has no right to this key (security.acl) or target (relay)
+ERR_BUSY = 17  # another transfer holds the key's write lease: retry later (the message says how long)
+ERR_TOO_LARGE = 18  # the object exceeds the receiver's limit (storage.max_object_bytes)
