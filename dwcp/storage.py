@@ -49,7 +49,7 @@ from dwcp.wire.consts import ERR_CHECKSUM
 __all__ = ["validate_key", "escape_key", "unescape_key", "ObjectStore", "Partial", "VersionInfo"]
 
 MAX_KEY_BYTES = 255
-_KEY_OK = re.compile(r"^[A-Za-z0-9._\-/:@+=]+$")
+_KEY_OK = re.compile(r"[A-Za-z0-9._\-/:@+=]+")  # used with fullmatch: `$` would let a final "\n" by
 _STATE_MAGIC = b"DWCPSTA1"
 _STATE_HDR = struct.Struct("<8sQQ16s24x")  # magic, size, chunk_size, digest -> 64 bytes
 _REC = struct.Struct("<QB7x")  # xxh3-64, done
@@ -82,8 +82,8 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError("key must be a non-empty string")
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKeyError(f"key is longer than {MAX_KEY_BYTES} bytes")
-    if not _KEY_OK.match(key):
-        bad = sorted({c for c in key if not _KEY_OK.match(c)})
+    if not _KEY_OK.fullmatch(key):
+        bad = sorted({c for c in key if not _KEY_OK.fullmatch(c)})
         raise InvalidKeyError(f"key {key!r} has characters outside [A-Za-z0-9._-/:@+=]: {bad!r}")
     if key.startswith("/"):
         raise InvalidKeyError(f"key {key!r} must not start with '/'")

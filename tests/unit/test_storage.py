@@ -34,6 +34,15 @@ def test_hostile_keys_are_refused(key):
         validate_key(key)
 
 
+@pytest.mark.parametrize("where", ["end", "start", "middle"])
+@pytest.mark.parametrize("code", [*range(0x20), 0x7F])
+def test_every_control_character_is_refused(code, where):
+    c = chr(code)
+    key = {"end": f"vm/1{c}", "start": f"{c}vm/1", "middle": f"vm{c}/1"}[where]
+    with pytest.raises(InvalidKeyError, match="characters outside"):
+        validate_key(key)
+
+
 @given(st.text(alphabet="abcXYZ019._-/:@+=", min_size=1, max_size=60))
 def test_escaping_is_one_reversible_file_name(key):
     try:
