@@ -101,6 +101,24 @@ class ListenConfig(_Section):
         return out
 
 
+RIGHTS = ("read", "write")
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """One [[security.acl]] rule: peers whose identity matches ``identity`` (a glob over the
+    certificate's node id; "*" = every certified peer) may ``allow`` keys starting with ``prefix``."""
+
+    identity: str
+    prefix: str
+    allow: tuple  # of RIGHTS
+
+    def grants(self, identity: str, key: str, right: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return right in self.allow and key.startswith(self.prefix) and fnmatchcase(identity, self.identity)
+
+
 @dataclass(frozen=True)
 class SecurityConfig(_Section):
     SECTION = "security"
@@ -108,14 +126,51 @@ class SecurityConfig(_Section):
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
+    # [[security.acl]] rules; none = every certified peer may read and write every key
+    acl: tuple = ()  # of AclRule
+    relay_allow: tuple = ()  # of "HOST:PORT" a relayed send may name beyond the [cluster] peers
+
+    def __post_init__(self) -> None:
+        rules, bad = [], []
+        for i, r in enumerate(self.acl):
+            if isinstance(r, AclRule):
+                rules.append(r)
+                continue
+            if not isinstance(r, dict) or set(r) != {"identity", "prefix", "allow"}:
+                bad.append(f"acl[{i}]: a table with identity, prefix and allow")
+                continue
+            ident, prefix, allow = r["identity"], r["prefix"], r["allow"]
+            if not isinstance(ident, str) or not ident or len(ident) > 256:
+                bad.append(f"acl[{i}].identity: a node id or a glob such as \"node-*\" or \"*\"")
+            elif not isinstance(prefix, str) or len(prefix) > 255 or any(ord(c) < 0x20 or ord(c) == 0x7F
+                                                                          for c in prefix):  # fmt: skip
+                bad.append(f"acl[{i}].prefix: a key prefix (\"\" = every key)")
+            elif not isinstance(allow, list | tuple) or not allow or not set(allow) <= set(RIGHTS):
+                bad.append(f"acl[{i}].allow {allow!r}: a non-empty list of \"read\", \"write\"")
+            else:
+                rules.append(AclRule(ident, prefix, tuple(sorted(set(allow)))))
+        object.__setattr__(self, "acl", tuple(rules))
+        object.__setattr__(self, "relay_allow", tuple(self.relay_allow))
+        probs = [f"{self.SECTION}.{p}" for p in bad + self.problems()]
+        if probs:
+            raise ConfigError(problems=probs)
+
+    def allows(self, identity: str, key: str, right: str) -> bool:
+        """May the peer ``identity`` ``right`` ("read"/"write") ``key``?  No rules: every peer may."""
+        return not self.acl or any(r.grants(identity, key, right) for r in self.acl)
 
     def problems(self) -> list[str]:
+        out = []
         if not self.plaintext and not (self.ca_cert and self.cert and self.key):
-            return [
+            out.append(
                 "ca_cert/cert/key: set all three for mutual TLS (see `dwcp certs`), "
                 "or plaintext = true to run without authentication on purpose"
-            ]
-        return []
+            )
+        for a in self.relay_allow:
+            host, sep, port = a.rpartition(":") if isinstance(a, str) else ("", "", "")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                out.append(f"relay_allow: {a!r} is not HOST:PORT")
+        return out
 
 
 @dataclass(frozen=True)
@@ -124,6 +179,7 @@ class StorageConfig(_Section):
     data_dir: str = "/var/lib/dwcp"
     keep_versions: int = 2
     partial_max_age_s: float = 7 * 24 * 3600.0
+    max_object_bytes: int = 0  # a send announcing more is refused; 0 = the free space (and the wire's 16 TiB)
 
     def problems(self) -> list[str]:
         out = []
@@ -133,6 +189,8 @@ class StorageConfig(_Section):
             out.append(f"keep_versions {self.keep_versions} must be >= 2 (the previous version is the next baseline)")
         if not self.partial_max_age_s > 0:
             out.append(f"partial_max_age_s {self.partial_max_age_s} must be positive")
+        if self.max_object_bytes < 0:
+            out.append(f"max_object_bytes {self.max_object_bytes} must be >= 0 (0 = limited by the free space)")
         return out
 
 
@@ -489,7 +547,8 @@ LIVE: dict[str, frozenset[str]] = {
     "health": frozenset({"*"}),
     "logging": frozenset({"*"}),
     "cluster": frozenset({"*"}),  # membership, policy and breaker settings: the next pick uses them
-    "storage": frozenset({"keep_versions", "partial_max_age_s"}),
+    "storage": frozenset({"keep_versions", "partial_max_age_s", "max_object_bytes"}),
+    "security": frozenset({"acl", "relay_allow"}),  # the next connection is judged by them
 }
 
 

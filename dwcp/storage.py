@@ -17,16 +17,27 @@ Rules
    replaced (write, fsync, rename, fsync dir).  A crash at any point leaves
    the previous version intact and LATEST pointing at it.
 3. The .part is a sparse file of the object's size (holes read as zeros;
-   free space is checked at ``begin``).  ``.state`` = a 64-byte header (magic, version, size, chunk size, digest)
-   + one 16-byte record per chunk: u64 xxh3-64 of the chunk, u8 done, 7 bytes
-   padding.  ``mark_done`` writes the record with pwrite after the chunk's
-   bytes are in the mapped .part (no fsync per chunk: a kill -9 keeps the
-   page cache; commit fsyncs).  On resume, ``verify_resumed`` re-hashes every
-   chunk marked done and forgets those that do not match their record.
+   free space is checked at ``begin``), or a copy of another version of the
+   key (``seed_from``, for deltas).  ``.state`` = a 64-byte header (magic,
+   size, chunk size, digest, and the digest of the version the .part was
+   seeded from, if it was) + one 16-byte record per chunk: u64 xxh3-64 of the
+   chunk, u8 done, 7 bytes padding.  ``mark_done`` writes the record with
+   pwrite after the chunk's bytes are in the .part (no fsync per chunk: a
+   kill -9 keeps the page cache; commit fsyncs).  On resume, ``seeded_from``
+   says what the chunks not yet received hold (zeros, or that version's
+   bytes), and ``verify_resumed`` re-hashes every chunk marked done and
+   forgets those that do not match their record.  A partial with no chunk
+   done is not worth resuming: it starts afresh.
 4. One writer per key at a time (an in-process lease); a second ``begin`` on
    a leased key raises KeyBusyError.  Leases die with their Partial.
 5. Any OSError while writing becomes StorageError (raised from it) with a
-   one-line message; the previous version is untouched.
+   one-line message; the previous version is untouched, and a failed commit
+   leaves nothing in ``objects/`` that LATEST does not point to.
+6. Memory follows what arrived, not what a sender announced: a partial holds
+   one bit per chunk (the chunk hashes live in ``.state``), and ``.state`` is
+   created sparse.  ``MAX_CHUNKS`` bounds the bitmap (128 KiB); a receiver
+   raises the chunk size of a huge object to stay under it
+   (``min_chunk_size``).
 """
 
 from __future__ import annotations
@@ -51,9 +62,18 @@ __all__ = ["validate_key", "escape_key", "unescape_key", "ObjectStore", "Partial
 MAX_KEY_BYTES = 255
 _KEY_OK = re.compile(r"[A-Za-z0-9._\-/:@+=]+")  # used with fullmatch: `$` would let a final "\n" by
 _STATE_MAGIC = b"DWCPSTA1"
-_STATE_HDR = struct.Struct("<8sQQ16s24x")  # magic, size, chunk_size, digest -> 64 bytes
+# magic, size, chunk_size, digest, seeded (0/1), digest of the version it was seeded from -> 64 bytes
+_STATE_HDR = struct.Struct("<8sQQ16sB16s7x")
 _REC = struct.Struct("<QB7x")  # xxh3-64, done
 assert _STATE_HDR.size == 64 and _REC.size == 16
+MAX_CHUNKS = 1 << 20  # per object: a 128 KiB bitmap, a 16 MiB (sparse) .state
+_RESUME_BLOCK = 1 << 16  # chunk records read at a time on resume (1 MiB)
+
+
+def min_chunk_size(size: int, page_size: int = 4096) -> int:
+    """The smallest page-aligned chunk size that cuts ``size`` bytes into at most MAX_CHUNKS chunks."""
+    per = -(-size // MAX_CHUNKS)
+    return max(page_size, -(-per // page_size) * page_size)
 
 
 def close_mapping(m: mmap.mmap) -> None:
@@ -228,7 +248,7 @@ class ObjectStore:
             return None
         if len(raw) != _STATE_HDR.size:
             return None
-        magic, psize, chunk_size, pdigest = _STATE_HDR.unpack(raw)
+        magic, psize, chunk_size, pdigest, _, _ = _STATE_HDR.unpack(raw)
         if magic != _STATE_MAGIC or psize != size or pdigest != bytes(digest) or chunk_size <= 0:
             return None
         return int(chunk_size)
@@ -246,6 +266,9 @@ class ObjectStore:
             raise ValueError("digest must be 16 bytes (xxh3-128)")
         if size < 0 or chunk_size <= 0:
             raise ValueError("size must be >= 0 and chunk_size > 0")
+        if -(-size // chunk_size) > MAX_CHUNKS:
+            raise ValueError(f"{size} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks "
+                             f"(use at least {min_chunk_size(size)}-byte chunks)")
         with self._lock:
             if key in self._leases:
                 raise KeyBusyError(f"key {key!r} is busy: another transfer is writing it; retry later")
@@ -292,15 +315,23 @@ class ObjectStore:
         d = self._key_dir(p.key)
         os.makedirs(d, mode=0o700, exist_ok=True)
         final = os.path.join(d, p.digest.hex() + ".obj")
+        existed = os.path.exists(final)  # this very version, kept from before: leave it be on failure
         os.replace(p.base + ".part", final)
-        _fsync_dir(d)
-        tmp = os.path.join(d, ".LATEST.tmp")
-        with open(tmp, "w") as f:
-            f.write(p.digest.hex() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(d, "LATEST"))
-        _fsync_dir(d)
+        try:
+            _fsync_dir(d)
+            write_atomic(os.path.join(d, "LATEST"), p.digest.hex() + "\n")
+        except BaseException:
+            # LATEST still names the previous version: put the object back as the partial (every
+            # chunk done, so a resend only commits), never leave it in objects/ unreferenced
+            if not existed:
+                try:
+                    os.replace(final, p.base + ".part")
+                except OSError:
+                    try:
+                        os.unlink(final)
+                    except OSError:
+                        pass
+            raise
         info = VersionInfo(p.key, p.digest, p.size, final)
         self._prune(p.key, keep={p.digest})
         return info
@@ -331,11 +362,11 @@ class Partial:
         self._sfd = -1
         self._map: mmap.mmap | None = None
         self._have = bytearray((self.nchunks + 7) // 8)
-        self._hashes = [0] * self.nchunks
         self._lock = threading.Lock()
         self._landed = threading.Condition(self._lock)  # notified by mark_done (a relay waits on it)
         self._closed = False
         self.resumed = 0
+        self.seeded_from: bytes | None = None  # the version whose bytes the chunks not yet received hold
 
     # -- opening / resuming --------------------------------------------------
     def _open(self, preallocate: bool = True) -> None:
@@ -360,8 +391,8 @@ class Partial:
                 if self.size:
                     os.ftruncate(self._fd, self.size)  # a sparse file: holes read as zeros
                 self._sfd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                hdr = _STATE_HDR.pack(_STATE_MAGIC, self.size, self.chunk_size, self.digest)
-                os.pwrite(self._sfd, hdr + bytes(_REC.size * self.nchunks), 0)
+                self._write_header()
+                os.ftruncate(self._sfd, _STATE_HDR.size + _REC.size * self.nchunks)  # sparse: records read as 0
         except OSError as exc:
             self._close_fds()
             for path in (part, state):
@@ -374,35 +405,56 @@ class Partial:
                 f"cannot store {self.key!r}: {exc.strerror or exc} (need {self.size} bytes in {self.store.data_dir})"
             ) from exc
 
+    def _write_header(self) -> None:
+        seeded = self.seeded_from is not None
+        os.pwrite(self._sfd, _STATE_HDR.pack(_STATE_MAGIC, self.size, self.chunk_size, self.digest, seeded,
+                                             self.seeded_from or bytes(16)), 0)  # fmt: skip
+
+    def _records(self, fd: int):
+        """(chunk index, xxh3-64, done) of every record in ``.state``, read a block at a time."""
+        for first in range(0, self.nchunks, _RESUME_BLOCK):
+            n = min(_RESUME_BLOCK, self.nchunks - first)
+            raw = os.pread(fd, _REC.size * n, _STATE_HDR.size + _REC.size * first)
+            if len(raw) != _REC.size * n:
+                raise OSError(errno.EIO, f"{self.base}.state ends early")
+            for k, (h, done) in enumerate(_REC.iter_unpack(raw)):
+                yield first + k, h, done
+
     def _try_resume(self, part: str, state: str) -> bool:
         try:
             sfd = os.open(state, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
+        fds = [sfd]  # closed on the way out unless the resume takes them over
         try:
-            raw = os.pread(sfd, _STATE_HDR.size + _REC.size * self.nchunks, 0)
-            magic, size, chunk_size, digest = _STATE_HDR.unpack_from(raw.ljust(64, b"\0"))
-            if (magic, size, chunk_size, digest) != (_STATE_MAGIC, self.size, self.chunk_size, self.digest) or len(
-                raw
-            ) != _STATE_HDR.size + _REC.size * self.nchunks:
-                os.close(sfd)
+            raw = os.pread(sfd, _STATE_HDR.size, 0)
+            if len(raw) != _STATE_HDR.size or os.fstat(sfd).st_size != _STATE_HDR.size + _REC.size * self.nchunks:
+                return False
+            magic, size, chunk_size, digest, seeded, seed = _STATE_HDR.unpack(raw)
+            if (magic, size, chunk_size, digest) != (_STATE_MAGIC, self.size, self.chunk_size, self.digest):
                 return False
             fd = os.open(part, os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
             if os.fstat(fd).st_size != self.size:
-                os.close(fd)
-                os.close(sfd)
                 return False
-        except (FileNotFoundError, struct.error):
-            os.close(sfd)
+            have, n = bytearray(len(self._have)), 0
+            for i, _, done in self._records(sfd):
+                if done == 1:
+                    have[i >> 3] |= 1 << (i & 7)
+                    n += 1
+            if not n:  # nothing received: start afresh (a seed copy may have stopped half-way)
+                return False
+            self._have[:] = have
+            self.resumed = n
+            self.seeded_from = seed if seeded else None
+            self._fd, self._sfd = fd, sfd
+            fds.clear()
+            return True
+        except FileNotFoundError:
             return False
-        self._fd, self._sfd = fd, sfd
-        for i in range(self.nchunks):
-            h, done = _REC.unpack_from(raw, _STATE_HDR.size + _REC.size * i)
-            if done == 1:
-                self._have[i >> 3] |= 1 << (i & 7)
-                self._hashes[i] = h
-                self.resumed += 1
-        return True
+        finally:
+            for d in fds:
+                os.close(d)
 
     # -- chunks --------------------------------------------------------------
     @property
@@ -482,6 +534,8 @@ class Partial:
                     if k == 0:
                         raise OSError(f"{info.path} ended after {done} bytes")
                     done += k
+            self.seeded_from = info.digest
+            self._write_header()  # a resume knows the chunks not received hold this version's bytes
         except OSError as exc:
             raise StorageError(f"cannot prepare {self.key!r} from its previous version: {exc}") from exc
 
@@ -507,7 +561,6 @@ class Partial:
             raise StorageError(f"cannot record progress of {self.key!r}: {exc.strerror}") from exc
         with self._lock:
             self._have[i >> 3] |= 1 << (i & 7)
-            self._hashes[i] = raw_hash
             self._landed.notify_all()
 
     def wait_chunk(self, i: int, timeout_s: float) -> bool:
@@ -530,13 +583,14 @@ class Partial:
 
     def verify_resumed(self) -> list[int]:
         """Re-hash chunks marked done (after a resume); forget those that do not match."""
+        self._check()
         bad = []
-        for i in range(self.nchunks):
+        for i, h, _ in self._records(self._sfd):
             if not self.is_done(i):
                 continue
             v = self.view(i)
             try:
-                ok = xxhash.xxh3_64_intdigest(v) == self._hashes[i]
+                ok = xxhash.xxh3_64_intdigest(v) == h
             finally:
                 v.release()
             if not ok:

@@ -51,15 +51,18 @@ def same_dwcp_env(env: dict | None = None) -> dict:
     return e
 
 
-def start_daemon(root: str, node: str, certs: dict | None, env: dict | None = None):
-    """Start `dwcp daemon` for ``node`` under ``root``; returns (process, config path, control socket, port)."""
+def start_daemon(root: str, node: str, certs: dict | None, env: dict | None = None, extra: str = ""):
+    """Start `dwcp daemon` for ``node`` under ``root``; returns (process, config path, control socket, port).
+
+    ``extra``: more TOML appended to the config (a [cluster] section, say).
+    """
     from dwcp.daemon.control import request
 
     data_dir = os.path.join(root, node)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     cfg = os.path.join(root, f"{node}.toml")
     with open(cfg, "w") as f:
-        f.write(_toml(node, data_dir, certs))
+        f.write(_toml(node, data_dir, certs) + extra)
     log = open(os.path.join(root, f"{node}.log"), "wb")
     # cwd=root: `python -m` puts the cwd first on sys.path, where a source
     # checkout (without compiled extensions) would shadow the installed dwcp

@@ -17,6 +17,7 @@ Names follow ``dwcp_<subsystem>_<name>_<unit>``, counters end in ``_total``::
     dwcp_transfer_chunk_retransmits_total{direction,peer}    counter
     dwcp_transfer_checksum_failures_total{peer}              counter
     dwcp_transport_protocol_errors_total{code}               counter
+    dwcp_security_refused_total{reason}                      counter (acl, relay)
     dwcp_transport_streams{peer}                             gauge
     dwcp_transport_stream_reconnects_total{peer}             counter
     dwcp_transport_rtt_seconds{peer}                         gauge (last stream's smoothed RTT)
@@ -61,6 +62,8 @@ _CATALOGUE: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                               ("direction", "peer")),
     "dwcp_transfer_checksum_failures_total": ("counter", "Received chunks that failed their xxh3-64", ("peer",)),
     "dwcp_transport_protocol_errors_total": ("counter", "Connections closed over a protocol error", ("code",)),
+    "dwcp_security_refused_total": ("counter", "Requests refused by policy (security.acl, relay targets)",
+                                    ("reason",)),
     "dwcp_transport_streams": ("gauge", "Data streams open to a peer", ("peer",)),
     "dwcp_transport_stream_reconnects_total": ("counter", "Data streams that failed and were replaced", ("peer",)),
     "dwcp_transport_rtt_seconds": ("gauge", "Smoothed TCP RTT of the last data stream to a peer", ("peer",)),
@@ -141,6 +144,9 @@ class Metrics(TransferEvents):
 
     def protocol_error(self, peer: str, code: int) -> None:
         self._add("dwcp_transport_protocol_errors_total", (str(code),))  # not by peer: anyone can send junk
+
+    def access_refused(self, reason: str) -> None:
+        self._add("dwcp_security_refused_total", (reason,))  # not by peer: the refused one may be anyone
 
     # a gauge is kept by the real peer (an open and its close must meet in one slot even if the
     # labelling changes in between) and folded into "*" at scrape time when per_peer is off

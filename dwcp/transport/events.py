@@ -43,5 +43,8 @@ class TransferEvents:
                           wire_bytes: int) -> None:  # fmt: skip
         """A whole transfer ended with ``outcome`` (one of OUTCOMES)."""
 
+    def access_refused(self, reason: str) -> None:
+        """A request was refused by policy: ``reason`` "acl" (security.acl) or "relay" (a forward target)."""
+
 
 NO_EVENTS = TransferEvents()

@@ -22,7 +22,7 @@ import socket
 import ssl
 
 from dwcp._backend import impl as _k
-from dwcp.errors import BrokenResourceError, RemoteProtocolError
+from dwcp.errors import BrokenResourceError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
 
@@ -103,7 +103,8 @@ class FrameSocket:
         """Move the next ``n`` payload bytes from the socket into file ``fd`` at ``offset``.
 
         splice(2) through a pipe: the bytes never enter this process (one
-        copy fewer than recv_into + pwrite).  Honours the stall timeout.
+        copy fewer than recv_into + pwrite).  Honours the stall timeout.  A
+        failure to write the file is a StorageError (the socket's stay OSErrors).
         """
         if self._pipe is None:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -127,8 +128,11 @@ class FrameSocket:
             if k == 0:
                 raise BrokenResourceError(f"peer closed the connection mid-frame ({n - left} of {n} bytes)")
             done = 0
-            while done < k:
-                done += os.splice(r, fd, k - done, offset_dst=offset + done, flags=SPLICE_F_MOVE)
+            try:
+                while done < k:
+                    done += os.splice(r, fd, k - done, offset_dst=offset + done, flags=SPLICE_F_MOVE)
+            except OSError as exc:  # the file's side (a full disk, say), not the peer's
+                raise StorageError(f"{exc.strerror} (writing at offset {offset + done})") from exc
             offset += k
             left -= k
         self.bytes_received += n

@@ -61,7 +61,7 @@ from dwcp.errors import (
     RemoteProtocolError,
     StorageError,
 )
-from dwcp.storage import ObjectStore, close_mapping, validate_key
+from dwcp.storage import ObjectStore, close_mapping, min_chunk_size, validate_key
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
@@ -90,16 +90,37 @@ class _Transfer:
     base_digest: bytes | None
     token: str
     peer: str
-    spans: list[tuple[int, int]]
+    nchunks: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     claimed: set[int] = field(default_factory=set)
     streams: set[FrameSocket] = field(default_factory=set)
     closed: bool = False
-    seeded: bool = False  # the .part starts as a copy of the base: write only differing pages
+    # What the .part holds where no chunk landed yet (Partial.seeded_from): zeros (zero and sparse
+    # chunks skip their zero pages), this transfer's base (deltas write only the pages they change),
+    # or another version (every byte of every chunk is written).
+    zero_filled: bool = True
+    seeded: bool = False
+    failure: tuple[int, str] | None = None  # (ERR_*, why): the transfer ends, the sender is told why
     chunks_received: int = 0
     chunks_nacked: int = 0
     wire_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    progressed: float = field(default_factory=time.monotonic)  # when the last chunk landed
+
+    def __post_init__(self) -> None:
+        self.quiet = threading.Condition(self.lock)  # notified as data streams leave
+
+    def span(self, idx: int) -> tuple[int, int]:
+        off = idx * self.chunk_size
+        return off, min(self.chunk_size, self.size - off)
+
+    def fail(self, code: int, why: str) -> bool:
+        """End the transfer with ``why`` (the first failure wins); True if this call set it."""
+        with self.lock:
+            if self.failure is not None or self.closed:
+                return False
+            self.failure = (code, why)
+            return True
 
     def claim(self, idx: int) -> bool:
         with self.lock:
@@ -111,10 +132,6 @@ class _Transfer:
     def unclaim(self, idx: int) -> None:
         with self.lock:
             self.claimed.discard(idx)
-
-
-def _is_set(bitmap, i: int) -> bool:
-    return bool(bitmap[i >> 3] >> (i & 7) & 1)
 
 
 class _Forwarder(threading.Thread):
@@ -196,6 +213,7 @@ class DataServer:
         self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
+        self.stats.update(refused_acl_total=0, refused_relay_total=0)  # security.acl, security.relay_allow
 
     def _count(self, name: str, n: int) -> None:
         # stream threads update these concurrently: `+=` on a dict entry is a
@@ -389,12 +407,29 @@ class DataServer:
         rep: dict[str, Any] = {"outcome": "failed", "size": 0, "wire": 0}
         try:
             self._control_transfer(fs, transfer_id, hello, peer, rep)
+        except StorageError as exc:  # the disk: the sender hears the reason, the log has it once
+            rep["outcome"] = "failed"
+            self._count("transfers_failed_total", 1)
+            log.error("send of %s from %s failed: %s", hello.get("key"), peer, exc)
+            self._send_error(fs, C.ERR_STORAGE, str(exc))
         except BaseException:
             rep["outcome"] = "failed"
             raise
         finally:
             self.events.transfer_finished("rx", peer, rep["outcome"], time.perf_counter() - t0, rep["size"],
                                           rep["wire"])  # fmt: skip
+
+    def _refuse(self, fs: FrameSocket, rep: dict, code: int, why: str, reason: str | None = None) -> None:
+        """Answer a send or fetch with ERROR ``code`` before anything is stored or read."""
+        self._send_error(fs, code, why)
+        log.info("refused: %s (code %d)", why, code)
+        rep["outcome"] = "refused"
+        if reason is not None:
+            self._count("refused_" + reason + "_total", 1)
+            self.events.access_refused(reason)
+
+    def _allowed(self, peer: str, key: str, right: str) -> bool:
+        return self.config.security.allows(peer, key, right)
 
     def _control_transfer(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str, rep: dict) -> None:
         """One send's control stream; ``rep`` gets its outcome (see events.OUTCOMES) and sizes."""
@@ -407,12 +442,22 @@ class DataServer:
             raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
         size, chunk_size = hello["size"], hello["chunk_size"]
         digest = bytes.fromhex(hello["digest"])
+        if not self._allowed(peer, key, "write"):
+            return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{peer} is not allowed to write {key!r} on "
+                                f"{self.config.node.id} (no security.acl rule grants it)", "acl")  # fmt: skip
         fwd_to = self._forward_target(hello)
+        if fwd_to is not None and not self._relay_target_ok(*fwd_to):
+            return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{key}: will not relay to {hello['forward']['to']}: "
+                                "not a [cluster] peer nor in security.relay_allow", "relay")  # fmt: skip
         if self._draining:
             self._send_error(fs, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} elsewhere or later")
             log.info("send of %s from %s refused: draining", key, peer)
             rep["outcome"] = "refused"
             return
+        limit = self.config.storage.max_object_bytes
+        if limit and size > limit:
+            return self._refuse(fs, rep, C.ERR_TOO_LARGE, f"{key}: {size} bytes is more than this node's "
+                                f"storage.max_object_bytes ({limit})")  # fmt: skip
         with self._lock:
             if transfer_id in self._transfers:
                 raise RemoteProtocolError(f"transfer id {transfer_id} is already in use", C.ERR_BAD_FIELD)
@@ -428,25 +473,21 @@ class DataServer:
             if info is not None and info.size == size and info.digest != digest and size > 0:
                 mode, base_info = "pages", info
         resume_cs = self.store.partial_chunk_size(key, digest, size)
-        if resume_cs is not None and resume_cs != chunk_size and C.PAGE_SIZE <= resume_cs <= C.MAX_RAW_LEN \
-                and resume_cs % C.PAGE_SIZE == 0:  # fmt: skip
+        if resume_cs is not None and resume_cs != chunk_size and max(C.PAGE_SIZE, min_chunk_size(size)) <= resume_cs \
+                <= C.MAX_RAW_LEN and resume_cs % C.PAGE_SIZE == 0:  # fmt: skip
             # an interrupted attempt used another chunk size: keep what it received (WELCOME says which)
             log.info("send of %s: resuming in the partial's %d-byte chunks (sender proposed %d)", key, resume_cs,
                      chunk_size)  # fmt: skip
             chunk_size = resume_cs
+        elif chunk_size < min_chunk_size(size):
+            # per-transfer state is one bit per chunk, bounded: a huge object travels in bigger chunks
+            chunk_size = min_chunk_size(size)
+        # a delta/pages transfer seeds the partial from the base (which allocates
+        # the space, and fails as early on a full disk): no separate fallocate
         try:
-            # a delta/pages transfer seeds the partial from the base (which allocates
-            # the space, and fails as early on a full disk): no separate fallocate
-            partial = self.store.begin(key, digest, size, chunk_size, preallocate=base_info is None)
+            partial = self._begin(key, digest, size, chunk_size, peer, preallocate=base_info is None)
         except KeyBusyError as exc:
-            self._send_error(fs, C.ERR_BAD_FIELD, str(exc))
-            log.info("send of %s from %s refused: %s", key, peer, exc)
-            rep["outcome"] = "refused"
-            return
-        except StorageError as exc:
-            self._send_error(fs, 0, str(exc))
-            log.warning("send of %s from %s failed: %s", key, peer, exc)
-            return
+            return self._refuse(fs, rep, C.ERR_BUSY, str(exc))
         t = None
         try:
             bad = partial.verify_resumed()
@@ -455,23 +496,24 @@ class DataServer:
             base = memoryview(self.store.open_version(base_info)) if base_info is not None else None
             t = _Transfer(
                 transfer_id, key, digest, size, chunk_size, mode, partial, base,
-                base_info.digest if base_info is not None else None, secrets.token_hex(32), peer,
-                chunk_spans(size, chunk_size),
+                base_info.digest if base_info is not None else None, secrets.token_hex(32), peer, partial.nchunks,
             )  # fmt: skip
             if base_info is not None and partial.resumed == 0 and size:
                 partial.seed_from(base_info)
-                t.seeded = True
+            t.zero_filled = partial.seeded_from is None
+            t.seeded = base_info is not None and partial.seeded_from == base_info.digest
             with self._lock:
                 self._transfers[transfer_id] = t
             have = bytes(partial.have)
-            resumed = sum(bin(b).count("1") for b in have)
+            resumed = partial.resumed
             welcome = {"mode": mode, "token": t.token, "have": have.hex(), "resumed_chunks": resumed,
                        "chunk_size": chunk_size, "node": self.config.node.id}  # fmt: skip
             if t.base_digest is not None:
                 welcome["base_digest"] = t.base_digest.hex()
             fs.send(encode_control(C.FRAME_WELCOME, transfer_id, welcome))
-            log.info("transfer %x: %s from %s, %d bytes, mode %s, %d chunks already held",
-                     transfer_id, key, peer, size, mode, resumed)  # fmt: skip
+            log.info("transfer %x: %s from %s, %d bytes, mode %s, %d chunks already held%s",
+                     transfer_id, key, peer, size, mode, resumed,
+                     "" if t.zero_filled or t.seeded else " (over another version's bytes)")  # fmt: skip
             if mode == "pages":
                 assert base is not None
                 hashes = _k.page_hashes(base, C.PAGE_SIZE)
@@ -479,17 +521,21 @@ class DataServer:
                 for i in range(0, len(hashes), step):
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
             fwd = self._start_forwarder(t, fwd_to, digest) if fwd_to is not None else None
-            # The control stream is quiet while the data streams work: a silent
-            # control stream is only idle if the transfer made no progress either.
-            seen = -1
+            # The control stream is quiet while the data streams work: a silent control stream is
+            # only idle if the transfer made no progress either.  A failure of the transfer (the
+            # disk, a takeover) is answered here, where the sender waits for DONE.
+            idle = self.config.transport.idle_timeout_s
             while True:
-                try:
+                if t.failure is not None:
+                    self._count("transfers_failed_total", 1)
+                    self._send_error(fs, *t.failure)
+                    rep.update(wire=t.wire_bytes)
+                    return
+                if fs.readable(0.5):
                     got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
                     break
-                except TimeoutError:
-                    if t.chunks_received == seen:
-                        raise
-                    seen = t.chunks_received
+                if time.monotonic() - t.progressed > idle:
+                    raise TimeoutError(f"transfer {transfer_id:x} of {key}: no DONE and no chunk for {idle:.0f} s")
             if got is None or got[0].frame_type != C.FRAME_DONE:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
                 rep.update(outcome="interrupted", wire=t.wire_bytes)
@@ -505,17 +551,11 @@ class DataServer:
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
                 rep.update(outcome="integrity", wire=t.wire_bytes)
                 return
-            except StorageError as exc:
-                self._count("transfers_failed_total", 1)
-                self._send_error(fs, 0, f"{key}: {exc}")
-                log.error("transfer %x of %s could not be stored: %s", transfer_id, key, exc)
-                rep.update(wire=t.wire_bytes)
-                return
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=t.wire_bytes)
             if self.on_commit is not None:
                 self.on_commit(key, info.digest, info.size)
-            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": len(t.spans)}
+            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": t.nchunks}
             if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
                 fwd.join()
                 if fwd.error is not None:
@@ -537,12 +577,63 @@ class DataServer:
                         s.sock.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
+                # no stream thread may touch the partial once it is closed: its descriptors could be
+                # reused by the next attempt's partial before a late write lands
+                with t.lock:
+                    t.quiet.wait_for(lambda: not t.streams, self.config.transport.stall_timeout_s)
                 if t.base is not None:
                     t.base.release()
             try:
                 partial.abort(keep=True)  # no-op after a commit
             except DWCPError:
                 pass
+
+    def _begin(self, key: str, digest: bytes, size: int, chunk_size: int, peer: str, *, preallocate: bool):
+        """The key's write lease and partial; a stale attempt of the same send by the same peer is taken over.
+
+        A sender that lost its connections (a silent partition: no FIN, no RST) retries while the
+        receiver still waits on the first attempt; that attempt's sender has given up, so the new
+        one ends it and resumes its partial.  Anyone else is told who holds the key and until when.
+        """
+        try:
+            return self.store.begin(key, digest, size, chunk_size, preallocate=preallocate)
+        except KeyBusyError:
+            with self._lock:
+                holder = next((t for t in self._transfers.values() if t.key == key), None)
+            if holder is None:
+                raise
+            now = time.monotonic()
+            if holder.peer != peer or holder.digest != digest:
+                left = max(0.0, self.config.transport.idle_timeout_s - (now - holder.progressed))
+                raise KeyBusyError(
+                    f"key {key!r} is busy: {holder.peer} has been sending version {holder.digest.hex()} for "
+                    f"{now - holder.started:.0f} s; unless it progresses it is given up in {left:.0f} s; retry then"
+                ) from None
+            log.warning("transfer %x of %s: taken over by a new attempt of the same send from %s (quiet for %.1f s)",
+                        holder.transfer_id, key, peer, now - holder.progressed)  # fmt: skip
+            holder.fail(C.ERR_BUSY, f"{key}: taken over by a newer attempt of the same send")
+            for s in list(holder.streams):
+                try:
+                    s.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            deadline = now + self.config.transport.stall_timeout_s
+            while True:
+                try:
+                    return self.store.begin(key, digest, size, chunk_size, preallocate=preallocate)
+                except KeyBusyError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    def _relay_target_ok(self, host: str, port: int) -> bool:
+        """A relayed send may name a [cluster] peer or a security.relay_allow entry, nothing else."""
+        allowed = [p.address for p in self.config.cluster.peers] + list(self.config.security.relay_allow)
+        for a in allowed:
+            h, _, pt = a.rpartition(":")
+            if h.strip("[]").lower() == host.lower() and pt == str(port):
+                return True
+        return False
 
     @staticmethod
     def _forward_target(hello: dict) -> tuple[str, int] | None:
@@ -568,19 +659,21 @@ class DataServer:
         if t is None or not hmac.compare_digest(t.token, hello.get("token", "")) or t.peer != peer:
             raise RemoteProtocolError(f"data stream for unknown transfer {transfer_id:x}", C.ERR_BAD_FIELD)
         with t.lock:
+            if t.closed:
+                return
             t.streams.add(fs)
         try:
             self._data_loop(fs, t)
         finally:
             with t.lock:
                 t.streams.discard(fs)
+                t.quiet.notify_all()
 
     def _data_loop(self, fs: FrameSocket, t: _Transfer) -> None:
         scratch = bytearray()
         chunk_buf = bytearray(t.chunk_size)
-        nchunks = len(t.spans)
         idle = fs.sock.gettimeout()
-        while not t.closed:
+        while not t.closed and t.failure is None:
             fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s
             h = fs.recv_header()
             if h is None:
@@ -599,7 +692,7 @@ class DataServer:
                     f"chunk of transfer {h.transfer_id:x} on a stream of transfer {t.transfer_id:x}", C.ERR_BAD_FIELD
                 )
             idx, rem = divmod(h.offset, t.chunk_size)
-            if rem or idx >= nchunks or h.raw_len != t.spans[idx][1]:
+            if rem or idx >= t.nchunks or h.raw_len != t.span(idx)[1]:
                 raise RemoteProtocolError(
                     f"chunk at offset {h.offset} with {h.raw_len} bytes does not fit the {t.size}-byte object "
                     f"in {t.chunk_size}-byte chunks", C.ERR_BAD_LENGTH,
@@ -612,7 +705,7 @@ class DataServer:
                     )  # fmt: skip
             t.wire_bytes += C.HEADER_SIZE + h.enc_len
             partial = t.partial
-            held = _is_set(partial.have, idx)
+            held = partial.is_done(idx)
             if held or not t.claim(idx):
                 # a resend of a chunk we hold (ack it again) or are receiving on another stream (busy)
                 fs.skip_payload(h)
@@ -622,12 +715,15 @@ class DataServer:
                     fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": "busy"}))
                 continue
             try:
-                off, ln = t.spans[idx]
+                off, ln = t.span(idx)
                 out = memoryview(chunk_buf)[:ln]
                 spliced = False
                 if h.codec == C.CODEC_RAW and fs.can_splice and ln:
                     # plain TCP: socket -> file in the kernel, then verify what landed
-                    fs.splice_into(partial.fileno(), off, ln)
+                    try:
+                        fs.splice_into(partial.fileno(), off, ln)
+                    except StorageError as exc:
+                        raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
                     v = partial.view(idx)
                     try:
                         ok = _k.xxh3_64(v) == h.raw_hash
@@ -649,15 +745,16 @@ class DataServer:
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
-                if h.codec == C.CODEC_ZERO and not t.seeded:
+                if h.codec == C.CODEC_ZERO and t.zero_filled:
                     pass  # the .part is a sparse file: holes read as zeros
-                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD) and not t.seeded:
+                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD) and t.zero_filled:
                     self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
                 elif h.codec in C.DELTA_CODECS and t.seeded and t.base is not None:
                     # the .part holds the base already: write the pages this delta changed
                     self._write_pages(partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE))
                 elif not spliced:
                     partial.write(idx, out)
+                partial.mark_done(idx, h.raw_hash)
             except IntegrityError as exc:
                 t.unclaim(idx)
                 t.chunks_nacked += 1
@@ -667,17 +764,26 @@ class DataServer:
                 log.warning("transfer %x: %s; asking for it again", t.transfer_id, exc)
                 fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": str(exc)[:200]}))
                 continue
+            except StorageError as exc:
+                # the disk, not the stream: the whole transfer ends (its control stream tells the
+                # sender why), logged once however many streams hit it
+                t.unclaim(idx)
+                if t.fail(C.ERR_STORAGE, str(exc)):
+                    log.error("transfer %x of %s from %s: %s", t.transfer_id, t.key, t.peer, exc)
+                break
             except BaseException:
                 t.unclaim(idx)
                 raise
-            partial.mark_done(idx, h.raw_hash)
             t.unclaim(idx)
+            t.progressed = time.monotonic()
             t.chunks_received += 1
             self._count("chunks_received_total", 1)
             self._count("bytes_wire_total", C.HEADER_SIZE + h.enc_len)
             self._count("bytes_raw_total", h.raw_len)
             self.events.chunk("rx", t.peer, h.codec, h.raw_len, C.HEADER_SIZE + h.enc_len)
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
+        if t.failure is not None:  # every stream of the sender hears it: none retries into a dead transfer
+            self._send_error(fs, *t.failure)
 
     @staticmethod
     def _write_pages(partial, off: int, out: memoryview, nz: bytearray) -> None:
@@ -707,6 +813,10 @@ class DataServer:
             key = validate_key(hello.get("key", ""))
         except InvalidKeyError as exc:
             raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        if not self._allowed(peer, key, "read"):
+            self._refuse(fs, {}, C.ERR_FORBIDDEN, f"{peer} is not allowed to read {key!r} on {self.config.node.id} "
+                         "(no security.acl rule grants it)", "acl")  # fmt: skip
+            return
         info = self.store.latest(key)
         if info is None:
             self._send_error(fs, C.ERR_BAD_FIELD, f"no verified version of {key!r} here")

@@ -17,8 +17,11 @@ def test_send_via_a_relay_region_lands_verified_at_the_far_region(tmp_path):
     nodes = {"near": "b", "far": "c"}
     procs, socks, ports = {}, {}, {}
     try:
-        for n in nodes:
-            procs[n], _cfg, socks[n], ports[n] = start_daemon(str(tmp_path / "d"), n, None)
+        # the relay forwards only to a member of its cluster: the far node is one
+        procs["far"], _cfg, socks["far"], ports["far"] = start_daemon(str(tmp_path / "d"), "far", None)
+        procs["near"], _cfg, socks["near"], ports["near"] = start_daemon(
+            str(tmp_path / "d"), "near", None,
+            extra=f'\n[cluster]\n[[cluster.peers]]\nid = "far"\naddress = "127.0.0.1:{ports["far"]}"\n')
         peers = "".join(f'[[cluster.peers]]\nid = "{n}"\naddress = "127.0.0.1:{ports[n]}"\nregion = "{r}"\n'
                         for n, r in nodes.items())  # fmt: skip
         cfg = tmp_path / "tx.toml"
