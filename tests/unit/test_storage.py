@@ -147,6 +147,88 @@ def test_mismatched_partial_is_restarted(tmp_path):
     assert p.resumed == 0 and p.missing() == [0, 1]
 
 
+def test_a_seeded_partial_resumes_knowing_what_it_was_seeded_from(tmp_path):
+    s = ObjectStore(tmp_path)
+    v1 = os.urandom(4 * CS)
+    base = put(s, "k", v1)
+    v2 = bytes(CS) + v1[CS:]
+    d2 = xxhash.xxh3_128_digest(v2)
+    p = s.begin("k", d2, len(v2), CS, preallocate=False)
+    p.seed_from(base)
+    assert p.seeded_from == base.digest
+    p.write(3, v2[3 * CS :])
+    p.mark_done(3, xxhash.xxh3_64_intdigest(v2[3 * CS :]))
+    p.abort()  # the sender went away
+    p = s.begin("k", d2, len(v2), CS)
+    assert p.resumed == 1 and p.seeded_from == base.digest  # chunks 0-2 hold v1's bytes, not zeros
+    p.abort()
+    p = s.begin("k", bytes(range(16)), len(v2), CS)  # unseeded, nothing received: resumes as unseeded
+    p.mark_done(0, 0)
+    p.abort()
+    assert s.begin("k", bytes(range(16)), len(v2), CS).seeded_from is None
+
+
+def test_a_partial_with_nothing_received_starts_afresh(tmp_path):
+    s = ObjectStore(tmp_path)
+    base = put(s, "k", os.urandom(2 * CS))
+    d = bytes(range(16))
+    p = s.begin("k", d, 2 * CS, CS, preallocate=False)
+    p.seed_from(base)
+    p.abort()  # killed before any chunk landed (or while seeding)
+    p = s.begin("k", d, 2 * CS, CS)
+    assert p.resumed == 0 and p.seeded_from is None  # a fresh sparse partial: its holes are zeros
+    assert bytes(p.view(0)) == bytes(CS)
+
+
+def test_a_huge_announced_object_costs_one_bit_per_chunk(tmp_path):
+    import tracemalloc
+
+    from dwcp.storage import MAX_CHUNKS, min_chunk_size
+
+    s = ObjectStore(tmp_path)
+    size = 1 << 40  # 1 TiB announced (the .part is sparse: nothing is written)
+    with pytest.raises(ValueError, match="more than"):
+        s.begin("k", bytes(16), size, 4096, preallocate=False)
+    cs = min_chunk_size(size)
+    assert cs % 4096 == 0 and -(-size // cs) <= MAX_CHUNKS < -(-size // (cs - 4096))
+    tracemalloc.start()
+    try:
+        p = s.begin("k", bytes(16), size, cs, preallocate=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # the bitmap is 128 KiB
+    assert os.stat(p.base + ".state").st_blocks * 512 < 1 << 20  # sparse
+    p.mark_done(MAX_CHUNKS - 1, 5)
+    p.abort()
+    p = s.begin("k", bytes(16), size, cs, preallocate=False)
+    assert p.resumed == 1 and p.missing()[-1] == MAX_CHUNKS - 2
+
+
+def test_a_failed_publish_leaves_no_orphan_and_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import dwcp.storage as storage
+    from dwcp.errors import StorageError
+
+    s = ObjectStore(tmp_path)
+    old = put(s, "k", os.urandom(CS))
+    new = os.urandom(2 * CS)
+
+    def full(path, data, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(storage, "write_atomic", full)
+    with pytest.raises(StorageError, match="No space left"):
+        put(s, "k", new)
+    assert sorted(os.listdir(os.path.dirname(old.path))) == ["LATEST", os.path.basename(old.path)]
+    assert s.latest("k") == old
+    monkeypatch.undo()
+    p = s.begin("k", xxhash.xxh3_128_digest(new), len(new), CS)  # every chunk is still there: only commit
+    assert p.resumed == 2 and p.missing() == []
+    assert bytes(s.open_version(p.commit())) == new
+
+
 def test_concurrent_chunk_writes(tmp_path):
     data = os.urandom(64 * CS)
     s = ObjectStore(tmp_path)
