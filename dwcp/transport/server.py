@@ -33,6 +33,20 @@ Rules
    later send of the same key and content resumes.
 3. A chunk is written by one stream at a time (claims); a chunk already
    held is received into scratch and dropped.
+4. A send is judged before anything is stored: the peer's right to write
+   the key (``security.acl``), a relay's next hop (a [cluster] peer or
+   ``security.relay_allow``), ``storage.max_object_bytes``, the free space.
+   A fetch needs the right to read.  Refusals carry ERR_FORBIDDEN /
+   ERR_TOO_LARGE / ERR_STORAGE and the reason.
+5. What a HELLO costs is bounded whatever it announces: at most
+   ``storage.MAX_CHUNKS`` chunks per object (the receiver raises the chunk
+   size in WELCOME), one bit of state per chunk.
+6. A failure of the transfer itself (the disk) ends it: every stream and the
+   control stream hear the reason once (ERR_STORAGE), the log has it once.
+7. One transfer per key (the store's lease).  A new attempt of the same
+   object by the same peer takes over a running one -- its sender gave up
+   (a silent partition leaves the receiver waiting on a dead control
+   stream); anyone else is told who holds the key and how long it may.
 """
 
 from __future__ import annotations
@@ -450,10 +464,8 @@ class DataServer:
             return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{key}: will not relay to {hello['forward']['to']}: "
                                 "not a [cluster] peer nor in security.relay_allow", "relay")  # fmt: skip
         if self._draining:
-            self._send_error(fs, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} elsewhere or later")
-            log.info("send of %s from %s refused: draining", key, peer)
-            rep["outcome"] = "refused"
-            return
+            return self._refuse(fs, rep, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} "
+                                "elsewhere or later")  # fmt: skip
         limit = self.config.storage.max_object_bytes
         if limit and size > limit:
             return self._refuse(fs, rep, C.ERR_TOO_LARGE, f"{key}: {size} bytes is more than this node's "
