@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import mmap
 import os
 import sys
 
@@ -177,8 +176,9 @@ class _ProgressBar:
 def _cmd_send(args) -> int:
     from dwcp.cluster.node import ClusterView, parse_target
     from dwcp.daemon.main import parse_hostport
-    from dwcp.storage import ObjectStore, close_mapping
+    from dwcp.storage import ObjectStore
     from dwcp.transport.sender import Sender
+    from dwcp.transport.source import FileSource
 
     security, transport, cfg = _load_security(args)
     if args.chunk_size is not None:
@@ -200,23 +200,22 @@ def _cmd_send(args) -> int:
         os.path.join(cfg.storage.data_dir, "sent") if cfg is not None
         else os.path.join(os.path.expanduser("~/.local/state/dwcp"), "sent")
     )  # fmt: skip
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli", baselines=ObjectStore(state_dir),
-                    tune_dir=cfg.storage.data_dir if cfg else None)  # fmt: skip
-    with open(args.path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
-    bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
+    # read, not mapped: a mapped file truncated mid-send kills the process with SIGBUS.  Refuses a
+    # FIFO, socket, directory or character device before opening it (a FIFO's open blocks)
+    src = FileSource.open(args.path)
+    bar = None
     try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli",
+                        baselines=ObjectStore(state_dir), tune_dir=cfg.storage.data_dir if cfg else None)  # fmt: skip
+        bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
         kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
-        buf = m if m is not None else b""
         if cluster is not None:
-            r = cluster.send(sender, buf, args.key, args.to, via=args.via, **kw)
+            r = cluster.send(sender, src, args.key, args.to, via=args.via, **kw)
         else:
-            r = sender.send(buf, host, port, args.key, **kw)
+            r = sender.send(src, host, port, args.key, **kw)
     finally:
-        if m is not None:
-            close_mapping(m)
+        src.close()
         if bar is not None:
             bar.close()
     from .demo import human_bytes

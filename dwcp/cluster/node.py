@@ -21,6 +21,7 @@ from typing import Any
 
 from dwcp.config import ClusterConfig, NodeConfig
 from dwcp.errors import ConfigError, DWCPError
+from dwcp.transport.source import SourceError, as_source
 
 from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
 from .breaker import STATE_VALUES, BreakerConfig, CircuitBreaker
@@ -197,14 +198,15 @@ class ClusterView:
         return self.balancer.pick(ok)
 
     def send(self, sender, data, key: str, target: str, *, via: str | None = None, **kw: Any) -> dict:
-        """Send ``data`` as ``key`` to ``target`` with failover; returns the sender's stats plus
-        ``peer`` (who took it) and ``failover`` (what failed before, in order).
+        """Send ``data`` (a buffer or a FileSource) as ``key`` to ``target`` with failover; returns the
+        sender's stats plus ``peer`` (who took it) and ``failover`` (what failed before, in order).
+        A SourceError (the local file cannot be sent) is not the peer's fault: it is raised at once.
 
         Through a relay (``via``, or when the measured region graph says it is faster) the first
         candidate gets the object from the relay, pipelined; if the relay fails, the send goes direct.
         """
         tried: list[dict] = []
-        size = memoryview(data).nbytes
+        size = as_source(data).size
         relay = self.relay_for(key, target, size, via)
         if relay is not None:
             final = self.candidates(key, target)[0]
@@ -213,6 +215,8 @@ class ClusterView:
                 relay.active += 1
                 try:
                     r = sender.send(data, host.strip("[]"), int(port), key, forward_to=final.address, **kw)
+                except SourceError:
+                    raise
                 except (DWCPError, OSError) as exc:
                     self.record(relay.id, False)
                     tried.append({"peer": relay.id, "error": f"relay: {type(exc).__name__}: {exc}"[:300]})
@@ -232,6 +236,8 @@ class ClusterView:
             p.active += 1
             try:
                 r = sender.send(data, host.strip("[]"), int(port), key, **kw)
+            except SourceError:
+                raise
             except (DWCPError, OSError) as exc:
                 self.record(p.id, False)
                 tried.append({"peer": p.id, "error": f"{type(exc).__name__}: {exc}"[:300]})

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import socket
 import ssl
@@ -39,7 +40,9 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
+
+import xxhash
 
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, chunk_spans
@@ -50,6 +53,7 @@ from dwcp.wire.messages import encode_control
 
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
 
@@ -74,6 +78,18 @@ class TransferError(DWCPError):
         err = cls(f"receiver refused: {message} (code {code})")
         err.code = code
         return err
+
+
+# ERROR codes on a data stream that end the whole transfer: the receiver refused the object itself
+# (its disk, its ACL, its size limit), so a new stream would be refused too.  Any other code costs
+# the stream only: its chunks are requeued on a replacement.
+REFUSALS = frozenset({C.ERR_STORAGE, C.ERR_FORBIDDEN, C.ERR_TOO_LARGE})
+
+
+def _ends_transfer(exc: BaseException) -> TypeGuard[SourceError | TransferError]:
+    """True for a stream thread's error that no other stream would avoid: the local source failed,
+    or the receiver refused the object."""
+    return isinstance(exc, SourceError) or (isinstance(exc, TransferError) and exc.code in REFUSALS)
 
 
 def _pow2(n: int) -> int:
@@ -152,7 +168,8 @@ class _State:
     done: bytearray
     remaining: int
     lock: threading.Lock = field(default_factory=threading.Lock)
-    failed: str | None = None
+    failed: str | None = None  # why the transfer failed; set once, never cleared
+    error: SourceError | TransferError | None = None  # the typed error to raise for it, if any
     acked_raw: int = 0
     wire_bytes: int = 0
     chunks_sent: int = 0
@@ -220,10 +237,10 @@ class _State:
                     tot[k] += c[k]
         return tot[0], tot[1], tot[2]
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, error: SourceError | TransferError | None = None) -> None:
         with self.lock:
             if self.failed is None:
-                self.failed = why
+                self.failed, self.error = why, error
         self.all_done.set()
 
 
@@ -289,7 +306,8 @@ class Sender:
         ready: Callable[[int, float], bool] | None = None,
         forward_to: str | None = None,
     ) -> dict[str, Any]:
-        """Send ``data`` (any contiguous buffer: bytes, mmap, numpy array; never copied) as ``key``.
+        """Send ``data`` as ``key``: any contiguous buffer (bytes, mmap, numpy array; never copied), or a
+        FileSource (a file or block device, read chunk by chunk; see dwcp.transport.source).
 
         ``streams``: a fixed stream count, or None for auto.  ``progress``, if
         given, is called as ``progress(acked_bytes, total_bytes)`` a few times a
@@ -308,8 +326,14 @@ class Sender:
         key = validate_key(key)
         t_start = time.perf_counter()
         try:
-            r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type, progress,
-                           digest, ready, forward_to)  # fmt: skip
+            try:
+                r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type,
+                               progress, digest, ready, forward_to)  # fmt: skip
+            except SourceError as exc:
+                # raised before DONE (once the receiver commits, the source is only read to keep a baseline)
+                err = type(exc)(f"{exc}; nothing was stored")
+                err.stats = exc.stats
+                raise err from exc
         except BaseException as exc:
             st = getattr(exc, "stats", {})
             if isinstance(exc, TransferError) and exc.code is not None:
@@ -327,14 +351,11 @@ class Sender:
               ready, forward_to: str | None) -> dict[str, Any]:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
-        mv = memoryview(data)
-        if not mv.c_contiguous:
-            raise ValueError("data must be a contiguous buffer")
-        mv = mv.cast("B")
+        src = as_source(data)
         tp = self.transport
         if streams is not None and not 1 <= streams <= 256:
             raise ValueError(f"streams must be in [1, 256], got {streams}")
-        size = mv.nbytes
+        size = src.size
         # the NIC profile of auto streams: looking up the egress NIC imports pyroute2 (~0.2 s, 2% of a
         # 1 GiB send at 1 Gbit/s), so it runs while the digest is computed (GIL released) and the control
         # stream opens
@@ -344,7 +365,7 @@ class Sender:
             prof_thread = threading.Thread(target=_capture, args=(prof_box, self._nic_profile, host),
                                            name="dwcp-nic-profile", daemon=True)  # fmt: skip
             prof_thread.start()
-        digest = known_digest if known_digest is not None else _k.xxh3_128(mv)
+        digest = known_digest if known_digest is not None else src.digest()
         peer_addr = f"{host}:{port}"
         path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
         if tp.adaptive_chunks:
@@ -394,9 +415,14 @@ class Sender:
                 if base_info is None or welcome.get("base_digest") != base_info.digest.hex():
                     raise RemoteProtocolError("receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD)
                 base_map = memoryview(self.baselines.open_version(base_info))
-                if _k.xxh3_128(base_map) != base_info.digest:  # our copy rotted: never delta against it
-                    raise TransferError(f"local baseline for {key} fails its digest; remove it and resend")
-                base, base_digest = base_map, base_info.digest
+                if _k.xxh3_128(base_map) == base_info.digest:
+                    base, base_digest = base_map, base_info.digest
+                else:
+                    # our copy rotted: never delta against it.  Drop it and send every chunk without a
+                    # base: the receiver takes any non-delta codec in a delta transfer
+                    base_map.release()
+                    base_map = None
+                    self._drop_baseline(base_info)
             elif mode == "pages":
                 base_digest = bytes.fromhex(welcome["base_digest"])
                 peer_hashes = self._recv_page_hashes(ctrl, (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE)
@@ -459,16 +485,17 @@ class Sender:
                 if rate_limit_bytes_per_s is None:
                     self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
-            ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, mv, base,
+            ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, src, base,
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
             ctx.ready = ready
             ctx.chunk_bytes = chunk_size
             max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
             if state.failed:
-                err = TransferError(state.failed)
+                err = state.error if state.error is not None else TransferError(state.failed)
                 err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent, "wire_bytes": state.wire_bytes,
                              "chunks_acked": len(spans) - state.remaining, "resumed_chunks": resumed}  # fmt: skip
                 raise err
+            src.check()  # a file that grew or shrank since the digest: the receiver must not commit it
             ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
             # the receiver re-reads the whole object for its digest and fsyncs it:
             # allow for that at a conservative 100 MB/s on top of the stall timeout
@@ -487,7 +514,7 @@ class Sender:
                 base_map.release()
         elapsed = time.perf_counter() - t_start
         if self.baselines is not None:
-            self._remember(cache_key, mv, digest, spans, chunk_size)
+            self._remember(cache_key, src, digest, spans, chunk_size)
         wire = state.wire_bytes
         result = {
             "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
@@ -565,21 +592,49 @@ class Sender:
             return 0.001
         return max(info.rtt_us, 1) / 1e6
 
-    def _remember(self, cache_key: str, mv: memoryview, digest: bytes, spans, chunk_size: int) -> None:
-        """Keep a copy of what was sent as the baseline of the next send of this key."""
+    def _remember(self, cache_key: str, src: BufferSource | FileSource, digest: bytes, spans,
+                  chunk_size: int) -> None:  # fmt: skip
+        """Keep a copy of what was sent as the baseline of the next send of this key.
+
+        The copy must be what the receiver verified: the source is read again (a file may have
+        changed since its chunks were sent), hashed as it is written, and kept only if it has
+        ``digest``; otherwise it is dropped with a warning and the next send goes without a base.
+        """
         assert self.baselines is not None
         if self.baselines.get(cache_key, digest) is not None:
             return
         try:
-            p = self.baselines.begin(cache_key, digest, mv.nbytes, chunk_size)
-            with p:
-                for i, (off, ln) in enumerate(spans):
-                    chunk = mv[off : off + ln]
-                    p.write(i, chunk)
-                    p.mark_done(i, _k.xxh3_64(chunk))
-                p.commit(verify=False)  # ``digest`` was computed from ``mv`` itself
+            p = self.baselines.begin(cache_key, digest, src.size, chunk_size)
         except DWCPError as exc:
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
+            return
+        try:
+            h = xxhash.xxh3_128()
+            for i, (off, ln) in enumerate(spans):
+                chunk = src.read(off, ln)
+                h.update(chunk)
+                p.write(i, chunk)
+                p.mark_done(i, _k.xxh3_64(chunk))
+            if h.digest() != digest:
+                raise SourceChangedError(f"{src.name} changed after it was sent")
+            p.commit(verify=False)  # hashed above, from the very bytes written
+        except DWCPError as exc:
+            p.abort(keep=False)
+            log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
+        except BaseException:
+            p.abort(keep=False)
+            raise
+
+    def _drop_baseline(self, info) -> None:
+        """Remove a kept baseline that fails its digest (the next sends of its key go without it)."""
+        log.warning("local baseline %s of %s fails its digest: dropped; this send goes without a base",
+                    info.path, info.key)  # fmt: skip
+        try:
+            os.unlink(info.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # it stays; every send of the key checks it and goes without it
+            log.warning("could not remove %s: %s", info.path, exc.strerror or exc)
 
     def _run_streams(self, ctx: _StreamCtx, n0: int, controller, decisions: list, t_start: float,
                      progress=None) -> int:  # fmt: skip
@@ -737,16 +792,19 @@ class _StreamCtx:
                                                   "bytes_retrans": info.bytes_retrans,
                                                   "delivery_rate_bytes_per_s": info.delivery_rate_bytes_per_s})  # fmt: skip
         except (OSError, DWCPError) as exc:
-            why = f"stream {sid}: {type(exc).__name__}: {exc}"
-            log.info("%s; requeueing %d chunks", why, len(inflight))
             failed = True
-            with state.lock:
-                state.stream_errors.append(why)
-                state.stream_failures += 1
-            # A stream-level failure (including the receiver closing this stream
-            # over a protocol error, e.g. a header corrupted in flight) costs
-            # this stream only: its chunks are requeued and the monitor opens a
-            # replacement, within the reconnect budget.
+            if _ends_transfer(exc):
+                state.fail(str(exc), exc)
+            else:
+                # A stream-level failure (including the receiver closing this stream
+                # over a protocol error, e.g. a header corrupted in flight) costs
+                # this stream only: its chunks are requeued and the monitor opens a
+                # replacement, within the reconnect budget.
+                why = f"stream {sid}: {type(exc).__name__}: {exc}"
+                log.info("%s; requeueing %d chunks", why, len(inflight))
+                with state.lock:
+                    state.stream_errors.append(why)
+                    state.stream_failures += 1
         finally:
             if active:
                 with state.lock:
@@ -773,7 +831,7 @@ class _StreamCtx:
                 if self.state.failed or waited > self.sender.transport.stall_timeout_s * 4:
                     raise TransferError(f"chunk {i} never arrived from upstream")
         off, ln = self.state.spans[i]
-        chunk = self.data[off : off + ln]
+        chunk = self.data.read(off, ln)  # a FileSource's buffer of this thread: sent before the next read
         last = i == len(self.state.spans) - 1
         enc = self.encoder
         tid = self.transfer_id
@@ -794,6 +852,8 @@ class _StreamCtx:
             raise BrokenResourceError("receiver closed a data stream")
         h, msg = got
         if h.frame_type == C.FRAME_ERROR:
+            if msg["code"] in REFUSALS:
+                raise TransferError.refused(msg["message"], msg["code"])
             raise BrokenResourceError(f"receiver closed the stream: {msg['message']} (code {msg['code']})")
         if h.frame_type == C.FRAME_ACK:
             acked = 0

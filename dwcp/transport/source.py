@@ -1,0 +1,200 @@
+"""What a send reads its object from: a buffer in memory, or a file read chunk by chunk.
+
+Theory of operation
+-------------------
+A send reads its object twice at least: once up front for the whole-object
+xxh3-128 that the receiver verifies, then chunk by chunk as the stream
+threads take work (again for a chunk the receiver NACKed, and once more to
+keep the sent version as the next baseline).  ``BufferSource`` serves views
+of a contiguous buffer (bytes, a numpy array, a relay's partial mapping).
+``FileSource`` *reads* a file: a mapped file that someone truncates under
+the sender faults with SIGBUS and kills the process without a word, while a
+read that comes back short is an error we can name.
+
+Rules
+-----
+1. ``FileSource.open`` looks before it opens (``os.stat``): opening a FIFO
+   with no writer blocks for ever, and a FIFO, a socket, a directory or a
+   character device (``/dev/zero``) has no size to send.  It accepts
+   regular files and block devices (a VM disk on LVM).  The open is
+   ``O_NONBLOCK`` and ``fstat`` checks the type again, so a path swapped
+   for a FIFO between the two looks does not hang the sender either.
+2. A block device's size is ``lseek(fd, 0, SEEK_END)`` (its ``st_size`` is 0).
+3. ``read(offset, n)`` fills a reusable buffer of the calling thread
+   (``threading.local``) with ``os.preadv`` and returns a view of it: the
+   view is valid until the same thread reads again.  A stream thread sends
+   a chunk's frame (``FrameSocket.send`` returns once the kernel holds the
+   bytes) before it reads its next chunk, so no chunk is ever copied twice.
+4. A read that comes back short, or a size at ``check()`` that is not the
+   size the send started with, raises ``SourceChangedError`` naming the
+   file; a read error raises ``SourceError``.  Both mean the local source is
+   at fault, not the peer or the network: the sender fails the whole
+   transfer at once (no stream retries, no failover to another replica).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import xxhash
+
+from dwcp._backend import impl as _k
+from dwcp.errors import DWCPError
+
+__all__ = ["BufferSource", "FileSource", "SourceChangedError", "SourceError", "as_source"]
+
+# whole-object hashing reads this much at a time: large enough that the syscalls do not show,
+# small enough to stay in L2/L3 between the read and the hash
+_HASH_BLOCK = 4 << 20
+
+
+class SourceError(DWCPError):
+    """The local source of a send cannot be used or read; the message names it.
+
+    ``stats``: what the sender had sent when it failed, when it was sending (as TransferError's).
+    """
+
+    stats: dict = {}
+
+
+class SourceChangedError(SourceError):
+    """The source file changed size (or ended early) while it was being sent."""
+
+
+class BufferSource:
+    """A contiguous buffer, read in place (never copied)."""
+
+    def __init__(self, data) -> None:
+        mv = memoryview(data)
+        if not mv.c_contiguous:
+            raise ValueError("data must be a contiguous buffer")
+        self._mv = mv.cast("B")
+        self.size = self._mv.nbytes  # invariant: never changes
+        self.name = "the buffer"
+
+    def read(self, offset: int, n: int) -> memoryview:
+        return self._mv[offset : offset + n]
+
+    def digest(self) -> bytes:
+        return _k.xxh3_128(self._mv)
+
+    def check(self) -> None:
+        """A buffer cannot change size."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+)
+
+
+def _refuse_special(path: str, mode: int) -> None:
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    raise SourceError(f"{path} is {kind}, not a regular file: dwcp sends regular files and block devices")
+
+
+class FileSource:
+    """A regular file or a block device, read with pread into per-thread buffers (never mapped)."""
+
+    def __init__(self, path: str, fd: int, size: int, is_block: bool) -> None:
+        self.name = path
+        self.size = size  # the size when the send started; invariant: never changes
+        self._fd = fd  # -1 once closed
+        self._is_block = is_block
+        self._local = threading.local()  # .buf: this thread's reusable bytearray, .mv: a view of all of it
+
+    @classmethod
+    def open(cls, path: str) -> FileSource:
+        path = os.fspath(path)
+        _refuse_special(path, os.stat(path).st_mode)  # before open(): a FIFO without a writer blocks it
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            _refuse_special(path, mode)  # the path may name something else by now
+            os.set_blocking(fd, True)
+            is_block = stat.S_ISBLK(mode)
+            size = os.lseek(fd, 0, os.SEEK_END) if is_block else os.fstat(fd).st_size
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, size, is_block)
+
+    def _current_size(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_END) if self._is_block else os.fstat(self._fd).st_size
+
+    def _changed(self, at: int) -> SourceChangedError:
+        try:
+            now = self._current_size()
+        except OSError:
+            now = at
+        if now < self.size:
+            return SourceChangedError(f"{self.name} shrank from {self.size} to {now} bytes during the send")
+        return SourceChangedError(f"{self.name} changed during the send: it ended at byte {at} of {self.size}")
+
+    def _read_exact(self, mv: memoryview, offset: int) -> None:
+        got, n = 0, mv.nbytes
+        while got < n:
+            try:
+                k = os.preadv(self._fd, [mv[got:]], offset + got)
+            except OSError as exc:
+                raise SourceError(f"cannot read {self.name} at byte {offset + got}: {exc.strerror or exc}") from exc
+            if k == 0:
+                raise self._changed(offset + got)
+            got += k
+
+    def _buffer(self, n: int) -> memoryview:
+        loc = self._local
+        mv = getattr(loc, "mv", None)
+        if mv is None or mv.nbytes < n:
+            # a frame still holding a view of the old buffer keeps it alive; nothing writes into it again
+            loc.mv = mv = memoryview(bytearray(n))
+        return mv[:n]
+
+    def read(self, offset: int, n: int) -> memoryview:
+        """The ``n`` bytes at ``offset``, in this thread's buffer (valid until this thread reads again)."""
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise ValueError(f"read of {n} bytes at {offset} is outside the {self.size}-byte source")
+        mv = self._buffer(n)
+        self._read_exact(mv, offset)
+        return mv
+
+    def digest(self) -> bytes:
+        """The xxh3-128 of the whole source, read a block at a time."""
+        h = xxhash.xxh3_128()
+        for off in range(0, self.size, _HASH_BLOCK):
+            h.update(self.read(off, min(_HASH_BLOCK, self.size - off)))
+        return h.digest()
+
+    def check(self) -> None:
+        """Raise SourceChangedError unless the source still has the size the send started with."""
+        try:
+            now = self._current_size()
+        except OSError as exc:
+            raise SourceError(f"cannot stat {self.name}: {exc.strerror or exc}") from exc
+        if now != self.size:
+            how = "shrank" if now < self.size else "grew"
+            raise SourceChangedError(f"{self.name} {how} from {self.size} to {now} bytes during the send")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def as_source(data) -> BufferSource | FileSource:
+    """``data`` itself if it is a FileSource, else a BufferSource over it."""
+    return data if isinstance(data, (FileSource, BufferSource)) else BufferSource(data)
