@@ -408,6 +408,24 @@ class DataServer:
             self._slots.release()
 
     @staticmethod
+    def _linger(fs: FrameSocket, timeout_s: float = 2.0) -> None:
+        """Close our side and read until the peer closes (at most ``timeout_s``).
+
+        A sender streaming chunks has bytes in flight: closing with them unread
+        makes the kernel answer with a reset, and a reset can overtake the
+        ERROR frame just sent, so the sender would never read why.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            fs.sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                fs.sock.settimeout(left)
+                if not fs.sock.recv(1 << 16):
+                    return
+        except OSError:
+            pass
+
+    @staticmethod
     def _send_error(fs: FrameSocket, code: int, message: str) -> None:
         try:
             fs.sock.settimeout(1.0)
@@ -581,9 +599,7 @@ class DataServer:
         finally:
             if t is not None:
                 with self._lock:
-                    self._transfers.pop(transfer_id, None)
                     t.closed = True
-                    self._idle.notify_all()
                 for s in list(t.streams):
                     try:
                         s.sock.shutdown(socket.SHUT_RDWR)
@@ -599,6 +615,10 @@ class DataServer:
                 partial.abort(keep=True)  # no-op after a commit
             except DWCPError:
                 pass
+            if t is not None:  # listed until its lease is gone: a new attempt finds whom it waits for
+                with self._lock:
+                    self._transfers.pop(transfer_id, None)
+                    self._idle.notify_all()
 
     def _begin(self, key: str, digest: bytes, size: int, chunk_size: int, peer: str, *, preallocate: bool):
         """The key's write lease and partial; a stale attempt of the same send by the same peer is taken over.
@@ -615,20 +635,22 @@ class DataServer:
             if holder is None:
                 raise
             now = time.monotonic()
-            if holder.peer != peer or holder.digest != digest:
-                left = max(0.0, self.config.transport.idle_timeout_s - (now - holder.progressed))
-                raise KeyBusyError(
-                    f"key {key!r} is busy: {holder.peer} has been sending version {holder.digest.hex()} for "
-                    f"{now - holder.started:.0f} s; unless it progresses it is given up in {left:.0f} s; retry then"
-                ) from None
-            log.warning("transfer %x of %s: taken over by a new attempt of the same send from %s (quiet for %.1f s)",
-                        holder.transfer_id, key, peer, now - holder.progressed)  # fmt: skip
-            holder.fail(C.ERR_BUSY, f"{key}: taken over by a newer attempt of the same send")
-            for s in list(holder.streams):
-                try:
-                    s.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            if not holder.closed:  # (one that is closing gives its lease up within moments)
+                if holder.peer != peer or holder.digest != digest:
+                    left = max(0.0, self.config.transport.idle_timeout_s - (now - holder.progressed))
+                    raise KeyBusyError(
+                        f"key {key!r} is busy: {holder.peer} has been sending version {holder.digest.hex()} for "
+                        f"{now - holder.started:.0f} s; unless it progresses it is given up in {left:.0f} s; "
+                        "retry then"
+                    ) from None
+                log.warning("transfer %x of %s: taken over by a new attempt of the same send from %s (quiet for "
+                            "%.1f s)", holder.transfer_id, key, peer, now - holder.progressed)  # fmt: skip
+                holder.fail(C.ERR_BUSY, f"{key}: taken over by a newer attempt of the same send")
+                for s in list(holder.streams):
+                    try:
+                        s.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
             deadline = now + self.config.transport.stall_timeout_s
             while True:
                 try:
@@ -796,6 +818,7 @@ class DataServer:
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
         if t.failure is not None:  # every stream of the sender hears it: none retries into a dead transfer
             self._send_error(fs, *t.failure)
+            self._linger(fs)
 
     @staticmethod
     def _write_pages(partial, off: int, out: memoryview, nz: bytearray) -> None:
