@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-``Sender.send(data, host, port, key)``:
+``Sender.send(data, host, port, key)`` (``data``: a buffer, or a FileSource
+that reads a file chunk by chunk; see dwcp.transport.source):
 
-1. opens the control stream, says HELLO (key, size, xxh3-128 digest, and the
-   digest of the baseline we last sent this peer for this key, if we still
-   hold it) and reads WELCOME: the mode (full / delta / pages), the token
+1. hashes the object, opens the control stream, says HELLO (key, size,
+   xxh3-128 digest, and the digest of the baseline we last sent this peer
+   for this key, if we still hold it) and reads WELCOME: the mode (full / delta / pages), the token
    for data streams and the receiver's bitmap of chunks it already holds
    (resume).  In pages mode the receiver's per-page hashes follow.
 2. puts every missing chunk index on a bounded MPMC queue and starts the
@@ -21,10 +22,20 @@ Theory of operation
    closed, its unacknowledged chunks go back on the queue, and the monitor
    opens a replacement (bounded by ``max_stream_reconnects``).  A NACKed
    chunk (it failed verification at the receiver) is queued again; a delta
-   chunk NACKed twice is resent in full.
-4. When every chunk is acknowledged, DONE on the control stream; the
-   receiver verifies the whole object and commits it, and answers DONE.
-   The sent version becomes our baseline for the next send of that key.
+   chunk NACKed twice is resent in full.  Two failures end the whole
+   transfer at once instead: the source cannot be read or changed size
+   (SourceError), or the receiver refused the object: an ERROR with a code
+   in ``REFUSALS`` on a data stream (its disk, its ACL, its limit), or any
+   word on the control stream before DONE (the monitor watches it: a data
+   stream's ERROR is lost when our next write hits the closed stream first).
+4. When every chunk is acknowledged and the source still has its size,
+   DONE on the control stream; the receiver verifies the whole object and
+   commits it, and answers DONE.
+5. The sent version becomes our baseline for the next send of that key,
+   read again from the source and kept only if it hashes to the digest the
+   receiver verified (a file changed after its chunks went is not kept).
+   A kept baseline that fails its digest when a delta needs it is removed
+   with a warning, and that send's chunks go without a base.
 """
 
 from __future__ import annotations
@@ -489,7 +500,7 @@ class Sender:
                              base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
             ctx.ready = ready
             ctx.chunk_bytes = chunk_size
-            max_streams_seen = self._run_streams(ctx, n0, controller, decisions, t_start, progress)
+            max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             if state.failed:
                 err = state.error if state.error is not None else TransferError(state.failed)
                 err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent, "wire_bytes": state.wire_bytes,
@@ -636,8 +647,26 @@ class Sender:
         except OSError as exc:  # it stays; every send of the key checks it and goes without it
             log.warning("could not remove %s: %s", info.path, exc.strerror or exc)
 
-    def _run_streams(self, ctx: _StreamCtx, n0: int, controller, decisions: list, t_start: float,
-                     progress=None) -> int:  # fmt: skip
+    @staticmethod
+    def _heard_on_control(ctrl: FrameSocket, state: _State) -> None:
+        """The receiver spoke on the control stream before DONE: it ended the transfer; fail it with its words.
+
+        A data stream's own ERROR can be lost: the receiver closes the stream after it, and our next
+        chunk's write fails (EPIPE) before we read it.  The control stream hears the reason too.
+        """
+        try:
+            got = ctrl.recv_control(C.FRAME_ERROR)
+        except (OSError, DWCPError) as exc:
+            state.fail(f"control stream: {type(exc).__name__}: {exc}")
+            return
+        if got is None:
+            state.fail("receiver closed the control stream")
+            return
+        err = TransferError.refused(got[1]["message"], got[1]["code"])
+        state.fail(str(err), err)
+
+    def _run_streams(self, ctx: _StreamCtx, ctrl: FrameSocket, n0: int, controller, decisions: list,
+                     t_start: float, progress=None) -> int:  # fmt: skip
         tp = self.transport
         state = ctx.state
         threads: dict[int, threading.Thread] = {}
@@ -648,6 +677,8 @@ class Sender:
         last_tcp: tuple[int, int, int] | None = None
         while True:
             threads = {i: th for i, th in threads.items() if th.is_alive()}
+            if not state.all_done.is_set() and ctrl.readable():  # before the budget: the reason beats "gave up"
+                self._heard_on_control(ctrl, state)
             # only streams that failed count against the budget, not ones the controller retired
             if state.stream_failures > tp.max_stream_reconnects and not state.all_done.is_set():
                 state.fail(f"gave up after {state.stream_failures} stream failures: "
