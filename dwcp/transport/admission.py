@@ -145,15 +145,12 @@ class Admission:
             return True
         return conn in self._authenticated
 
-    def authenticated(self, conn: int) -> bool:
-        """Pending ``conn`` authenticated: it leaves the pool.  False: it was evicted (close it)."""
-        p = self._pending.pop(conn, None)
-        if p is None:
-            return conn in self._authenticated
+    def authenticated(self, conn: int) -> None:
+        """Pending ``conn`` (one that spoke, so not evictable) authenticated: it leaves the pool."""
+        p = self._pending.pop(conn)
         _dec(self._pending_by_source, p.source)
         self._authenticated[conn] = p.source
         self._authed_by_source[p.source] = self._authed_by_source.get(p.source, 0) + 1
-        return True
 
     def closed(self, conn: int) -> None:
         """``conn`` closed: its slot is free (nothing happens for one evicted already)."""

@@ -386,7 +386,7 @@ class DataServer:
         for fd, _ in poller.poll(0):
             self._admission.spoke(fds[fd])
 
-    def _log_admission(self, msg: str, addr, reason: str) -> None:
+    def _log_admission(self, msg: str, addr, reason: str | None) -> None:
         now = time.monotonic()
         with self._stats_lock:
             last, n = self._admission_log
