@@ -7,10 +7,11 @@ from dwcp.config import Config, from_dict
 __all__ = ["server_config"]
 
 
-def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "rx", **transport) -> Config:
-    """A receiver on 127.0.0.1 (any free port) with short, test-friendly timeouts."""
+def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "rx", listen: dict | None = None,
+                  **transport) -> Config:  # fmt: skip
+    """A receiver on 127.0.0.1 (any free port) with short, test-friendly timeouts; ``listen`` overrides [listen]."""
     sec = {"plaintext": True} if plaintext else {"ca_cert": certs.ca_cert, "cert": certs.cert, "key": certs.key}
     t = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "idle_timeout_s": 30.0, "chunk_size_bytes": 1 << 20}
     t.update(transport)
-    return from_dict({"node": {"id": node}, "listen": {"host": "127.0.0.1", "data_port": 0},
+    return from_dict({"node": {"id": node}, "listen": {"host": "127.0.0.1", "data_port": 0, **(listen or {})},
                       "security": sec, "storage": {"data_dir": str(data_dir)}, "transport": t})  # fmt: skip

@@ -77,13 +77,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class Verdict:
-    """``conn``: the newcomer's id, or None when refused.  ``reason``: the full rule (None: nothing was).
+    """``conn``: the newcomer's id, or None when refused.  ``reason``: the full rule ("": none was).
 
     ``evicted``: the id of the connection the newcomer displaced, which the driver must close.
     """
 
     conn: int | None
-    reason: str | None = None
+    reason: str = ""
     evicted: int | None = None
 
 
@@ -124,9 +124,9 @@ class Admission:
         pool_full = len(self._pending) >= lim.max_pending
         all_full = self.total >= lim.max_connections
         reason = "per_source" if source_full else "unauthenticated" if pool_full else \
-            "max_connections" if all_full else None  # fmt: skip
+            "max_connections" if all_full else ""  # fmt: skip
         victim = None
-        if reason is not None:
+        if reason:
             victim = self._victim(source if source_full else None)
             if victim is None:
                 return Verdict(None, reason)

@@ -133,8 +133,8 @@ class FrameSocket:
         return _k.parse_header(self._hdr)
 
     def _recv_header_rest(self, got: int) -> None:
-        started = time.monotonic()
         assert self.header_timeout_s is not None
+        started = time.monotonic()
         header_deadline = started + self.header_timeout_s
         deadline = header_deadline if self.deadline is None else min(header_deadline, self.deadline)
         while got < C.HEADER_SIZE:

@@ -92,6 +92,11 @@ CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
 PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
 _ADMISSION_LOG_S = 10.0  # at most one log line per this many seconds about refused/evicted connections
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT
+# an admission reason (admission.REASONS) -> what was full, and the setting that bounds it
+_LIMIT_NAMES = {"per_source": "its source's unauthenticated slots", "unauthenticated": "the unauthenticated pool",
+                "max_connections": "every connection slot"}  # fmt: skip
+_SETTINGS = {"per_source": "max_unauthenticated_per_source", "unauthenticated": "max_unauthenticated",
+             "max_connections": "max_connections"}  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -355,14 +360,13 @@ class DataServer:
                     _shutdown(self._conns[v.evicted])
             if v.conn is None:
                 self._count(f"refused_{v.reason}_total", 1)
-                self._log_admission("refused %s:%s: %s limit reached", addr, v.reason)
+                self._log_admission("refused", addr, v.reason)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 conn.close()
                 continue
             if v.evicted is not None:
                 self._count(f"evicted_{v.reason}_total", 1)
-                self._log_admission("admitted %s:%s by evicting the oldest silent connection: %s limit reached",
-                                    addr, v.reason)  # fmt: skip
+                self._log_admission("evicted the oldest silent connection for", addr, v.reason)
             self._count("connections_total", 1)
             threading.Thread(target=self._serve, args=(conn, addr, v.conn, accepted), name=f"dwcp-conn-{addr[1]}",
                              daemon=True).start()  # fmt: skip
@@ -386,16 +390,18 @@ class DataServer:
         for fd, _ in poller.poll(0):
             self._admission.spoke(fds[fd])
 
-    def _log_admission(self, msg: str, addr, reason: str | None) -> None:
+    def _log_admission(self, what: str, addr, reason: str) -> None:
+        """One line about a refused or evicting connection, at most every _ADMISSION_LOG_S (rule 4)."""
         now = time.monotonic()
         with self._stats_lock:
             last, n = self._admission_log
-            if now - last < _ADMISSION_LOG_S:
+            if last and now - last < _ADMISSION_LOG_S:
                 self._admission_log[1] = n + 1
                 return
             self._admission_log[:] = [now, 0]
-        log.warning(msg + " (%d more refused or evicted in the last %.0f s)", addr[0], addr[1], reason, n,
-                    now - last if last else 0)  # fmt: skip
+        more = f"; {n} more refused or evicting in the {now - last:.0f} s before" if n else ""
+        log.warning("%s %s:%s: %s full (listen.%s)%s", what, addr[0], addr[1], _LIMIT_NAMES[reason],
+                    _SETTINGS[reason], more)  # fmt: skip
 
     def _serve(self, conn: socket.socket, addr, cid: int, accepted: float) -> None:
         fs: FrameSocket | None = None

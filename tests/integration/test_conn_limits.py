@@ -32,11 +32,7 @@ SEND_BUDGET_S = 30.0  # a send counts as a success only if it finished within th
 
 def conn_limits_config(tmp_path, *, plaintext: bool, certs=None, **listen):
     """``server_config`` with max_connections = 32 (the issue's setting) and ``listen`` overrides."""
-    cfg = server_config(tmp_path / "rx", plaintext=plaintext, certs=certs)
-    raw = {sec: {f: getattr(getattr(cfg, sec), f) for f in getattr(cfg, sec).__dataclass_fields__}
-           for sec in ("node", "listen", "security", "storage", "transport")}  # fmt: skip
-    raw["listen"].update({"max_connections": 32, **listen})
-    return from_dict(raw)
+    return server_config(tmp_path / "rx", plaintext=plaintext, certs=certs, listen={"max_connections": 32, **listen})
 
 
 class Attack:
