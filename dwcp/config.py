@@ -89,6 +89,18 @@ class ListenConfig(_Section):
     max_connections: int = 256
     metrics_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz
     metrics_port: int = 7701  # 0 = any free port; -1 = no HTTP endpoint
+    # connections not yet authenticated (see dwcp.transport.admission)
+    handshake_timeout_s: float = 10.0  # from accept: TLS handshake and the first HELLO, all of it
+    header_timeout_s: float = 10.0  # from a frame header's first byte to its last
+    max_unauthenticated: int = 0  # 0 = max(8, max_connections // 4), at most max_connections
+    max_unauthenticated_per_source: int = 4  # per source address (an IPv6 /64)
+
+    @property
+    def unauthenticated_limit(self) -> int:
+        """``max_unauthenticated``, or the value it derives from ``max_connections`` when it is 0."""
+        if self.max_unauthenticated:
+            return self.max_unauthenticated
+        return min(self.max_connections, max(8, self.max_connections // 4))
 
     def problems(self) -> list[str]:
         out = []
@@ -98,6 +110,15 @@ class ListenConfig(_Section):
             out.append(f"metrics_port {self.metrics_port} outside [-1, 65535] (-1 turns the endpoint off)")
         if self.max_connections < 1:
             out.append(f"max_connections {self.max_connections} must be >= 1")
+        for name in ("handshake_timeout_s", "header_timeout_s"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                out.append(f"{name} {v} must be a positive number of seconds")
+        if not 0 <= self.max_unauthenticated <= self.max_connections:
+            out.append(f"max_unauthenticated {self.max_unauthenticated} outside [0, max_connections "
+                       f"{self.max_connections}] (0 = derived from max_connections)")  # fmt: skip
+        if self.max_unauthenticated_per_source < 1:
+            out.append(f"max_unauthenticated_per_source {self.max_unauthenticated_per_source} must be >= 1")
         return out
 
 
@@ -549,6 +570,9 @@ LIVE: dict[str, frozenset[str]] = {
     "cluster": frozenset({"*"}),  # membership, policy and breaker settings: the next pick uses them
     "storage": frozenset({"keep_versions", "partial_max_age_s", "max_object_bytes"}),
     "security": frozenset({"acl", "relay_allow"}),  # the next connection is judged by them
+    # read by the data port at each accept (limits) and for each new connection (deadlines)
+    "listen": frozenset({"handshake_timeout_s", "header_timeout_s", "max_unauthenticated",
+                         "max_unauthenticated_per_source"}),
 }
 
 

@@ -12,6 +12,8 @@ The hierarchy says who is at fault:
   carries a wire ``code`` from ``dwcp.wire.consts`` (``ERR_*``).
 * ``IntegrityError``      -- a remote protocol error where the bytes parsed
   but the checksum did not match (corruption in flight or on disk).
+* ``HeaderTimeoutError``  -- a remote protocol error where a frame header
+  began but did not end within its deadline.
 * ``ClosedResourceError`` -- we closed the resource and then used it.
 * ``BrokenResourceError`` -- the peer or network broke it; raised ``from``
   the underlying cause.
@@ -29,6 +31,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "IntegrityError",
+    "HeaderTimeoutError",
     "ClosedResourceError",
     "BrokenResourceError",
     "EtcdError",
@@ -84,6 +87,13 @@ class RemoteProtocolError(ProtocolError):
 
 class IntegrityError(RemoteProtocolError):
     """Well-formed input whose checksum does not match its content."""
+
+
+class HeaderTimeoutError(RemoteProtocolError):
+    """A frame header began but did not end within its deadline (a drip, or a peer stalled mid-header).
+
+    Not a ``TimeoutError``: the stream is out of step mid-header, so no caller may retry the read.
+    """
 
 
 class ClosedResourceError(DWCPError):

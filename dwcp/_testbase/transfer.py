@@ -7,16 +7,17 @@ from dwcp.config import Config, from_dict
 __all__ = ["server_config"]
 
 
-def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "rx", sections: dict | None = None,
-                  **transport) -> Config:  # fmt: skip
+def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "rx", listen: dict | None = None,
+                  sections: dict | None = None, **transport) -> Config:  # fmt: skip
     """A receiver on 127.0.0.1 (any free port) with short, test-friendly timeouts.
 
-    ``sections``: more settings by section ({"security": {"relay_allow": [...]}, ...}), merged in.
+    ``listen`` overrides [listen]; ``sections``: more settings by section
+    ({"security": {"relay_allow": [...]}, ...}), merged in.
     """
     sec = {"plaintext": True} if plaintext else {"ca_cert": certs.ca_cert, "cert": certs.cert, "key": certs.key}
     t = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "idle_timeout_s": 30.0, "chunk_size_bytes": 1 << 20}
     t.update(transport)
-    cfg = {"node": {"id": node}, "listen": {"host": "127.0.0.1", "data_port": 0}, "security": sec,
+    cfg = {"node": {"id": node}, "listen": {"host": "127.0.0.1", "data_port": 0, **(listen or {})}, "security": sec,
            "storage": {"data_dir": str(data_dir)}, "transport": t}  # fmt: skip
     for name, values in (sections or {}).items():
         cfg[name] = {**cfg.get(name, {}), **values}

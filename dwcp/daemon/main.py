@@ -42,6 +42,7 @@ from dwcp.ops.health import (
     ReplicaVersion,
 )
 from dwcp.storage import ObjectStore, close_mapping
+from dwcp.transport.admission import REASONS as ADMISSION_REASONS
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
 
@@ -235,6 +236,26 @@ class Daemon:
                      lambda: [({}, self.cluster.failovers)] if self.cluster else [])  # fmt: skip
         m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
                      lambda: [({"peer": p}, v) for p, v in self.cluster.breaker_states().items()] if self.cluster else [])  # fmt: skip
+
+        def server_counts(prefix: str, values: tuple[str, ...], label: str) -> list:
+            st = self.server.stats_snapshot()
+            return [({label: v}, st[f"{prefix}_{v}_total"]) for v in values]
+
+        m.add_source("dwcp_transport_connections_refused_total", "counter",
+                     "Data-port connections refused at accept, by the admission limit that was full",
+                     lambda: server_counts("refused", ADMISSION_REASONS, "reason"))  # fmt: skip
+        m.add_source("dwcp_transport_connections_evicted_total", "counter",
+                     "Silent unauthenticated connections evicted for a newcomer, by the limit that was full",
+                     lambda: server_counts("evicted", ADMISSION_REASONS, "reason"))  # fmt: skip
+        m.add_source("dwcp_transport_handshake_timeouts_total", "counter",
+                     "Connections closed without a TLS handshake or HELLO by listen.handshake_timeout_s, by stage",
+                     lambda: server_counts("handshake_timeouts", ("tls", "hello"), "stage"))  # fmt: skip
+        m.add_source("dwcp_transport_header_timeouts_total", "counter",
+                     "Connections closed over a frame header not whole listen.header_timeout_s after its first byte",
+                     lambda: [({}, self.server.stats_snapshot()["header_timeouts_total"])])  # fmt: skip
+        m.add_source("dwcp_transport_connections_unauthenticated", "gauge",
+                     "Data-port connections admitted and not authenticated yet",
+                     lambda: [({}, self.server.unauthenticated)])  # fmt: skip
 
         def consensus_faults() -> list:
             cb = self.catalog_backend

@@ -24,7 +24,8 @@ Names follow ``dwcp_<subsystem>_<name>_<unit>``, counters end in ``_total``::
     dwcp_transport_retransmits_total{peer}                   counter (TCP segments)
     dwcp_codec_compression_ratio{codec}                      gauge (raw / wire so far)
     dwcp_build_info{version,backend,python}                  gauge = 1
-    + the registered sources (dwcp_health_status{check}, dwcp_cluster_breaker_state{peer}, ...)
+    + the registered sources (dwcp_health_status{check}, dwcp_cluster_breaker_state{peer},
+      dwcp_transport_connections_refused_total{reason}, dwcp_transport_connections_unauthenticated, ...)
 
 Race-freedom under reconfiguration: ``reconfigure(per_peer=False)`` (a
 reload) makes later updates use the peer label "*" while data-plane threads

@@ -11,6 +11,13 @@ Rules
    that long is a stalled stream (``TimeoutError``, an OSError).
 4. A peer that closes mid-frame raises ``BrokenResourceError``; one that
    closes between frames makes ``recv_header`` return None.
+5. Deadlines are absolute, so a peer dripping a byte at a time cannot push
+   them back.  With ``header_timeout_s``, a header whose first byte arrived
+   must be whole that many seconds later (else ``HeaderTimeoutError``, a
+   RemoteProtocolError: the stream is out of step, no read may be retried).
+   While ``deadline`` (a ``time.monotonic()`` value) is set, every read must
+   be done by then (else ``TimeoutError``): the server's HELLO deadline.
+   A read under a deadline restores the socket's timeout afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import os
 import select
 import socket
 import ssl
+import time
 
 from dwcp._backend import impl as _k
-from dwcp.errors import BrokenResourceError, RemoteProtocolError, StorageError
+from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
 
@@ -35,9 +43,11 @@ PIPE_BYTES = 1 << 20
 
 
 class FrameSocket:
-    def __init__(self, sock: socket.socket, *, timeout_s: float | None) -> None:
+    def __init__(self, sock: socket.socket, *, timeout_s: float | None, header_timeout_s: float | None = None) -> None:
         self.sock = sock
         sock.settimeout(timeout_s)
+        self.header_timeout_s = header_timeout_s  # None: only the socket's timeout, per read
+        self.deadline: float | None = None  # time.monotonic() by which every read must be done; None: none
         self._hdr = bytearray(C.HEADER_SIZE)
         self._hmv = memoryview(self._hdr)
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -74,10 +84,28 @@ class FrameSocket:
         r, _, _ = select.select([self.sock], [], [], timeout)
         return bool(r)
 
+    def _recv_by(self, mv: memoryview, deadline: float) -> int:
+        """One ``recv_into(mv)`` that waits no longer than the socket's timeout, nor past ``deadline``.
+
+        Raises TimeoutError once ``deadline`` has passed.
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(left if timeout is None else min(timeout, left))
+        try:
+            return self.sock.recv_into(mv)
+        finally:
+            self.sock.settimeout(timeout)
+
     def _recv_exact(self, mv: memoryview, got: int = 0) -> None:
         n = mv.nbytes
         while got < n:
-            k = self.sock.recv_into(mv[got:], n - got)
+            if self.deadline is None:
+                k = self.sock.recv_into(mv[got:], n - got)
+            else:
+                k = self._recv_by(mv[got:], self.deadline)
             if k == 0:
                 raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {n} bytes)")
             got += k
@@ -87,12 +115,44 @@ class FrameSocket:
         self._recv_exact(mv)
 
     def recv_header(self):
-        """The next frame's parsed header, or None on a clean end of stream."""
-        k = self.sock.recv_into(self._hmv, C.HEADER_SIZE)
+        """The next frame's parsed header, or None on a clean end of stream.
+
+        The first byte may take the socket's timeout (or until ``deadline``);
+        the rest must follow within ``header_timeout_s`` of it (rule 5).
+        """
+        if self.deadline is None:
+            k = self.sock.recv_into(self._hmv, C.HEADER_SIZE)
+        else:
+            k = self._recv_by(self._hmv, self.deadline)
         if k == 0:
             return None
-        self._recv_exact(self._hmv, k)
+        if k < C.HEADER_SIZE and self.header_timeout_s is not None:
+            self._recv_header_rest(k)
+        else:
+            self._recv_exact(self._hmv, k)
         return _k.parse_header(self._hdr)
+
+    def _recv_header_rest(self, got: int) -> None:
+        assert self.header_timeout_s is not None
+        started = time.monotonic()
+        header_deadline = started + self.header_timeout_s
+        deadline = header_deadline if self.deadline is None else min(header_deadline, self.deadline)
+        while got < C.HEADER_SIZE:
+            timeout, left = self.sock.gettimeout(), deadline - time.monotonic()
+            try:
+                k = self._recv_by(self._hmv[got:], deadline)
+            except TimeoutError:
+                if deadline == header_deadline and (timeout is None or timeout >= left):  # not a stall, nor `deadline`
+                    raise HeaderTimeoutError(
+                        f"frame header incomplete {time.monotonic() - started:.1f} s after its first byte "
+                        f"({got} of {C.HEADER_SIZE} bytes; header_timeout_s {self.header_timeout_s})",
+                        C.ERR_TRUNCATED,
+                    ) from None
+                raise
+            if k == 0:
+                raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {C.HEADER_SIZE} bytes)")
+            got += k
+        self.bytes_received += C.HEADER_SIZE
 
     @property
     def can_splice(self) -> bool:

@@ -2,9 +2,16 @@
 
 Theory of operation
 -------------------
-One listening socket; a thread per connection (bounded by
-``listen.max_connections``).  Every connection starts with mutual TLS
-(unless ``security.plaintext``) and one HELLO frame:
+One listening socket; a thread per admitted connection.  Every connection
+starts with mutual TLS (unless ``security.plaintext``) and one HELLO frame,
+and is *pending* until both passed (a data stream: until its transfer id and
+token did).  ``admission.Admission`` decides at accept who gets one of the
+``listen.max_connections`` slots (rules there: a pool of
+``max_unauthenticated`` pending slots, ``max_unauthenticated_per_source``
+per source address, silent squatters evicted first); the first byte, the TLS
+handshake and the HELLO must all arrive by ``listen.handshake_timeout_s``
+after accept, and every frame header within ``listen.header_timeout_s`` of
+its first byte (absolute deadlines: a drip does not push them back).
 
 * ``role=control, op=send`` opens a transfer: the key is validated, the
   mode chosen (``delta`` if we hold the proposed baseline digest, ``pages``
@@ -47,6 +54,10 @@ Rules
    object by the same peer takes over a running one -- its sender gave up
    (a silent partition leaves the receiver waiting on a dead control
    stream); anyone else is told who holds the key and how long it may.
+8. A connection refused at accept is reset (no thread, no TIME_WAIT here);
+   an evicted one is shut down, which wakes its thread.  Per-connection
+   refusals and evictions are logged at most once per ``_ADMISSION_LOG_S``
+   (with a count): an attacker must not be able to flood the log.
 """
 
 from __future__ import annotations
@@ -55,8 +66,10 @@ import hmac
 import logging
 import os
 import secrets
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +82,7 @@ from dwcp.config import Config
 from dwcp.errors import (
     BrokenResourceError,
     DWCPError,
+    HeaderTimeoutError,
     IntegrityError,
     InvalidKeyError,
     KeyBusyError,
@@ -79,6 +93,7 @@ from dwcp.storage import ObjectStore, close_mapping, min_chunk_size, validate_ke
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
+from .admission import REASONS, Admission, Limits, source_key
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 
@@ -89,6 +104,13 @@ log = logging.getLogger("dwcp.server")
 PROTOCOL_VERSION = 1
 CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
 PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
+_ADMISSION_LOG_S = 10.0  # at most one log line per this many seconds about refused/evicted connections
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT
+# an admission reason (admission.REASONS) -> what was full, and the setting that bounds it
+_LIMIT_NAMES = {"per_source": "its source's unauthenticated slots", "unauthenticated": "the unauthenticated pool",
+                "max_connections": "every connection slot"}  # fmt: skip
+_SETTINGS = {"per_source": "max_unauthenticated_per_source", "unauthenticated": "max_unauthenticated",
+             "max_connections": "max_connections"}  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -196,6 +218,26 @@ class _Forwarder(threading.Thread):
             log.warning("relay of %s to %s failed: %s", self.t.key, self.to, self.error)
 
 
+def _limits(config: Config) -> Limits:
+    lc = config.listen
+    return Limits(lc.max_connections, lc.unauthenticated_limit, lc.max_unauthenticated_per_source)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (time.monotonic()); TimeoutError when it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class DataServer:
     def __init__(self, config: Config, *, store: ObjectStore | None = None,
                  events: TransferEvents | None = None) -> None:  # fmt: skip
@@ -214,8 +256,9 @@ class DataServer:
             )
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-        self._slots = threading.BoundedSemaphore(config.listen.max_connections)
+        self._conns: dict[int, socket.socket] = {}  # admitted conn id -> its socket now (TLS-wrapped once wrapped)
+        self._admission = Admission(_limits(config))  # under self._lock
+        self._admission_log = [0.0, 0]  # (when the last line was logged, events since): rule 4
         self._transfers: dict[int, _Transfer] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -228,6 +271,8 @@ class DataServer:
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
         self.stats.update(refused_acl_total=0, refused_relay_total=0)  # security.acl, security.relay_allow
+        self.stats.update({f"{what}_{r}_total": 0 for what in ("refused", "evicted") for r in REASONS},
+                          handshake_timeouts_tls_total=0, handshake_timeouts_hello_total=0, header_timeouts_total=0)
 
     def _count(self, name: str, n: int) -> None:
         # stream threads update these concurrently: `+=` on a dict entry is a
@@ -238,6 +283,12 @@ class DataServer:
     def stats_snapshot(self) -> dict[str, int]:
         with self._stats_lock:
             return dict(self.stats)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Connections admitted and not authenticated yet (a gauge)."""
+        with self._lock:
+            return self._admission.pending
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -267,12 +318,9 @@ class DataServer:
                 pass
             self._sock.close()
         with self._lock:
-            conns = list(self._conns)
+            conns = list(self._conns.values())
         for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(c)
         if self._thread is not None:
             self._thread.join(5)
 
@@ -331,24 +379,86 @@ class DataServer:
                 if self._closing:
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
-                log.warning("refusing %s: %d connections already", addr, self.config.listen.max_connections)
+            accepted = time.monotonic()
+            with self._lock:
+                self._admission.limits = _limits(self.config)  # a reload's limits apply from the next accept
+                self._mark_spoken()
+                v = self._admission.admit(source_key(addr[0]))
+                if v.conn is not None:
+                    self._conns[v.conn] = conn
+                if v.evicted is not None:
+                    # silent: its thread still waits for a first byte on the plain socket; it closes that
+                    # socket only after leaving _conns under this lock, so the fd is still this connection's
+                    _shutdown(self._conns[v.evicted])
+            if v.conn is None:
+                self._count(f"refused_{v.reason}_total", 1)
+                self._log_admission("refused", addr, v.reason)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 conn.close()
                 continue
+            if v.evicted is not None:
+                self._count(f"evicted_{v.reason}_total", 1)
+                self._log_admission("evicted the oldest silent connection for", addr, v.reason)
             self._count("connections_total", 1)
-            threading.Thread(target=self._serve, args=(conn, addr), name=f"dwcp-conn-{addr[1]}", daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, addr, v.conn, accepted), name=f"dwcp-conn-{addr[1]}",
+                             daemon=True).start()  # fmt: skip
 
-    def _serve(self, conn: socket.socket, addr) -> None:
-        with self._lock:
-            self._conns.add(conn)
+    def _mark_spoken(self) -> None:
+        """Tell the admission which silent connections have bytes waiting (under self._lock).
+
+        Asked of the kernel, not of their threads: a thread that has not run
+        yet must not cost a client that spoke its slot.
+        """
+        silent = self._admission.silent()
+        if not silent:
+            return
+        poller = select.poll()
+        fds = {}
+        for c in silent:
+            fd = self._conns[c].fileno()
+            if fd >= 0:
+                fds[fd] = c
+                poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(0):
+            self._admission.spoke(fds[fd])
+
+    def _log_admission(self, what: str, addr, reason: str) -> None:
+        """One line about a refused or evicting connection, at most every _ADMISSION_LOG_S (rule 4)."""
+        now = time.monotonic()
+        with self._stats_lock:
+            last, n = self._admission_log
+            if last and now - last < _ADMISSION_LOG_S:
+                self._admission_log[1] = n + 1
+                return
+            self._admission_log[:] = [now, 0]
+        more = f"; {n} more refused or evicting in the {now - last:.0f} s before" if n else ""
+        log.warning("%s %s:%s: %s full (listen.%s)%s", what, addr[0], addr[1], _LIMIT_NAMES[reason],
+                    _SETTINGS[reason], more)  # fmt: skip
+
+    def _serve(self, conn: socket.socket, addr, cid: int, accepted: float) -> None:
         fs: FrameSocket | None = None
         peer_name = f"plaintext:{addr[0]}"
+        lc = self.config.listen
+        deadline = accepted + lc.handshake_timeout_s
+        stage = "tls" if self._ssl is not None else "hello"
+        authenticated = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(self.config.transport.connect_timeout_s)
+            conn.settimeout(_left(deadline))
+            if not conn.recv(1, socket.MSG_PEEK):
+                return  # the client left without a word, or we evicted it (shutdown)
+            with self._lock:
+                if not self._admission.spoke(cid):
+                    return  # evicted just before its first byte arrived
             if self._ssl is not None:
+                conn = self._ssl.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                with self._lock:
+                    self._conns[cid] = conn
+                conn.settimeout(_left(deadline))
                 try:
-                    conn = self._ssl.wrap_socket(conn, server_side=True)
+                    conn.do_handshake()  # one deadline for the whole handshake, however the bytes trickle
+                except TimeoutError:
+                    raise
                 except (ssl.SSLError, OSError) as exc:
                     self._count("tls_failures_total", 1)
                     log.warning("TLS handshake with %s:%s refused: %s", addr[0], addr[1], exc)
@@ -358,8 +468,11 @@ class DataServer:
                 peer = peer_name = peer_identity(conn)
             else:
                 peer = peer_name
-            fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s)
+            stage = "hello"
+            fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s, header_timeout_s=lc.header_timeout_s)
+            fs.deadline = deadline
             got = fs.recv_control(C.FRAME_HELLO)
+            fs.deadline = None
             if got is None:
                 return
             h, hello = got
@@ -367,8 +480,13 @@ class DataServer:
                 raise RemoteProtocolError("connection must start with HELLO", C.ERR_BAD_FRAME_TYPE)
             if hello["v"] != PROTOCOL_VERSION:
                 raise RemoteProtocolError(f"protocol version {hello['v']} not supported", C.ERR_BAD_VERSION)
-            if hello["role"] == "data":
-                self._data(fs, h.transfer_id, hello, peer)
+            # a data stream's credential is its transfer's token: a bad one is refused before it counts
+            t = self._joined_transfer(h.transfer_id, hello, peer) if hello["role"] == "data" else None
+            with self._lock:
+                self._admission.authenticated(cid)
+            authenticated = True
+            if t is not None:
+                self._data(fs, t)
             elif hello.get("op") == "fetch":
                 self._fetch(fs, h.transfer_id, hello, peer)
             elif hello.get("op") == "raft":
@@ -387,11 +505,20 @@ class DataServer:
             else:
                 self._control(fs, h.transfer_id, hello, peer)
         except RemoteProtocolError as exc:
+            if isinstance(exc, HeaderTimeoutError):
+                self._count("header_timeouts_total", 1)
             self._count("protocol_errors_total", 1)
             self.events.protocol_error(peer_name, exc.code)
             log.warning("protocol error from %s:%s: %s (code %d); closing", addr[0], addr[1], exc, exc.code)
             if fs is not None:
                 self._send_error(fs, exc.code, str(exc))
+        except TimeoutError as exc:
+            if authenticated:
+                log.info("connection from %s:%s ended: %s", addr[0], addr[1], exc)
+            else:
+                self._count(f"handshake_timeouts_{stage}_total", 1)
+                log.info("closing %s:%s: no %s %.1f s after accept (listen.handshake_timeout_s)", addr[0], addr[1],
+                         "TLS handshake" if stage == "tls" else "HELLO", time.monotonic() - accepted)  # fmt: skip
         except (BrokenResourceError, OSError) as exc:
             log.info("connection from %s:%s ended: %s", addr[0], addr[1], exc)
         except Exception:  # a bug must not take the server down; it is logged loudly
@@ -399,13 +526,13 @@ class DataServer:
             if fs is not None:
                 self._send_error(fs, 0, "internal error")
         finally:
-            with self._lock:
-                self._conns.discard(conn)
+            with self._lock:  # first: the accept loop touches only sockets still in _conns (see there)
+                self._conns.pop(cid, None)
+                self._admission.closed(cid)
             try:
                 conn.close()
             except OSError:
                 pass
-            self._slots.release()
 
     @staticmethod
     def _linger(fs: FrameSocket, timeout_s: float = 2.0) -> None:
@@ -687,11 +814,16 @@ class DataServer:
         return fwd
 
     # -- data streams ----------------------------------------------------
-    def _data(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+    def _joined_transfer(self, transfer_id: int, hello: dict, peer: str) -> _Transfer:
+        """The running transfer a data stream's HELLO names, with its token, from the same peer."""
         with self._lock:
             t = self._transfers.get(transfer_id)
-        if t is None or not hmac.compare_digest(t.token, hello.get("token", "")) or t.peer != peer:
+        token = hello.get("token", "")
+        if t is None or t.peer != peer or not token.isascii() or not hmac.compare_digest(t.token, token):
             raise RemoteProtocolError(f"data stream for unknown transfer {transfer_id:x}", C.ERR_BAD_FIELD)
+        return t
+
+    def _data(self, fs: FrameSocket, t: _Transfer) -> None:
         with t.lock:
             if t.closed:
                 return
