@@ -211,11 +211,12 @@ class FrameSocket:
             self._recv_exact(scratch[:step])
             left -= step
 
-    def recv_control(self, *expect: int):
+    def recv_control(self, *expect: int, max_len: int = C.MAX_CONTROL_LEN):
         """(header, message) of the next control frame; None at end of stream.
 
         PAGE_HASHES frames come back with their raw payload as the message.
-        An ERROR frame from the peer is returned like any other.
+        An ERROR frame from the peer is returned like any other.  A payload
+        over ``max_len`` bytes is refused before anything is allocated for it.
         """
         h = self.recv_header()
         if h is None:
@@ -226,6 +227,8 @@ class FrameSocket:
             raise RemoteProtocolError(
                 f"unexpected frame type {h.frame_type} (expected one of {expect})", C.ERR_BAD_FRAME_TYPE
             )
+        if h.enc_len > max_len:
+            raise RemoteProtocolError(f"a {h.enc_len}-byte control message (at most {max_len} here)", C.ERR_BAD_LENGTH)
         payload = self.recv_payload(h)
         if h.frame_type == C.FRAME_PAGE_HASHES:
             verify_payload(h, payload)

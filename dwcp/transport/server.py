@@ -104,6 +104,7 @@ log = logging.getLogger("dwcp.server")
 PROTOCOL_VERSION = 1
 CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
 PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
+MAX_HELLO_BYTES = 64 << 10  # a HELLO is a few hundred bytes of JSON: an unauthenticated peer gets no more
 _ADMISSION_LOG_S = 10.0  # at most one log line per this many seconds about refused/evicted connections
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT
 # an admission reason (admission.REASONS) -> what was full, and the setting that bounds it
@@ -471,7 +472,7 @@ class DataServer:
             stage = "hello"
             fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s, header_timeout_s=lc.header_timeout_s)
             fs.deadline = deadline
-            got = fs.recv_control(C.FRAME_HELLO)
+            got = fs.recv_control(C.FRAME_HELLO, max_len=MAX_HELLO_BYTES)
             fs.deadline = None
             if got is None:
                 return

@@ -275,6 +275,19 @@ def test_a_hello_costs_a_few_mib_whatever_it_announces(tmp_path):
         assert all(os.stat(os.path.join(srv.store.data_dir, "partial", n)).st_blocks * 512 < MiB for n in part)
 
 
+def test_an_oversized_hello_is_refused_unread(tmp_path):
+    from dwcp.transport.framesock import FrameSocket
+
+    with DataServer(server_config(tmp_path / "rx")) as srv, socket.create_connection(srv.address, timeout=10) as s:
+        fs = FrameSocket(s, timeout_s=10)
+        frame = encode_control(C.FRAME_HELLO, 5, {"v": 1, "role": "control", "op": "send", "key": "k" * 4000,
+                                                  "caps": ["x" * 4000] * 30})  # fmt: skip
+        assert len(frame) > 100_000
+        fs.send(frame[: C.HEADER_SIZE])  # the header alone: the payload it announces is never waited for
+        h, msg = fs.recv_control()
+        assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_LENGTH and "control message" in msg["message"]
+
+
 def test_max_object_bytes_refuses_before_storing(tmp_path):
     with DataServer(server_config(tmp_path / "rx", sections={"storage": {"max_object_bytes": 8 * MiB}})) as srv:
         got = _hello(srv.address[1], 8 * MiB + 4096, 4096)
