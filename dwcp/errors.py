@@ -18,6 +18,9 @@ The hierarchy says who is at fault:
 * ``BrokenResourceError`` -- the peer or network broke it; raised ``from``
   the underlying cause.
 * ``InternalError``       -- a bug in dwcp.
+* ``StorageError``        -- the receiver's disk (full, I/O error).
+* ``SourceError``         -- the sender's own file (a FIFO, unreadable, or
+  ``SourceChangedError``: it shrank or grew while being sent).
 
 Socket errors stay built-in ``OSError`` subclasses.
 """
@@ -39,6 +42,8 @@ __all__ = [
     "InvalidKeyError",
     "KeyBusyError",
     "StorageError",
+    "SourceError",
+    "SourceChangedError",
 ]
 
 
@@ -133,3 +138,16 @@ class KeyBusyError(DWCPError):
 
 class StorageError(DWCPError):
     """The receiver could not store an object (disk full, I/O error); see ``__cause__``."""
+
+
+class SourceError(DWCPError):
+    """The local source of a send cannot be used or read; the message names it.
+
+    ``stats``: what the sender had sent when it failed, when it was sending (as TransferError's).
+    """
+
+    stats: dict = {}
+
+
+class SourceChangedError(SourceError):
+    """The source file changed size (or ended early) while it was being sent."""

@@ -216,6 +216,31 @@ class ObjectStore:
         infos.sort(key=lambda t: (latest is not None and t[1].digest == latest.digest, t[0]), reverse=True)
         return [i for _, i in infos]
 
+    def remove_version(self, info: VersionInfo) -> None:
+        """Delete one verified version; LATEST then names the newest one left (or goes, with the last).
+
+        For a copy found damaged (a sender's baseline that fails its digest):
+        the key keeps its other versions and nothing names a missing file.
+        """
+        d = self._key_dir(info.key)
+        with self._lock:
+            if info.key in self._leases:
+                raise KeyBusyError(f"key {info.key!r} is busy: another transfer is writing it; retry later")
+            try:
+                latest = self.latest(info.key)
+                os.unlink(info.path)
+                if latest is not None and latest.digest == info.digest:
+                    rest = self.versions(info.key)  # newest first: LATEST's own file is gone
+                    if rest:
+                        write_atomic(os.path.join(d, "LATEST"), rest[0].digest.hex() + "\n")
+                    else:
+                        os.unlink(os.path.join(d, "LATEST"))
+                _fsync_dir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot remove version {info.digest.hex()} of {info.key!r}: {exc.strerror}") from exc
+
     def keys(self) -> list[str]:
         try:
             return sorted(unescape_key(n) for n in os.listdir(self._objects)

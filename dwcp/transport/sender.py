@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import secrets
 import socket
 import ssl
@@ -641,11 +640,9 @@ class Sender:
         log.warning("local baseline %s of %s fails its digest: dropped; this send goes without a base",
                     info.path, info.key)  # fmt: skip
         try:
-            os.unlink(info.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # it stays; every send of the key checks it and goes without it
-            log.warning("could not remove %s: %s", info.path, exc.strerror or exc)
+            self.baselines.remove_version(info)
+        except DWCPError as exc:  # it stays; every send of the key checks it and goes without it
+            log.warning("could not remove it: %s", exc)
 
     @staticmethod
     def _heard_on_control(ctrl: FrameSocket, state: _State) -> None:

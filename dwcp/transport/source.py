@@ -41,26 +41,13 @@ import threading
 import xxhash
 
 from dwcp._backend import impl as _k
-from dwcp.errors import DWCPError
+from dwcp.errors import SourceChangedError, SourceError
 
 __all__ = ["BufferSource", "FileSource", "SourceChangedError", "SourceError", "as_source"]
 
 # whole-object hashing reads this much at a time: large enough that the syscalls do not show,
 # small enough to stay in L2/L3 between the read and the hash
 _HASH_BLOCK = 4 << 20
-
-
-class SourceError(DWCPError):
-    """The local source of a send cannot be used or read; the message names it.
-
-    ``stats``: what the sender had sent when it failed, when it was sending (as TransferError's).
-    """
-
-    stats: dict = {}
-
-
-class SourceChangedError(SourceError):
-    """The source file changed size (or ended early) while it was being sent."""
 
 
 class BufferSource:

@@ -229,6 +229,23 @@ def test_a_failed_publish_leaves_no_orphan_and_resumes(tmp_path, monkeypatch):
     assert bytes(s.open_version(p.commit())) == new
 
 
+def test_remove_version_keeps_latest_naming_a_file(tmp_path):
+    s = ObjectStore(tmp_path, keep_versions=3)
+    a, b = put(s, "k", b"a" * 100), put(s, "k", b"b" * 100)
+    s.remove_version(a)  # not the latest: LATEST untouched
+    assert s.latest("k") == b and [v.digest for v in s.versions("k")] == [b.digest]
+    c = put(s, "k", b"c" * 100)
+    s.remove_version(c)  # the latest: the newest left takes its place
+    assert s.latest("k") == b
+    s.remove_version(b)  # the last one: the key is gone
+    assert s.latest("k") is None and s.keys() == [] and s.versions("k") == []
+    s.remove_version(b)  # already gone: nothing to do
+    p = s.begin("k", bytes(16), 10, CS)
+    with pytest.raises(KeyBusyError):
+        s.remove_version(a)
+    p.abort()
+
+
 def test_concurrent_chunk_writes(tmp_path):
     data = os.urandom(64 * CS)
     s = ObjectStore(tmp_path)
