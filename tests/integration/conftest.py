@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -26,3 +29,29 @@ def pki(tmp_path_factory):
         "tx": issue_node(root / "ca", "tx"),
         "mallory": issue_node(root / "evil", "mallory"),
     }
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """``mount(size)`` mounts a tmpfs of ``size`` ("8m") under tmp_path and returns it: a disk that fills.
+
+    Needs root (skips otherwise); unmounted after the test.
+    """
+    mounts = []
+
+    def mount(size: str):
+        if os.geteuid() != 0:
+            pytest.skip("needs root to mount a small tmpfs")
+        mnt = tmp_path / f"small{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for m in mounts:
+            subprocess.run(["umount", "-l", str(m)], check=False)

@@ -190,18 +190,8 @@ def test_a_silent_partition_does_not_lock_the_key(tmp_path):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(small_tmpfs):
+    return small_tmpfs("12m")
 
 
 def test_a_disk_that_fills_mid_transfer_is_one_clear_error(small_fs, caplog):
@@ -216,7 +206,7 @@ def test_a_disk_that_fills_mid_transfer_is_one_clear_error(small_fs, caplog):
                         f.write(b"\xff" * MiB)
                 except OSError:
                     pass
-            filled.append(1)
+            filled.append(time.monotonic())
 
     with DataServer(server_config(small_fs / "rx")) as srv:
         tp = TransportConfig(chunk_size_bytes=MiB, stall_timeout_s=3.0)
@@ -225,6 +215,10 @@ def test_a_disk_that_fills_mid_transfer_is_one_clear_error(small_fs, caplog):
                 Sender(tp, PLAIN).send(data, *srv.address, "vm/full", streams=2, rate_limit_bytes_per_s=16e6,
                                        progress=fill)  # fmt: skip
         assert filled and ei.value.code == C.ERR_STORAGE
+        assert time.monotonic() - filled[0] < 3, "the refusal ends the transfer at once"
+        msg = str(ei.value)
+        assert msg.startswith("receiver refused: cannot write 'vm/full': No space left on device")
+        assert msg.endswith(f"(code {C.ERR_STORAGE})")
         said = [r for r in caplog.records if "No space left" in r.getMessage()]
         assert len(said) == 1 and said[0].levelno == logging.ERROR, [r.getMessage() for r in said]
         assert not [r for r in caplog.records if r.exc_info], "no tracebacks for a full disk"

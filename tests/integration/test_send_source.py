@@ -356,50 +356,6 @@ def test_other_errors_on_a_data_stream_still_cost_the_stream_only():
     assert rx.data_streams == 4
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_a_disk_that_fills_mid_send_ends_the_transfer_with_the_receivers_reason(small_fs):
-    srv = DataServer(server_config(small_fs / "rx"))
-    srv.start()
-    try:
-        data = np.random.default_rng(12).integers(0, 256, 16 * MiB, dtype=np.uint8)
-        filled: list[float] = []
-
-        def progress(done, total):
-            if done and not filled:  # chunks land: now something else eats the disk
-                with open(small_fs / "filler", "wb") as f:
-                    try:
-                        f.write(b"\1" * (24 * MiB))
-                    except OSError:
-                        pass
-                filled.append(time.monotonic())
-
-        with pytest.raises(TransferError) as ei:
-            Sender(tx_config(max_stream_reconnects=32), PLAIN).send(data, *srv.address, "vm/full", streams=2,
-                                                                    rate_limit_bytes_per_s=8e6,
-                                                                    progress=progress)  # fmt: skip
-        assert filled, "premise: the disk filled while the send ran"
-        assert time.monotonic() - filled[0] < 3, "the refusal should end the transfer at once"
-    finally:
-        srv.close()
-    assert ei.value.code == C.ERR_STORAGE, str(ei.value)
-    assert str(ei.value).startswith("receiver refused: ") and "No space left on device" in str(ei.value)
-    assert str(ei.value).endswith(f"(code {C.ERR_STORAGE})")
-
-
 def test_a_cluster_send_takes_a_file_source_and_does_not_blame_the_peer_for_it(tmp_path):
     from dwcp.cluster.node import ClusterView
     from dwcp.config import from_dict
