@@ -28,7 +28,7 @@ __all__ = ["fetch"]
 
 def fetch(key: str, host: str, port: int, out_path: str, transport: TransportConfig, security: SecurityConfig,
           *, node_id: str = "node") -> dict:  # fmt: skip
-    from dwcp.storage import validate_key
+    from dwcp.storage import MAX_CHUNKS, min_chunk_size, validate_key
 
     key = validate_key(key)
     t0 = time.perf_counter()
@@ -47,6 +47,9 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
         size, digest, chunk_size = welcome["size"], bytes.fromhex(welcome["digest"]), welcome["chunk_size"]
         if size > MAX_OBJECT_BYTES:
             raise RemoteProtocolError(f"object of {size} bytes is too large", C.ERR_BAD_LENGTH)
+        if chunk_size < min_chunk_size(size):  # its chunk list is allocated below: bounded like a receiver's
+            raise RemoteProtocolError(f"{size} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks",
+                                      C.ERR_BAD_LENGTH)  # fmt: skip
         spans = chunk_spans(size, chunk_size)
         os.ftruncate(fd, size)
         m = mmap.mmap(fd, size) if size else None

@@ -989,7 +989,7 @@ class DataServer:
         if info is None:
             self._send_error(fs, C.ERR_BAD_FIELD, f"no verified version of {key!r} here")
             return
-        chunk_size = self.config.transport.chunk_size_bytes
+        chunk_size = max(self.config.transport.chunk_size_bytes, min_chunk_size(info.size))
         fs.send(encode_control(C.FRAME_WELCOME, transfer_id, {"mode": "fetch", "size": info.size,
                 "digest": info.digest.hex(), "chunk_size": chunk_size, "node": self.config.node.id}))  # fmt: skip
         data = memoryview(self.store.open_version(info)) if info.size else memoryview(b"")

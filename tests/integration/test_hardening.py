@@ -282,6 +282,35 @@ def test_an_oversized_hello_is_refused_unread(tmp_path):
         assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_LENGTH and "control message" in msg["message"]
 
 
+def test_a_fetch_answer_announcing_too_many_chunks_is_refused(tmp_path):
+    from dwcp.errors import RemoteProtocolError
+    from dwcp.transport.framesock import FrameSocket
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        c, _ = lsock.accept()
+        with c:
+            fs = FrameSocket(c, timeout_s=5)
+            fs.recv_control(C.FRAME_HELLO)
+            fs.send(encode_control(C.FRAME_WELCOME, 1, {"mode": "fetch", "size": 1 << 40, "digest": "ab" * 16,
+                                                        "chunk_size": 4096}))  # fmt: skip
+            fs.recv_header()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        tracemalloc.start()
+        with pytest.raises(RemoteProtocolError, match="more than 1048576 chunks"):
+            fetch("k", *lsock.getsockname(), str(tmp_path / "out"), TransportConfig(), PLAIN)
+        assert tracemalloc.get_traced_memory()[1] < 4 * MiB
+    finally:
+        tracemalloc.stop()
+        lsock.close()
+        th.join(5)
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_max_object_bytes_refuses_before_storing(tmp_path):
     with DataServer(server_config(tmp_path / "rx", sections={"storage": {"max_object_bytes": 8 * MiB}})) as srv:
         got = _hello(srv.address[1], 8 * MiB + 4096, 4096)
@@ -325,9 +354,9 @@ def test_per_key_authorization(tmp_path, people):
         assert ei.value.code == C.ERR_FORBIDDEN
         assert bytes(srv.store.open_version(srv.store.latest("alice/private"))) == secret  # untouched
         assert bob.send(b"mine", *srv.address, "shared/bob")["verified"]
-        with pytest.raises(Exception, match="bob is not allowed to read 'alice/private'"):
+        with pytest.raises(TransferError, match="bob is not allowed to read 'alice/private'") as ei:
             fetch("alice/private", *srv.address, str(tmp_path / "stolen"), tp, _tls(people["bob"]), node_id="bob")
-        assert not os.path.exists(tmp_path / "stolen")
+        assert ei.value.code == C.ERR_FORBIDDEN and not os.path.exists(tmp_path / "stolen")
         r = fetch("alice/pub/readme", *srv.address, str(tmp_path / "readme"), tp, _tls(people["bob"]), node_id="bob")
         assert r["size"] == 5 and (tmp_path / "readme").read_bytes() == b"hello"
         # relaying is a write on every hop: bob cannot route a write to alice's keys through a relay
