@@ -581,12 +581,12 @@ class DataServer:
 
     def _refuse(self, fs: FrameSocket, rep: dict, code: int, why: str, reason: str | None = None) -> None:
         """Answer a send or fetch with ERROR ``code`` before anything is stored or read."""
-        self._send_error(fs, code, why)
-        log.info("refused: %s (code %d)", why, code)
         rep["outcome"] = "refused"
-        if reason is not None:
+        if reason is not None:  # counted first: whoever reads the answer finds it counted
             self._count("refused_" + reason + "_total", 1)
             self.events.access_refused(reason)
+        log.info("refused: %s (code %d)", why, code)
+        self._send_error(fs, code, why)
 
     def _allowed(self, peer: str, key: str, right: str) -> bool:
         return self.config.security.allows(peer, key, right)

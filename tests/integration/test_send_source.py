@@ -298,8 +298,8 @@ class FakeReceiver:
             except OSError:
                 return
             t = threading.Thread(target=self._conn, args=(s,), daemon=True)
-            self._threads.append(t)
             t.start()
+            self._threads.append(t)  # started first: close() joins only started threads
 
     def _conn(self, s: socket.socket) -> None:
         fs = FrameSocket(s, timeout_s=5.0)
@@ -315,6 +315,7 @@ class FakeReceiver:
             dh = fs.recv_header()
             fs.skip_payload(dh)
             fs.send(encode_control(C.FRAME_ERROR, tid, {"code": self.code, "message": self.message}))
+            DataServer._linger(fs)  # as the real receiver: a close with chunks unread would reset the ERROR away
         except (OSError, TypeError):
             pass
         finally:
