@@ -313,6 +313,8 @@ class FakeReceiver:
                 return
             self.data_streams += 1
             dh = fs.recv_header()
+            if dh is None:  # the send already ended (another stream heard the refusal)
+                return
             fs.skip_payload(dh)
             fs.send(encode_control(C.FRAME_ERROR, tid, {"code": self.code, "message": self.message}))
             DataServer._linger(fs)  # as the real receiver: a close with chunks unread would reset the ERROR away
