@@ -3,7 +3,7 @@ PYTHON ?= python3
 # `pytest`, not `python -m pytest`: the latter puts the source tree (without
 # the compiled extensions) first on sys.path instead of the installed package.
 
-.PHONY: compile debug test testref testinstalled perf clean
+.PHONY: compile debug test testref testinstalled coverage perf clean
 
 compile:
 	$(PYTHON) setup.py build_ext --inplace
@@ -20,6 +20,15 @@ test:
 testref:
 	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit
 
+# Line and branch coverage over both backends (the same two passes as `make test`); prints the
+# table and the totals per package, writes htmlcov/ (see [tool.coverage] in pyproject.toml).
+coverage:
+	rm -f .coverage .coverage.*
+	pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. --cov --cov-report= tests
+	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. --cov --cov-append \
+		--cov-report=term --cov-report=html tests/unit
+	$(PYTHON) scripts/coverage_by_package.py
+
 # Run the tests against the installed package, away from the source tree.
 testinstalled:
 	cd "$${HOME}" && pytest -p no:cacheprovider --import-mode=importlib --rootdir=$(CURDIR) $(CURDIR)/tests
@@ -28,4 +37,4 @@ perf:
 	$(PYTHON) perf/bench_codec.py
 
 clean:
-	rm -rf build dist *.egg-info dwcp/_fast/*.c dwcp/_fast/*.so dwcp/_fast/*.html perf/results
+	rm -rf build dist *.egg-info dwcp/_fast/*.c dwcp/_fast/*.so dwcp/_fast/*.html perf/results htmlcov .coverage .coverage.*
