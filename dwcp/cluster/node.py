@@ -29,7 +29,7 @@ from .geo import Location, PrefixTable
 from .ring import HashRing
 from .routing import RegionGraph
 
-__all__ = ["ClusterView", "parse_target"]
+__all__ = ["ClusterView", "parse_target", "probe_handler"]
 
 log = logging.getLogger("dwcp.cluster")
 
@@ -47,6 +47,19 @@ def parse_target(text: str) -> tuple[str, str]:
     if sep and host and port.isdigit():
         return "addr", text
     return "node", text
+
+
+def probe_handler(node: NodeConfig, links: Callable[[], list[list]]):
+    """The data port's answer to a peer's probe (its op handler): this node's id and region, and the
+    region links it measured, ``links()`` -- [[from, to, latency_s, bytes_per_s], ...] -- for routing."""
+    from dwcp.wire import consts as C
+    from dwcp.wire.messages import encode_control
+
+    def answer(fs, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
+        fs.send(encode_control(C.FRAME_WELCOME, transfer_id, {"mode": "probe", "node": node.id, "region": node.region,
+                                                                "links": links()}))  # fmt: skip
+
+    return answer
 
 
 class ClusterView:

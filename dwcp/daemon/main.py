@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import dwcp
-from dwcp.cluster.node import ClusterView, parse_target
+from dwcp.cluster.node import ClusterView, parse_target, probe_handler
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
 from dwcp.consensus.epoch_driver import EpochDriver
@@ -44,7 +44,8 @@ from dwcp.ops.health import (
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.admission import REASONS as ADMISSION_REASONS
 from dwcp.transport.sender import Sender
-from dwcp.transport.server import DataServer
+from dwcp.transport.server import DataServer, message_stream
+from dwcp.wire import consts as C
 
 from .control import ControlServer
 from .http import OpsHTTPServer
@@ -91,7 +92,8 @@ class Daemon:
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
                              events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
-        self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
+        self.server.register("probe", probe_handler(
+            config.node, lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []))
         self.catalog_backend: RaftDriver | EpochDriver | EtcdCatalog | None = None
         cc = config.consensus
         if cc.enabled and cc.backend == "etcd":  # an external etcd keeps the log: no [cluster] peers needed
@@ -108,7 +110,7 @@ class Daemon:
                 self.catalog_backend = RaftDriver(config.node.id, peers, config.storage.data_dir,
                                                   transport=config.transport, ssl_ctx=self.sender._ssl,
                                                   tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
-            self.server.raft_deliver = self.catalog_backend.deliver
+            self.server.register("raft", message_stream(C.FRAME_RAFT, self.catalog_backend.deliver))
             self.server.on_commit = self._record_version
         self.health = HealthRegistry()
         self.notifier = Notifier()

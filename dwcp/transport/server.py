@@ -29,6 +29,8 @@ its first byte (absolute deadlines: a drip does not push them back).
   again.
 * ``role=control, op=fetch`` streams the latest verified version of a key
   back on the same connection.
+* any other op (consensus ``raft``, cluster ``probe``) goes to the handler
+  its owner registered (``register``); an op nobody registered is refused.
 
 Rules
 -----
@@ -97,13 +99,30 @@ from .admission import REASONS, Admission, Limits, source_key
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 
-__all__ = ["DataServer", "PROTOCOL_VERSION", "CAPS"]
+__all__ = ["DataServer", "OpHandler", "PROTOCOL_VERSION", "CAPS", "message_stream"]
 
 log = logging.getLogger("dwcp.server")
 
 PROTOCOL_VERSION = 1
 CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
 PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
+# A control stream's handler, by the op its HELLO names (DataServer.register):
+# (stream, transfer id, HELLO, verified identity or None on plaintext, peer name)
+OpHandler = Callable[[FrameSocket, int, dict, "str | None", str], None]
+
+
+def message_stream(frame_type: int, deliver: Callable[[dict, str | None], None]) -> OpHandler:
+    """A handler for a long-lived stream of ``frame_type`` messages (consensus): each goes to
+    ``deliver(message, identity)`` until the peer closes the stream."""
+
+    def serve(fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
+        fs.sock.settimeout(None)  # quiet while the cluster is
+        while (got := fs.recv_control(frame_type)) is not None:
+            deliver(got[1], identity)
+
+    return serve
+
+
 MAX_HELLO_BYTES = 64 << 10  # a HELLO is a few hundred bytes of JSON: an unauthenticated peer gets no more
 _ADMISSION_LOG_S = 10.0  # at most one log line per this many seconds about refused/evicted connections
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT
@@ -244,8 +263,8 @@ class DataServer:
                  events: TransferEvents | None = None) -> None:  # fmt: skip
         self.config = config
         self.events = events if events is not None else NO_EVENTS
-        self.link_source: Callable[[], list[list]] | None = None  # the daemon's region graph
-        self.raft_deliver: Callable[[dict, str | None], None] | None = None  # the daemon's consensus driver
+        # op -> handler of a control stream's HELLO (`register`); data streams join transfers
+        self._ops: dict[str, OpHandler] = {"send": self._control, "fetch": self._fetch}
         self.on_commit: Callable[[str, bytes, int], None] | None = None  # (key, digest, size) once stored
         self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self._ssl: ssl.SSLContext | None = None
@@ -325,9 +344,17 @@ class DataServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    def links(self) -> list[list]:
-        """Region links this node measured, for peers' routing: [[from, to, latency_s, bytes_per_s], ...]."""
-        return self.link_source() if self.link_source is not None else []
+    def register(self, op: str, handler: OpHandler) -> None:
+        """Serve control streams whose HELLO names ``op`` with ``handler`` (consensus, cluster probes...).
+
+        ``handler(fs, transfer_id, hello, identity, peer)`` owns the stream until it returns: ``identity``
+        is the peer's verified certificate identity (None on a plaintext port), ``peer`` the name it is
+        logged and judged by (``identity`` or ``plaintext:ADDR``).  A later registration of the same
+        op replaces the earlier one (a restarted driver); "send" and "fetch" are the server's own.
+        """
+        if op in ("send", "fetch"):
+            raise ValueError(f"op {op!r} is the data server's own")
+        self._ops[op] = handler
 
     def reconfigure(self, config: Config) -> None:
         """Run new transfers and connections with ``config`` (a reload's live settings)."""
@@ -488,23 +515,12 @@ class DataServer:
             authenticated = True
             if t is not None:
                 self._data(fs, t)
-            elif hello.get("op") == "fetch":
-                self._fetch(fs, h.transfer_id, hello, peer)
-            elif hello.get("op") == "raft":
-                if self.raft_deliver is None:
-                    raise RemoteProtocolError("this node runs no consensus", C.ERR_BAD_FIELD)
-                fs.sock.settimeout(None)  # a long-lived stream: quiet while the cluster is
-                while True:
-                    got = fs.recv_control(C.FRAME_RAFT)
-                    if got is None:
-                        return
-                    self.raft_deliver(got[1], None if self._ssl is None else peer)
-            elif hello.get("op") == "probe":
-                # a peer's liveness probe: our region and the links we measured (routing gossip)
-                fs.send(encode_control(C.FRAME_WELCOME, h.transfer_id, {"mode": "probe", "node": self.config.node.id,
-                                       "region": self.config.node.region, "links": self.links()}))  # fmt: skip
             else:
-                self._control(fs, h.transfer_id, hello, peer)
+                handler = self._ops.get(hello.get("op", ""))
+                if handler is None:
+                    raise RemoteProtocolError(f"{self.config.node.id} does not serve op {hello.get('op')!r}",
+                                              C.ERR_BAD_FIELD)  # fmt: skip
+                handler(fs, h.transfer_id, hello, peer if self._ssl is not None else None, peer)
         except RemoteProtocolError as exc:
             if isinstance(exc, HeaderTimeoutError):
                 self._count("header_timeouts_total", 1)
@@ -562,7 +578,7 @@ class DataServer:
             pass
 
     # -- control stream: one transfer ------------------------------------
-    def _control(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+    def _control(self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
         t0 = time.perf_counter()
         rep: dict[str, Any] = {"outcome": "failed", "size": 0, "wire": 0}
         try:
@@ -976,7 +992,7 @@ class DataServer:
             i = j
 
     # -- fetch: stream the latest version back ----------------------------
-    def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str) -> None:
+    def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
         try:
             key = validate_key(hello.get("key", ""))
         except InvalidKeyError as exc:

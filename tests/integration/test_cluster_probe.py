@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dwcp.cluster.node import ClusterView
+from dwcp.cluster.node import ClusterView, probe_handler
 from dwcp.config import from_dict
 from dwcp.security.tls import TLSConfig, client_context
 from dwcp.transport.server import DataServer
@@ -14,7 +14,8 @@ def test_probe_learns_liveness_rtt_and_the_peers_links(tmp_path, pki):
                      "security": {"ca_cert": rx.ca_cert, "cert": rx.cert, "key": rx.key},
                      "storage": {"data_dir": str(tmp_path / "far")}})  # fmt: skip
     with DataServer(cfg) as srv:
-        srv.link_source = lambda: [["mid", "far-region", 0.005, 2e9], ["elsewhere", "x", 0.1, 1.0]]
+        srv.register("probe", probe_handler(cfg.node, lambda: [["mid", "far-region", 0.005, 2e9],
+                                                               ["elsewhere", "x", 0.1, 1.0]]))  # fmt: skip
         host, port = srv.address
         me = from_dict({"node": {"id": "tx", "region": "home"}, "security": {"plaintext": True},
                         "cluster": {"peers": [{"id": "far", "address": f"{host}:{port}", "region": "mid"},
@@ -28,3 +29,36 @@ def test_probe_learns_liveness_rtt_and_the_peers_links(tmp_path, pki):
         assert v.graph.links(origin="elsewhere") == []
         # without a certificate the probe is refused like any other connection
         assert v.probe("far") is False
+
+
+def test_ops_are_served_only_once_registered(tmp_path):
+    import pytest
+
+    from dwcp._testbase.transfer import server_config
+    from dwcp.transport.framesock import FrameSocket
+    from dwcp.transport.sender import open_stream
+    from dwcp.wire import consts as C
+    from dwcp.wire.messages import encode_control
+
+    def ask(srv):
+        fs, _ = open_stream(*srv.address, from_dict({"security": {"plaintext": True}}).transport, None)
+        try:
+            fs.send(encode_control(C.FRAME_HELLO, 9, {"v": 1, "role": "control", "op": "probe", "node": "x"}))
+            return fs.recv_control(C.FRAME_WELCOME)[1]
+        finally:
+            fs.close()
+
+    with DataServer(server_config(tmp_path / "a", node="a")) as srv:
+        got = ask(srv)
+        assert got["code"] == C.ERR_BAD_FIELD and got["message"] == "a does not serve op 'probe'"
+        seen = []
+
+        def handler(fs: FrameSocket, tid: int, hello: dict, identity, peer: str) -> None:
+            seen.append((tid, hello["node"], identity, peer))
+            fs.send(encode_control(C.FRAME_WELCOME, tid, {"mode": "probe", "node": "a"}))
+
+        srv.register("probe", handler)
+        assert ask(srv) == {"mode": "probe", "node": "a"}
+        assert seen == [(9, "x", None, "plaintext:127.0.0.1")]  # plaintext: no verified identity
+        with pytest.raises(ValueError, match="the data server's own"):
+            srv.register("send", handler)

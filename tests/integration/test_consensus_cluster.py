@@ -55,7 +55,8 @@ def test_in_process_cluster_snapshots_catch_up_a_wiped_node_and_reads_are_linear
     from dwcp.config import TransportConfig
     from dwcp.consensus.driver import RaftDriver
     from dwcp.consensus.raft import Role
-    from dwcp.transport.server import DataServer
+    from dwcp.transport.server import DataServer, message_stream
+    from dwcp.wire import consts as C
 
     ids = ["r0", "r1", "r2"]
     servers = {i: DataServer(server_config(str(tmp_path / i), node=i)) for i in ids}
@@ -64,11 +65,13 @@ def test_in_process_cluster_snapshots_catch_up_a_wiped_node_and_reads_are_linear
     def driver(i: str) -> RaftDriver:
         d = RaftDriver(i, {p: addr[p] for p in ids if p != i}, str(tmp_path / i), transport=TransportConfig(),
                        tick_s=0.02, snapshot_every=20)  # fmt: skip
-        servers[i].raft_deliver = d.deliver
         d.start()
         return d
 
-    drivers = {i: driver(i) for i in ids}
+    drivers: dict[str, RaftDriver] = {}
+    for i in ids:  # a node's streams stay open across its driver's restart below: deliver to the current one
+        servers[i].register("raft", message_stream(C.FRAME_RAFT, lambda m, p, i=i: drivers[i].deliver(m, p)))
+    drivers.update({i: driver(i) for i in ids})
     try:
         deadline = time.monotonic() + 10
         while not any(d.node.role is Role.LEADER for d in drivers.values()):
