@@ -1,5 +1,11 @@
 """The data port: accepts control and data streams, receives objects into the store.
 
+This module is the I/O driver of the receiving side: it reads frames, moves
+bytes between sockets and the store, and asks the sans-IO transfer session
+(``dwcp.transport.session``) what they mean -- a send's validation, its mode
+and chunk size, the admission of every DATA frame, how a chunk is written,
+when the transfer has failed and when it may commit.
+
 Theory of operation
 -------------------
 One listening socket; a thread per admitted connection.  Every connection
@@ -91,20 +97,30 @@ from dwcp.errors import (
     RemoteProtocolError,
     StorageError,
 )
-from dwcp.storage import ObjectStore, close_mapping, min_chunk_size, validate_key
+from dwcp.storage import ObjectStore, Partial, close_mapping, min_chunk_size, validate_key
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
 from .admission import REASONS, Admission, Limits, source_key
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .session import (
+    ADMIT_CLAIMED,
+    ADMIT_HELD,
+    PROTOCOL_VERSION,
+    WRITE_ALL,
+    WRITE_DIRTY_PAGES,
+    WRITE_NONZERO_PAGES,
+    ReceiveSession,
+    SendHello,
+    parse_send,
+    plan,
+)
 
-__all__ = ["DataServer", "OpHandler", "PROTOCOL_VERSION", "CAPS", "message_stream"]
+__all__ = ["DataServer", "OpHandler", "message_stream"]
 
 log = logging.getLogger("dwcp.server")
 
-PROTOCOL_VERSION = 1
-CAPS = ["xbzrle", "zstd", "sparse", "pages", "resume"]
 PAGE_HASHES_PER_FRAME = 1 << 20  # 8 MiB of hashes per frame
 # A control stream's handler, by the op its HELLO names (DataServer.register):
 # (stream, transfer id, HELLO, verified identity or None on plaintext, peer name)
@@ -135,59 +151,35 @@ _SETTINGS = {"per_source": "max_unauthenticated_per_source", "unauthenticated": 
 
 @dataclass(eq=False)
 class _Transfer:
-    transfer_id: int
-    key: str
-    digest: bytes
-    size: int
-    chunk_size: int
-    mode: str
-    partial: Any  # type of partial is dwcp.storage.Partial
-    base: memoryview | None
-    base_digest: bytes | None
-    token: str
+    """A transfer's I/O side: its session decides (dwcp.transport.session), this holds what the driver moves."""
+
+    s: ReceiveSession
+    partial: Partial
+    base: memoryview | None  # the plan's baseline, mapped (deltas decode against it)
+    token: str  # what the sender's data streams must present
     peer: str
-    nchunks: int
     lock: threading.Lock = field(default_factory=threading.Lock)
-    claimed: set[int] = field(default_factory=set)
     streams: set[FrameSocket] = field(default_factory=set)
-    closed: bool = False
-    # What the .part holds where no chunk landed yet (Partial.seeded_from): zeros (zero and sparse
-    # chunks skip their zero pages), this transfer's base (deltas write only the pages they change),
-    # or another version (every byte of every chunk is written).
-    zero_filled: bool = True
-    seeded: bool = False
-    failure: tuple[int, str] | None = None  # (ERR_*, why): the transfer ends, the sender is told why
-    chunks_received: int = 0
-    chunks_nacked: int = 0
-    wire_bytes: int = 0
-    started: float = field(default_factory=time.monotonic)
-    progressed: float = field(default_factory=time.monotonic)  # when the last chunk landed
+    closed: bool = False  # the control stream is ending the transfer: no stream may join
 
     def __post_init__(self) -> None:
         self.quiet = threading.Condition(self.lock)  # notified as data streams leave
 
-    def span(self, idx: int) -> tuple[int, int]:
-        off = idx * self.chunk_size
-        return off, min(self.chunk_size, self.size - off)
+    @property
+    def transfer_id(self) -> int:
+        return self.s.hello.transfer_id
 
-    def fail(self, code: int, why: str) -> bool:
-        """End the transfer with ``why`` (the first failure wins); True if this call set it."""
-        with self.lock:
-            if self.failure is not None or self.closed:
-                return False
-            self.failure = (code, why)
-            return True
+    @property
+    def key(self) -> str:
+        return self.s.hello.key
 
-    def claim(self, idx: int) -> bool:
-        with self.lock:
-            if idx in self.claimed:
-                return False
-            self.claimed.add(idx)
-            return True
+    @property
+    def size(self) -> int:
+        return self.s.hello.size
 
-    def unclaim(self, idx: int) -> None:
-        with self.lock:
-            self.claimed.discard(idx)
+    @property
+    def chunk_size(self) -> int:
+        return self.s.chunk_size
 
 
 class _Forwarder(threading.Thread):
@@ -393,8 +385,8 @@ class DataServer:
         with self._lock:
             ts = list(self._transfers.values())
         now = time.monotonic()
-        return [{"transfer_id": t.transfer_id, "key": t.key, "mode": t.mode, "size": t.size, "peer": t.peer,
-                 "chunks_received": t.chunks_received, "streams": len(t.streams), "age_s": now - t.started}
+        return [{"transfer_id": t.transfer_id, "key": t.key, "mode": t.s.plan.mode, "size": t.size, "peer": t.peer,
+                 "chunks_received": t.s.chunks_received, "streams": len(t.streams), "age_s": now - t.s.started}
                 for t in ts]  # fmt: skip
 
     # -- accepting -------------------------------------------------------
@@ -609,57 +601,37 @@ class DataServer:
 
     def _control_transfer(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str, rep: dict) -> None:
         """One send's control stream; ``rep`` gets its outcome (see events.OUTCOMES) and sizes."""
-        for k in ("key", "size", "digest", "chunk_size"):
-            if k not in hello:
-                raise RemoteProtocolError(f"HELLO for a send lacks {k!r}", C.ERR_MALFORMED)
-        try:
-            key = validate_key(hello["key"])
-        except InvalidKeyError as exc:
-            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
-        size, chunk_size = hello["size"], hello["chunk_size"]
-        digest = bytes.fromhex(hello["digest"])
+        req = parse_send(transfer_id, hello)
+        key = req.key
         if not self._allowed(peer, key, "write"):
             return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{peer} is not allowed to write {key!r} on "
                                 f"{self.config.node.id} (no security.acl rule grants it)", "acl")  # fmt: skip
-        fwd_to = self._forward_target(hello)
-        if fwd_to is not None and not self._relay_target_ok(*fwd_to):
+        if req.forward_to is not None and not self._relay_target_ok(*req.forward_to):
             return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{key}: will not relay to {hello['forward']['to']}: "
                                 "not a [cluster] peer nor in security.relay_allow", "relay")  # fmt: skip
         if self._draining:
             return self._refuse(fs, rep, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} "
                                 "elsewhere or later")  # fmt: skip
         limit = self.config.storage.max_object_bytes
-        if limit and size > limit:
-            return self._refuse(fs, rep, C.ERR_TOO_LARGE, f"{key}: {size} bytes is more than this node's "
+        if limit and req.size > limit:
+            return self._refuse(fs, rep, C.ERR_TOO_LARGE, f"{key}: {req.size} bytes is more than this node's "
                                 f"storage.max_object_bytes ({limit})")  # fmt: skip
         with self._lock:
             if transfer_id in self._transfers:
                 raise RemoteProtocolError(f"transfer id {transfer_id} is already in use", C.ERR_BAD_FIELD)
-
-        mode, base_info = "full", None
-        proposed = hello.get("base_digest")
-        if proposed:
-            info = self.store.get(key, bytes.fromhex(proposed))
-            if info is not None and info.size == size:
-                mode, base_info = "delta", info
-        if mode == "full":
-            info = self.store.latest(key)
-            if info is not None and info.size == size and info.digest != digest and size > 0:
-                mode, base_info = "pages", info
-        resume_cs = self.store.partial_chunk_size(key, digest, size)
-        if resume_cs is not None and resume_cs != chunk_size and max(C.PAGE_SIZE, min_chunk_size(size)) <= resume_cs \
-                <= C.MAX_RAW_LEN and resume_cs % C.PAGE_SIZE == 0:  # fmt: skip
-            # an interrupted attempt used another chunk size: keep what it received (WELCOME says which)
-            log.info("send of %s: resuming in the partial's %d-byte chunks (sender proposed %d)", key, resume_cs,
-                     chunk_size)  # fmt: skip
-            chunk_size = resume_cs
-        elif chunk_size < min_chunk_size(size):
-            # per-transfer state is one bit per chunk, bounded: a huge object travels in bigger chunks
-            chunk_size = min_chunk_size(size)
+        proposed = self.store.get(key, req.base_digest) if req.base_digest is not None else None
+        latest = self.store.latest(key)
+        p = plan(req, holds_proposed=proposed is not None and proposed.size == req.size,
+                 latest=(latest.digest, latest.size) if latest is not None else None,
+                 resume_chunk_size=self.store.partial_chunk_size(key, req.digest, req.size))  # fmt: skip
+        if p.why_chunk_size:
+            log.info("send of %s: %d-byte chunks (sender proposed %d): %s", key, p.chunk_size, req.chunk_size,
+                     p.why_chunk_size)  # fmt: skip
+        base_info = None if p.base_digest is None else self.store.get(key, p.base_digest)
         # a delta/pages transfer seeds the partial from the base (which allocates
         # the space, and fails as early on a full disk): no separate fallocate
         try:
-            partial = self._begin(key, digest, size, chunk_size, peer, preallocate=base_info is None)
+            partial = self._begin(req, p.chunk_size, peer, preallocate=base_info is None)
         except KeyBusyError as exc:
             return self._refuse(fs, rep, C.ERR_BUSY, str(exc))
         t = None
@@ -667,69 +639,59 @@ class DataServer:
             bad = partial.verify_resumed()
             if bad:
                 log.warning("%s: %d resumed chunks failed re-verification and will be resent", key, len(bad))
-            base = memoryview(self.store.open_version(base_info)) if base_info is not None else None
-            t = _Transfer(
-                transfer_id, key, digest, size, chunk_size, mode, partial, base,
-                base_info.digest if base_info is not None else None, secrets.token_hex(32), peer, partial.nchunks,
-            )  # fmt: skip
-            if base_info is not None and partial.resumed == 0 and size:
+            if base_info is not None and partial.resumed == 0 and req.size:
                 partial.seed_from(base_info)
-            t.zero_filled = partial.seeded_from is None
-            t.seeded = base_info is not None and partial.seeded_from == base_info.digest
+            sess = ReceiveSession(req, p, held=partial.have, zero_filled=partial.seeded_from is None,
+                                  seeded=p.base_digest is not None and partial.seeded_from == p.base_digest,
+                                  now=time.monotonic())  # fmt: skip
+            base = memoryview(self.store.open_version(base_info)) if base_info is not None else None
+            t = _Transfer(sess, partial, base, secrets.token_hex(32), peer)
             with self._lock:
                 self._transfers[transfer_id] = t
-            have = bytes(partial.have)
-            resumed = partial.resumed
-            welcome = {"mode": mode, "token": t.token, "have": have.hex(), "resumed_chunks": resumed,
-                       "chunk_size": chunk_size, "node": self.config.node.id}  # fmt: skip
-            if t.base_digest is not None:
-                welcome["base_digest"] = t.base_digest.hex()
-            fs.send(encode_control(C.FRAME_WELCOME, transfer_id, welcome))
+            fs.send(encode_control(C.FRAME_WELCOME, transfer_id, sess.welcome(t.token, self.config.node.id)))
             log.info("transfer %x: %s from %s, %d bytes, mode %s, %d chunks already held%s",
-                     transfer_id, key, peer, size, mode, resumed,
-                     "" if t.zero_filled or t.seeded else " (over another version's bytes)")  # fmt: skip
-            if mode == "pages":
+                     transfer_id, key, peer, req.size, p.mode, sess.held_count,
+                     "" if sess.zero_filled or sess.seeded else " (over another version's bytes)")  # fmt: skip
+            if p.mode == "pages":
                 assert base is not None
                 hashes = _k.page_hashes(base, C.PAGE_SIZE)
                 step = PAGE_HASHES_PER_FRAME * 8
                 for i in range(0, len(hashes), step):
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
-            fwd = self._start_forwarder(t, fwd_to, digest) if fwd_to is not None else None
+            fwd = self._start_forwarder(t, req.forward_to, req.digest) if req.forward_to is not None else None
             # The control stream is quiet while the data streams work: a silent control stream is
             # only idle if the transfer made no progress either.  A failure of the transfer (the
             # disk, a takeover) is answered here, where the sender waits for DONE.
             idle = self.config.transport.idle_timeout_s
             while True:
-                if t.failure is not None:
+                if sess.failure is not None:
                     self._count("transfers_failed_total", 1)
-                    self._send_error(fs, *t.failure)
-                    rep.update(wire=t.wire_bytes)
+                    self._send_error(fs, *sess.failure)
+                    rep.update(wire=sess.wire_bytes)
                     return
                 if fs.readable(0.5):
                     got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
                     break
-                if time.monotonic() - t.progressed > idle:
+                if sess.idle_for(time.monotonic()) > idle:
                     raise TimeoutError(f"transfer {transfer_id:x} of {key}: no DONE and no chunk for {idle:.0f} s")
             if got is None or got[0].frame_type != C.FRAME_DONE:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
-                rep.update(outcome="interrupted", wire=t.wire_bytes)
+                rep.update(outcome="interrupted", wire=sess.wire_bytes)
                 return
-            missing = partial.missing()
-            if missing:
-                raise RemoteProtocolError(f"DONE with {len(missing)} chunks still missing", C.ERR_TRUNCATED)
+            sess.check_commit()
             try:
                 info = partial.commit()
             except IntegrityError as exc:
                 self._count("transfers_failed_total", 1)
                 self._send_error(fs, exc.code, f"{key}: {exc}")
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
-                rep.update(outcome="integrity", wire=t.wire_bytes)
+                rep.update(outcome="integrity", wire=sess.wire_bytes)
                 return
             self._count("transfers_ok_total", 1)
-            rep.update(outcome="ok", size=info.size, wire=t.wire_bytes)
+            rep.update(outcome="ok", size=info.size, wire=sess.wire_bytes)
             if self.on_commit is not None:
                 self.on_commit(key, info.digest, info.size)
-            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": t.nchunks}
+            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": sess.nchunks}
             if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
                 fwd.join()
                 if fwd.error is not None:
@@ -764,13 +726,14 @@ class DataServer:
                     self._transfers.pop(transfer_id, None)
                     self._idle.notify_all()
 
-    def _begin(self, key: str, digest: bytes, size: int, chunk_size: int, peer: str, *, preallocate: bool):
+    def _begin(self, req: SendHello, chunk_size: int, peer: str, *, preallocate: bool) -> Partial:
         """The key's write lease and partial; a stale attempt of the same send by the same peer is taken over.
 
         A sender that lost its connections (a silent partition: no FIN, no RST) retries while the
         receiver still waits on the first attempt; that attempt's sender has given up, so the new
         one ends it and resumes its partial.  Anyone else is told who holds the key and until when.
         """
+        key, digest, size = req.key, req.digest, req.size
         try:
             return self.store.begin(key, digest, size, chunk_size, preallocate=preallocate)
         except KeyBusyError:
@@ -780,16 +743,17 @@ class DataServer:
                 raise
             now = time.monotonic()
             if not holder.closed:  # (one that is closing gives its lease up within moments)
-                if holder.peer != peer or holder.digest != digest:
-                    left = max(0.0, self.config.transport.idle_timeout_s - (now - holder.progressed))
+                hs = holder.s
+                if holder.peer != peer or hs.hello.digest != digest:
+                    left = max(0.0, self.config.transport.idle_timeout_s - hs.idle_for(now))
                     raise KeyBusyError(
-                        f"key {key!r} is busy: {holder.peer} has been sending version {holder.digest.hex()} for "
-                        f"{now - holder.started:.0f} s; unless it progresses it is given up in {left:.0f} s; "
+                        f"key {key!r} is busy: {holder.peer} has been sending version {hs.hello.digest.hex()} for "
+                        f"{now - hs.started:.0f} s; unless it progresses it is given up in {left:.0f} s; "
                         "retry then"
                     ) from None
                 log.warning("transfer %x of %s: taken over by a new attempt of the same send from %s (quiet for "
-                            "%.1f s)", holder.transfer_id, key, peer, now - holder.progressed)  # fmt: skip
-                holder.fail(C.ERR_BUSY, f"{key}: taken over by a newer attempt of the same send")
+                            "%.1f s)", holder.transfer_id, key, peer, hs.idle_for(now))  # fmt: skip
+                hs.fail(C.ERR_BUSY, f"{key}: taken over by a newer attempt of the same send")
                 for s in list(holder.streams):
                     try:
                         s.sock.shutdown(socket.SHUT_RDWR)
@@ -812,17 +776,6 @@ class DataServer:
             if h.strip("[]").lower() == host.lower() and pt == str(port):
                 return True
         return False
-
-    @staticmethod
-    def _forward_target(hello: dict) -> tuple[str, int] | None:
-        """The next hop a relayed send names (checked before WELCOME), or None."""
-        if "forward" not in hello:
-            return None
-        to = hello["forward"]["to"]
-        host, sep, port = to.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise RemoteProtocolError(f"forward.to {to!r} is not HOST:PORT", C.ERR_BAD_FIELD)
-        return host.strip("[]"), int(port)
 
     def _start_forwarder(self, t: _Transfer, to: tuple[str, int], digest: bytes) -> _Forwarder:
         fwd = _Forwarder(self, t, to[0], to[1], digest)
@@ -853,10 +806,11 @@ class DataServer:
                 t.quiet.notify_all()
 
     def _data_loop(self, fs: FrameSocket, t: _Transfer) -> None:
+        sess, partial = t.s, t.partial
         scratch = bytearray()
-        chunk_buf = bytearray(t.chunk_size)
+        chunk_buf = bytearray(sess.chunk_size)
         idle = fs.sock.gettimeout()
-        while not t.closed and t.failure is None:
+        while not t.closed and sess.failure is None:
             fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s
             h = fs.recv_header()
             if h is None:
@@ -868,37 +822,17 @@ class DataServer:
             if h.frame_type == C.FRAME_CLOSE:
                 fs.skip_payload(h)
                 return
-            if h.frame_type != C.FRAME_DATA:
-                raise RemoteProtocolError(f"frame type {h.frame_type} on a data stream", C.ERR_BAD_FRAME_TYPE)
-            if h.transfer_id != t.transfer_id:
-                raise RemoteProtocolError(
-                    f"chunk of transfer {h.transfer_id:x} on a stream of transfer {t.transfer_id:x}", C.ERR_BAD_FIELD
-                )
-            idx, rem = divmod(h.offset, t.chunk_size)
-            if rem or idx >= t.nchunks or h.raw_len != t.span(idx)[1]:
-                raise RemoteProtocolError(
-                    f"chunk at offset {h.offset} with {h.raw_len} bytes does not fit the {t.size}-byte object "
-                    f"in {t.chunk_size}-byte chunks", C.ERR_BAD_LENGTH,
-                )  # fmt: skip
-            if h.codec in C.DELTA_CODECS:
-                if t.base is None or h.base_digest != t.base_digest:
-                    raise RemoteProtocolError(
-                        f"delta against {h.base_digest.hex()}, but this transfer's baseline is "
-                        f"{t.base_digest.hex() if t.base_digest else 'none'}", C.ERR_UNKNOWN_BASELINE,
-                    )  # fmt: skip
-            t.wire_bytes += C.HEADER_SIZE + h.enc_len
-            partial = t.partial
-            held = partial.is_done(idx)
-            if held or not t.claim(idx):
+            verdict, idx = sess.admit(h)
+            if verdict != ADMIT_CLAIMED:
                 # a resend of a chunk we hold (ack it again) or are receiving on another stream (busy)
                 fs.skip_payload(h)
-                if held:
+                if verdict == ADMIT_HELD:
                     fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
                 else:
                     fs.send(encode_control(C.FRAME_NACK, t.transfer_id, {"chunk": idx, "reason": "busy"}))
                 continue
             try:
-                off, ln = t.span(idx)
+                off, ln = sess.span(idx)
                 out = memoryview(chunk_buf)[:ln]
                 spliced = False
                 if h.codec == C.CODEC_RAW and fs.can_splice and ln:
@@ -928,19 +862,17 @@ class DataServer:
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
-                if h.codec == C.CODEC_ZERO and t.zero_filled:
-                    pass  # the .part is a sparse file: holes read as zeros
-                elif h.codec in (C.CODEC_SPARSE, C.CODEC_SPARSE_ZSTD) and t.zero_filled:
+                how = sess.write_mode(h.codec)
+                if how == WRITE_NONZERO_PAGES:  # the .part reads as zeros: write the pages that are not
                     self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
-                elif h.codec in C.DELTA_CODECS and t.seeded and t.base is not None:
-                    # the .part holds the base already: write the pages this delta changed
+                elif how == WRITE_DIRTY_PAGES:  # the .part holds the base: write the pages this delta changed
+                    assert t.base is not None
                     self._write_pages(partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE))
-                elif not spliced:
+                elif how == WRITE_ALL and not spliced:
                     partial.write(idx, out)
                 partial.mark_done(idx, h.raw_hash)
             except IntegrityError as exc:
-                t.unclaim(idx)
-                t.chunks_nacked += 1
+                sess.rejected(idx)
                 self.events.checksum_failure(t.peer)
                 self.events.chunk_retransmit("rx", t.peer)
                 self._count("chunks_nacked_total", 1)
@@ -950,23 +882,21 @@ class DataServer:
             except StorageError as exc:
                 # the disk, not the stream: the whole transfer ends (its control stream tells the
                 # sender why), logged once however many streams hit it
-                t.unclaim(idx)
-                if t.fail(C.ERR_STORAGE, str(exc)):
+                sess.released(idx)
+                if sess.fail(C.ERR_STORAGE, str(exc)):
                     log.error("transfer %x of %s from %s: %s", t.transfer_id, t.key, t.peer, exc)
                 break
             except BaseException:
-                t.unclaim(idx)
+                sess.released(idx)
                 raise
-            t.unclaim(idx)
-            t.progressed = time.monotonic()
-            t.chunks_received += 1
+            sess.landed(idx, time.monotonic())
             self._count("chunks_received_total", 1)
             self._count("bytes_wire_total", C.HEADER_SIZE + h.enc_len)
             self._count("bytes_raw_total", h.raw_len)
             self.events.chunk("rx", t.peer, h.codec, h.raw_len, C.HEADER_SIZE + h.enc_len)
             fs.send(encode_control(C.FRAME_ACK, t.transfer_id, {"chunks": [idx]}))
-        if t.failure is not None:  # every stream of the sender hears it: none retries into a dead transfer
-            self._send_error(fs, *t.failure)
+        if sess.failure is not None:  # every stream of the sender hears it: none retries into a dead transfer
+            self._send_error(fs, *sess.failure)
             self._linger(fs)
 
     @staticmethod

@@ -61,6 +61,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "chunk_size": (int, False),
         "node": (str, False),
         "resumed_chunks": (int, False),
+        "caps": (list, False),  # the capabilities both sides have (transport.session.negotiate)
         "region": (str, False),  # mode "probe": the answering node's region
         "links": (list, False),  # mode "probe": [[from, to, one-way latency s, bytes/s], ...] it measured
     },
@@ -185,8 +186,9 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         for x in links
     )):  # fmt: skip
         raise err("links must be at most 4096 [from, to, latency_s, bytes_per_s] entries")
-    if frame_type == C.FRAME_HELLO and "caps" in obj and not all(isinstance(c, str) for c in obj["caps"]):
-        raise err("caps must be strings")
+    caps = obj.get("caps")
+    if caps is not None and (len(caps) > 64 or not all(isinstance(c, str) and len(c) <= 64 for c in caps)):
+        raise err("caps must be at most 64 strings of at most 64 characters")
     fw = obj.get("forward")
     if fw is not None and (set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300):
         raise err("forward must be {\"to\": \"HOST:PORT\"}")
