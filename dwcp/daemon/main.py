@@ -89,7 +89,7 @@ class Daemon:
         self.server = DataServer(config, store=self.store, events=self.metrics)
         self.control = ControlServer(config.control_socket, self.handle)
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
-                             events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
+                             events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.link_source = lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []
         self.catalog_backend: RaftDriver | EpochDriver | EtcdCatalog | None = None
@@ -364,7 +364,7 @@ class Daemon:
         logging.getLogger("dwcp").setLevel(cfg.logging.level_number)
         self.store.keep_versions = cfg.storage.keep_versions
         self.server.reconfigure(cfg)
-        self.sender.reconfigure(cfg.transport)
+        self.sender.reconfigure(cfg.transport, cfg.codec)
         self._register_checks(cfg)
         if cfg.cluster != self.config.cluster:  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None

@@ -96,6 +96,7 @@ from dwcp.wire.messages import encode_control, encode_page_hashes
 from .admission import REASONS, Admission, Limits, source_key
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .sockopts import set_buffer_bytes
 
 __all__ = ["DataServer", "PROTOCOL_VERSION", "CAPS"]
 
@@ -208,7 +209,7 @@ class _Forwarder(threading.Thread):
             try:
                 # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
                 tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
-                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events)
+                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec)
                 self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
                                        digest=self.digest, ready=self._ready)  # fmt: skip
             finally:
@@ -266,7 +267,7 @@ class DataServer:
         self._draining = False
         self._idle = threading.Condition(self._lock)  # notified whenever a transfer ends
         self.decoder = ChunkDecoder(CodecConfig())
-        self.encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e11))
+        self.encoder = self._fetch_encoder(config)
         self._stats_lock = threading.Lock()
         self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
@@ -329,8 +330,16 @@ class DataServer:
         """Region links this node measured, for peers' routing: [[from, to, latency_s, bytes_per_s], ...]."""
         return self.link_source() if self.link_source is not None else []
 
+    @staticmethod
+    def _fetch_encoder(config: Config) -> ChunkEncoder:
+        """The encoder of fetches: the [codec] zstd level (or its bounds), transport.compress_workers at once."""
+        return ChunkEncoder(CodecConfig.from_settings(config.codec, link_rate_bytes_per_s=1e11,
+                                                      compress_workers=config.transport.encode_workers))  # fmt: skip
+
     def reconfigure(self, config: Config) -> None:
         """Run new transfers and connections with ``config`` (a reload's live settings)."""
+        if (config.codec, config.transport.encode_workers) != (self.config.codec, self.config.transport.encode_workers):
+            self.encoder = self._fetch_encoder(config)
         self.config = config
 
     def drain(self, timeout_s: float) -> int:
@@ -445,6 +454,10 @@ class DataServer:
         authenticated = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.config.transport.socket_buffer_bytes:
+                # after accept: the listener keeps autotuning, so the SYN-ACK's window scale is sized for
+                # tcp_rmem's maximum (and a reload back to 0 needs nothing undone)
+                set_buffer_bytes(conn, self.config.transport.socket_buffer_bytes)
             conn.settimeout(_left(deadline))
             if not conn.recv(1, socket.MSG_PEEK):
                 return  # the client left without a word, or we evicted it (shutdown)
@@ -626,7 +639,7 @@ class DataServer:
             info = self.store.get(key, bytes.fromhex(proposed))
             if info is not None and info.size == size:
                 mode, base_info = "delta", info
-        if mode == "full":
+        if mode == "full" and "pages" in hello.get("caps", ["pages"]):  # a sender due a full refresh leaves it out
             info = self.store.latest(key)
             if info is not None and info.size == size and info.digest != digest and size > 0:
                 mode, base_info = "pages", info
