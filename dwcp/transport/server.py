@@ -15,8 +15,10 @@ its first byte (absolute deadlines: a drip does not push them back).
 
 * ``role=control, op=send`` opens a transfer: the key is validated, the
   mode chosen (``delta`` if we hold the proposed baseline digest, ``pages``
-  if we hold another version of the same size -- its per-page hashes go
-  back in PAGE_HASHES frames -- else ``full``), a write lease and a
+  if we hold another version of the same size and the HELLO's caps (when
+  it has any) include "pages" -- its per-page hashes go back in
+  PAGE_HASHES frames -- else ``full``; a sender due a full refresh offers
+  no baseline and leaves "pages" out), a write lease and a
   resumable partial taken in the store, and WELCOME returns the mode, a
   token for the data streams and the bitmap of chunks already held
   (resume).  The control stream then waits for DONE, commits (whole-object
@@ -28,7 +30,9 @@ its first byte (absolute deadlines: a drip does not push them back).
   verified (xxh3-64) and acknowledged; a corrupt chunk is NACKed and comes
   again.
 * ``role=control, op=fetch`` streams the latest verified version of a key
-  back on the same connection.
+  back on the same connection, encoded with the [codec] zstd level (or its
+  bounds), at most ``transport.compress_workers`` chunks at once over all
+  fetches.
 
 Rules
 -----
