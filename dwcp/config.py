@@ -232,12 +232,17 @@ class TransportConfig(_Section):
     rate_limit_bytes_per_s: float = 0.0  # 0 = no cap
     link_bytes_per_s: float = 0.0  # 0 = unknown (auto streams start at min_streams)
     per_stream_window_bytes: int = 4 * MiB
-    socket_buffer_bytes: int = 0  # 0 = sized from the BDP
+    socket_buffer_bytes: int = 0  # SO_SNDBUF and SO_RCVBUF of every stream, both ends; 0 = from the BDP
     congestion: str = "bbr"
-    zerocopy: bool = True  # MSG_ZEROCOPY where the probe says it pays
+    zerocopy: bool = True  # probe MSG_ZEROCOPY and report it (sends still copy); false: no probe
     source_address: str = ""
     interface: str = ""
-    compress_workers: int = 0  # 0 = one per CPU
+    compress_workers: int = 0  # chunks encoded at once per send (and per fetch); 0 = one per CPU
+
+    @property
+    def encode_workers(self) -> int:
+        """``compress_workers``, or the CPU count when it is 0."""
+        return self.compress_workers or os.cpu_count() or 1
 
     def problems(self) -> list[str]:
         out = []
@@ -269,26 +274,32 @@ class TransportConfig(_Section):
 
 @dataclass(frozen=True)
 class CodecSettings(_Section):
+    """What the sender's encoder and its delta policy do (dwcp.transport.sender); also the data port's fetch encoder."""
+
     SECTION = "codec"
-    zstd_level: int = 0  # 0 = adaptive (measured speed vs the link)
-    zstd_level_min: int = 1
+    zstd_level: int = 0  # a fixed zstd level for every chunk zstd pays on; 0 = adaptive within min..max
+    zstd_level_min: int = -7  # bounds of the adaptive level (negative = zstd's fast modes)
     zstd_level_max: int = 9
-    delta: bool = True  # XBZRLE deltas against baselines
-    max_delta_chain: int = 10  # consecutive deltas before a full refresh
-    baseline_refresh_s: float = 300.0
-    dictionaries_dir: str = ""  # trained per-resource-type zstd dictionaries; "" = none
+    delta: bool = True  # false: every send goes full (no XBZRLE delta, no pages mode)
+    max_delta_chain: int = 10  # consecutive non-full sends of a key, then a full one; 0 = always full
+    baseline_refresh_s: float = 300.0  # seconds since a key's last full send, then the next is full
+
+    @property
+    def fixed_level(self) -> int | None:
+        """The zstd level to pin, or None to adapt within [zstd_level_min, zstd_level_max]."""
+        return self.zstd_level or None
 
     def problems(self) -> list[str]:
         out = []
-        if not 1 <= self.zstd_level_min <= self.zstd_level_max <= 22:
+        if not -7 <= self.zstd_level_min <= self.zstd_level_max <= 22:
             out.append(f"zstd_level_min {self.zstd_level_min} / zstd_level_max {self.zstd_level_max}: "
-                       "need 1 <= min <= max <= 22")  # fmt: skip
+                       "need -7 <= min <= max <= 22")  # fmt: skip
         if self.zstd_level and not -7 <= self.zstd_level <= 22:
             out.append(f"zstd_level {self.zstd_level} outside [-7, 22] (0 = adaptive)")
         if self.max_delta_chain < 0:
             out.append(f"max_delta_chain {self.max_delta_chain} must be >= 0")
-        if not self.baseline_refresh_s > 0:
-            out.append(f"baseline_refresh_s {self.baseline_refresh_s} must be positive")
+        if not (self.baseline_refresh_s > 0 and math.isfinite(self.baseline_refresh_s)):
+            out.append(f"baseline_refresh_s {self.baseline_refresh_s} must be a positive number of seconds")
         return out
 
 

@@ -4,6 +4,7 @@ Layout under ``data_dir`` (0700)::
 
     objects/<escaped key>/<digest hex>.obj   verified versions (read-only files)
     objects/<escaped key>/LATEST             digest hex of the newest, replaced atomically
+    objects/<escaped key>/META.json          the owner's small record about the key (``read_meta``)
     partial/<escaped key>.<digest hex>.part  an object being received, preallocated
     partial/<escaped key>.<digest hex>.state its resume record (below)
 
@@ -43,6 +44,8 @@ Rules
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import mmap
 import os
 import re
@@ -58,6 +61,8 @@ from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageEr
 from dwcp.wire.consts import ERR_CHECKSUM
 
 __all__ = ["validate_key", "escape_key", "unescape_key", "ObjectStore", "Partial", "VersionInfo"]
+
+log = logging.getLogger("dwcp.storage")
 
 MAX_KEY_BYTES = 255
 _KEY_OK = re.compile(r"[A-Za-z0-9._\-/:@+=]+")  # used with fullmatch: `$` would let a final "\n" by
@@ -240,6 +245,28 @@ class ObjectStore:
                 pass
             except OSError as exc:
                 raise StorageError(f"cannot remove version {info.digest.hex()} of {info.key!r}: {exc.strerror}") from exc
+
+    def read_meta(self, key: str) -> dict | None:
+        """The JSON object ``write_meta`` last stored for ``key``; None if none (or unreadable: a warning)."""
+        path = os.path.join(self._key_dir(key), "META.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def write_meta(self, key: str, meta: dict) -> None:
+        """Replace ``key``'s record with ``meta`` (a JSON object), atomically and durably."""
+        d = self._key_dir(key)
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            write_atomic(os.path.join(d, "META.json"), json.dumps(meta, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise StorageError(f"cannot write the record of {key!r}: {exc.strerror or exc}") from exc
 
     def keys(self) -> list[str]:
         try:

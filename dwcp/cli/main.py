@@ -206,8 +206,8 @@ def _cmd_send(args) -> int:
     bar = None
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli",
-                        baselines=ObjectStore(state_dir), tune_dir=cfg.storage.data_dir if cfg else None)  # fmt: skip
+        sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli", baselines=ObjectStore(state_dir),
+                        tune_dir=cfg.storage.data_dir if cfg else None, codec=cfg.codec if cfg else None)  # fmt: skip
         bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
         kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
         if cluster is not None:

@@ -171,6 +171,7 @@ class LevelController:
         self._probe_every = probe_every
         self._n = 0
         self._lock = threading.Lock()
+        self.used: dict[int, int] = {}  # level -> chunks compressed at it (observed), for reports
 
     def expected_rate(self, level: int | None) -> float:
         """Raw bytes/s the transfer moves at with ``level`` (None = raw)."""
@@ -206,9 +207,13 @@ class LevelController:
         return lv
 
     def observe(self, level: int, raw_bytes: int, out_bytes: int, seconds: float) -> None:
-        """Feed one measured compression back (ignored for levels not in the table)."""
+        """Feed one measured compression back (counted in ``used``; estimates only for levels in the table)."""
+        if raw_bytes <= 0:
+            return
+        with self._lock:
+            self.used[level] = self.used.get(level, 0) + 1
         e = self._est.get(level)
-        if e is None or raw_bytes <= 0:
+        if e is None:
             return
         speed = raw_bytes / max(seconds, 1e-9)
         ratio = out_bytes / raw_bytes

@@ -29,13 +29,17 @@ delta bound, and verifies the xxh3-64 of the result.  Any malformed input
 raises ``RemoteProtocolError``; a checksum mismatch ``IntegrityError``.
 
 Both are thread-safe: state is per call, zstd contexts are per thread,
-metrics and the level controller take a lock.
+metrics and the level controller take a lock.  An encoder runs at most
+``compress_workers`` encodes at once (a semaphore): stream threads beyond
+that wait for a slot instead of competing for the same cores.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,8 +47,18 @@ from dwcp._backend import impl as _k
 from dwcp.errors import ConfigError, IntegrityError, InternalError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
-from .compress import _CONTEXTS, DictionaryStore, LevelController, looks_incompressible, zstd_decompress
+from .compress import (
+    _CONTEXTS,
+    LEVELS,
+    DictionaryStore,
+    LevelController,
+    looks_incompressible,
+    zstd_decompress,
+)
 from .metrics import CodecMetrics
+
+if TYPE_CHECKING:
+    from dwcp.config import CodecSettings
 
 __all__ = ["CodecConfig", "EncodedFrame", "ChunkEncoder", "ChunkDecoder"]
 
@@ -55,8 +69,10 @@ class CodecConfig:
 
     page_size_bytes: int = C.PAGE_SIZE
     zstd_level: int | None = None  # None = adaptive (LevelController)
+    zstd_level_min: int = -7  # the adaptive level's bounds (LevelController's levels within them)
+    zstd_level_max: int = 9
     link_rate_bytes_per_s: float = 1.25e9  # what the link is expected to carry (10 Gbit/s)
-    compress_workers: int = 1
+    compress_workers: int = 1  # chunks encoded at once (more callers wait); the level controller's core count
     sparse_min_zero_fraction: float = 0.125
     delta_max_fraction: float = 0.5  # a delta larger than this fraction of the chunk goes full
     zstd_min_gain: float = 0.9  # keep zstd output only if <= this fraction of its input
@@ -73,6 +89,22 @@ class CodecConfig:
                 raise ConfigError(f"{name} must be in (0, 1], got {v}")
         if self.link_rate_bytes_per_s <= 0 or self.compress_workers < 1:
             raise ConfigError("link_rate_bytes_per_s must be positive and compress_workers >= 1")
+        if self.zstd_level_min > self.zstd_level_max:
+            raise ConfigError(f"zstd_level_min {self.zstd_level_min} > zstd_level_max {self.zstd_level_max}")
+
+    @classmethod
+    def from_settings(cls, settings: CodecSettings, *, link_rate_bytes_per_s: float,
+                      compress_workers: int) -> CodecConfig:  # fmt: skip
+        """The encoder config of the [codec] settings (zstd level or its bounds) on a link of that rate."""
+        return cls(zstd_level=settings.fixed_level, zstd_level_min=settings.zstd_level_min,
+                   zstd_level_max=settings.zstd_level_max, link_rate_bytes_per_s=link_rate_bytes_per_s,
+                   compress_workers=compress_workers)  # fmt: skip
+
+    @property
+    def adaptive_levels(self) -> tuple[int, ...]:
+        """The levels the adaptive controller picks among: LEVELS within the bounds, and the bounds."""
+        lo, hi = self.zstd_level_min, self.zstd_level_max
+        return tuple(sorted({lv for lv in LEVELS if lo <= lv <= hi} | {lo, hi}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +161,27 @@ class ChunkEncoder:
     ) -> None:
         self.config = config if config is not None else CodecConfig()
         self.levels = levels if levels is not None else LevelController(
-            self.config.link_rate_bytes_per_s, self.config.compress_workers, fixed_level=self.config.zstd_level
-        )
+            self.config.link_rate_bytes_per_s, self.config.compress_workers, fixed_level=self.config.zstd_level,
+            levels=self.config.adaptive_levels,
+        )  # fmt: skip
         self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
         self.metrics = metrics if metrics is not None else CodecMetrics()
+        # Invariant: 0 <= busy <= peak_concurrent <= config.compress_workers (encodes running now / ever at once)
+        self._slots = threading.BoundedSemaphore(self.config.compress_workers)
+        self._busy_lock = threading.Lock()
+        self.busy = 0
+        self.peak_concurrent = 0
+
+    def _enter(self) -> None:
+        self._slots.acquire()
+        with self._busy_lock:
+            self.busy += 1
+            self.peak_concurrent = max(self.peak_concurrent, self.busy)
+
+    def _leave(self) -> None:
+        with self._busy_lock:
+            self.busy -= 1
+        self._slots.release()
 
     # -- public ----------------------------------------------------------
     def encode(
@@ -146,7 +195,17 @@ class ChunkEncoder:
         last: bool = False,
         resource_type: str | None = None,
     ) -> EncodedFrame:
-        """Encode one chunk; with ``base`` (+ its object's ``base_digest``) as a delta."""
+        """Encode one chunk; with ``base`` (+ its object's ``base_digest``) as a delta.
+
+        At most ``config.compress_workers`` encodes run at once; more callers wait their turn.
+        """
+        self._enter()
+        try:
+            return self._encode(chunk, offset, transfer_id, base, base_digest, last, resource_type)
+        finally:
+            self._leave()
+
+    def _encode(self, chunk, offset, transfer_id, base, base_digest, last, resource_type) -> EncodedFrame:
         t0 = time.perf_counter()
         mv = _as_u8(chunk)
         n = mv.nbytes
@@ -172,7 +231,14 @@ class ChunkEncoder:
         transfer_id: int = 0,
         last: bool = False,
     ) -> EncodedFrame:
-        """"pages" mode: send only the pages whose xxh3-64 differs from the peer's."""
+        """"pages" mode: send only the pages whose xxh3-64 differs from the peer's (bounded like ``encode``)."""
+        self._enter()
+        try:
+            return self._encode_pages(chunk, peer_page_hashes, base_digest, offset, transfer_id, last)
+        finally:
+            self._leave()
+
+    def _encode_pages(self, chunk, peer_page_hashes, base_digest, offset, transfer_id, last) -> EncodedFrame:
         t0 = time.perf_counter()
         mv = _as_u8(chunk)
         n = mv.nbytes

@@ -90,7 +90,7 @@ class Daemon:
         self.server = DataServer(config, store=self.store, events=self.metrics)
         self.control = ControlServer(config.control_socket, self.handle)
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
-                             events=self.metrics, tune_dir=config.storage.data_dir)  # fmt: skip
+                             events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.register("probe", probe_handler(
             config.node, lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []))
@@ -366,7 +366,7 @@ class Daemon:
         logging.getLogger("dwcp").setLevel(cfg.logging.level_number)
         self.store.keep_versions = cfg.storage.keep_versions
         self.server.reconfigure(cfg)
-        self.sender.reconfigure(cfg.transport)
+        self.sender.reconfigure(cfg.transport, cfg.codec)
         self._register_checks(cfg)
         if cfg.cluster != self.config.cluster:  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None

@@ -31,7 +31,16 @@ that reads a file chunk by chunk; see dwcp.transport.source):
 4. When every chunk is acknowledged and the source still has its size,
    DONE on the control stream; the receiver verifies the whole object and
    commits it, and answers DONE.
-5. The sent version becomes our baseline for the next send of that key,
+5. Whether a send may go as a delta is the [codec] settings' call
+   (``full_refresh_reason``): ``delta = false``, ``max_delta_chain``
+   non-full sends since the key's last full one, or a last full send older
+   than ``baseline_refresh_s`` make it full: HELLO then offers no baseline
+   and leaves "xbzrle" and "pages" out of its caps, so the receiver picks
+   "full".  The count and the time of the last full send are kept per key
+   beside the baselines (``ObjectStore.write_meta``), so they survive a
+   restart; a key with no record goes full once.  A sender without a
+   baselines store keeps no record: only ``delta = false`` applies to it.
+6. The sent version becomes our baseline for the next send of that key,
    read again from the source and kept only if it hashes to the digest the
    receiver verified (a file changed after its chunks went is not kept).
    A kept baseline that fails its digest when a delta needs it is removed
@@ -56,18 +65,19 @@ import xxhash
 
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, chunk_spans
-from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
 from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .session import CAPS, PROTOCOL_VERSION
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
 
-__all__ = ["Sender", "TransferError", "open_stream"]
+__all__ = ["Sender", "TransferError", "open_stream", "full_refresh_reason"]
 
 log = logging.getLogger("dwcp.sender")
 
@@ -132,7 +142,8 @@ def open_stream(
         s.settimeout(transport.connect_timeout_s)
         if transport.source_address or transport.interface:
             bind_source(s, source_address=transport.source_address or None, interface=transport.interface or None)
-        applied = tune_socket(s, bdp_bytes=bdp_bytes, congestion=transport.congestion or None)
+        applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=transport.socket_buffer_bytes or None,
+                              congestion=transport.congestion or None)  # fmt: skip
         s.connect((host, port))
         if ssl_ctx is not None:
             s = ssl_ctx.wrap_socket(s, server_hostname=host)
@@ -140,6 +151,38 @@ def open_stream(
         s.close()
         raise
     return FrameSocket(s, timeout_s=transport.stall_timeout_s), applied
+
+
+def _chain(record: dict | None) -> tuple[int, float] | None:
+    """(non-full sends since the last full one, when that began) of a key's record; None if it has none."""
+    deltas, full_at = (record or {}).get("deltas"), (record or {}).get("full_at")
+    if not isinstance(deltas, int) or isinstance(deltas, bool) or deltas < 0 or isinstance(full_at, bool) \
+            or not isinstance(full_at, int | float):  # fmt: skip
+        return None
+    return deltas, float(full_at)
+
+
+def full_refresh_reason(codec: CodecSettings, record: dict | None, now: float, *, tracked: bool = True) -> str | None:
+    """Why the next send of a key must go full, or None when it may go as a delta (or pages).
+
+    ``record`` is the key's ``{"deltas": non-full sends since the last full one, "full_at": when that
+    full send started (``now``'s clock, Unix seconds)}``, or None when none is kept; ``tracked`` is
+    False for a sender that keeps no records (only ``codec.delta`` applies then).
+    """
+    if not codec.delta:
+        return "codec.delta = false"
+    if not tracked:
+        return None
+    chain = _chain(record)
+    if chain is None:
+        return "no full send of this key recorded"
+    deltas, full_at = chain
+    if deltas >= codec.max_delta_chain:
+        return f"codec.max_delta_chain = {codec.max_delta_chain}: {deltas} non-full sends since the last full one"
+    age = now - full_at
+    if not 0 <= age < codec.baseline_refresh_s:
+        return f"codec.baseline_refresh_s = {codec.baseline_refresh_s:g}: the last full send began {age:.0f} s ago"
+    return None
 
 
 # --streams auto on a link of unknown speed: a long path needs several streams and
@@ -265,8 +308,14 @@ class Sender:
         events: TransferEvents | None = None,
         tune_dir: str | None = None,
         path_dir: str | None = None,
+        codec: CodecSettings | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
+
+        ``codec``: the [codec] settings (zstd level, deltas and their refresh; see
+        ``full_refresh_reason``); default: CodecSettings().  ``clock`` gives Unix
+        seconds for ``baseline_refresh_s`` (tests pass a fake one).
 
         ``events`` receives what the sends do (metrics); see dwcp.transport.events.
         ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
@@ -286,6 +335,8 @@ class Sender:
         self.security = security
         self.node_id = node_id
         self.baselines = baselines
+        self.codec = codec if codec is not None else CodecSettings()
+        self.clock = clock
         # limiters of running sends whose rate comes from the config (a reload changes them)
         self._config_limiters: weakref.WeakSet = weakref.WeakSet()
         self._ssl: ssl.SSLContext | None = None
@@ -294,9 +345,12 @@ class Sender:
 
             self._ssl = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
 
-    def reconfigure(self, transport: TransportConfig) -> None:
-        """New sends use ``transport``; running sends capped by the config get its new rate now."""
+    def reconfigure(self, transport: TransportConfig, codec: CodecSettings | None = None) -> None:
+        """New sends use ``transport`` (and ``codec``, if given); running sends capped by the config get
+        its new rate now."""
         self.transport = transport
+        if codec is not None:
+            self.codec = codec
         for lim in list(self._config_limiters):
             lim.set_rate(transport.rate_limit_bytes_per_s or None)
 
@@ -363,6 +417,7 @@ class Sender:
 
         src = as_source(data)
         tp = self.transport
+        cs = self.codec  # one send, one set of settings (a reload swaps the attribute)
         if streams is not None and not 1 <= streams <= 256:
             raise ValueError(f"streams must be in [1, 256], got {streams}")
         size = src.size
@@ -386,7 +441,10 @@ class Sender:
             chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
         spans = chunk_spans(size, chunk_size)
         cache_key = f"{host}:{port}/{key}"
-        base_info = self.baselines.latest(cache_key) if self.baselines is not None else None
+        now = self.clock()
+        record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
+        refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
+        base_info = self.baselines.latest(cache_key) if self.baselines is not None and refresh is None else None
         if base_info is not None and base_info.size != size:
             base_info = None
         transfer_id = secrets.randbits(63) | 1
@@ -396,13 +454,23 @@ class Sender:
 
         # MSG_ZEROCOPY pays only on real NICs for large sends; loopback always copies,
         # and TLS encrypts in user space: report the probe, send with plain sendmsg.
-        sockinfo["zerocopy_available"] = self._ssl is None and probe_zerocopy(ctrl.sock)
+        if not tp.zerocopy:
+            sockinfo["zerocopy_available"] = None
+            sockinfo["zerocopy_reason"] = "transport.zerocopy = false: not probed"
+        elif self._ssl is not None:
+            sockinfo["zerocopy_available"] = False
+            sockinfo["zerocopy_reason"] = "TLS encrypts in user space"
+        else:
+            sockinfo["zerocopy_available"] = probe_zerocopy(ctrl.sock)
+            sockinfo["zerocopy_reason"] = "MSG_ZEROCOPY sending is not implemented: every send copies"
         sockinfo["zerocopy_used"] = False
         base_map = None
         try:
-            hello = {"v": 1, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
-                     "chunk_size": chunk_size, "page_size": C.PAGE_SIZE, "caps": ["xbzrle", "zstd",
-                     "sparse", "pages", "resume"], "node": self.node_id}  # fmt: skip
+            # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
+            caps = sorted(CAPS if refresh is None else CAPS - {"xbzrle", "pages"})
+            hello = {"v": PROTOCOL_VERSION, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
+                     "chunk_size": chunk_size, "page_size": C.PAGE_SIZE, "caps": caps,
+                     "node": self.node_id}  # fmt: skip
             if base_info is not None:
                 hello["base_digest"] = base_info.digest.hex()
             if forward_to:
@@ -486,7 +554,8 @@ class Sender:
             if not todo:
                 state.all_done.set()
 
-            encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=link or 1.25e9, compress_workers=max(1, n0)))
+            encoder = ChunkEncoder(CodecConfig.from_settings(cs, link_rate_bytes_per_s=link or 1.25e9,
+                                                             compress_workers=tp.encode_workers))  # fmt: skip
             limiter = None
             rate = rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
             if rate or rate_limit_bytes_per_s is None:
@@ -523,8 +592,10 @@ class Sender:
             if base_map is not None:
                 base_map.release()
         elapsed = time.perf_counter() - t_start
+        chain = None
         if self.baselines is not None:
             self._remember(cache_key, src, digest, spans, chunk_size)
+            chain = self._count_chain(cache_key, mode, record, now)
         wire = state.wire_bytes
         result = {
             "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
@@ -545,6 +616,12 @@ class Sender:
             "nic_profile": prof.get("nic") if prof else None,
             "relayed": done.get("forwarded"),
             "tcp_info": state.stream_info[:64],
+            # why this send had to go full (codec settings), and the non-full sends since the key's last full one
+            "refresh": refresh, "delta_chain": chain,
+            # the zstd level setting, the levels chunks were compressed at (level -> chunks), the encode bound
+            "codec": {"zstd_level": cs.zstd_level or "adaptive",
+                      "zstd_levels_used": dict(sorted(encoder.levels.used.items())),
+                      "compress_workers": tp.encode_workers, "encodes_at_once_max": encoder.peak_concurrent},
         }  # fmt: skip
         if self.paths is not None and mode != "delta":
             # a delta says little of the path (a few chunks of a few bytes): only bulk sends teach it
@@ -634,6 +711,22 @@ class Sender:
         except BaseException:
             p.abort(keep=False)
             raise
+
+    def _count_chain(self, cache_key: str, mode: str, record: dict | None, now: float) -> int | None:
+        """Record a finished send in the key's delta chain (see rule 5); returns the chain's length after it."""
+        assert self.baselines is not None
+        chain = _chain(record)
+        if mode == "full":
+            record = {"deltas": 0, "full_at": now}
+        elif chain is not None:
+            record = {"deltas": chain[0] + 1, "full_at": chain[1]}
+        else:  # a non-full send with no full one on record (the receiver ignored our caps): nothing to count from
+            return None
+        try:
+            self.baselines.write_meta(cache_key, record)
+        except DWCPError as exc:
+            log.warning("could not record the delta chain of %s: %s", cache_key, exc)
+        return record["deltas"]
 
     def _drop_baseline(self, info) -> None:
         """Remove a kept baseline that fails its digest (the next sends of its key go without it)."""

@@ -21,8 +21,10 @@ its first byte (absolute deadlines: a drip does not push them back).
 
 * ``role=control, op=send`` opens a transfer: the key is validated, the
   mode chosen (``delta`` if we hold the proposed baseline digest, ``pages``
-  if we hold another version of the same size -- its per-page hashes go
-  back in PAGE_HASHES frames -- else ``full``), a write lease and a
+  if we hold another version of the same size and the HELLO's caps (when
+  it has any) include "pages" -- its per-page hashes go back in
+  PAGE_HASHES frames -- else ``full``; a sender due a full refresh offers
+  no baseline and leaves "pages" out), a write lease and a
   resumable partial taken in the store, and WELCOME returns the mode, a
   token for the data streams and the bitmap of chunks already held
   (resume).  The control stream then waits for DONE, commits (whole-object
@@ -34,7 +36,9 @@ its first byte (absolute deadlines: a drip does not push them back).
   verified (xxh3-64) and acknowledged; a corrupt chunk is NACKed and comes
   again.
 * ``role=control, op=fetch`` streams the latest verified version of a key
-  back on the same connection.
+  back on the same connection, encoded with the [codec] zstd level (or its
+  bounds), at most ``transport.compress_workers`` chunks at once over all
+  fetches.
 * any other op (consensus ``raft``, cluster ``probe``) goes to the handler
   its owner registered (``register``); an op nobody registered is refused.
 
@@ -116,6 +120,7 @@ from .session import (
     parse_send,
     plan,
 )
+from .sockopts import set_buffer_bytes
 
 __all__ = ["DataServer", "OpHandler", "message_stream"]
 
@@ -219,7 +224,7 @@ class _Forwarder(threading.Thread):
             try:
                 # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
                 tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
-                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events)
+                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec)
                 self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
                                        digest=self.digest, ready=self._ready)  # fmt: skip
             finally:
@@ -277,7 +282,7 @@ class DataServer:
         self._draining = False
         self._idle = threading.Condition(self._lock)  # notified whenever a transfer ends
         self.decoder = ChunkDecoder(CodecConfig())
-        self.encoder = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e11))
+        self.encoder = self._fetch_encoder(config)
         self._stats_lock = threading.Lock()
         self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
@@ -348,8 +353,16 @@ class DataServer:
             raise ValueError(f"op {op!r} is the data server's own")
         self._ops[op] = handler
 
+    @staticmethod
+    def _fetch_encoder(config: Config) -> ChunkEncoder:
+        """The encoder of fetches: the [codec] zstd level (or its bounds), transport.compress_workers at once."""
+        return ChunkEncoder(CodecConfig.from_settings(config.codec, link_rate_bytes_per_s=1e11,
+                                                      compress_workers=config.transport.encode_workers))  # fmt: skip
+
     def reconfigure(self, config: Config) -> None:
         """Run new transfers and connections with ``config`` (a reload's live settings)."""
+        if (config.codec, config.transport.encode_workers) != (self.config.codec, self.config.transport.encode_workers):
+            self.encoder = self._fetch_encoder(config)
         self.config = config
 
     def drain(self, timeout_s: float) -> int:
@@ -464,6 +477,10 @@ class DataServer:
         authenticated = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.config.transport.socket_buffer_bytes:
+                # after accept: the listener keeps autotuning, so the SYN-ACK's window scale is sized for
+                # tcp_rmem's maximum (and a reload back to 0 needs nothing undone)
+                set_buffer_bytes(conn, self.config.transport.socket_buffer_bytes)
             conn.settimeout(_left(deadline))
             if not conn.recv(1, socket.MSG_PEEK):
                 return  # the client left without a word, or we evicted it (shutdown)

@@ -28,6 +28,7 @@ from dwcp.errors import ConfigError
 
 __all__ = [
     "tune_socket",
+    "set_buffer_bytes",
     "bind_source",
     "probe_zerocopy",
     "available_congestion_controls",
@@ -110,14 +111,18 @@ def tune_socket(
     sock: socket.socket,
     *,
     bdp_bytes: int | None = None,
+    buffer_bytes: int | None = None,
     congestion: str | None = "bbr",
     notsent_lowat_bytes: int | None = DEFAULT_NOTSENT_LOWAT_BYTES,
     nodelay: bool = True,
 ) -> dict:
     """Apply the data-stream options to a TCP socket; return what is in effect.
 
-    Keys: ``nodelay`` (bool), ``requested_buf_bytes`` (2 x BDP clamped to
-    [256 KiB, 64 MiB], or None), ``buffers`` ("autotuned" or "explicit"),
+    ``buffer_bytes`` (transport.socket_buffer_bytes) sets SO_SNDBUF and SO_RCVBUF
+    to exactly that, whatever the BDP; None or 0 sizes them from ``bdp_bytes``.
+
+    Keys: ``nodelay`` (bool), ``requested_buf_bytes`` (``buffer_bytes``, or 2 x
+    BDP clamped to [256 KiB, 64 MiB], or None), ``buffers`` ("autotuned" or "explicit"),
     ``sndbuf_bytes``/``rcvbuf_bytes`` (effective; Linux reports twice what
     was set, for its bookkeeping overhead), ``congestion`` (in use) and
     ``congestion_requested``, ``notsent_lowat_bytes`` (effective or None).
@@ -133,7 +138,11 @@ def tune_socket(
 
     applied["requested_buf_bytes"] = None
     applied["buffers"] = "autotuned"
-    if bdp_bytes:
+    if buffer_bytes:
+        applied["requested_buf_bytes"] = buffer_bytes
+        if set_buffer_bytes(sock, buffer_bytes):
+            applied["buffers"] = "explicit"
+    elif bdp_bytes:
         # a window of ~2x BDP keeps the pipe full through one loss-recovery RTT.
         size = max(MIN_BUF_BYTES, min(MAX_BUF_BYTES, 2 * int(bdp_bytes)))
         applied["requested_buf_bytes"] = size
@@ -177,6 +186,21 @@ def tune_socket(
         except OSError:
             pass
     return applied
+
+
+def set_buffer_bytes(sock: socket.socket, n: int) -> bool:
+    """Set SO_SNDBUF and SO_RCVBUF to ``n`` bytes (the operator's socket_buffer_bytes); True if both took.
+
+    The kernel caps each at net.core.[wr]mem_max and reports twice what it keeps (its bookkeeping);
+    an explicit size turns autotuning off for that direction.
+    """
+    ok = True
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, int(n))
+        except OSError:
+            ok = False
+    return ok
 
 
 def probe_zerocopy(sock: socket.socket) -> bool:
