@@ -56,7 +56,8 @@ from dwcp.config import TransportConfig  # noqa: E402
 from dwcp.consensus.driver import RaftDriver  # noqa: E402
 from dwcp.consensus.epoch_driver import EpochDriver  # noqa: E402
 from dwcp.consensus.raft import Role  # noqa: E402
-from dwcp.transport.server import DataServer  # noqa: E402
+from dwcp.transport.server import DataServer, message_stream  # noqa: E402
+from dwcp.wire import consts as C  # noqa: E402
 
 
 class Node:
@@ -82,7 +83,7 @@ class Node:
                                       tick_s=0.05)  # fmt: skip
         else:
             self.driver = RaftDriver(self.id, peers, self.root, transport=TransportConfig(), tick_s=0.05)
-        self.server.raft_deliver = self.driver.deliver
+        self.server.register("raft", message_stream(C.FRAME_RAFT, self.driver.deliver))
         self.driver.start()
 
     def live(self) -> bool:
