@@ -21,6 +21,36 @@ The hierarchy says who is at fault:
 * ``StorageError``        -- the receiver's disk (full, I/O error).
 * ``SourceError``         -- the sender's own file (a FIFO, unreadable, or
   ``SourceChangedError``: it shrank or grew while being sent).
+* ``InvalidKeyError``     -- the caller's object key (also a ``ValueError``).
+* ``KeyBusyError``        -- another transfer holds the key's write lease; retry later.
+* ``NotLeaderError``      -- a Raft proposal or read went to a node that is not
+  the leader; ``leader`` names the one it knows, to retry there.
+* ``NoHealthyPeerError``  -- the balancer found no candidate that is healthy
+  and behind a closed breaker.
+
+As a tree::
+
+    DWCPError
+    +-- ConfigError (also ValueError)
+    +-- ProtocolError (abstract)
+    |   +-- LocalProtocolError
+    |   +-- RemoteProtocolError
+    |       +-- IntegrityError
+    |       +-- HeaderTimeoutError
+    +-- ClosedResourceError
+    +-- BrokenResourceError
+    |   +-- EtcdError
+    +-- InternalError
+    +-- InvalidKeyError (also ValueError)
+    +-- KeyBusyError
+    +-- StorageError
+    +-- SourceError
+    |   +-- SourceChangedError
+    +-- NotLeaderError
+    +-- NoHealthyPeerError
+
+One class is still defined elsewhere: ``TransferError`` (``dwcp.transport.sender``,
+a ``DWCPError``), until that module is reworked.
 
 Socket errors stay built-in ``OSError`` subclasses.
 """
@@ -44,6 +74,8 @@ __all__ = [
     "StorageError",
     "SourceError",
     "SourceChangedError",
+    "NotLeaderError",
+    "NoHealthyPeerError",
 ]
 
 
@@ -151,3 +183,15 @@ class SourceError(DWCPError):
 
 class SourceChangedError(SourceError):
     """The source file changed size (or ended early) while it was being sent."""
+
+
+class NotLeaderError(DWCPError):
+    """A proposal went to a node that is not the leader; ``leader`` is the leader it knows, if any."""
+
+    def __init__(self, message: str, leader: str | None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class NoHealthyPeerError(DWCPError):
+    """Every candidate is unhealthy, ejected, or behind an open breaker."""

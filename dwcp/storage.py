@@ -15,7 +15,7 @@ Rules
 2. Nothing replaces a verified version but ``Partial.commit``: every chunk
    done, the whole-object xxh3-128 equal to the announced digest, the file
    fsynced, renamed into ``objects/``, the directory fsynced, then LATEST
-   replaced (write, fsync, rename, fsync dir).  A crash at any point leaves
+   replaced (``dwcp.durable.write_atomic``: write, fsync, rename, fsync dir).  A crash at any point leaves
    the previous version intact and LATEST pointing at it.
 3. The .part is a sparse file of the object's size (holes read as zeros;
    free space is checked at ``begin``), or a copy of another version of the
@@ -50,13 +50,13 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass
 
 import xxhash
 
+from dwcp.durable import fsync_dir, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.wire.consts import ERR_CHECKSUM
 
@@ -134,38 +134,6 @@ class VersionInfo:
     path: str
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: str, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data``: a temporary file beside it, fsync, rename, directory fsync.
-
-    A reader sees the old file or the new one, never half of one, and a
-    crash leaves no temporary file behind that a later write would trip on.
-    """
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
-
-
 class ObjectStore:
     def __init__(self, data_dir, *, keep_versions: int = 2) -> None:
         if keep_versions < 1:
@@ -240,7 +208,7 @@ class ObjectStore:
                         write_atomic(os.path.join(d, "LATEST"), rest[0].digest.hex() + "\n")
                     else:
                         os.unlink(os.path.join(d, "LATEST"))
-                _fsync_dir(d)
+                fsync_dir(d)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -370,7 +338,7 @@ class ObjectStore:
         existed = os.path.exists(final)  # this very version, kept from before: leave it be on failure
         os.replace(p.base + ".part", final)
         try:
-            _fsync_dir(d)
+            fsync_dir(d)
             write_atomic(os.path.join(d, "LATEST"), p.digest.hex() + "\n")
         except BaseException:
             # LATEST still names the previous version: put the object back as the partial (every

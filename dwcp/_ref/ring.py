@@ -14,8 +14,8 @@ dwcp/_fast/ring.pyx.  Written to be obviously correct, not fast:
   without ctypes; the project supports 3.11.)
 * MPMCQueue is a deque under a threading.Condition.
 * Buffer arguments are acquired the way Cython acquires a typed memoryview
-  argument (``_typed``), so a wrong buffer raises the same exception type in
-  both twins.
+  argument (``_typed``, through ``_cyargs.request_buffer``), so a wrong
+  buffer raises the same exception type in both twins.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from collections import deque
 
 from dwcp.errors import ClosedResourceError, LocalProtocolError
 
+from ._cyargs import request_buffer, ssize
+
 __all__ = ["RingBuffer", "MPMCQueue"]
 
 
@@ -41,63 +43,6 @@ def _not_none(mv, name: str) -> memoryview:
     if mv is None:
         raise TypeError(f"Argument '{name}' must not be None")
     return mv
-
-
-def _ssize(x) -> int:
-    """A ``Py_ssize_t`` argument: __index__, OverflowError beyond 64 bits."""
-    i = operator.index(x)
-    if not -(1 << 63) <= i < (1 << 63):
-        raise OverflowError("Python int too large to convert to C ssize_t")
-    return i
-
-
-class _Py_buffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_PyBUF_WRITABLE = 0x0001
-_PyBUF_FORMAT = 0x0004
-_PyBUF_C_CONTIGUOUS = 0x0038  # 0x0020 | PyBUF_STRIDES
-
-_pyapi = getattr(ctypes, "pythonapi", None)  # CPython only
-if _pyapi is not None:
-    # indexing (not attribute access) gives this module its own function object: the
-    # other _ref module sets argtypes with its own Py_buffer class on the shared one
-    _get_buffer = _pyapi["PyObject_GetBuffer"]
-    _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
-    _get_buffer.restype = ctypes.c_int
-    _release_buffer = _pyapi["PyBuffer_Release"]
-    _release_buffer.argtypes = [ctypes.POINTER(_Py_buffer)]
-    _release_buffer.restype = None
-
-
-def _request(obj, writable: bool) -> None:
-    """Ask ``obj`` for the buffer Cython asks for, so that the exporter raises
-    its own error (e.g. BufferError for bytes, ValueError for a read-only or
-    strided numpy array)."""
-    flags = _PyBUF_C_CONTIGUOUS | _PyBUF_FORMAT | (_PyBUF_WRITABLE if writable else 0)
-    if _pyapi is None:  # other interpreters: the common case, approximately
-        mv = memoryview(obj)
-        if writable and mv.readonly:
-            raise BufferError("Object is not writable.")
-        if not mv.c_contiguous:
-            raise BufferError("buffer is not C-contiguous")
-        return
-    view = _Py_buffer()
-    _get_buffer(obj, ctypes.byref(view), flags)  # a set error is raised by ctypes
-    _release_buffer(ctypes.byref(view))
 
 
 _CTYPE = {"B": ("uint8_t", 1), "Q": ("uint64_t", 8)}
@@ -114,7 +59,7 @@ def _typed(obj, name: str, code: str, writable: bool, *, none_ok: bool = False) 
         if none_ok:
             return None  # type: ignore[return-value]
         raise TypeError(f"Argument '{name}' must not be None")
-    _request(obj, writable)
+    request_buffer(obj, writable)
     mv = memoryview(obj)
     if mv.ndim != 1:
         raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {mv.ndim})")
@@ -145,7 +90,7 @@ class RingBuffer:
     """SPSC ring of ``nslots`` slots of ``slot_size`` bytes (Rules: dwcp/_fast/ring.pyx)."""
 
     def __init__(self, slot_size: int, nslots: int) -> None:
-        slot_size, nslots = _ssize(slot_size), _ssize(nslots)
+        slot_size, nslots = ssize(slot_size), ssize(nslots)
         if not 1 <= slot_size <= (1 << 30):
             raise ValueError(f"slot_size must be in [1, 2**30], got {slot_size}")
         _pow2_check(nslots, "nslots")
@@ -229,7 +174,7 @@ class RingBuffer:
             return view
 
     def commit(self, nbytes: int) -> None:
-        nbytes = _ssize(nbytes)
+        nbytes = ssize(nbytes)
         self._check()
         if not self._acquired:
             raise LocalProtocolError("commit() without acquire()")
@@ -263,7 +208,7 @@ class RingBuffer:
 
     def push_batch(self, src, item_size: int) -> int:
         mv = _typed(src, "src", "B", writable=False, none_ok=True)
-        item_size = _ssize(item_size)
+        item_size = ssize(item_size)
         mv = _not_none(mv, "src")
         self._check()
         if not 1 <= item_size <= self._slot_size:
@@ -335,7 +280,7 @@ class RingBuffer:
 
     def pop_batch(self, dst, item_size: int) -> int:
         mv = _typed(dst, "dst", "B", writable=True, none_ok=True)
-        item_size = _ssize(item_size)
+        item_size = ssize(item_size)
         mv = _not_none(mv, "dst")
         self._check()
         if not 1 <= item_size <= self._slot_size:
@@ -403,7 +348,7 @@ class MPMCQueue:
     """Bounded MPMC queue of unsigned 64-bit integers (Rules: dwcp/_fast/ring.pyx)."""
 
     def __init__(self, capacity: int) -> None:
-        capacity = _ssize(capacity)
+        capacity = ssize(capacity)
         _pow2_check(capacity, "capacity")
         self._capacity = capacity
         self._q: deque[int] = deque()

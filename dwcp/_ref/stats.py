@@ -5,21 +5,16 @@ from __future__ import annotations
 import operator
 import threading
 
+from ._cyargs import ssize
+
 __all__ = ["CounterBlock"]
 
 _U64 = 1 << 64
 
 
-def _ssize(x) -> int:
-    i = operator.index(x)
-    if not -(1 << 63) <= i < (1 << 63):
-        raise OverflowError("Python int too large to convert to C ssize_t")
-    return i
-
-
 class CounterBlock:
     def __init__(self, size) -> None:
-        size = _ssize(size)
+        size = ssize(size)
         if size < 1 or size > (1 << 24):
             raise ValueError(f"size must be in [1, 2**24], got {size}")
         self.size = size
@@ -27,13 +22,13 @@ class CounterBlock:
         self._lock = threading.Lock()
 
     def _index(self, i) -> int:
-        i = _ssize(i)
+        i = ssize(i)
         if i < 0 or i >= self.size:
             raise IndexError(f"counter index {i} outside [0, {self.size})")
         return i
 
     def add(self, i, v=1) -> None:
-        i = _ssize(i)  # Cython converts the arguments in order, then checks the index
+        i = ssize(i)  # Cython converts the arguments in order, then checks the index
         v = operator.index(v)
         if not 0 <= v < _U64:
             raise OverflowError("can't convert negative value to uint64_t" if v < 0 else "value too large to convert to uint64_t")
@@ -45,7 +40,7 @@ class CounterBlock:
         return self._slots[self._index(i)]
 
     def set_gauge(self, i, v) -> None:
-        i = _ssize(i)
+        i = ssize(i)
         v = operator.index(v)
         if not -(1 << 63) <= v < (1 << 63):
             raise OverflowError("value too large to convert to int64_t")

@@ -3,18 +3,18 @@
 The formats and the Rules are in the module docstring of
 dwcp/_fast/xorzrle.pyx.  Obviously correct rather than fast: byte loops over
 memoryviews.  Arguments are converted the way Cython converts the typed
-arguments of the fast twin (``_buf``, ``_ssize``), in signature order, so a
-wrong argument raises the same exception type in both.
+arguments of the fast twin (``_buf``, and ``ssize`` from ``_cyargs``), in
+signature order, so a wrong argument raises the same exception type in both.
 """
 
 from __future__ import annotations
 
-import ctypes
-import operator
 import re
 
 from dwcp.errors import RemoteProtocolError
 from dwcp.wire.consts import ERR_MALFORMED
+
+from ._cyargs import request_buffer, ssize
 
 __all__ = ["xbzrle_encode", "xbzrle_decode", "scan_dirty", "delta_encode", "delta_decode",
            "pages_encode", "delta_bound"]  # fmt: skip
@@ -41,45 +41,6 @@ class _Malformed(Exception):
 # -- arguments, as Cython converts them ---------------------------------------
 
 
-def _ssize(x) -> int:
-    """A ``Py_ssize_t`` argument: __index__, OverflowError beyond 64 bits."""
-    i = operator.index(x)
-    if not -(1 << 63) <= i < (1 << 63):
-        raise OverflowError("Python int too large to convert to C ssize_t")
-    return i
-
-
-class _Py_buffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_PyBUF_WRITABLE = 0x0001
-_PyBUF_FORMAT = 0x0004
-_PyBUF_C_CONTIGUOUS = 0x0038  # 0x0020 | PyBUF_STRIDES
-
-_pyapi = getattr(ctypes, "pythonapi", None)  # CPython only
-if _pyapi is not None:
-    # indexing (not attribute access) gives this module its own function object: the
-    # other _ref module sets argtypes with its own Py_buffer class on the shared one
-    _get_buffer = _pyapi["PyObject_GetBuffer"]
-    _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
-    _get_buffer.restype = ctypes.c_int
-    _release_buffer = _pyapi["PyBuffer_Release"]
-    _release_buffer.argtypes = [ctypes.POINTER(_Py_buffer)]
-    _release_buffer.restype = None
-
 # What Cython accepts for a uint8_t memoryview: unsigned char, char or bool
 # items, with any byte-order prefix, or a struct of one such field.
 _U8_FORMAT = re.compile(r"[@=<>!^]?(?:[Bc?]|T\{[@=<>!^]?[Bc?](?::[^:]*:)?\})")
@@ -87,20 +48,9 @@ _U8_FORMAT = re.compile(r"[@=<>!^]?(?:[Bc?]|T\{[@=<>!^]?[Bc?](?::[^:]*:)?\})")
 
 def _buf(obj, writable: bool) -> tuple[memoryview, int]:
     """A 1-D C-contiguous uint8 argument as a flat memoryview, and its address."""
-    if _pyapi is not None:
-        # Ask the exporter for the buffer Cython asks for, so that it raises
-        # its own error (BufferError for bytes, ValueError for numpy, ...).
-        view = _Py_buffer()
-        flags = _PyBUF_C_CONTIGUOUS | _PyBUF_FORMAT | (_PyBUF_WRITABLE if writable else 0)
-        _get_buffer(obj, ctypes.byref(view), flags)  # a set error is raised by ctypes
-        addr = view.buf or 0
-        _release_buffer(ctypes.byref(view))
+    addr = request_buffer(obj, writable)
     mv = memoryview(obj)
-    if _pyapi is None:  # other interpreters: the common cases, approximately
-        if writable and mv.readonly:
-            raise BufferError("Object is not writable.")
-        if not mv.c_contiguous:
-            raise BufferError("buffer is not C-contiguous")
+    if addr is None:  # not CPython: the address through numpy
         import numpy as np
 
         addr = np.frombuffer(mv.cast("B") if mv.nbytes else b"", np.uint8).ctypes.data
@@ -119,7 +69,7 @@ def _convert(bufs: tuple, ints: tuple = ()) -> list:
     before the ``not None`` checks run.
     """
     views = [None if obj is None else _buf(obj, writable) for _, obj, writable in bufs]
-    nums = [_ssize(x) for x in ints]
+    nums = [ssize(x) for x in ints]
     for (name, obj, _), _v in zip(bufs, views):
         if obj is None:
             raise TypeError(f"Argument '{name}' must not be None")

@@ -21,17 +21,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dwcp.errors import ConfigError, DWCPError
+from dwcp.errors import ConfigError, NoHealthyPeerError  # NoHealthyPeerError: re-exported
 
 from .geo import Location, PrefixTable, haversine_km
 
 __all__ = ["Peer", "Balancer", "POLICIES", "NoHealthyPeerError", "SessionAffinity"]
 
 POLICIES = ("round_robin", "least_connections", "p2c", "geo", "region")
-
-
-class NoHealthyPeerError(DWCPError):
-    """Every candidate is unhealthy, ejected, or behind an open breaker."""
 
 
 @dataclass

@@ -34,8 +34,8 @@ import threading
 import time
 from typing import Any
 
+from dwcp.durable import write_atomic
 from dwcp.errors import DWCPError, RemoteProtocolError, StorageError
-from dwcp.storage import write_atomic
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 

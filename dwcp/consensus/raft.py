@@ -74,7 +74,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dwcp.errors import DWCPError, InternalError
+from dwcp.errors import InternalError, NotLeaderError  # NotLeaderError: re-exported
 
 __all__ = ["Entry", "Msg", "MsgType", "Role", "RaftNode", "Ready", "ReadState", "NotLeaderError", "MemoryStorage",
            "HardState", "SnapshotMeta", "SNAP_CHUNK_BYTES", "MAX_SNAPSHOT_BYTES"]  # fmt: skip
@@ -82,14 +82,6 @@ __all__ = ["Entry", "Msg", "MsgType", "Role", "RaftNode", "Ready", "ReadState", 
 SNAP_CHUNK_BYTES = 256 << 10  # one SNAP message's share of the snapshot (hex on the wire: 512 KiB)
 MAX_SNAPSHOT_BYTES = 1 << 30  # a follower refuses to buffer a snapshot larger than this
 MAX_PENDING_READS = 4096  # reads waiting for confirmation or for their index to be applied, per node
-
-
-class NotLeaderError(DWCPError):
-    """A proposal went to a node that is not the leader; ``leader`` is the leader it knows, if any."""
-
-    def __init__(self, message: str, leader: str | None) -> None:
-        super().__init__(message)
-        self.leader = leader
 
 
 class Role(enum.Enum):

@@ -31,8 +31,8 @@ import json
 import os
 import zlib
 
+from dwcp.durable import write_all, write_atomic
 from dwcp.errors import StorageError
-from dwcp.storage import _fsync_dir
 
 from .raft import Entry, HardState, MemoryStorage, SnapshotMeta
 
@@ -41,26 +41,16 @@ __all__ = ["FileStorage"]
 
 class AtomicFiles:
     """Writes for a durable store in ``self.dir``: every write goes through ``_write`` (a test may make it
-    fail), ``_replace`` swaps a whole file atomically (tmp + fsync + rename + directory fsync)."""
+    fail), ``_replace`` swaps a whole file atomically (``dwcp.durable.write_atomic``: tmp + fsync + rename +
+    directory fsync)."""
 
     dir: str
 
     def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_all(fd, data)
 
     def _replace(self, path: str, data: bytes) -> None:
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            self._write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        write_atomic(path, data, write=self._write)
 
 
 _KINDS = {"data": b"data", "noop": b"noop", "conf": b"conf"}

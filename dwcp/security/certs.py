@@ -13,7 +13,8 @@ Rules
 1. A private key is never readable by anyone but its owner, not even for an
    instant: it is written to a temporary file created by ``os.open`` with
    mode 0600 (``O_EXCL | O_NOFOLLOW``, so a planted file or symlink is not
-   reused), then renamed into place.  Directories we create are 0700.
+   reused), then renamed into place (``dwcp.durable.write_atomic``).
+   Directories we create are 0700.
 2. Nothing is overwritten without ``force``; every target is checked before
    any file is written, so a refusal leaves the directory as it was.
 3. Keys are loaded only if their mode passes :func:`check_key_permissions`.
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dwcp.durable import fsync_dir, write_atomic
 from dwcp.errors import ConfigError
 
 __all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions", "valid_node_id", "bft_signing_key",
@@ -147,43 +149,13 @@ def _make_dir(d: str) -> None:
         raise ConfigError(f"{d} is not a directory")
 
 
-def _write(path: str, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically; the file never exists with a wider mode."""
-    tmp = f"{path}.tmp"
-    try:
-        os.unlink(tmp)  # a leftover from a crashed run; it was 0600 too
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed it (e.g. a 0644 certificate under umask 077)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(files: list[tuple[str, bytes, int]], force: bool) -> None:
     _refuse_existing([p for p, _, _ in files], force)
     try:
         for path, data, mode in files:
-            _write(path, data, mode)
+            write_atomic(path, data, mode=mode, sync_dir=False)
         for d in {os.path.dirname(p) for p, _, _ in files}:
-            _fsync_dir(d)
+            fsync_dir(d)
     except OSError as exc:
         raise ConfigError(f"cannot write {exc.filename or files[0][0]}: {exc.strerror}") from None
 

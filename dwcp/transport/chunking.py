@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from dwcp.storage import write_atomic
+from dwcp.durable import write_atomic
 
 __all__ = ["PathStats", "PathMemory", "choose_chunk_size", "path_stats_from_send", "MiB"]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
-import tempfile
 import time
 
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkDecoder, chunk_spans
 from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.durable import create_temp, discard, publish
 from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import MAX_OBJECT_BYTES, encode_control
@@ -35,8 +35,8 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
     ssl_ctx = Sender(transport, security, node_id=node_id)._ssl
     fs, _ = open_stream(host, port, transport, ssl_ctx)
     tid = secrets.randbits(63) | 1
-    out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".dwcp-fetch-", dir=out_dir)
+    dest = os.path.abspath(out_path)
+    fd, tmp = create_temp(dest)  # 0600, as the temporary file always was
     ok = False
     try:
         fs.send(encode_control(C.FRAME_HELLO, tid, {"v": 1, "role": "control", "op": "fetch", "key": key,
@@ -86,12 +86,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, out_path)
-        dfd = os.open(out_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        publish(tmp, dest)
         ok = True
         try:
             fs.send(encode_control(C.FRAME_CLOSE, tid, {"reason": "done"}))
@@ -102,10 +97,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
         if fd >= 0:
             os.close(fd)
         if not ok:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            discard(tmp)
     elapsed = time.perf_counter() - t0
     return {"key": key, "from": f"{host}:{port}", "path": out_path, "size": size, "digest": digest.hex(),
             "verified": True, "wire_bytes": wire, "seconds": elapsed,

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from dwcp.storage import write_atomic
+from dwcp.durable import write_atomic
 
 __all__ = ["TUNE_FILE", "FORMAT_VERSION", "DEFAULT_STATE_DIR", "apply_profiles", "load_profile"]
 
