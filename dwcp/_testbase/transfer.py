@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dwcp.config import Config, from_dict
 
-__all__ = ["server_config"]
+__all__ = ["server_config", "tx_config", "stored"]
 
 
 def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "rx", listen: dict | None = None,
@@ -22,3 +22,17 @@ def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "
     for name, values in (sections or {}).items():
         cfg[name] = {**cfg.get(name, {}), **values}
     return from_dict(cfg)
+
+
+def tx_config(**kw):
+    """A sender's TransportConfig with test-friendly timeouts and 1 MiB chunks; ``kw`` overrides."""
+    from dwcp.config import TransportConfig
+
+    return TransportConfig(**{"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": 1 << 20, **kw})
+
+
+def stored(srv, key: str) -> bytes:
+    """The bytes of ``key``'s latest verified version on DataServer ``srv`` (it must have one)."""
+    info = srv.store.latest(key)
+    assert info is not None, f"{key!r} is not stored"
+    return bytes(srv.store.open_version(info))

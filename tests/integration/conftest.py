@@ -55,3 +55,15 @@ def small_tmpfs(tmp_path):
     finally:
         for m in mounts:
             subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An in-process plaintext receiver on 127.0.0.1 (dwcp._testbase.transfer.server_config)."""
+    from dwcp._testbase.transfer import server_config
+    from dwcp.transport.server import DataServer
+
+    srv = DataServer(server_config(tmp_path / "rx"))
+    srv.start()
+    yield srv
+    srv.close()

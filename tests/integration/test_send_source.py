@@ -18,9 +18,10 @@ import pytest
 
 from dwcp._backend import impl as K
 from dwcp._testbase.images import dirty_version, vm_image
-from dwcp._testbase.transfer import server_config
+from dwcp._testbase.transfer import stored
+from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.cli.demo import same_dwcp_env
-from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.config import SecurityConfig
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.framesock import FrameSocket
 from dwcp.transport.sender import Sender, TransferError
@@ -32,24 +33,8 @@ PLAIN = SecurityConfig(plaintext=True)
 MiB = 1 << 20
 
 
-def tx_config(**kw) -> TransportConfig:
-    base = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": MiB, "adaptive_chunks": False}
-    base.update(kw)
-    return TransportConfig(**base)
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = DataServer(server_config(tmp_path / "rx"))
-    srv.start()
-    yield srv
-    srv.close()
-
-
-def stored(srv: DataServer, key: str) -> bytes:
-    info = srv.store.latest(key)
-    assert info is not None
-    return bytes(srv.store.open_version(info))
+def tx_config(**kw):
+    return _tx_config(**{"adaptive_chunks": False, **kw})
 
 
 def dwcp_send(path, server, key, *extra, tmp_path, timeout=20):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dwcp._testbase.transfer import server_config
+from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
 from dwcp.storage import ObjectStore
 from dwcp.transport.fetch import fetch
@@ -22,18 +23,8 @@ PLAIN = SecurityConfig(plaintext=True)
 CHUNK = 1 << 20
 
 
-def tx_config(**kw) -> TransportConfig:
-    base = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": CHUNK, "adaptive_chunks": False}
-    base.update(kw)
-    return TransportConfig(**base)
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = DataServer(server_config(tmp_path / "rx"))
-    srv.start()
-    yield srv
-    srv.close()
+def tx_config(**kw):
+    return _tx_config(**{"adaptive_chunks": False, **kw})
 
 
 def text_like(n: int, seed: int) -> np.ndarray:

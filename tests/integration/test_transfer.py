@@ -14,8 +14,9 @@ import pytest
 from dwcp._backend import impl as K
 from dwcp._testbase.fuzzer import FaultProxy
 from dwcp._testbase.images import dirty_version, vm_image
-from dwcp._testbase.transfer import server_config
-from dwcp.config import SecurityConfig, TransportConfig
+from dwcp._testbase.transfer import server_config, stored
+from dwcp._testbase.transfer import tx_config as _tx_config
+from dwcp.config import SecurityConfig
 from dwcp.storage import ObjectStore
 from dwcp.transport.chunking import PathStats, choose_chunk_size
 from dwcp.transport.fetch import fetch
@@ -27,24 +28,8 @@ from dwcp.wire.messages import encode_control
 PLAIN = SecurityConfig(plaintext=True)
 
 
-def tx_config(**kw) -> TransportConfig:
-    base = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": 1 << 20, "max_streams": 8}
-    base.update(kw)
-    return TransportConfig(**base)
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = DataServer(server_config(tmp_path / "rx"))
-    srv.start()
-    yield srv
-    srv.close()
-
-
-def stored(srv: DataServer, key: str) -> bytes:
-    info = srv.store.latest(key)
-    assert info is not None
-    return bytes(srv.store.open_version(info))
+def tx_config(**kw):
+    return _tx_config(**{"max_streams": 8, **kw})
 
 
 def test_full_then_delta_then_fetch(server, tmp_path, image):
