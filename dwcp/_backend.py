@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["backend", "backend_features", "impl", "load", "IMPLS"]
 
@@ -59,8 +59,10 @@ def _select() -> str:
 
 
 backend = _select()
+if TYPE_CHECKING:  # what mypy checks calls against: the .pyi stubs of dwcp/_fast (a typed facade)
+    from dwcp._fast import _kernels as impl
 try:
-    impl = load(backend)
+    impl = load(backend)  # type: ignore[assignment]  # the namespace has exactly the stubs' names
 except ImportError as exc:
     if backend == "fast":
         raise ImportError(

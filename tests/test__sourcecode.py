@@ -35,3 +35,18 @@ def test_mypy():
         [*_tool("mypy"), "--no-error-summary", "dwcp"], cwd=ROOT, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_checks_calls_into_the_kernels(tmp_path):
+    """``dwcp._backend.impl`` is typed by dwcp/_fast/*.pyi: a wrong call into a kernel is a type error."""
+    bad = tmp_path / "bad_kernel_call.py"
+    bad.write_text(
+        "from dwcp._backend import impl as K\n"
+        "K.xxh3_64('text')\n"  # a str is not a buffer
+        "K.pack_header(1, 2)\n"  # too few arguments
+        "h: str = K.xxh3_128(b'x')\n"  # returns bytes
+        "K.no_such_kernel()\n"
+    )
+    r = subprocess.run([*_tool("mypy"), "--no-error-summary", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    errors = [line for line in r.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["2", "3", "4", "5"], r.stdout

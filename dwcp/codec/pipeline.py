@@ -255,7 +255,7 @@ class ChunkEncoder:
         payload: bytes | memoryview = b""
         if dirty.any():
             out = _scratch(_k.delta_bound(n, ps))
-            m = _k.pages_encode(mv, dirty, out, ps)
+            m = _k.pages_encode(mv, dirty.data, out.data, ps)
             if m < 0:
                 raise InternalError("pages_encode overflowed its own bound")
             payload = _shrink(out, m)
@@ -284,7 +284,7 @@ class ChunkEncoder:
         if base is not None:
             limit = int(n * self.config.delta_max_fraction)
             out = _scratch(min(_k.delta_bound(n, ps), limit + 16))
-            m = _k.delta_encode(bmv, mv, out, ps)
+            m = _k.delta_encode(bmv, mv, out.data, ps)
             if 0 <= m <= limit:
                 payload = _shrink(out, m)
                 z = self._maybe_zstd(payload, None) if m >= 64 else None
@@ -298,7 +298,7 @@ class ChunkEncoder:
         zero_pages = npages - int(np.count_nonzero(np.frombuffer(nz, np.uint8)))
         if zero_pages and zero_pages >= npages * self.config.sparse_min_zero_fraction:
             out = _scratch(_k.delta_bound(n, ps))
-            m = _k.pages_encode(mv, nz, out, ps)
+            m = _k.pages_encode(mv, nz, out.data, ps)
             if m < 0:
                 raise InternalError("pages_encode overflowed its own bound")
             payload_codec, payload = C.CODEC_SPARSE, _shrink(out, m)
