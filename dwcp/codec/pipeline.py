@@ -60,7 +60,7 @@ from .metrics import CodecMetrics
 if TYPE_CHECKING:
     from dwcp.config import CodecSettings
 
-__all__ = ["CodecConfig", "EncodedFrame", "ChunkEncoder", "ChunkDecoder"]
+__all__ = ["CodecConfig", "EncodedFrame", "ChunkEncoder", "ChunkDecoder", "chunk_spans"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,11 @@ def _as_u8(data) -> memoryview:
     if not mv.c_contiguous:
         raise ValueError("chunk buffers must be C-contiguous")
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+def chunk_spans(size: int, chunk_size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each chunk of an object of ``size`` bytes."""
+    return [(off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
 
 
 def _scratch(n: int) -> np.ndarray:

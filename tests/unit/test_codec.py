@@ -12,14 +12,11 @@ import zstandard
 from dwcp._backend import impl as K
 from dwcp._testbase.images import dirty_version, text_corpus, vm_image
 from dwcp.codec import (
-    BaselineStore,
     ChunkDecoder,
     ChunkEncoder,
     CodecConfig,
     CodecMetrics,
     DictionaryStore,
-    HDEDecoder,
-    HDEEncoder,
     LevelController,
     looks_incompressible,
 )
@@ -237,8 +234,6 @@ def test_config_validation():
         CodecConfig(zstd_min_gain=0)
     with pytest.raises(ConfigError):
         LevelController(0)
-    with pytest.raises(ConfigError):
-        HDEEncoder(chunk_size_bytes=5000)
 
 
 def test_level_controller_adapts_to_the_link():
@@ -292,76 +287,6 @@ def test_concurrent_encoding_is_deterministic_and_counted():
     assert sum(v["frames"] for v in snap["encode"].values()) == 5 * len(chunks)
     assert snap["bytes_raw_total"] == 5 * len(img)
     assert snap["bytes_wire_total"] == 5 * sum(len(e) - C.HEADER_SIZE for e in expect)
-
-
-def test_hde_object_full_then_delta_then_refresh():
-    store = BaselineStore(max_delta_chain=2, refresh_interval_s=300)
-    enc = HDEEncoder(ChunkEncoder(CodecConfig(zstd_level=1)), store, chunk_size_bytes=CHUNK, workers=2)
-    dec = HDEDecoder()
-    v = [vm_image(1 << 20, seed=20)]
-    for i in range(4):
-        v.append(dirty_version(v[-1], seed=30 + i))
-    modes, wire = [], []
-    held = None  # what the receiver holds
-    for i, data in enumerate(v):
-        plan = enc.plan("vm1", data, now=10.0 * i)
-        enc_frames = list(enc.encode_object(data, plan, transfer_id=i))
-        frames = as_frames(enc_frames)
-        out = dec.decode_object(frames, plan.size, plan.digest, base=held)
-        assert bytes(out) == data.tobytes()
-        held = bytes(out)
-        enc.commit("vm1", data, plan, now=10.0 * i)
-        modes.append(plan.mode)
-        wire.append(sum(f.wire_len for f in enc_frames))
-    assert modes == ["full", "delta", "delta", "full", "delta"]  # chain of 2, then a refresh
-    assert wire[1] * 20 < wire[0]
-    # refresh interval: a baseline older than 5 minutes is not used
-    assert enc.plan("vm1", v[-1], now=10.0 * 3 + 301).mode == "full"
-
-
-def test_hde_decoder_rejects_gaps_duplicates_and_bad_digest():
-    enc = HDEEncoder(ChunkEncoder(CodecConfig(zstd_level=1)), chunk_size_bytes=CHUNK)
-    data = vm_image(1 << 20, seed=21)
-    plan = enc.plan("k", data, now=0)
-    frames = as_frames(enc.encode_object(data, plan))
-    dec = HDEDecoder()
-    with pytest.raises(RemoteProtocolError, match="cover") as ei:
-        dec.decode_object(frames[:-1], plan.size, plan.digest)
-    assert ei.value.code == C.ERR_TRUNCATED
-    with pytest.raises(RemoteProtocolError, match="twice"):
-        dec.decode_object(frames + frames[:1], plan.size, plan.digest)
-    with pytest.raises(IntegrityError):
-        dec.decode_object(frames, plan.size, bytes(16))
-    with pytest.raises(RemoteProtocolError, match="outside"):
-        dec.decode_object(frames, plan.size - CHUNK, plan.digest)
-
-
-def test_baseline_store_pruning():
-    s = BaselineStore(max_versions_per_key=2, max_total_bytes=3000, ttl_s=100)
-    a = s.record("k", b"a" * 16, b"x" * 1000, now=0, delta_from=None)
-    s.record("k", b"b" * 16, b"x" * 1000, now=1, delta_from=a)
-    s.record("k", b"c" * 16, b"x" * 1000, now=2, delta_from=None)
-    assert len(s) == 2 and s.get("k", b"a" * 16) is None  # per-key cap
-    s.record("j", b"d" * 16, b"x" * 1000, now=3, delta_from=None)
-    s.record("j", b"e" * 16, b"x" * 1000, now=4, delta_from=None)
-    assert s.total_bytes <= 3000 and len(s) == 3  # total budget, LRU first
-    assert s.get("k", b"b" * 16) is None
-    dropped = s.prune(now=200)
-    assert len(dropped) == 3 and len(s) == 0 and s.total_bytes == 0
-    with pytest.raises(ConfigError):
-        BaselineStore(max_versions_per_key=0)
-
-
-def test_baseline_chain_and_digest_lookup():
-    s = BaselineStore(max_delta_chain=1, refresh_interval_s=60)
-    assert s.plan("k", 0) is None
-    a = s.record("k", b"a" * 16, np.zeros(10, np.uint8), now=0, delta_from=None)
-    assert a.chain == 0 and s.plan("k", 1) is a
-    assert not a.data.flags.writeable  # rule 2: frozen
-    b = s.record("k", b"b" * 16, b"y" * 10, now=2, delta_from=a)
-    assert b.chain == 1 and s.plan("k", 3) is None  # chain limit reached
-    assert s.get("k", b"a" * 16) is a and s.latest("k") is b
-    assert s.forget("k") == 2 and s.latest("k") is None
 
 
 # -- the frame reader (sans-IO) -------------------------------------------
@@ -453,7 +378,6 @@ def test_random_bytes_everywhere():
 
 def test_shared_stores_are_used_even_while_empty():
     """Regression: an empty store is falsy (__len__ == 0); `x or Default()` dropped it."""
-    store, dicts = BaselineStore(), DictionaryStore()
-    enc = HDEEncoder(ChunkEncoder(dictionaries=dicts), store)
-    assert enc.baselines is store and enc.chunks.dictionaries is dicts
+    dicts = DictionaryStore()
+    assert ChunkEncoder(dictionaries=dicts).dictionaries is dicts
     assert ChunkDecoder(dictionaries=dicts).dictionaries is dicts
