@@ -64,7 +64,7 @@ from typing import Any, TypeGuard
 import xxhash
 
 from dwcp._backend import impl as _k
-from dwcp.codec import ChunkEncoder, CodecConfig, chunk_spans
+from dwcp.codec import ChunkEncoder, CodecConfig
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
 from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
@@ -72,7 +72,7 @@ from dwcp.wire.messages import encode_control
 
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
-from .session import CAPS, PROTOCOL_VERSION
+from .session import NACK_IGNORE, NACK_RESEND, SendSession
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
@@ -217,24 +217,15 @@ def _tcp_counters(sock: Any) -> tuple[int, int, int] | None:
 
 @dataclass
 class _State:
-    spans: list[tuple[int, int]]
-    done: bytearray
-    remaining: int
+    """What the streams of one send share besides the protocol's state (that is the SendSession's):
+    the stream count, stream failures, TCP counters and latencies, and the event that ends the wait."""
+
     lock: threading.Lock = field(default_factory=threading.Lock)
-    failed: str | None = None  # why the transfer failed; set once, never cleared
-    error: SourceError | TransferError | None = None  # the typed error to raise for it, if any
-    acked_raw: int = 0
-    wire_bytes: int = 0
-    chunks_sent: int = 0
-    chunks_resent: int = 0
-    nacks: dict[int, int] = field(default_factory=dict)
-    force_full: set[int] = field(default_factory=set)
     target_streams: int = 1
     active_streams: int = 0  # streams taking work (a retired stream drains without counting)
     stream_failures: int = 0
     stream_errors: list[str] = field(default_factory=list)
     stream_info: list[dict] = field(default_factory=list)  # TCP_INFO of each stream as it ended
-    raw_sent: int = 0  # raw bytes of the chunks sent (``wire_bytes`` is what they encoded to)
     # The controller's view of the streams' TCP progress (``tcp_totals``): the live streams' sockets,
     # registered by their threads and read by the controller's loop, both under ``lock`` (so a socket
     # is never read after its thread closed it), and the summed last counters of the streams that ended.
@@ -242,18 +233,7 @@ class _State:
     tcp_ended: list[int] = field(default_factory=lambda: [0, 0, 0])  # bytes acked, sent, retransmitted
     tcp_counters_missing: bool = False  # a socket without TCP_INFO's byte counters (not Linux >= 4.19)
     chunk_latency_s: list[float] = field(default_factory=list)  # send -> ACK of each acknowledged chunk
-    all_done: threading.Event = field(default_factory=threading.Event)
-
-    def mark_done(self, i: int) -> bool:
-        with self.lock:
-            if self.done[i]:
-                return False
-            self.done[i] = 1
-            self.remaining -= 1
-            self.acked_raw += self.spans[i][1]
-            if self.remaining == 0:
-                self.all_done.set()
-            return True
+    all_done: threading.Event = field(default_factory=threading.Event)  # set once the session is finished
 
     def tcp_register(self, sid: int, sock: Any) -> None:
         with self.lock:
@@ -289,12 +269,6 @@ class _State:
                 for k in range(3):
                     tot[k] += c[k]
         return tot[0], tot[1], tot[2]
-
-    def fail(self, why: str, error: SourceError | TransferError | None = None) -> None:
-        with self.lock:
-            if self.failed is None:
-                self.failed, self.error = why, error
-        self.all_done.set()
 
 
 class Sender:
@@ -439,7 +413,6 @@ class Sender:
             chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
         else:
             chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
-        spans = chunk_spans(size, chunk_size)
         cache_key = f"{host}:{port}/{key}"
         now = self.clock()
         record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
@@ -465,33 +438,25 @@ class Sender:
             sockinfo["zerocopy_reason"] = "MSG_ZEROCOPY sending is not implemented: every send copies"
         sockinfo["zerocopy_used"] = False
         base_map = None
+        # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
+        sess = SendSession(transfer_id, key, size, digest, chunk_size, node=self.node_id,
+                           base_digest=base_info.digest if base_info is not None else None,
+                           full_refresh=refresh is not None, forward_to=forward_to, streams=streams)  # fmt: skip
         try:
-            # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
-            caps = sorted(CAPS if refresh is None else CAPS - {"xbzrle", "pages"})
-            hello = {"v": PROTOCOL_VERSION, "role": "control", "op": "send", "key": key, "size": size, "digest": digest.hex(),
-                     "chunk_size": chunk_size, "page_size": C.PAGE_SIZE, "caps": caps,
-                     "node": self.node_id}  # fmt: skip
-            if base_info is not None:
-                hello["base_digest"] = base_info.digest.hex()
-            if forward_to:
-                hello["forward"] = {"to": forward_to}
-            if streams is not None:
-                hello["streams"] = streams
-            ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, hello))
-            welcome = self._expect(ctrl, C.FRAME_WELCOME)
-            mode = welcome["mode"]
-            if welcome.get("chunk_size", chunk_size) != chunk_size:
+            ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
+            todo = sess.on_welcome(self._expect(ctrl, C.FRAME_WELCOME))
+            mode = sess.mode
+            assert mode is not None  # on_welcome judged it
+            if sess.chunk_size != chunk_size:
                 # the receiver holds part of this object in the chunks of an earlier attempt: use those
-                chunk_size = welcome["chunk_size"]  # bounds and alignment checked by the message schema
+                chunk_size = sess.chunk_size
                 chunk_why = f"{chunk_size >> 10} KiB: the receiver's partial from an interrupted send"
-                spans = chunk_spans(size, chunk_size)
-            have = bytes.fromhex(welcome.get("have", ""))
+            spans = sess.spans
             base = None
             base_digest = None
             peer_hashes = None
             if mode == "delta":
-                if base_info is None or welcome.get("base_digest") != base_info.digest.hex():
-                    raise RemoteProtocolError("receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD)
+                assert base_info is not None  # the session checked WELCOME named the baseline we offered
                 base_map = memoryview(self.baselines.open_version(base_info))
                 if _k.xxh3_128(base_map) == base_info.digest:
                     base, base_digest = base_map, base_info.digest
@@ -502,20 +467,11 @@ class Sender:
                     base_map = None
                     self._drop_baseline(base_info)
             elif mode == "pages":
-                base_digest = bytes.fromhex(welcome["base_digest"])
+                base_digest = sess.base_digest
                 peer_hashes = self._recv_page_hashes(ctrl, (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE)
-            elif mode != "full":
-                raise RemoteProtocolError(f"unexpected mode {mode!r} for a send", C.ERR_MALFORMED)
 
-            state = _State(spans, bytearray(len(spans)), 0)
-            todo = []
-            for i in range(len(spans)):
-                if i >> 3 < len(have) and have[i >> 3] >> (i & 7) & 1:
-                    state.done[i] = 1
-                else:
-                    todo.append(i)
-            state.remaining = len(todo)
-            resumed = len(spans) - len(todo)
+            state = _State()
+            resumed = sess.resumed
             q = _k.MPMCQueue(_pow2(max(2, len(spans))))
             for i in todo:
                 if not q.try_put(i):
@@ -564,27 +520,29 @@ class Sender:
                 if rate_limit_bytes_per_s is None:
                     self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
-            ctx = _StreamCtx(self, host, port, transfer_id, welcome.get("token", ""), state, q, src, base,
-                             base_digest, peer_hashes, encoder, limiter, bdp, resource_type)  # fmt: skip
+            ctx = _StreamCtx(self, host, port, sess, state, q, src, base, base_digest, peer_hashes, encoder, limiter,
+                             bdp, resource_type)  # fmt: skip
             ctx.ready = ready
             ctx.chunk_bytes = chunk_size
             max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
-            if state.failed:
-                err = state.error if state.error is not None else TransferError(state.failed)
-                err.stats = {"chunks": len(spans), "chunks_sent": state.chunks_sent, "wire_bytes": state.wire_bytes,
-                             "chunks_acked": len(spans) - state.remaining, "resumed_chunks": resumed}  # fmt: skip
+            if sess.failed:
+                err = sess.error if isinstance(sess.error, SourceError | TransferError) else TransferError(sess.failed)
+                err.stats = {"chunks": len(spans), "chunks_sent": sess.chunks_sent, "wire_bytes": sess.wire_bytes,
+                             "chunks_acked": len(spans) - sess.remaining, "resumed_chunks": resumed}  # fmt: skip
                 raise err
             src.check()  # a file that grew or shrank since the digest: the receiver must not commit it
-            ctrl.send(encode_control(C.FRAME_DONE, transfer_id, {}))
+            ctrl.send(encode_control(C.FRAME_DONE, transfer_id, sess.done()))
             # the receiver re-reads the whole object for its digest and fsyncs it:
             # allow for that at a conservative 100 MB/s on top of the stall timeout
             # (a relay answers once the next hop has it too: allow for a slower second hop)
             ctrl.sock.settimeout(tp.stall_timeout_s + size / (10e6 if forward_to else 100e6))
             done = self._expect(ctrl, C.FRAME_DONE)
-            if not done.get("ok") or done.get("digest") != digest.hex():
-                raise TransferError(f"receiver did not confirm {key}: {done}")
             try:
-                ctrl.send(encode_control(C.FRAME_CLOSE, transfer_id, {"reason": "done"}))
+                sess.on_done(done)
+            except RemoteProtocolError as exc:
+                raise TransferError(str(exc)) from exc
+            try:
+                ctrl.send(encode_control(C.FRAME_CLOSE, transfer_id, sess.close()))
             except OSError:
                 pass
         finally:
@@ -596,13 +554,13 @@ class Sender:
         if self.baselines is not None:
             self._remember(cache_key, src, digest, spans, chunk_size)
             chain = self._count_chain(cache_key, mode, record, now)
-        wire = state.wire_bytes
+        wire = sess.wire_bytes
         result = {
             "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
             "wire_bytes": wire, "ratio": (size / wire) if wire else math.inf, "seconds": elapsed,
             "throughput_bytes_per_s": size / elapsed if elapsed > 0 else 0.0,
             "chunks": len(spans), "chunk_size": chunk_size, "chunk_size_reason": chunk_why,
-            "chunks_sent": state.chunks_sent, "chunks_resent": state.chunks_resent,
+            "chunks_sent": sess.chunks_sent, "chunks_resent": sess.chunks_resent,
             "resumed_chunks": resumed, "stream_errors": state.stream_errors[:20],
             "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
                         "auto": controller is not None, "decisions": decisions,
@@ -738,7 +696,7 @@ class Sender:
             log.warning("could not remove it: %s", exc)
 
     @staticmethod
-    def _heard_on_control(ctrl: FrameSocket, state: _State) -> None:
+    def _heard_on_control(ctrl: FrameSocket, ctx: _StreamCtx) -> None:
         """The receiver spoke on the control stream before DONE: it ended the transfer; fail it with its words.
 
         A data stream's own ERROR can be lost: the receiver closes the stream after it, and our next
@@ -747,18 +705,18 @@ class Sender:
         try:
             got = ctrl.recv_control(C.FRAME_ERROR)
         except (OSError, DWCPError) as exc:
-            state.fail(f"control stream: {type(exc).__name__}: {exc}")
+            ctx.fail(f"control stream: {type(exc).__name__}: {exc}")
             return
         if got is None:
-            state.fail("receiver closed the control stream")
+            ctx.fail("receiver closed the control stream")
             return
         err = TransferError.refused(got[1]["message"], got[1]["code"])
-        state.fail(str(err), err)
+        ctx.fail(str(err), err)
 
     def _run_streams(self, ctx: _StreamCtx, ctrl: FrameSocket, n0: int, controller, decisions: list,
                      t_start: float, progress=None) -> int:  # fmt: skip
         tp = self.transport
-        state = ctx.state
+        state, sess = ctx.state, ctx.sess
         threads: dict[int, threading.Thread] = {}
         next_id = 0
         started: set[int] = set()  # stream ids that have registered as active (or exited)
@@ -768,10 +726,10 @@ class Sender:
         while True:
             threads = {i: th for i, th in threads.items() if th.is_alive()}
             if not state.all_done.is_set() and ctrl.readable():  # before the budget: the reason beats "gave up"
-                self._heard_on_control(ctrl, state)
+                self._heard_on_control(ctrl, ctx)
             # only streams that failed count against the budget, not ones the controller retired
             if state.stream_failures > tp.max_stream_reconnects and not state.all_done.is_set():
-                state.fail(f"gave up after {state.stream_failures} stream failures: "
+                ctx.fail(f"gave up after {state.stream_failures} stream failures: "
                            f"{'; '.join(state.stream_errors[-3:])}")  # fmt: skip
             if state.all_done.is_set():
                 break
@@ -790,7 +748,7 @@ class Sender:
             max_seen = max(max_seen, len(threads))
             state.all_done.wait(0.25 if controller is None else 0.5)
             if progress is not None:
-                progress(state.acked_raw, sum(ln for _, ln in state.spans))
+                progress(sess.acked_raw, sess.size)
             now = time.monotonic()
             if controller is not None and now - last_t >= 0.5:
                 # goodput: the bytes TCP saw acknowledged, in raw bytes at the transfer's encoding ratio so
@@ -798,13 +756,13 @@ class Sender:
                 tcp = state.tcp_totals()
                 rr = None
                 if tcp is not None and last_tcp is not None:
-                    raw_per_wire = state.raw_sent / state.wire_bytes if state.wire_bytes else 1.0
+                    raw_per_wire = sess.raw_sent / sess.wire_bytes if sess.wire_bytes else 1.0
                     goodput = max(0, tcp[0] - last_tcp[0]) * raw_per_wire / (now - last_t)
                     if tcp[1] > last_tcp[1]:
                         rr = min(1.0, max(0.0, (tcp[2] - last_tcp[2]) / (tcp[1] - last_tcp[1])))
                 else:
-                    goodput = (state.acked_raw - last_acked) / (now - last_t)
-                last_t, last_acked, last_tcp = now, state.acked_raw, tcp
+                    goodput = (sess.acked_raw - last_acked) / (now - last_t)
+                last_t, last_acked, last_tcp = now, sess.acked_raw, tcp
                 d = controller.observe(now, goodput, rr)
                 if d.target_streams != state.target_streams:
                     state.target_streams = d.target_streams
@@ -817,12 +775,12 @@ class Sender:
 class _StreamCtx:
     """What every stream thread of one transfer shares."""
 
-    def __init__(self, sender: Sender, host, port, transfer_id, token, state: _State, q, data, base,
+    def __init__(self, sender: Sender, host, port, sess: SendSession, state: _State, q, data, base,
                  base_digest, peer_hashes, encoder: ChunkEncoder, limiter, bdp, resource_type) -> None:  # fmt: skip
         self.sender = sender
         self.host, self.port = host, port
-        self.transfer_id = transfer_id
-        self.token = token
+        self.sess = sess
+        self.transfer_id = sess.transfer_id
         self.state = state
         self.q = q
         self.data = data
@@ -839,8 +797,13 @@ class _StreamCtx:
         self.peer = f"{host}:{port}"
         self.ready: Callable[[int, float], bool] | None = None  # a relay: wait for chunk i to land
 
+    def fail(self, why: str, error: SourceError | TransferError | None = None) -> None:
+        """End the transfer (the first reason wins) and wake the monitor."""
+        self.sess.fail(why, error)
+        self.state.all_done.set()
+
     def run(self, sid: int, started: set[int]) -> None:
-        state = self.state
+        state, sess = self.state, self.sess
         inflight: dict[int, tuple[int, float]] = {}  # chunk -> (wire bytes, when sent)
         fs: FrameSocket | None = None
         with state.lock:
@@ -852,12 +815,10 @@ class _StreamCtx:
         win = StreamWindow(self.window_floor, self.chunk_bytes)
         try:
             fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
-            fs.send(encode_control(C.FRAME_HELLO, self.transfer_id,
-                                   {"v": 1, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
-                                    "stream": sid}))  # fmt: skip
+            fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid)))
             ev.stream_opened(peer)
             state.tcp_register(sid, fs.sock)
-            while not state.failed:
+            while not sess.failed:
                 while inflight and (len(inflight) >= win.window or fs.readable()):
                     win.on_acked(self._read_ack(fs, inflight), time.monotonic())
                 now = time.monotonic()
@@ -867,7 +828,7 @@ class _StreamCtx:
                     except OSError:
                         info = None
                     win.update(now, (info.min_rtt_us or info.rtt_us) / 1e6 if info is not None else None)
-                if state.all_done.is_set() or state.failed:
+                if state.all_done.is_set() or sess.failed:
                     break
                 if active:
                     with state.lock:
@@ -886,7 +847,7 @@ class _StreamCtx:
                     else:
                         state.all_done.wait(0.01)  # others may still requeue work
                     continue
-                if state.done[i]:
+                if not sess.take(i):
                     continue
                 f = self._encode(i)
                 if self.limiter is not None:
@@ -894,11 +855,8 @@ class _StreamCtx:
                 inflight[i] = (f.wire_len, time.monotonic())
                 fs.send(f.header, f.payload)
                 ev.chunk("tx", peer, f.codec, f.raw_len, f.wire_len)
-                with state.lock:
-                    state.wire_bytes += f.wire_len
-                    state.raw_sent += f.raw_len
-                    state.chunks_sent += 1
-            if fs is not None and not state.failed:
+                sess.sent(i, f.raw_len, f.wire_len)
+            if fs is not None and not sess.failed:
                 try:
                     fs.send(encode_control(C.FRAME_CLOSE, self.transfer_id, {"reason": "done"}))
                 except OSError:
@@ -916,7 +874,7 @@ class _StreamCtx:
         except (OSError, DWCPError) as exc:
             failed = True
             if _ends_transfer(exc):
-                state.fail(str(exc), exc)
+                self.fail(str(exc), exc)
             else:
                 # A stream-level failure (including the receiver closing this stream
                 # over a protocol error, e.g. a header corrupted in flight) costs
@@ -931,15 +889,11 @@ class _StreamCtx:
             if active:
                 with state.lock:
                     state.active_streams -= 1
-            requeued = 0
-            for i in inflight:
-                if not state.done[i]:
-                    self.q.try_put(i)
-                    requeued += 1
+            requeued = sess.requeued(list(inflight))
+            for i in requeued:
+                self.q.try_put(i)
             if requeued:
-                with state.lock:
-                    state.chunks_resent += requeued
-                ev.chunk_retransmit("tx", peer, requeued)
+                ev.chunk_retransmit("tx", peer, len(requeued))
             if fs is not None:
                 state.tcp_unregister(sid)
                 ev.stream_closed(peer, failed)
@@ -950,25 +904,25 @@ class _StreamCtx:
             waited = 0.0
             while not self.ready(i, 0.5):  # the upstream sender has not delivered it yet
                 waited += 0.5
-                if self.state.failed or waited > self.sender.transport.stall_timeout_s * 4:
+                if self.sess.failed or waited > self.sender.transport.stall_timeout_s * 4:
                     raise TransferError(f"chunk {i} never arrived from upstream")
-        off, ln = self.state.spans[i]
+        off, ln = self.sess.spans[i]
         chunk = self.data.read(off, ln)  # a FileSource's buffer of this thread: sent before the next read
-        last = i == len(self.state.spans) - 1
+        last = i == self.sess.nchunks - 1
         enc = self.encoder
         tid = self.transfer_id
         if self.peer_hashes is not None:
             p0, p1 = off // C.PAGE_SIZE, (off + ln + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             return enc.encode_pages(chunk, self.peer_hashes[p0 * 8 : p1 * 8], self.base_digest, offset=off,
                                     transfer_id=tid, last=last)  # fmt: skip
-        if self.base is not None and i not in self.state.force_full:
+        if self.base is not None and not self.sess.goes_full(i):
             return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base[off : off + ln],
                               base_digest=self.base_digest, last=last, resource_type=self.resource_type)  # fmt: skip
         return enc.encode(chunk, offset=off, transfer_id=tid, last=last, resource_type=self.resource_type)
 
     def _read_ack(self, fs: FrameSocket, inflight: dict[int, tuple[int, float]]) -> int:
-        """Read one ACK/NACK; returns the wire bytes it acknowledged."""
-        state = self.state
+        """Read one ACK/NACK; returns the wire bytes it acknowledged.  What they mean is the session's."""
+        state, sess = self.state, self.sess
         got = fs.recv_control(C.FRAME_ACK, C.FRAME_NACK)
         if got is None:
             raise BrokenResourceError("receiver closed a data stream")
@@ -978,6 +932,9 @@ class _StreamCtx:
                 raise TransferError.refused(msg["message"], msg["code"])
             raise BrokenResourceError(f"receiver closed the stream: {msg['message']} (code {msg['code']})")
         if h.frame_type == C.FRAME_ACK:
+            sess.acked(msg["chunks"])  # first: an ACK of a chunk the object lacks breaks the stream
+            if sess.finished:
+                state.all_done.set()
             acked = 0
             now = time.monotonic()
             for c in msg["chunks"]:
@@ -985,23 +942,16 @@ class _StreamCtx:
                 if sent is not None:
                     acked += sent[0]
                     state.chunk_latency_s.append(now - sent[1])  # list.append is atomic
-                if c < len(state.spans):
-                    state.mark_done(c)
             return acked
-        c = msg["chunk"]
+        c, reason = msg["chunk"], msg["reason"]
+        what = sess.nacked(c, reason)
         inflight.pop(c, None)
-        if c >= len(state.spans) or state.done[c]:
-            return 0
-        if msg["reason"] != "busy":
+        if reason != "busy" and what != NACK_IGNORE:
             self.events.chunk_retransmit("tx", self.peer)
-            with state.lock:
-                n = state.nacks[c] = state.nacks.get(c, 0) + 1
-                state.chunks_resent += 1
-                if n >= 2:
-                    state.force_full.add(c)
-            if n > 5:
-                state.fail(f"chunk {c} failed verification at the receiver {n} times: {msg['reason']}")
-                return 0
-            log.warning("chunk %d NACKed (%s); resending", c, msg["reason"])
-        self.q.try_put(c)
+        if what == NACK_RESEND:
+            if reason != "busy":
+                log.warning("chunk %d NACKed (%s); resending", c, reason)
+            self.q.try_put(c)
+        elif sess.failed:
+            state.all_done.set()
         return 0

@@ -1,4 +1,4 @@
-"""The transfer session, sans-IO: what the protocol decides on the receiving side.
+"""The transfer session, sans-IO: what the protocol decides on either side.
 
 Theory of operation
 -------------------
@@ -34,6 +34,30 @@ Rules
 4. Commit needs every chunk held and no failure (``check_commit``).
 5. Time comes in as ``now``.  The session is shared by the transfer's stream
    threads, so every change of its state happens under its one lock.
+
+The sending side
+----------------
+``SendSession`` is the same transfer seen by the sender (``Sender`` drives it):
+it builds HELLO, judges WELCOME against what HELLO offered, keeps which chunks
+the receiver acknowledged, decides what a NACK means, and builds and judges DONE.
+
+6. WELCOME's mode must be one HELLO made possible: ``delta`` only against the
+   very baseline HELLO offered; ``pages`` only if HELLO's caps had "pages",
+   and with a ``base_digest``; ``full`` always.  Its chunk size, if it differs
+   from ours, is the receiver's (a partial of an interrupted attempt): the
+   spans follow it.  Its ``have`` bitmap holds at most ceil(nchunks / 8)
+   bytes and no bit at or beyond nchunks (a receiver never holds a chunk the
+   object lacks).  Anything else is a RemoteProtocolError.
+7. An ACK may name chunks acknowledged already (a held chunk is acknowledged
+   again), never one at or beyond nchunks: RemoteProtocolError.  The same
+   holds for a NACK's chunk.
+8. A NACK "busy" sends the chunk again later, uncounted.  Any other NACK
+   counts: from the second one of a chunk it goes full (no delta against the
+   base), and the sixth fails the transfer with the receiver's reason.
+9. Failure is sticky, as on the receiving side: the first ``fail`` wins; after
+   it, ACKs and NACKs change nothing and DONE cannot be built.
+10. DONE is built only once every chunk is acknowledged and nothing failed;
+   the receiver's DONE must say ok and name the digest HELLO announced.
 """
 
 from __future__ import annotations
@@ -41,14 +65,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from dwcp.errors import InvalidKeyError, RemoteProtocolError
+from dwcp.errors import InvalidKeyError, LocalProtocolError, RemoteProtocolError
 from dwcp.storage import MAX_CHUNKS, min_chunk_size, validate_key
 from dwcp.wire import consts as C
 
 __all__ = [
     "PROTOCOL_VERSION", "CAPS", "SendHello", "Plan", "ReceiveSession", "parse_send", "negotiate", "plan",
     "ADMIT_CLAIMED", "ADMIT_HELD", "ADMIT_BUSY", "WRITE_SKIP", "WRITE_NONZERO_PAGES", "WRITE_DIRTY_PAGES",
-    "WRITE_ALL",
+    "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS",
 ]  # fmt: skip
 
 PROTOCOL_VERSION = 1
@@ -263,3 +287,238 @@ class ReceiveSession:
     def idle_for(self, now: float) -> float:
         """Seconds since the last chunk landed (or since the start)."""
         return now - self.progressed
+
+
+# -- the sending side ------------------------------------------------------------------------------
+
+# what the sender does about a NACK (rule 8)
+NACK_RESEND = "resend"  # queue the chunk again
+NACK_IGNORE = "ignore"  # acknowledged meanwhile, or the transfer failed: nothing
+NACK_FAILED = "failed"  # that NACK failed the transfer
+MAX_NACKS = 5  # verification failures of one chunk the transfer survives; the next one ends it
+
+
+class SendSession:
+    """One transfer being sent: rules 6-10 above, over the chunks of one object.
+
+    ``base_digest``: the baseline offered for a delta (None: none); ``full_refresh``: a full send is due,
+    so HELLO leaves "xbzrle" and "pages" out of its caps (and the caller offers no baseline).
+    """
+
+    def __init__(self, transfer_id: int, key: str, size: int, digest: bytes, chunk_size: int, *, node: str,
+                 base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | None = None,
+                 streams: int | None = None) -> None:  # fmt: skip
+        self.transfer_id = transfer_id
+        self.key = key
+        self.size = size
+        self.digest = digest
+        self.node = node
+        self.offered_base = base_digest
+        self.caps = CAPS - {"xbzrle", "pages"} if full_refresh else CAPS
+        self.forward_to = forward_to
+        self.streams = streams
+        self._lock = threading.Lock()
+        # set by on_welcome; until then the proposal stands
+        self.mode: str | None = None
+        self.token = ""
+        self.base_digest: bytes | None = None  # what the receiver's deltas / page hashes are against
+        self.chunk_size = chunk_size  # the proposal, then the receiver's
+        self.spans: list[tuple[int, int]] = []  # (offset, length) of each chunk
+        self._done = bytearray()  # one byte per chunk: 1 once acknowledged; invariant: never goes back to 0
+        self.remaining = 0  # invariant: == number of zeros in _done
+        self.resumed = 0  # chunks the receiver held before this transfer
+        self.acked_raw = 0  # raw bytes of the acknowledged chunks (of this transfer, resumed ones excluded)
+        self._nacks: dict[int, int] = {}  # chunk -> verification failures; invariant: <= MAX_NACKS + 1
+        self._full: set[int] = set()  # chunks that go full (NACKed twice): invariant: _nacks[c] >= 2
+        self._sends: dict[int, int] = {}  # chunk -> times sent
+        self.chunks_sent = 0
+        self.chunks_resent = 0  # NACKed (not busy) or requeued from a failed stream
+        self.raw_sent = 0
+        self.wire_bytes = 0
+        self.failed: str | None = None  # why the transfer failed; sticky: set once, never cleared
+        self.error: BaseException | None = None  # the typed error the driver raises for it, if any
+        self.committed = False
+
+    # -- HELLO and WELCOME -------------------------------------------------------------------------
+    def hello(self) -> dict:
+        msg = {"v": PROTOCOL_VERSION, "role": "control", "op": "send", "key": self.key, "size": self.size,
+               "digest": self.digest.hex(), "chunk_size": self.chunk_size, "page_size": C.PAGE_SIZE,
+               "caps": sorted(self.caps), "node": self.node}  # fmt: skip
+        if self.offered_base is not None:
+            msg["base_digest"] = self.offered_base.hex()
+        if self.forward_to:
+            msg["forward"] = {"to": self.forward_to}
+        if self.streams is not None:
+            msg["streams"] = self.streams
+        return msg
+
+    def on_welcome(self, msg: dict) -> list[int]:
+        """Judge WELCOME (rule 6); returns the chunks to send, in order."""
+        try:
+            return self._on_welcome(msg)
+        except RemoteProtocolError as exc:
+            self.fail(str(exc), exc)
+            raise
+
+    def _on_welcome(self, msg: dict) -> list[int]:
+        if self.mode is not None:
+            raise LocalProtocolError("WELCOME judged twice", 0)
+        mode = msg.get("mode")
+        base = msg.get("base_digest")
+        if mode == "delta":
+            if self.offered_base is None or base != self.offered_base.hex():
+                raise RemoteProtocolError("receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD)
+        elif mode == "pages":
+            if "pages" not in self.caps:
+                raise RemoteProtocolError("receiver chose pages, which we did not offer", C.ERR_BAD_FIELD)
+            if not base:
+                raise RemoteProtocolError("receiver chose pages without a base_digest", C.ERR_MALFORMED)
+        elif mode != "full":
+            raise RemoteProtocolError(f"unexpected mode {mode!r} for a send", C.ERR_MALFORMED)
+        cs = msg.get("chunk_size", self.chunk_size)
+        if (not isinstance(cs, int) or isinstance(cs, bool) or not C.PAGE_SIZE <= cs <= C.MAX_RAW_LEN
+                or cs % C.PAGE_SIZE):  # fmt: skip
+            raise RemoteProtocolError(f"WELCOME's chunk size {cs!r} is not a multiple of {C.PAGE_SIZE} in "
+                                      f"[{C.PAGE_SIZE}, {C.MAX_RAW_LEN}]", C.ERR_BAD_FIELD)  # fmt: skip
+        try:
+            have = bytes.fromhex(msg.get("have", ""))
+            base_digest = bytes.fromhex(base) if mode != "full" and base else None
+        except (TypeError, ValueError):
+            raise RemoteProtocolError("WELCOME's have or base_digest is not hex", C.ERR_MALFORMED) from None
+        spans = [(off, min(cs, self.size - off)) for off in range(0, self.size, cs)]
+        n = len(spans)
+        if len(have) > (n + 7) // 8:
+            raise RemoteProtocolError(f"WELCOME's bitmap has {len(have)} bytes for {n} chunks", C.ERR_BAD_FIELD)
+        if n & 7 and len(have) == (n + 7) // 8 and have[-1] >> (n & 7):
+            raise RemoteProtocolError(f"WELCOME's bitmap holds chunks beyond the object's {n}", C.ERR_BAD_FIELD)
+        with self._lock:
+            self.mode, self.token, self.base_digest = mode, msg.get("token", ""), base_digest
+            self.chunk_size, self.spans = cs, spans
+            self._done = bytearray(n)
+            todo = []
+            for i in range(n):
+                if i >> 3 < len(have) and have[i >> 3] >> (i & 7) & 1:
+                    self._done[i] = 1
+                else:
+                    todo.append(i)
+            self.remaining = len(todo)
+            self.resumed = n - len(todo)
+        return todo
+
+    def data_hello(self, stream: int) -> dict:
+        """HELLO of data stream ``stream``."""
+        return {"v": PROTOCOL_VERSION, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
+                "stream": stream}  # fmt: skip
+
+    # -- chunks ------------------------------------------------------------------------------------
+    @property
+    def nchunks(self) -> int:
+        return len(self.spans)
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk acknowledged, or the transfer failed: the streams may stop."""
+        return self.remaining == 0 or self.failed is not None
+
+    def is_done(self, idx: int) -> bool:
+        return bool(self._done[idx])
+
+    def goes_full(self, idx: int) -> bool:
+        """Chunk ``idx`` must go without a delta against the base (NACKed twice, rule 8)."""
+        return idx in self._full
+
+    def sends_of(self, idx: int) -> int:
+        return self._sends.get(idx, 0)
+
+    def nacks_of(self, idx: int) -> int:
+        return self._nacks.get(idx, 0)
+
+    def take(self, idx: int) -> bool:
+        """A stream took chunk ``idx`` off the queue: False if it needs no sending (acknowledged meanwhile,
+        or the transfer failed)."""
+        with self._lock:
+            return not self._done[idx] and self.failed is None
+
+    def sent(self, idx: int, raw_len: int, wire_len: int) -> None:
+        """Chunk ``idx`` went out, ``wire_len`` bytes for its ``raw_len``."""
+        with self._lock:
+            self._sends[idx] = self._sends.get(idx, 0) + 1
+            self.chunks_sent += 1
+            self.raw_sent += raw_len
+            self.wire_bytes += wire_len
+
+    def _check_index(self, idx: object, what: str) -> int:
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(self.spans):
+            raise RemoteProtocolError(f"{what} of chunk {idx!r}: the object has {len(self.spans)} chunks",
+                                      C.ERR_BAD_FIELD)  # fmt: skip
+        return idx
+
+    def acked(self, chunks: list[int]) -> list[int]:
+        """An ACK (rule 7): the chunks it acknowledged first (the others were already)."""
+        idxs = [self._check_index(c, "ACK") for c in chunks]
+        new: list[int] = []
+        with self._lock:
+            if self.failed is not None:
+                return new
+            for i in idxs:
+                if not self._done[i]:
+                    self._done[i] = 1
+                    self.remaining -= 1
+                    self.acked_raw += self.spans[i][1]
+                    new.append(i)
+        return new
+
+    def nacked(self, idx: int, reason: str) -> str:
+        """A NACK of chunk ``idx`` (rule 8): NACK_RESEND, NACK_IGNORE or NACK_FAILED."""
+        self._check_index(idx, "NACK")
+        with self._lock:
+            if self._done[idx] or self.failed is not None:
+                return NACK_IGNORE
+            if reason == "busy":
+                return NACK_RESEND
+            n = self._nacks[idx] = self._nacks.get(idx, 0) + 1
+            self.chunks_resent += 1
+            if n >= 2:
+                self._full.add(idx)
+        if n > MAX_NACKS:
+            self.fail(f"chunk {idx} failed verification at the receiver {n} times: {reason}")
+            return NACK_FAILED
+        return NACK_RESEND
+
+    def requeued(self, chunks) -> list[int]:
+        """The stream carrying ``chunks`` failed: those still unacknowledged go again (returned)."""
+        with self._lock:
+            out = [i for i in chunks if not self._done[i]]
+            self.chunks_resent += len(out)
+        return out
+
+    # -- the transfer as a whole -------------------------------------------------------------------
+    def fail(self, why: str, error: BaseException | None = None) -> bool:
+        """End the transfer with ``why`` (rule 9); True if this call set it."""
+        with self._lock:
+            if self.failed is not None:
+                return False
+            self.failed, self.error = why, error
+            return True
+
+    def done(self) -> dict:
+        """The DONE to send (rule 10)."""
+        with self._lock:
+            if self.failed is not None:
+                raise LocalProtocolError(f"DONE for a failed transfer: {self.failed}", 0)
+            if self.mode is None or self.remaining:
+                raise LocalProtocolError(f"DONE with {self.remaining} chunks unacknowledged"
+                                         if self.mode is not None else "DONE before WELCOME", 0)  # fmt: skip
+        return {}
+
+    def on_done(self, msg: dict) -> None:
+        """The receiver's DONE (rule 10): it committed what we announced, or RemoteProtocolError."""
+        if not msg.get("ok") or msg.get("digest") != self.digest.hex():
+            exc = RemoteProtocolError(f"receiver did not confirm {self.key}: {msg}", C.ERR_BAD_FIELD)
+            self.fail(str(exc), exc)
+            raise exc
+        self.committed = True
+
+    def close(self) -> dict:
+        """The CLOSE after the receiver's DONE."""
+        return {"reason": "done"}

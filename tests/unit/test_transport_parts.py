@@ -172,7 +172,7 @@ def test_sender_tcp_totals_count_acked_bytes_across_streams_that_come_and_go():
     """The controller's goodput signal: TCP-acknowledged bytes summed over live and ended streams."""
     from dwcp.transport.sender import _State
 
-    state = _State(spans=[(0, 1)], done=bytearray(1), remaining=1)
+    state = _State()
     assert state.tcp_totals() == (0, 0, 0)
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
