@@ -737,7 +737,7 @@ class Sender:
                 # one consistent view: a stream registers (started + active_streams) under the lock, and a
                 # torn read between the two counted it in neither and spawned a spare that then retired
                 with state.lock:
-                    if state.failed or state.active_streams + sum(1 for i in threads if i not in started) \
+                    if ctx.sess.failed or state.active_streams + sum(1 for i in threads if i not in started) \
                             >= state.target_streams:  # fmt: skip
                         break  # (a failed transfer: its streams leave before all_done is set; no spare)
                 sid = next_id
