@@ -52,10 +52,10 @@ sys.path.insert(0, HERE)
 from _common import fixed_rate, machine, max_rate, pct, write_json  # noqa: E402
 
 from dwcp._testbase.transfer import server_config  # noqa: E402
-from dwcp.config import TransportConfig  # noqa: E402
 from dwcp.consensus.driver import RaftDriver  # noqa: E402
 from dwcp.consensus.epoch_driver import EpochDriver  # noqa: E402
 from dwcp.consensus.raft import Role  # noqa: E402
+from dwcp.transport.dialer import Dialer  # noqa: E402
 from dwcp.transport.server import DataServer, message_stream  # noqa: E402
 from dwcp.wire import consts as C  # noqa: E402
 
@@ -78,11 +78,11 @@ class Node:
 
             assert keys is not None
             priv = {i: Ed25519PrivateKey.from_private_bytes(k) for i, k in keys.items()}
-            self.driver = EpochDriver(self.id, peers, self.root, transport=TransportConfig(), algorithm="bft",
+            self.driver = EpochDriver(self.id, peers, self.root, dialer=Dialer.plaintext(), algorithm="bft",
                                       signer=priv[self.id], verify_keys={i: k.public_key() for i, k in priv.items()},
                                       tick_s=0.05)  # fmt: skip
         else:
-            self.driver = RaftDriver(self.id, peers, self.root, transport=TransportConfig(), tick_s=0.05)
+            self.driver = RaftDriver(self.id, peers, self.root, dialer=Dialer.plaintext(), tick_s=0.05)
         self.server.register("raft", message_stream(C.FRAME_RAFT, self.driver.deliver))
         self.driver.start()
 

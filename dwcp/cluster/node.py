@@ -21,6 +21,7 @@ from typing import Any
 
 from dwcp.config import ClusterConfig, NodeConfig
 from dwcp.errors import ConfigError, DWCPError
+from dwcp.transport.dialer import Dialer
 from dwcp.transport.source import SourceError, as_source
 
 from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
@@ -146,21 +147,16 @@ class ClusterView:
             if p.region != self.node.region:
                 self.graph.observe(self.node.region, p.region, rtt_s=rtt_s, bandwidth_bytes_per_s=bw)
 
-    def probe(self, peer_id: str, timeout_s: float = 2.0, *, transport=None, ssl_ctx=None) -> bool:
-        """Probe the peer's data port (mutual TLS when ``ssl_ctx``): liveness, the RTT to its region, and
-        the region links it measured (so relays can be planned over links this node never used)."""
-        from dataclasses import replace
-
-        from dwcp.config import TransportConfig
-        from dwcp.transport.sender import open_stream
+    def probe(self, peer_id: str, dialer: Dialer, timeout_s: float = 2.0) -> bool:
+        """Probe the peer's data port through ``dialer`` (the node's TLS identity): liveness, the RTT to its
+        region, and the region links it measured (so relays can be planned over links this node never used)."""
         from dwcp.wire import consts as C
         from dwcp.wire.messages import encode_control
 
         p = self.peers[peer_id]
         host, _, port = p.address.rpartition(":")
-        tp = replace(transport or TransportConfig(), connect_timeout_s=timeout_s, stall_timeout_s=timeout_s)
         try:
-            fs, _ = open_stream(host.strip("[]"), int(port), tp, ssl_ctx)
+            fs, _ = dialer.dial(host.strip("[]"), int(port), timeout_s=timeout_s)
             try:
                 connected = time.perf_counter()
                 fs.send(encode_control(C.FRAME_HELLO, 1, {"v": 1, "role": "control", "op": "probe",

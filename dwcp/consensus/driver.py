@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from dwcp._backend import impl as _k
 from dwcp.errors import DWCPError, InternalError, RemoteProtocolError, StorageError
+from dwcp.transport.dialer import Dialer
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -227,7 +228,7 @@ class _PeerLink(threading.Thread):
     network would, and so does a queue past MAX_LINK_QUEUE frames (whole frames only)."""
 
     def __init__(self, driver: Any, peer: str, address: str) -> None:
-        """``driver``: a RaftDriver or an EpochDriver (its ``id``, ``transport``, ``ssl_ctx``, ``stopped``)."""
+        """``driver``: a RaftDriver or an EpochDriver (its ``id``, ``dialer``, ``stopped``)."""
         super().__init__(name=f"dwcp-raft-{peer}", daemon=True)
         self.driver, self.peer, self.address = driver, peer, address
         self._cv = threading.Condition(threading.Lock())  # guards _fs, _queue and _writing
@@ -274,8 +275,6 @@ class _PeerLink(threading.Thread):
             fs.close()
 
     def run(self) -> None:
-        from dwcp.transport.sender import open_stream
-
         host, _, port = self.address.rpartition(":")
         while not self.driver.stopped.is_set():
             with self._cv:
@@ -292,7 +291,7 @@ class _PeerLink(threading.Thread):
                         self._forget_closed(fs)
                     fs = None
                 if fs is None:
-                    fs, _ = open_stream(host.strip("[]"), int(port), self.driver.transport, self.driver.ssl_ctx)
+                    fs, _ = self.driver.dialer.dial(host.strip("[]"), int(port))
                     fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
                                                               "node": self.driver.id}))  # fmt: skip
                     with self._cv:
@@ -308,12 +307,13 @@ class _PeerLink(threading.Thread):
 
 
 class RaftDriver:
-    def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, transport, ssl_ctx=None,
-                 tick_s: float = 0.05, election_ticks: int = 10, snapshot_every: int = SNAPSHOT_EVERY) -> None:  # fmt: skip
+    def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, dialer: Dialer, tick_s: float = 0.05,
+                 election_ticks: int = 10, snapshot_every: int = SNAPSHOT_EVERY) -> None:  # fmt: skip
+        """``dialer``: how peer links connect (the node's TLS identity and transport settings)."""
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
         self.id = node_id
-        self.transport, self.ssl_ctx, self.tick_s = transport, ssl_ctx, tick_s
+        self.dialer, self.tick_s = dialer, tick_s
         self.snapshot_every = snapshot_every
         self.storage = FileStorage(os.path.join(data_dir, "raft"))
         self.node = RaftNode(node_id, sorted({node_id, *peers}), self.storage, election_ticks=election_ticks)

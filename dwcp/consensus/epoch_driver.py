@@ -36,6 +36,7 @@ from typing import Any
 
 from dwcp.durable import write_atomic
 from dwcp.errors import DWCPError, RemoteProtocolError, StorageError
+from dwcp.transport.dialer import Dialer
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -53,14 +54,14 @@ MAX_STATE_HEX = 2 * (64 << 20)
 
 
 class EpochDriver:
-    def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, transport, ssl_ctx=None,
+    def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, dialer: Dialer,
                  algorithm: str = "raft", signer=None, verify_keys: dict | None = None, tick_s: float = 0.05,
                  election_ticks: int = 10) -> None:  # fmt: skip
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {algorithm!r}: one of {ALGORITHMS}")
         self.id = node_id
         self.ids = sorted({node_id, *peers})
-        self.transport, self.ssl_ctx, self.tick_s = transport, ssl_ctx, tick_s
+        self.dialer, self.tick_s = dialer, tick_s
         self.election_ticks = election_ticks
         self.signer, self.verify_keys = signer, dict(verify_keys or {})
         self.dir = os.path.join(data_dir, "consensus")

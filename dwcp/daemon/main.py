@@ -108,8 +108,7 @@ class Daemon:
                 self.catalog_backend = self._epoch_driver(config, peers)
             else:
                 self.catalog_backend = RaftDriver(config.node.id, peers, config.storage.data_dir,
-                                                  transport=config.transport, ssl_ctx=self.sender._ssl,
-                                                  tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
+                                                  dialer=self.sender.dialer, tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
             self.server.register("raft", message_stream(C.FRAME_RAFT, self.catalog_backend.deliver))
             self.server.on_commit = self._record_version
         self.health = HealthRegistry()
@@ -199,8 +198,8 @@ class Daemon:
             key_file = cc.bft_key_file or os.path.join(config.storage.data_dir, "consensus", "bft.key")
             signer, own = bft_signing_key(key_file)
             verify = {i: bft_verify_key(k) for i, k in keyed.items()} | {config.node.id: bft_verify_key(own)}
-        return EpochDriver(config.node.id, peers, config.storage.data_dir, transport=config.transport,
-                           ssl_ctx=self.sender._ssl, algorithm=cc.algorithm, signer=signer, verify_keys=verify,
+        return EpochDriver(config.node.id, peers, config.storage.data_dir, dialer=self.sender.dialer,
+                           algorithm=cc.algorithm, signer=signer, verify_keys=verify,
                            tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
 
     def _baselines(self) -> int:
@@ -309,7 +308,7 @@ class Daemon:
                 return
             for pid in list(view.peers):
                 was = view.peers[pid].healthy
-                ok = view.probe(pid, transport=self.config.transport, ssl_ctx=self.sender._ssl)
+                ok = view.probe(pid, self.sender.dialer)
                 if ok != was:
                     log.warning("peer %s is %s", pid, "reachable again" if ok else "unreachable")
             self._stop.wait(self.config.cluster.probe_interval_s)

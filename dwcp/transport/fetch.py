@@ -21,7 +21,8 @@ from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import MAX_OBJECT_BYTES, encode_control
 
-from .sender import Sender, TransferError, open_stream
+from .dialer import Dialer
+from .sender import TransferError, expect
 
 __all__ = ["fetch"]
 
@@ -32,8 +33,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
 
     key = validate_key(key)
     t0 = time.perf_counter()
-    ssl_ctx = Sender(transport, security, node_id=node_id)._ssl
-    fs, _ = open_stream(host, port, transport, ssl_ctx)
+    fs, _ = Dialer(transport, security).dial(host, port)
     tid = secrets.randbits(63) | 1
     dest = os.path.abspath(out_path)
     fd, tmp = create_temp(dest)  # 0600, as the temporary file always was
@@ -41,7 +41,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
     try:
         fs.send(encode_control(C.FRAME_HELLO, tid, {"v": 1, "role": "control", "op": "fetch", "key": key,
                                                      "node": node_id}))  # fmt: skip
-        welcome = Sender._expect(fs, C.FRAME_WELCOME)
+        welcome = expect(fs, C.FRAME_WELCOME)
         if welcome.get("mode") != "fetch" or "size" not in welcome or "digest" not in welcome:
             raise RemoteProtocolError("malformed fetch answer", C.ERR_MALFORMED)
         size, digest, chunk_size = welcome["size"], bytes.fromhex(welcome["digest"]), welcome["chunk_size"]
@@ -74,7 +74,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
                 dec.decode(h, payload, out=out[off : off + ln])
                 got[idx] = 1
                 wire += C.HEADER_SIZE + h.enc_len
-            done = Sender._expect(fs, C.FRAME_DONE)
+            done = expect(fs, C.FRAME_DONE)
             if _k.xxh3_128(out) != digest or done.get("digest") != digest.hex():
                 raise IntegrityError(f"fetched {key} fails its xxh3-128 check", C.ERR_CHECKSUM)
             if m is not None:

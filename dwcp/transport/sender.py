@@ -53,7 +53,6 @@ import logging
 import math
 import secrets
 import socket
-import ssl
 import threading
 import time
 import weakref
@@ -70,6 +69,7 @@ from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, Remo
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
+from .dialer import Dialer
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .session import NACK_IGNORE, NACK_RESEND, SendSession
@@ -77,7 +77,7 @@ from .source import BufferSource, FileSource, SourceChangedError, SourceError, a
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
 
-__all__ = ["Sender", "TransferError", "open_stream", "full_refresh_reason"]
+__all__ = ["Sender", "TransferError", "expect", "full_refresh_reason"]
 
 log = logging.getLogger("dwcp.sender")
 
@@ -125,32 +125,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def open_stream(
-    host: str,
-    port: int,
-    transport: TransportConfig,
-    ssl_ctx: ssl.SSLContext | None,
-    *,
-    bdp_bytes: int | None = None,
-) -> tuple[FrameSocket, dict]:
-    """Connect, tune and (unless plaintext) wrap one stream; returns it and the socket settings."""
-    from .sockopts import bind_source, tune_socket
-
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        s.settimeout(transport.connect_timeout_s)
-        if transport.source_address or transport.interface:
-            bind_source(s, source_address=transport.source_address or None, interface=transport.interface or None)
-        applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=transport.socket_buffer_bytes or None,
-                              congestion=transport.congestion or None)  # fmt: skip
-        s.connect((host, port))
-        if ssl_ctx is not None:
-            s = ssl_ctx.wrap_socket(s, server_hostname=host)
-    except BaseException:
-        s.close()
-        raise
-    return FrameSocket(s, timeout_s=transport.stall_timeout_s), applied
+def expect(fs: FrameSocket, frame_type: int) -> dict:
+    """The next control message of ``frame_type`` on ``fs``; the peer's ERROR is a TransferError with its words."""
+    got = fs.recv_control(frame_type)
+    if got is None:
+        raise BrokenResourceError("receiver closed the control stream")
+    h, msg = got
+    if h.frame_type == C.FRAME_ERROR:
+        raise TransferError.refused(msg["message"], msg["code"])
+    return msg
 
 
 def _chain(record: dict | None) -> tuple[int, float] | None:
@@ -313,16 +296,13 @@ class Sender:
         self.clock = clock
         # limiters of running sends whose rate comes from the config (a reload changes them)
         self._config_limiters: weakref.WeakSet = weakref.WeakSet()
-        self._ssl: ssl.SSLContext | None = None
-        if not security.plaintext:
-            from dwcp.security.tls import TLSConfig, client_context
-
-            self._ssl = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
+        self.dialer = Dialer(transport, security)  # every stream of every send connects through it
 
     def reconfigure(self, transport: TransportConfig, codec: CodecSettings | None = None) -> None:
         """New sends use ``transport`` (and ``codec``, if given); running sends capped by the config get
         its new rate now."""
         self.transport = transport
+        self.dialer.reconfigure(transport)
         if codec is not None:
             self.codec = codec
         for lim in list(self._config_limiters):
@@ -422,7 +402,7 @@ class Sender:
             base_info = None
         transfer_id = secrets.randbits(63) | 1
 
-        ctrl, sockinfo = open_stream(host, port, tp, self._ssl)
+        ctrl, sockinfo = self.dialer.dial(host, port)
         from .sockopts import probe_zerocopy
 
         # MSG_ZEROCOPY pays only on real NICs for large sends; loopback always copies,
@@ -430,7 +410,7 @@ class Sender:
         if not tp.zerocopy:
             sockinfo["zerocopy_available"] = None
             sockinfo["zerocopy_reason"] = "transport.zerocopy = false: not probed"
-        elif self._ssl is not None:
+        elif self.dialer.tls is not None:
             sockinfo["zerocopy_available"] = False
             sockinfo["zerocopy_reason"] = "TLS encrypts in user space"
         else:
@@ -444,7 +424,7 @@ class Sender:
                            full_refresh=refresh is not None, forward_to=forward_to, streams=streams)  # fmt: skip
         try:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
-            todo = sess.on_welcome(self._expect(ctrl, C.FRAME_WELCOME))
+            todo = sess.on_welcome(expect(ctrl, C.FRAME_WELCOME))
             mode = sess.mode
             assert mode is not None  # on_welcome judged it
             if sess.chunk_size != chunk_size:
@@ -536,7 +516,7 @@ class Sender:
             # allow for that at a conservative 100 MB/s on top of the stall timeout
             # (a relay answers once the next hop has it too: allow for a slower second hop)
             ctrl.sock.settimeout(tp.stall_timeout_s + size / (10e6 if forward_to else 100e6))
-            done = self._expect(ctrl, C.FRAME_DONE)
+            done = expect(ctrl, C.FRAME_DONE)
             try:
                 sess.on_done(done)
             except RemoteProtocolError as exc:
@@ -569,7 +549,7 @@ class Sender:
                             [round(e.now - t_start, 3), e.streams, round(e.goodput_bytes_per_s),
                              None if e.retransmit_rate is None else round(e.retransmit_rate, 5)]
                             for e in list(controller.history)[-512:]]},  # fmt: skip
-            "rtt_ms": rtt_s * 1000, "tls": self._ssl is not None, "socket": sockinfo,
+            "rtt_ms": rtt_s * 1000, "tls": self.dialer.tls is not None, "socket": sockinfo,
             "chunk_latency_ms": _percentiles(state.chunk_latency_s),
             "nic_profile": prof.get("nic") if prof else None,
             "relayed": done.get("forwarded"),
@@ -591,15 +571,6 @@ class Sender:
         return result
 
     # -- helpers -----------------------------------------------------------
-    @staticmethod
-    def _expect(fs: FrameSocket, frame_type: int) -> dict:
-        got = fs.recv_control(frame_type)
-        if got is None:
-            raise BrokenResourceError("receiver closed the control stream")
-        h, msg = got
-        if h.frame_type == C.FRAME_ERROR:
-            raise TransferError.refused(msg["message"], msg["code"])
-        return msg
 
     @staticmethod
     def _recv_page_hashes(fs: FrameSocket, npages: int) -> bytes:
@@ -814,7 +785,7 @@ class _StreamCtx:
         failed = False
         win = StreamWindow(self.window_floor, self.chunk_bytes)
         try:
-            fs, _ = open_stream(self.host, self.port, self.sender.transport, self.sender._ssl, bdp_bytes=self.bdp)
+            fs, _ = self.sender.dialer.dial(self.host, self.port, bdp_bytes=self.bdp)
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid)))
             ev.stream_opened(peer)
             state.tcp_register(sid, fs.sock)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dwcp.cluster.node import ClusterView, probe_handler
-from dwcp.config import from_dict
-from dwcp.security.tls import TLSConfig, client_context
+from dwcp.config import SecurityConfig, TransportConfig, from_dict
+from dwcp.transport.dialer import Dialer
 from dwcp.transport.server import DataServer
 
 
@@ -21,14 +21,14 @@ def test_probe_learns_liveness_rtt_and_the_peers_links(tmp_path, pki):
                         "cluster": {"peers": [{"id": "far", "address": f"{host}:{port}", "region": "mid"},
                                               {"id": "dead", "address": "127.0.0.1:1", "region": "mid"}]}})  # fmt: skip
         v = ClusterView(me.cluster, me.node)
-        ssl_ctx = client_context(TLSConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key))
-        assert v.probe("far", ssl_ctx=ssl_ctx) is True and v.peers["far"].healthy
-        assert v.probe("dead", timeout_s=1.0) is False and not v.peers["dead"].healthy
+        tls = Dialer(TransportConfig(), SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key))
+        assert v.probe("far", tls) is True and v.peers["far"].healthy
+        assert v.probe("dead", tls, timeout_s=1.0) is False and not v.peers["dead"].healthy
         # only the links that start at the peer's own region are taken
         assert v.graph.links(origin="mid") == [["mid", "far-region", 0.005, 2e9]]
         assert v.graph.links(origin="elsewhere") == []
         # without a certificate the probe is refused like any other connection
-        assert v.probe("far") is False
+        assert v.probe("far", Dialer.plaintext()) is False
 
 
 def test_ops_are_served_only_once_registered(tmp_path):
@@ -36,12 +36,11 @@ def test_ops_are_served_only_once_registered(tmp_path):
 
     from dwcp._testbase.transfer import server_config
     from dwcp.transport.framesock import FrameSocket
-    from dwcp.transport.sender import open_stream
     from dwcp.wire import consts as C
     from dwcp.wire.messages import encode_control
 
     def ask(srv):
-        fs, _ = open_stream(*srv.address, from_dict({"security": {"plaintext": True}}).transport, None)
+        fs, _ = Dialer.plaintext().dial(*srv.address)
         try:
             fs.send(encode_control(C.FRAME_HELLO, 9, {"v": 1, "role": "control", "op": "probe", "node": "x"}))
             return fs.recv_control(C.FRAME_WELCOME)[1]

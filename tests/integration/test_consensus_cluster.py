@@ -52,9 +52,9 @@ def test_in_process_cluster_snapshots_catch_up_a_wiped_node_and_reads_are_linear
     import shutil
 
     from dwcp._testbase.transfer import server_config
-    from dwcp.config import TransportConfig
     from dwcp.consensus.driver import RaftDriver
     from dwcp.consensus.raft import Role
+    from dwcp.transport.dialer import Dialer
     from dwcp.transport.server import DataServer, message_stream
     from dwcp.wire import consts as C
 
@@ -63,7 +63,7 @@ def test_in_process_cluster_snapshots_catch_up_a_wiped_node_and_reads_are_linear
     addr = {i: "{}:{}".format(*s.start()) for i, s in servers.items()}
 
     def driver(i: str) -> RaftDriver:
-        d = RaftDriver(i, {p: addr[p] for p in ids if p != i}, str(tmp_path / i), transport=TransportConfig(),
+        d = RaftDriver(i, {p: addr[p] for p in ids if p != i}, str(tmp_path / i), dialer=Dialer.plaintext(),
                        tick_s=0.02, snapshot_every=20)  # fmt: skip
         d.start()
         return d

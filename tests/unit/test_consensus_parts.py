@@ -295,10 +295,10 @@ def test_disk_full_mid_write_raises_storage_error_and_the_disk_still_loads(tmp_p
 
 
 def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
-    from dwcp.config import TransportConfig
     from dwcp.consensus.driver import RaftDriver
+    from dwcp.transport.dialer import Dialer
 
-    d = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005, snapshot_every=10)
+    d = RaftDriver("solo", {}, str(tmp_path), dialer=Dialer.plaintext(), tick_s=0.005, snapshot_every=10)
     d.start()
     try:
         for k in range(25):
@@ -310,7 +310,7 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
         assert copy is not d.catalog and copy.where() == where
     finally:
         d.close()
-    again = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005, snapshot_every=10)
+    again = RaftDriver("solo", {}, str(tmp_path), dialer=Dialer.plaintext(), tick_s=0.005, snapshot_every=10)
     # the snapshot on disk, then the log after it up to the durable commit index
     assert again.installed == 1 and 0 < again.storage.snap.index < again.applied == again.node.commit
     assert again.catalog.where() == where
@@ -324,11 +324,11 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
 def test_a_proposal_keeps_its_timeout_while_a_round_is_stuck_and_leaves_no_waiter_behind(tmp_path):
     """Proposers do not take the core's lock (a round holds it through its fsync): one handed in while a
     round is stuck times out when asked to, and the next proposal, once the round is over, commits."""
-    from dwcp.config import TransportConfig
     from dwcp.consensus.driver import RaftDriver
     from dwcp.consensus.raft import NotLeaderError
+    from dwcp.transport.dialer import Dialer
 
-    d = RaftDriver("solo", {}, str(tmp_path), transport=TransportConfig(), tick_s=0.005)
+    d = RaftDriver("solo", {}, str(tmp_path), dialer=Dialer.plaintext(), tick_s=0.005)
     d.start()
     try:
         cmd = {"op": "version", "key": "k", "digest": f"{1:032x}", "size": 1, "holder": "h"}
@@ -348,9 +348,9 @@ def test_a_leader_replicates_before_its_own_fsync_and_everything_else_waits_for_
     """Raft thesis 10.2.1: the leader's APPENDs leave before it fsyncs its log (the two disks write at
     once); a follower's answer, and the leader's applying, come only after the fsync."""
     from dwcp._backend import impl as k
-    from dwcp.config import TransportConfig
     from dwcp.consensus.driver import RaftDriver, msg_from_wire
     from dwcp.consensus.raft import Role
+    from dwcp.transport.dialer import Dialer
     from dwcp.wire.messages import decode_control
 
     events: list[tuple] = []
@@ -369,7 +369,7 @@ def test_a_leader_replicates_before_its_own_fsync_and_everything_else_waits_for_
             events.append(("send", self.dst, [m.type.value for m in msgs]))
 
     def driver(i: str) -> RaftDriver:  # not started: this test runs its rounds
-        d = RaftDriver(i, {p: "127.0.0.1:9" for p in "abc" if p != i}, str(tmp_path / i), transport=TransportConfig())
+        d = RaftDriver(i, {p: "127.0.0.1:9" for p in "abc" if p != i}, str(tmp_path / i), dialer=Dialer.plaintext())
         d.links = {p: Link(p) for p in "abc" if p != i}  # type: ignore[misc]
         sync = d.storage.sync
         d.storage.sync = lambda: (events.append(("sync", i, d.storage._unsynced)), sync())[1]  # type: ignore[method-assign]
@@ -437,7 +437,7 @@ def test_a_peer_link_keeps_frames_whole_and_in_order_when_the_kernel_takes_part_
         def close(self) -> None:
             pass
 
-    drv = type("D", (), {"id": "x", "transport": None, "ssl_ctx": None, "stopped": threading.Event()})()
+    drv = type("D", (), {"id": "x", "dialer": None, "stopped": threading.Event()})()
     link = _PeerLink(drv, "p", "127.0.0.1:1")
     link._fs = FS()
     frames = [bytes([k]) * (1000 * (k % 7 + 1)) for k in range(200)]  # far more than the socket buffer

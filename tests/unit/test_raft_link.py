@@ -7,8 +7,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from dwcp.config import TransportConfig
 from dwcp.consensus.driver import _peer_closed, _PeerLink
+from dwcp.transport.dialer import Dialer
 
 
 def pair() -> tuple[socket.socket, socket.socket, socket.socket]:
@@ -76,7 +76,7 @@ def test_a_restarted_peer_gets_the_next_message_on_a_new_stream():
     missed a forwarded request made its backups time out and change the view)."""
     ls = socket.create_server(("127.0.0.1", 0))
     ls.settimeout(5)
-    driver = SimpleNamespace(id="a", transport=TransportConfig(), ssl_ctx=None, stopped=threading.Event())
+    driver = SimpleNamespace(id="a", dialer=Dialer.plaintext(), ssl_ctx=None, stopped=threading.Event())
     link = _PeerLink(driver, "b", f"127.0.0.1:{ls.getsockname()[1]}")
     link.start()
     try:

@@ -1,0 +1,73 @@
+"""The one way out: every connection dwcp opens to a peer's data port.
+
+Sends and their data streams, fetches, relays (a relay is a send), consensus
+peer links and cluster probes all dial through a ``Dialer``: it owns the TLS
+client context (mutual authentication, built once from the node's identity),
+the socket tuning (buffers, congestion control), the source address or
+interface to bind, and the connect timeout.  Nobody else builds a client
+context or connects a data-port socket.
+
+Rules
+-----
+1. A ``Dialer`` made from a ``SecurityConfig`` without ``plaintext = true``
+   always wraps in TLS 1.3 with the node's certificate; ``plaintext`` says so
+   on purpose (``Dialer.plaintext``, for a plaintext cluster and tests).
+2. ``reconfigure`` changes the transport settings of the next dial (a reload);
+   the identity does not change without a restart.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from dwcp.config import SecurityConfig, TransportConfig
+
+from .framesock import FrameSocket
+
+__all__ = ["Dialer"]
+
+
+class Dialer:
+    def __init__(self, transport: TransportConfig, security: SecurityConfig) -> None:
+        self.transport = transport
+        self.tls: ssl.SSLContext | None = None  # None: plaintext, on purpose (rule 1)
+        if not security.plaintext:
+            from dwcp.security.tls import TLSConfig, client_context
+
+            self.tls = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
+
+    @classmethod
+    def plaintext(cls, transport: TransportConfig | None = None) -> Dialer:
+        """A dialer without TLS, for a cluster that runs ``security.plaintext = true`` (and tests)."""
+        return cls(transport or TransportConfig(), SecurityConfig(plaintext=True))
+
+    def reconfigure(self, transport: TransportConfig) -> None:
+        self.transport = transport
+
+    def dial(self, host: str, port: int, *, bdp_bytes: int | None = None,
+             timeout_s: float | None = None) -> tuple[FrameSocket, dict]:  # fmt: skip
+        """Connect, tune and (unless plaintext) wrap one stream to ``host:port``.
+
+        Returns the stream -- its reads time out after ``transport.stall_timeout_s`` (or ``timeout_s``)
+        -- and the socket settings applied.  ``timeout_s`` bounds the connect and the handshake
+        instead of ``transport.connect_timeout_s`` (a probe's short deadline).
+        """
+        from .sockopts import bind_source, tune_socket
+
+        tp = self.transport
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout_s if timeout_s is not None else tp.connect_timeout_s)
+            if tp.source_address or tp.interface:
+                bind_source(s, source_address=tp.source_address or None, interface=tp.interface or None)
+            applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=tp.socket_buffer_bytes or None,
+                                  congestion=tp.congestion or None)  # fmt: skip
+            s.connect((host, port))
+            if self.tls is not None:
+                s = self.tls.wrap_socket(s, server_hostname=host)
+        except BaseException:
+            s.close()
+            raise
+        return FrameSocket(s, timeout_s=timeout_s if timeout_s is not None else tp.stall_timeout_s), applied
