@@ -8,23 +8,40 @@ partial file at the destination.
 
 from __future__ import annotations
 
-import mmap
 import os
 import secrets
 import time
 
-from dwcp._backend import impl as _k
+import xxhash
+
 from dwcp.codec import ChunkDecoder, chunk_spans
 from dwcp.config import SecurityConfig, TransportConfig
 from dwcp.durable import create_temp, discard, publish
-from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError
+from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
-from dwcp.wire.messages import MAX_OBJECT_BYTES, encode_control
+from dwcp.wire.messages import MAX_OBJECT_BYTES, decode_control, encode_control
 
 from .dialer import Dialer
 from .sender import TransferError, expect
 
 __all__ = ["fetch"]
+
+
+def _write_at(fd: int, data: memoryview, offset: int, path: str) -> None:
+    try:
+        done = 0
+        while done < data.nbytes:
+            done += os.pwrite(fd, data[done:], offset + done)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _file_digest(fd: int, size: int, block: int = 4 << 20) -> bytes:
+    """xxh3-128 of the first ``size`` bytes of ``fd``, read a block at a time."""
+    h = xxhash.xxh3_128()
+    for off in range(0, size, block):
+        h.update(os.pread(fd, min(block, size - off), off))
+    return h.digest()
 
 
 def fetch(key: str, host: str, port: int, out_path: str, transport: TransportConfig, security: SecurityConfig,
@@ -51,38 +68,33 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
             raise RemoteProtocolError(f"{size} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks",
                                       C.ERR_BAD_LENGTH)  # fmt: skip
         spans = chunk_spans(size, chunk_size)
-        os.ftruncate(fd, size)
-        m = mmap.mmap(fd, size) if size else None
-        out = memoryview(m) if m is not None else memoryview(bytearray())
+        # written with pwrite, never through a mapping: a disk that fills up would kill a mapped write
+        # with SIGBUS, where pwrite says ENOSPC
+        buf = memoryview(bytearray(chunk_size if size else 0))
         wire = 0
-        try:
-            dec = ChunkDecoder()
-            got = bytearray(len(spans))
-            for _ in spans:
-                h = fs.recv_header()
-                if h is None:
-                    raise BrokenResourceError("server closed the connection mid-object")
-                if h.frame_type == C.FRAME_ERROR:
-                    raise TransferError(f"server: {fs.recv_payload(h).decode(errors='replace')}")
-                if h.frame_type != C.FRAME_DATA or h.codec in C.DELTA_CODECS:
-                    raise RemoteProtocolError(f"unexpected frame {h.frame_type}/{h.codec} in a fetch", C.ERR_BAD_FRAME_TYPE)
-                idx, rem = divmod(h.offset, chunk_size)
-                if rem or idx >= len(spans) or got[idx] or h.raw_len != spans[idx][1]:
-                    raise RemoteProtocolError(f"chunk at offset {h.offset} does not fit the object", C.ERR_BAD_LENGTH)
-                payload = fs.recv_payload(h)
-                off, ln = spans[idx]
-                dec.decode(h, payload, out=out[off : off + ln])
-                got[idx] = 1
-                wire += C.HEADER_SIZE + h.enc_len
-            done = expect(fs, C.FRAME_DONE)
-            if _k.xxh3_128(out) != digest or done.get("digest") != digest.hex():
-                raise IntegrityError(f"fetched {key} fails its xxh3-128 check", C.ERR_CHECKSUM)
-            if m is not None:
-                m.flush()
-        finally:
-            out.release()
-            if m is not None:
-                m.close()
+        dec = ChunkDecoder()
+        got = bytearray(len(spans))
+        for _ in spans:
+            h = fs.recv_header()
+            if h is None:
+                raise BrokenResourceError("server closed the connection mid-object")
+            if h.frame_type == C.FRAME_ERROR:
+                msg = decode_control(h, fs.recv_payload(h))
+                raise TransferError.refused(msg["message"], msg["code"])
+            if h.frame_type != C.FRAME_DATA or h.codec in C.DELTA_CODECS:
+                raise RemoteProtocolError(f"unexpected frame {h.frame_type}/{h.codec} in a fetch", C.ERR_BAD_FRAME_TYPE)
+            idx, rem = divmod(h.offset, chunk_size)
+            if rem or idx >= len(spans) or got[idx] or h.raw_len != spans[idx][1]:
+                raise RemoteProtocolError(f"chunk at offset {h.offset} does not fit the object", C.ERR_BAD_LENGTH)
+            payload = fs.recv_payload(h)
+            off, ln = spans[idx]
+            dec.decode(h, payload, out=buf[:ln])
+            _write_at(fd, buf[:ln], off, out_path)
+            got[idx] = 1
+            wire += C.HEADER_SIZE + h.enc_len
+        done = expect(fs, C.FRAME_DONE)
+        if _file_digest(fd, size) != digest or done.get("digest") != digest.hex():
+            raise IntegrityError(f"fetched {key} fails its xxh3-128 check", C.ERR_CHECKSUM)
         os.fsync(fd)
         os.close(fd)
         fd = -1

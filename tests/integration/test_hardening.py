@@ -399,3 +399,15 @@ def test_a_relay_forwards_only_to_cluster_members(tmp_path):
                                                                           forward_to=to)  # fmt: skip
             assert r["relayed"]["to"] == to and dest.store.latest("k") is not None
 
+
+
+def test_a_fetch_to_a_full_disk_is_a_clear_error_not_sigbus(tmp_path, small_tmpfs):
+    from dwcp.errors import StorageError
+
+    out_dir = small_tmpfs("4m")
+    data = os.urandom(8 * MiB)
+    with DataServer(server_config(tmp_path / "rx")) as srv:
+        Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(data, *srv.address, "vm/big")
+        with pytest.raises(StorageError, match=f"cannot write {out_dir}/got: No space left on device"):
+            fetch("vm/big", *srv.address, str(out_dir / "got"), TransportConfig(), PLAIN)
+    assert os.listdir(out_dir) == []  # the temporary file went too
