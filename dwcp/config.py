@@ -162,12 +162,12 @@ class SecurityConfig(_Section):
                 continue
             ident, prefix, allow = r["identity"], r["prefix"], r["allow"]
             if not isinstance(ident, str) or not ident or len(ident) > 256:
-                bad.append(f"acl[{i}].identity: a node id or a glob such as \"node-*\" or \"*\"")
+                bad.append(f'acl[{i}].identity: a node id or a glob such as "node-*" or "*"')
             elif not isinstance(prefix, str) or len(prefix) > 255 or any(ord(c) < 0x20 or ord(c) == 0x7F
                                                                           for c in prefix):  # fmt: skip
-                bad.append(f"acl[{i}].prefix: a key prefix (\"\" = every key)")
+                bad.append(f'acl[{i}].prefix: a key prefix ("" = every key)')
             elif not isinstance(allow, list | tuple) or not allow or not set(allow) <= set(RIGHTS):
-                bad.append(f"acl[{i}].allow {allow!r}: a non-empty list of \"read\", \"write\"")
+                bad.append(f'acl[{i}].allow {allow!r}: a non-empty list of "read", "write"')
             else:
                 rules.append(AclRule(ident, prefix, tuple(sorted(set(allow)))))
         object.__setattr__(self, "acl", tuple(rules))
@@ -207,11 +207,15 @@ class StorageConfig(_Section):
         if not self.data_dir:
             out.append("data_dir must be set")
         if self.keep_versions < 2:
-            out.append(f"keep_versions {self.keep_versions} must be >= 2 (the previous version is the next baseline)")
+            out.append(
+                f"keep_versions {self.keep_versions} must be >= 2 (the previous version is the next baseline)"
+            )
         if not self.partial_max_age_s > 0:
             out.append(f"partial_max_age_s {self.partial_max_age_s} must be positive")
         if self.max_object_bytes < 0:
-            out.append(f"max_object_bytes {self.max_object_bytes} must be >= 0 (0 = limited by the free space)")
+            out.append(
+                f"max_object_bytes {self.max_object_bytes} must be >= 0 (0 = limited by the free space)"
+            )
         return out
 
 
@@ -247,9 +251,13 @@ class TransportConfig(_Section):
     def problems(self) -> list[str]:
         out = []
         if not 1 <= self.min_streams <= self.max_streams <= 256:
-            out.append(f"min_streams {self.min_streams} / max_streams {self.max_streams}: need 1 <= min <= max <= 256")
+            out.append(
+                f"min_streams {self.min_streams} / max_streams {self.max_streams}: need 1 <= min <= max <= 256"
+            )
         elif self.initial_streams and not self.min_streams <= self.initial_streams <= self.max_streams:
-            out.append(f"initial_streams {self.initial_streams} outside [min_streams, max_streams] (0 = from the BDP)")
+            out.append(
+                f"initial_streams {self.initial_streams} outside [min_streams, max_streams] (0 = from the BDP)"
+            )
         cs = self.chunk_size_bytes
         if cs < 4096 or cs % 4096 or cs > 64 * MiB:
             out.append(f"chunk_size_bytes {cs}: a multiple of 4096 in [4 KiB, 64 MiB]")
@@ -349,7 +357,9 @@ class PeerConfig:
     region: str = "default"
     latitude_deg: float | None = None
     longitude_deg: float | None = None
-    bft_key: str = ""  # its Ed25519 public key (64 hex digits; `dwcp certs bft-key`), for consensus.algorithm "bft"
+    bft_key: str = (
+        ""  # its Ed25519 public key (64 hex digits; `dwcp certs bft-key`), for consensus.algorithm "bft"
+    )
 
 
 @dataclass(frozen=True)
@@ -398,7 +408,9 @@ class ClusterConfig(_Section):
                 out.append(f"peers: {p.id}: address {p.address!r} is not HOST:PORT")
             if (p.latitude_deg is None) != (p.longitude_deg is None):
                 out.append(f"peers: {p.id}: give both latitude_deg and longitude_deg, or neither")
-            elif p.latitude_deg is not None and not (-90 <= p.latitude_deg <= 90 and -180 <= p.longitude_deg <= 180):  # type: ignore[operator]
+            elif p.latitude_deg is not None and not (
+                -90 <= p.latitude_deg <= 90 and -180 <= p.longitude_deg <= 180
+            ):  # type: ignore[operator]
                 out.append(f"peers: {p.id}: coordinates out of range")
             if p.bft_key and not re.fullmatch(r"[0-9a-f]{64}", p.bft_key):
                 out.append(f"peers: {p.id}: bft_key must be 64 lowercase hex digits (an Ed25519 public key)")
@@ -419,7 +431,9 @@ class ClusterConfig(_Section):
         if self.breaker_max_open_s < self.breaker_open_s:
             out.append("breaker_max_open_s must be >= breaker_open_s")
         if min(self.breaker_consecutive_failures, self.breaker_min_calls, self.breaker_half_open_calls) < 1:
-            out.append("breaker_consecutive_failures, breaker_min_calls and breaker_half_open_calls must be >= 1")
+            out.append(
+                "breaker_consecutive_failures, breaker_min_calls and breaker_half_open_calls must be >= 1"
+            )
         return out
 
 
@@ -428,10 +442,16 @@ class ConsensusConfig(_Section):
     SECTION = "consensus"
     enabled: bool = False  # replicate the catalog (raft: over the [cluster] peers, all of them vote)
     backend: str = "raft"  # "raft" among the daemons, or "etcd" (an external etcd v3 cluster keeps the log)
-    algorithm: str = "raft"  # "raft" (crash faults) or "bft" (PBFT, f < n/3 Byzantine nodes; needs peers' bft_key)
+    algorithm: str = (
+        "raft"  # "raft" (crash faults) or "bft" (PBFT, f < n/3 Byzantine nodes; needs peers' bft_key)
+    )
     # switchable at run time by a committed command (`dwcp consensus switch bft|raft`): this is the start
-    adaptive: bool = False  # host the catalog in switchable epochs even when starting with raft (`dwcp consensus switch`)
-    bft_key_file: str = ""  # this node's Ed25519 signing key; "" = <data_dir>/consensus/bft.key (made 0600 if missing)
+    adaptive: bool = (
+        False  # host the catalog in switchable epochs even when starting with raft (`dwcp consensus switch`)
+    )
+    bft_key_file: str = (
+        ""  # this node's Ed25519 signing key; "" = <data_dir>/consensus/bft.key (made 0600 if missing)
+    )
     tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
     election_ticks: int = 10
     etcd_endpoints: tuple = ()  # of "http(s)://HOST:PORT"; requests fail over to the next one
@@ -449,9 +469,9 @@ class ConsensusConfig(_Section):
 
         out = []
         if self.algorithm not in ("raft", "bft"):
-            out.append(f"algorithm {self.algorithm!r}: one of \"raft\", \"bft\"")
+            out.append(f'algorithm {self.algorithm!r}: one of "raft", "bft"')
         if self.backend not in ("raft", "etcd"):
-            out.append(f"backend {self.backend!r}: one of \"raft\", \"etcd\"")
+            out.append(f'backend {self.backend!r}: one of "raft", "etcd"')
         if not 1.0 <= self.tick_ms <= 10_000.0:
             out.append(f"tick_ms {self.tick_ms} outside [1, 10000]")
         if not 3 <= self.election_ticks <= 1000:
@@ -459,16 +479,25 @@ class ConsensusConfig(_Section):
         for e in self.etcd_endpoints:
             try:
                 u = urlsplit(e) if isinstance(e, str) else None
-                ok = u is not None and u.scheme in ("http", "https") and bool(u.hostname) and u.port is not None
+                ok = (
+                    u is not None
+                    and u.scheme in ("http", "https")
+                    and bool(u.hostname)
+                    and u.port is not None
+                )
                 ok = ok and u is not None and u.path in ("", "/") and not u.query
             except ValueError:
                 ok = False
             if not ok:
                 out.append(f"etcd_endpoints: {e!r} is not http(s)://HOST:PORT")
         if self.backend == "etcd" and self.enabled and not self.etcd_endpoints:
-            out.append("etcd_endpoints: backend \"etcd\" needs at least one endpoint")
-        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.rstrip("/") == "" or "\0" in self.etcd_prefix:
-            out.append(f"etcd_prefix {self.etcd_prefix!r}: an absolute key prefix such as \"/dwcp/<cluster>\"")
+            out.append('etcd_endpoints: backend "etcd" needs at least one endpoint')
+        if (
+            not self.etcd_prefix.startswith("/")
+            or self.etcd_prefix.rstrip("/") == ""
+            or "\0" in self.etcd_prefix
+        ):
+            out.append(f'etcd_prefix {self.etcd_prefix!r}: an absolute key prefix such as "/dwcp/<cluster>"')
         if bool(self.etcd_cert) != bool(self.etcd_key):
             out.append("etcd_cert/etcd_key: give both (client certificate and its key) or neither")
         if (self.etcd_ca or self.etcd_cert) and any(e.startswith("http://") for e in self.etcd_endpoints
@@ -569,12 +598,28 @@ def load_toml(path: str) -> Config:
 # What a running daemon changes without a restart (section -> fields; "*" = all).
 # The rest (ports, data dir, identity, node id...) is reported and keeps its old value.
 LIVE: dict[str, frozenset[str]] = {
-    "transport": frozenset({
-        "min_streams", "max_streams", "initial_streams", "window_chunks", "stall_timeout_s",
-        "connect_timeout_s", "idle_timeout_s", "drain_timeout_s", "max_stream_reconnects",
-        "rate_limit_bytes_per_s", "link_bytes_per_s", "per_stream_window_bytes", "socket_buffer_bytes",
-        "congestion", "zerocopy", "chunk_size_bytes", "adaptive_chunks", "compress_workers",
-    }),  # fmt: skip
+    "transport": frozenset(
+        {
+            "min_streams",
+            "max_streams",
+            "initial_streams",
+            "window_chunks",
+            "stall_timeout_s",
+            "connect_timeout_s",
+            "idle_timeout_s",
+            "drain_timeout_s",
+            "max_stream_reconnects",
+            "rate_limit_bytes_per_s",
+            "link_bytes_per_s",
+            "per_stream_window_bytes",
+            "socket_buffer_bytes",
+            "congestion",
+            "zerocopy",
+            "chunk_size_bytes",
+            "adaptive_chunks",
+            "compress_workers",
+        }
+    ),  # fmt: skip
     "codec": frozenset({"*"}),
     "health": frozenset({"*"}),
     "logging": frozenset({"*"}),
@@ -582,8 +627,9 @@ LIVE: dict[str, frozenset[str]] = {
     "storage": frozenset({"keep_versions", "partial_max_age_s", "max_object_bytes"}),
     "security": frozenset({"acl", "relay_allow"}),  # the next connection is judged by them
     # read by the data port at each accept (limits) and for each new connection (deadlines)
-    "listen": frozenset({"handshake_timeout_s", "header_timeout_s", "max_unauthenticated",
-                         "max_unauthenticated_per_source"}),
+    "listen": frozenset(
+        {"handshake_timeout_s", "header_timeout_s", "max_unauthenticated", "max_unauthenticated_per_source"}
+    ),
 }
 
 

@@ -212,7 +212,9 @@ class ObjectStore:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise StorageError(f"cannot remove version {info.digest.hex()} of {info.key!r}: {exc.strerror}") from exc
+                raise StorageError(
+                    f"cannot remove version {info.digest.hex()} of {info.key!r}: {exc.strerror}"
+                ) from exc
 
     def read_meta(self, key: str) -> dict | None:
         """The JSON object ``write_meta`` last stored for ``key``; None if none (or unreadable: a warning)."""
@@ -273,7 +275,9 @@ class ObjectStore:
             return None
         return int(chunk_size)
 
-    def begin(self, key: str, digest: bytes, size: int, chunk_size: int, *, preallocate: bool = True) -> Partial:
+    def begin(
+        self, key: str, digest: bytes, size: int, chunk_size: int, *, preallocate: bool = True
+    ) -> Partial:
         """Take the key's write lease and open (or resume) its partial.
 
         ``preallocate`` checks the free space up front, so a disk that cannot
@@ -287,8 +291,10 @@ class ObjectStore:
         if size < 0 or chunk_size <= 0:
             raise ValueError("size must be >= 0 and chunk_size > 0")
         if -(-size // chunk_size) > MAX_CHUNKS:
-            raise ValueError(f"{size} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks "
-                             f"(use at least {min_chunk_size(size)}-byte chunks)")
+            raise ValueError(
+                f"{size} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks "
+                f"(use at least {min_chunk_size(size)}-byte chunks)"
+            )
         with self._lock:
             if key in self._leases:
                 raise KeyBusyError(f"key {key!r} is busy: another transfer is writing it; retry later")
@@ -412,7 +418,9 @@ class Partial:
                     os.ftruncate(self._fd, self.size)  # a sparse file: holes read as zeros
                 self._sfd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 self._write_header()
-                os.ftruncate(self._sfd, _STATE_HDR.size + _REC.size * self.nchunks)  # sparse: records read as 0
+                os.ftruncate(
+                    self._sfd, _STATE_HDR.size + _REC.size * self.nchunks
+                )  # sparse: records read as 0
         except OSError as exc:
             self._close_fds()
             for path in (part, state):
@@ -448,7 +456,10 @@ class Partial:
         fds = [sfd]  # closed on the way out unless the resume takes them over
         try:
             raw = os.pread(sfd, _STATE_HDR.size, 0)
-            if len(raw) != _STATE_HDR.size or os.fstat(sfd).st_size != _STATE_HDR.size + _REC.size * self.nchunks:
+            if (
+                len(raw) != _STATE_HDR.size
+                or os.fstat(sfd).st_size != _STATE_HDR.size + _REC.size * self.nchunks
+            ):
                 return False
             magic, size, chunk_size, digest, seeded, seed = _STATE_HDR.unpack(raw)
             if (magic, size, chunk_size, digest) != (_STATE_MAGIC, self.size, self.chunk_size, self.digest):

@@ -78,7 +78,9 @@ def write_json(result: dict, out: str | None, default_name: str) -> str:
 
 # Load generators for request/response systems (the consensus and catalog benchmarks): ``op(k)`` does
 # request number k and returns when it is done.
-def fixed_rate(op: Callable[[int], object], rate: float, seconds: float, base: int, threads: int = 8) -> list[float]:
+def fixed_rate(
+    op: Callable[[int], object], rate: float, seconds: float, base: int, threads: int = 8
+) -> list[float]:
     lat: list[float] = []
     t0 = time.perf_counter()
     total = int(rate * seconds)

@@ -71,7 +71,10 @@ def run(ops: int, window: int) -> dict:
         r["per_node_ops_per_s"] = r["cluster_ops_per_s"] * n
         r["messages_per_op"] = r["delivered"] / ops
         one = bftsim.bench(n, max(ops // 8, 20), window=1)  # one at a time: the commit latency itself
-        r["unloaded_latency_p50_ms"], r["unloaded_latency_p99_ms"] = one["latency_p50_ms"], one["latency_p99_ms"]
+        r["unloaded_latency_p50_ms"], r["unloaded_latency_p99_ms"] = (
+            one["latency_p50_ms"],
+            one["latency_p99_ms"],
+        )
         out["pbft"].append(r)
         peer = raft_peer(n, ops, window)
         out["raft_peer"].append(peer)

@@ -99,7 +99,9 @@ def _cli(name: str, argv_fn, tmp: str, v1p: str, v2p: str, nbytes: int) -> dict:
     def run():
         if os.path.exists(out):
             os.unlink(out)
-        subprocess.run(argv_fn(v1p, v2p, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            argv_fn(v1p, v2p, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     t, ts = median_time(run, RUNS_CLI)
     return {"seconds": t, "runs": ts, "wire_bytes": os.path.getsize(out), "gb_per_s": nbytes / t / 1e9}
@@ -142,7 +144,9 @@ def main() -> int:
             )  # fmt: skip
         xdelta3 = ensure_tool("xdelta3")
         if xdelta3:
-            peers["xdelta3"] = _cli("xdelta3", lambda a, b, o: [xdelta3, "-e", "-f", "-s", a, b, o], tmp, v1p, v2p, size)
+            peers["xdelta3"] = _cli(
+                "xdelta3", lambda a, b, o: [xdelta3, "-e", "-f", "-s", a, b, o], tmp, v1p, v2p, size
+            )
     result.update(peers)
 
     d = result["dwcp_delta"]
@@ -155,7 +159,9 @@ def main() -> int:
         }
     result["dwcp_delta_vs"] = ratios
     result["targets"] = {
-        "delta_wire_le_cli_peers": all(ratios[n]["wire_bytes_ratio"] <= 1.0 for n in peers) if peers else None,
+        "delta_wire_le_cli_peers": all(ratios[n]["wire_bytes_ratio"] <= 1.0 for n in peers)
+        if peers
+        else None,
         "delta_20x_faster_than_cli_peers": all(ratios[n]["speedup"] >= 20 for n in peers) if peers else None,
     }
 

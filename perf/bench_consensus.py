@@ -133,7 +133,9 @@ class RemoteNode:
     def __init__(self, ctx: Any, node_id: str, root: str) -> None:
         self.id = node_id
         self._conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, node_id, root), name=f"bench-{node_id}", daemon=True)
+        self.proc = ctx.Process(
+            target=_serve, args=(child, node_id, root), name=f"bench-{node_id}", daemon=True
+        )
         self.proc.start()
         child.close()
         self.address = self._conn.recv()
@@ -285,7 +287,7 @@ def main() -> int:
                     help="Raft nodes each in its own process (as daemons run), all in this one, or both")  # fmt: skip
     ap.add_argument("--in-process", dest="mode", action="store_const", const="in-process",
                     help="the same as --mode in-process")  # fmt: skip
-    ap.add_argument("--bft-nodes", default="4,7", help="PBFT cluster sizes to measure as well (\"\" = none)")
+    ap.add_argument("--bft-nodes", default="4,7", help='PBFT cluster sizes to measure as well ("" = none)')
     ap.add_argument("--bft-rate", type=float, default=50.0, help="the fixed rate for the BFT latency, ops/s")
     ap.add_argument("--out")
     args = ap.parse_args()

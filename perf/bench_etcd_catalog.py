@@ -64,7 +64,14 @@ def start_etcd(etcd: str, root: str) -> tuple[subprocess.Popen, str]:
 
 
 def cmd(k: int) -> dict:
-    return {"op": "version", "key": f"bench/{k % 1000}", "digest": f"{k:032x}", "size": k, "holder": "bench", "at": 0.0}
+    return {
+        "op": "version",
+        "key": f"bench/{k % 1000}",
+        "digest": f"{k:032x}",
+        "size": k,
+        "holder": "bench",
+        "at": 0.0,
+    }
 
 
 class RawGateway:

@@ -72,7 +72,10 @@ def imbalance(policy: str, n: int, events: int, seed: int = 3) -> dict:
         mean = sum(act) / n
         if mean:
             ratios.append(max(act) / mean)
-    return {"max_over_mean_p50": statistics.median(ratios), "max_over_mean_p99": sorted(ratios)[int(0.99 * len(ratios))]}
+    return {
+        "max_over_mean_p50": statistics.median(ratios),
+        "max_over_mean_p99": sorted(ratios)[int(0.99 * len(ratios))],
+    }
 
 
 def main() -> int:

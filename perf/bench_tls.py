@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="128 MiB per run instead of 512 MiB")
     ap.add_argument("--size-mib", type=int, help="bytes per run, in MiB (default: 512, or 128 with --quick)")
     ap.add_argument("--runs", type=int, default=3, help="runs per side; the median is reported (default: 3)")
-    ap.add_argument("--chunk-kib", type=int, default=1024, help="sendall/recv_into size in KiB (default: 1024)")
+    ap.add_argument(
+        "--chunk-kib", type=int, default=1024, help="sendall/recv_into size in KiB (default: 1024)"
+    )
     ap.add_argument("--out", help="JSON path (default: perf/results/bench_tls.json)")
     a = ap.parse_args(argv)
     size = (a.size_mib or (128 if a.quick else 512)) << 20

@@ -199,7 +199,9 @@ def main() -> int:
         rnd = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
         src = os.path.join(tmp, "random.src")
         rnd.tofile(src)
-        res["dd_store_bytes_per_s"] = statistics.median(dd_store(src, os.path.join(tmp, "dd.out")) for _ in range(runs))
+        res["dd_store_bytes_per_s"] = statistics.median(
+            dd_store(src, os.path.join(tmp, "dd.out")) for _ in range(runs)
+        )
         os.unlink(src)
         img = vm_image(size, seed=2)
         img2 = dirty_version(img, fraction=0.05, seed=3)
@@ -282,24 +284,31 @@ def main() -> int:
                                f"{zstd} -q -d -f --patch-from={v1} -o {os.path.join(tmp, 'v2.out')}",
                                shell=True, check=True)  # fmt: skip
                 ts.append(time.perf_counter() - t0)
-            peers["zstd_patch_from_pipe"] = {"seconds": statistics.median(ts), "wire_bytes": os.path.getsize(patch)}
+            peers["zstd_patch_from_pipe"] = {
+                "seconds": statistics.median(ts),
+                "wire_bytes": os.path.getsize(patch),
+            }
         res["delta_peers"] = peers
 
         ip1 = res["iperf3_1_stream_bytes_per_s"] or float("nan")
         res["ratios"] = {
             "random_plain_1_vs_iperf3_1": cases["random_plain_1"]["bytes_per_s"] / ip1,
             "random_tls_1_vs_iperf3_1": cases["random_tls_1"]["bytes_per_s"] / ip1,
-            "tls_cost_vs_plain_1": cases["random_tls_1"]["bytes_per_s"] / cases["random_plain_1"]["bytes_per_s"],
+            "tls_cost_vs_plain_1": cases["random_tls_1"]["bytes_per_s"]
+            / cases["random_plain_1"]["bytes_per_s"],
             "vm_image_effective_vs_iperf3_1": cases["vm_image_plain_auto"]["bytes_per_s"] / ip1,
             "python_socket_vs_iperf3_1": res["python_socket_bytes_per_s"] / ip1,
             "iperf3_1_to_file_vs_iperf3_1": res["iperf3_1_stream_to_file_bytes_per_s"] / ip1,
             "dd_store_vs_iperf3_1": res["dd_store_bytes_per_s"] / ip1,
             "random_plain_1_vs_iperf3_1_to_file": cases["random_plain_1"]["bytes_per_s"]
             / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
-            "random_plain_1_vs_dd_store": cases["random_plain_1"]["bytes_per_s"] / res["dd_store_bytes_per_s"],
+            "random_plain_1_vs_dd_store": cases["random_plain_1"]["bytes_per_s"]
+            / res["dd_store_bytes_per_s"],
         }
         for name, p in peers.items():
-            res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(1, p["wire_bytes"])
+            res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(
+                1, p["wire_bytes"]
+            )
             res["ratios"][f"delta_speedup_vs_{name}"] = p["seconds"] / cases["delta_5pct"]["seconds"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,7 +43,9 @@ from _common import RESULTS, exit_cleanly_on_sigterm, machine, write_json  # noq
 from dwcp._testbase.wan import Link, Testbed  # noqa: E402
 
 PORT = 7700
-CONGESTION = ""  # --congestion: every sender's TCP congestion control ("" = each tool's default; dwcp's is bbr)
+CONGESTION = (
+    ""  # --congestion: every sender's TCP congestion control ("" = each tool's default; dwcp's is bbr)
+)
 PY_RX = """
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -68,7 +70,9 @@ s.close()
 
 
 def python_stream(tb: Testbed, size: int) -> float:
-    rx = tb.popen("b", [sys.executable, "-c", PY_RX, tb.addr["b"], str(PORT + 1)], stdout=subprocess.PIPE, text=True)
+    rx = tb.popen(
+        "b", [sys.executable, "-c", PY_RX, tb.addr["b"], str(PORT + 1)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert rx.stdout is not None
         rx.stdout.readline()
@@ -131,8 +135,15 @@ class Daemon:
             self.proc.wait()
 
 
-def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str, extra: tuple[str, ...] = (),
-              keep_paths: bool = False) -> dict:
+def dwcp_send(
+    tb: Testbed,
+    d: Daemon,
+    src: str,
+    key: str,
+    streams: str,
+    extra: tuple[str, ...] = (),
+    keep_paths: bool = False,
+) -> dict:
     """One `dwcp send`; its state dir (baselines) is removed after, except paths.json with ``keep_paths``."""
     state = os.path.join(d.root, "sender-state")
     c0 = d.cpu()
@@ -171,7 +182,9 @@ def dwcp_send(tb: Testbed, d: Daemon, src: str, key: str, streams: str, extra: t
     }  # fmt: skip
 
 
-def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, chunk_sweep: list[str]) -> dict:
+def run_cell(
+    tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, chunk_sweep: list[str]
+) -> dict:
     runs = m["runs"]
 
     def med(xs):
@@ -180,6 +193,7 @@ def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, c
 
     cell: dict = {"python_1_stream": med(python_stream(tb, size) for _ in range(runs))}
     cell["iperf3"] = {str(n): med(iperf3(tb, size, n) for _ in range(runs)) for n in m["iperf3_streams"]}
+
     def summary(rs: list[dict]) -> dict:
         """The run with the median goodput, the medians of goodput, final count and settling, every run's."""
         ok = sorted((r for r in rs if r.get("bytes_per_s")), key=lambda r: r["bytes_per_s"])
@@ -192,7 +206,9 @@ def run_cell(tb: Testbed, d: Daemon, src: str, size: int, m: dict, cap: float, c
 
     cell["dwcp_fixed"] = {}
     for n in m["fixed_streams"]:
-        cell["dwcp_fixed"][str(n)] = summary([dwcp_send(tb, d, src, f"sla/f{n}-{i}", str(n)) for i in range(runs)])
+        cell["dwcp_fixed"][str(n)] = summary(
+            [dwcp_send(tb, d, src, f"sla/f{n}-{i}", str(n)) for i in range(runs)]
+        )
     # auto, cold: no earlier send to this peer (the SLA); then warm: a second send that starts from
     # what the first measured of the path (chunk size, stream count; dwcp.transport.chunking)
     rs, warm = [], []
@@ -284,7 +300,9 @@ def plot(res: dict, path: str) -> None:
     for i, n in enumerate(names):
         ax.bar([j + i * w for j in range(len(cells))], [c["fraction_of_cap"][n] for c in cells], w, label=n)
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cells))])
-    ax.set_xticklabels([f"{c['rate_mbit']:g}M {c['rtt_ms']:g}ms {c['loss'] * 100:g}%" for c in cells], fontsize=8)
+    ax.set_xticklabels(
+        [f"{c['rate_mbit']:g}M {c['rtt_ms']:g}ms {c['loss'] * 100:g}%" for c in cells], fontsize=8
+    )
     ax.set_ylabel("goodput / rate cap")
     ax.axhline(0.85, ls=":", c="k")
     ax.legend(fontsize=7, ncol=3)
@@ -295,13 +313,24 @@ def plot(res: dict, path: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.path.join(HERE, "sla.toml"))
-    ap.add_argument("--quick", action="store_true", help="the [quick] matrix: the SLA cells only, smaller objects")
+    ap.add_argument(
+        "--quick", action="store_true", help="the [quick] matrix: the SLA cells only, smaller objects"
+    )
     ap.add_argument("--out")
-    ap.add_argument("--congestion", default="", help="TCP congestion control for every sender (e.g. cubic; "
-                    "default: each tool's own, bbr for dwcp)")
-    ap.add_argument("--chunk-sweep", default="", metavar="SIZES",
-                    help="also run --streams auto at these fixed chunk sizes per cell (e.g. 1M,4M,16M)")
-    ap.add_argument("--loss", default="", metavar="RATES", help="only these loss rates of the matrix (e.g. 0.001)")
+    ap.add_argument(
+        "--congestion",
+        default="",
+        help="TCP congestion control for every sender (e.g. cubic; default: each tool's own, bbr for dwcp)",
+    )
+    ap.add_argument(
+        "--chunk-sweep",
+        default="",
+        metavar="SIZES",
+        help="also run --streams auto at these fixed chunk sizes per cell (e.g. 1M,4M,16M)",
+    )
+    ap.add_argument(
+        "--loss", default="", metavar="RATES", help="only these loss rates of the matrix (e.g. 0.001)"
+    )
     args = ap.parse_args()
     global CONGESTION
     CONGESTION = args.congestion
@@ -316,7 +345,12 @@ def main() -> int:
         m["loss"] = [float(x) for x in args.loss.split(",")]
     size = m["object_mib"] << 20
     root = tempfile.mkdtemp(prefix="dwcp-sla-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    res: dict = {"machine": machine(), "matrix": m, "congestion": CONGESTION or "default (dwcp: bbr)", "cells": []}
+    res: dict = {
+        "machine": machine(),
+        "matrix": m,
+        "congestion": CONGESTION or "default (dwcp: bbr)",
+        "cells": [],
+    }
     try:
         src = os.path.join(root, "object")
         np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8).tofile(src)
@@ -329,8 +363,15 @@ def main() -> int:
                             tb.set_link(Link(rate_bit_s=rate * 1e6, rtt_ms=rtt, loss=loss))
                             t0 = time.monotonic()
                             cell = {"rate_mbit": rate, "rtt_ms": rtt, "loss": loss}
-                            cell |= run_cell(tb, d, src, size, m, rate * 1e6 / 8,
-                                             [c for c in args.chunk_sweep.split(",") if c])
+                            cell |= run_cell(
+                                tb,
+                                d,
+                                src,
+                                size,
+                                m,
+                                rate * 1e6 / 8,
+                                [c for c in args.chunk_sweep.split(",") if c],
+                            )
                             cell["wall_s"] = time.monotonic() - t0
                             res["cells"].append(cell)
                             print(f"{rate:g} Mbit/s {rtt:g} ms {loss * 100:g}%: "

@@ -9,9 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=100, deadline=None)
-settings.register_profile(
-    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
@@ -33,7 +31,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test taking ``seed`` in a module with a ``SEEDS`` table ({test name: (fast count, slow count)})
     runs over range(fast count), or range(slow count) with --run-slow / DWCP_SLOW_TESTS=1."""
     table = getattr(metafunc.module, "SEEDS", None)
-    if "seed" not in metafunc.fixturenames or table is None or hasattr(metafunc.module, "pytest_generate_tests"):
+    if (
+        "seed" not in metafunc.fixturenames
+        or table is None
+        or hasattr(metafunc.module, "pytest_generate_tests")
+    ):
         return
     slow = metafunc.config.getoption("--run-slow") or bool(os.environ.get("DWCP_SLOW_TESTS"))
     fast_n, slow_n = table[metafunc.function.__name__]

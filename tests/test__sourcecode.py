@@ -25,9 +25,23 @@ def _tool(name: str) -> list[str]:
 
 def test_ruff():
     r = subprocess.run(
-        [*_tool("ruff"), "check", "dwcp", "tests", "perf", "scripts"], cwd=ROOT, capture_output=True, text=True
+        [*_tool("ruff"), "check", "dwcp", "tests", "perf", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_formatted():
+    """One formatter, enforced: `ruff format` (a `# fmt: skip` keeps a hand-aligned line as written)."""
+    r = subprocess.run(
+        [*_tool("ruff"), "format", "--check", "dwcp", "tests", "perf", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, "run `ruff format dwcp tests perf scripts`:\n" + r.stdout + r.stderr
 
 
 def test_mypy():
@@ -47,6 +61,8 @@ def test_mypy_checks_calls_into_the_kernels(tmp_path):
         "h: str = K.xxh3_128(b'x')\n"  # returns bytes
         "K.no_such_kernel()\n"
     )
-    r = subprocess.run([*_tool("mypy"), "--no-error-summary", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [*_tool("mypy"), "--no-error-summary", str(bad)], cwd=ROOT, capture_output=True, text=True
+    )
     errors = [line for line in r.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["2", "3", "4", "5"], r.stdout

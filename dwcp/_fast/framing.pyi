@@ -1,7 +1,17 @@
 from typing_extensions import Buffer
 
-__all__ = ["FrameHeader", "pack_header", "pack_header_into", "parse_header", "xxh3_64", "xxh3_128",  # noqa: E501
-           "page_hashes", "is_zero", "nonzero_pages", "features"]
+__all__ = [
+    "FrameHeader",
+    "pack_header",
+    "pack_header_into",
+    "parse_header",
+    "xxh3_64",
+    "xxh3_128",  # noqa: E501
+    "page_hashes",
+    "is_zero",
+    "nonzero_pages",
+    "features",
+]
 
 class FrameHeader:
     frame_type: int
@@ -14,8 +24,19 @@ class FrameHeader:
     dict_id: int
     base_digest: bytes
     raw_hash: int
-    def __init__(self, frame_type: int, codec: int, flags: int, transfer_id: int, offset: int, raw_len: int,
-                 enc_len: int, dict_id: int, base_digest: bytes, raw_hash: int) -> None: ...
+    def __init__(
+        self,
+        frame_type: int,
+        codec: int,
+        flags: int,
+        transfer_id: int,
+        offset: int,
+        raw_len: int,
+        enc_len: int,
+        dict_id: int,
+        base_digest: bytes,
+        raw_hash: int,
+    ) -> None: ...
     def astuple(self) -> tuple[int, int, int, int, int, int, int, int, bytes, int]: ...
 
 def features() -> dict[str, object]: ...
@@ -24,9 +45,30 @@ def xxh3_128(data: Buffer) -> bytes: ...
 def page_hashes(data: Buffer, page_size: int = 4096) -> bytes: ...
 def is_zero(data: Buffer) -> bool: ...
 def nonzero_pages(data: Buffer, page_size: int = 4096) -> bytearray: ...
-def pack_header_into(buf: Buffer, pos: int, frame_type: int, codec: int, flags: int, transfer_id: int,
-                     offset: int, raw_len: int, enc_len: int, dict_id: int = 0, base_digest: Buffer = ...,
-                     raw_hash: int = 0) -> None: ...
-def pack_header(frame_type: int, codec: int, flags: int, transfer_id: int, offset: int, raw_len: int,
-                enc_len: int, dict_id: int = 0, base_digest: Buffer = ..., raw_hash: int = 0) -> bytes: ...
+def pack_header_into(
+    buf: Buffer,
+    pos: int,
+    frame_type: int,
+    codec: int,
+    flags: int,
+    transfer_id: int,
+    offset: int,
+    raw_len: int,
+    enc_len: int,
+    dict_id: int = 0,
+    base_digest: Buffer = ...,
+    raw_hash: int = 0,
+) -> None: ...
+def pack_header(
+    frame_type: int,
+    codec: int,
+    flags: int,
+    transfer_id: int,
+    offset: int,
+    raw_len: int,
+    enc_len: int,
+    dict_id: int = 0,
+    base_digest: Buffer = ...,
+    raw_hash: int = 0,
+) -> bytes: ...
 def parse_header(buf: Buffer, pos: int = 0) -> FrameHeader: ...

@@ -1,7 +1,14 @@
 from typing_extensions import Buffer
 
-__all__ = ["xbzrle_encode", "xbzrle_decode", "scan_dirty", "delta_encode", "delta_decode", "pages_encode",
-           "delta_bound"]
+__all__ = [
+    "xbzrle_encode",
+    "xbzrle_decode",
+    "scan_dirty",
+    "delta_encode",
+    "delta_decode",
+    "pages_encode",
+    "delta_bound",
+]
 
 def xbzrle_encode(old: Buffer, new: Buffer, out: Buffer) -> int: ...
 def xbzrle_decode(src: Buffer, page: Buffer) -> int: ...

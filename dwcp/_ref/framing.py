@@ -177,7 +177,18 @@ def pack_header(
 ) -> bytes:
     out = bytearray(C.HEADER_SIZE)
     pack_header_into(
-        out, 0, frame_type, codec, flags, transfer_id, offset, raw_len, enc_len, dict_id, base_digest, raw_hash
+        out,
+        0,
+        frame_type,
+        codec,
+        flags,
+        transfer_id,
+        offset,
+        raw_len,
+        enc_len,
+        dict_id,
+        base_digest,
+        raw_hash,
     )
     return bytes(out)
 

@@ -31,7 +31,11 @@ class CounterBlock:
         i = ssize(i)  # Cython converts the arguments in order, then checks the index
         v = operator.index(v)
         if not 0 <= v < _U64:
-            raise OverflowError("can't convert negative value to uint64_t" if v < 0 else "value too large to convert to uint64_t")
+            raise OverflowError(
+                "can't convert negative value to uint64_t"
+                if v < 0
+                else "value too large to convert to uint64_t"
+            )
         i = self._index(i)
         with self._lock:
             self._slots[i] = (self._slots[i] + v) % _U64

@@ -75,7 +75,9 @@ class SafetyViolation(AssertionError):
 
 def cmd(k: int | str, holder: str = "h") -> bytes:
     """A catalog command (a new version of key ``k``)."""
-    return json.dumps({"op": "version", "key": f"k{k}", "digest": f"d{k}", "size": 1, "holder": holder}).encode()
+    return json.dumps(
+        {"op": "version", "key": f"k{k}", "digest": f"d{k}", "size": 1, "holder": holder}
+    ).encode()
 
 
 # -- Byzantine behaviours -------------------------------------------------------------------------------
@@ -184,7 +186,9 @@ class FakePrimary(Behaviour):
         if self.sim.now % self.every or node.is_primary:
             return []
         req = self.fake_request(f"fake-{self.sim.now}")
-        pp = self.sign(Msg(MsgType.PRE_PREPARE, self.me, node.view, node.last_exec + 1, req.digest, proofs=(req,)))
+        pp = self.sign(
+            Msg(MsgType.PRE_PREPARE, self.me, node.view, node.last_exec + 1, req.digest, proofs=(req,))
+        )
         return [Envelope(d, pp) for d in self.others()]
 
 
@@ -370,7 +374,9 @@ class Sim(SimNet):
             if all(self.executed(i, data) for i in want):
                 return next(c.seq for c in self.applied[sorted(want)[0]] if c.data == data)
             self.step()
-        views = {i: (self.nodes[i].view, self.nodes[i].status.value, self.nodes[i].last_exec) for i in self.ids}
+        views = {
+            i: (self.nodes[i].view, self.nodes[i].status.value, self.nodes[i].last_exec) for i in self.ids
+        }
         raise AssertionError(f"{data!r} not executed on {sorted(want)} within {max_ticks} ticks; {views}")
 
     def check_agreement(self) -> None:
@@ -401,7 +407,9 @@ class Sim(SimNet):
 def bench(n: int, ops: int = 300, *, window: int = 32, seed: int = 0) -> dict[str, float]:
     """Throughput and latency of the PBFT core alone (signing and verification included): ``ops``
     proposals at the primary, at most ``window`` in flight, a one-tick network; wall-clock seconds."""
-    s = Sim(n, seed=seed, min_delay=1, max_delay=1, checkpoint_interval=64, view_change_ticks=10**6, durable=False)
+    s = Sim(
+        n, seed=seed, min_delay=1, max_delay=1, checkpoint_interval=64, view_change_ticks=10**6, durable=False
+    )
     prim = s.nodes[s.ids[0]]
     started: dict[bytes, float] = {}
     lat: list[float] = []

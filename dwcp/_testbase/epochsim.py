@@ -142,7 +142,9 @@ class EpochSim(SimNet):
 
     def switch(self, algorithm: str, at: str | None = None) -> str:
         cid = self._next_id()
-        self.nodes[at or self.rng.choice(self.ids)].propose({"op": "switch", "algorithm": algorithm, "id": cid})
+        self.nodes[at or self.rng.choice(self.ids)].propose(
+            {"op": "switch", "algorithm": algorithm, "id": cid}
+        )
         return cid
 
     def wait(self, pred: Callable[[], bool], max_ticks: int = 5000, load: float = 0.0) -> None:

@@ -157,8 +157,14 @@ class Sim(SimNet):
                 self._restore(i, *r.snapshot)
             for e in r.committed:
                 self._apply(i, e)
-            if self.compact_p and self.rng.random() < self.compact_p and node.applied > node.storage.snap.index:
-                if self._call(i, node.compact, node.applied, _snapshot_bytes(self.applied[i], self.catalogs[i])):
+            if (
+                self.compact_p
+                and self.rng.random() < self.compact_p
+                and node.applied > node.storage.snap.index
+            ):
+                if self._call(
+                    i, node.compact, node.applied, _snapshot_bytes(self.applied[i], self.catalogs[i])
+                ):
                     self.snapshots_taken += 1
 
     def _restore(self, i: str, meta: SnapshotMeta, data: bytes) -> None:
@@ -166,7 +172,9 @@ class Sim(SimNet):
         if len(entries) != meta.index or (entries and entries[-1].index != meta.index):
             raise SafetyViolation(f"{i}: snapshot at {meta.index} holds {len(entries)} entries")
         if meta.index < len(self.applied[i]):
-            raise SafetyViolation(f"{i}: a snapshot at {meta.index} took its state back from {len(self.applied[i])}")
+            raise SafetyViolation(
+                f"{i}: a snapshot at {meta.index} took its state back from {len(self.applied[i])}"
+            )
         for e in entries:
             got = self.history.setdefault(e.index, e)
             if got != e:
@@ -248,4 +256,6 @@ class Sim(SimNet):
                     want.apply(e.index, e.data)
             got = json.loads(json.dumps(self.catalogs[i].snapshot()))
             if got != json.loads(json.dumps(want.snapshot())):
-                raise SafetyViolation(f"{i}: its catalog differs from the history's at {len(self.applied[i])}")
+                raise SafetyViolation(
+                    f"{i}: its catalog differs from the history's at {len(self.applied[i])}"
+                )

@@ -14,8 +14,15 @@ def server_config(data_dir, *, plaintext: bool = True, certs=None, node: str = "
     ``listen`` overrides [listen]; ``sections``: more settings by section
     ({"security": {"relay_allow": [...]}, ...}), merged in.
     """
-    sec = {"plaintext": True} if plaintext else {"ca_cert": certs.ca_cert, "cert": certs.cert, "key": certs.key}
-    t = {"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "idle_timeout_s": 30.0, "chunk_size_bytes": 1 << 20}
+    sec = (
+        {"plaintext": True} if plaintext else {"ca_cert": certs.ca_cert, "cert": certs.cert, "key": certs.key}
+    )
+    t = {
+        "stall_timeout_s": 5.0,
+        "connect_timeout_s": 5.0,
+        "idle_timeout_s": 30.0,
+        "chunk_size_bytes": 1 << 20,
+    }
     t.update(transport)
     cfg = {"node": {"id": node}, "listen": {"host": "127.0.0.1", "data_port": 0, **(listen or {})}, "security": sec,
            "storage": {"data_dir": str(data_dir)}, "transport": t}  # fmt: skip
@@ -28,7 +35,9 @@ def tx_config(**kw):
     """A sender's TransportConfig with test-friendly timeouts and 1 MiB chunks; ``kw`` overrides."""
     from dwcp.config import TransportConfig
 
-    return TransportConfig(**{"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": 1 << 20, **kw})
+    return TransportConfig(
+        **{"stall_timeout_s": 5.0, "connect_timeout_s": 5.0, "chunk_size_bytes": 1 << 20, **kw}
+    )
 
 
 def stored(srv, key: str) -> bytes:

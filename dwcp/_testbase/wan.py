@@ -259,7 +259,9 @@ class Testbed:
         if self._up:
             for h in ("a", "b"):
                 subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True)
-                pids = subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True, text=True).stdout
+                pids = subprocess.run(
+                    ["ip", "netns", "pids", self.ns[h]], capture_output=True, text=True
+                ).stdout
                 for pid in pids.split():
                     try:
                         os.kill(int(pid), signal.SIGKILL)
@@ -289,7 +291,9 @@ class Testbed:
                 self.run(h, ["iptables", "-A", "INPUT", "-i", tun, "-m", "statistic", "--mode", "random",
                              "--probability", f"{link.loss:.6f}", "-j", "DROP"])  # fmt: skip
         if self._relay is not None and self._relay.stdin is not None:
-            self._relay.stdin.write(json.dumps({"delay_s": link.rtt_ms / 2000, "jitter_s": link.jitter_ms / 1000}) + "\n")
+            self._relay.stdin.write(
+                json.dumps({"delay_s": link.rtt_ms / 2000, "jitter_s": link.jitter_ms / 1000}) + "\n"
+            )
             self._relay.stdin.flush()
 
     def relay_stats(self) -> dict:

@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     b = cs.add_parser("bft-key", help="this node's Ed25519 key for BFT consensus (made 0600 if missing); "
                                       "prints the public key the other nodes list as its bft_key")  # fmt: skip
-    b.add_argument("--key-file", required=True, help="e.g. /var/lib/dwcp/consensus/bft.key (the default bft_key_file)")
+    b.add_argument(
+        "--key-file", required=True, help="e.g. /var/lib/dwcp/consensus/bft.key (the default bft_key_file)"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -91,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             for what, path in written:
                 print(f"wrote {path} ({what})")
-            print(f"bft_key = \"{pub}\"   # for this node's [[cluster.peers]] entry in the other nodes' configs")
+            print(
+                f"bft_key = \"{pub}\"   # for this node's [[cluster.peers]] entry in the other nodes' configs"
+            )
             return 0
     else:
         raise ConfigError("say `init` (create the cluster CA), `issue` (a node certificate) or `bft-key`")

@@ -116,7 +116,9 @@ def run_demo(args) -> int:
             nb = issue_node(ca_dir, "node-b", hosts=("127.0.0.1", "localhost"))
             certs_a = {"ca": na.ca_cert, "cert": na.cert, "key": na.key}
             certs_b = {"ca": nb.ca_cert, "cert": nb.cert, "key": nb.key}
-        say(f"dwcp demo: two daemons on loopback ({'plaintext' if args.plaintext else 'mutual TLS 1.3'}) in {root}")
+        say(
+            f"dwcp demo: two daemons on loopback ({'plaintext' if args.plaintext else 'mutual TLS 1.3'}) in {root}"
+        )
         pa, _, sock_a, _ = start_daemon(root, "node-a", certs_a)
         procs.append(pa)
         pb, _, sock_b, port_b = start_daemon(root, "node-b", certs_b)

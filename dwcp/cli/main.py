@@ -49,7 +49,9 @@ def _add_security(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", help="cluster CA certificate (mutual TLS)")
     p.add_argument("--cert", help="this node's certificate")
     p.add_argument("--key-file", help="this node's private key")
-    p.add_argument("--plaintext", action="store_true", help="no TLS (only where the peer runs plaintext on purpose)")
+    p.add_argument(
+        "--plaintext", action="store_true", help="no TLS (only where the peer runs plaintext on purpose)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dwcp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the main job on an embedded default: two local daemons, a full and a delta send")
+    d = sub.add_parser(
+        "demo", help="the main job on an embedded default: two local daemons, a full and a delta send"
+    )
     d.add_argument("--size", type=_size, default=1 << 30, help="image size (default 1G)")
     d.add_argument("--dirty", type=float, default=0.05, help="fraction of pages changed in v2 (default 0.05)")
     d.add_argument("--seed", type=int, default=0)
@@ -71,16 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("send", help="send a file as KEY to a daemon")
     s.add_argument("path")
-    s.add_argument("--via", help="with a cluster target: relay through this peer id or region:NAME (default: "
-                   "through a region only when the measured region graph says it is faster)")
-    s.add_argument("--to", required=True, help="HOST:PORT of the receiving daemon, or with --config's [cluster]: "
-                   "a peer id, region:NAME (the key's replicas there, failing over), or cluster")
+    s.add_argument(
+        "--via",
+        help="with a cluster target: relay through this peer id or region:NAME (default: "
+        "through a region only when the measured region graph says it is faster)",
+    )
+    s.add_argument(
+        "--to",
+        required=True,
+        help="HOST:PORT of the receiving daemon, or with --config's [cluster]: "
+        "a peer id, region:NAME (the key's replicas there, failing over), or cluster",
+    )
     s.add_argument("--key", required=True)
     s.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
     s.add_argument("--rate", type=_size, default=None, help="cap the total rate, bytes/s (e.g. 500M)")
-    s.add_argument("--chunk-size", type=_size, default=None,
-                   help="fixed chunk size, a multiple of 4K in [4K, 64M] (default: adapted to what the last send to "
-                        "this peer measured, else the config's transport.chunk_size_bytes)")
+    s.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=None,
+        help="fixed chunk size, a multiple of 4K in [4K, 64M] (default: adapted to what the last send to "
+        "this peer measured, else the config's transport.chunk_size_bytes)",
+    )
     s.add_argument("--state-dir", help="where sent versions are kept as the next baselines "
                                        "(default: <data_dir>/sent with --config, else ~/.local/state/dwcp)")  # fmt: skip
     s.add_argument("--json", action="store_true")
@@ -105,11 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cs = sub.add_parser("consensus", help="the replicated catalog's consensus (adaptive mode)")
     css = cs.add_subparsers(dest="consensus_command")
-    sw = css.add_parser("switch", help="switch the cluster's algorithm by a committed command (nothing applied is lost)")
+    sw = css.add_parser(
+        "switch", help="switch the cluster's algorithm by a committed command (nothing applied is lost)"
+    )
     sw.add_argument("algorithm", choices=["raft", "bft"])
     sw.add_argument("--config", help="the local daemon's config (for its control socket)")
     sw.add_argument("--socket", help="the control socket path")
-    sw.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the switch to be applied here")
+    sw.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the switch to be applied here"
+    )
     sw.add_argument("--json", action="store_true")
 
     from .tune_cmd import add_parser as add_tune
@@ -164,7 +183,9 @@ class _ProgressBar:
         frac = done / total if total else 1.0
         rate = done / max(time.monotonic() - self.t0, 1e-9)
         filled = int(30 * frac)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {frac:6.1%} {rate / 2**20:8.1f} MiB/s")
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {frac:6.1%} {rate / 2**20:8.1f} MiB/s"
+        )
         sys.stderr.flush()
         self.shown = True
 
@@ -248,11 +269,15 @@ def _ask_daemon(args, req: dict, timeout_s: float = 10) -> dict:
     from dwcp.config import load_toml
     from dwcp.daemon.control import request
 
-    path = args.socket or (load_toml(args.config).control_socket if args.config else "/var/lib/dwcp/control.sock")
+    path = args.socket or (
+        load_toml(args.config).control_socket if args.config else "/var/lib/dwcp/control.sock"
+    )
     try:
         return request(path, req, timeout_s=timeout_s)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise ConfigError(f"no daemon answers on {path} (is dwcpd running? pass --config or --socket)") from None
+        raise ConfigError(
+            f"no daemon answers on {path} (is dwcpd running? pass --config or --socket)"
+        ) from None
 
 
 def _cmd_status(args) -> int:
@@ -264,7 +289,9 @@ def _cmd_status(args) -> int:
 def _cmd_reload(args) -> int:
     r = _ask_daemon(args, {"op": "reload"}, timeout_s=30)
     if r.get("ok"):
-        lines = [f"applied: {x}" for x in r["applied"]] + [f"needs a restart: {x}" for x in r["needs_restart"]]
+        lines = [f"applied: {x}" for x in r["applied"]] + [
+            f"needs a restart: {x}" for x in r["needs_restart"]
+        ]
         _print(r, args.json, "\n".join(lines) or "reloaded: nothing changed")
         return 0
     if args.json:

@@ -57,7 +57,9 @@ class Balancer:
         if policy not in POLICIES:
             raise ConfigError(f"unknown balancing policy {policy!r}; one of {', '.join(POLICIES)}")
         if policy == "geo" and here is None:
-            raise ConfigError("the geo policy needs this node's coordinates (node.latitude_deg/longitude_deg)")
+            raise ConfigError(
+                "the geo policy needs this node's coordinates (node.latitude_deg/longitude_deg)"
+            )
         self.peers = {p.id: p for p in peers}
         self.policy = policy
         self.here = here
@@ -113,7 +115,9 @@ class Balancer:
             if not pool:
                 self.failures[self.policy] += 1
                 tried = ", ".join(sorted(set(ids) - skip)) or "none"
-                raise NoHealthyPeerError(f"no healthy peer to send to (policy {self.policy}; candidates: {tried})")
+                raise NoHealthyPeerError(
+                    f"no healthy peer to send to (policy {self.policy}; candidates: {tried})"
+                )
             choice = getattr(self, f"_{self.policy}")(pool)
             choice.picks += 1
             self.decisions[self.policy] += 1

@@ -64,7 +64,9 @@ def probe_handler(node: NodeConfig, links: Callable[[], list[list]]):
 
 
 class ClusterView:
-    def __init__(self, cluster: ClusterConfig, node: NodeConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, cluster: ClusterConfig, node: NodeConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = cluster
         self.node = node
         self.clock = clock
@@ -96,13 +98,17 @@ class ClusterView:
             raise ValueError("a HOST:PORT target needs no cluster")
         if kind == "node":
             if what not in self.peers:
-                raise ConfigError(f"--to {what}: no such peer in [cluster] (known: {', '.join(sorted(self.peers)) or 'none'})")
+                raise ConfigError(
+                    f"--to {what}: no such peer in [cluster] (known: {', '.join(sorted(self.peers)) or 'none'})"
+                )
             pool = [what]
         else:
             pool = [pid for pid, p in self.peers.items() if kind == "cluster" or p.region == what]
             if not pool:
                 regions = sorted({p.region for p in self.peers.values()})
-                raise ConfigError(f"--to {target}: no peer in that region (regions: {', '.join(regions) or 'none'})")
+                raise ConfigError(
+                    f"--to {target}: no peer in that region (regions: {', '.join(regions) or 'none'})"
+                )
             ring = self.ring if kind == "cluster" else self.ring.with_peers(pool)
             homes = ring.replicas(key, self.config.replicas)
             rest = ring.replicas(key, len(pool))[len(homes) :]
@@ -255,7 +261,9 @@ class ClusterView:
                 continue
             finally:
                 p.active -= 1
-            self.record(p.id, True, seconds=r["seconds"], size=r["size"], rtt_s=r.get("rtt_ms", 0) / 1000 or None)
+            self.record(
+                p.id, True, seconds=r["seconds"], size=r["size"], rtt_s=r.get("rtt_ms", 0) / 1000 or None
+            )
             self.affinity.set(key, p.id, self.clock())
             return {**r, "peer": p.id, "region": p.region, "failover": tried}
         raise NoHealthyPeerError(f"every candidate for {key!r} at {target} failed: "

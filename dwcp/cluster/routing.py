@@ -46,7 +46,9 @@ class RegionGraph:
         self._lat: dict[tuple[str, str], float] = {}
         self._bw: dict[tuple[str, str], float] = {}
 
-    def observe(self, a: str, b: str, *, rtt_s: float | None = None, bandwidth_bytes_per_s: float | None = None) -> None:
+    def observe(
+        self, a: str, b: str, *, rtt_s: float | None = None, bandwidth_bytes_per_s: float | None = None
+    ) -> None:
         """A measurement of the link a -> b (EWMA-smoothed)."""
         if a == b:
             raise ValueError("a link joins two different regions")
@@ -60,7 +62,9 @@ class RegionGraph:
             if not (bandwidth_bytes_per_s > 0 and math.isfinite(bandwidth_bytes_per_s)):
                 raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth_bytes_per_s}")
             old = self._bw.get((a, b))
-            self._bw[(a, b)] = bandwidth_bytes_per_s if old is None else old + self.alpha * (bandwidth_bytes_per_s - old)
+            self._bw[(a, b)] = (
+                bandwidth_bytes_per_s if old is None else old + self.alpha * (bandwidth_bytes_per_s - old)
+            )
 
     def links(self, *, origin: str | None = None) -> list[list]:
         """Known links as [from, to, one-way latency s, bytes/s] (only those starting at ``origin``)."""
@@ -149,5 +153,7 @@ class RegionGraph:
         options = [r for r in (self.link(a, b), self.widest(a, b), self.shortest(a, b)) if r is not None]
         if not options:
             return None
-        timed = [Route(r.regions, r.latency_s, r.bandwidth_bytes_per_s, self.estimate_s(r, size)) for r in options]
+        timed = [
+            Route(r.regions, r.latency_s, r.bandwidth_bytes_per_s, self.estimate_s(r, size)) for r in options
+        ]
         return min(timed, key=lambda r: (r.estimated_s, len(r.regions)))

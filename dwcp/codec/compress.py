@@ -110,7 +110,9 @@ def zstd_decompress(payload, max_size: int, exact: bool, zdict=None) -> bytes:
     return out
 
 
-def looks_incompressible(data, *, samples: int = 8, sample_bytes: int = 1024, threshold: float = 0.95) -> bool:
+def looks_incompressible(
+    data, *, samples: int = 8, sample_bytes: int = 1024, threshold: float = 0.95
+) -> bool:
     """Decide cheaply (a few KiB compressed at a fast level) whether zstd is futile.
 
     Samples are spread evenly over ``data``; the verdict is "incompressible"
@@ -229,8 +231,10 @@ class LevelController:
                 "link_rate_bytes_per_s": self.link_rate,
                 "workers": self.workers,
                 "chosen": self.fixed_level if self.fixed_level is not None else self.best(),
-                "levels": {lv: {"speed_bytes_per_s": e.speed, "ratio": e.ratio, "samples": e.samples}
-                           for lv, e in self._est.items()},  # fmt: skip
+                "levels": {
+                    lv: {"speed_bytes_per_s": e.speed, "ratio": e.ratio, "samples": e.samples}
+                    for lv, e in self._est.items()
+                },  # fmt: skip
             }
 
 

@@ -215,7 +215,9 @@ class ChunkEncoder:
         mv = _as_u8(chunk)
         n = mv.nbytes
         if n > C.MAX_RAW_LEN:
-            raise LocalProtocolError(f"chunk of {n} bytes exceeds the maximum {C.MAX_RAW_LEN}", C.ERR_BAD_LENGTH)
+            raise LocalProtocolError(
+                f"chunk of {n} bytes exceeds the maximum {C.MAX_RAW_LEN}", C.ERR_BAD_LENGTH
+            )
         raw_hash = _k.xxh3_64(mv)
         flags = C.FLAG_LAST if last else 0
         codec, payload, dict_id, digest = self._choose(mv, base, base_digest, resource_type)
@@ -236,7 +238,7 @@ class ChunkEncoder:
         transfer_id: int = 0,
         last: bool = False,
     ) -> EncodedFrame:
-        """"pages" mode: send only the pages whose xxh3-64 differs from the peer's (bounded like ``encode``)."""
+        """ "pages" mode: send only the pages whose xxh3-64 differs from the peer's (bounded like ``encode``)."""
         self._enter()
         try:
             return self._encode_pages(chunk, peer_page_hashes, base_digest, offset, transfer_id, last)
@@ -250,7 +252,9 @@ class ChunkEncoder:
         ps = self.config.page_size_bytes
         npages = (n + ps - 1) // ps
         if len(peer_page_hashes) != 8 * npages:
-            raise ValueError(f"need {npages} page hashes for a {n}-byte chunk, got {len(peer_page_hashes) // 8}")
+            raise ValueError(
+                f"need {npages} page hashes for a {n}-byte chunk, got {len(peer_page_hashes) // 8}"
+            )
         if len(base_digest) != 16 or base_digest == C.ZERO_DIGEST:
             raise ValueError("pages mode needs the 16-byte digest of the peer's version")
         mine = np.frombuffer(_k.page_hashes(mv, ps), dtype="<u8")
@@ -312,7 +316,12 @@ class ChunkEncoder:
         if z is not None:
             if zdict is not None and payload_codec == C.CODEC_RAW:
                 return C.CODEC_ZSTD_DICT, z, zdict.dict_id(), C.ZERO_DIGEST
-            return (C.CODEC_SPARSE_ZSTD if payload_codec == C.CODEC_SPARSE else C.CODEC_ZSTD), z, 0, C.ZERO_DIGEST
+            return (
+                (C.CODEC_SPARSE_ZSTD if payload_codec == C.CODEC_SPARSE else C.CODEC_ZSTD),
+                z,
+                0,
+                C.ZERO_DIGEST,
+            )
         return payload_codec, payload, 0, C.ZERO_DIGEST
 
     def _maybe_zstd(self, payload, zdict) -> bytes | None:
@@ -383,7 +392,9 @@ class ChunkDecoder:
             if codec == C.CODEC_ZSTD:
                 pmv = memoryview(zstd_decompress(pmv, n, exact=True))
             elif codec == C.CODEC_ZSTD_DICT:
-                pmv = memoryview(zstd_decompress(pmv, n, exact=True, zdict=self.dictionaries.by_id(h.dict_id)))
+                pmv = memoryview(
+                    zstd_decompress(pmv, n, exact=True, zdict=self.dictionaries.by_id(h.dict_id))
+                )
             else:
                 pmv = memoryview(zstd_decompress(pmv, _k.delta_bound(n, ps), exact=False))
             codec = {C.CODEC_ZSTD: C.CODEC_RAW, C.CODEC_ZSTD_DICT: C.CODEC_RAW,
@@ -398,7 +409,9 @@ class ChunkDecoder:
             if not fresh:
                 np.frombuffer(omv, np.uint8)[:] = 0
             if pmv.nbytes == 0:
-                raise RemoteProtocolError("empty sparse payload (an all-zero chunk is CODEC_ZERO)", C.ERR_MALFORMED)
+                raise RemoteProtocolError(
+                    "empty sparse payload (an all-zero chunk is CODEC_ZERO)", C.ERR_MALFORMED
+                )
             _k.delta_decode(pmv, omv, omv, ps)
         elif codec in (C.CODEC_XBZRLE, C.CODEC_PAGES):
             if base is None:

@@ -32,7 +32,9 @@ MAX_KEY_VERSIONS = 64
 
 class Catalog:
     def __init__(self) -> None:
-        self.keys: dict[str, list[dict[str, Any]]] = {}  # key -> [{"version", "digest", "size", "holders", "at"}]
+        self.keys: dict[
+            str, list[dict[str, Any]]
+        ] = {}  # key -> [{"version", "digest", "size", "holders", "at"}]
         self.leases: dict[str, dict[str, Any]] = {}
         self.applied_index = 0
 
@@ -50,7 +52,9 @@ class Catalog:
             if op == "drop":
                 return self._drop(str(cmd["key"]), str(cmd["digest"]), str(cmd["holder"]))
             if op == "lease":
-                return self._lease(str(cmd["key"]), str(cmd["holder"]), float(cmd["until"]), float(cmd.get("at", 0.0)))
+                return self._lease(
+                    str(cmd["key"]), str(cmd["holder"]), float(cmd["until"]), float(cmd.get("at", 0.0))
+                )
             if op == "release":
                 lease = self.leases.get(str(cmd["key"]))
                 if lease and lease["holder"] == cmd["holder"]:

@@ -66,7 +66,9 @@ class EpochDriver:
         self.signer, self.verify_keys = signer, dict(verify_keys or {})
         self.dir = os.path.join(data_dir, "consensus")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self._storages: list[Any] = []  # FileStorage (Raft epochs), FilePbftStorage (PBFT): sync() and close()
+        self._storages: list[
+            Any
+        ] = []  # FileStorage (Raft epochs), FilePbftStorage (PBFT): sync() and close()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.failed: BaseException | None = None
@@ -212,14 +214,18 @@ class EpochDriver:
     def deliver(self, d: dict, peer_identity: str | None) -> None:
         """An envelope from the data port; ``peer_identity`` is the TLS identity (None: plaintext)."""
         if d.get("type") != "epoch":
-            raise RemoteProtocolError("this node runs adaptive consensus: epoch envelopes only", C.ERR_BAD_FIELD)
+            raise RemoteProtocolError(
+                "this node runs adaptive consensus: epoch envelopes only", C.ERR_BAD_FIELD
+            )
         with self.lock:
             e = self._from_wire(d)
             if peer_identity is not None and e.src != peer_identity:
                 raise RemoteProtocolError(f"consensus envelope from {peer_identity} claims to be from {e.src}",
                                           C.ERR_BAD_FIELD)  # fmt: skip
             if e.dst != self.id or e.src not in self.links:
-                raise RemoteProtocolError(f"envelope {e.src} -> {e.dst} is not for this cluster node", C.ERR_BAD_FIELD)
+                raise RemoteProtocolError(
+                    f"envelope {e.src} -> {e.dst} is not for this cluster node", C.ERR_BAD_FIELD
+                )
             self.node.step(e)  # an engine message of an epoch we do not run only moves the epoch bookkeeping
             self._drain()
 

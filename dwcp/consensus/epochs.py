@@ -53,8 +53,16 @@ from dwcp.errors import DWCPError
 
 from .catalog import Catalog
 
-__all__ = ["Engine", "Envelope", "EpochNode", "EpochReady", "PbftEngine", "RaftEngine", "switch_command",
-           "ALGORITHMS"]
+__all__ = [
+    "Engine",
+    "Envelope",
+    "EpochNode",
+    "EpochReady",
+    "PbftEngine",
+    "RaftEngine",
+    "switch_command",
+    "ALGORITHMS",
+]
 
 ALGORITHMS = ("raft", "bft")
 MAX_PENDING = 10_000  # queued proposals per node
@@ -210,7 +218,7 @@ class EpochNode:
         if len(self._pending) >= MAX_PENDING:
             raise DWCPError(f"{self.id}: {MAX_PENDING} proposals already queued")
         if cid not in self._ids and cid not in self._pending:
-            self._pending[cid] = (json.dumps(cmd, sort_keys=True, separators=(",", ":")).encode(), -10**9)
+            self._pending[cid] = (json.dumps(cmd, sort_keys=True, separators=(",", ":")).encode(), -(10**9))
         return cid
 
     def tick(self) -> None:
@@ -229,19 +237,23 @@ class EpochNode:
             self._take_state(env)
         elif env.epoch == self.epoch - 1 and self.retired is not None:
             if env.kind == "engine":
-                self.retired.step(env.body, env.src)  # rule 2: the old epoch's laggards learn the switch from it
+                self.retired.step(
+                    env.body, env.src
+                )  # rule 2: the old epoch's laggards learn the switch from it
         elif env.epoch < self.epoch:  # the sender missed a switch: tell it (rate-limited)
-            if self._now - self._hinted.get(env.src, -10**9) >= self.hint_every:
+            if self._now - self._hinted.get(env.src, -(10**9)) >= self.hint_every:
                 self._hinted[env.src] = self._now
                 self._send(env.src, "hint")
         elif env.epoch > self.epoch:  # we missed one: ask for that epoch's start (rate-limited)
-            if self._now - self._hinted.get(env.src, -10**9) >= self.hint_every:
+            if self._now - self._hinted.get(env.src, -(10**9)) >= self.hint_every:
                 self._hinted[env.src] = self._now
                 self._send(env.src, "state_req", env.epoch, epoch=self.epoch)
         elif env.kind == "engine":
             self.engine.step(env.body, env.src)
         elif env.kind == "forward" and isinstance(env.body, bytes):
-            self.engine.offer(env.body)  # a follower's proposal; if we are not the leader (any more) it retries
+            self.engine.offer(
+                env.body
+            )  # a follower's proposal; if we are not the leader (any more) it retries
         self._drain_engine()
 
     def ready(self) -> EpochReady:
@@ -291,7 +303,10 @@ class EpochNode:
         self.gidx += 1
         if isinstance(cmd, dict) and cmd.get("op") == "switch":
             alg = cmd.get("algorithm")
-            res = {"ok": alg in ALGORITHMS and alg != self.algorithm, "epoch": self.epoch + (alg in ALGORITHMS)}
+            res = {
+                "ok": alg in ALGORITHMS and alg != self.algorithm,
+                "epoch": self.epoch + (alg in ALGORITHMS),
+            }
             if alg not in ALGORITHMS:
                 res["error"] = f"unknown algorithm {alg!r}"
         else:
@@ -311,7 +326,9 @@ class EpochNode:
         while len(self._ids) > MAX_REMEMBERED_IDS:
             self._ids.popitem(last=False)
 
-    def _start_epoch(self, epoch: int, algorithm: str, *, previous: str | None = None, retire: bool = True) -> None:
+    def _start_epoch(
+        self, epoch: int, algorithm: str, *, previous: str | None = None, retire: bool = True
+    ) -> None:
         """Enter ``epoch`` run by ``algorithm`` from the catalog as it stands now (rule 2 after a switch applied
         here; rule 3 after a state transfer, where the old engine is too far behind to serve anyone)."""
         self.previous_algorithm = self.algorithm if previous is None else previous
@@ -321,7 +338,7 @@ class EpochNode:
         self.switches += 1
         self._answers = {e: a for e, a in self._answers.items() if e > epoch}
         for cid, (data, _) in self._pending.items():  # offer again in the new epoch at once
-            self._pending[cid] = (data, -10**9)
+            self._pending[cid] = (data, -(10**9))
 
     def _answer_state(self, env: Envelope) -> None:
         want = env.body
@@ -355,7 +372,11 @@ class EpochNode:
         best, n = max(counts.items(), key=lambda kv: kv[1])
         try:
             st = json.loads(best)
-            need = (len(self.ids) - 1) // 3 + 1 if "bft" in (st["algorithm"], st["previous"], self.algorithm) else 1
+            need = (
+                (len(self.ids) - 1) // 3 + 1
+                if "bft" in (st["algorithm"], st["previous"], self.algorithm)
+                else 1
+            )
             if n < need:
                 return
             cat = Catalog.restore(json.loads(st["catalog"]))

@@ -64,7 +64,15 @@ from dwcp.errors import ClosedResourceError, EtcdError
 
 from .catalog import Catalog
 
-__all__ = ["EtcdCatalog", "EtcdError", "KV", "parse_response", "parse_kvs", "parse_watch_message", "prefix_end"]
+__all__ = [
+    "EtcdCatalog",
+    "EtcdError",
+    "KV",
+    "parse_response",
+    "parse_kvs",
+    "parse_watch_message",
+    "prefix_end",
+]
 
 log = logging.getLogger("dwcp.etcd")
 
@@ -208,7 +216,11 @@ class _Gateway:
         for e, u in zip(endpoints, self._parsed):
             if u.scheme not in ("http", "https") or not u.hostname or not u.port:
                 raise EtcdError(f"endpoint {e!r} is not http(s)://HOST:PORT")
-        self.ssl_ctx, self.max_response_bytes, self.request_timeout_s = ssl_ctx, max_response_bytes, request_timeout_s
+        self.ssl_ctx, self.max_response_bytes, self.request_timeout_s = (
+            ssl_ctx,
+            max_response_bytes,
+            request_timeout_s,
+        )
         self.current = 0
         self._local = threading.local()
         self.failovers = 0
@@ -239,7 +251,9 @@ class _Gateway:
     def read_bounded(self, resp: http.client.HTTPResponse, endpoint: str) -> bytes:
         n = resp.getheader("Content-Length")
         if n is not None and n.isdigit() and int(n) > self.max_response_bytes:
-            raise EtcdError(f"response of {n} bytes is over the {self.max_response_bytes}-byte limit", endpoint)
+            raise EtcdError(
+                f"response of {n} bytes is over the {self.max_response_bytes}-byte limit", endpoint
+            )
         body = resp.read(self.max_response_bytes + 1)
         if len(body) > self.max_response_bytes:
             raise EtcdError(f"response over the {self.max_response_bytes}-byte limit", endpoint)
@@ -359,7 +373,7 @@ class EtcdCatalog:
                     continue  # already applied (a replay after a reconnect) or not ours
                 res = self.catalog.apply(kv.mod_revision, kv.value)
                 self.entries_applied += 1
-                w = self._waiters.pop(kv.key[len(self._log):].decode("ascii", "replace"), None)
+                w = self._waiters.pop(kv.key[len(self._log) :].decode("ascii", "replace"), None)
                 if w is not None:
                     w[1].append(res)
                     w[0].set()
@@ -483,7 +497,12 @@ class EtcdCatalog:
             req = {"create_request": {"key": _b64(self._log), "range_end": _b64(self._log_end),
                                       "start_revision": self._seen + 1, "filters": ["NODELETE"]}}  # fmt: skip
             try:
-                c.request("POST", "/v3/watch", body=json.dumps(req).encode(), headers={"Content-Type": "application/json"})
+                c.request(
+                    "POST",
+                    "/v3/watch",
+                    body=json.dumps(req).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
                 resp = c.getresponse()
             except (OSError, http.client.HTTPException):
                 gw.current = (i + 1) % len(gw.endpoints)  # the next catch-up starts on the next endpoint
@@ -499,7 +518,9 @@ class EtcdCatalog:
                     raise EtcdError(f"watch message over the {gw.max_response_bytes}-byte limit", ep)
                 m = parse_watch_message(line, ep)
                 if m.compact_revision:
-                    raise EtcdError(f"watch start revision {self._seen + 1} compacted (at {m.compact_revision})", ep)
+                    raise EtcdError(
+                        f"watch start revision {self._seen + 1} compacted (at {m.compact_revision})", ep
+                    )
                 if m.canceled:
                     raise EtcdError(f"watch canceled: {m.reason}", ep)
                 self.watching = True
@@ -546,7 +567,9 @@ class EtcdCatalog:
 
     # -- snapshots ---------------------------------------------------------------------------------------
     def _snapshotter(self) -> None:
-        while not self.stopped.wait(self.snapshot_check_s * random.uniform(0.75, 1.25)):  # jitter: nodes do not collide
+        while not self.stopped.wait(
+            self.snapshot_check_s * random.uniform(0.75, 1.25)
+        ):  # jitter: nodes do not collide
             try:
                 self.snapshot(force=False)
             except ClosedResourceError:
@@ -582,7 +605,7 @@ class EtcdCatalog:
         dname = f"{rev:020d}-{secrets.token_hex(4)}"
         base = self._snap_dir + dname.encode() + b"/"
         step = self.snapshot_chunk_bytes
-        parts = [z[o:o + step] for o in range(0, len(z), step)] or [b""]
+        parts = [z[o : o + step] for o in range(0, len(z), step)] or [b""]
         for n, part in enumerate(parts):
             self.gw.call("/v3/kv/put", {"key": _b64(base + b"%06d" % n), "value": _b64(part)}, deadline)
         new = json.dumps({"revision": rev, "dir": dname, "chunks": len(parts), "bytes": len(z),
@@ -591,14 +614,18 @@ class EtcdCatalog:
             "compare": [{"key": _b64(self._snap_ptr), "target": "MOD", "mod_revision": ptr["_mod_revision"] if ptr else 0}],
             "success": [{"request_put": {"key": _b64(self._snap_ptr), "value": _b64(new)}}]}, deadline)  # fmt: skip
         if swap.get("succeeded") is not True:  # another node's snapshot won: ours is garbage
-            self.gw.call("/v3/kv/deleterange", {"key": _b64(base), "range_end": _b64(prefix_end(base))}, deadline)
+            self.gw.call(
+                "/v3/kv/deleterange", {"key": _b64(base), "range_end": _b64(prefix_end(base))}, deadline
+            )
             return None
         with self.lock:
             self.snapshots_written += 1
             self.snapshot_revision = max(self.snapshot_revision, rev)
         if ptr:
             old = self._snap_dir + str(ptr["dir"]).encode() + b"/"
-            self.gw.call("/v3/kv/deleterange", {"key": _b64(old), "range_end": _b64(prefix_end(old))}, deadline)
+            self.gw.call(
+                "/v3/kv/deleterange", {"key": _b64(old), "range_end": _b64(prefix_end(old))}, deadline
+            )
         trimmed = self._trim(rev, deadline)
         log.info("etcd catalog: snapshot at revision %d (%d bytes compressed), %d log entries trimmed", rev, len(z),
                  trimmed)  # fmt: skip

@@ -461,7 +461,9 @@ class PbftNode:
         return self.primary() == self.id
 
     def _sign(self, m: Msg) -> Msg:
-        return Msg(m.type, m.sender, m.view, m.seq, m.digest, m.data, m.proofs, m.aux, self.signer.sign(m.body()))
+        return Msg(
+            m.type, m.sender, m.view, m.seq, m.digest, m.data, m.proofs, m.aux, self.signer.sign(m.body())
+        )
 
     def _new(self, t: MsgType, **kw: Any) -> Msg:
         m = Msg(t, self.id, **kw)
@@ -490,7 +492,9 @@ class PbftNode:
     def _fault(self, kind: str, node: str, m: Msg | None, detail: str) -> None:
         by = self.faults.setdefault(kind, {})
         by[node] = by.get(node, 0) + 1
-        self.fault_events.append(FaultEvent(kind, node, m.view if m else self.view, m.seq if m else 0, detail))
+        self.fault_events.append(
+            FaultEvent(kind, node, m.view if m else self.view, m.seq if m else 0, detail)
+        )
         if kind != "too_many_faulty" and node in self.ids and node not in self.suspects:
             self.suspects.add(node)
             if len(self.suspects) > self.f:
@@ -527,7 +531,9 @@ class PbftNode:
             if len(m.proofs) != 1:
                 return False
             r = m.proofs[0]
-            return r.type is MsgType.REQUEST and r.digest == m.digest and self._payload_ok(r) and self._verify(r)
+            return (
+                r.type is MsgType.REQUEST and r.digest == m.digest and self._payload_ok(r) and self._verify(r)
+            )
         if t in _PROOF_TYPES:
             return len(m.digest) == 64 and m.digest == proofs_digest(m.proofs)
         return not m.proofs and (t is MsgType.FETCH or len(m.digest) == 64)
@@ -620,7 +626,9 @@ class PbftNode:
         except (ValueError, KeyError, TypeError, RemoteProtocolError) as exc:
             raise StorageError(f"{self.id}: the pbft storage does not load: {exc}") from None
 
-    def _restore_from(self, state: dict[str, Any] | None, log: list[list[Any]], execs: list[list[Any]]) -> None:
+    def _restore_from(
+        self, state: dict[str, Any] | None, log: list[list[Any]], execs: list[list[Any]]
+    ) -> None:
         if state is not None:
             self.view = int(state["view"])
             self.status = Status(state["status"])
@@ -693,14 +701,24 @@ class PbftNode:
             pp = self.pps[key]
             if pp.proofs:
                 self.assigned[pp.digest] = pp.seq
-                if pp.seq > self.last_exec and pp.digest not in self._dedup and len(self.requests) < self.max_pending:
-                    self.requests[pp.digest] = pp.proofs[0]  # pending again: the view-change timer runs for it
+                if (
+                    pp.seq > self.last_exec
+                    and pp.digest not in self._dedup
+                    and len(self.requests) < self.max_pending
+                ):
+                    self.requests[pp.digest] = pp.proofs[
+                        0
+                    ]  # pending again: the view-change timer runs for it
                     self._arrived[pp.digest] = self.now
         if self.status is Status.NORMAL and self.nv_msg is not None and self.nv_msg.view == self.view:
             # a NEW-VIEW's pre-prepares we had not prepared yet (the state is written before the votes)
             for key in sorted(mine):
                 pp = self.pps[key]
-                if pp.sender != self.id and self.id not in self.prepares.get(key, {}) and pp.seq > self.last_exec:
+                if (
+                    pp.sender != self.id
+                    and self.id not in self.prepares.get(key, {})
+                    and pp.seq > self.last_exec
+                ):
                     self._prepare(pp)
 
     # -- ticking -----------------------------------------------------------------------------------
@@ -722,8 +740,13 @@ class PbftNode:
         if self.now % self.resend_ticks == 0:
             self._resend()
         behind = self._max_seen > self.last_exec or self.h > self.last_exec
-        if self.now % self.fetch_ticks == 0 and self._since_progress >= self.fetch_ticks and (
-            behind or self.now % (4 * self.fetch_ticks) == 0  # an idle poll: we may have missed everything
+        if (
+            self.now % self.fetch_ticks == 0
+            and self._since_progress >= self.fetch_ticks
+            and (
+                behind
+                or self.now % (4 * self.fetch_ticks) == 0  # an idle poll: we may have missed everything
+            )
         ):
             others = [p for p in self.ids if p != self.id]
             self._fetch_rr += 1
@@ -825,7 +848,9 @@ class PbftNode:
         if not self._in_window(self.next_seq + 1):
             return  # the window is full: wait for a stable checkpoint
         self.next_seq += 1
-        pp = self._new(MsgType.PRE_PREPARE, view=self.view, seq=self.next_seq, digest=req.digest, proofs=(req,))
+        pp = self._new(
+            MsgType.PRE_PREPARE, view=self.view, seq=self.next_seq, digest=req.digest, proofs=(req,)
+        )
         self.assigned[req.digest] = pp.seq
         self.pps[(self.view, pp.seq)] = pp
         self._persist("pp", pp.seq, pp.to_wire())
@@ -863,7 +888,9 @@ class PbftNode:
         # prepares that arrived first, for another digest, with the primary's signature on it?
         for p in list(self.prepares.get(key, {}).values()):
             if p.digest != m.digest and self._aux_proves(p):
-                self._equivocation(m.sender, m, f"pre-prepare {m.digest[:12]} vs {p.digest[:12]} shown by {p.sender}")
+                self._equivocation(
+                    m.sender, m, f"pre-prepare {m.digest[:12]} vs {p.digest[:12]} shown by {p.sender}"
+                )
                 break
         self._check_prepared(key)
 
@@ -904,7 +931,9 @@ class PbftNode:
             return
         pp = self.pps.get((m.view, m.seq))
         if pp is not None and pp.digest != m.digest and self._aux_proves(m):
-            self._equivocation(pp.sender, pp, f"pre-prepare {pp.digest[:12]} vs {m.digest[:12]} shown by {m.sender}")
+            self._equivocation(
+                pp.sender, pp, f"pre-prepare {pp.digest[:12]} vs {m.digest[:12]} shown by {m.sender}"
+            )
         self._check_prepared((m.view, m.seq))
 
     def _on_commit(self, m: Msg) -> None:
@@ -913,7 +942,12 @@ class PbftNode:
         if key in self.sent_commit and pp is not None and pp.digest != m.digest:
             # we hold a prepared certificate for another digest in this view: either the sender is
             # faulty or two prepared certificates exist, which takes more than f faulty nodes
-            self._fault("conflicting_commit", m.sender, m, f"commit {m.digest[:12]} where we prepared {pp.digest[:12]}")
+            self._fault(
+                "conflicting_commit",
+                m.sender,
+                m,
+                f"commit {m.digest[:12]} where we prepared {pp.digest[:12]}",
+            )
         if self._vote(self.commits, m):
             self._check_committed((m.view, m.seq))
 
@@ -922,7 +956,9 @@ class PbftNode:
         if pp is None or key in self.sent_commit:
             return
         prim = self.primary(key[0])
-        match = [p for s, p in sorted(self.prepares.get(key, {}).items()) if p.digest == pp.digest and s != prim]
+        match = [
+            p for s, p in sorted(self.prepares.get(key, {}).items()) if p.digest == pp.digest and s != prim
+        ]
         if len(match) < 2 * self.f:
             return
         self.sent_commit.add(key)
@@ -949,7 +985,14 @@ class PbftNode:
                 if d == NULL_DIGEST:
                     pp = Msg(MsgType.PRE_PREPARE, self.primary(key[0]), key[0], key[1], d)
                 elif d in self.requests:
-                    pp = Msg(MsgType.PRE_PREPARE, self.primary(key[0]), key[0], key[1], d, proofs=(self.requests[d],))
+                    pp = Msg(
+                        MsgType.PRE_PREPARE,
+                        self.primary(key[0]),
+                        key[0],
+                        key[1],
+                        d,
+                        proofs=(self.requests[d],),
+                    )
                 else:
                     continue  # no body yet: a FETCH will bring it
             self._decide(key[1], pp, tuple(cs[: self.quorum]))
@@ -980,7 +1023,9 @@ class PbftNode:
             chain = chain_next(self.chain, n, pp.digest)
             if n == self.h and chain != self.stable_digest:
                 self.decided[n] = pp
-                self._fault("too_many_faulty", "*", pp, f"our history diverges from the stable checkpoint at {n}")
+                self._fault(
+                    "too_many_faulty", "*", pp, f"our history diverges from the stable checkpoint at {n}"
+                )
                 return
             if self.storage is not None:
                 self.storage.append_exec([n, pp.to_wire()])
@@ -1010,7 +1055,9 @@ class PbftNode:
             self._dedup[pp.digest] = None
             while len(self._dedup) > self.dedup_window:
                 self._dedup.popitem(last=False)
-            self._out_committed.append(Committed(n, req.data if kind == "data" else b"", kind, req.sender, req.seq))
+            self._out_committed.append(
+                Committed(n, req.data if kind == "data" else b"", kind, req.sender, req.seq)
+            )
             self.requests.pop(pp.digest, None)
             self.own_pending.pop(pp.digest, None)
             self._arrived.pop(pp.digest, None)
@@ -1094,7 +1141,9 @@ class PbftNode:
             if n > self.h:
                 proofs.extend(self.pcerts[n])
         ps = tuple(proofs)
-        self.own_vc = self._new(MsgType.VIEW_CHANGE, view=new_view, seq=self.h, digest=proofs_digest(ps), proofs=ps)
+        self.own_vc = self._new(
+            MsgType.VIEW_CHANGE, view=new_view, seq=self.h, digest=proofs_digest(ps), proofs=ps
+        )
         self.vcs[self.id] = self.own_vc
         self._save_state()
         self._broadcast(self.own_vc)
@@ -1139,7 +1188,12 @@ class PbftNode:
     def _on_view_change(self, m: Msg) -> None:
         if m.view <= self.view and (self.status is Status.NORMAL or m.view < self.view):
             # a node behind us: the primary of our view shows it the NEW-VIEW
-            if self.status is Status.NORMAL and self.nv_msg is not None and self.is_primary and m.view == self.view:
+            if (
+                self.status is Status.NORMAL
+                and self.nv_msg is not None
+                and self.is_primary
+                and m.view == self.view
+            ):
                 self._answer(m.sender, "nv", self.view, self.nv_msg)
             return
         old = self.vcs.get(m.sender)
@@ -1186,7 +1240,9 @@ class PbftNode:
             return
         vcs = vcs[: self.quorum]
         _, _, o = self._compute_o(v, vcs)
-        pps = [self._new(MsgType.PRE_PREPARE, view=v, seq=n, digest=d, proofs=(r,) if r else ()) for n, d, r in o]
+        pps = [
+            self._new(MsgType.PRE_PREPARE, view=v, seq=n, digest=d, proofs=(r,) if r else ()) for n, d, r in o
+        ]
         proofs = tuple(vcs) + tuple(pps)
         nv = self._new(MsgType.NEW_VIEW, view=v, digest=proofs_digest(proofs), proofs=proofs)
         self._broadcast(nv)
@@ -1196,7 +1252,12 @@ class PbftNode:
         if m.view < self.view or (m.view == self.view and self.status is Status.NORMAL):
             return
         if m.sender != self.primary(m.view):
-            self._fault("not_primary", m.sender, m, f"new-view for view {m.view}; the primary is {self.primary(m.view)}")
+            self._fault(
+                "not_primary",
+                m.sender,
+                m,
+                f"new-view for view {m.view}; the primary is {self.primary(m.view)}",
+            )
             return
         err = self._valid_nv(m)
         if err is not None:
@@ -1214,7 +1275,12 @@ class PbftNode:
         if len({vc.sender for vc in vcs}) != len(vcs) or len(vcs) < self.quorum:
             return f"{len(vcs)} view changes from distinct nodes < 2f+1"
         for vc in vcs:
-            if vc.view != m.view or vc.sender not in self.keys or not self._payload_ok(vc) or not self._verify(vc):
+            if (
+                vc.view != m.view
+                or vc.sender not in self.keys
+                or not self._payload_ok(vc)
+                or not self._verify(vc)
+            ):
                 return f"bad view change from {vc.sender}"
             err = self._valid_vc(vc)
             if err is not None:
@@ -1244,7 +1310,9 @@ class PbftNode:
         self.commits = {k: v for k, v in self.commits.items() if k[0] >= nv.view}
         self.sent_commit = {k for k in self.sent_commit if k[0] >= nv.view}
         # we never sign for an earlier view again (CHECKPOINTs carry no view)
-        self._signed = {k: d for k, d in self._signed.items() if k[1] >= nv.view or k[0] is MsgType.CHECKPOINT}
+        self._signed = {
+            k: d for k, d in self._signed.items() if k[1] >= nv.view or k[0] is MsgType.CHECKPOINT
+        }
         if min_s > self.h:
             cks = [p for p in best_vc.proofs if p.type is MsgType.CHECKPOINT]
             cert = self._ckpt_cert(cks)
@@ -1349,7 +1417,9 @@ class PbftNode:
             want = certified.get(pp.seq)
             if want is not None:
                 if chain != want:
-                    self._fault("bad_proof", m.sender, m, f"entries do not hash to the certified checkpoint {pp.seq}")
+                    self._fault(
+                        "bad_proof", m.sender, m, f"entries do not hash to the certified checkpoint {pp.seq}"
+                    )
                     return
                 upto = pp.seq
         accepted: list[tuple[Msg, tuple[Msg, ...]]] = [(pp, ()) for pp in pps if pp.seq <= upto]

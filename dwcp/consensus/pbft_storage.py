@@ -107,7 +107,9 @@ class MemoryPbftStorage:
         self.execs.append(rec)
 
     def compact(self, upto: int) -> None:
-        self.log = [r for r in self.log if r[1] > upto]  # an atomic rewrite: durable, unsynced records included
+        self.log = [
+            r for r in self.log if r[1] > upto
+        ]  # an atomic rewrite: durable, unsynced records included
         self._log_synced = len(self.log)
 
     def sync(self) -> None:

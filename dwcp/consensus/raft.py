@@ -195,7 +195,9 @@ class MemoryStorage:
         """Keep ``data`` as the snapshot at ``meta.index`` (<= the last index) and drop the log up to it."""
         off = self.log[0].index
         if not off < meta.index <= off + len(self.log) - 1:
-            raise InternalError(f"compacting at {meta.index} outside the log ({off}, {off + len(self.log) - 1}]")
+            raise InternalError(
+                f"compacting at {meta.index} outside the log ({off}, {off + len(self.log) - 1}]"
+            )
         self.snap, self.snap_data = meta, data
         self.log = [Entry(meta.term, meta.index, "noop"), *self.log[meta.index - off + 1 :]]
 
@@ -276,7 +278,9 @@ class RaftNode:
         self.leader: str | None = None
         self.applied = st.snap.index
         # a restarted node's state machine starts from the snapshot on its disk
-        self._pending_snap: tuple[SnapshotMeta, bytes] | None = (st.snap, st.snap_data) if st.snap.index else None
+        self._pending_snap: tuple[SnapshotMeta, bytes] | None = (
+            (st.snap, st.snap_data) if st.snap.index else None
+        )
         self._elapsed = 0
         self._timeout = self._new_timeout()
         self._votes: set[str] = set()
@@ -284,8 +288,12 @@ class RaftNode:
         self._match: dict[str, int] = {}
         self._active: set[str] = set()  # CheckQuorum: peers heard from this election timeout
         self._outbox: list[Msg] = []
-        self._snap_off: dict[str, tuple[int, int]] = {}  # leader: peer -> (snapshot index, bytes acknowledged)
-        self._snap_buf: tuple[str, int, SnapshotMeta, bytearray] | None = None  # follower: (leader, term, meta, bytes)
+        self._snap_off: dict[
+            str, tuple[int, int]
+        ] = {}  # leader: peer -> (snapshot index, bytes acknowledged)
+        self._snap_buf: tuple[str, int, SnapshotMeta, bytearray] | None = (
+            None  # follower: (leader, term, meta, bytes)
+        )
         self._read_seq = 0
         self._read_acks: dict[str, int] = {}
         self._reads: list[_Read] = []  # leader: waiting for a quorum's heartbeat answers
@@ -517,9 +525,13 @@ class RaftNode:
         up_to_date = (m.last_term, m.last_index) >= (self.log[-1].term, self.last_index)
         if m.type is MsgType.PREVOTE:
             grant = m.term > self.term and up_to_date and not self._in_lease()
-            self._send(Msg(MsgType.PREVOTE_RESP, self.id, m.src, m.term if grant else self.term, granted=grant))
+            self._send(
+                Msg(MsgType.PREVOTE_RESP, self.id, m.src, m.term if grant else self.term, granted=grant)
+            )
             return
-        grant = m.term == self.term and self.vote in (None, m.src) and up_to_date and self.role is not Role.LEADER
+        grant = (
+            m.term == self.term and self.vote in (None, m.src) and up_to_date and self.role is not Role.LEADER
+        )
         if grant:
             self.vote = m.src
             self._persist()
@@ -557,7 +569,9 @@ class RaftNode:
             t = self._term_at(e.index)
             if t is None or t != e.term:
                 if t is not None and e.index <= self.commit:
-                    raise InternalError(f"{self.id}: leader {m.src} would overwrite committed entry {e.index}")
+                    raise InternalError(
+                        f"{self.id}: leader {m.src} would overwrite committed entry {e.index}"
+                    )
                 new = list(entries[k:])
                 break
         if new:
@@ -578,7 +592,9 @@ class RaftNode:
         meta = m.snap
 
         def answer(got: int) -> None:
-            self._send(Msg(MsgType.SNAP_RESP, self.id, m.src, self.term, snap=meta, match=got, read_seq=m.read_seq))
+            self._send(
+                Msg(MsgType.SNAP_RESP, self.id, m.src, self.term, snap=meta, match=got, read_seq=m.read_seq)
+            )
 
         if meta.index <= self.commit:
             # we already hold (committed) everything it has: never trade a newer log for an older snapshot
@@ -590,7 +606,9 @@ class RaftNode:
         if m.offset == 0 and (buf is None or (buf[0], buf[1], buf[2]) != (m.src, m.term, meta)):
             buf = self._snap_buf = (m.src, m.term, meta, bytearray())
         if buf is None or (buf[0], buf[1], buf[2]) != (m.src, m.term, meta) or m.offset != len(buf[3]):
-            answer(len(buf[3]) if buf is not None and (buf[0], buf[1], buf[2]) == (m.src, m.term, meta) else 0)
+            answer(
+                len(buf[3]) if buf is not None and (buf[0], buf[1], buf[2]) == (m.src, m.term, meta) else 0
+            )
             return
         if len(buf[3]) + len(m.data) > MAX_SNAPSHOT_BYTES:
             self._snap_buf = None
@@ -631,7 +649,9 @@ class RaftNode:
         else:
             if m.src in self._snap_off:
                 return  # a late refusal while the snapshot is on its way
-            self._next[m.src] = max(1, min(self._next.get(m.src, 1) - 1, m.match + 1, self._match.get(m.src, 0) + 1))
+            self._next[m.src] = max(
+                1, min(self._next.get(m.src, 1) - 1, m.match + 1, self._match.get(m.src, 0) + 1)
+            )
             self._send_append(m.src)
 
     def _on_snap_resp(self, m: Msg) -> None:
@@ -681,7 +701,9 @@ class RaftNode:
         self._match[self.id] = self.last_index
         # the highest index a quorum holds: the quorum-th largest match (etcd's quorum.JointConfig)
         n = sorted((self._match.get(p, 0) for p in self.voters), reverse=True)[self.quorum - 1]
-        if n > self.commit and self._term_at(n) == self.term:  # only entries of this term commit by counting (5.4.2)
+        if (
+            n > self.commit and self._term_at(n) == self.term
+        ):  # only entries of this term commit by counting (5.4.2)
             self.commit = n
             self._persist()
         if self._reads and self._term_at(self.commit) == self.term:
@@ -718,5 +740,7 @@ class RaftNode:
             elif r.origin == self.id:
                 self._read_states.append(ReadState(r.index, r.ctx))
             else:
-                self._send(Msg(MsgType.READ_INDEX_RESP, self.id, r.origin, self.term, commit=r.index, ctx=r.ctx))
+                self._send(
+                    Msg(MsgType.READ_INDEX_RESP, self.id, r.origin, self.term, commit=r.index, ctx=r.ctx)
+                )
         self._reads = keep

@@ -162,7 +162,9 @@ class FileStorage(MemoryStorage, AtomicFiles):
 
     def _write_hard(self, hs: HardState) -> None:
         try:
-            self._replace(self._hard_path, json.dumps({"term": hs.term, "vote": hs.vote, "commit": hs.commit}).encode())
+            self._replace(
+                self._hard_path, json.dumps({"term": hs.term, "vote": hs.vote, "commit": hs.commit}).encode()
+            )
         except OSError as exc:
             raise self._failed("hard state", exc) from exc
         self.hard = hs

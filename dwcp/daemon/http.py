@@ -25,7 +25,9 @@ Probe = Callable[[], tuple[int, dict]]
 
 
 class OpsHTTPServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, healthz: Probe, readyz: Probe) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, healthz: Probe, readyz: Probe
+    ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

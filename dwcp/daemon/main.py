@@ -92,8 +92,13 @@ class Daemon:
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
                              events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
-        self.server.register("probe", probe_handler(
-            config.node, lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else []))
+        self.server.register(
+            "probe",
+            probe_handler(
+                config.node,
+                lambda: self.cluster.graph.links(origin=self.config.node.region) if self.cluster else [],
+            ),
+        )
         self.catalog_backend: RaftDriver | EpochDriver | EtcdCatalog | None = None
         cc = config.consensus
         if cc.enabled and cc.backend == "etcd":  # an external etcd keeps the log: no [cluster] peers needed
@@ -152,7 +157,9 @@ class Daemon:
 
     def _start_http(self) -> None:
         lc = self.config.listen
-        self.http = OpsHTTPServer(lc.metrics_host, lc.metrics_port, self.metrics.registry, self._healthz, self._readyz)
+        self.http = OpsHTTPServer(
+            lc.metrics_host, lc.metrics_port, self.metrics.registry, self._healthz, self._readyz
+        )
         self.http.start()
 
     def _close_http(self) -> None:
@@ -179,7 +186,9 @@ class Daemon:
                     rv = backend.catalog.replica_versions()
                 return {k: [ReplicaVersion(h, v, at) for h, v, at in vs] for k, vs in rv.items()}
 
-            self.health.register(BaselineSyncCheck(replicas, th), name="baseline_sync", interval_s=cfg.health.check_interval_s)
+            self.health.register(
+                BaselineSyncCheck(replicas, th), name="baseline_sync", interval_s=cfg.health.check_interval_s
+            )
         self.health.reconfigure(th)
 
     def _epoch_driver(self, config: Config, peers: dict[str, str]) -> EpochDriver:
@@ -192,9 +201,13 @@ class Daemon:
         if cc.algorithm == "bft" or keyed:
             missing = sorted(set(peers) - set(keyed))
             if missing:
-                raise ConfigError(f"consensus: BFT needs every [[cluster.peers]] bft_key; missing for {', '.join(missing)}")
+                raise ConfigError(
+                    f"consensus: BFT needs every [[cluster.peers]] bft_key; missing for {', '.join(missing)}"
+                )
             if len(peers) + 1 < 4:
-                raise ConfigError(f"consensus: BFT needs n >= 4 nodes (f >= 1), this cluster has {len(peers) + 1}")
+                raise ConfigError(
+                    f"consensus: BFT needs n >= 4 nodes (f >= 1), this cluster has {len(peers) + 1}"
+                )
             key_file = cc.bft_key_file or os.path.join(config.storage.data_dir, "consensus", "bft.key")
             signer, own = bft_signing_key(key_file)
             verify = {i: bft_verify_key(k) for i, k in keyed.items()} | {config.node.id: bft_verify_key(own)}
@@ -212,27 +225,42 @@ class Daemon:
             rep = self.health.last or self.health.evaluate(time.monotonic())
             return [({"check": c.name}, int(c.status)) for c in rep.checks]
 
-        m.add_source("dwcp_health_status", "gauge", "Health per check: 0 healthy, 1 degraded, 2 unhealthy", health)
+        m.add_source(
+            "dwcp_health_status", "gauge", "Health per check: 0 healthy, 1 degraded, 2 unhealthy", health
+        )
         m.add_source("dwcp_codec_baselines", "gauge", "Versions held that can serve as delta baselines",
                      lambda: [({}, self._baselines())])  # fmt: skip
         m.add_source("dwcp_transfer_in_progress", "gauge", "Transfers being received now",
                      lambda: [({}, len(self.server.transfers()))])  # fmt: skip
         m.add_source("dwcp_daemon_reloads_total", "counter", "Config reloads, by result",
                      lambda: [({"result": "ok"}, self.reloads_ok), ({"result": "rejected"}, self.reloads_rejected)])  # fmt: skip
+
         def lb(field: str, label: str) -> list:
             st = self.cluster.balancer.stats() if self.cluster else {}
             return [({label: k}, v) for k, v in st.get(field, {}).items()]
 
         def lb_pick() -> list:
             st = self.cluster.balancer.stats() if self.cluster else {}
-            return [({"quantile": q}, st[f"pick_us_{q}"] / 1e6) for q in ("p50", "p99") if st.get(f"pick_us_{q}")]
+            return [
+                ({"quantile": q}, st[f"pick_us_{q}"] / 1e6) for q in ("p50", "p99") if st.get(f"pick_us_{q}")
+            ]
 
-        m.add_source("dwcp_cluster_lb_decisions_total", "counter", "Peer picks by policy", lambda: lb("decisions", "policy"))
+        m.add_source(
+            "dwcp_cluster_lb_decisions_total",
+            "counter",
+            "Peer picks by policy",
+            lambda: lb("decisions", "policy"),
+        )
         m.add_source("dwcp_cluster_lb_region_picks_total", "counter", "Peer picks by the picked peer's region",
                      lambda: lb("by_region", "region"))  # fmt: skip
         m.add_source("dwcp_cluster_lb_no_healthy_peer_total", "counter", "Picks that found no healthy peer",
                      lambda: lb("no_healthy_peer", "policy"))  # fmt: skip
-        m.add_source("dwcp_cluster_lb_pick_seconds", "gauge", "Pick latency quantiles over the last 4096 picks", lb_pick)
+        m.add_source(
+            "dwcp_cluster_lb_pick_seconds",
+            "gauge",
+            "Pick latency quantiles over the last 4096 picks",
+            lb_pick,
+        )
         m.add_source("dwcp_cluster_failovers_total", "counter", "Sends moved to the next replica after a peer failed",
                      lambda: [({}, self.cluster.failovers)] if self.cluster else [])  # fmt: skip
         m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
@@ -328,7 +356,9 @@ class Daemon:
         timeout = self.config.transport.drain_timeout_s
         left = self.server.drain(timeout)
         if left:
-            log.warning("%d transfers still running after %.0f s of draining: checkpointed for resume", left, timeout)
+            log.warning(
+                "%d transfers still running after %.0f s of draining: checkpointed for resume", left, timeout
+            )
         return left
 
     # -- reload --------------------------------------------------------------
@@ -346,7 +376,11 @@ class Daemon:
                     self.reloads_rejected += 1
                     log.error("reload of %s rejected; the running config stays:\n  %s", path,
                               "\n  ".join(exc.problems))  # fmt: skip
-                    return {"ok": False, "error": "config rejected; the running config stays", "problems": exc.problems}
+                    return {
+                        "ok": False,
+                        "error": "config rejected; the running config stays",
+                        "problems": exc.problems,
+                    }
                 live, restart = reload_plan(self.config, new)
                 running = merge_live(self.config, new)
                 self._apply(running)
@@ -367,7 +401,9 @@ class Daemon:
         self.server.reconfigure(cfg)
         self.sender.reconfigure(cfg.transport, cfg.codec)
         self._register_checks(cfg)
-        if cfg.cluster != self.config.cluster:  # membership/policy/breakers: a fresh view (breakers restart closed)
+        if (
+            cfg.cluster != self.config.cluster
+        ):  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None
 
     # -- control API ---------------------------------------------------------
@@ -422,8 +458,10 @@ class Daemon:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else None
-            kw: dict[str, Any] = {"streams": None if streams in (None, "auto") else int(streams),
-                                  "rate_limit_bytes_per_s": req.get("rate")}
+            kw: dict[str, Any] = {
+                "streams": None if streams in (None, "auto") else int(streams),
+                "rate_limit_bytes_per_s": req.get("rate"),
+            }
             buf = m if m is not None else b""
             try:
                 if kind == "addr":
@@ -477,7 +515,9 @@ class Daemon:
 
 
 def run(config: Config, config_path: str | None = None) -> int:
-    logging.basicConfig(level=config.logging.level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.logging.level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     d = Daemon(config, config_path=config_path)
     d.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

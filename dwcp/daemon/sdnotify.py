@@ -41,7 +41,9 @@ def _address(value: str) -> str | None:
     if value.startswith("/"):
         return value
     if value:
-        log.warning("NOTIFY_SOCKET=%r is neither an absolute path nor @abstract: not notifying systemd", value)
+        log.warning(
+            "NOTIFY_SOCKET=%r is neither an absolute path nor @abstract: not notifying systemd", value
+        )
     return None
 
 
@@ -123,7 +125,10 @@ class Notifier:
             except OSError as exc:
                 self.failed += 1
                 (log.debug if self._failing else log.warning)(
-                    "sd_notify to %r failed (%s); carrying on without systemd notifications", self.address, exc)
+                    "sd_notify to %r failed (%s); carrying on without systemd notifications",
+                    self.address,
+                    exc,
+                )
                 self._failing = True
                 return False
             self._failing = False

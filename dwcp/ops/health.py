@@ -153,7 +153,9 @@ class HealthThresholds:
     def __post_init__(self) -> None:
         probs = []
         if not 0 <= self.min_streams <= self.max_streams:
-            probs.append(f"min_streams {self.min_streams} / max_streams {self.max_streams}: need 0 <= min <= max")
+            probs.append(
+                f"min_streams {self.min_streams} / max_streams {self.max_streams}: need 0 <= min <= max"
+            )
         if not 0 <= self.error_rate_degraded <= self.error_rate_unhealthy <= 1:
             probs.append(f"error_rate_degraded {self.error_rate_degraded} / error_rate_unhealthy "
                          f"{self.error_rate_unhealthy}: need 0 <= degraded <= unhealthy <= 1")  # fmt: skip
@@ -164,7 +166,9 @@ class HealthThresholds:
             if not (v > 0 and math.isfinite(v)):
                 probs.append(f"{name} {v} must be positive and finite")
         if not probs and self.error_bucket_s > self.error_window_s:
-            probs.append(f"error_bucket_s {self.error_bucket_s} longer than error_window_s {self.error_window_s}")
+            probs.append(
+                f"error_bucket_s {self.error_bucket_s} longer than error_window_s {self.error_window_s}"
+            )
         if probs:
             raise ConfigError(problems=[f"health.{p}" for p in probs])
 
@@ -319,7 +323,9 @@ class AmstCheck:
 
     name = "amst"
 
-    def __init__(self, streams: Callable[[], Iterable[int]], thresholds: HealthThresholds | None = None) -> None:
+    def __init__(
+        self, streams: Callable[[], Iterable[int]], thresholds: HealthThresholds | None = None
+    ) -> None:
         self.streams = streams
         self.thresholds = thresholds or HealthThresholds()
 
@@ -478,7 +484,11 @@ class BaselineSyncCheck:
         in_sync = [r for r in rs if r.version == latest]
         frac = len(in_sync) / len(rs)
         if len(in_sync) < t.baseline_min_fraction * len(rs):
-            return Status.UNHEALTHY, frac, f"{len(in_sync)} of {len(rs)} replicas at the latest version {latest}"
+            return (
+                Status.UNHEALTHY,
+                frac,
+                f"{len(in_sync)} of {len(rs)} replicas at the latest version {latest}",
+            )
         age = now - min(r.created_at for r in in_sync)
         if len(in_sync) < len(rs) and age > t.baseline_max_age_s:
             return (Status.DEGRADED, frac, f"{len(rs) - len(in_sync)} of {len(rs)} replicas still lag version "

@@ -41,8 +41,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dwcp.durable import fsync_dir, write_atomic
 from dwcp.errors import ConfigError
 
-__all__ = ["CAPaths", "NodePaths", "init_ca", "issue_node", "check_key_permissions", "valid_node_id", "bft_signing_key",
-           "bft_verify_key"]
+__all__ = [
+    "CAPaths",
+    "NodePaths",
+    "init_ca",
+    "issue_node",
+    "check_key_permissions",
+    "valid_node_id",
+    "bft_signing_key",
+    "bft_verify_key",
+]
 
 # A node id is a CN, a file name (<node_id>.key) and a log/metric label: keep
 # it to characters that are safe in all three.  "." and ".." are excluded
@@ -335,7 +343,9 @@ def bft_signing_key(path: str, *, create: bool = True):
 
     if not os.path.exists(path):
         if not create:
-            raise ConfigError(f"BFT signing key {path} does not exist (`dwcp certs bft-key --key-file {path}`)")
+            raise ConfigError(
+                f"BFT signing key {path} does not exist (`dwcp certs bft-key --key-file {path}`)"
+            )
         _make_dir(os.path.dirname(path) or ".")
         key = Ed25519PrivateKey.generate()
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat

@@ -397,8 +397,14 @@ class StreamController:
             self._error = str(exc)
             raise
         self.history.append(
-            HistoryEntry(now, d.target_streams, float(goodput_bytes_per_s), d.reason, self.state,
-                         None if retransmit_rate is None else float(retransmit_rate))  # fmt: skip
+            HistoryEntry(
+                now,
+                d.target_streams,
+                float(goodput_bytes_per_s),
+                d.reason,
+                self.state,
+                None if retransmit_rate is None else float(retransmit_rate),
+            )  # fmt: skip
         )
         return d
 
@@ -573,7 +579,9 @@ class StreamController:
         t = min(self.max_streams, n + self._step)
         return EV_GAIN, t, f"{what}: keep {n}, probe up to {t}"
 
-    def _on_probe_up_loss_limited(self, g: float, rr: float | None, gain: float, what: str) -> tuple[str, int, str]:
+    def _on_probe_up_loss_limited(
+        self, g: float, rr: float | None, gain: float, what: str
+    ) -> tuple[str, int, str]:
         """Rule 6's probe up: linear until the bottleneck fills; a full one is told by the retransmits."""
         base, n = self._base, self.n
         before = self._ref_rr or 0.0
@@ -589,7 +597,11 @@ class StreamController:
         lower = g < self._ref * (1 - 2 * self.gain_threshold)
         if first is None and (lower or full):  # one sample spikes (retransmits up to 20%, goodput +-10%)
             self._first_look = (g, rr)
-            return EV_LOOK_AGAIN, n, f"{what}: {'lower' if lower else 'retransmits up'}, one more sample at {n}"
+            return (
+                EV_LOOK_AGAIN,
+                n,
+                f"{what}: {'lower' if lower else 'retransmits up'}, one more sample at {n}",
+            )
         if full:
             assert rr is not None
             if self._worth_it(self._ref, g):
@@ -647,7 +659,11 @@ class StreamController:
             if shift < 0 and self._loss_limited() and n < self.max_streams:
                 t = self._start_up(level, rr)  # rule 6: fewer streams cannot help a loss-limited path
                 r = self._recent_retransmit_rate() or 0.0
-                return EV_SHIFT_UP, t, f"{moved} on a loss-limited path ({r:.1%} retransmitted): probe up to {t}"
+                return (
+                    EV_SHIFT_UP,
+                    t,
+                    f"{moved} on a loss-limited path ({r:.1%} retransmitted): probe up to {t}",
+                )
             if shift < 0 and n > self.min_streams and not self._loss_limited():
                 t = self._start_down(n, level, n - 1)
                 return EV_SHIFT_DOWN, t, f"{moved}: probe down to {t}"

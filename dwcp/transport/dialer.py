@@ -35,7 +35,9 @@ class Dialer:
         if not security.plaintext:
             from dwcp.security.tls import TLSConfig, client_context
 
-            self.tls = client_context(TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key))
+            self.tls = client_context(
+                TLSConfig(ca_cert=security.ca_cert, cert=security.cert, key=security.key)
+            )
 
     @classmethod
     def plaintext(cls, transport: TransportConfig | None = None) -> Dialer:

@@ -82,10 +82,14 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
                 msg = decode_control(h, fs.recv_payload(h))
                 raise TransferError.refused(msg["message"], msg["code"])
             if h.frame_type != C.FRAME_DATA or h.codec in C.DELTA_CODECS:
-                raise RemoteProtocolError(f"unexpected frame {h.frame_type}/{h.codec} in a fetch", C.ERR_BAD_FRAME_TYPE)
+                raise RemoteProtocolError(
+                    f"unexpected frame {h.frame_type}/{h.codec} in a fetch", C.ERR_BAD_FRAME_TYPE
+                )
             idx, rem = divmod(h.offset, chunk_size)
             if rem or idx >= len(spans) or got[idx] or h.raw_len != spans[idx][1]:
-                raise RemoteProtocolError(f"chunk at offset {h.offset} does not fit the object", C.ERR_BAD_LENGTH)
+                raise RemoteProtocolError(
+                    f"chunk at offset {h.offset} does not fit the object", C.ERR_BAD_LENGTH
+                )
             payload = fs.recv_payload(h)
             off, ln = spans[idx]
             dec.decode(h, payload, out=buf[:ln])

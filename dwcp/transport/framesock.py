@@ -43,7 +43,9 @@ PIPE_BYTES = 1 << 20
 
 
 class FrameSocket:
-    def __init__(self, sock: socket.socket, *, timeout_s: float | None, header_timeout_s: float | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, *, timeout_s: float | None, header_timeout_s: float | None = None
+    ) -> None:
         self.sock = sock
         sock.settimeout(timeout_s)
         self.header_timeout_s = header_timeout_s  # None: only the socket's timeout, per read
@@ -142,7 +144,9 @@ class FrameSocket:
             try:
                 k = self._recv_by(self._hmv[got:], deadline)
             except TimeoutError:
-                if deadline == header_deadline and (timeout is None or timeout >= left):  # not a stall, nor `deadline`
+                if deadline == header_deadline and (
+                    timeout is None or timeout >= left
+                ):  # not a stall, nor `deadline`
                     raise HeaderTimeoutError(
                         f"frame header incomplete {time.monotonic() - started:.1f} s after its first byte "
                         f"({got} of {C.HEADER_SIZE} bytes; header_timeout_s {self.header_timeout_s})",
@@ -150,7 +154,9 @@ class FrameSocket:
                     ) from None
                 raise
             if k == 0:
-                raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {C.HEADER_SIZE} bytes)")
+                raise BrokenResourceError(
+                    f"peer closed the connection mid-frame ({got} of {C.HEADER_SIZE} bytes)"
+                )
             got += k
         self.bytes_received += C.HEADER_SIZE
 
@@ -228,7 +234,9 @@ class FrameSocket:
                 f"unexpected frame type {h.frame_type} (expected one of {expect})", C.ERR_BAD_FRAME_TYPE
             )
         if h.enc_len > max_len:
-            raise RemoteProtocolError(f"a {h.enc_len}-byte control message (at most {max_len} here)", C.ERR_BAD_LENGTH)
+            raise RemoteProtocolError(
+                f"a {h.enc_len}-byte control message (at most {max_len} here)", C.ERR_BAD_LENGTH
+            )
         payload = self.recv_payload(h)
         if h.frame_type == C.FRAME_PAGE_HASHES:
             verify_payload(h, payload)

@@ -145,7 +145,9 @@ def _chain(record: dict | None) -> tuple[int, float] | None:
     return deltas, float(full_at)
 
 
-def full_refresh_reason(codec: CodecSettings, record: dict | None, now: float, *, tracked: bool = True) -> str | None:
+def full_refresh_reason(
+    codec: CodecSettings, record: dict | None, now: float, *, tracked: bool = True
+) -> str | None:
     """Why the next send of a key must go full, or None when it may go as a delta (or pages).
 
     ``record`` is the key's ``{"deltas": non-full sends since the last full one, "full_at": when that
@@ -397,7 +399,9 @@ class Sender:
         now = self.clock()
         record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
         refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
-        base_info = self.baselines.latest(cache_key) if self.baselines is not None and refresh is None else None
+        base_info = (
+            self.baselines.latest(cache_key) if self.baselines is not None and refresh is None else None
+        )
         if base_info is not None and base_info.size != size:
             base_info = None
         transfer_id = secrets.randbits(63) | 1
@@ -463,8 +467,11 @@ class Sender:
                 ok, prof = prof_box[0]
                 if not ok:
                     raise prof
-            link = tp.link_bytes_per_s or (1e11 if _is_loopback(host) else 0.0) or float(
-                (prof or {}).get("link_bytes_per_s") or 0.0)
+            link = (
+                tp.link_bytes_per_s
+                or (1e11 if _is_loopback(host) else 0.0)
+                or float((prof or {}).get("link_bytes_per_s") or 0.0)
+            )
             rtt_s = self._rtt_s(ctrl)
             decisions: list[dict] = []
             if streams is None:
@@ -481,7 +488,9 @@ class Sender:
                                               tp.max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
                 # rule 6 of the controller: a loss-based congestion control is rate-limited by loss per stream
                 cc = sockinfo.get("congestion") or "cubic"
-                controller = StreamController(n0, tp.min_streams, tp.max_streams, loss_based=not cc.startswith("bbr"))
+                controller = StreamController(
+                    n0, tp.min_streams, tp.max_streams, loss_based=not cc.startswith("bbr")
+                )
             else:
                 n0, why, controller = streams, f"fixed at {streams} by the caller", None
             n0 = max(1, min(n0, max(1, len(todo))))
@@ -506,7 +515,11 @@ class Sender:
             ctx.chunk_bytes = chunk_size
             max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             if sess.failed:
-                err = sess.error if isinstance(sess.error, SourceError | TransferError) else TransferError(sess.failed)
+                err = (
+                    sess.error
+                    if isinstance(sess.error, SourceError | TransferError)
+                    else TransferError(sess.failed)
+                )
                 err.stats = {"chunks": len(spans), "chunks_sent": sess.chunks_sent, "wire_bytes": sess.wire_bytes,
                              "chunks_acked": len(spans) - sess.remaining, "resumed_chunks": resumed}  # fmt: skip
                 raise err
@@ -696,7 +709,9 @@ class Sender:
         last_tcp: tuple[int, int, int] | None = None
         while True:
             threads = {i: th for i, th in threads.items() if th.is_alive()}
-            if not state.all_done.is_set() and ctrl.readable():  # before the budget: the reason beats "gave up"
+            if (
+                not state.all_done.is_set() and ctrl.readable()
+            ):  # before the budget: the reason beats "gave up"
                 self._heard_on_control(ctrl, ctx)
             # only streams that failed count against the budget, not ones the controller retired
             if state.stream_failures > tp.max_stream_reconnects and not state.all_done.is_set():
@@ -713,7 +728,9 @@ class Sender:
                         break  # (a failed transfer: its streams leave before all_done is set; no spare)
                 sid = next_id
                 next_id += 1
-                th = threading.Thread(target=ctx.run, args=(sid, started), name=f"dwcp-stream-{sid}", daemon=True)
+                th = threading.Thread(
+                    target=ctx.run, args=(sid, started), name=f"dwcp-stream-{sid}", daemon=True
+                )
                 threads[sid] = th
                 th.start()
             max_seen = max(max_seen, len(threads))
@@ -737,7 +754,9 @@ class Sender:
                 d = controller.observe(now, goodput, rr)
                 if d.target_streams != state.target_streams:
                     state.target_streams = d.target_streams
-                    decisions.append({"t": round(now - t_start, 3), "streams": d.target_streams, "reason": d.reason})
+                    decisions.append(
+                        {"t": round(now - t_start, 3), "streams": d.target_streams, "reason": d.reason}
+                    )
         for th in threads.values():
             th.join(tp.stall_timeout_s + 1)
         return max_seen

@@ -224,7 +224,9 @@ class _Forwarder(threading.Thread):
             try:
                 # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
                 tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
-                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec)
+                snd = Sender(
+                    tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec
+                )
                 self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
                                        digest=self.digest, ready=self._ready)  # fmt: skip
             finally:
@@ -263,7 +265,11 @@ class DataServer:
         # op -> handler of a control stream's HELLO (`register`); data streams join transfers
         self._ops: dict[str, OpHandler] = {"send": self._control, "fetch": self._fetch}
         self.on_commit: Callable[[str, bytes, int], None] | None = None  # (key, digest, size) once stored
-        self.store = store if store is not None else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
+        self.store = (
+            store
+            if store is not None
+            else ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
+        )
         self._ssl: ssl.SSLContext | None = None
         if not config.security.plaintext:
             from dwcp.security.tls import TLSConfig, server_context
@@ -273,7 +279,9 @@ class DataServer:
             )
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._conns: dict[int, socket.socket] = {}  # admitted conn id -> its socket now (TLS-wrapped once wrapped)
+        self._conns: dict[
+            int, socket.socket
+        ] = {}  # admitted conn id -> its socket now (TLS-wrapped once wrapped)
         self._admission = Admission(_limits(config))  # under self._lock
         self._admission_log = [0.0, 0]  # (when the last line was logged, events since): rule 4
         self._transfers: dict[int, _Transfer] = {}
@@ -288,8 +296,12 @@ class DataServer:
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
         self.stats.update(refused_acl_total=0, refused_relay_total=0)  # security.acl, security.relay_allow
-        self.stats.update({f"{what}_{r}_total": 0 for what in ("refused", "evicted") for r in REASONS},
-                          handshake_timeouts_tls_total=0, handshake_timeouts_hello_total=0, header_timeouts_total=0)
+        self.stats.update(
+            {f"{what}_{r}_total": 0 for what in ("refused", "evicted") for r in REASONS},
+            handshake_timeouts_tls_total=0,
+            handshake_timeouts_hello_total=0,
+            header_timeouts_total=0,
+        )
 
     def _count(self, name: str, n: int) -> None:
         # stream threads update these concurrently: `+=` on a dict entry is a
@@ -323,7 +335,9 @@ class DataServer:
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)
         self._thread.start()
-        log.info("data port listening on %s:%d (%s)", *self.address, "plaintext" if self._ssl is None else "mTLS")
+        log.info(
+            "data port listening on %s:%d (%s)", *self.address, "plaintext" if self._ssl is None else "mTLS"
+        )
         return self.address
 
     def close(self) -> None:
@@ -361,7 +375,10 @@ class DataServer:
 
     def reconfigure(self, config: Config) -> None:
         """Run new transfers and connections with ``config`` (a reload's live settings)."""
-        if (config.codec, config.transport.encode_workers) != (self.config.codec, self.config.transport.encode_workers):
+        if (config.codec, config.transport.encode_workers) != (
+            self.config.codec,
+            self.config.transport.encode_workers,
+        ):
             self.encoder = self._fetch_encoder(config)
         self.config = config
 
@@ -506,7 +523,9 @@ class DataServer:
             else:
                 peer = peer_name
             stage = "hello"
-            fs = FrameSocket(conn, timeout_s=self.config.transport.idle_timeout_s, header_timeout_s=lc.header_timeout_s)
+            fs = FrameSocket(
+                conn, timeout_s=self.config.transport.idle_timeout_s, header_timeout_s=lc.header_timeout_s
+            )
             fs.deadline = deadline
             got = fs.recv_control(C.FRAME_HELLO, max_len=MAX_HELLO_BYTES)
             fs.deadline = None
@@ -587,7 +606,9 @@ class DataServer:
             pass
 
     # -- control stream: one transfer ------------------------------------
-    def _control(self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
+    def _control(
+        self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str
+    ) -> None:
         t0 = time.perf_counter()
         rep: dict[str, Any] = {"outcome": "failed", "size": 0, "wire": 0}
         try:
@@ -690,7 +711,9 @@ class DataServer:
                     got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
                     break
                 if sess.idle_for(time.monotonic()) > idle:
-                    raise TimeoutError(f"transfer {transfer_id:x} of {key}: no DONE and no chunk for {idle:.0f} s")
+                    raise TimeoutError(
+                        f"transfer {transfer_id:x} of {key}: no DONE and no chunk for {idle:.0f} s"
+                    )
             if got is None or got[0].frame_type != C.FRAME_DONE:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
                 rep.update(outcome="interrupted", wire=sess.wire_bytes)
@@ -708,7 +731,12 @@ class DataServer:
             rep.update(outcome="ok", size=info.size, wire=sess.wire_bytes)
             if self.on_commit is not None:
                 self.on_commit(key, info.digest, info.size)
-            done: dict[str, Any] = {"ok": True, "digest": info.digest.hex(), "size": info.size, "chunks": sess.nchunks}
+            done: dict[str, Any] = {
+                "ok": True,
+                "digest": info.digest.hex(),
+                "size": info.size,
+                "chunks": sess.nchunks,
+            }
             if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
                 fwd.join()
                 if fwd.error is not None:
@@ -718,7 +746,9 @@ class DataServer:
                 done["forwarded"] = {"to": fwd.to, "seconds": fwd.result["seconds"],
                                      "wire_bytes": fwd.result["wire_bytes"], "mode": fwd.result["mode"]}  # fmt: skip
             fs.send(encode_control(C.FRAME_DONE, transfer_id, done))
-            log.info("transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex())
+            log.info(
+                "transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex()
+            )
         finally:
             if t is not None:
                 with self._lock:
@@ -875,7 +905,9 @@ class DataServer:
                         scratch = bytearray(h.enc_len)
                     pmv = memoryview(scratch)[: h.enc_len]
                     fs.recv_into_exact(pmv)
-                    base = t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
+                    base = (
+                        t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
+                    )
                     self.decoder.decode(h, pmv, base=base, out=out)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
@@ -884,7 +916,9 @@ class DataServer:
                     self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
                 elif how == WRITE_DIRTY_PAGES:  # the .part holds the base: write the pages this delta changed
                     assert t.base is not None
-                    self._write_pages(partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE))
+                    self._write_pages(
+                        partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE)
+                    )
                 elif how == WRITE_ALL and not spliced:
                     partial.write(idx, out)
                 partial.mark_done(idx, h.raw_hash)
@@ -968,4 +1002,3 @@ class DataServer:
             data.release()
         log.info("fetch of %s (%d bytes) by %s", key, info.size, peer)
         fs.recv_header()  # wait for the client to close (or its CLOSE frame)
-

@@ -156,7 +156,10 @@ def plan(hello: SendHello, *, holds_proposed: bool, latest: tuple[bytes, int] | 
     cs, why = hello.chunk_size, ""
     if (resume_chunk_size is not None and "resume" in hello.caps and resume_chunk_size != cs
             and floor <= resume_chunk_size <= C.MAX_RAW_LEN and resume_chunk_size % C.PAGE_SIZE == 0):  # fmt: skip
-        cs, why = resume_chunk_size, f"the partial of an interrupted attempt is in {resume_chunk_size}-byte chunks"
+        cs, why = (
+            resume_chunk_size,
+            f"the partial of an interrupted attempt is in {resume_chunk_size}-byte chunks",
+        )
     elif cs < floor:
         cs, why = floor, f"at most {MAX_CHUNKS} chunks per object"
     return Plan(mode, base, cs, why)
@@ -222,7 +225,9 @@ class ReceiveSession:
                 f"chunk at offset {h.offset} with {h.raw_len} bytes does not fit the {self.hello.size}-byte object "
                 f"in {self.chunk_size}-byte chunks", C.ERR_BAD_LENGTH,
             )  # fmt: skip
-        if h.codec in C.DELTA_CODECS and (self.plan.base_digest is None or h.base_digest != self.plan.base_digest):
+        if h.codec in C.DELTA_CODECS and (
+            self.plan.base_digest is None or h.base_digest != self.plan.base_digest
+        ):
             base = self.plan.base_digest.hex() if self.plan.base_digest else "none"
             raise RemoteProtocolError(f"delta against {h.base_digest.hex()}, but this transfer's baseline is {base}",
                                       C.ERR_UNKNOWN_BASELINE)  # fmt: skip
@@ -367,7 +372,9 @@ class SendSession:
         base = msg.get("base_digest")
         if mode == "delta":
             if self.offered_base is None or base != self.offered_base.hex():
-                raise RemoteProtocolError("receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD)
+                raise RemoteProtocolError(
+                    "receiver chose delta against a baseline we did not offer", C.ERR_BAD_FIELD
+                )
         elif mode == "pages":
             if "pages" not in self.caps:
                 raise RemoteProtocolError("receiver chose pages, which we did not offer", C.ERR_BAD_FIELD)
@@ -388,9 +395,13 @@ class SendSession:
         spans = [(off, min(cs, self.size - off)) for off in range(0, self.size, cs)]
         n = len(spans)
         if len(have) > (n + 7) // 8:
-            raise RemoteProtocolError(f"WELCOME's bitmap has {len(have)} bytes for {n} chunks", C.ERR_BAD_FIELD)
+            raise RemoteProtocolError(
+                f"WELCOME's bitmap has {len(have)} bytes for {n} chunks", C.ERR_BAD_FIELD
+            )
         if n & 7 and len(have) == (n + 7) // 8 and have[-1] >> (n & 7):
-            raise RemoteProtocolError(f"WELCOME's bitmap holds chunks beyond the object's {n}", C.ERR_BAD_FIELD)
+            raise RemoteProtocolError(
+                f"WELCOME's bitmap holds chunks beyond the object's {n}", C.ERR_BAD_FIELD
+            )
         with self._lock:
             self.mode, self.token, self.base_digest = mode, msg.get("token", ""), base_digest
             self.chunk_size, self.spans = cs, spans

@@ -124,7 +124,9 @@ class FileSource:
             now = at
         if now < self.size:
             return SourceChangedError(f"{self.name} shrank from {self.size} to {now} bytes during the send")
-        return SourceChangedError(f"{self.name} changed during the send: it ended at byte {at} of {self.size}")
+        return SourceChangedError(
+            f"{self.name} changed during the send: it ended at byte {at} of {self.size}"
+        )
 
     def _read_exact(self, mv: memoryview, offset: int) -> None:
         got, n = 0, mv.nbytes
@@ -132,7 +134,9 @@ class FileSource:
             try:
                 k = os.preadv(self._fd, [mv[got:]], offset + got)
             except OSError as exc:
-                raise SourceError(f"cannot read {self.name} at byte {offset + got}: {exc.strerror or exc}") from exc
+                raise SourceError(
+                    f"cannot read {self.name} at byte {offset + got}: {exc.strerror or exc}"
+                ) from exc
             if k == 0:
                 raise self._changed(offset + got)
             got += k

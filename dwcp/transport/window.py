@@ -18,7 +18,9 @@ __all__ = ["StreamWindow"]
 
 
 class StreamWindow:
-    def __init__(self, floor: int, chunk_bytes: int, *, max_chunks: int = 64, interval_s: float = 0.25) -> None:
+    def __init__(
+        self, floor: int, chunk_bytes: int, *, max_chunks: int = 64, interval_s: float = 0.25
+    ) -> None:
         if floor < 1 or chunk_bytes < 1 or max_chunks < floor or interval_s <= 0:
             raise ValueError("need 1 <= floor <= max_chunks, chunk_bytes >= 1, interval_s > 0")
         self.floor = floor

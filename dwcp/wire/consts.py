@@ -58,16 +58,16 @@ FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_RAFT + 1))
 
 # Codecs.  Each id names the whole decode stack, so the decoder dispatches
 # on it and nothing else.
-CODEC_RAW = 0          # payload is the raw bytes
-CODEC_ZERO = 1         # payload empty; raw bytes are raw_len zeros
-CODEC_ZSTD = 2         # zstd frame of the raw bytes
-CODEC_ZSTD_DICT = 3    # zstd frame compressed with dictionary dict_id
-CODEC_SPARSE = 4       # page list over an all-zero chunk: only non-zero pages travel
+CODEC_RAW = 0  # payload is the raw bytes
+CODEC_ZERO = 1  # payload empty; raw bytes are raw_len zeros
+CODEC_ZSTD = 2  # zstd frame of the raw bytes
+CODEC_ZSTD_DICT = 3  # zstd frame compressed with dictionary dict_id
+CODEC_SPARSE = 4  # page list over an all-zero chunk: only non-zero pages travel
 CODEC_SPARSE_ZSTD = 5  # zstd frame of a CODEC_SPARSE payload
-CODEC_XBZRLE = 6       # chunk delta (dwcp/_ref/xorzrle.py format) vs base_digest
+CODEC_XBZRLE = 6  # chunk delta (dwcp/_ref/xorzrle.py format) vs base_digest
 CODEC_XBZRLE_ZSTD = 7  # zstd frame of a CODEC_XBZRLE payload
-CODEC_PAGES = 8        # page list over the receiver's version base_digest
-CODEC_PAGES_ZSTD = 9   # zstd frame of a CODEC_PAGES payload
+CODEC_PAGES = 8  # page list over the receiver's version base_digest
+CODEC_PAGES_ZSTD = 9  # zstd frame of a CODEC_PAGES payload
 CODECS = frozenset(range(CODEC_RAW, CODEC_PAGES_ZSTD + 1))
 # The delta codecs are the contiguous top of the range (the C check relies on it).
 DELTA_CODECS = frozenset(range(CODEC_XBZRLE, CODEC_PAGES_ZSTD + 1))

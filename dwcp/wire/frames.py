@@ -95,7 +95,8 @@ class FrameReader:
                     if avail == 0:
                         return EOF
                     raise RemoteProtocolError(
-                        f"stream ended inside a frame header ({avail} of {C.HEADER_SIZE} bytes)", C.ERR_TRUNCATED
+                        f"stream ended inside a frame header ({avail} of {C.HEADER_SIZE} bytes)",
+                        C.ERR_TRUNCATED,
                     )
                 return NEED_DATA
             self._hdr = _k.parse_header(self._buf, self._pos)

@@ -129,7 +129,12 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"field {k!r} must be {typ.__name__}")
         if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 1 << 64:
             raise err(f"field {k!r}={v} out of range")
-        if isinstance(v, str) and len(v) > 4096 and k != "have" and not (frame_type == C.FRAME_RAFT and k == "data"):
+        if (
+            isinstance(v, str)
+            and len(v) > 4096
+            and k != "have"
+            and not (frame_type == C.FRAME_RAFT and k == "data")
+        ):
             raise err(f"field {k!r} is too long")
     for k, (_, required) in schema.items():
         if required and k not in obj:
@@ -142,8 +147,10 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         raise err(f"streams={obj['streams']} outside [1, {MAX_STREAMS}]")
     if "size" in obj and obj["size"] > MAX_OBJECT_BYTES:
         raise err(f"object size {obj['size']} exceeds {MAX_OBJECT_BYTES}")
-    if "chunk_size" in obj and not (C.PAGE_SIZE <= obj["chunk_size"] <= C.MAX_RAW_LEN) or (
-        "chunk_size" in obj and obj["chunk_size"] % C.PAGE_SIZE
+    if (
+        "chunk_size" in obj
+        and not (C.PAGE_SIZE <= obj["chunk_size"] <= C.MAX_RAW_LEN)
+        or ("chunk_size" in obj and obj["chunk_size"] % C.PAGE_SIZE)
     ):
         raise err(f"chunk_size={obj['chunk_size']} must be a multiple of {C.PAGE_SIZE} in [4 KiB, 64 MiB]")
     if "page_size" in obj and obj["page_size"] != C.PAGE_SIZE:
@@ -163,8 +170,20 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
     if frame_type == C.FRAME_RAFT:
-        if obj["type"] not in ("vote", "vote_resp", "prevote", "prevote_resp", "append", "append_resp", "snap",
-                               "snap_resp", "read_index", "read_index_resp", "forward", "epoch"):
+        if obj["type"] not in (
+            "vote",
+            "vote_resp",
+            "prevote",
+            "prevote_resp",
+            "append",
+            "append_resp",
+            "snap",
+            "snap_resp",
+            "read_index",
+            "read_index_resp",
+            "forward",
+            "epoch",
+        ):
             raise err(f"unknown raft message type {obj['type']!r}")
         ents = obj.get("entries", [])
         if len(ents) > 1024 or not all(
@@ -190,8 +209,10 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if caps is not None and (len(caps) > 64 or not all(isinstance(c, str) and len(c) <= 64 for c in caps)):
         raise err("caps must be at most 64 strings of at most 64 characters")
     fw = obj.get("forward")
-    if fw is not None and (set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300):
-        raise err("forward must be {\"to\": \"HOST:PORT\"}")
+    if fw is not None and (
+        set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300
+    ):
+        raise err('forward must be {"to": "HOST:PORT"}')
     fd = obj.get("forwarded")
     if fd is not None and (
         set(fd) != {"to", "seconds", "wire_bytes", "mode"} or not isinstance(fd["to"], str) or len(fd["to"]) > 300
@@ -208,7 +229,9 @@ def encode_control(frame_type: int, transfer_id: int, msg: dict) -> bytes:
     _validate(frame_type, msg, err=lambda m: LocalProtocolError(m, C.ERR_MALFORMED))
     body = json.dumps(msg, separators=(",", ":")).encode()
     return (
-        _k.pack_header(frame_type, C.CODEC_RAW, 0, transfer_id, 0, len(body), len(body), raw_hash=_k.xxh3_64(body))
+        _k.pack_header(
+            frame_type, C.CODEC_RAW, 0, transfer_id, 0, len(body), len(body), raw_hash=_k.xxh3_64(body)
+        )
         + body
     )
 
@@ -217,8 +240,16 @@ def encode_page_hashes(transfer_id: int, first_page: int, hashes: bytes) -> byte
     if len(hashes) % 8:
         raise LocalProtocolError("page hashes must be whole u64s", C.ERR_MALFORMED)
     return (
-        _k.pack_header(C.FRAME_PAGE_HASHES, C.CODEC_RAW, 0, transfer_id, first_page, len(hashes), len(hashes),
-                       raw_hash=_k.xxh3_64(hashes))  # fmt: skip
+        _k.pack_header(
+            C.FRAME_PAGE_HASHES,
+            C.CODEC_RAW,
+            0,
+            transfer_id,
+            first_page,
+            len(hashes),
+            len(hashes),
+            raw_hash=_k.xxh3_64(hashes),
+        )  # fmt: skip
         + hashes
     )
 

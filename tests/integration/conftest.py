@@ -44,7 +44,9 @@ def small_tmpfs(tmp_path):
             pytest.skip("needs root to mount a small tmpfs")
         mnt = tmp_path / f"small{len(mounts)}"
         mnt.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+        )
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
         mounts.append(mnt)

@@ -69,7 +69,9 @@ def test_bft_cluster_records_versions_everywhere_and_survives_one_crash(bft):
     bft.procs["c0"].wait()
     _send(bft, "c2", "bft/b", 2)
     alive = ["c1", "c2", "c3"]
-    bft.wait(lambda: bft.everywhere("bft/b", "c2", alive), timeout=30, what="bft/b recorded on the 3 survivors")
+    bft.wait(
+        lambda: bft.everywhere("bft/b", "c2", alive), timeout=30, what="bft/b recorded on the 3 survivors"
+    )
     assert all(bft.status(i)["consensus"]["view"] >= 1 for i in alive)  # a new primary took over
     # and the restarted node catches up with what it missed
     bft.start("c0")
@@ -97,7 +99,11 @@ def test_the_bft_primary_killed_and_restarted_from_its_disk_is_never_blamed(tmp_
             bft.procs["c0"].wait()
             bft.start("c0")
             # its catalog is back from its own disk at once (before any new commit)
-            bft.wait(lambda k=k: bft.everywhere(f"dur/{k}", "c1", ["c0"]), timeout=30, what="c0 rebuilt its catalog")
+            bft.wait(
+                lambda k=k: bft.everywhere(f"dur/{k}", "c1", ["c0"]),
+                timeout=30,
+                what="c0 rebuilt its catalog",
+            )
         _send(bft, "c2", "dur/after", 20)
         bft.wait(lambda: bft.everywhere("dur/after", "c2"), timeout=30, what="dur/after recorded everywhere")
 

@@ -13,14 +13,18 @@ PERF = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.absp
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(PERF)  # the node processes import the script by name (spawned: sys.path goes along)
+    monkeypatch.syspath_prepend(
+        PERF
+    )  # the node processes import the script by name (spawned: sys.path goes along)
     mod = importlib.import_module("bench_consensus")
     yield mod
     sys.modules.pop("bench_consensus", None)
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["in-process", "processes"])
-def test_every_proposal_commits_and_a_new_leader_takes_over_when_the_leader_crashes(tmp_path, bench, processes):
+def test_every_proposal_commits_and_a_new_leader_takes_over_when_the_leader_crashes(
+    tmp_path, bench, processes
+):
     out = bench.run(3, str(tmp_path), rate=100, seconds=0.3, failover=True, processes=processes)
     assert out["nodes"] == 3
     assert out["latency_ms"]["n"] == 30  # every proposal at the fixed rate was applied on the leader

@@ -72,7 +72,9 @@ def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
         dcfg = tmp_path / "d" / "n3.toml"
         dcfg.write_text(dcfg.read_text() + f"[cluster]\n{others}")
         assert request(socks["n3"], {"op": "reload"}, timeout_s=10)["ok"]
-        r = request(socks["n3"], {"op": "send", "path": str(src), "to": "region:r1", "key": "vm/again"}, timeout_s=60)
+        r = request(
+            socks["n3"], {"op": "send", "path": str(src), "to": "region:r1", "key": "vm/again"}, timeout_s=60
+        )
         assert r["ok"] and r["peer"] == other, r
         st = request(socks["n3"], {"op": "status"}, timeout_s=5)
         import urllib.request

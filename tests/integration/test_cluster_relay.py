@@ -20,8 +20,11 @@ def test_send_via_a_relay_region_lands_verified_at_the_far_region(tmp_path):
         # the relay forwards only to a member of its cluster: the far node is one
         procs["far"], _cfg, socks["far"], ports["far"] = start_daemon(str(tmp_path / "d"), "far", None)
         procs["near"], _cfg, socks["near"], ports["near"] = start_daemon(
-            str(tmp_path / "d"), "near", None,
-            extra=f'\n[cluster]\n[[cluster.peers]]\nid = "far"\naddress = "127.0.0.1:{ports["far"]}"\n')
+            str(tmp_path / "d"),
+            "near",
+            None,
+            extra=f'\n[cluster]\n[[cluster.peers]]\nid = "far"\naddress = "127.0.0.1:{ports["far"]}"\n',
+        )
         peers = "".join(f'[[cluster.peers]]\nid = "{n}"\naddress = "127.0.0.1:{ports[n]}"\nregion = "{r}"\n'
                         for n, r in nodes.items())  # fmt: skip
         cfg = tmp_path / "tx.toml"
@@ -36,7 +39,11 @@ def test_send_via_a_relay_region_lands_verified_at_the_far_region(tmp_path):
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         assert "via" in res, (res.get("failover"), r.stderr[-2000:])
-        assert res["via"] == "near" and res["peer"] == "far" and res["relayed"]["to"] == f"127.0.0.1:{ports['far']}"
+        assert (
+            res["via"] == "near"
+            and res["peer"] == "far"
+            and res["relayed"]["to"] == f"127.0.0.1:{ports['far']}"
+        )
         assert res["digest"] == xxhash.xxh3_128_digest(data).hex()
         for n in nodes:  # the relay keeps a copy; the far region has it
             assert request(socks[n], {"op": "status"}, timeout_s=5)["keys"] == 1

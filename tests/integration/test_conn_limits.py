@@ -32,7 +32,9 @@ SEND_BUDGET_S = 30.0  # a send counts as a success only if it finished within th
 
 def conn_limits_config(tmp_path, *, plaintext: bool, certs=None, **listen):
     """``server_config`` with max_connections = 32 (the issue's setting) and ``listen`` overrides."""
-    return server_config(tmp_path / "rx", plaintext=plaintext, certs=certs, listen={"max_connections": 32, **listen})
+    return server_config(
+        tmp_path / "rx", plaintext=plaintext, certs=certs, listen={"max_connections": 32, **listen}
+    )
 
 
 class Attack:
@@ -119,7 +121,9 @@ def test_idle_squatters_do_not_starve_a_tls_daemon(tmp_path, pki):
         with Attack((host, port), 32) as attack:
             deadline = time.monotonic() + 5
             while attack.connects < 64 and time.monotonic() < deadline:
-                time.sleep(0.05)  # the attack is in full swing (dropped ones reconnected) before the first send
+                time.sleep(
+                    0.05
+                )  # the attack is in full swing (dropped ones reconnected) before the first send
             times = legit_sends(host, port, SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key))
             assert attack.connects > 32
         st = srv.stats_snapshot()
@@ -138,7 +142,9 @@ def test_header_drippers_do_not_starve_a_plaintext_daemon(tmp_path):
     The deadlines are scaled down (the issue's drip is a byte every 20 s against 10 s deadlines): a drip
     every 0.5 s never trips a per-read timeout, only the absolute ones.
     """
-    srv = DataServer(conn_limits_config(tmp_path, plaintext=True, handshake_timeout_s=2.0, header_timeout_s=1.0))
+    srv = DataServer(
+        conn_limits_config(tmp_path, plaintext=True, handshake_timeout_s=2.0, header_timeout_s=1.0)
+    )
     host, port = srv.start()
     try:
         with Attack((host, port), 32, drip_s=0.5) as attack:
@@ -245,7 +251,9 @@ def test_the_tls_handshake_deadline_is_absolute(tmp_path, pki):
         assert DEADLINE_S - 0.1 <= took <= DEADLINE_S + 1.0, took
         assert _wait_stat(srv, "handshake_timeouts_tls_total", 1) == 1
         # a real ClientHello, a slice every DRIP_S: each read is quick, the handshake never ends
-        obj = client_context(TLSConfig(tx.ca_cert, tx.cert, tx.key)).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO())
+        obj = client_context(TLSConfig(tx.ca_cert, tx.cert, tx.key)).wrap_bio(
+            ssl.MemoryBIO(), out := ssl.MemoryBIO()
+        )
         with pytest.raises(ssl.SSLWantReadError):
             obj.do_handshake()
         hello = out.read()
@@ -354,10 +362,15 @@ def test_a_reload_applies_the_limits_and_deadlines_to_new_connections(tmp_path):
     from dwcp.config import merge_live, reload_plan
 
     old = conn_limits_config(tmp_path, plaintext=True)
-    new = conn_limits_config(tmp_path, plaintext=True, max_unauthenticated_per_source=1, handshake_timeout_s=0.5)
+    new = conn_limits_config(
+        tmp_path, plaintext=True, max_unauthenticated_per_source=1, handshake_timeout_s=0.5
+    )
     live, restart = reload_plan(old, new)
-    assert sorted(x.split(":")[0] for x in live) == ["listen.handshake_timeout_s",
-                                                     "listen.max_unauthenticated_per_source"] and not restart
+    assert (
+        sorted(x.split(":")[0] for x in live)
+        == ["listen.handshake_timeout_s", "listen.max_unauthenticated_per_source"]
+        and not restart
+    )
     srv = DataServer(old)
     addr = srv.start()
     conns = []

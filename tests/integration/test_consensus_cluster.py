@@ -23,7 +23,10 @@ def test_leader_killed_during_catalog_writes(tmp_path, n):
         snd = Sender(TransportConfig(chunk_size_bytes=1 << 20), SecurityConfig(plaintext=True))
         for k in range(4):  # each stored version is recorded through the catalog
             snd.send(data, "127.0.0.1", c.ports[c.ids[k % n]], f"obj/{k}")
-        c.wait(lambda: all(len((c.status(i) or {}).get("catalog") or {}) == 4 for i in c.ids), what="4 keys everywhere")
+        c.wait(
+            lambda: all(len((c.status(i) or {}).get("catalog") or {}) == 4 for i in c.ids),
+            what="4 keys everywhere",
+        )
         before = c.status(c.ids[0])["catalog"]
         health = c.status(c.ids[1])["health"]["checks"]
         assert health["baseline_sync"]["status"] == "healthy"  # fed by the replicated catalog
@@ -33,11 +36,18 @@ def test_leader_killed_during_catalog_writes(tmp_path, n):
         t0 = time.monotonic()
         snd.send(data, "127.0.0.1", c.ports[rest[0]], "obj/after")
         new = c.wait(lambda: c.leader(rest), what="a new leader")
-        assert time.monotonic() - t0 < 2.0 + 1.0, "new leader took too long"  # 2 s target, 1 s of polling slack
-        c.wait(lambda: all("obj/after" in ((c.status(i) or {}).get("catalog") or {}) for i in rest), what="the new write")
+        assert time.monotonic() - t0 < 2.0 + 1.0, (
+            "new leader took too long"
+        )  # 2 s target, 1 s of polling slack
+        c.wait(
+            lambda: all("obj/after" in ((c.status(i) or {}).get("catalog") or {}) for i in rest),
+            what="the new write",
+        )
         # no committed entry lost: every survivor still has the old versions, and so does the restarted leader
         c.start(lead)
-        c.wait(lambda: len((c.status(lead) or {}).get("catalog") or {}) == 5, what="the old leader catching up")
+        c.wait(
+            lambda: len((c.status(lead) or {}).get("catalog") or {}) == 5, what="the old leader catching up"
+        )
         for i in c.ids:
             cat = c.status(i)["catalog"]
             assert {k: v for k, v in cat.items() if k in before} == before
@@ -86,7 +96,9 @@ def test_in_process_cluster_snapshots_catch_up_a_wiped_node_and_reads_are_linear
                                    "holder": "h"})  # fmt: skip
         assert drivers[lead].storage.snap.index >= 40
         drivers[lag] = driver(lag)
-        last = drivers[lead].propose({"op": "version", "key": "last", "digest": "f" * 32, "size": 1, "holder": "h"})
+        last = drivers[lead].propose(
+            {"op": "version", "key": "last", "digest": "f" * 32, "size": 1, "holder": "h"}
+        )
         assert last["ok"]
         # a read on the wiped follower: after the write above committed, it must see it
         got = drivers[lag].read(lambda c: c.where(), timeout_s=10)

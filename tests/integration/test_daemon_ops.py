@@ -112,7 +112,9 @@ def test_sighup_applies_live_reports_restart_and_rejects_bad_config(daemon):
     assert int(sd.messages[i]["MONOTONIC_USEC"]) > 0
     sd.wait_for("READY", "1", after=i)
     st = request(daemon["sock"], {"op": "status"}, timeout_s=5)
-    assert st["reloads_ok"] == 1 and st["data_port"].endswith(f":{daemon['port']}")  # the port needs a restart
+    assert st["reloads_ok"] == 1 and st["data_port"].endswith(
+        f":{daemon['port']}"
+    )  # the port needs a restart
     # the control API reload says what it did (nothing changed since the SIGHUP)
     r = request(daemon["sock"], {"op": "reload"}, timeout_s=10)
     assert r == {"ok": True, "applied": [], "needs_restart": ["listen.data_port: 0 -> 1"]}
@@ -190,7 +192,11 @@ def test_check_config_lists_every_problem(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert lines[-1] == f"dwcp check-config: 4 problem(s) in {bad}"
     assert sorted(x.split(": ", 1)[1].split(" ")[0] for x in lines[:-1]) == [
-        "node.id", "security.ca_cert/cert/key:", "transport.chunk_size_bytes", "transport.zz:"]
+        "node.id",
+        "security.ca_cert/cert/key:",
+        "transport.chunk_size_bytes",
+        "transport.zz:",
+    ]
     good = tmp_path / "good.toml"
     good.write_text("[security]\nplaintext = true\n")
     out = subprocess.run([sys.executable, "-m", "dwcp", "check-config", str(good), "--json"], capture_output=True,

@@ -32,7 +32,9 @@ from dwcp.consensus.etcd import (
 from dwcp.errors import ConfigError
 
 ETCD = shutil.which("etcd")
-needs_etcd = pytest.mark.skipif(ETCD is None, reason="the etcd binary is not installed (apt-get install etcd-server)")
+needs_etcd = pytest.mark.skipif(
+    ETCD is None, reason="the etcd binary is not installed (apt-get install etcd-server)"
+)
 
 
 class EtcdServer:
@@ -183,7 +185,10 @@ def test_propose_apply_where_one_node(etcd, prefix, nodes):
     a = nodes([etcd.url], prefix)
     assert a.propose(_version("obj/1", "aa")) == {"ok": True, "version": 1}
     assert a.propose(_version("obj/1", "bb")) == {"ok": True, "version": 2}
-    assert a.propose(_version("obj/1", "aa", holder="n1")) == {"ok": True, "version": 1}  # a known digest gains a holder
+    assert a.propose(_version("obj/1", "aa", holder="n1")) == {
+        "ok": True,
+        "version": 1,
+    }  # a known digest gains a holder
     assert a.propose({"op": "nonsense"})["ok"] is False  # refused deterministically, not raised
     assert a.catalog.where() == {"obj/1": {"version": 2, "digest": "bb", "holders": ["n0"]}}
     st_ = a.status()
@@ -213,11 +218,17 @@ def test_two_nodes_converge_under_concurrent_proposals(etcd, prefix, nodes):
                 node.propose(_version(f"obj/{i % 7}", f"{name}-{t}-{i}", holder=name))
                 if i % 4 == 0:  # the same lease wanted by both nodes at once
                     k = f"lease/{t}-{i}"
-                    results[(k, name)] = node.propose({"op": "lease", "key": k, "holder": name, "until": 1e12, "at": 1.0})
+                    results[(k, name)] = node.propose(
+                        {"op": "lease", "key": k, "holder": name, "until": 1e12, "at": 1.0}
+                    )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    ts = [threading.Thread(target=writer, args=(n, name, t)) for n, name in ((a, "a"), (b, "b")) for t in range(4)]
+    ts = [
+        threading.Thread(target=writer, args=(n, name, t))
+        for n, name in ((a, "a"), (b, "b"))
+        for t in range(4)
+    ]
     for t in ts:
         t.start()
     for t in ts:
@@ -229,7 +240,9 @@ def test_two_nodes_converge_under_concurrent_proposals(etcd, prefix, nodes):
     for k in leases:
         won = [name for name in "ab" if results[(k, name)]["ok"]]
         assert len(won) == 1, (k, results[(k, "a")], results[(k, "b")])  # exactly one wins...
-        assert a.catalog.leases[k]["holder"] == b.catalog.leases[k]["holder"] == won[0]  # ...and both agree which
+        assert (
+            a.catalog.leases[k]["holder"] == b.catalog.leases[k]["holder"] == won[0]
+        )  # ...and both agree which
     assert sum(len(vs) for vs in a.catalog.keys.values()) == 2 * 4 * 40
     assert a.status()["entries_applied"] == b.status()["entries_applied"] == 2 * 4 * 40 + 2 * 4 * 10
 
@@ -336,7 +349,9 @@ def test_mutual_tls_to_etcd(tmp_path, prefix, nodes):
         anon = nodes([s.url], prefix, start=False, ca_file=client.ca_cert)  # no client certificate: refused
         with pytest.raises(EtcdError) as ei:
             anon.propose(_version("obj", "e"), timeout_s=1)
-        assert ei.value.endpoint == s.url and isinstance(ei.value.__cause__, OSError), ei.value  # the TLS handshake
+        assert ei.value.endpoint == s.url and isinstance(ei.value.__cause__, OSError), (
+            ei.value
+        )  # the TLS handshake
     finally:
         s.close()
 
@@ -438,7 +453,9 @@ def test_fuzz_parse_kvs(d):
 
 
 def test_consensus_config_etcd():
-    c = ConsensusConfig(enabled=True, backend="etcd", etcd_endpoints=("https://10.0.0.1:2379",), etcd_ca="/ca.pem")
+    c = ConsensusConfig(
+        enabled=True, backend="etcd", etcd_endpoints=("https://10.0.0.1:2379",), etcd_ca="/ca.pem"
+    )
     assert c.etcd_prefix == "/dwcp/default"
     for kw, what in [({"backend": "bft"}, "backend"), ({"enabled": True, "backend": "etcd"}, "needs at least one"),
                      ({"etcd_endpoints": ("10.0.0.1:2379",)}, "not http"), ({"etcd_prefix": "dwcp"}, "absolute"),
@@ -483,7 +500,16 @@ def test_two_daemons_share_the_catalog_in_etcd(etcd, prefix, tmp_path):
         _until(lambda: all(status(n) for n in socks), timeout_s=30, what="both daemons up")
         payload = tmp_path / "payload.bin"
         payload.write_bytes(os.urandom(300_000))
-        r = _dwcp("send", str(payload), "--to", f"127.0.0.1:{ports[0]}", "--key", "obj/etcd", "--plaintext", cwd=tmp_path)
+        r = _dwcp(
+            "send",
+            str(payload),
+            "--to",
+            f"127.0.0.1:{ports[0]}",
+            "--key",
+            "obj/etcd",
+            "--plaintext",
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
 
         def recorded() -> dict | None:

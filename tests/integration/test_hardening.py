@@ -68,7 +68,9 @@ def test_a_delta_send_killed_mid_way_resumes(tmp_path):
                     "--plaintext", "--json", "--streams", "1", "--chunk-size", "1M", "--state-dir",
                     str(tmp_path / "state"), *extra]  # fmt: skip
 
-        r = subprocess.run(send(f1), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env())
+        r = subprocess.run(
+            send(f1), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env()
+        )
         assert r.returncode == 0, r.stderr
         d2 = xxhash.xxh3_128_digest(v2.tobytes()).hex()
         state = os.path.join(srv.store.data_dir, "partial", f"vm%2Fd.{d2}.state")
@@ -83,7 +85,9 @@ def test_a_delta_send_killed_mid_way_resumes(tmp_path):
             tx.kill()  # SIGKILL: no cleanup on the sending side
             tx.wait()
         assert n // 4 <= done_at_kill < n, done_at_kill
-        r = subprocess.run(send(f2), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env())
+        r = subprocess.run(
+            send(f2), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env()
+        )
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         assert res["mode"] == "delta" and res["resumed_chunks"] > 0 and res["digest"] == d2, res
@@ -266,20 +270,29 @@ def test_a_hello_costs_a_few_mib_whatever_it_announces(tmp_path):
         finally:
             tracemalloc.stop()
         part = [n for n in os.listdir(os.path.join(srv.store.data_dir, "partial")) if n.endswith(".state")]
-        assert all(os.stat(os.path.join(srv.store.data_dir, "partial", n)).st_blocks * 512 < MiB for n in part)
+        assert all(
+            os.stat(os.path.join(srv.store.data_dir, "partial", n)).st_blocks * 512 < MiB for n in part
+        )
 
 
 def test_an_oversized_hello_is_refused_unread(tmp_path):
     from dwcp.transport.framesock import FrameSocket
 
-    with DataServer(server_config(tmp_path / "rx")) as srv, socket.create_connection(srv.address, timeout=10) as s:
+    with (
+        DataServer(server_config(tmp_path / "rx")) as srv,
+        socket.create_connection(srv.address, timeout=10) as s,
+    ):
         fs = FrameSocket(s, timeout_s=10)
         from dwcp._backend import impl as K
 
         # the header of a 100 kB control message (the payload it announces is never sent, nor waited for)
         fs.send(K.pack_header(C.FRAME_HELLO, C.CODEC_RAW, 0, 5, 0, 100_000, 100_000, raw_hash=0))
         h, msg = fs.recv_control()
-        assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_LENGTH and "control message" in msg["message"]
+        assert (
+            h.frame_type == C.FRAME_ERROR
+            and msg["code"] == C.ERR_BAD_LENGTH
+            and "control message" in msg["message"]
+        )
 
 
 def test_a_fetch_answer_announcing_too_many_chunks_is_refused(tmp_path):
@@ -312,11 +325,19 @@ def test_a_fetch_answer_announcing_too_many_chunks_is_refused(tmp_path):
 
 
 def test_max_object_bytes_refuses_before_storing(tmp_path):
-    with DataServer(server_config(tmp_path / "rx", sections={"storage": {"max_object_bytes": 8 * MiB}})) as srv:
+    with DataServer(
+        server_config(tmp_path / "rx", sections={"storage": {"max_object_bytes": 8 * MiB}})
+    ) as srv:
         got = _hello(srv.address[1], 8 * MiB + 4096, 4096)
-        assert got["type"] == C.FRAME_ERROR and got["code"] == C.ERR_TOO_LARGE and "max_object_bytes" in got["message"]
+        assert (
+            got["type"] == C.FRAME_ERROR
+            and got["code"] == C.ERR_TOO_LARGE
+            and "max_object_bytes" in got["message"]
+        )
         assert os.listdir(os.path.join(srv.store.data_dir, "partial")) == []
-        assert Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 8 * MiB, *srv.address, "ok")["verified"]
+        assert Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 8 * MiB, *srv.address, "ok")[
+            "verified"
+        ]
 
 
 # -- 10. per-key authorization --------------------------------------------------------------------
@@ -355,9 +376,18 @@ def test_per_key_authorization(tmp_path, people):
         assert bytes(srv.store.open_version(srv.store.latest("alice/private"))) == secret  # untouched
         assert bob.send(b"mine", *srv.address, "shared/bob")["verified"]
         with pytest.raises(TransferError, match="bob is not allowed to read 'alice/private'") as ei:
-            fetch("alice/private", *srv.address, str(tmp_path / "stolen"), tp, _tls(people["bob"]), node_id="bob")
+            fetch(
+                "alice/private",
+                *srv.address,
+                str(tmp_path / "stolen"),
+                tp,
+                _tls(people["bob"]),
+                node_id="bob",
+            )
         assert ei.value.code == C.ERR_FORBIDDEN and not os.path.exists(tmp_path / "stolen")
-        r = fetch("alice/pub/readme", *srv.address, str(tmp_path / "readme"), tp, _tls(people["bob"]), node_id="bob")
+        r = fetch(
+            "alice/pub/readme", *srv.address, str(tmp_path / "readme"), tp, _tls(people["bob"]), node_id="bob"
+        )
         assert r["size"] == 5 and (tmp_path / "readme").read_bytes() == b"hello"
         # relaying is a write on every hop: bob cannot route a write to alice's keys through a relay
         with pytest.raises(TransferError, match="bob is not allowed to write"):
@@ -377,7 +407,10 @@ def test_acl_rules_are_validated():
             {"identity": "a", "prefix": "x/"},
         ]}})  # fmt: skip
     assert [p.split(":")[0] for p in ei.value.problems] == [
-        "security.acl[0].allow ['rw']", "security.acl[1].identity", "security.acl[2]"]
+        "security.acl[0].allow ['rw']",
+        "security.acl[1].identity",
+        "security.acl[2]",
+    ]
 
 
 # -- 11. relays only to cluster members ---------------------------------------------------------
@@ -391,14 +424,16 @@ def test_a_relay_forwards_only_to_cluster_members(tmp_path):
                 Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 1000, *relay.address, "k",
                                                                           forward_to=to)  # fmt: skip
             assert ei.value.code == C.ERR_FORBIDDEN and relay.stats_snapshot()["refused_relay_total"] == 1
-            assert relay.store.latest("k") is None and os.listdir(os.path.join(relay.store.data_dir, "partial")) == []
+            assert (
+                relay.store.latest("k") is None
+                and os.listdir(os.path.join(relay.store.data_dir, "partial")) == []
+            )
         assert dest.store.latest("k") is None
         peers = {"cluster": {"peers": [{"id": "dest", "address": to}]}}
         with DataServer(server_config(tmp_path / "relay2", node="relay", sections=peers)) as relay:
             r = Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 1000, *relay.address, "k",
                                                                           forward_to=to)  # fmt: skip
             assert r["relayed"]["to"] == to and dest.store.latest("k") is not None
-
 
 
 def test_a_fetch_to_a_full_disk_is_a_clear_error_not_sigbus(tmp_path, small_tmpfs):

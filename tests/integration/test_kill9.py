@@ -114,12 +114,19 @@ def test_sender_killed_mid_transfer(tmp_path):
     argv = [sys.executable, "-m", "dwcp", "send", str(src), "--to", f"127.0.0.1:{port}", "--key", "k9/tx",
             "--streams", str(STREAMS), "--plaintext", "--json", "--state-dir", str(tmp_path / "state")]  # fmt: skip
     try:
-        tx = subprocess.Popen([*argv, "--rate", "24M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                              env=same_dwcp_env())
+        tx = subprocess.Popen(
+            [*argv, "--rate", "24M"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env=same_dwcp_env(),
+        )
         time.sleep(1.2)
         tx.kill()  # SIGKILL: no cleanup on the sending side
         tx.wait()
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env())
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env()
+        )
         assert out.returncode == 0, out.stderr
         r = json.loads(out.stdout)
         n = r["chunks"]  # the CLI's default 4 MiB chunks

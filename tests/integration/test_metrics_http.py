@@ -40,7 +40,12 @@ def daemon(tmp_path):
         except OSError:
             assert time.monotonic() < deadline and proc.poll() is None, "daemon did not start"
             time.sleep(0.1)
-    yield {"url": st["metrics_endpoint"], "port": int(st["data_port"].rsplit(":", 1)[1]), "proc": proc, "sock": sock}
+    yield {
+        "url": st["metrics_endpoint"],
+        "port": int(st["data_port"].rsplit(":", 1)[1]),
+        "proc": proc,
+        "sock": sock,
+    }
     proc.terminate()
     proc.wait(20)
 
@@ -59,17 +64,27 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     assert code == 200 and set(json.loads(body)["checks"]) == {"amst", "hde", "error_rate"}
     assert json.loads(body)["checks"]["hde"]["status"] == "degraded"  # no baselines yet
     code, body = get(base + "readyz")
-    assert code == 200 and json.loads(body) == {"ready": True, "started": True, "serving": True, "draining": False}
+    assert code == 200 and json.loads(body) == {
+        "ready": True,
+        "started": True,
+        "serving": True,
+        "draining": False,
+    }
     assert get(base + "nope")[0] == 404
     data = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8)
     Sender(TransportConfig(chunk_size_bytes=1 << 20), SecurityConfig(plaintext=True)).send(
-        data, "127.0.0.1", daemon["port"], "m/obj")
+        data, "127.0.0.1", daemon["port"], "m/obj"
+    )
     # the receiver counts a transfer as completed after it has answered the sender: scrape until it has
     deadline = time.monotonic() + 10
     while True:
         code, text = get(base + "metrics")
         fams = {f.name: f for f in text_string_to_metric_families(text)}
-        done = [s for s in fams["dwcp_transfer_completed"].samples if s.labels == {"direction": "rx", "outcome": "ok"}]
+        done = [
+            s
+            for s in fams["dwcp_transfer_completed"].samples
+            if s.labels == {"direction": "rx", "outcome": "ok"}
+        ]
         if done or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -91,7 +106,9 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)"
+)
 def test_a_real_prometheus_scrapes_it(daemon, tmp_path):
     target = daemon["url"].split("//")[1].strip("/")
     cfg = tmp_path / "prom.yml"
@@ -181,7 +198,9 @@ def test_server_survives_a_raising_probe_bad_methods_and_junk(ops_server):
     junk = raw_request(base, b"\x00\xff garbage \r\n\r\n")
     assert b"Error response" in junk and b"400" in junk
     assert raw_request(base, b"GARBAGE / HTTP/1.1\r\n\r\n").split()[1] == b"501"
-    assert b"400" in raw_request(base, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(40))  # TLS hello
+    assert b"400" in raw_request(
+        base, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(40)
+    )  # TLS hello
     assert raw_request(base, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").split()[1] == b"414"
     assert raw_request(base, b"") == b""  # a connection closed at once
     assert get(base + "readyz")[0] == 503  # still serving after all of it
@@ -209,13 +228,20 @@ def test_server_closed_before_it_started_does_not_hang():
     assert not t.is_alive(), "close() before start() hangs"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
+)
 def test_a_real_daemons_exposition_passes_promtool(daemon):
     """The whole catalogue as the daemon serves it, its registered sources included, not only Metrics' own."""
     code, text = get(daemon["url"] + "metrics")
     assert code == 200
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {"dwcp_health_status", "dwcp_codec_baselines", "dwcp_build_info", "dwcp_transfer_duration_seconds"} <= names
+    assert {
+        "dwcp_health_status",
+        "dwcp_codec_baselines",
+        "dwcp_build_info",
+        "dwcp_transfer_duration_seconds",
+    } <= names
     assert all(n.startswith("dwcp_") for n in names), names
     r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout, r.stderr)

@@ -52,4 +52,6 @@ def test_relay_reports_a_dead_next_hop_and_keeps_its_copy(tmp_path):
 def test_a_bad_forward_address_is_a_protocol_error(tmp_path):
     with DataServer(server_config(tmp_path / "relay")) as relay:
         with pytest.raises(TransferError, match="forward.to"):
-            Sender(TP, SecurityConfig(plaintext=True)).send(b"x" * 10, *relay.address, "k", forward_to="nowhere")
+            Sender(TP, SecurityConfig(plaintext=True)).send(
+                b"x" * 10, *relay.address, "k", forward_to="nowhere"
+            )

@@ -209,13 +209,17 @@ def _send_changing_after_first_chunk(sender, server, path, key, how):
         from dwcp.transport.source import FileSource
 
         with FileSource.open(str(path)) as src:
-            r = sender.send(src, *server.address, key, streams=1, rate_limit_bytes_per_s=6e6, progress=progress)
+            r = sender.send(
+                src, *server.address, key, streams=1, rate_limit_bytes_per_s=6e6, progress=progress
+            )
     assert changed and changed[0][0] < changed[0][1], "premise: the file changed while the send ran"
     return r
 
 
 @pytest.mark.parametrize("how", ["mmap", "file"])
-def test_a_source_changed_after_its_chunk_was_sent_does_not_poison_the_baseline(server, tmp_path, caplog, how):
+def test_a_source_changed_after_its_chunk_was_sent_does_not_poison_the_baseline(
+    server, tmp_path, caplog, how
+):
     v1 = np.random.default_rng(7).integers(0, 256, 8 * MiB, dtype=np.uint8)
     path = tmp_path / "vm.img"
     v1.tofile(path)
@@ -292,7 +296,9 @@ class FakeReceiver:
             h, hello = fs.recv_control(C.FRAME_HELLO)
             tid = h.transfer_id
             if hello["role"] == "control":
-                fs.send(encode_control(C.FRAME_WELCOME, tid, {"mode": "full", "token": "ab" * 32, "have": ""}))
+                fs.send(
+                    encode_control(C.FRAME_WELCOME, tid, {"mode": "full", "token": "ab" * 32, "have": ""})
+                )
                 got = fs.recv_control(C.FRAME_DONE, C.FRAME_CLOSE)
                 self.done = got is not None and got[0].frame_type == C.FRAME_DONE
                 return
@@ -302,7 +308,9 @@ class FakeReceiver:
                 return
             fs.skip_payload(dh)
             fs.send(encode_control(C.FRAME_ERROR, tid, {"code": self.code, "message": self.message}))
-            DataServer._linger(fs)  # as the real receiver: a close with chunks unread would reset the ERROR away
+            DataServer._linger(
+                fs
+            )  # as the real receiver: a close with chunks unread would reset the ERROR away
         except (OSError, TypeError):
             pass
         finally:
@@ -359,7 +367,9 @@ def test_a_cluster_send_takes_a_file_source_and_does_not_blame_the_peer_for_it(t
     class ShrinkingSend:
         def send(self, data, host, port, key, **kw):
             calls.append((data, port))
-            raise SourceChangedError(f"{path} shrank from 10000 to 10 bytes during the send; nothing was stored")
+            raise SourceChangedError(
+                f"{path} shrank from 10000 to 10 bytes during the send; nothing was stored"
+            )
 
     with FileSource.open(str(path)) as src:
         with pytest.raises(SourceChangedError, match="shrank"):

@@ -52,7 +52,9 @@ def modes(sender: Sender, server: DataServer, key: str, versions, **kw) -> list[
 def test_delta_false_sends_every_version_full_not_even_pages(server, tmp_path):
     on = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "on"))
     assert modes(on, server, "k/on", [version(0), version(1)]) == ["full", "delta"]
-    off = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "off"), codec=CodecSettings(delta=False))
+    off = Sender(
+        tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "off"), codec=CodecSettings(delta=False)
+    )
     r = [off.send(version(i), *server.address, "k/on", streams=1) for i in (2, 3)]
     # the receiver holds the key (it would choose "pages" for a sender offering no baseline): full all the same
     assert [x["mode"] for x in r] == ["full", "full"]
@@ -81,7 +83,9 @@ def test_max_delta_chain_sends_a_full_refresh_after_that_many_deltas_across_a_re
 
 
 def test_max_delta_chain_zero_sends_every_version_full(server, tmp_path):
-    s = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "sent"), codec=CodecSettings(max_delta_chain=0))
+    s = Sender(
+        tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "sent"), codec=CodecSettings(max_delta_chain=0)
+    )
     assert modes(s, server, "k/zero", [version(i) for i in range(3)]) == ["full"] * 3
 
 
@@ -119,7 +123,9 @@ def test_adaptive_level_stays_within_zstd_level_min_and_max(server):
     # a slow link (1 MB/s) makes compression pay, so the adaptive controller compresses every chunk
     pinned = zstd_send(server, "z/6", CodecSettings(zstd_level_min=6, zstd_level_max=6), link_bytes_per_s=1e6)
     assert pinned["codec"]["zstd_level"] == "adaptive" and pinned["codec"]["zstd_levels_used"] == {6: 4}
-    low = zstd_send(server, "z/low", CodecSettings(zstd_level_min=-7, zstd_level_max=-1), link_bytes_per_s=1e6)
+    low = zstd_send(
+        server, "z/low", CodecSettings(zstd_level_min=-7, zstd_level_max=-1), link_bytes_per_s=1e6
+    )
     assert low["codec"]["zstd_levels_used"] and set(low["codec"]["zstd_levels_used"]) <= {-7, -3, -1}
     assert low["wire_bytes"] > pinned["wire_bytes"]  # the fast levels compress less
 
@@ -128,7 +134,9 @@ def test_the_data_servers_fetch_encoder_uses_the_codec_level(tmp_path):
     data = text_like(4 * CHUNK, seed=8)
     wire = {}
     for level in (1, 19):
-        with DataServer(server_config(tmp_path / f"rx{level}", sections={"codec": {"zstd_level": level}})) as srv:
+        with DataServer(
+            server_config(tmp_path / f"rx{level}", sections={"codec": {"zstd_level": level}})
+        ) as srv:
             Sender(tx_config(), PLAIN).send(data, *srv.address, "f/x", streams=1)
             r = fetch("f/x", *srv.address, str(tmp_path / f"out{level}"), tx_config(), PLAIN)
             assert r["verified"] and srv.encoder.levels.used == {level: 4}
@@ -177,12 +185,16 @@ def _server_buffers(srv: DataServer, settled: tuple[int, int] | None = None) -> 
             s = _accepted_socket_of(c)
             if s is not None:
                 with s:
-                    got = (s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                           s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+                    got = (
+                        s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                        s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    )
                 if settled is None or got == settled:
                     return got
             if time.monotonic() > deadline:
-                raise AssertionError(f"the server's socket: {got if s is not None else 'not accepted'} after 5 s")
+                raise AssertionError(
+                    f"the server's socket: {got if s is not None else 'not accepted'} after 5 s"
+                )
             time.sleep(0.01)
 
 
@@ -203,7 +215,9 @@ def test_socket_buffer_bytes_sets_both_buffers_on_sent_and_accepted_streams(tmp_
 
 
 def test_zerocopy_false_skips_the_probe_and_the_report_says_why(server):
-    off = Sender(tx_config(zerocopy=False), PLAIN).send(version(0), *server.address, "zc/x", streams=1)["socket"]
+    off = Sender(tx_config(zerocopy=False), PLAIN).send(version(0), *server.address, "zc/x", streams=1)[
+        "socket"
+    ]
     assert off["zerocopy_available"] is None and off["zerocopy_used"] is False
     assert off["zerocopy_reason"] == "transport.zerocopy = false: not probed"
     on = Sender(tx_config(), PLAIN).send(version(0), *server.address, "zc/x", streams=1)["socket"]

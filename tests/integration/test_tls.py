@@ -98,7 +98,12 @@ def serve(ctx: ssl.SSLContext) -> OneShotServer:
 
 
 def assert_refused(
-    srv: OneShotServer, client_error: BaseException, server_says: str, client_says: str, *, eof_ok: bool = False
+    srv: OneShotServer,
+    client_error: BaseException,
+    server_says: str,
+    client_says: str,
+    *,
+    eof_ok: bool = False,
 ) -> None:
     """Both sides failed the handshake, for the stated reasons, and no application data got through.
 
@@ -167,7 +172,9 @@ def test_tls12_client_is_refused(nodes):
 def test_hostname_check_when_asked_for(nodes):
     """verify_hostname pins the server's address to its SAN (127.0.0.1 and localhost by default)."""
     srv = serve(server_context(tls(nodes["rx"])))
-    answer, server_id = exchange(client_context(tls(nodes["tx"], verify_hostname=True)), srv.port, "127.0.0.1")
+    answer, server_id = exchange(
+        client_context(tls(nodes["tx"], verify_hostname=True)), srv.port, "127.0.0.1"
+    )
     srv.finish()
     assert srv.error is None and (answer, server_id) == (b"hello tx", "rx")
 

@@ -82,7 +82,9 @@ def test_auto_streams_use_the_tuned_profile_of_the_egress_nic(server, image, tmp
     apply_profiles(str(tmp_path / "tune"), [{"nic": "lo", "link_bytes_per_s": 5e8}], rtt_s=0.001)
     r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned")
     assert r["nic_profile"] == "lo" and r["streams"]["auto"]  # looked up beside the digest, then used
-    r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned2", streams=2)
+    r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(
+        image, host, port, "vm/tuned2", streams=2
+    )
     assert r["nic_profile"] is None  # fixed streams: no lookup
 
 
@@ -131,7 +133,9 @@ def test_a_chunk_stalled_mid_frame_is_released_after_the_stall_timeout_not_the_i
         with FaultProxy(srv.address) as proxy:
             proxy.blackhole_after(100_000, conn=2)  # the first data stream, inside its first chunk
             t0 = time.monotonic()
-            r = Sender(tx_config(stall_timeout_s=1.5), PLAIN).send(data, *proxy.address, "raw/midframe", streams=2)
+            r = Sender(tx_config(stall_timeout_s=1.5), PLAIN).send(
+                data, *proxy.address, "raw/midframe", streams=2
+            )
             took = time.monotonic() - t0
         assert took < 20, took  # with the idle timeout (60 s) holding the claim this took > 60 s
         assert stored(srv, "raw/midframe") == data.tobytes() and r["stream_errors"]
@@ -160,7 +164,9 @@ def test_mutual_tls(tmp_path, pki, image):
         assert srv.store.latest("tls/evil") is None
         # a plaintext client gets nothing
         with pytest.raises(Exception):  # noqa: B017
-            Sender(tx_config(connect_timeout_s=3.0), PLAIN).send(b"x" * 4096, host, port, "tls/plain", streams=1)
+            Sender(tx_config(connect_timeout_s=3.0), PLAIN).send(
+                b"x" * 4096, host, port, "tls/plain", streams=1
+            )
         assert srv.store.latest("tls/plain") is None
     finally:
         srv.close()
@@ -220,7 +226,9 @@ def test_absurd_lengths_and_replayed_chunks(server):
     assert reply[:4] == b"DWCF" and K.parse_header(reply).frame_type == C.FRAME_ERROR
     # a data stream for a transfer that does not exist
     s = _raw_conn(server.address)
-    s.sendall(encode_control(C.FRAME_HELLO, 77, {"v": 1, "role": "data", "transfer_id": 77, "token": "ab" * 32}))
+    s.sendall(
+        encode_control(C.FRAME_HELLO, 77, {"v": 1, "role": "data", "transfer_id": 77, "token": "ab" * 32})
+    )
     reply = _closed_by_peer(s)
     s.close()
     assert K.parse_header(reply).frame_type == C.FRAME_ERROR
@@ -309,7 +317,9 @@ def test_a_quiet_control_stream_is_not_idle_while_data_flows(tmp_path):
     srv.start()
     try:
         data = np.random.default_rng(10).integers(0, 256, 6 << 20, dtype=np.uint8)
-        r = Sender(tx_config(), PLAIN).send(data, *srv.address, "slow/k", streams=1, rate_limit_bytes_per_s=4e6)
+        r = Sender(tx_config(), PLAIN).send(
+            data, *srv.address, "slow/k", streams=1, rate_limit_bytes_per_s=4e6
+        )
         assert r["seconds"] > 1.0 and r["verified"]
         assert stored(srv, "slow/k") == data.tobytes()
     finally:
@@ -328,7 +338,10 @@ def test_a_second_send_to_a_peer_starts_from_what_the_first_measured(server, tmp
     assert "measured last time" in r2["chunk_size_reason"]
     want, _ = choose_chunk_size(PathStats(**mem), 1 << 20, now=time.time())
     assert r2["chunk_size"] == want >= 1 << 20 and r2["chunks"] == -(-data.nbytes // want)
-    assert r2["streams"]["decisions"][0]["reason"] == f"the last send to {host}:{port} ended at {mem['streams']} streams"
+    assert (
+        r2["streams"]["decisions"][0]["reason"]
+        == f"the last send to {host}:{port} ended at {mem['streams']} streams"
+    )
     assert stored(server, "path/b") == data[::-1].tobytes()
     # a fixed chunk size (dwcp send --chunk-size) is not adapted
     r3 = Sender(tx_config(adaptive_chunks=False), PLAIN, baselines=ObjectStore(tmp_path / "sent")).send(

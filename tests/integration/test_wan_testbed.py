@@ -14,7 +14,9 @@ import xxhash
 
 from dwcp._testbase.wan import Link, Testbed
 
-pytestmark = pytest.mark.skipif(Testbed.unavailable() is not None, reason=f"WAN testbed: {Testbed.unavailable()}")
+pytestmark = pytest.mark.skipif(
+    Testbed.unavailable() is not None, reason=f"WAN testbed: {Testbed.unavailable()}"
+)
 
 PERF = os.path.join(os.path.dirname(__file__), "..", "..", "perf")
 

@@ -112,7 +112,9 @@ def test_same_seed_same_run():
         return s
 
     a, b = one(), one()
-    assert a.now == b.now and a.history == b.history and a.delivered == b.delivered and a.faults() == b.faults()
+    assert (
+        a.now == b.now and a.history == b.history and a.delivered == b.delivered and a.faults() == b.faults()
+    )
 
 
 @N
@@ -169,7 +171,9 @@ def test_faulty_primary_and_recovery(seed, n):
     """An equivocating or silent primary: detected (or timed out), a view change, progress again."""
     probe = Sim(n, seed=seed)
     bad: Behaviour = EquivocatingPrimary() if probe.rng.random() < 0.5 else Silent(only_as_primary=True)
-    s = Sim(n, seed=seed, behaviours={"n0": bad}, dup=0.05, max_delay=4)  # no drops: see test_coordinated_attack
+    s = Sim(
+        n, seed=seed, behaviours={"n0": bad}, dup=0.05, max_delay=4
+    )  # no drops: see test_coordinated_attack
     for k in range(5):
         s.wait_commit(cmd(f"p{k}"), max_ticks=4000)
     assert all(s.nodes[i].view >= 1 for i in s.correct)

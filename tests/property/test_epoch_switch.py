@@ -34,7 +34,9 @@ def _all_switched(s: EpochSim, epoch: int):
 
 
 def _drained(s: EpochSim):
-    return lambda: len({n._snap() for n in s.nodes.values()}) == 1 and not any(n._pending for n in s.nodes.values())
+    return lambda: (
+        len({n._snap() for n in s.nodes.values()}) == 1 and not any(n._pending for n in s.nodes.values())
+    )
 
 
 def test_switch_under_load_loses_nothing(seed):

@@ -107,7 +107,9 @@ def test_source_key(host, key):
     assert source_key(host) == key
 
 
-_ops = st.lists(st.tuples(st.sampled_from(["admit", "spoke", "auth", "close"]), st.integers(0, 5)), max_size=200)
+_ops = st.lists(
+    st.tuples(st.sampled_from(["admit", "spoke", "auth", "close"]), st.integers(0, 5)), max_size=200
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -137,7 +137,10 @@ def test_node_fields(tmp_path):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-1"
     assert cert.issuer == cacert.subject
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("::1")]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("10.0.0.5"),
+        ipaddress.ip_address("::1"),
+    ]
     assert san.get_values_for_type(x509.DNSName) == ["n1.example"]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
@@ -197,7 +200,9 @@ def test_valid_node_ids(tmp_path):
         issue_node(tmp_path / "ca", good)
 
 
-@pytest.mark.parametrize("hosts", [("bad host",), ("",), ("a..b",), ("-a.example",), ("x" * 64 + ".example",)])
+@pytest.mark.parametrize(
+    "hosts", [("bad host",), ("",), ("a..b",), ("-a.example",), ("x" * 64 + ".example",)]
+)
 def test_invalid_hosts(tmp_path, hosts):
     init_ca(tmp_path / "ca")
     with pytest.raises(ConfigError, match="host"):
@@ -322,7 +327,8 @@ def test_peer_identity_over_memory_bios(tmp_path):
     init_ca(tmp_path / "ca")
     a, b = issue_node(tmp_path / "ca", "node-a"), issue_node(tmp_path / "ca", "node-b")
     client, server = _memory_handshake(
-        client_context(TLSConfig(a.ca_cert, a.cert, a.key)), server_context(TLSConfig(b.ca_cert, b.cert, b.key))
+        client_context(TLSConfig(a.ca_cert, a.cert, a.key)),
+        server_context(TLSConfig(b.ca_cert, b.cert, b.key)),
     )
     assert client.version() == server.version() == "TLSv1.3"
     assert peer_identity(client) == "node-b"

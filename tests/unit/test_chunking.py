@@ -92,7 +92,9 @@ def test_path_digest_of_a_recorded_lossy_send_and_the_size_it_leads_to():
     ps = path_stats_from_send(RECORDED_1PCT, now=NOW)
     assert ps is not None
     assert ps.rtt_s == 0.063047  # the (upper) median stream smoothed RTT: the relay queue adds to the 50 ms
-    assert ps.retrans_fraction == pytest.approx(sum(i["bytes_retrans"] for i in RECORDED_1PCT["tcp_info"]) / SENT)
+    assert ps.retrans_fraction == pytest.approx(
+        sum(i["bytes_retrans"] for i in RECORDED_1PCT["tcp_info"]) / SENT
+    )
     assert 0.009 < ps.retrans_fraction < 0.010  # ~1% of what was sent went twice
     assert ps.streams == 8 and ps.stream_bytes_per_s == pytest.approx(536879104 / 5.018681244999243 / 8)
     size, why = choose_chunk_size(ps, 4 * MiB, now=NOW)

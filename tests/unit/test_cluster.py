@@ -202,11 +202,15 @@ def test_region_priority_fails_over_to_the_next_region():
 
 def test_haversine_and_prefix_table():
     assert haversine_km(Location(0, 0), Location(0, 0)) == 0
-    assert abs(haversine_km(Location(51.5074, -0.1278), Location(40.7128, -74.0060)) - 5570) < 15  # London-NYC
+    assert (
+        abs(haversine_km(Location(51.5074, -0.1278), Location(40.7128, -74.0060)) - 5570) < 15
+    )  # London-NYC
     t = PrefixTable([("10.0.0.0/8", Location(1, 1, "wide")), ("10.1.0.0/16", Location(2, 2, "narrow")),
                      ("2001:db8::/32", Location(3, 3, "v6"))])  # fmt: skip
     assert t.lookup("10.1.2.3").region == "narrow" and t.lookup("10.9.9.9").region == "wide"
-    assert t.lookup("2001:db8::1").region == "v6" and t.lookup("192.0.2.1") is None and t.lookup("junk") is None
+    assert (
+        t.lookup("2001:db8::1").region == "v6" and t.lookup("192.0.2.1") is None and t.lookup("junk") is None
+    )
     with pytest.raises(ConfigError):
         PrefixTable([("10.0.0.0/33", Location(0, 0))])
     with pytest.raises(ConfigError):
@@ -277,7 +281,10 @@ def view(**cluster):
     from dwcp.cluster.node import ClusterView
     from dwcp.config import from_dict
 
-    peers = [{"id": f"n{i}", "address": f"127.0.0.1:{7700 + i}", "region": "r1" if i < 3 else "r2"} for i in range(5)]
+    peers = [
+        {"id": f"n{i}", "address": f"127.0.0.1:{7700 + i}", "region": "r1" if i < 3 else "r2"}
+        for i in range(5)
+    ]
     cfg = from_dict({"security": {"plaintext": True}, "cluster": {"peers": peers, **cluster}})
     t = [0.0]
     return ClusterView(cfg.cluster, cfg.node, clock=lambda: t[0]), t
@@ -286,7 +293,9 @@ def view(**cluster):
 def test_candidates_put_the_keys_homes_first_then_failover_order():
     v, _ = view(replicas=2)
     c = [p.id for p in v.candidates("vm/1", "region:r1")]
-    assert sorted(c) == ["n0", "n1", "n2"] and set(c[:2]) == set(v.ring.with_peers(["n0", "n1", "n2"]).replicas("vm/1", 2))
+    assert sorted(c) == ["n0", "n1", "n2"] and set(c[:2]) == set(
+        v.ring.with_peers(["n0", "n1", "n2"]).replicas("vm/1", 2)
+    )
     assert {p.id for p in v.candidates("vm/1", "cluster")} == {f"n{i}" for i in range(5)}
     assert [p.id for p in v.candidates("vm/1", "n4")] == ["n4"]
     v.affinity.set("vm/1", c[2], 0.0)
@@ -311,7 +320,10 @@ def test_open_breakers_and_unknown_targets():
         v.candidates("k", "region:mars")
     with pytest.raises(ConfigError, match="no such peer"):
         v.candidates("k", "n9")
-    assert parse_target("10.0.0.1:7700") == ("addr", "10.0.0.1:7700") and parse_target("[::1]:7") == ("addr", "[::1]:7")
+    assert parse_target("10.0.0.1:7700") == ("addr", "10.0.0.1:7700") and parse_target("[::1]:7") == (
+        "addr",
+        "[::1]:7",
+    )
     assert parse_target("region:eu") == ("region", "eu") and parse_target("cluster") == ("cluster", "")
     with pytest.raises(ConfigError):
         parse_target("region:")
@@ -368,5 +380,7 @@ def test_graph_links_and_merging_a_peers_measurements():
     g.observe("a", "b", rtt_s=0.02, bandwidth_bytes_per_s=1e9)
     g.observe("a", "c", rtt_s=0.2)  # no bandwidth yet: not a usable link
     assert g.links() == [["a", "b", 0.01, 1e9]] and g.links(origin="b") == []
-    n = g.merge([["b", "c", 0.01, 1e9], ["x", "c", 0.0, 1e9], ["b", "b", 0.0, 1.0], ["b", "d", 0.01, 0]], origin="b")
+    n = g.merge(
+        [["b", "c", 0.01, 1e9], ["x", "c", 0.0, 1e9], ["b", "b", 0.0, 1.0], ["b", "d", 0.01, 0]], origin="b"
+    )
     assert n == 1 and g.widest("a", "c").regions == ("a", "b", "c")

@@ -270,7 +270,9 @@ def test_concurrent_encoding_is_deterministic_and_counted():
     chunks = [(new[o : o + CHUNK], img[o : o + CHUNK]) for o in range(0, len(img), CHUNK)]
     metrics = CodecMetrics()
     enc = ChunkEncoder(CodecConfig(zstd_level=1), metrics=metrics)
-    expect = [enc.encode(c, offset=i, base=b, base_digest=DIGEST).tobytes() for i, (c, b) in enumerate(chunks)]
+    expect = [
+        enc.encode(c, offset=i, base=b, base_digest=DIGEST).tobytes() for i, (c, b) in enumerate(chunks)
+    ]
     results: dict[int, list[bytes]] = {}
 
     def work(t: int) -> None:

@@ -60,7 +60,10 @@ def test_example_documents_every_field_with_its_default():
         for f in fields(getattr(cfg, sec.name)):
             assert f.name in data[sec.name], f"{sec.name}.{f.name} is not documented in the example"
             if default is not None and (sec.name, f.name) not in site_specific:
-                assert getattr(cfg, sec.name).__getattribute__(f.name) == getattr(default, f.name), (sec.name, f.name)
+                assert getattr(cfg, sec.name).__getattribute__(f.name) == getattr(default, f.name), (
+                    sec.name,
+                    f.name,
+                )
 
 
 def test_load_toml_errors_name_the_file(tmp_path):
@@ -86,7 +89,11 @@ def test_reload_plan_splits_live_from_restart():
                      "health": {"error_window_s": 30.0}})  # fmt: skip
     live, restart = reload_plan(old, new)
     assert sorted(x.split(":")[0] for x in live) == [
-        "health.error_window_s", "logging.level", "transport.max_streams", "transport.rate_limit_bytes_per_s"]
+        "health.error_window_s",
+        "logging.level",
+        "transport.max_streams",
+        "transport.rate_limit_bytes_per_s",
+    ]
     assert restart == ["listen.data_port: 7700 -> 7800"]
     running = merge_live(old, new)
     assert running.transport.rate_limit_bytes_per_s == 5e6 and running.transport.max_streams == 8
@@ -104,11 +111,15 @@ _values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.flo
                     st.text(max_size=8), st.lists(st.integers(), max_size=2))  # fmt: skip
 _keys = st.sampled_from(["id", "region", "data_port", "min_streams", "max_streams", "chunk_size_bytes",
                          "plaintext", "level", "zstd_level", "error_rate_degraded", "x", "latitude_deg"])  # fmt: skip
-_sections = st.sampled_from(["node", "listen", "security", "storage", "transport", "codec", "health", "logging", "zz"])
+_sections = st.sampled_from(
+    ["node", "listen", "security", "storage", "transport", "codec", "health", "logging", "zz"]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(_sections, st.one_of(st.dictionaries(_keys, _values, max_size=4), _values), max_size=5))
+@given(
+    st.dictionaries(_sections, st.one_of(st.dictionaries(_keys, _values, max_size=4), _values), max_size=5)
+)
 def test_any_document_gives_a_config_or_a_config_error(doc):
     try:
         cfg = from_dict(doc)

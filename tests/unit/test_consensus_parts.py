@@ -25,7 +25,11 @@ def test_file_storage_survives_a_restart_and_rewrites_a_replaced_suffix(tmp_path
     s.append([Entry(3, 3, "data", b"z")])  # a new leader replaces index 3
     s.close()
     t = FileStorage(str(tmp_path))
-    assert t.hard == HardState(3, "b", 2) and [(e.term, e.data) for e in t.log[1:]] == [(1, b""), (1, b"x"), (3, b"z")]
+    assert t.hard == HardState(3, "b", 2) and [(e.term, e.data) for e in t.log[1:]] == [
+        (1, b""),
+        (1, b"x"),
+        (3, b"z"),
+    ]
     t.append([Entry(3, 4, "conf", b"a,b,c")])
     t.close()
     assert [e.index for e in FileStorage(str(tmp_path)).log] == [0, 1, 2, 3, 4]
@@ -69,7 +73,11 @@ def test_catalog_versions_holders_and_leases():
     r = do(6, op="lease", key="k", holder="n2", until=200.0, at=50.0)
     assert not r["ok"] and "leased to n1" in r["error"]
     assert do(7, op="lease", key="k", holder="n2", until=200.0, at=150.0)["ok"]  # the old lease expired
-    assert c.apply(8, b"junk")["ok"] is False and do(9, op="nope")["ok"] is False and do(10, op="version")["ok"] is False
+    assert (
+        c.apply(8, b"junk")["ok"] is False
+        and do(9, op="nope")["ok"] is False
+        and do(10, op="version")["ok"] is False
+    )
     do(11, op="version", key="k", digest="aa", size=10, holder="n3", at=5.0)
     assert c.replica_versions()["k"] == [("n2", 2, 0.0), ("n3", 1, 0.0)]  # each holder's newest version
     again = Catalog.restore(json.loads(json.dumps(c.snapshot())))
@@ -79,19 +87,30 @@ def test_catalog_versions_holders_and_leases():
 def test_catalog_keeps_a_bounded_history_per_key():
     c = Catalog()
     for i in range(1, MAX_KEY_VERSIONS + 41):
-        r = c.apply(i, json.dumps({"op": "version", "key": "vm", "digest": f"{i:032x}", "size": i, "holder": "n1"}).encode())
+        r = c.apply(
+            i,
+            json.dumps(
+                {"op": "version", "key": "vm", "digest": f"{i:032x}", "size": i, "holder": "n1"}
+            ).encode(),
+        )
         assert r == {"ok": True, "version": i}  # numbering goes on past the trimmed ones
     vs = c.keys["vm"]
-    assert len(vs) == MAX_KEY_VERSIONS and vs[0]["version"] == 41 and vs[-1]["version"] == MAX_KEY_VERSIONS + 40
+    assert (
+        len(vs) == MAX_KEY_VERSIONS and vs[0]["version"] == 41 and vs[-1]["version"] == MAX_KEY_VERSIONS + 40
+    )
     assert c.where()["vm"]["version"] == MAX_KEY_VERSIONS + 40
-    assert len(json.dumps(c.snapshot())) < 200 * MAX_KEY_VERSIONS  # the snapshot does not grow with the history
+    assert (
+        len(json.dumps(c.snapshot())) < 200 * MAX_KEY_VERSIONS
+    )  # the snapshot does not grow with the history
 
 
 _ints = st.integers(0, 2**40)
 _names = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8)
 _entries = st.lists(st.builds(Entry, _ints, st.integers(1, 2**40), st.sampled_from(["data", "noop", "conf"]),
                               st.binary(max_size=64)), max_size=5)  # fmt: skip
-_metas = st.builds(SnapshotMeta, st.integers(1, 2**40), _ints, st.lists(_names, min_size=1, max_size=5).map(tuple))
+_metas = st.builds(
+    SnapshotMeta, st.integers(1, 2**40), _ints, st.lists(_names, min_size=1, max_size=5).map(tuple)
+)
 
 
 def _wire_msgs():
@@ -102,13 +121,32 @@ def _wire_msgs():
             MsgType.PREVOTE: st.fixed_dictionaries({"last_index": _ints, "last_term": _ints}),
             MsgType.VOTE_RESP: st.fixed_dictionaries({"granted": b}),
             MsgType.PREVOTE_RESP: st.fixed_dictionaries({"granted": b}),
-            MsgType.APPEND: st.fixed_dictionaries({"prev_index": _ints, "prev_term": _ints, "commit": _ints,
-                                                   "read_seq": _ints, "entries": _entries.map(tuple)}),  # fmt: skip
+            MsgType.APPEND: st.fixed_dictionaries(
+                {
+                    "prev_index": _ints,
+                    "prev_term": _ints,
+                    "commit": _ints,
+                    "read_seq": _ints,
+                    "entries": _entries.map(tuple),
+                }
+            ),  # fmt: skip
             MsgType.APPEND_RESP: st.fixed_dictionaries({"success": b, "match": _ints, "read_seq": _ints}),
-            MsgType.SNAP: st.fixed_dictionaries({"snap": _metas, "offset": _ints, "done": b, "read_seq": _ints,
-                                                 "data": st.binary(max_size=256)}),  # fmt: skip
-            MsgType.SNAP_RESP: st.fixed_dictionaries({"snap": _metas.map(lambda m: SnapshotMeta(m.index, m.term)),
-                                                      "match": _ints, "read_seq": _ints}),  # fmt: skip
+            MsgType.SNAP: st.fixed_dictionaries(
+                {
+                    "snap": _metas,
+                    "offset": _ints,
+                    "done": b,
+                    "read_seq": _ints,
+                    "data": st.binary(max_size=256),
+                }
+            ),  # fmt: skip
+            MsgType.SNAP_RESP: st.fixed_dictionaries(
+                {
+                    "snap": _metas.map(lambda m: SnapshotMeta(m.index, m.term)),
+                    "match": _ints,
+                    "read_seq": _ints,
+                }
+            ),  # fmt: skip
             MsgType.READ_INDEX: st.fixed_dictionaries({"ctx": st.binary(max_size=64)}),
             MsgType.READ_INDEX_RESP: st.fixed_dictionaries({"ctx": st.binary(max_size=64), "commit": _ints}),
         }[t]
@@ -145,7 +183,9 @@ def test_msg_from_wire_of_junk_raises_remote_protocol_error_only(d):
         m = msg_from_wire(d)
     except RemoteProtocolError:
         return
-    assert isinstance(m, Msg) and isinstance(m.term, int) and all(isinstance(e.data, bytes) for e in m.entries)
+    assert (
+        isinstance(m, Msg) and isinstance(m.term, int) and all(isinstance(e.data, bytes) for e in m.entries)
+    )
 
 
 @given(st.dictionaries(st.sampled_from(["type", "src", "dst", "term", "entries", "data", "match", "zz"]),
@@ -302,10 +342,16 @@ def test_the_driver_reads_linearizably_snapshots_and_restores(tmp_path):
     d.start()
     try:
         for k in range(25):
-            assert d.propose({"op": "version", "key": f"k{k % 3}", "digest": f"{k:032x}", "size": k, "holder": "h"})["ok"]
+            assert d.propose(
+                {"op": "version", "key": f"k{k % 3}", "digest": f"{k:032x}", "size": k, "holder": "h"}
+            )["ok"]
         where = d.read(lambda c: c.where())
         assert where == d.catalog.where() and len(where) == 3
-        assert d.snapshots >= 2 and d.storage.snap.index >= 20 and d.status()["snapshot_index"] == d.storage.snap.index
+        assert (
+            d.snapshots >= 2
+            and d.storage.snap.index >= 20
+            and d.status()["snapshot_index"] == d.storage.snap.index
+        )
         copy = d.read()
         assert copy is not d.catalog and copy.where() == where
     finally:
@@ -363,13 +409,19 @@ def test_a_leader_replicates_before_its_own_fsync_and_everything_else_waits_for_
             pos, msgs = 0, []
             while pos < len(frames):
                 h = k.parse_header(frames, pos)
-                msgs.append(msg_from_wire(decode_control(h, frames[pos + C.HEADER_SIZE : pos + C.HEADER_SIZE + h.enc_len])))
+                msgs.append(
+                    msg_from_wire(
+                        decode_control(h, frames[pos + C.HEADER_SIZE : pos + C.HEADER_SIZE + h.enc_len])
+                    )
+                )
                 pos += C.HEADER_SIZE + h.enc_len
             self.msgs += msgs
             events.append(("send", self.dst, [m.type.value for m in msgs]))
 
     def driver(i: str) -> RaftDriver:  # not started: this test runs its rounds
-        d = RaftDriver(i, {p: "127.0.0.1:9" for p in "abc" if p != i}, str(tmp_path / i), dialer=Dialer.plaintext())
+        d = RaftDriver(
+            i, {p: "127.0.0.1:9" for p in "abc" if p != i}, str(tmp_path / i), dialer=Dialer.plaintext()
+        )
         d.links = {p: Link(p) for p in "abc" if p != i}  # type: ignore[misc]
         sync = d.storage.sync
         d.storage.sync = lambda: (events.append(("sync", i, d.storage._unsynced)), sync())[1]  # type: ignore[method-assign]
@@ -397,12 +449,17 @@ def test_a_leader_replicates_before_its_own_fsync_and_everything_else_waits_for_
                                       "id": "0123456789abcdef"}).encode()])  # fmt: skip
     a._release(a._drain())
     assert events == [("send", "b", ["append"]), ("send", "c", ["append"]), ("sync", "a", True)]
-    assert a.node.commit < a.node.last_index and a.catalog.keys == {}  # nothing applied before a quorum has it
+    assert (
+        a.node.commit < a.node.last_index and a.catalog.keys == {}
+    )  # nothing applied before a quorum has it
     events.clear()
     for m in sent(a.links["b"]):
         b.node.step(m)
     b._release(b._drain())
-    assert events == [("sync", "b", True), ("send", "a", ["append_resp"])]  # b answers once its log is durable
+    assert events == [
+        ("sync", "b", True),
+        ("send", "a", ["append_resp"]),
+    ]  # b answers once its log is durable
     for m in sent(b.links["a"]):
         a.node.step(m)
     a._release(a._drain())

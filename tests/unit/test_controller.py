@@ -496,7 +496,9 @@ class Overshoot:
     """A loss-limited link whose streams each run at ``boost`` x their steady rate for their first
     ``samples`` samples (cubic's slow start and its slow decay from there), capped at the link."""
 
-    def __init__(self, curve: dict[int, float], boost: float = 2.0, samples: int = 6, cap: float = 125e6) -> None:
+    def __init__(
+        self, curve: dict[int, float], boost: float = 2.0, samples: int = 6, cap: float = 125e6
+    ) -> None:
         self.base = measured(curve)
         self.boost, self.samples, self.cap = boost, samples, cap
         self.born: list[int] = []  # the sample each live stream started in
@@ -506,7 +508,9 @@ class Overshoot:
             self.born.append(k)
         del self.born[n:]  # the youngest retire first
         per = self.base(n, k) / n
-        return min(0.98 * self.cap, sum(per * (self.boost if k - b < self.samples else 1.0) for b in self.born))
+        return min(
+            0.98 * self.cap, sum(per * (self.boost if k - b < self.samples else 1.0) for b in self.born)
+        )
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -562,4 +566,6 @@ def test_a_loss_limited_path_whose_loss_reads_low_at_first_and_spikes_still_doub
     counts, _ = run(c, Overshoot(CUBIC_1PCT_16), 40, noise=0.05, seed=seed, rr=rr)
     assert counts[2] == 8, counts  # the start doubles
     assert settled_at(counts, 15, 16) <= 10, counts
-    assert any("retransmits up, one more sample" in e.reason for e in c.history)  # the spike was looked at twice
+    assert any(
+        "retransmits up, one more sample" in e.reason for e in c.history
+    )  # the spike was looked at twice

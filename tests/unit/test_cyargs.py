@@ -18,7 +18,9 @@ def test_ssize_takes_index_and_overflows_past_64_bits():
         ssize(1.0)
 
 
-@pytest.mark.skipif(not hasattr(ctypes, "pythonapi"), reason="the address comes from PyObject_GetBuffer (CPython)")
+@pytest.mark.skipif(
+    not hasattr(ctypes, "pythonapi"), reason="the address comes from PyObject_GetBuffer (CPython)"
+)
 def test_request_buffer_returns_the_address_and_releases_the_buffer():
     b = bytearray(b"abcdef")
     assert request_buffer(b, writable=True) == ctypes.addressof((ctypes.c_char * 6).from_buffer(b))

@@ -33,7 +33,9 @@ def test_delta_false_wins_and_an_untracked_sender_checks_nothing_else():
     assert full_refresh_reason(off, {"deltas": 0, "full_at": 0.0}, 1.0) == "codec.delta = false"
     assert full_refresh_reason(off, None, 1.0, tracked=False) == "codec.delta = false"
     assert full_refresh_reason(CODEC, None, 1.0, tracked=False) is None
-    assert full_refresh_reason(CodecSettings(max_delta_chain=0), {"deltas": 0, "full_at": 0.0}, 1.0) is not None
+    assert (
+        full_refresh_reason(CodecSettings(max_delta_chain=0), {"deltas": 0, "full_at": 0.0}, 1.0) is not None
+    )
 
 
 def test_zstd_level_bounds_reach_the_fast_levels_and_no_further():

@@ -60,4 +60,8 @@ def test_not_leader_error_carries_the_leader():
 
 def test_no_healthy_peer_error_is_a_dwcp_error_and_pickles():
     e = pickle.loads(pickle.dumps(errors.NoHealthyPeerError("no healthy peer")))
-    assert type(e) is errors.NoHealthyPeerError and isinstance(e, errors.DWCPError) and str(e) == "no healthy peer"
+    assert (
+        type(e) is errors.NoHealthyPeerError
+        and isinstance(e, errors.DWCPError)
+        and str(e) == "no healthy peer"
+    )

@@ -189,7 +189,9 @@ def test_consts_pxi_mirrors_python_consts():
     path = os.path.join(os.path.dirname(C.__file__), "..", "_fast", "consts.pxi")
     with open(path) as f:
         text = f.read()
-    found = dict((k, int(v, 0)) for k, v in re.findall(r"^\s+([A-Z_0-9]+)\s*=\s*(0x[0-9A-Fa-f]+|\d+)", text, re.M))
+    found = dict(
+        (k, int(v, 0)) for k, v in re.findall(r"^\s+([A-Z_0-9]+)\s*=\s*(0x[0-9A-Fa-f]+|\d+)", text, re.M)
+    )
     expect = {
         "HEADER_SIZE": C.HEADER_SIZE, "VERSION": C.VERSION, "MAGIC_U32": C.MAGIC_U32,
         "MAX_RAW_LEN": C.MAX_RAW_LEN, "MAX_ENC_LEN": C.MAX_ENC_LEN, "MAX_CONTROL_LEN": C.MAX_CONTROL_LEN,

@@ -178,7 +178,9 @@ def test_error_rate_reconfigured_window():
     c.record(True, 40.0)
     reg.reconfigure(HealthThresholds(error_window_s=20.0))  # same buckets, shorter window
     assert c.counts(40.0) == (0, 1)
-    reg.reconfigure(HealthThresholds(error_window_s=20.0, error_bucket_s=0.5))  # other buckets: a fresh window
+    reg.reconfigure(
+        HealthThresholds(error_window_s=20.0, error_bucket_s=0.5)
+    )  # other buckets: a fresh window
     assert c.counts(40.0) == (0, 0)
     c.record(False, 41.0)
     assert c.counts(41.0) == (1, 1) and c.counts(60.9) == (1, 1) and c.counts(61.0) == (0, 0)
@@ -193,7 +195,9 @@ def test_error_rate_late_event_counts_in_the_newest_bucket():
     assert c.counts(110.0) == (0, 0)
 
 
-def _brute_force(events: list[tuple[float, bool]], now: float, window_s: float, bucket_s: float) -> tuple[int, int]:
+def _brute_force(
+    events: list[tuple[float, bool]], now: float, window_s: float, bucket_s: float
+) -> tuple[int, int]:
     n = max(1, round(window_s / bucket_s))
     k_now = math.floor(now / bucket_s)
     inside = [ok for t, ok in events if k_now - n < math.floor(t / bucket_s) <= k_now]

@@ -37,7 +37,9 @@ def busy() -> Metrics:
     m.tcp_info("b:7700", 0.0503, 7)
     m.transfer_finished("tx", "b:7700", "ok", 1.7, 8 << 20, 2 << 20)
     m.transfer_finished("tx", "b:7700", "failed", 4000.0, 0, 0)
-    m.add_source("dwcp_health_status", "gauge", "health", lambda: [({"check": "amst"}, 0), ({"check": "hde"}, 1)])
+    m.add_source(
+        "dwcp_health_status", "gauge", "health", lambda: [({"check": "amst"}, 0), ({"check": "hde"}, 1)]
+    )
     return m
 
 
@@ -57,8 +59,14 @@ def test_exposition_says_what_happened():
     ratio = {x[1]["codec"]: x[2] for x in s["dwcp_codec_compression_ratio"]}
     assert ratio["zstd"] == 4.0 and ratio["raw"] == pytest.approx(100 / 164)
     h = {(x[0], x[1].get("le")): x[2] for x in s["dwcp_transfer_duration_seconds"]}
-    assert h[("dwcp_transfer_duration_seconds_bucket", "1.0")] == 0 and h[("dwcp_transfer_duration_seconds_bucket", "2.5")] == 1
-    assert h[("dwcp_transfer_duration_seconds_bucket", "3600.0")] == 1 and h[("dwcp_transfer_duration_seconds_bucket", "+Inf")] == 2
+    assert (
+        h[("dwcp_transfer_duration_seconds_bucket", "1.0")] == 0
+        and h[("dwcp_transfer_duration_seconds_bucket", "2.5")] == 1
+    )
+    assert (
+        h[("dwcp_transfer_duration_seconds_bucket", "3600.0")] == 1
+        and h[("dwcp_transfer_duration_seconds_bucket", "+Inf")] == 2
+    )
     assert h[("dwcp_transfer_duration_seconds_count", None)] == 2
     assert h[("dwcp_transfer_duration_seconds_sum", None)] == pytest.approx(4001.7)
     assert s["dwcp_build_info"][0][1]["backend"] in ("fast", "ref")
@@ -67,7 +75,18 @@ def test_exposition_says_what_happened():
 
 def test_naming_rules():
     text = generate_latest(busy().registry).decode()
-    units = ("_bytes", "_seconds", "_ratio", "_info", "_streams", "_status", "_total", "_count", "_sum", "_bucket")
+    units = (
+        "_bytes",
+        "_seconds",
+        "_ratio",
+        "_info",
+        "_streams",
+        "_status",
+        "_total",
+        "_count",
+        "_sum",
+        "_bucket",
+    )
     for fam in text_string_to_metric_families(text):
         assert re.fullmatch(r"dwcp_[a-z]+_[a-z_]+", fam.name), fam.name
         for s in fam.samples:
@@ -76,9 +95,13 @@ def test_naming_rules():
             assert s.name.endswith(units) or fam.type == "gauge", s.name
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
+)
 def test_promtool_check_metrics_is_clean():
-    r = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(busy().registry), capture_output=True)
+    r = subprocess.run(
+        ["promtool", "check", "metrics"], input=generate_latest(busy().registry), capture_output=True
+    )
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout, r.stderr)
 
 

@@ -49,7 +49,9 @@ def reborn(node: PbftNode, storage, **kw) -> PbftNode:
 Drop = Callable[[str, Envelope], bool]
 
 
-def pump(nodes: dict[str, PbftNode], drop: Drop | None = None, rounds: int = 200) -> dict[str, list[Committed]]:
+def pump(
+    nodes: dict[str, PbftNode], drop: Drop | None = None, rounds: int = 200
+) -> dict[str, list[Committed]]:
     """Deliver every message at once until the network is quiet; the executed entries per node."""
     out: dict[str, list[Committed]] = {i: [] for i in nodes}
     for _ in range(rounds):
@@ -81,7 +83,9 @@ def signed(sk: dict[str, Ed25519PrivateKey], m: Msg, signer: str | None = None) 
 
 
 def request(sk, origin: str, rid: int, data: bytes) -> Msg:
-    return signed(sk, Msg(MsgType.REQUEST, origin, seq=rid, data=data, digest=request_digest(origin, rid, data)))
+    return signed(
+        sk, Msg(MsgType.REQUEST, origin, seq=rid, data=data, digest=request_digest(origin, rid, data))
+    )
 
 
 def faults(node: PbftNode, kind: str) -> dict[str, int]:
@@ -408,7 +412,11 @@ def test_propose_is_bounded_and_errors_are_sticky():
     with pytest.raises(LocalProtocolError):
         nodes["n2"].propose(b"x" * (64 * 1024 + 1))
     nodes["n1"].status = Status.ERROR
-    for call in (nodes["n1"].tick, lambda: nodes["n1"].propose(b"d"), lambda: nodes["n1"].step(Msg(MsgType.FETCH, "n2"), "n2")):
+    for call in (
+        nodes["n1"].tick,
+        lambda: nodes["n1"].propose(b"d"),
+        lambda: nodes["n1"].step(Msg(MsgType.FETCH, "n2"), "n2"),
+    ):
         with pytest.raises(LocalProtocolError):
             call()
 
@@ -444,7 +452,14 @@ def test_to_wire_and_back():
         assert Msg.from_wire(copy.deepcopy(w)) == Msg.from_wire(w)
 
 
-json_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=80) | st.binary(max_size=8)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=80)
+    | st.binary(max_size=8)
+)
 json_any = st.recursive(json_leaf, lambda ch: st.lists(ch, max_size=5) | st.dictionaries(st.text(max_size=5), ch, max_size=6),
                         max_leaves=30)  # fmt: skip
 field = st.sampled_from(["t", "s", "v", "n", "d", "sig", "data", "aux", "p", "zz"])
@@ -464,7 +479,9 @@ def test_from_wire_of_junk_gives_a_message_or_remote_protocol_error(w):
     _parse(w)
 
 
-@given(st.sampled_from(range(len(SAMPLES))), st.lists(st.tuples(st.integers(0, 3), field, json_any), max_size=4))
+@given(
+    st.sampled_from(range(len(SAMPLES))), st.lists(st.tuples(st.integers(0, 3), field, json_any), max_size=4)
+)
 def test_from_wire_of_a_mutated_message_gives_a_message_or_remote_protocol_error(k, muts):
     w = copy.deepcopy(SAMPLES[k])
     for depth, f, v in muts:
@@ -511,7 +528,9 @@ def test_a_flipped_bit_in_a_signed_field_is_caught(k, pos, x):
 
 
 # -- durability: a node restarted from its storage never contradicts itself ------------------------------------
-def durable(n: int = 4, **kw) -> tuple[dict[str, PbftNode], dict[str, Ed25519PrivateKey], dict[str, MemoryPbftStorage]]:
+def durable(
+    n: int = 4, **kw
+) -> tuple[dict[str, PbftNode], dict[str, Ed25519PrivateKey], dict[str, MemoryPbftStorage]]:
     nodes, sk = make(n, **kw)
     disks = {i: MemoryPbftStorage() for i in nodes}
     nodes = {i: reborn(nd, disks[i], **kw) for i, nd in nodes.items()}
@@ -569,7 +588,9 @@ def test_a_restarted_primary_goes_on_with_fresh_sequence_numbers_and_re_emits_wh
     assert (n0.view, n0.h, n0.last_exec, n0.chain, n0.next_seq) == (0, 4, 6, before.chain, 6)
     assert n0.replayed == 6 and n0._rid > before._rid  # a fresh request-id block: no digest reused
     again = n0.ready().committed  # the host rebuilds its state machine from these
-    assert [c.seq for c in again] == list(range(1, 7)) and sorted(c.data for c in again) == [b"%d" % k for k in range(6)]
+    assert [c.seq for c in again] == list(range(1, 7)) and sorted(c.data for c in again) == [
+        b"%d" % k for k in range(6)
+    ]
     nodes["n3"].propose(b"after")
     out = pump(nodes)
     assert all([(c.seq, c.data) for c in out[i]] == [(7, b"after")] for i in ("n1", "n2", "n3"))

@@ -213,7 +213,11 @@ def test_a_follower_never_installs_a_snapshot_older_than_its_commit():
     f.step(Msg(MsgType.SNAP, "a", "b", 1, snap=snap, offset=0, data=b"old", done=True))
     r = f.ready()
     assert r.snapshot is None and f.last_index == 5 and f.commit == 5
-    assert (r.messages[-1].type, r.messages[-1].success, r.messages[-1].match) == (MsgType.APPEND_RESP, True, 5)
+    assert (r.messages[-1].type, r.messages[-1].success, r.messages[-1].match) == (
+        MsgType.APPEND_RESP,
+        True,
+        5,
+    )
 
 
 def test_a_snapshot_whose_last_entry_we_hold_commits_without_replacing_the_log():
@@ -221,7 +225,12 @@ def test_a_snapshot_whose_last_entry_we_hold_commits_without_replacing_the_log()
     f.storage.append([Entry(1, k) for k in range(1, 6)])
     f.step(Msg(MsgType.SNAP, "a", "b", 1, snap=SnapshotMeta(4, 1, ("a", "b", "c")), data=b"s", done=True))
     r = f.ready()
-    assert r.snapshot is None and f.commit == 4 and f.last_index == 5 and [e.index for e in r.committed] == [1, 2, 3, 4]
+    assert (
+        r.snapshot is None
+        and f.commit == 4
+        and f.last_index == 5
+        and [e.index for e in r.committed] == [1, 2, 3, 4]
+    )
 
 
 def test_an_append_from_before_our_snapshot_skips_what_the_snapshot_covers():
@@ -236,9 +245,22 @@ def test_an_append_from_before_our_snapshot_skips_what_the_snapshot_covers():
 
 def test_commit_never_moves_back_on_a_late_append():
     f = node("b")
-    f.step(Msg(MsgType.APPEND, "a", "b", 1, prev_index=0, prev_term=0, entries=(Entry(1, 1), Entry(1, 2)), commit=2))
+    f.step(
+        Msg(
+            MsgType.APPEND,
+            "a",
+            "b",
+            1,
+            prev_index=0,
+            prev_term=0,
+            entries=(Entry(1, 1), Entry(1, 2)),
+            commit=2,
+        )
+    )
     assert f.commit == 2 and [e.index for e in f.ready().committed] == [1, 2]
-    f.step(Msg(MsgType.APPEND, "a", "b", 1, prev_index=1, prev_term=1, commit=3))  # late heartbeat, knows less
+    f.step(
+        Msg(MsgType.APPEND, "a", "b", 1, prev_index=1, prev_term=1, commit=3)
+    )  # late heartbeat, knows less
     assert f.commit == 2 and f.ready().committed == []
 
 
@@ -266,7 +288,9 @@ def test_read_index_on_the_leader_waits_for_a_quorum_heartbeat():
     n.read_index(b"r1")
     beats = [m for m in n.ready().messages if m.type is MsgType.APPEND]
     assert {m.dst for m in beats} == {"b", "c"} and all(m.read_seq == 1 for m in beats)
-    n.step(Msg(MsgType.APPEND_RESP, "c", "a", 1, success=True, match=1, read_seq=0))  # an older heartbeat's answer
+    n.step(
+        Msg(MsgType.APPEND_RESP, "c", "a", 1, success=True, match=1, read_seq=0)
+    )  # an older heartbeat's answer
     assert n.ready().read_states == []
     n.step(Msg(MsgType.APPEND_RESP, "c", "a", 1, success=True, match=1, read_seq=1))
     assert n.ready().read_states == [ReadState(1, b"r1")]
@@ -275,7 +299,9 @@ def test_read_index_on_the_leader_waits_for_a_quorum_heartbeat():
 def test_read_index_waits_for_the_leaders_first_commit_in_its_term():
     n = leader_of_three()
     n.read_index(b"r")
-    n.step(Msg(MsgType.APPEND_RESP, "b", "a", 1, success=False, match=0, read_seq=1))  # confirms, but no commit yet
+    n.step(
+        Msg(MsgType.APPEND_RESP, "b", "a", 1, success=False, match=0, read_seq=1)
+    )  # confirms, but no commit yet
     assert n.ready().read_states == []
     n.step(Msg(MsgType.APPEND_RESP, "b", "a", 1, success=True, match=1, read_seq=1))
     assert n.ready().read_states == [ReadState(1, b"r")]
@@ -285,7 +311,18 @@ def test_a_follower_forwards_a_read_and_serves_it_once_applied():
     f = node("b")
     with pytest.raises(NotLeaderError):
         f.read_index(b"q")  # no leader known
-    f.step(Msg(MsgType.APPEND, "a", "b", 1, prev_index=0, prev_term=0, entries=(Entry(1, 1), Entry(1, 2)), commit=1))
+    f.step(
+        Msg(
+            MsgType.APPEND,
+            "a",
+            "b",
+            1,
+            prev_index=0,
+            prev_term=0,
+            entries=(Entry(1, 1), Entry(1, 2)),
+            commit=1,
+        )
+    )
     f.ready()
     f.read_index(b"q")
     fwd = f.ready().messages
@@ -314,7 +351,9 @@ def test_prevote_does_not_raise_the_term_until_a_quorum_says_yes():
     while n.role is not Role.PRE_CANDIDATE:
         n.tick()
     pv = n.ready().messages
-    assert n.term == 0 and n.storage.hard.term == 0 and {(m.type, m.term) for m in pv} == {(MsgType.PREVOTE, 1)}
+    assert (
+        n.term == 0 and n.storage.hard.term == 0 and {(m.type, m.term) for m in pv} == {(MsgType.PREVOTE, 1)}
+    )
     n.step(Msg(MsgType.PREVOTE_RESP, "b", "a", 1, granted=True))
     assert n.role is Role.CANDIDATE and n.term == 1
 

@@ -60,7 +60,9 @@ def test_peer_closed_over_tls_ignores_tls_records(tmp_path):
         time.sleep(0.05)  # TLS 1.3: the server's session tickets arrive after the handshake
         assert not _peer_closed(tc)
         ts.sendall(b"app")
-        assert wait_for(lambda: tc.pending() or socket.socket.recv(tc, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        assert wait_for(
+            lambda: tc.pending() or socket.socket.recv(tc, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        )
         assert not _peer_closed(tc) and tc.recv(3) == b"app"  # nothing consumed below the TLS layer
         ts.close()
         s.close()

@@ -146,7 +146,9 @@ def test_watchdog_pid_rules(env, pid, interval):
 
 def test_watchdog_pid_mismatch_sends_nothing(systemd):
     fake, path = systemd
-    other = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid() + 1)})
+    other = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    )
     assert other.watchdog_interval_s is None
     assert other.watchdog() is False
     assert not fake.pending()
@@ -164,7 +166,9 @@ def test_no_op_without_notify_socket(monkeypatch):
     n = Notifier()
     assert not n.enabled and n.address is None
     assert n.watchdog_interval_s == 1.0  # known, though there is nobody to tell
-    assert [n.ready("x"), n.status("x"), n.stopping(), n.reloading(), n.watchdog(), n.extend_timeout(1)] == [False] * 6
+    assert [n.ready("x"), n.status("x"), n.stopping(), n.reloading(), n.watchdog(), n.extend_timeout(1)] == [
+        False
+    ] * 6
     assert n._sock is None and n.sent == 0 and n.failed == 0
     assert notify("READY=1") is False
     assert notify("READY=1", env={}) is False
@@ -215,7 +219,9 @@ def test_refused_socket_does_not_raise(tmp_path, caplog):
             n = Notifier({"NOTIFY_SOCKET": path})
             assert n.ready() is False and n.ready() is False
             assert notify("READY=1", env={"NOTIFY_SOCKET": path}) is False
-        assert len([r for r in caplog.records if r.name == "dwcp.daemon.sdnotify"]) == 2  # Notifier once, notify once
+        assert (
+            len([r for r in caplog.records if r.name == "dwcp.daemon.sdnotify"]) == 2
+        )  # Notifier once, notify once
         n.close()
     finally:
         listener.close()

@@ -46,7 +46,9 @@ def header(tid=7, offset=0, raw_len=MiB, codec=C.CODEC_RAW, base=b"\0" * 16):
 
 
 def session(held=b"", *, mode="full", size=10 * MiB, zero_filled=True, seeded=False, caps=ALL_CAPS):
-    req = parse_send(7, hello(size=size, caps=caps, **({"base_digest": BASE.hex()} if mode != "full" else {})))
+    req = parse_send(
+        7, hello(size=size, caps=caps, **({"base_digest": BASE.hex()} if mode != "full" else {}))
+    )
     p = Plan(mode, None if mode == "full" else BASE, MiB, "")
     return ReceiveSession(req, p, held=held, zero_filled=zero_filled, seeded=seeded, now=100.0)
 

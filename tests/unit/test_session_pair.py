@@ -241,7 +241,9 @@ def test_a_delta_nacked_twice_goes_full():
     assert not pair.tx.goes_full(0)
     assert pair.send_chunk(0, ok=False, codec=C.CODEC_XBZRLE) == NACK_RESEND
     assert pair.tx.goes_full(0) and pair.tx.chunks_resent == 2
-    assert pair.send_chunk(0, codec=C.CODEC_ZSTD) == [0]  # the receiver takes a full chunk in a delta transfer
+    assert pair.send_chunk(0, codec=C.CODEC_ZSTD) == [
+        0
+    ]  # the receiver takes a full chunk in a delta transfer
 
 
 def test_a_nack_storm_ends_the_transfer_with_the_receivers_reason():
@@ -400,10 +402,14 @@ class Transfer(RuleBasedStateMachine):
             event(f"admitted {admitted[0]}")
             s["back"].append(answer)
 
-    @precondition(lambda self: self._live() and any(s["receiving"] is not None for s in self.streams.values()))
+    @precondition(
+        lambda self: self._live() and any(s["receiving"] is not None for s in self.streams.values())
+    )
     @rule(data=st.data(), ok=st.booleans())
     def verify(self, data, ok):
-        sid = data.draw(st.sampled_from([k for k, s in sorted(self.streams.items()) if s["receiving"] is not None]))
+        sid = data.draw(
+            st.sampled_from([k for k, s in sorted(self.streams.items()) if s["receiving"] is not None])
+        )
         s = self.streams[sid]
         i, s["receiving"] = s["receiving"], None
         if ok:
@@ -433,7 +439,9 @@ class Transfer(RuleBasedStateMachine):
         elif what == NACK_FAILED:
             event("a NACK storm failed the transfer")
             assert self.checksum_nacks[i] == MAX_NACKS + 1
-            assert tx.failed == f"chunk {i} failed verification at the receiver {MAX_NACKS + 1} times: {reason}"
+            assert (
+                tx.failed == f"chunk {i} failed verification at the receiver {MAX_NACKS + 1} times: {reason}"
+            )
 
     @precondition(lambda self: self._live() and self.streams)
     @rule(data=st.data(), roll=st.integers(0, 3))
@@ -479,7 +487,9 @@ class Transfer(RuleBasedStateMachine):
         if roll != 9:
             return
         assert self.pair.rx.fail(code, "the receiver gave up")
-        self.pair.tx.fail(f"receiver refused: the receiver gave up (code {code})")  # heard on the control stream
+        self.pair.tx.fail(
+            f"receiver refused: the receiver gave up (code {code})"
+        )  # heard on the control stream
         with pytest.raises(RemoteProtocolError, match="gave up"):
             self.pair.rx.check_commit()
         with pytest.raises(LocalProtocolError):

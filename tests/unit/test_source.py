@@ -50,7 +50,9 @@ def test_a_short_read_names_the_file_and_its_sizes(tmp_path):
     path.write_bytes(b"x" * (2 << 20))
     with FileSource.open(str(path)) as src:
         os.truncate(path, 1000)
-        with pytest.raises(SourceChangedError, match=f"^{path} shrank from {2 << 20} to 1000 bytes during the send$"):
+        with pytest.raises(
+            SourceChangedError, match=f"^{path} shrank from {2 << 20} to 1000 bytes during the send$"
+        ):
             src.read(0, 1 << 20)
         with pytest.raises(SourceChangedError, match="shrank"):
             src.check()
@@ -90,7 +92,10 @@ def test_special_files_are_refused_before_they_are_opened(tmp_path, monkeypatch)
                            ("/dev/zero", "a character device"), ("/dev/null", "a character device")):  # fmt: skip
             with pytest.raises(SourceError) as ei:
                 FileSource.open(str(path))
-            assert str(ei.value) == f"{path} is {kind}, not a regular file: dwcp sends regular files and block devices"
+            assert (
+                str(ei.value)
+                == f"{path} is {kind}, not a regular file: dwcp sends regular files and block devices"
+            )
     finally:
         srv.close()
     assert opened == []
@@ -102,7 +107,9 @@ def test_a_path_swapped_for_a_fifo_after_the_look_neither_hangs_nor_is_sent(tmp_
     os.mkfifo(fifo)
     real_stat = os.stat
     # the look sees a regular file; by the open, the path is a FIFO with no writer
-    monkeypatch.setattr(S.os, "stat", lambda p, *a, **k: real_stat(__file__) if str(p) == str(fifo) else real_stat(p))
+    monkeypatch.setattr(
+        S.os, "stat", lambda p, *a, **k: real_stat(__file__) if str(p) == str(fifo) else real_stat(p)
+    )
     box: list = []
 
     def try_open():

@@ -63,14 +63,18 @@ def test_install_script_into_a_root_then_systemd_analyze_verify(tmp_path):
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     root = tmp_path / "root"
-    r = subprocess.run(["sh", INSTALL, "--root", str(root), "--dwcp", str(fake)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["sh", INSTALL, "--root", str(root), "--dwcp", str(fake)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     unit = root / "etc" / "systemd" / "system" / "dwcpd.service"
     assert _unit(str(unit))["ExecStart"] == [f"{fake} daemon --config /etc/dwcp/dwcp.toml"]
     conf = root / "etc" / "dwcp" / "dwcp.toml"
     assert conf.read_text() == open(os.path.join(ROOT, "systemd", "dwcp.toml.example")).read()
     conf.write_text("# mine\n")
-    r = subprocess.run(["sh", INSTALL, "--root", str(root), "--dwcp", str(fake)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["sh", INSTALL, "--root", str(root), "--dwcp", str(fake)], capture_output=True, text=True
+    )
     assert r.returncode == 0 and conf.read_text() == "# mine\n" and "kept the existing" in r.stdout
     r = subprocess.run(["sh", INSTALL, "--root", str(root), "--dwcp", str(tmp_path / "nope")], capture_output=True,
                        text=True)  # fmt: skip

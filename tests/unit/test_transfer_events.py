@@ -92,7 +92,9 @@ def test_refusals_and_protocol_errors_are_reported(tmp_path):
     with DataServer(server_config(str(tmp_path / "rx")), events=rx_ev) as srv:
         srv.drain(0.1)
         with pytest.raises(TransferError) as ei:
-            Sender(TransportConfig(), SecurityConfig(plaintext=True), events=tx_ev).send(b"x" * 100, *srv.address, "k")
+            Sender(TransportConfig(), SecurityConfig(plaintext=True), events=tx_ev).send(
+                b"x" * 100, *srv.address, "k"
+            )
         assert ei.value.code == C.ERR_UNAVAILABLE
         import socket
 

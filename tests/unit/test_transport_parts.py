@@ -228,7 +228,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="min_streams"):
         from_dict({"security": {"plaintext": True}, "transport": {"min_streams": 5, "max_streams": 2}})
     p = tmp_path / "c.toml"
-    p.write_text('[security]\nplaintext = true\n[transport]\nmax_streams = 4\n')
+    p.write_text("[security]\nplaintext = true\n[transport]\nmax_streams = 4\n")
     assert load_toml(str(p)).transport.max_streams == 4
     p.write_text("[security\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -67,7 +67,9 @@ def test_small_buffers_need_many_streams_and_say_which_sysctl_to_raise():
         f"net.ipv4.tcp_wmem max {4 * MiB} is below 2 x the BDP of eth1 (125000000 bytes): "
         f"sysctl -w net.ipv4.tcp_wmem='4096 16384 {need}'",
     ]
-    many_queues = stream_profile(NicInfo("eth1", speed_mbit_s=10_000, tx_queues=32), rtt_s=0.05, sysctls=SMALL)
+    many_queues = stream_profile(
+        NicInfo("eth1", speed_mbit_s=10_000, tx_queues=32), rtt_s=0.05, sysctls=SMALL
+    )
     assert (many_queues.initial_streams, many_queues.max_streams) == (30, 64)
     assert not any("tx queue" in w for w in many_queues.warnings)
 
@@ -102,7 +104,14 @@ def test_a_bad_rtt_is_refused(rtt_s):
 
 @pytest.mark.parametrize(
     "rate, chunk",
-    [(None, 4 * MiB), (1.25e6, 1 * MiB), (125_000.0, 1 * MiB), (125e6, 8 * MiB), (40e6, 2 * MiB), (1.25e10, 16 * MiB)],
+    [
+        (None, 4 * MiB),
+        (1.25e6, 1 * MiB),
+        (125_000.0, 1 * MiB),
+        (125e6, 8 * MiB),
+        (40e6, 2 * MiB),
+        (1.25e10, 16 * MiB),
+    ],
 )
 def test_chunk_size_is_about_100_ms_of_link(rate, chunk):
     assert chunk_size_bytes(rate) == chunk
@@ -111,7 +120,9 @@ def test_chunk_size_is_about_100_ms_of_link(rate, chunk):
 def test_congestion_warnings():
     assert congestion_warnings(BIG) == []
     (w,) = congestion_warnings(SMALL)
-    assert "have: reno cubic" in w and w.endswith("modprobe tcp_bbr && sysctl -w net.ipv4.tcp_congestion_control=bbr")
+    assert "have: reno cubic" in w and w.endswith(
+        "modprobe tcp_bbr && sysctl -w net.ipv4.tcp_congestion_control=bbr"
+    )
     (w,) = congestion_warnings(Sysctls())
     assert "unreadable" in w
 
@@ -172,7 +183,14 @@ def test_virtual_or_garbled_sysfs_is_unknown(tmp_path, speed):
     _nic_tree(tmp_path, "veth0", {"mtu": "1500", "speed": speed, "duplex": "unknown", "carrier": "garbage",
                                   "operstate": "lowerlayerdown"})  # fmt: skip
     n = read_sysfs("veth0", str(tmp_path))
-    assert (n.mtu, n.speed_mbit_s, n.duplex, n.carrier, n.tx_queues, n.driver) == (1500, None, None, None, None, None)
+    assert (n.mtu, n.speed_mbit_s, n.duplex, n.carrier, n.tx_queues, n.driver) == (
+        1500,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     assert n.operstate == "lowerlayerdown"
 
 
@@ -254,7 +272,13 @@ def test_netlink_and_ethtool_facts_win_and_refusals_are_unknown(tmp_path, monkey
                            tx_queues=4, rx_queues=6, driver="mlx5_core", source="netlink",
                            offloads=(("tso", True), ("gro", False), ("sg", True), ("rx_checksum", True)))  # fmt: skip
     # veth3: ethtool refuses, sysfs speed and queues fill in
-    assert (veth.speed_mbit_s, veth.duplex, veth.tx_queues, veth.rx_queues, veth.offloads) == (10000, "full", 1, 1, ())
+    assert (veth.speed_mbit_s, veth.duplex, veth.tx_queues, veth.rx_queues, veth.offloads) == (
+        10000,
+        "full",
+        1,
+        1,
+        (),
+    )
     # lo: nothing in sysfs either: speed unknown, queues from netlink
     assert (lo.speed_mbit_s, lo.tx_queues, lo.carrier, lo.operstate) == (None, 1, True, "unknown")
     assert [n.name for n in read_nics(["veth3"], sysfs_root=str(tmp_path))] == ["veth3"]
@@ -316,7 +340,12 @@ def test_load_without_a_file_is_silent(tmp_path, caplog):
 
 
 def test_tune_json_apply_on_loopback(tmp_path, capsys):
-    assert tune_cmd.main(["--json", "--interface", "lo", "--rtt-ms", "5", "--apply", "--state-dir", str(tmp_path)]) == 0
+    assert (
+        tune_cmd.main(
+            ["--json", "--interface", "lo", "--rtt-ms", "5", "--apply", "--state-dir", str(tmp_path)]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [n["name"] for n in out["nics"]] == ["lo"] and out["nics"][0]["mtu"] > 0
     assert out["rtt_s"] == 0.005 and out["rtt_source"] == "--rtt-ms"
@@ -354,4 +383,10 @@ def test_add_parser_hooks_into_a_dispatcher():
     p = argparse.ArgumentParser(prog="dwcp")
     tune_cmd.add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(["tune", "--json", "--rtt-ms", "30", "--interface", "lo", "--interface", "eth0"])
-    assert (args.command, args.json, args.rtt_ms, args.interface, args.apply) == ("tune", True, 30.0, ["lo", "eth0"], False)
+    assert (args.command, args.json, args.rtt_ms, args.interface, args.apply) == (
+        "tune",
+        True,
+        30.0,
+        ["lo", "eth0"],
+        False,
+    )

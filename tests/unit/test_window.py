@@ -13,7 +13,9 @@ from dwcp.transport.window import StreamWindow
 MiB = 1 << 20
 
 
-def simulate(w: StreamWindow, link_bytes_per_s: float, rtt_s: float, proc_s: float, seconds: float) -> list[int]:
+def simulate(
+    w: StreamWindow, link_bytes_per_s: float, rtt_s: float, proc_s: float, seconds: float
+) -> list[int]:
     """A stream that is either window-limited (window x chunk per RTT + processing) or link-limited."""
     t, out = 0.0, []
     while t < seconds:
