@@ -102,7 +102,10 @@ def raft_frame(d: dict) -> bytes:
     """``encode_control(FRAME_RAFT, 0, d)`` for a dict ``msg_to_wire`` made: the schema check is left out on
     this hot path (the tests check that every message type passes it; the receiver checks it anyway)."""
     body = json.dumps(d, separators=(",", ":")).encode()
-    return _k.pack_header(C.FRAME_RAFT, C.CODEC_RAW, 0, 0, 0, len(body), len(body), raw_hash=_k.xxh3_64(body)) + body
+    return (
+        _k.pack_header(C.FRAME_RAFT, C.CODEC_RAW, 0, 0, 0, len(body), len(body), raw_hash=_k.xxh3_64(body))
+        + body
+    )
 
 
 def _int(d: dict, k: str) -> int:
@@ -334,9 +337,13 @@ class RaftDriver:
         self._waiters: dict[str, tuple[threading.Lock, list]] = {}
         self._wake = threading.Event()
         self._inbox: list[Msg] = []  # delivered messages (bounded: MAX_INBOX, beyond it dropped as if lost)
-        self._props: list[tuple[int, bytes]] = []  # (the term it was handed in, command): proposals and forwards
+        self._props: list[
+            tuple[int, bytes]
+        ] = []  # (the term it was handed in, command): proposals and forwards
         self._reads: list[bytes] = []  # read contexts to ask the core about
-        self._held: list[bytes] = []  # leader: proposals waiting for the round in flight to commit (core thread)
+        self._held: list[
+            bytes
+        ] = []  # leader: proposals waiting for the round in flight to commit (core thread)
         self._held_since = 0.0
         self._held_term = -1
         self._quiet_props = False  # set by the core thread: see _submit
@@ -348,7 +355,9 @@ class RaftDriver:
         self._last_leader: str | None = None
         self._core_thread: threading.Thread | None = None
         with self.lock:
-            out = self._drain()  # a restart: the catalog from the snapshot on disk (the log replays as it commits)
+            out = (
+                self._drain()
+            )  # a restart: the catalog from the snapshot on disk (the log replays as it commits)
         self._release(out)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -422,8 +431,9 @@ class RaftDriver:
                 self._quiet_props = self.node.role is Role.LEADER and self.node.commit < self.node.last_index
             self._release(out)
 
-    def _round(self, msgs: list[Msg], props: list[tuple[int, bytes]], reads: list[bytes], tick: bool,
-               now: float) -> None:
+    def _round(
+        self, msgs: list[Msg], props: list[tuple[int, bytes]], reads: list[bytes], tick: bool, now: float
+    ) -> None:
         node = self.node
         for m in msgs:
             node.step(m)
@@ -456,7 +466,9 @@ class RaftDriver:
         if tick:
             node.tick()
 
-    def _drain(self) -> tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]], list[threading.Event]]:
+    def _drain(
+        self,
+    ) -> tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]], list[threading.Event]]:
         """Hand out what the core has ready (lock held).  Returns what to do once the lock is released:
         the messages per peer, and the proposers and readers to wake."""
         r = self.node.ready()
@@ -467,7 +479,9 @@ class RaftDriver:
         sends: dict[str, list[Msg]] = {}
         early: dict[str, list[Msg]] = {}
         for m in r.messages:
-            (early if m.type is MsgType.APPEND or m.type is MsgType.SNAP else sends).setdefault(m.dst, []).append(m)
+            (early if m.type is MsgType.APPEND or m.type is MsgType.SNAP else sends).setdefault(
+                m.dst, []
+            ).append(m)
         self._send(early)
         self.storage.sync()  # durable before anyone hears of it (an answer, a vote), or it is applied
         if r.snapshot is not None:
@@ -533,7 +547,9 @@ class RaftDriver:
         here, on the connection's thread; the core thread steps it with the rest of its round."""
         if d.get("type") == "forward":  # a follower's proposal for us to lead
             if peer_identity is not None and d.get("src") != peer_identity:
-                raise RemoteProtocolError("forwarded proposal from a node that is not its sender", C.ERR_BAD_FIELD)
+                raise RemoteProtocolError(
+                    "forwarded proposal from a node that is not its sender", C.ERR_BAD_FIELD
+                )
             try:
                 data = _hex(d.get("data"), MAX_WIRE_DATA, "forwarded data")
             except (ValueError, TypeError) as exc:
@@ -543,9 +559,13 @@ class RaftDriver:
             return
         m = msg_from_wire(d)
         if peer_identity is not None and m.src != peer_identity:
-            raise RemoteProtocolError(f"raft message from {peer_identity} claims to be from {m.src}", C.ERR_BAD_FIELD)
+            raise RemoteProtocolError(
+                f"raft message from {peer_identity} claims to be from {m.src}", C.ERR_BAD_FIELD
+            )
         if m.dst != self.id or m.src not in self.links:
-            raise RemoteProtocolError(f"raft message {m.src} -> {m.dst} is not for this cluster node", C.ERR_BAD_FIELD)
+            raise RemoteProtocolError(
+                f"raft message {m.src} -> {m.dst} is not for this cluster node", C.ERR_BAD_FIELD
+            )
         self._submit("msg", m)
 
     # -- proposing ------------------------------------------------------------------------
@@ -561,21 +581,24 @@ class RaftDriver:
         latch.acquire()  # the core releases it once the command is applied here
         waiter: tuple[str, threading.Lock, list] | None = (cid, latch, box)
         deadline = time.monotonic() + timeout_s
-        proposed_in: int | None = None  # the term we handed it in at: once per term
+        proposed_in: tuple[int, str | None] | None = None  # (term, leader) we handed it in at: once per pair
         while True:
             self._check()
-            term = self.node.term  # a racy read; the core drops the proposal if the term moved on
-            if proposed_in != term:
+            term, leader = self.node.term, self.node.leader  # racy reads; the core drops a stale proposal
+            if proposed_in != (term, leader):
                 # the core proposes it (leader) or forwards it (follower); a new term may have dropped an
-                # uncommitted proposal: ask again then (the catalog's commands are idempotent per content)
+                # uncommitted proposal, and one made while no leader was known (an election under way) went
+                # nowhere: ask again then (the catalog's commands are idempotent per content)
                 self._submit("prop", (term, data), waiter)
-                proposed_in, waiter = term, None
+                proposed_in, waiter = (term, leader), None
             if latch.acquire(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
                 break
             if time.monotonic() >= deadline:
                 with self._in_lock:
                     self._waiters.pop(cid, None)
-                raise NotLeaderError(f"no quorum committed the command within {timeout_s} s", self.node.leader)
+                raise NotLeaderError(
+                    f"no quorum committed the command within {timeout_s} s", self.node.leader
+                )
         return box[0]
 
     # -- reading ---------------------------------------------------------------------------
