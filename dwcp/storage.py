@@ -606,11 +606,15 @@ class Partial:
         return self.base + ".part"
 
     def unmark(self, i: int) -> None:
+        """Forget chunk ``i`` (it must come again): in ``.state`` first, then in memory."""
         self._check()
         self._span(i)
+        try:
+            os.pwrite(self._sfd, _REC.pack(0, 0), _STATE_HDR.size + _REC.size * i)
+        except OSError as exc:
+            raise StorageError(f"cannot record progress of {self.key!r}: {exc.strerror}") from exc
         with self._lock:
             self._have[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-        os.pwrite(self._sfd, _REC.pack(0, 0), _STATE_HDR.size + _REC.size * i)
 
     def verify_resumed(self) -> list[int]:
         """Re-hash chunks marked done (after a resume); forget those that do not match."""
