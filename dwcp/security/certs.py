@@ -352,8 +352,13 @@ def bft_signing_key(path: str, *, create: bool = True):
 
         _write_all([(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()), 0o600)], False)
     check_key_permissions(path)
-    with open(path, "rb") as f:
-        raw = f.read(33)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(33)
+    except OSError as exc:
+        raise ConfigError(
+            f"BFT signing key {path}: {exc.strerror} (a file of 32 raw bytes is expected)"
+        ) from None
     if len(raw) != 32:
         raise ConfigError(f"BFT signing key {path}: expected 32 raw bytes (Ed25519), found {len(raw)}")
     key = Ed25519PrivateKey.from_private_bytes(raw)

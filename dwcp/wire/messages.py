@@ -27,8 +27,8 @@ __all__ = ["encode_control", "decode_control", "SCHEMAS", "MAX_STREAMS", "MAX_OB
 
 MAX_STREAMS = 256
 MAX_OBJECT_BYTES = 1 << 44  # 16 TiB
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"[0-9a-f]{32}")  # with fullmatch: `$` would let a final "\n" by
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 # field -> (type, required)
 _T = bool | int | str
@@ -141,7 +141,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"missing field {k!r}")
     for k in ("digest", "base_digest"):
         v = obj.get(k)
-        if v is not None and not _HEX32.match(v):
+        if v is not None and not _HEX32.fullmatch(v):
             raise err(f"field {k!r} is not 32 hex digits")
     if "streams" in obj and not 1 <= obj["streams"] <= MAX_STREAMS:
         raise err(f"streams={obj['streams']} outside [1, {MAX_STREAMS}]")
@@ -165,7 +165,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"unknown role {obj['role']!r}")
         if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe", "raft"):
             raise err(f"unknown op {obj.get('op')!r}")
-        if obj["role"] == "data" and not _HEX64.match(obj.get("token", "")):
+        if obj["role"] == "data" and not _HEX64.fullmatch(obj.get("token", "")):
             raise err("data stream without a valid token")
     if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
@@ -264,6 +264,6 @@ def decode_control(header, payload) -> dict:
     verify_payload(header, payload)
     try:
         obj = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: malformed too
         raise _bad(f"control payload is not JSON: {exc}") from None
     return _validate(header.frame_type, obj)

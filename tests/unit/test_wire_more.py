@@ -1,0 +1,551 @@
+"""More wire tests: every schema rule of dwcp.wire.messages and the FrameReader rules of dwcp.wire.frames.
+
+Each bad control message is checked both ways: decoding it (a peer sent it) raises
+RemoteProtocolError(ERR_MALFORMED), encoding it (we tried to send it) raises
+LocalProtocolError(ERR_MALFORMED), and the error names the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dwcp._backend import impl as _k
+from dwcp.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
+from dwcp.wire import consts as C
+from dwcp.wire import messages as M
+from dwcp.wire.frames import EOF, NEED_DATA, Frame, FrameReader
+
+TOKEN = "ab" * 32
+DIGEST = "0123456789abcdef" * 2
+
+GOOD = {
+    C.FRAME_HELLO: {"v": 1, "role": "control", "op": "send"},
+    C.FRAME_WELCOME: {"mode": "full"},
+    C.FRAME_ACK: {"chunks": [0, 1]},
+    C.FRAME_NACK: {"chunk": 1, "reason": "bad"},
+    C.FRAME_DONE: {},
+    C.FRAME_ERROR: {"code": 1, "message": "m"},
+    C.FRAME_RAFT: {"type": "append", "src": "a"},
+    C.FRAME_CLOSE: {},
+}
+
+
+def raw_frame(frame_type: int, payload: bytes, *, transfer_id: int = 7, raw_hash: int | None = None) -> bytes:
+    """A control frame carrying ``payload`` verbatim (not necessarily valid JSON)."""
+    h = _k.xxh3_64(payload) if raw_hash is None else raw_hash
+    n = len(payload)
+    return _k.pack_header(frame_type, C.CODEC_RAW, 0, transfer_id, 0, n, n, raw_hash=h) + payload
+
+
+def split(frame: bytes):
+    return _k.parse_header(frame, 0), frame[C.HEADER_SIZE :]
+
+
+def decode_raw(frame_type: int, payload: bytes) -> dict:
+    return M.decode_control(*split(raw_frame(frame_type, payload)))
+
+
+def decode_obj(frame_type: int, obj) -> dict:
+    return decode_raw(frame_type, json.dumps(obj).encode())
+
+
+def with_(frame_type: int, **fields) -> dict:
+    d = dict(GOOD[frame_type])
+    d.update(fields)
+    return d
+
+
+def without(frame_type: int, field: str) -> dict:
+    d = dict(GOOD[frame_type])
+    del d[field]
+    return d
+
+
+H, W, A, N, D, E, R, X = (C.FRAME_HELLO, C.FRAME_WELCOME, C.FRAME_ACK, C.FRAME_NACK, C.FRAME_DONE,
+                          C.FRAME_ERROR, C.FRAME_RAFT, C.FRAME_CLOSE)  # fmt: skip
+LINK = ["eu", "us", 0.04, 1_000_000]
+FWD = {"to": "h:1", "seconds": 1.5, "wire_bytes": 10, "mode": "full"}
+ENTRY = [1, 2, "data", "00"]
+
+# (frame type, message, regex the error must match: it names the field or rule)
+BAD = [
+    pytest.param(C.FRAME_DATA, {}, "carries no JSON", id="data-frame-has-no-schema"),
+    pytest.param(C.FRAME_PAGE_HASHES, {}, "carries no JSON", id="page-hashes-has-no-schema"),
+    pytest.param(H, [1, 2], "not a JSON object", id="array"),
+    pytest.param(H, "hello", "not a JSON object", id="string"),
+    pytest.param(H, with_(H, bogus=1), "unknown field 'bogus'", id="unknown-field"),
+    pytest.param(X, {"reason": "r", "x": 1}, "unknown field 'x'", id="unknown-field-close"),
+    pytest.param(H, with_(H, v=True), "'v' must be an integer", id="bool-for-int"),
+    pytest.param(H, with_(H, size=1.0), "'size' must be an integer", id="float-for-int"),
+    pytest.param(H, with_(H, size="1"), "'size' must be an integer", id="str-for-int"),
+    pytest.param(H, with_(H, key=1), "'key' must be str", id="int-for-str"),
+    pytest.param(H, with_(H, digest=None), "'digest' must be str", id="null-digest"),
+    pytest.param(A, {"chunks": {}}, "'chunks' must be list", id="dict-for-list"),
+    pytest.param(H, with_(H, forward=["h:1"]), "'forward' must be dict", id="list-for-dict"),
+    pytest.param(D, {"ok": 1}, "'ok' must be bool", id="int-for-bool"),
+    pytest.param(H, with_(H, transfer_id=-1), "'transfer_id'=-1 out of range", id="negative-int"),
+    pytest.param(H, with_(H, transfer_id=1 << 64), "'transfer_id'=.* out of range", id="int-2**64"),
+    pytest.param(H, with_(H, key="k" * 4097), "'key' is too long", id="long-str"),
+    pytest.param(R, with_(R, ctx="0" * 4097), "'ctx' is too long", id="long-raft-ctx"),
+    pytest.param(H, without(H, "role"), "missing field 'role'", id="missing-role"),
+    pytest.param(H, without(H, "v"), "missing field 'v'", id="missing-v"),
+    pytest.param(N, without(N, "reason"), "missing field 'reason'", id="missing-reason"),
+    pytest.param(E, without(E, "code"), "missing field 'code'", id="missing-code"),
+    pytest.param(R, without(R, "src"), "missing field 'src'", id="missing-src"),
+    pytest.param(W, {}, "missing field 'mode'", id="missing-mode"),
+    pytest.param(H, with_(H, digest=DIGEST.upper()), "'digest' is not 32 hex", id="upper-hex-digest"),
+    pytest.param(H, with_(H, digest=DIGEST[:-1]), "'digest' is not 32 hex", id="short-digest"),
+    pytest.param(W, with_(W, base_digest="z" * 32), "'base_digest' is not 32 hex", id="bad-base-digest"),
+    pytest.param(H, with_(H, streams=0), r"streams=0 outside \[1, 256\]", id="streams-0"),
+    pytest.param(H, with_(H, streams=257), "streams=257 outside", id="streams-257"),
+    pytest.param(H, with_(H, size=M.MAX_OBJECT_BYTES + 1), "object size .* exceeds", id="size-too-big"),
+    pytest.param(H, with_(H, chunk_size=C.PAGE_SIZE - 1), "chunk_size=4095", id="chunk-small"),
+    pytest.param(H, with_(H, chunk_size=3 * C.PAGE_SIZE + 1), "chunk_size=", id="chunk-not-pages"),
+    pytest.param(H, with_(H, chunk_size=C.MAX_RAW_LEN + C.PAGE_SIZE), "chunk_size=", id="chunk-big"),
+    pytest.param(W, with_(W, chunk_size=0), "chunk_size=0", id="chunk-0-welcome"),
+    pytest.param(H, with_(H, page_size=8192), "page_size=8192", id="page-size"),
+    pytest.param(A, {"chunks": [-1]}, "ACK chunks", id="ack-negative"),
+    pytest.param(A, {"chunks": [1 << 32]}, "ACK chunks", id="ack-2**32"),
+    pytest.param(A, {"chunks": [True]}, "ACK chunks", id="ack-bool"),
+    pytest.param(A, {"chunks": ["1"]}, "ACK chunks", id="ack-str"),
+    pytest.param(A, {"chunks": [0] * 65537}, "ACK chunks", id="ack-too-many"),
+    pytest.param(H, with_(H, role="admin"), "unknown role 'admin'", id="role"),
+    pytest.param(H, with_(H, op="delete"), "unknown op 'delete'", id="op"),
+    pytest.param(H, without(H, "op"), "unknown op None", id="control-without-op"),
+    pytest.param(H, {"v": 1, "role": "data"}, "without a valid token", id="data-without-token"),
+    pytest.param(H, {"v": 1, "role": "data", "token": TOKEN[:-1]}, "valid token", id="short-token"),
+    pytest.param(H, {"v": 1, "role": "data", "token": TOKEN.upper()}, "valid token", id="upper-token"),
+    pytest.param(W, {"mode": "partial"}, "unknown mode 'partial'", id="mode"),
+    pytest.param(R, with_(R, type="boom"), "unknown raft message type 'boom'", id="raft-type"),
+    pytest.param(R, with_(R, entries=[ENTRY[:3]]), "raft entries", id="entry-3-long"),
+    pytest.param(R, with_(R, entries=["x"]), "raft entries", id="entry-not-list"),
+    pytest.param(R, with_(R, entries=[[-1, 2, "data", ""]]), "raft entries", id="entry-neg-term"),
+    pytest.param(R, with_(R, entries=[[1, 2**63, "data", ""]]), "raft entries", id="entry-index-2**63"),
+    pytest.param(R, with_(R, entries=[[True, 2, "data", ""]]), "raft entries", id="entry-bool-term"),
+    pytest.param(R, with_(R, entries=[[1, 2, "other", ""]]), "raft entries", id="entry-kind"),
+    pytest.param(R, with_(R, entries=[[1, 2, "data", 5]]), "raft entries", id="entry-data-int"),
+    pytest.param(
+        R, with_(R, entries=[[1, 2, "data", "0" * ((2 << 20) + 1)]]), "raft entries", id="entry-huge"
+    ),
+    pytest.param(R, with_(R, entries=[ENTRY] * 1025), "raft entries", id="too-many-entries"),
+    pytest.param(R, with_(R, data="0" * ((2 << 20) + 1)), "too large", id="raft-data-huge"),
+    pytest.param(R, with_(R, voters=[""]), "voters", id="voter-empty"),
+    pytest.param(R, with_(R, voters=["v" * 257]), "voters", id="voter-long"),
+    pytest.param(R, with_(R, voters=[1]), "voters", id="voter-int"),
+    pytest.param(R, with_(R, voters=["a"] * 257), "voters", id="too-many-voters"),
+    pytest.param(W, with_(W, mode="probe", links=[LINK[:3]]), "links", id="link-3-long"),
+    pytest.param(W, with_(W, mode="probe", links=[["", "us", 0, 0]]), "links", id="link-empty-region"),
+    pytest.param(W, with_(W, mode="probe", links=[["r" * 65, "us", 0, 0]]), "links", id="link-long-region"),
+    pytest.param(W, with_(W, mode="probe", links=[["eu", 1, 0, 0]]), "links", id="link-int-region"),
+    pytest.param(W, with_(W, mode="probe", links=[["eu", "us", -0.1, 0]]), "links", id="link-negative"),
+    pytest.param(W, with_(W, mode="probe", links=[["eu", "us", 0, 1e15]]), "links", id="link-1e15"),
+    pytest.param(W, with_(W, mode="probe", links=[["eu", "us", True, 0]]), "links", id="link-bool"),
+    pytest.param(W, with_(W, mode="probe", links=[["eu", "us", "1", 0]]), "links", id="link-str"),
+    pytest.param(W, with_(W, mode="probe", links=["x"]), "links", id="link-not-list"),
+    pytest.param(W, with_(W, mode="probe", links=[LINK] * 4097), "links", id="too-many-links"),
+    pytest.param(H, with_(H, caps=["c"] * 65), "caps", id="too-many-caps"),
+    pytest.param(H, with_(H, caps=["c" * 65]), "caps", id="long-cap"),
+    pytest.param(W, with_(W, caps=[1]), "caps", id="int-cap"),
+    pytest.param(H, with_(H, forward={}), "forward must be", id="forward-empty"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "via": "x"}), "forward must be", id="forward-extra"),
+    pytest.param(H, with_(H, forward={"to": 1}), "forward must be", id="forward-int"),
+    pytest.param(H, with_(H, forward={"to": ""}), "forward must be", id="forward-empty-to"),
+    pytest.param(H, with_(H, forward={"to": "h" * 301}), "forward must be", id="forward-long"),
+    pytest.param(D, {"forwarded": {"to": "h:1"}}, "forwarded must be", id="forwarded-missing"),
+    pytest.param(D, {"forwarded": {**FWD, "x": 1}}, "forwarded must be", id="forwarded-extra"),
+    pytest.param(D, {"forwarded": {**FWD, "to": 1}}, "forwarded must be", id="forwarded-to-int"),
+    pytest.param(D, {"forwarded": {**FWD, "to": "h" * 301}}, "forwarded must be", id="forwarded-to-long"),
+    pytest.param(D, {"forwarded": {**FWD, "mode": 1}}, "forwarded must be", id="forwarded-mode-int"),
+    pytest.param(D, {"forwarded": {**FWD, "mode": "m" * 17}}, "forwarded must be", id="forwarded-mode-long"),
+    pytest.param(D, {"forwarded": {**FWD, "seconds": -1}}, "forwarded must be", id="forwarded-negative"),
+    pytest.param(D, {"forwarded": {**FWD, "wire_bytes": True}}, "forwarded must be", id="forwarded-bool"),
+    pytest.param(D, {"forwarded": {**FWD, "wire_bytes": 2**63}}, "forwarded must be", id="forwarded-2**63"),
+    pytest.param(D, {"forwarded": {**FWD, "seconds": "1"}}, "forwarded must be", id="forwarded-str"),
+]
+
+
+@pytest.mark.parametrize("frame_type, obj, match", BAD)
+def test_schema_refuses_bad_message_from_peer(frame_type, obj, match):
+    """decode_control: a bad message from the peer is RemoteProtocolError(ERR_MALFORMED) naming the field."""
+    with pytest.raises(RemoteProtocolError, match=match) as ei:
+        decode_obj(frame_type, obj)
+    assert ei.value.code == C.ERR_MALFORMED
+    assert not isinstance(ei.value, IntegrityError)
+
+
+@pytest.mark.parametrize("frame_type, obj, match", BAD)
+def test_schema_refuses_bad_message_we_send(frame_type, obj, match):
+    """encode_control: sending a bad message is our bug: LocalProtocolError(ERR_MALFORMED), nothing encoded."""
+    with pytest.raises(LocalProtocolError, match=match) as ei:
+        M.encode_control(frame_type, 1, obj)
+    assert ei.value.code == C.ERR_MALFORMED
+
+
+GOOD_EDGES = [
+    pytest.param(H, {"v": 1, "role": "data", "token": TOKEN, "stream": 3}, id="data-stream"),
+    pytest.param(H, with_(H, op="fetch", streams=1, chunk_size=C.PAGE_SIZE, page_size=C.PAGE_SIZE), id="min"),
+    pytest.param(H, with_(H, op="probe", streams=M.MAX_STREAMS, chunk_size=C.MAX_RAW_LEN), id="max"),
+    pytest.param(H, with_(H, op="raft", size=M.MAX_OBJECT_BYTES, transfer_id=(1 << 64) - 1), id="max-ints"),
+    pytest.param(H, with_(H, digest=DIGEST, base_digest=None, key="k" * 4096), id="null-base-digest"),
+    pytest.param(H, with_(H, forward={"to": "h" * 300}, caps=["c" * 64] * 64), id="forward-caps-max"),
+    pytest.param(W, {"mode": "pages", "have": "f" * 10000, "base_digest": DIGEST}, id="have-is-long"),
+    pytest.param(W, {"mode": "probe", "region": "eu", "links": [LINK] * 4096}, id="links-max"),
+    pytest.param(W, {"mode": "probe", "links": [["r" * 64, "u", 0, 1e15 - 1]]}, id="link-edges"),
+    pytest.param(A, {"chunks": [0, (1 << 32) - 1]}, id="ack-edges"),
+    pytest.param(A, {"chunks": [0] * 65536}, id="ack-max"),
+    pytest.param(A, {"chunks": []}, id="ack-empty"),
+    pytest.param(D, {"ok": True, "digest": DIGEST, "forwarded": FWD}, id="done-forwarded"),
+    pytest.param(D, {"forwarded": {**FWD, "to": "h" * 300, "mode": "m" * 16, "seconds": 0}}, id="fwd-edges"),
+    pytest.param(
+        R, with_(R, data="0" * (2 << 20), entries=[ENTRY] * 1024, voters=["v" * 256] * 256), id="raft"
+    ),
+    pytest.param(
+        R, with_(R, entries=[[2**63 - 1, 0, "conf", "0" * (2 << 20)], [0, 0, "noop", ""]]), id="ents"
+    ),
+    pytest.param(
+        R, {"type": "epoch", "src": "a", "epoch": 3, "kind": "engine", "body": {"any": [1]}}, id="epoch"
+    ),
+    pytest.param(X, {"reason": "bye"}, id="close"),
+]
+
+
+@pytest.mark.parametrize("frame_type, obj", GOOD_EDGES)
+def test_schema_accepts_edge_values_and_round_trips(frame_type, obj):
+    """Values at the edge of every bound are accepted, and encode -> FrameReader -> decode gives them back."""
+    frame = M.encode_control(frame_type, 99, obj)
+    r = FrameReader()
+    r.receive_data(frame)
+    f = r.next_frame()
+    assert isinstance(f, Frame)
+    assert (f.header.frame_type, f.header.codec, f.header.transfer_id) == (frame_type, C.CODEC_RAW, 99)
+    assert f.header.raw_len == f.header.enc_len == len(f.payload) == len(frame) - C.HEADER_SIZE
+    assert M.decode_control(f.header, f.payload) == obj
+    assert r.next_frame() is NEED_DATA
+
+
+@pytest.mark.parametrize("kind", sorted(M.SCHEMAS))
+def test_every_schema_has_a_minimal_valid_message(kind):
+    """Each frame type with a schema accepts its minimal message; required fields are exactly the ones refused missing."""
+    assert M.decode_control(*split(M.encode_control(kind, 0, GOOD[kind]))) == GOOD[kind]
+    for field, (_, required) in M.SCHEMAS[kind].items():
+        if required:
+            with pytest.raises(RemoteProtocolError, match=f"missing field '{field}'"):
+                decode_obj(kind, without(kind, field))
+
+
+def test_encode_is_compact_json():
+    frame = M.encode_control(C.FRAME_NACK, 5, {"chunk": 3, "reason": "r"})
+    assert frame[C.HEADER_SIZE :] == b'{"chunk":3,"reason":"r"}'
+
+
+def test_checksum_is_verified_before_json_is_parsed():
+    """Rule 3: a payload whose xxh3-64 does not match the header is an IntegrityError(ERR_CHECKSUM),
+    even when it is not JSON at all."""
+    for payload in (b'{"mode":"full"}', b"\xff not json"):
+        hdr, body = split(raw_frame(C.FRAME_WELCOME, payload, raw_hash=_k.xxh3_64(payload) ^ 1))
+        with pytest.raises(IntegrityError, match="checksum") as ei:
+            M.decode_control(hdr, body)
+        assert ei.value.code == C.ERR_CHECKSUM
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"{",
+        b"\xff\xfe",
+        b'{"mode": "full"} trailing',
+        b"\xef\xbb\xbf{}",
+        b'{"size": ' + b"1" * 5000 + b"}",
+    ],
+    ids=["empty", "unterminated", "not-utf8", "trailing", "bom", "huge-int-literal"],
+)
+def test_non_json_payload_is_malformed(payload):
+    with pytest.raises(RemoteProtocolError, match="not JSON") as ei:
+        decode_raw(C.FRAME_DONE, payload)
+    assert ei.value.code == C.ERR_MALFORMED
+
+
+@pytest.mark.parametrize("payload", [b"null", b"1", b'"x"', b"[]", b"true"])
+def test_json_scalar_is_not_a_message(payload):
+    with pytest.raises(RemoteProtocolError, match="not a JSON object"):
+        decode_raw(C.FRAME_DONE, payload)
+
+
+def test_nan_and_infinity_are_refused_where_numbers_are_bounded():
+    """Python's json accepts NaN/Infinity literals; the bounds must still refuse them."""
+    for lit in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(RemoteProtocolError, match="links"):
+            decode_raw(W, b'{"mode":"probe","links":[["a","b",' + lit + b",1]]}")
+        with pytest.raises(RemoteProtocolError, match="forwarded"):
+            decode_raw(D, b'{"forwarded":{"to":"h","mode":"m","wire_bytes":1,"seconds":' + lit + b"}}")
+        with pytest.raises(RemoteProtocolError, match="'size' must be an integer"):
+            decode_raw(H, b'{"v":1,"role":"control","op":"send","size":' + lit + b"}")
+
+
+def test_deeply_nested_json_is_malformed_not_recursion_error():
+    """A peer can send a small (~100 KB, far below MAX_CONTROL_LEN) deeply nested JSON payload;
+    it must be refused like any malformed message, not crash the reader with RecursionError."""
+    with pytest.raises(RemoteProtocolError) as ei:
+        decode_raw(C.FRAME_DONE, b"[" * 100_000)
+    assert ei.value.code == C.ERR_MALFORMED
+
+
+@pytest.mark.parametrize(
+    "frame_type, obj",
+    [
+        (H, with_(H, digest=DIGEST + "\n")),
+        (W, with_(W, base_digest=DIGEST + "\n")),
+        (H, {"v": 1, "role": "data", "token": TOKEN + "\n"}),
+    ],
+    ids=["digest", "base-digest", "token"],
+)
+def test_hex_fields_refuse_trailing_newline(frame_type, obj):
+    """A digest is exactly 32 hex digits and a token exactly 64: 33/65 characters are malformed."""
+    with pytest.raises(RemoteProtocolError, match="digest|token"):
+        decode_obj(frame_type, obj)
+
+
+# -- PAGE_HASHES ---------------------------------------------------------------------------------------
+
+
+def test_page_hashes_frame():
+    """PAGE_HASHES carries raw u64s (not JSON); the header offset is the first page index."""
+    hashes = b"".join(i.to_bytes(8, "little") for i in (1, 2, 3))
+    frame = M.encode_page_hashes(11, 4096, hashes)
+    hdr, body = split(frame)
+    assert (hdr.frame_type, hdr.transfer_id, hdr.offset, hdr.raw_len, hdr.enc_len) == (
+        C.FRAME_PAGE_HASHES, 11, 4096, 24, 24,
+    )  # fmt: skip
+    assert body == hashes
+    M.verify_payload(hdr, body)
+    with pytest.raises(IntegrityError) as ei:
+        M.verify_payload(hdr, b"\x09" + body[1:])
+    assert ei.value.code == C.ERR_CHECKSUM
+    with pytest.raises(RemoteProtocolError, match="not JSON|carries no JSON"):
+        M.decode_control(hdr, body)  # raw hashes are no control message
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 15])
+def test_page_hashes_must_be_whole_u64s(n):
+    with pytest.raises(LocalProtocolError, match="whole u64s") as ei:
+        M.encode_page_hashes(1, 0, b"\0" * n)
+    assert ei.value.code == C.ERR_MALFORMED
+
+
+# -- fuzzing the decoder -----------------------------------------------------------------------------------
+
+_FIELDS = sorted({k for s in M.SCHEMAS.values() for k in s} | {"zzz"})
+_scalars = st.none() | st.booleans() | st.integers(-2, 2**64 + 1) | st.floats() | st.text(max_size=40)
+_json = st.recursive(_scalars, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                     max_leaves=20)  # fmt: skip
+
+
+@given(
+    st.sampled_from(sorted(M.SCHEMAS) + [C.FRAME_DATA, C.FRAME_PAGE_HASHES]),
+    st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=6),
+)
+def test_fuzz_messages_give_a_dict_or_a_protocol_error(frame_type, obj):
+    """Any JSON object decodes to itself or raises RemoteProtocolError(ERR_MALFORMED); encode agrees with decode."""
+    try:
+        got = decode_obj(frame_type, obj)
+    except RemoteProtocolError as exc:
+        assert exc.code == C.ERR_MALFORMED
+        with pytest.raises(LocalProtocolError):
+            M.encode_control(frame_type, 0, obj)
+    else:
+        assert json.dumps(got) == json.dumps(obj)
+        M.encode_control(frame_type, 0, obj)
+
+
+@given(st.sampled_from(sorted(M.SCHEMAS)), st.binary(max_size=200))
+def test_fuzz_payload_bytes_give_a_dict_or_a_protocol_error(frame_type, payload):
+    try:
+        got = decode_raw(frame_type, payload)
+    except RemoteProtocolError as exc:
+        assert exc.code == C.ERR_MALFORMED
+    else:
+        assert isinstance(got, dict)
+
+
+# -- FrameReader -------------------------------------------------------------------------------------------
+
+
+def small_frames(n: int) -> list[bytes]:
+    return [M.encode_control(C.FRAME_NACK, i, {"chunk": i, "reason": "r" * (i % 7)}) for i in range(n)]
+
+
+def drain(r: FrameReader) -> list:
+    out = []
+    while True:
+        f = r.next_frame()
+        if f is NEED_DATA or f is EOF:
+            return out + [f]
+        out.append(f)
+
+
+def test_sentinels_are_named():
+    assert repr(NEED_DATA) == "NEED_DATA" and repr(EOF) == "EOF"
+    assert NEED_DATA is not EOF
+
+
+def test_max_buffer_bytes_must_hold_one_maximal_frame():
+    minimum = C.HEADER_SIZE + C.MAX_ENC_LEN
+    with pytest.raises(ValueError, match="at least one maximal frame"):
+        FrameReader(max_buffer_bytes=minimum - 1)
+    assert FrameReader(max_buffer_bytes=minimum).max_buffer_bytes == minimum
+
+
+def test_clean_eof_between_frames_and_no_data_after_it():
+    """Rule 1: b"" is end of stream; between frames it is EOF (repeatedly); feeding more is our error."""
+    r = FrameReader()
+    assert r.next_frame() is NEED_DATA
+    r.receive_data(b"".join(small_frames(2)))
+    r.receive_data(b"")
+    frames = drain(r)
+    assert [f.header.transfer_id for f in frames[:-1]] == [0, 1] and frames[-1] is EOF
+    assert r.next_frame() is EOF
+    with pytest.raises(LocalProtocolError, match="after end of stream"):
+        r.receive_data(b"x")
+    with pytest.raises(LocalProtocolError, match="after end of stream"):
+        r.receive_data(b"")
+    assert r.next_frame() is EOF  # a LocalProtocolError is not sticky
+
+
+@pytest.mark.parametrize("cut", [1, C.HEADER_SIZE - 1])
+def test_eof_inside_header_is_truncated_and_sticky(cut):
+    """Rules 1 and 3: EOF inside a header is ERR_TRUNCATED, and every later call raises the same error."""
+    r = FrameReader()
+    r.receive_data(small_frames(1)[0][:cut])
+    assert r.next_frame() is NEED_DATA
+    r.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match=f"inside a frame header \\({cut} of 64") as ei:
+        r.next_frame()
+    assert ei.value.code == C.ERR_TRUNCATED
+    for call in (r.next_frame, lambda: r.receive_data(b"more"), lambda: r.receive_data(b"")):
+        with pytest.raises(RemoteProtocolError) as again:
+            call()
+        assert again.value is ei.value
+
+
+def test_eof_inside_payload_is_truncated():
+    frame = small_frames(4)[3]
+    need = len(frame) - C.HEADER_SIZE
+    r = FrameReader()
+    r.receive_data(frame[:-2])
+    assert r.next_frame() is NEED_DATA
+    r.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match=f"inside a frame payload \\({need - 2} of {need}") as ei:
+        r.next_frame()
+    assert ei.value.code == C.ERR_TRUNCATED
+    with pytest.raises(RemoteProtocolError) as again:
+        r.next_frame()
+    assert again.value is ei.value
+
+
+def test_header_is_checked_before_the_payload_arrives():
+    """Rule 2: a bad header raises as soon as its 64 bytes are here, without waiting for the payload."""
+    hdr = bytearray(small_frames(2)[1][: C.HEADER_SIZE])
+    hdr[0:4] = b"XXXX"
+    r = FrameReader()
+    r.receive_data(bytes(hdr[:-1]))
+    assert r.next_frame() is NEED_DATA
+    r.receive_data(bytes(hdr[-1:]))
+    with pytest.raises(RemoteProtocolError) as ei:
+        r.next_frame()
+    assert ei.value.code == C.ERR_BAD_MAGIC
+    with pytest.raises(RemoteProtocolError) as again:
+        r.receive_data(b"payload")
+    assert again.value is ei.value
+
+
+def test_header_then_payload_in_pieces():
+    """A frame fed one byte at a time comes out whole, exactly once, after its last byte."""
+    frame = small_frames(6)[5]
+    r = FrameReader()
+    for i, b in enumerate(frame):
+        assert r.next_frame() is NEED_DATA, i
+        r.receive_data(bytes([b]))
+    f = r.next_frame()
+    assert f.payload == frame[C.HEADER_SIZE :] and f.header.transfer_id == 5
+    assert r.buffered == 0 and r.next_frame() is NEED_DATA
+
+
+def test_zero_length_payload_frame_at_eof():
+    frame = raw_frame(C.FRAME_CLOSE, b"")
+    r = FrameReader()
+    r.receive_data(frame)
+    r.receive_data(b"")
+    f = r.next_frame()
+    assert f.payload == b"" and f.header.enc_len == 0
+    assert r.next_frame() is EOF
+
+
+def test_buffer_limit_refuses_then_accepts_after_drain():
+    """Rule 2: the reader refuses (LocalProtocolError, not sticky) to buffer past max_buffer_bytes."""
+    limit = C.HEADER_SIZE + C.MAX_ENC_LEN
+    first = small_frames(1)[0]
+    r = FrameReader(max_buffer_bytes=limit)
+    r.receive_data(first)
+    filler = b"\0" * (limit - len(first))
+    r.receive_data(filler)
+    assert r.buffered == limit
+    with pytest.raises(LocalProtocolError, match=f"would buffer {limit + 1} bytes .*drain"):
+        r.receive_data(b"\0")
+    assert r.buffered == limit
+    f = r.next_frame()
+    assert f.payload == first[C.HEADER_SIZE :]
+    r.receive_data(b"\0")  # room again after draining
+    assert r.buffered == limit - len(first) + 1
+
+
+def test_frames_survive_partial_consumption_and_compaction():
+    """Feeding while earlier frames are partly drained (with and without compaction) loses and reorders nothing."""
+    frames = small_frames(40)
+    big = M.encode_control(C.FRAME_WELCOME, 1000, {"mode": "pages", "have": "f" * 5000})
+    stream = frames[0] + big + b"".join(frames[1:])
+    r = FrameReader()
+    got = []
+    for i in range(0, len(stream), 97):
+        r.receive_data(stream[i : i + 97])
+        got += drain(r)[:-1]
+    assert [f.header.transfer_id for f in got] == [0, 1000] + list(range(1, 40))
+    want = [frames[0], big] + frames[1:]
+    assert [f.payload for f in got] == [w[C.HEADER_SIZE :] for w in want]
+    assert r.buffered == 0
+
+
+@given(st.lists(st.integers(0, 11), max_size=12), st.lists(st.integers(1, 300), min_size=1, max_size=30))
+def test_fuzz_any_split_yields_the_same_frames(sizes, cuts):
+    frames = [M.encode_control(C.FRAME_NACK, i, {"chunk": i, "reason": "x" * s}) for i, s in enumerate(sizes)]
+    stream = b"".join(frames)
+    r = FrameReader()
+    got, pos, k = [], 0, 0
+    while pos < len(stream):
+        n = cuts[k % len(cuts)]
+        r.receive_data(stream[pos : pos + n])
+        pos, k = pos + n, k + 1
+        got += drain(r)[:-1]
+    r.receive_data(b"")
+    assert drain(r) == [EOF]
+    assert [C.HEADER_SIZE + len(f.payload) for f in got] == [len(f) for f in frames]
+    assert [f.payload for f in got] == [f[C.HEADER_SIZE :] for f in frames]
+
+
+@given(st.binary(max_size=400), st.integers(1, 64))
+def test_fuzz_garbage_gives_frames_or_a_sticky_protocol_error(data, step):
+    r = FrameReader()
+    try:
+        for i in range(0, len(data), step):
+            r.receive_data(data[i : i + step])
+            drain(r)
+        r.receive_data(b"")
+        assert drain(r)[-1] is EOF
+    except RemoteProtocolError as exc:
+        with pytest.raises(RemoteProtocolError) as again:
+            r.next_frame()
+        assert again.value is exc
