@@ -29,7 +29,7 @@ import os
 import secrets
 from collections.abc import Callable
 
-__all__ = ["write_all", "create_temp", "discard", "write_atomic", "publish", "fsync_dir"]
+__all__ = ["write_all", "pwrite_all", "create_temp", "discard", "write_atomic", "publish", "fsync_dir"]
 
 _TEMP_TRIES = 16  # 48 random bits a name: a clash is an attacker or a bug, not bad luck
 
@@ -39,6 +39,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:
         view = view[os.write(fd, view) :]
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of ``data`` (any buffer) to ``fd`` at ``offset`` (``os.pwrite`` may write less than asked:
+    signals, huge writes)."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def fsync_dir(path: str) -> None:

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from dwcp.durable import fsync_dir, write_atomic
+from dwcp.durable import fsync_dir, pwrite_all, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.wire.consts import ERR_CHECKSUM
 
@@ -538,12 +538,7 @@ class Partial:
         mv = memoryview(data).cast("B")
         if mv.nbytes != ln:
             raise ValueError(f"chunk {i} has {ln} bytes, got {mv.nbytes}")
-        try:
-            done = 0
-            while done < ln:  # pwrite may write less than asked (signals, huge writes)
-                done += os.pwrite(self._fd, mv[done:], off + done)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
+        self.write_at(off, mv)
 
     def seed_from(self, info: VersionInfo) -> None:
         """Fill a fresh partial with another version of the same size (in the kernel).
@@ -577,9 +572,7 @@ class Partial:
         if offset < 0 or offset + mv.nbytes > self.size:
             raise ValueError(f"write of {mv.nbytes} bytes at {offset} outside the {self.size}-byte object")
         try:
-            done = 0
-            while done < mv.nbytes:
-                done += os.pwrite(self._fd, mv[done:], offset + done)
+            pwrite_all(self._fd, mv, offset)
         except OSError as exc:
             raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
 

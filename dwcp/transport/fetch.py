@@ -16,7 +16,7 @@ import xxhash
 
 from dwcp.codec import ChunkDecoder, chunk_spans
 from dwcp.config import SecurityConfig, TransportConfig
-from dwcp.durable import create_temp, discard, publish
+from dwcp.durable import create_temp, discard, publish, pwrite_all
 from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import MAX_OBJECT_BYTES, decode_control, encode_control
@@ -29,9 +29,7 @@ __all__ = ["fetch"]
 
 def _write_at(fd: int, data: memoryview, offset: int, path: str) -> None:
     try:
-        done = 0
-        while done < data.nbytes:
-            done += os.pwrite(fd, data[done:], offset + done)
+        pwrite_all(fd, data, offset)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
 
