@@ -280,6 +280,22 @@ class TransportConfig(_Section):
         return out
 
 
+DICT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class DictRule:
+    """One ``[[codec.dictionary]]`` rule: keys matching ``pattern`` (a glob) compress with dictionary ``type``."""
+
+    pattern: str
+    type: str
+
+    def matches(self, key: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return fnmatchcase(key, self.pattern)
+
+
 @dataclass(frozen=True)
 class CodecSettings(_Section):
     """What the sender's encoder and its delta policy do (dwcp.transport.sender); also the data port's fetch encoder."""
@@ -291,6 +307,33 @@ class CodecSettings(_Section):
     delta: bool = True  # false: every send goes full (no XBZRLE delta, no pages mode)
     max_delta_chain: int = 10  # consecutive non-full sends of a key, then a full one; 0 = always full
     baseline_refresh_s: float = 300.0  # seconds since a key's last full send, then the next is full
+    dictionaries_dir: str = (
+        ""  # trained zstd dictionaries (dwcp.codec.dictionaries); "" = <data_dir>/dictionaries
+    )
+    # [[codec.dictionary]] rules: keys matching a pattern compress with that type's dictionary; first match wins
+    dictionary: tuple = ()  # of DictRule
+
+    def __post_init__(self) -> None:
+        rules, bad = [], []
+        for i, r in enumerate(self.dictionary):
+            if isinstance(r, DictRule):
+                rules.append(r)
+            elif not isinstance(r, dict) or set(r) != {"pattern", "type"}:
+                bad.append(f"dictionary[{i}]: a table with pattern and type")
+            elif not isinstance(r["pattern"], str) or not 0 < len(r["pattern"]) <= 255:
+                bad.append(f'dictionary[{i}].pattern: a glob over keys, such as "config/*"')
+            elif not isinstance(r["type"], str) or not DICT_TYPE_RE.fullmatch(r["type"]):
+                bad.append(f"dictionary[{i}].type {r['type']!r}: 1-64 letters, digits, '.', '_' or '-'")
+            else:
+                rules.append(DictRule(r["pattern"], r["type"]))
+        object.__setattr__(self, "dictionary", tuple(rules))
+        probs = [f"{self.SECTION}.{p}" for p in bad + self.problems()]
+        if probs:
+            raise ConfigError(problems=probs)
+
+    def dictionary_dir(self, data_dir: str) -> str:
+        """Where this node's dictionaries live."""
+        return self.dictionaries_dir or os.path.join(data_dir, "dictionaries")
 
     @property
     def fixed_level(self) -> int | None:
@@ -308,6 +351,8 @@ class CodecSettings(_Section):
             out.append(f"max_delta_chain {self.max_delta_chain} must be >= 0")
         if not (self.baseline_refresh_s > 0 and math.isfinite(self.baseline_refresh_s)):
             out.append(f"baseline_refresh_s {self.baseline_refresh_s} must be a positive number of seconds")
+        if self.dictionaries_dir and not os.path.isabs(self.dictionaries_dir):
+            out.append(f"dictionaries_dir {self.dictionaries_dir!r} must be an absolute path")
         return out
 
 
@@ -523,6 +568,10 @@ class Config:
     def control_socket(self) -> str:
         return self.listen.control_socket or os.path.join(self.storage.data_dir, "control.sock")
 
+    @property
+    def dictionaries_dir(self) -> str:
+        return self.codec.dictionary_dir(self.storage.data_dir)
+
 
 _SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
 
@@ -620,7 +669,18 @@ LIVE: dict[str, frozenset[str]] = {
             "compress_workers",
         }
     ),  # fmt: skip
-    "codec": frozenset({"*"}),
+    # the dictionary directory is opened at start; the rules are read by each send
+    "codec": frozenset(
+        {
+            "zstd_level",
+            "zstd_level_min",
+            "zstd_level_max",
+            "delta",
+            "max_delta_chain",
+            "baseline_refresh_s",
+            "dictionary",
+        }
+    ),  # fmt: skip
     "health": frozenset({"*"}),
     "logging": frozenset({"*"}),
     "cluster": frozenset({"*"}),  # membership, policy and breaker settings: the next pick uses them

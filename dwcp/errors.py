@@ -32,6 +32,7 @@ As a tree::
 
     DWCPError
     +-- ConfigError (also ValueError)
+    |   +-- DictionaryError
     +-- ProtocolError (abstract)
     |   +-- LocalProtocolError
     |   +-- RemoteProtocolError
@@ -60,6 +61,7 @@ from __future__ import annotations
 __all__ = [
     "DWCPError",
     "ConfigError",
+    "DictionaryError",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
@@ -93,6 +95,10 @@ class ConfigError(DWCPError, ValueError):
     def __init__(self, message: str = "", problems: list[str] | None = None) -> None:
         self.problems = list(problems) if problems else ([message] if message else [])
         super().__init__(message or "\n".join(self.problems))
+
+
+class DictionaryError(ConfigError):
+    """A zstd dictionary file that cannot be used (not a dictionary, rotted); the message names it."""
 
 
 class ProtocolError(DWCPError):

@@ -7,7 +7,7 @@ cdef enum:
     MAX_ENC_LEN = 68222976
     MAX_CONTROL_LEN = 16777216
     FRAME_DATA = 1
-    FRAME_MAX = 10
+    FRAME_MAX = 11
     CODEC_RAW = 0
     CODEC_ZERO = 1
     CODEC_ZSTD_DICT = 3

@@ -89,3 +89,20 @@ def dirty_version(
         # a short run, as a counter or pointer update would change; never a no-op
         view[p, start : start + k] ^= rng.integers(1, 256, k, dtype=np.uint8)
     return new
+
+
+def vm_definition(i: int, seed: int = 0) -> bytes:
+    """A small JSON VM definition of one family: shared structure, different values (dictionary tests)."""
+    import json
+    import random
+
+    r = random.Random(seed * 100_003 + i)
+    doc = {
+        "vm": f"vm-{i}", "cpus": r.choice([2, 4, 8, 16]), "memory_mb": r.choice([2048, 4096, 8192]),
+        "disks": [{"path": f"/var/lib/images/vm-{i}-{j}.qcow2", "bus": "virtio", "cache": "none",
+                   "size_gb": r.randint(10, 500)} for j in range(r.randint(1, 4))],
+        "network": {"bridge": "br0", "model": "virtio-net", "mac": ":".join(f"{r.randrange(256):02x}" for _ in range(6))},
+        "labels": {"team": r.choice(["storage", "compute", "edge"]), "env": r.choice(["prod", "staging", "dev"])},
+        "boot": ["hd", "network"], "description": "a virtual machine definition with the fleet's usual settings",
+    }  # fmt: skip
+    return json.dumps(doc, indent=2).encode()

@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certs(sub)
 
+    from .dict_cmd import add_parser as add_dict
+
+    add_dict(sub)
+
     sub.add_parser("backend", help="print the data-plane backend in use and its features")
     return p
 
@@ -196,6 +200,7 @@ class _ProgressBar:
 
 def _cmd_send(args) -> int:
     from dwcp.cluster.node import ClusterView, parse_target
+    from dwcp.codec import DictionaryStore
     from dwcp.daemon.main import parse_hostport
     from dwcp.storage import ObjectStore
     from dwcp.transport.sender import Sender
@@ -228,7 +233,8 @@ def _cmd_send(args) -> int:
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli", baselines=ObjectStore(state_dir),
-                        tune_dir=cfg.storage.data_dir if cfg else None, codec=cfg.codec if cfg else None)  # fmt: skip
+                        tune_dir=cfg.storage.data_dir if cfg else None, codec=cfg.codec if cfg else None,
+                        dictionaries=DictionaryStore(cfg.dictionaries_dir) if cfg else None)  # fmt: skip
         bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
         kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
         if cluster is not None:
@@ -370,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             from .certs_cmd import run as run_certs
 
             return run_certs(args)
+        if args.command == "dict":
+            from .dict_cmd import run as run_dict
+
+            return run_dict(args)
         if args.command == "backend":
             import dwcp
 

@@ -1,6 +1,7 @@
 """HDE: the delta + compression codec (chunk frames, zstd levels, dictionaries)."""
 
-from .compress import DictionaryStore, LevelController, looks_incompressible
+from .compress import LevelController, looks_incompressible
+from .dictionaries import Dictionary, DictionaryStore
 from .metrics import CodecMetrics
 from .pipeline import ChunkDecoder, ChunkEncoder, CodecConfig, EncodedFrame, chunk_spans
 
@@ -9,6 +10,7 @@ __all__ = [
     "ChunkEncoder",
     "CodecConfig",
     "CodecMetrics",
+    "Dictionary",
     "DictionaryStore",
     "EncodedFrame",
     "LevelController",

@@ -1,5 +1,5 @@
 """zstd through python-zstandard: reusable contexts, the adaptive level
-controller, the cheap incompressibility probe, and trained dictionaries.
+controller and the cheap incompressibility probe (dictionaries: dwcp.codec.dictionaries).
 
 Theory of operation
 -------------------
@@ -21,8 +21,9 @@ Rules
    frame whose declared size differs from what the header promised, before
    allocating (python-zstandard trusts the declared size over
    ``max_output_size``).
-3. A dictionary is identified on the wire by its zstd dictionary id; an
-   unknown id is a ``RemoteProtocolError(ERR_UNKNOWN_DICT)``.
+3. Contexts made with a dictionary are cached per dictionary *object* (and
+   hold it, so its identity is never reused): two dictionaries that share a
+   zstd id never share a context.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ __all__ = [
     "LEVELS",
     "LevelController",
     "ZstdContexts",
-    "DictionaryStore",
     "looks_incompressible",
     "zstd_decompress",
 ]
@@ -57,28 +57,27 @@ _PRIOR = {-7: (1.6e9, 0.55), -3: (1.1e9, 0.50), -1: (8.0e8, 0.47), 1: (5.5e8, 0.
 
 
 class ZstdContexts(threading.local):
-    """Per-thread zstd compressors keyed by (level, dict id), and one decompressor per dict."""
+    """Per-thread zstd compressors keyed by (level, dictionary), and one decompressor per dictionary."""
 
     def __init__(self) -> None:
-        self.cctx: dict[tuple[int, int], zstandard.ZstdCompressor] = {}
-        self.dctx: dict[int, zstandard.ZstdDecompressor] = {}
+        # keyed by id() of the dictionary object, which the value holds (rule 3)
+        self.cctx: dict[tuple[int, int], tuple[object, zstandard.ZstdCompressor]] = {}
+        self.dctx: dict[int, tuple[object, zstandard.ZstdDecompressor]] = {}
 
     def compressor(self, level: int, zdict: zstandard.ZstdCompressionDict | None = None):
-        key = (level, zdict.dict_id() if zdict is not None else 0)
+        key = (level, id(zdict))
         c = self.cctx.get(key)
         if c is None:
-            c = zstandard.ZstdCompressor(level=level, dict_data=zdict, write_content_size=True,
-                                         write_checksum=False)  # fmt: skip
-            self.cctx[key] = c
-        return c
+            c = self.cctx[key] = (zdict, zstandard.ZstdCompressor(level=level, dict_data=zdict,
+                                                                 write_content_size=True, write_checksum=False))  # fmt: skip
+        return c[1]
 
     def decompressor(self, zdict: zstandard.ZstdCompressionDict | None = None):
-        key = zdict.dict_id() if zdict is not None else 0
+        key = id(zdict)
         d = self.dctx.get(key)
         if d is None:
-            d = zstandard.ZstdDecompressor(dict_data=zdict)
-            self.dctx[key] = d
-        return d
+            d = self.dctx[key] = (zdict, zstandard.ZstdDecompressor(dict_data=zdict))
+        return d[1]
 
 
 _CONTEXTS = ZstdContexts()
@@ -236,73 +235,3 @@ class LevelController:
                     for lv, e in self._est.items()
                 },  # fmt: skip
             }
-
-
-class DictionaryStore:
-    """Trained zstd dictionaries, one current dictionary per resource type.
-
-    ``train`` refuses too few or too small samples with a ConfigError that
-    says what is needed, instead of letting zstd fail obscurely.
-    """
-
-    MIN_SAMPLES = 8
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, zstandard.ZstdCompressionDict] = {}
-        self._by_type: dict[str, zstandard.ZstdCompressionDict] = {}
-        self._lock = threading.Lock()
-
-    def train(self, resource_type: str, samples: list[bytes], dict_size_bytes: int = 112640) -> int:
-        if not resource_type:
-            raise ConfigError("a dictionary needs a resource type name")
-        if dict_size_bytes < 256:
-            raise ConfigError(f"dictionary size {dict_size_bytes} is too small (minimum 256 bytes)")
-        samples = [bytes(s) for s in samples if len(s)]
-        buffers: list = list(samples)
-        total = sum(map(len, samples))
-        if len(samples) < self.MIN_SAMPLES:
-            raise ConfigError(
-                f"cannot train a zstd dictionary for {resource_type!r}: got {len(samples)} non-empty "
-                f"samples, need at least {self.MIN_SAMPLES}"
-            )
-        if total < 4 * dict_size_bytes:
-            raise ConfigError(
-                f"cannot train a {dict_size_bytes}-byte zstd dictionary for {resource_type!r} from "
-                f"{total} bytes of samples: give at least {4 * dict_size_bytes} bytes (4x the size) "
-                "or ask for a smaller dictionary"
-            )
-        try:
-            zd = zstandard.train_dictionary(dict_size_bytes, buffers)
-        except zstandard.ZstdError as exc:
-            raise ConfigError(
-                f"zstd could not train a dictionary for {resource_type!r} from {len(samples)} samples "
-                f"({total} bytes): {exc}; samples may be too few or too alike"
-            ) from None
-        return self.add(resource_type, zd.as_bytes())
-
-    def add(self, resource_type: str, dict_bytes: bytes) -> int:
-        """Register a dictionary (e.g. loaded from disk); returns its id."""
-        zd = zstandard.ZstdCompressionDict(dict_bytes, dict_type=zstandard.DICT_TYPE_FULLDICT)
-        did = zd.dict_id()
-        if did == 0:
-            raise ConfigError("dictionary has id 0 (not a trained zstd dictionary)")
-        with self._lock:
-            self._by_id[did] = zd
-            self._by_type[resource_type] = zd
-        return did
-
-    def for_type(self, resource_type: str | None) -> zstandard.ZstdCompressionDict | None:
-        if resource_type is None:
-            return None
-        with self._lock:
-            return self._by_type.get(resource_type)
-
-    def by_id(self, dict_id: int) -> zstandard.ZstdCompressionDict:
-        with self._lock:
-            zd = self._by_id.get(dict_id)
-        if zd is None:
-            raise RemoteProtocolError(f"unknown zstd dictionary id {dict_id}", C.ERR_UNKNOWN_DICT)
-        return zd
-
-    def __len__(self) -> int:
-        return len(self._by_id)

@@ -14,8 +14,8 @@ of codec, cheapest first:
    not clearly smaller than the chunk, fall through to 3;
 3. zero pages elided           -> CODEC_SPARSE when at least one page in
    ``sparse_min_zero_fraction`` is zero (a page list over an all-zero base);
-4. zstd at the level chosen by ``LevelController`` (dictionary if the
-   resource type has one) unless the cheap probe says the data is
+4. zstd at the level chosen by ``LevelController`` (with the send's
+   dictionary if it has one: CODEC_ZSTD_DICT) unless the cheap probe says the data is
    incompressible or the level controller says raw is faster;
 5. raw.
 
@@ -50,12 +50,14 @@ from dwcp.wire import consts as C
 from .compress import (
     _CONTEXTS,
     LEVELS,
-    DictionaryStore,
     LevelController,
     looks_incompressible,
     zstd_decompress,
 )
 from .metrics import CodecMetrics
+
+if TYPE_CHECKING:
+    from .dictionaries import Dictionary
 
 if TYPE_CHECKING:
     from dwcp.config import CodecSettings
@@ -161,7 +163,6 @@ class ChunkEncoder:
         config: CodecConfig | None = None,
         *,
         levels: LevelController | None = None,
-        dictionaries: DictionaryStore | None = None,
         metrics: CodecMetrics | None = None,
     ) -> None:
         self.config = config if config is not None else CodecConfig()
@@ -169,7 +170,6 @@ class ChunkEncoder:
             self.config.link_rate_bytes_per_s, self.config.compress_workers, fixed_level=self.config.zstd_level,
             levels=self.config.adaptive_levels,
         )  # fmt: skip
-        self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
         self.metrics = metrics if metrics is not None else CodecMetrics()
         # Invariant: 0 <= busy <= peak_concurrent <= config.compress_workers (encodes running now / ever at once)
         self._slots = threading.BoundedSemaphore(self.config.compress_workers)
@@ -198,19 +198,20 @@ class ChunkEncoder:
         base=None,
         base_digest: bytes | None = None,
         last: bool = False,
-        resource_type: str | None = None,
+        dictionary: Dictionary | None = None,
     ) -> EncodedFrame:
-        """Encode one chunk; with ``base`` (+ its object's ``base_digest``) as a delta.
+        """Encode one chunk; with ``base`` (+ its object's ``base_digest``) as a delta; zstd with
+        ``dictionary`` where it pays (the receiver must hold it: the transfer announced it).
 
         At most ``config.compress_workers`` encodes run at once; more callers wait their turn.
         """
         self._enter()
         try:
-            return self._encode(chunk, offset, transfer_id, base, base_digest, last, resource_type)
+            return self._encode(chunk, offset, transfer_id, base, base_digest, last, dictionary)
         finally:
             self._leave()
 
-    def _encode(self, chunk, offset, transfer_id, base, base_digest, last, resource_type) -> EncodedFrame:
+    def _encode(self, chunk, offset, transfer_id, base, base_digest, last, dictionary) -> EncodedFrame:
         t0 = time.perf_counter()
         mv = _as_u8(chunk)
         n = mv.nbytes
@@ -220,7 +221,7 @@ class ChunkEncoder:
             )
         raw_hash = _k.xxh3_64(mv)
         flags = C.FLAG_LAST if last else 0
-        codec, payload, dict_id, digest = self._choose(mv, base, base_digest, resource_type)
+        codec, payload, dict_id, digest = self._choose(mv, base, base_digest, dictionary)
         header = _k.pack_header(
             C.FRAME_DATA, codec, flags, transfer_id, offset, n, memoryview(payload).nbytes,
             dict_id, digest, raw_hash,
@@ -279,7 +280,7 @@ class ChunkEncoder:
         return EncodedFrame(header, payload, codec, offset, n)
 
     # -- internals -------------------------------------------------------
-    def _choose(self, mv: memoryview, base, base_digest, resource_type):
+    def _choose(self, mv: memoryview, base, base_digest, dictionary):
         n = mv.nbytes
         ps = self.config.page_size_bytes
         if base is not None:
@@ -311,11 +312,11 @@ class ChunkEncoder:
             if m < 0:
                 raise InternalError("pages_encode overflowed its own bound")
             payload_codec, payload = C.CODEC_SPARSE, _shrink(out, m)
-        zdict = self.dictionaries.for_type(resource_type)
+        zdict = dictionary.zdict if dictionary is not None and payload_codec == C.CODEC_RAW else None
         z = self._maybe_zstd(payload, zdict)
         if z is not None:
-            if zdict is not None and payload_codec == C.CODEC_RAW:
-                return C.CODEC_ZSTD_DICT, z, zdict.dict_id(), C.ZERO_DIGEST
+            if zdict is not None:
+                return C.CODEC_ZSTD_DICT, z, dictionary.id, C.ZERO_DIGEST
             return (
                 (C.CODEC_SPARSE_ZSTD if payload_codec == C.CODEC_SPARSE else C.CODEC_ZSTD),
                 z,
@@ -343,23 +344,22 @@ class ChunkDecoder:
         self,
         config: CodecConfig | None = None,
         *,
-        dictionaries: DictionaryStore | None = None,
         metrics: CodecMetrics | None = None,
     ) -> None:
         self.config = config if config is not None else CodecConfig()
-        self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
         self.metrics = metrics if metrics is not None else CodecMetrics()
 
-    def decode(self, header, payload, *, base=None, out=None):
+    def decode(self, header, payload, *, base=None, out=None, dictionary: Dictionary | None = None):
         """Decode one DATA frame's payload; returns ``out`` (or a new bytearray) filled and verified.
 
         ``header`` is a parsed FrameHeader; ``base`` the baseline chunk (the
         bytes at ``header.offset`` of the version ``header.base_digest``) for
-        delta codecs; ``out`` an optional writable buffer of ``raw_len`` bytes.
+        delta codecs; ``out`` an optional writable buffer of ``raw_len`` bytes; ``dictionary`` the one
+        the transfer announced (a CODEC_ZSTD_DICT frame naming another id is a RemoteProtocolError).
         """
         t0 = time.perf_counter()
         try:
-            result = self._decode(header, payload, base, out)
+            result = self._decode(header, payload, base, out, dictionary)
         except IntegrityError:
             self.metrics.record_failure(checksum=True)
             raise
@@ -369,7 +369,7 @@ class ChunkDecoder:
         self.metrics.record_decode(header.codec, header.raw_len, header.enc_len, time.perf_counter() - t0)
         return result
 
-    def _decode(self, h, payload, base, out):
+    def _decode(self, h, payload, base, out, dictionary):
         if h.frame_type != C.FRAME_DATA:
             raise ValueError(f"frame type {h.frame_type} is not a data frame")
         pmv = _as_u8(payload)
@@ -392,9 +392,12 @@ class ChunkDecoder:
             if codec == C.CODEC_ZSTD:
                 pmv = memoryview(zstd_decompress(pmv, n, exact=True))
             elif codec == C.CODEC_ZSTD_DICT:
-                pmv = memoryview(
-                    zstd_decompress(pmv, n, exact=True, zdict=self.dictionaries.by_id(h.dict_id))
-                )
+                if dictionary is None or dictionary.id != h.dict_id:
+                    raise RemoteProtocolError(
+                        f"chunk at {h.offset} is compressed with zstd dictionary {h.dict_id}; the transfer "
+                        f"announced {'none' if dictionary is None else dictionary.id}", C.ERR_UNKNOWN_DICT
+                    )  # fmt: skip
+                pmv = memoryview(zstd_decompress(pmv, n, exact=True, zdict=dictionary.zdict))
             else:
                 pmv = memoryview(zstd_decompress(pmv, _k.delta_bound(n, ps), exact=False))
             codec = {C.CODEC_ZSTD: C.CODEC_RAW, C.CODEC_ZSTD_DICT: C.CODEC_RAW,

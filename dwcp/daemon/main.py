@@ -90,7 +90,8 @@ class Daemon:
         self.server = DataServer(config, store=self.store, events=self.metrics)
         self.control = ControlServer(config.control_socket, self.handle)
         self.sender = Sender(config.transport, config.security, node_id=config.node.id, baselines=self.sent,
-                             events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec)  # fmt: skip
+                             events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec,
+                             dictionaries=self.server.dictionaries)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
         self.server.register(
             "probe",

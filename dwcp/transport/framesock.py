@@ -42,6 +42,13 @@ SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 PIPE_BYTES = 1 << 20
 
 
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    """poll(2), not select(2): select cannot watch a descriptor numbered 1024 or more (a busy daemon's)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+
+
 class FrameSocket:
     def __init__(
         self, sock: socket.socket, *, timeout_s: float | None, header_timeout_s: float | None = None
@@ -83,8 +90,7 @@ class FrameSocket:
         """True when a read would not block (TLS-buffered bytes count)."""
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]
             return True
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(r)
+        return _wait_readable(self.sock.fileno(), timeout)
 
     def _recv_by(self, mv: memoryview, deadline: float) -> int:
         """One ``recv_into(mv)`` that waits no longer than the socket's timeout, nor past ``deadline``.
@@ -187,8 +193,7 @@ class FrameSocket:
             try:
                 k = os.splice(sfd, w, min(left, PIPE_BYTES), flags=SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                rd, _, _ = select.select([sfd], [], [], timeout)
-                if not rd:
+                if not _wait_readable(sfd, timeout):
                     raise TimeoutError(f"no payload bytes for {timeout} s") from None
                 continue
             if k == 0:
@@ -220,7 +225,7 @@ class FrameSocket:
     def recv_control(self, *expect: int, max_len: int = C.MAX_CONTROL_LEN):
         """(header, message) of the next control frame; None at end of stream.
 
-        PAGE_HASHES frames come back with their raw payload as the message.
+        PAGE_HASHES and DICT frames come back with their raw payload as the message.
         An ERROR frame from the peer is returned like any other.  A payload
         over ``max_len`` bytes is refused before anything is allocated for it.
         """
@@ -238,7 +243,7 @@ class FrameSocket:
                 f"a {h.enc_len}-byte control message (at most {max_len} here)", C.ERR_BAD_LENGTH
             )
         payload = self.recv_payload(h)
-        if h.frame_type == C.FRAME_PAGE_HASHES:
+        if h.frame_type in (C.FRAME_PAGE_HASHES, C.FRAME_DICT):  # binary: checked by the header's hash
             verify_payload(h, payload)
             return h, payload
         return h, decode_control(h, payload)

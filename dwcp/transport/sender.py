@@ -63,16 +63,16 @@ from typing import Any, TypeGuard
 import xxhash
 
 from dwcp._backend import impl as _k
-from dwcp.codec import ChunkEncoder, CodecConfig
+from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
-from dwcp.errors import BrokenResourceError, DWCPError, LocalProtocolError, RemoteProtocolError
+from dwcp.errors import BrokenResourceError, ConfigError, DWCPError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
-from dwcp.wire.messages import encode_control
+from dwcp.wire.messages import encode_control, encode_dict
 
 from .dialer import Dialer
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
-from .session import NACK_IGNORE, NACK_RESEND, SendSession
+from .session import NACK_IGNORE, NACK_RESEND, DictRef, SendSession
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
@@ -269,12 +269,15 @@ class Sender:
         path_dir: str | None = None,
         codec: CodecSettings | None = None,
         clock: Callable[[], float] = time.time,
+        dictionaries: DictionaryStore | None = None,
     ) -> None:
         """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
 
         ``codec``: the [codec] settings (zstd level, deltas and their refresh; see
         ``full_refresh_reason``); default: CodecSettings().  ``clock`` gives Unix
         seconds for ``baseline_refresh_s`` (tests pass a fake one).
+        ``dictionaries``: this node's zstd dictionaries; a key a [[codec.dictionary]] rule maps to a
+        type compresses with that type's (dwcp.codec.dictionaries).  None: no dictionaries.
 
         ``events`` receives what the sends do (metrics); see dwcp.transport.events.
         ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
@@ -296,6 +299,7 @@ class Sender:
         self.baselines = baselines
         self.codec = codec if codec is not None else CodecSettings()
         self.clock = clock
+        self.dictionaries = dictionaries
         # limiters of running sends whose rate comes from the config (a reload changes them)
         self._config_limiters: weakref.WeakSet = weakref.WeakSet()
         self.dialer = Dialer(transport, security)  # every stream of every send connects through it
@@ -405,6 +409,7 @@ class Sender:
         if base_info is not None and base_info.size != size:
             base_info = None
         transfer_id = secrets.randbits(63) | 1
+        dictionary = self._dictionary_for(key, resource_type)
 
         ctrl, sockinfo = self.dialer.dial(host, port)
         from .sockopts import probe_zerocopy
@@ -425,10 +430,16 @@ class Sender:
         # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
         sess = SendSession(transfer_id, key, size, digest, chunk_size, node=self.node_id,
                            base_digest=base_info.digest if base_info is not None else None,
-                           full_refresh=refresh is not None, forward_to=forward_to, streams=streams)  # fmt: skip
+                           full_refresh=refresh is not None, forward_to=forward_to, streams=streams,
+                           dictionary=DictRef(dictionary.id, dictionary.digest, len(dictionary.data))
+                           if dictionary is not None else None)  # fmt: skip
         try:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
             todo = sess.on_welcome(expect(ctrl, C.FRAME_WELCOME))
+            if sess.dict_needed:  # session rule 11: before any data stream opens
+                assert dictionary is not None
+                ctrl.send(encode_dict(transfer_id, dictionary.id, dictionary.data))
+                sess.dictionary_sent()
             mode = sess.mode
             assert mode is not None  # on_welcome judged it
             if sess.chunk_size != chunk_size:
@@ -510,7 +521,7 @@ class Sender:
                     self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
             ctx = _StreamCtx(self, host, port, sess, state, q, src, base, base_digest, peer_hashes, encoder, limiter,
-                             bdp, resource_type)  # fmt: skip
+                             bdp, dictionary)  # fmt: skip
             ctx.ready = ready
             ctx.chunk_bytes = chunk_size
             max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
@@ -569,6 +580,9 @@ class Sender:
             "tcp_info": state.stream_info[:64],
             # why this send had to go full (codec settings), and the non-full sends since the key's last full one
             "refresh": refresh, "delta_chain": chain,
+            # the zstd dictionary the chunks could use, and whether it travelled with this send
+            "dictionary": None if dictionary is None else {"type": dictionary.type, "id": dictionary.id,
+                                                           "sent": sess.dict_needed},
             # the zstd level setting, the levels chunks were compressed at (level -> chunks), the encode bound
             "codec": {"zstd_level": cs.zstd_level or "adaptive",
                       "zstd_levels_used": dict(sorted(encoder.levels.used.items())),
@@ -584,6 +598,16 @@ class Sender:
         return result
 
     # -- helpers -----------------------------------------------------------
+
+    def _dictionary_for(self, key: str, resource_type: str | None):
+        """The zstd dictionary this send of ``key`` uses: ``resource_type``'s, else the first
+        [[codec.dictionary]] rule's that matches; ConfigError if that type has none (or no store)."""
+        if resource_type is None and not any(r.matches(key) for r in self.codec.dictionary):
+            return None
+        if self.dictionaries is None:
+            raise ConfigError(f"key {key!r} uses a zstd dictionary, but this sender has no dictionaries "
+                              "directory (run it with --config)")  # fmt: skip
+        return self.dictionaries.for_key(key, self.codec.dictionary, resource_type)
 
     @staticmethod
     def _recv_page_hashes(fs: FrameSocket, npages: int) -> bytes:
@@ -766,7 +790,7 @@ class _StreamCtx:
     """What every stream thread of one transfer shares."""
 
     def __init__(self, sender: Sender, host, port, sess: SendSession, state: _State, q, data, base,
-                 base_digest, peer_hashes, encoder: ChunkEncoder, limiter, bdp, resource_type) -> None:  # fmt: skip
+                 base_digest, peer_hashes, encoder: ChunkEncoder, limiter, bdp, dictionary) -> None:  # fmt: skip
         self.sender = sender
         self.host, self.port = host, port
         self.sess = sess
@@ -780,7 +804,7 @@ class _StreamCtx:
         self.encoder = encoder
         self.limiter = limiter
         self.bdp = bdp
-        self.resource_type = resource_type
+        self.dictionary = dictionary  # announced in HELLO; the receiver holds it (or gets it first)
         self.window_floor = sender.transport.window_chunks
         self.chunk_bytes = sender.transport.chunk_size_bytes
         self.events = sender.events
@@ -907,8 +931,8 @@ class _StreamCtx:
                                     transfer_id=tid, last=last)  # fmt: skip
         if self.base is not None and not self.sess.goes_full(i):
             return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base[off : off + ln],
-                              base_digest=self.base_digest, last=last, resource_type=self.resource_type)  # fmt: skip
-        return enc.encode(chunk, offset=off, transfer_id=tid, last=last, resource_type=self.resource_type)
+                              base_digest=self.base_digest, last=last, dictionary=self.dictionary)  # fmt: skip
+        return enc.encode(chunk, offset=off, transfer_id=tid, last=last, dictionary=self.dictionary)
 
     def _read_ack(self, fs: FrameSocket, inflight: dict[int, tuple[int, float]]) -> int:
         """Read one ACK/NACK; returns the wire bytes it acknowledged.  What they mean is the session's."""

@@ -89,7 +89,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dwcp._backend import impl as _k
-from dwcp.codec import ChunkDecoder, ChunkEncoder, CodecConfig, chunk_spans
+from dwcp.codec import ChunkDecoder, ChunkEncoder, CodecConfig, DictionaryStore, chunk_spans
 from dwcp.config import Config
 from dwcp.errors import (
     BrokenResourceError,
@@ -224,9 +224,8 @@ class _Forwarder(threading.Thread):
             try:
                 # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
                 tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
-                snd = Sender(
-                    tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec
-                )
+                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec,
+                             dictionaries=self.server.dictionaries)  # fmt: skip
                 self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
                                        digest=self.digest, ready=self._ready)  # fmt: skip
             finally:
@@ -290,12 +289,16 @@ class DataServer:
         self._draining = False
         self._idle = threading.Condition(self._lock)  # notified whenever a transfer ends
         self.decoder = ChunkDecoder(CodecConfig())
+        # trained dictionaries, and those peers sent (kept: each travels once); read at the first send
+        # that names one
+        self.dictionaries = DictionaryStore(config.dictionaries_dir)
         self.encoder = self._fetch_encoder(config)
         self._stats_lock = threading.Lock()
         self.stats = {"connections_total": 0, "protocol_errors_total": 0, "tls_failures_total": 0,
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
         self.stats.update(refused_acl_total=0, refused_relay_total=0)  # security.acl, security.relay_allow
+        self.stats.update(dictionaries_received_total=0)
         self.stats.update(
             {f"{what}_{r}_total": 0 for what in ("refused", "evicted") for r in REASONS},
             handshake_timeouts_tls_total=0,
@@ -574,10 +577,13 @@ class DataServer:
             with self._lock:  # first: the accept loop touches only sockets still in _conns (see there)
                 self._conns.pop(cid, None)
                 self._admission.closed(cid)
-            try:
-                conn.close()
-            except OSError:
-                pass
+            if fs is not None:
+                fs.close()  # the socket, and the pipe a plaintext stream splices through
+            else:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
 
     @staticmethod
     def _linger(fs: FrameSocket, timeout_s: float = 2.0) -> None:
@@ -679,9 +685,12 @@ class DataServer:
                 log.warning("%s: %d resumed chunks failed re-verification and will be resent", key, len(bad))
             if base_info is not None and partial.resumed == 0 and req.size:
                 partial.seed_from(base_info)
+            held_dict = None
+            if req.dictionary is not None:
+                held_dict = self.dictionaries.get(req.dictionary.id, req.dictionary.digest)
             sess = ReceiveSession(req, p, held=partial.have, zero_filled=partial.seeded_from is None,
                                   seeded=p.base_digest is not None and partial.seeded_from == p.base_digest,
-                                  now=time.monotonic())  # fmt: skip
+                                  now=time.monotonic(), dictionary=held_dict)  # fmt: skip
             base = memoryview(self.store.open_version(base_info)) if base_info is not None else None
             t = _Transfer(sess, partial, base, secrets.token_hex(32), peer)
             with self._lock:
@@ -696,6 +705,8 @@ class DataServer:
                 step = PAGE_HASHES_PER_FRAME * 8
                 for i in range(0, len(hashes), step):
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
+            if sess.needs_dict:
+                self._receive_dictionary(fs, sess)
             fwd = self._start_forwarder(t, req.forward_to, req.digest) if req.forward_to is not None else None
             # The control stream is quiet while the data streams work: a silent control stream is
             # only idle if the transfer made no progress either.  A failure of the transfer (the
@@ -852,6 +863,22 @@ class DataServer:
                 t.streams.discard(fs)
                 t.quiet.notify_all()
 
+    def _receive_dictionary(self, fs: FrameSocket, sess: ReceiveSession) -> None:
+        """The dictionary WELCOME asked for: the control stream's next frame (session rule 11)."""
+        ref = sess.hello.dictionary
+        assert ref is not None
+        got = fs.recv_control(C.FRAME_DICT, max_len=ref.size)
+        if got is None:
+            raise BrokenResourceError(f"{sess.hello.key}: sender closed before the dictionary it announced")
+        h, payload = got
+        if h.frame_type == C.FRAME_ERROR:
+            raise RemoteProtocolError(f"sender gave up: {payload.get('message')}", payload.get("code", 0))
+        sess.check_dict_frame(h)
+        d = self.dictionaries.receive(ref.id, ref.digest, ref.size, payload)
+        sess.dictionary_arrived(d)
+        self._count("dictionaries_received_total", 1)
+        log.info("dictionary %d (%d bytes) received with %s, kept", d.id, len(d.data), sess.hello.key)
+
     def _data_loop(self, fs: FrameSocket, t: _Transfer) -> None:
         sess, partial = t.s, t.partial
         scratch = bytearray()
@@ -908,7 +935,7 @@ class DataServer:
                     base = (
                         t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
                     )
-                    self.decoder.decode(h, pmv, base=base, out=out)
+                    self.decoder.decode(h, pmv, base=base, out=out, dictionary=sess.dictionary)
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
                 how = sess.write_mode(h.codec)

@@ -58,6 +58,19 @@ the receiver acknowledged, decides what a NACK means, and builds and judges DONE
    it, ACKs and NACKs change nothing and DONE cannot be built.
 10. DONE is built only once every chunk is acknowledged and nothing failed;
    the receiver's DONE must say ok and name the digest HELLO announced.
+
+Dictionaries (both sides)
+-------------------------
+11. A HELLO may name one zstd dictionary (id, xxh3-128 digest, size) if
+   both sides have "zdict".  WELCOME asks for it (``need_dict``) if the
+   receiver does not hold exactly those bytes; only then does the sender send
+   it, once, as the control stream's next frame (FRAME_DICT: offset = its id,
+   length = its size), before any data stream opens.  A WELCOME asking for a
+   dictionary HELLO did not name is a RemoteProtocolError; so is a FRAME_DICT
+   that is not the announced one (ERR_UNKNOWN_DICT: the transfer fails).
+12. A DATA frame compressed with a dictionary must name the announced id
+   (ERR_UNKNOWN_DICT otherwise); one that arrives before the dictionary did
+   is busy (``ADMIT_BUSY``: sent again later), never decoded without it.
 """
 
 from __future__ import annotations
@@ -72,12 +85,12 @@ from dwcp.wire import consts as C
 __all__ = [
     "PROTOCOL_VERSION", "CAPS", "SendHello", "Plan", "ReceiveSession", "parse_send", "negotiate", "plan",
     "ADMIT_CLAIMED", "ADMIT_HELD", "ADMIT_BUSY", "WRITE_SKIP", "WRITE_NONZERO_PAGES", "WRITE_DIRTY_PAGES",
-    "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS",
+    "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS", "DictRef",
 ]  # fmt: skip
 
 PROTOCOL_VERSION = 1
 # What this version speaks: delta frames (xbzrle), zstd payloads, sparse chunks, pages mode, resume.
-CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume"})
+CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume", "zdict"})
 
 ADMIT_CLAIMED, ADMIT_HELD, ADMIT_BUSY = "claimed", "held", "busy"
 # how a verified chunk reaches the partial, by what the partial holds where nothing landed yet
@@ -93,6 +106,18 @@ def negotiate(theirs: list[str] | None) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
+class DictRef:
+    """A zstd dictionary as HELLO names it (rule 11)."""
+
+    id: int
+    digest: bytes  # xxh3-128 of its bytes
+    size: int
+
+    def to_wire(self) -> dict:
+        return {"id": self.id, "digest": self.digest.hex(), "size": self.size}
+
+
+@dataclass(frozen=True)
 class SendHello:
     """A validated HELLO of ``op = send``."""
 
@@ -104,6 +129,7 @@ class SendHello:
     base_digest: bytes | None  # the baseline the sender holds and proposes for a delta
     forward_to: tuple[str, int] | None  # a relay's next hop
     caps: frozenset[str]  # negotiated: in both CAPS and the sender's list
+    dictionary: DictRef | None = None  # the zstd dictionary chunks may be compressed with (rule 11)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -124,9 +150,13 @@ def parse_send(transfer_id: int, hello: dict) -> SendHello:
         raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
     base = hello.get("base_digest")
     fwd = hello.get("forward")
+    caps = negotiate(hello.get("caps"))
+    dd = hello.get("dict")  # its fields' types and bounds were checked by the message schema
+    if dd is not None and "zdict" not in caps:
+        raise RemoteProtocolError('HELLO names a dictionary but does not offer "zdict"', C.ERR_BAD_FIELD)
     return SendHello(transfer_id, key, hello["size"], bytes.fromhex(hello["digest"]), hello["chunk_size"],
-                     bytes.fromhex(base) if base else None, _hostport(fwd["to"]) if fwd else None,
-                     negotiate(hello.get("caps")))  # fmt: skip
+                     bytes.fromhex(base) if base else None, _hostport(fwd["to"]) if fwd else None, caps,
+                     DictRef(dd["id"], bytes.fromhex(dd["digest"]), dd["size"]) if dd else None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,10 +199,11 @@ class ReceiveSession:
     """One transfer being received: the rules above, over the chunks of one object."""
 
     def __init__(self, hello: SendHello, p: Plan, *, held: bytes, zero_filled: bool, seeded: bool,
-                 now: float) -> None:  # fmt: skip
+                 now: float, dictionary=None) -> None:  # fmt: skip
         """``held``: the bitmap of chunks the partial holds already (bit i, LSB first = chunk i);
         ``zero_filled``: where nothing landed the partial reads as zeros; ``seeded``: it holds the
-        plan's baseline there (Partial.seeded_from)."""
+        plan's baseline there (Partial.seeded_from); ``dictionary``: HELLO's dictionary, if the
+        receiver holds it already (a dwcp.codec.Dictionary), else None (WELCOME asks for it)."""
         self.hello = hello
         self.plan = p
         self.chunk_size = p.chunk_size
@@ -188,6 +219,11 @@ class ReceiveSession:
         self.chunks_received = 0
         self.chunks_nacked = 0
         self.wire_bytes = 0
+        if dictionary is not None and (hello.dictionary is None or (dictionary.id, dictionary.digest)
+                                       != (hello.dictionary.id, hello.dictionary.digest)):  # fmt: skip
+            raise LocalProtocolError("the dictionary held is not the one HELLO named", C.ERR_UNKNOWN_DICT)
+        self.dictionary = dictionary  # set once: at the start, or when FRAME_DICT arrived (rule 11)
+        self.needs_dict = hello.dictionary is not None and dictionary is None
 
     # -- what WELCOME says ---------------------------------------------------------
     def welcome(self, token: str, node: str) -> dict:
@@ -198,7 +234,32 @@ class ReceiveSession:
             msg["resumed_chunks"] = self.held_count
         if self.plan.base_digest is not None:
             msg["base_digest"] = self.plan.base_digest.hex()
+        if self.needs_dict:
+            msg["need_dict"] = True
         return msg
+
+    # -- the dictionary (rule 11) ----------------------------------------------------------
+    def check_dict_frame(self, h) -> DictRef:
+        """Judge the FRAME_DICT that follows a WELCOME with need_dict; returns what it must hold."""
+        ref = self.hello.dictionary
+        if not self.needs_dict or ref is None:
+            raise RemoteProtocolError("a dictionary this transfer did not ask for", C.ERR_BAD_FRAME_TYPE)
+        if h.frame_type != C.FRAME_DICT or h.transfer_id != self.hello.transfer_id:
+            raise RemoteProtocolError(f"frame type {h.frame_type} where the dictionary WELCOME asked for was due",
+                                      C.ERR_BAD_FRAME_TYPE)  # fmt: skip
+        if h.offset != ref.id or h.raw_len != ref.size:
+            raise RemoteProtocolError(f"dictionary {h.offset} of {h.raw_len} bytes; HELLO announced {ref.id} of "
+                                      f"{ref.size}", C.ERR_UNKNOWN_DICT)  # fmt: skip
+        return ref
+
+    def dictionary_arrived(self, dictionary) -> None:
+        """The announced dictionary is here and verified (its bytes hash to HELLO's digest)."""
+        ref = self.hello.dictionary
+        if ref is None or (dictionary.id, dictionary.digest) != (ref.id, ref.digest):
+            raise LocalProtocolError("a dictionary other than HELLO's", C.ERR_UNKNOWN_DICT)
+        with self._lock:
+            self.dictionary = dictionary
+            self.needs_dict = False
 
     @property
     def held_count(self) -> int:
@@ -231,12 +292,18 @@ class ReceiveSession:
             base = self.plan.base_digest.hex() if self.plan.base_digest else "none"
             raise RemoteProtocolError(f"delta against {h.base_digest.hex()}, but this transfer's baseline is {base}",
                                       C.ERR_UNKNOWN_BASELINE)  # fmt: skip
+        ref = self.hello.dictionary
+        if h.codec == C.CODEC_ZSTD_DICT and (ref is None or h.dict_id != ref.id):
+            raise RemoteProtocolError(f"chunk at {h.offset} compressed with dictionary {h.dict_id}; this transfer "
+                                      f"announced {'none' if ref is None else ref.id}", C.ERR_UNKNOWN_DICT)  # fmt: skip
         with self._lock:
             self.wire_bytes += C.HEADER_SIZE + h.enc_len
             if self.is_held(idx):
                 return ADMIT_HELD, idx
             if idx in self._claimed or self.failure is not None:
                 return ADMIT_BUSY, idx
+            if h.codec == C.CODEC_ZSTD_DICT and self.dictionary is None:
+                return ADMIT_BUSY, idx  # rule 12: not decodable yet
             self._claimed.add(idx)
             return ADMIT_CLAIMED, idx
 
@@ -312,7 +379,7 @@ class SendSession:
 
     def __init__(self, transfer_id: int, key: str, size: int, digest: bytes, chunk_size: int, *, node: str,
                  base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | None = None,
-                 streams: int | None = None) -> None:  # fmt: skip
+                 streams: int | None = None, dictionary: DictRef | None = None) -> None:  # fmt: skip
         self.transfer_id = transfer_id
         self.key = key
         self.size = size
@@ -322,6 +389,8 @@ class SendSession:
         self.caps = CAPS - {"xbzrle", "pages"} if full_refresh else CAPS
         self.forward_to = forward_to
         self.streams = streams
+        self.dictionary = dictionary  # offered in HELLO (rule 11)
+        self.dict_needed = False  # WELCOME asked for it: the driver sends it before the data streams
         self._lock = threading.Lock()
         # set by on_welcome; until then the proposal stands
         self.mode: str | None = None
@@ -355,6 +424,8 @@ class SendSession:
             msg["forward"] = {"to": self.forward_to}
         if self.streams is not None:
             msg["streams"] = self.streams
+        if self.dictionary is not None:
+            msg["dict"] = self.dictionary.to_wire()
         return msg
 
     def on_welcome(self, msg: dict) -> list[int]:
@@ -382,6 +453,9 @@ class SendSession:
                 raise RemoteProtocolError("receiver chose pages without a base_digest", C.ERR_MALFORMED)
         elif mode != "full":
             raise RemoteProtocolError(f"unexpected mode {mode!r} for a send", C.ERR_MALFORMED)
+        need_dict = msg.get("need_dict", False)
+        if need_dict and self.dictionary is None:
+            raise RemoteProtocolError("receiver asked for a dictionary we did not name", C.ERR_BAD_FIELD)
         cs = msg.get("chunk_size", self.chunk_size)
         if (not isinstance(cs, int) or isinstance(cs, bool) or not C.PAGE_SIZE <= cs <= C.MAX_RAW_LEN
                 or cs % C.PAGE_SIZE):  # fmt: skip
@@ -404,6 +478,7 @@ class SendSession:
             )
         with self._lock:
             self.mode, self.token, self.base_digest = mode, msg.get("token", ""), base_digest
+            self.dict_needed = bool(need_dict)
             self.chunk_size, self.spans = cs, spans
             self._done = bytearray(n)
             todo = []
@@ -415,6 +490,13 @@ class SendSession:
             self.remaining = len(todo)
             self.resumed = n - len(todo)
         return todo
+
+    def dictionary_sent(self) -> None:
+        """The dictionary WELCOME asked for went on the control stream (rule 11): its bytes count."""
+        if not self.dict_needed or self.dictionary is None:
+            raise LocalProtocolError("a dictionary the receiver did not ask for", C.ERR_UNKNOWN_DICT)
+        with self._lock:
+            self.wire_bytes += C.HEADER_SIZE + self.dictionary.size
 
     def data_hello(self, stream: int) -> dict:
         """HELLO of data stream ``stream``."""

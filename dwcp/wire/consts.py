@@ -43,7 +43,8 @@ HEADER_SIZE = 64
 HEADER_STRUCT = "<4sBBBBQQIII16sQI"  # documentation and the _ref twin use it
 
 # Frame types.  DATA carries one encoded chunk; the others are the transfer
-# session's control frames (their payload is defined by dwcp.wire.session).
+# session's control frames (JSON, defined by dwcp.wire.messages; PAGE_HASHES
+# and DICT carry raw bytes, checked by the header's raw_hash).
 FRAME_DATA = 1
 FRAME_HELLO = 2
 FRAME_WELCOME = 3
@@ -54,7 +55,8 @@ FRAME_ERROR = 7
 FRAME_PAGE_HASHES = 8
 FRAME_CLOSE = 9
 FRAME_RAFT = 10  # a consensus message between cluster nodes (JSON), on a stream opened with HELLO op "raft"
-FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_RAFT + 1))
+FRAME_DICT = 11  # a zstd dictionary the receiver lacks (raw bytes; offset = its zstd id), after WELCOME
+FRAME_TYPES = frozenset(range(FRAME_DATA, FRAME_DICT + 1))
 
 # Codecs.  Each id names the whole decode stack, so the decoder dispatches
 # on it and nothing else.

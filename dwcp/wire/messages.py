@@ -23,10 +23,12 @@ from dwcp._backend import impl as _k
 from dwcp.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
-__all__ = ["encode_control", "decode_control", "SCHEMAS", "MAX_STREAMS", "MAX_OBJECT_BYTES"]
+__all__ = ["encode_control", "decode_control", "encode_dict", "SCHEMAS", "MAX_STREAMS", "MAX_OBJECT_BYTES",
+           "MAX_DICT_BYTES"]  # fmt: skip
 
 MAX_STREAMS = 256
 MAX_OBJECT_BYTES = 1 << 44  # 16 TiB
+MAX_DICT_BYTES = 1 << 20  # a zstd dictionary (dwcp.codec.dictionaries)
 _HEX32 = re.compile(r"[0-9a-f]{32}")  # with fullmatch: `$` would let a final "\n" by
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -50,6 +52,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "stream": (int, False),
         "node": (str, False),
         "forward": (dict, False),  # {"to": "HOST:PORT"}: relay the object on to the next hop
+        "dict": (dict, False),  # {"id", "digest", "size"}: the zstd dictionary the chunks may use
     },
     C.FRAME_WELCOME: {
         "mode": (str, True),  # "full" | "delta" | "pages"
@@ -64,6 +67,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "caps": (list, False),  # the capabilities both sides have (transport.session.negotiate)
         "region": (str, False),  # mode "probe": the answering node's region
         "links": (list, False),  # mode "probe": [[from, to, one-way latency s, bytes/s], ...] it measured
+        "need_dict": (bool, False),  # the receiver lacks HELLO's dictionary: send it (FRAME_DICT)
     },
     C.FRAME_ACK: {"chunks": (list, True)},
     C.FRAME_NACK: {"chunk": (int, True), "reason": (str, True)},
@@ -208,6 +212,14 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     caps = obj.get("caps")
     if caps is not None and (len(caps) > 64 or not all(isinstance(c, str) and len(c) <= 64 for c in caps)):
         raise err("caps must be at most 64 strings of at most 64 characters")
+    dd = obj.get("dict")
+    if dd is not None and (
+        set(dd) != {"id", "digest", "size"}
+        or not all(isinstance(dd[k], int) and not isinstance(dd[k], bool) for k in ("id", "size"))
+        or not 0 < dd["id"] < 1 << 32 or not 0 < dd["size"] <= MAX_DICT_BYTES
+        or not isinstance(dd["digest"], str) or not _HEX32.fullmatch(dd["digest"])
+    ):  # fmt: skip
+        raise err(f"dict must be {{id: 1..2**32-1, digest: 32 hex digits, size: 1..{MAX_DICT_BYTES}}}")
     fw = obj.get("forward")
     if fw is not None and (
         set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300
@@ -252,6 +264,14 @@ def encode_page_hashes(transfer_id: int, first_page: int, hashes: bytes) -> byte
         )  # fmt: skip
         + hashes
     )
+
+
+def encode_dict(transfer_id: int, dict_id: int, data: bytes) -> bytes:
+    """A FRAME_DICT: the dictionary's bytes, its zstd id in the offset field."""
+    if not 0 < len(data) <= MAX_DICT_BYTES or not 0 < dict_id < 1 << 32:
+        raise LocalProtocolError(f"dictionary {dict_id} of {len(data)} bytes", C.ERR_BAD_LENGTH)
+    return _k.pack_header(C.FRAME_DICT, C.CODEC_RAW, 0, transfer_id, dict_id, len(data), len(data),
+                          raw_hash=_k.xxh3_64(data)) + data  # fmt: skip
 
 
 def verify_payload(header, payload) -> None:

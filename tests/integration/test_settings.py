@@ -164,8 +164,13 @@ def _accepted_socket_of(client: socket.socket) -> socket.socket | None:
     me = client.getsockname()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            s = socket.socket(fileno=os.dup(int(fd)))
+            dup = os.dup(int(fd))
         except OSError:
+            continue
+        try:
+            s = socket.socket(fileno=dup)
+        except OSError:  # not a socket: the dup is ours to close
+            os.close(dup)
             continue
         try:
             if s.type == socket.SOCK_STREAM and s.getpeername() == me:

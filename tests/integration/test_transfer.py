@@ -347,3 +347,25 @@ def test_a_second_send_to_a_peer_starts_from_what_the_first_measured(server, tmp
     r3 = Sender(tx_config(adaptive_chunks=False), PLAIN, baselines=ObjectStore(tmp_path / "sent")).send(
         data, host, port, "path/c")  # fmt: skip
     assert r3["chunk_size"] == 1 << 20 and "fixed" in r3["chunk_size_reason"]
+
+
+def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):
+    """Each plaintext data stream splices through a pipe; the stream's end closes it with the socket
+    (found leaking two descriptors per stream: a daemon ran out of descriptors, or select() failed
+    past 1024)."""
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    data = np.random.default_rng(7).integers(0, 256, 4 << 20, dtype=np.uint8)  # raw chunks: spliced
+    with DataServer(server_config(tmp_path / "rx")) as srv:
+        sender = Sender(tx_config(), PLAIN)
+        sender.send(data, *srv.address, "fd/0", streams=4)
+        before = fds()
+        for i in range(1, 9):
+            data[i] ^= 0xFF
+            assert sender.send(data, *srv.address, f"fd/{i}", streams=4)["mode"] == "full"
+        deadline = time.monotonic() + 5
+        while fds() > before + 2 and time.monotonic() < deadline:  # stream threads finish after DONE
+            time.sleep(0.05)
+        assert fds() <= before + 2, (before, fds())

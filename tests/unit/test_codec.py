@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -16,13 +15,11 @@ from dwcp.codec import (
     ChunkEncoder,
     CodecConfig,
     CodecMetrics,
-    DictionaryStore,
     LevelController,
     looks_incompressible,
 )
 from dwcp.errors import ConfigError, IntegrityError, RemoteProtocolError
 from dwcp.wire import consts as C
-from dwcp.wire.frames import EOF, NEED_DATA, Frame, FrameReader
 
 DIGEST = bytes(range(16))
 CHUNK = 256 * 1024
@@ -37,14 +34,9 @@ def roundtrip(enc: ChunkEncoder, chunk, base=None, digest=None, dec: ChunkDecode
     f = enc.encode(chunk, offset=4096, transfer_id=9, base=base, base_digest=digest)
     h = K.parse_header(f.header)
     assert h.raw_len == memoryview(chunk).nbytes and h.enc_len == f.enc_len and h.offset == 4096
-    out = (dec or ChunkDecoder(dictionaries=enc.dictionaries)).decode(h, bytes(f.payload), base=base)
+    out = (dec or ChunkDecoder()).decode(h, bytes(f.payload), base=base)
     assert bytes(out) == bytes(chunk)
     return f
-
-
-def as_frames(encoded) -> list[Frame]:
-    """What a receiver sees: parsed headers and payload bytes."""
-    return [Frame(K.parse_header(f.header), bytes(f.payload)) for f in encoded]
 
 
 def rng_bytes(n: int, seed: int = 0) -> bytes:
@@ -124,34 +116,6 @@ def test_pages_mode_sends_only_differing_pages():
     assert bytes(out) == mine.tobytes()
     with pytest.raises(ValueError, match="page hashes"):
         enc.encode_pages(mine, b"\0" * 8, DIGEST)
-
-
-def test_dictionary_codec_roundtrip_and_unknown_id():
-    rng = np.random.default_rng(2)
-    samples = [text_corpus(2048, rng).tobytes() for _ in range(400)]
-    store = DictionaryStore()
-    did = store.train("config", samples, dict_size_bytes=16384)
-    assert did != 0 and len(store) == 1
-    enc = ChunkEncoder(CodecConfig(link_rate_bytes_per_s=1e7), dictionaries=store)
-    data = text_corpus(8192, rng).tobytes()
-    f = enc.encode(data, resource_type="config")
-    assert f.codec == C.CODEC_ZSTD_DICT
-    h = K.parse_header(f.header)
-    assert h.dict_id == did
-    assert bytes(ChunkDecoder(dictionaries=store).decode(h, bytes(f.payload))) == data
-    with pytest.raises(RemoteProtocolError) as ei:
-        ChunkDecoder().decode(h, bytes(f.payload))
-    assert ei.value.code == C.ERR_UNKNOWN_DICT
-
-
-def test_dictionary_training_needs_enough_samples():
-    store = DictionaryStore()
-    with pytest.raises(ConfigError, match="need at least 8"):
-        store.train("vm", [b"abc"] * 3)
-    with pytest.raises(ConfigError, match="4x the size"):
-        store.train("vm", [b"abcdefgh"] * 20, dict_size_bytes=4096)
-    with pytest.raises(ConfigError):
-        store.train("", [b"x"] * 100)
 
 
 def test_the_decoder_never_guesses_the_codec():
@@ -289,97 +253,3 @@ def test_concurrent_encoding_is_deterministic_and_counted():
     assert sum(v["frames"] for v in snap["encode"].values()) == 5 * len(chunks)
     assert snap["bytes_raw_total"] == 5 * len(img)
     assert snap["bytes_wire_total"] == 5 * sum(len(e) - C.HEADER_SIZE for e in expect)
-
-
-# -- the frame reader (sans-IO) -------------------------------------------
-
-
-def _stream(n: int = 6) -> tuple[bytes, list]:
-    enc = ChunkEncoder(CodecConfig(zstd_level=1))
-    img = vm_image(n * 16384, seed=40)
-    fs = [enc.encode(img[i * 16384 : (i + 1) * 16384], offset=i * 16384) for i in range(n)]
-    return b"".join(f.tobytes() for f in fs), fs
-
-
-def _drain(r: FrameReader) -> list:
-    out = []
-    while True:
-        f = r.next_frame()
-        if f is NEED_DATA or f is EOF:
-            return out + ([EOF] if f is EOF else [])
-        out.append(f)
-
-
-def test_frame_reader_any_split_gives_the_same_frames():
-    data, fs = _stream()
-    whole = FrameReader()
-    whole.receive_data(data)
-    whole.receive_data(b"")
-    ref = _drain(whole)
-    assert ref[-1] is EOF and len(ref) == len(fs) + 1
-    assert [f.payload for f in ref[:-1]] == [bytes(f.payload) for f in fs]
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        r = FrameReader()
-        got = []
-        cuts = sorted(rng.choice(len(data), 20, replace=False))
-        for a, b in zip([0, *cuts], [*cuts, len(data)]):
-            r.receive_data(data[a:b])
-            got += _drain(r)
-        r.receive_data(b"")
-        got += _drain(r)
-        assert [(f.header.astuple(), f.payload) for f in got[:-1]] == [
-            (f.header.astuple(), f.payload) for f in ref[:-1]
-        ]
-    # byte by byte
-    r = FrameReader()
-    got = []
-    for i in range(min(len(data), 3 * 1024)):
-        r.receive_data(data[i : i + 1])
-        got += _drain(r)
-    assert all(f is not EOF for f in got)
-
-
-def test_frame_reader_truncation_and_sticky_errors():
-    data, _ = _stream(2)
-    for cut in (10, 64, 100, len(data) - 1):
-        r = FrameReader()
-        r.receive_data(data[:cut])
-        _drain(r)
-        r.receive_data(b"")
-        with pytest.raises(RemoteProtocolError) as ei:
-            _drain(r)
-        assert ei.value.code == C.ERR_TRUNCATED
-    r = FrameReader()
-    r.receive_data(b"GET / HTTP/1.1\r\n" * 8)
-    with pytest.raises(RemoteProtocolError) as ei:
-        r.next_frame()
-    assert ei.value.code == C.ERR_BAD_MAGIC
-    with pytest.raises(RemoteProtocolError):  # sticky
-        r.next_frame()
-    with pytest.raises(RemoteProtocolError):
-        r.receive_data(data)
-
-
-def test_frame_reader_bounds_its_buffer():
-    r = FrameReader()
-    with pytest.raises(Exception, match="drain"):
-        r.receive_data(b"\0" * (r.max_buffer_bytes + 1))
-    with pytest.raises(ValueError):
-        FrameReader(max_buffer_bytes=100)
-
-
-def test_random_bytes_everywhere():
-    for seed in range(20):
-        junk = os.urandom(200 + seed * 50)
-        r = FrameReader()
-        r.receive_data(junk)
-        with pytest.raises(RemoteProtocolError):
-            r.next_frame()
-
-
-def test_shared_stores_are_used_even_while_empty():
-    """Regression: an empty store is falsy (__len__ == 0); `x or Default()` dropped it."""
-    dicts = DictionaryStore()
-    assert ChunkEncoder(dictionaries=dicts).dictionaries is dicts
-    assert ChunkDecoder(dictionaries=dicts).dictionaries is dicts

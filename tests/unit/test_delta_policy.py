@@ -44,4 +44,4 @@ def test_zstd_level_bounds_reach_the_fast_levels_and_no_further():
     with pytest.raises(ConfigError, match="need -7 <= min <= max <= 22"):
         from_dict({"security": {"plaintext": True}, "codec": {"zstd_level_min": -8}})
     with pytest.raises(ConfigError, match="unknown setting"):
-        from_dict({"security": {"plaintext": True}, "codec": {"dictionaries_dir": ""}})
+        from_dict({"security": {"plaintext": True}, "codec": {"dictionary_dir": ""}})

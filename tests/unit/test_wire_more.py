@@ -1,4 +1,4 @@
-"""More wire tests: every schema rule of dwcp.wire.messages and the FrameReader rules of dwcp.wire.frames.
+"""More wire tests: every schema rule of dwcp.wire.messages.
 
 Each bad control message is checked both ways: decoding it (a peer sent it) raises
 RemoteProtocolError(ERR_MALFORMED), encoding it (we tried to send it) raises
@@ -17,7 +17,6 @@ from dwcp._backend import impl as _k
 from dwcp.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 from dwcp.wire import messages as M
-from dwcp.wire.frames import EOF, NEED_DATA, Frame, FrameReader
 
 TOKEN = "ab" * 32
 DIGEST = "0123456789abcdef" * 2
@@ -215,16 +214,12 @@ GOOD_EDGES = [
 
 @pytest.mark.parametrize("frame_type, obj", GOOD_EDGES)
 def test_schema_accepts_edge_values_and_round_trips(frame_type, obj):
-    """Values at the edge of every bound are accepted, and encode -> FrameReader -> decode gives them back."""
+    """Values at the edge of every bound are accepted, and encode -> parse the header -> decode gives them back."""
     frame = M.encode_control(frame_type, 99, obj)
-    r = FrameReader()
-    r.receive_data(frame)
-    f = r.next_frame()
-    assert isinstance(f, Frame)
-    assert (f.header.frame_type, f.header.codec, f.header.transfer_id) == (frame_type, C.CODEC_RAW, 99)
-    assert f.header.raw_len == f.header.enc_len == len(f.payload) == len(frame) - C.HEADER_SIZE
-    assert M.decode_control(f.header, f.payload) == obj
-    assert r.next_frame() is NEED_DATA
+    h, payload = split(frame)
+    assert (h.frame_type, h.codec, h.transfer_id) == (frame_type, C.CODEC_RAW, 99)
+    assert h.raw_len == h.enc_len == len(payload) == len(frame) - C.HEADER_SIZE
+    assert M.decode_control(h, payload) == obj
 
 
 @pytest.mark.parametrize("kind", sorted(M.SCHEMAS))
@@ -370,182 +365,3 @@ def test_fuzz_payload_bytes_give_a_dict_or_a_protocol_error(frame_type, payload)
         assert exc.code == C.ERR_MALFORMED
     else:
         assert isinstance(got, dict)
-
-
-# -- FrameReader -------------------------------------------------------------------------------------------
-
-
-def small_frames(n: int) -> list[bytes]:
-    return [M.encode_control(C.FRAME_NACK, i, {"chunk": i, "reason": "r" * (i % 7)}) for i in range(n)]
-
-
-def drain(r: FrameReader) -> list:
-    out = []
-    while True:
-        f = r.next_frame()
-        if f is NEED_DATA or f is EOF:
-            return out + [f]
-        out.append(f)
-
-
-def test_sentinels_are_named():
-    assert repr(NEED_DATA) == "NEED_DATA" and repr(EOF) == "EOF"
-    assert NEED_DATA is not EOF
-
-
-def test_max_buffer_bytes_must_hold_one_maximal_frame():
-    minimum = C.HEADER_SIZE + C.MAX_ENC_LEN
-    with pytest.raises(ValueError, match="at least one maximal frame"):
-        FrameReader(max_buffer_bytes=minimum - 1)
-    assert FrameReader(max_buffer_bytes=minimum).max_buffer_bytes == minimum
-
-
-def test_clean_eof_between_frames_and_no_data_after_it():
-    """Rule 1: b"" is end of stream; between frames it is EOF (repeatedly); feeding more is our error."""
-    r = FrameReader()
-    assert r.next_frame() is NEED_DATA
-    r.receive_data(b"".join(small_frames(2)))
-    r.receive_data(b"")
-    frames = drain(r)
-    assert [f.header.transfer_id for f in frames[:-1]] == [0, 1] and frames[-1] is EOF
-    assert r.next_frame() is EOF
-    with pytest.raises(LocalProtocolError, match="after end of stream"):
-        r.receive_data(b"x")
-    with pytest.raises(LocalProtocolError, match="after end of stream"):
-        r.receive_data(b"")
-    assert r.next_frame() is EOF  # a LocalProtocolError is not sticky
-
-
-@pytest.mark.parametrize("cut", [1, C.HEADER_SIZE - 1])
-def test_eof_inside_header_is_truncated_and_sticky(cut):
-    """Rules 1 and 3: EOF inside a header is ERR_TRUNCATED, and every later call raises the same error."""
-    r = FrameReader()
-    r.receive_data(small_frames(1)[0][:cut])
-    assert r.next_frame() is NEED_DATA
-    r.receive_data(b"")
-    with pytest.raises(RemoteProtocolError, match=f"inside a frame header \\({cut} of 64") as ei:
-        r.next_frame()
-    assert ei.value.code == C.ERR_TRUNCATED
-    for call in (r.next_frame, lambda: r.receive_data(b"more"), lambda: r.receive_data(b"")):
-        with pytest.raises(RemoteProtocolError) as again:
-            call()
-        assert again.value is ei.value
-
-
-def test_eof_inside_payload_is_truncated():
-    frame = small_frames(4)[3]
-    need = len(frame) - C.HEADER_SIZE
-    r = FrameReader()
-    r.receive_data(frame[:-2])
-    assert r.next_frame() is NEED_DATA
-    r.receive_data(b"")
-    with pytest.raises(RemoteProtocolError, match=f"inside a frame payload \\({need - 2} of {need}") as ei:
-        r.next_frame()
-    assert ei.value.code == C.ERR_TRUNCATED
-    with pytest.raises(RemoteProtocolError) as again:
-        r.next_frame()
-    assert again.value is ei.value
-
-
-def test_header_is_checked_before_the_payload_arrives():
-    """Rule 2: a bad header raises as soon as its 64 bytes are here, without waiting for the payload."""
-    hdr = bytearray(small_frames(2)[1][: C.HEADER_SIZE])
-    hdr[0:4] = b"XXXX"
-    r = FrameReader()
-    r.receive_data(bytes(hdr[:-1]))
-    assert r.next_frame() is NEED_DATA
-    r.receive_data(bytes(hdr[-1:]))
-    with pytest.raises(RemoteProtocolError) as ei:
-        r.next_frame()
-    assert ei.value.code == C.ERR_BAD_MAGIC
-    with pytest.raises(RemoteProtocolError) as again:
-        r.receive_data(b"payload")
-    assert again.value is ei.value
-
-
-def test_header_then_payload_in_pieces():
-    """A frame fed one byte at a time comes out whole, exactly once, after its last byte."""
-    frame = small_frames(6)[5]
-    r = FrameReader()
-    for i, b in enumerate(frame):
-        assert r.next_frame() is NEED_DATA, i
-        r.receive_data(bytes([b]))
-    f = r.next_frame()
-    assert f.payload == frame[C.HEADER_SIZE :] and f.header.transfer_id == 5
-    assert r.buffered == 0 and r.next_frame() is NEED_DATA
-
-
-def test_zero_length_payload_frame_at_eof():
-    frame = raw_frame(C.FRAME_CLOSE, b"")
-    r = FrameReader()
-    r.receive_data(frame)
-    r.receive_data(b"")
-    f = r.next_frame()
-    assert f.payload == b"" and f.header.enc_len == 0
-    assert r.next_frame() is EOF
-
-
-def test_buffer_limit_refuses_then_accepts_after_drain():
-    """Rule 2: the reader refuses (LocalProtocolError, not sticky) to buffer past max_buffer_bytes."""
-    limit = C.HEADER_SIZE + C.MAX_ENC_LEN
-    first = small_frames(1)[0]
-    r = FrameReader(max_buffer_bytes=limit)
-    r.receive_data(first)
-    filler = b"\0" * (limit - len(first))
-    r.receive_data(filler)
-    assert r.buffered == limit
-    with pytest.raises(LocalProtocolError, match=f"would buffer {limit + 1} bytes .*drain"):
-        r.receive_data(b"\0")
-    assert r.buffered == limit
-    f = r.next_frame()
-    assert f.payload == first[C.HEADER_SIZE :]
-    r.receive_data(b"\0")  # room again after draining
-    assert r.buffered == limit - len(first) + 1
-
-
-def test_frames_survive_partial_consumption_and_compaction():
-    """Feeding while earlier frames are partly drained (with and without compaction) loses and reorders nothing."""
-    frames = small_frames(40)
-    big = M.encode_control(C.FRAME_WELCOME, 1000, {"mode": "pages", "have": "f" * 5000})
-    stream = frames[0] + big + b"".join(frames[1:])
-    r = FrameReader()
-    got = []
-    for i in range(0, len(stream), 97):
-        r.receive_data(stream[i : i + 97])
-        got += drain(r)[:-1]
-    assert [f.header.transfer_id for f in got] == [0, 1000] + list(range(1, 40))
-    want = [frames[0], big] + frames[1:]
-    assert [f.payload for f in got] == [w[C.HEADER_SIZE :] for w in want]
-    assert r.buffered == 0
-
-
-@given(st.lists(st.integers(0, 11), max_size=12), st.lists(st.integers(1, 300), min_size=1, max_size=30))
-def test_fuzz_any_split_yields_the_same_frames(sizes, cuts):
-    frames = [M.encode_control(C.FRAME_NACK, i, {"chunk": i, "reason": "x" * s}) for i, s in enumerate(sizes)]
-    stream = b"".join(frames)
-    r = FrameReader()
-    got, pos, k = [], 0, 0
-    while pos < len(stream):
-        n = cuts[k % len(cuts)]
-        r.receive_data(stream[pos : pos + n])
-        pos, k = pos + n, k + 1
-        got += drain(r)[:-1]
-    r.receive_data(b"")
-    assert drain(r) == [EOF]
-    assert [C.HEADER_SIZE + len(f.payload) for f in got] == [len(f) for f in frames]
-    assert [f.payload for f in got] == [f[C.HEADER_SIZE :] for f in frames]
-
-
-@given(st.binary(max_size=400), st.integers(1, 64))
-def test_fuzz_garbage_gives_frames_or_a_sticky_protocol_error(data, step):
-    r = FrameReader()
-    try:
-        for i in range(0, len(data), step):
-            r.receive_data(data[i : i + step])
-            drain(r)
-        r.receive_data(b"")
-        assert drain(r)[-1] is EOF
-    except RemoteProtocolError as exc:
-        with pytest.raises(RemoteProtocolError) as again:
-            r.next_frame()
-        assert again.value is exc
