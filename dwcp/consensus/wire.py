@@ -409,7 +409,7 @@ def raft_to_wire(m: RaftMsg) -> dict[str, Any]:
             d.update(voters=list(snap.voters), offset=m.offset, done=m.done, data=m.data.hex())
         else:
             d["match"] = m.match
-    elif t is MsgType.READ_INDEX or t is MsgType.READ_INDEX_RESP:
+    else:  # READ_INDEX, READ_INDEX_RESP
         d["ctx"] = m.ctx.hex()
         if t is MsgType.READ_INDEX_RESP:
             d["commit"] = m.commit
