@@ -50,157 +50,31 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
 from .catalog import Catalog
-from .raft import SNAP_CHUNK_BYTES, Entry, Msg, MsgType, NotLeaderError, RaftNode, Role, SnapshotMeta
+from .raft import Msg, MsgType, NotLeaderError, RaftNode, Role
 from .storage import FileStorage
+from .wire import Forward, command_id, forward_to_wire, raft_from_wire, raft_to_wire
 
-__all__ = ["RaftDriver", "msg_to_wire", "msg_from_wire", "SNAPSHOT_EVERY"]
+__all__ = ["RaftDriver", "SNAPSHOT_EVERY"]
 
 log = logging.getLogger("dwcp.raft")
 
 SNAPSHOT_EVERY = 10_000  # applied entries between two snapshots of the catalog (each compacts the log)
-MAX_WIRE_ENTRIES = 1024  # entries in one APPEND (the core sends max_entries_per_msg = 64)
-MAX_WIRE_VOTERS = 256
-MAX_WIRE_NAME = 256  # a node id
-MAX_WIRE_CTX = 64  # a read's context, bytes
 MAX_LINK_QUEUE = 10_000  # frames queued for one peer while its stream is down or full
 HOLD_S = 0.002  # the longest a leader holds proposals back for the round in flight
 MAX_HELD = 1024  # ... or until this many are held
 MAX_INBOX = 50_000  # messages (or proposals, or reads) waiting for the core thread's next round
-MAX_WIRE_DATA = 2 << 20  # one entry's or one snapshot chunk's bytes (the core's chunk: SNAP_CHUNK_BYTES)
-assert SNAP_CHUNK_BYTES <= MAX_WIRE_DATA
 
 _T = TypeVar("_T")
 
 
-def msg_to_wire(m: Msg) -> dict:
-    d: dict[str, Any] = {"type": m.type.value, "src": m.src, "dst": m.dst, "term": m.term}
-    t = m.type
-    if t is MsgType.VOTE or t is MsgType.PREVOTE:
-        d.update(last_index=m.last_index, last_term=m.last_term)
-    elif t is MsgType.VOTE_RESP or t is MsgType.PREVOTE_RESP:
-        d["granted"] = m.granted
-    elif t is MsgType.APPEND:
-        d.update(prev_index=m.prev_index, prev_term=m.prev_term, commit=m.commit, read_seq=m.read_seq,
-                 entries=[[e.term, e.index, e.kind, e.data.hex()] for e in m.entries])  # fmt: skip
-    elif t is MsgType.APPEND_RESP:
-        d.update(success=m.success, match=m.match, read_seq=m.read_seq)
-    elif t is MsgType.SNAP or t is MsgType.SNAP_RESP:
-        snap = m.snap or SnapshotMeta()
-        d.update(snap_index=snap.index, snap_term=snap.term, read_seq=m.read_seq)
-        if t is MsgType.SNAP:
-            d.update(voters=list(snap.voters), offset=m.offset, done=m.done, data=m.data.hex())
-        else:
-            d["match"] = m.match
-    elif t is MsgType.READ_INDEX or t is MsgType.READ_INDEX_RESP:
-        d["ctx"] = m.ctx.hex()
-        if t is MsgType.READ_INDEX_RESP:
-            d["commit"] = m.commit
-    return d
-
-
 def raft_frame(d: dict) -> bytes:
-    """``encode_control(FRAME_RAFT, 0, d)`` for a dict ``msg_to_wire`` made: the schema check is left out on
+    """``encode_control(FRAME_RAFT, 0, d)`` for a dict ``raft_to_wire`` made: the schema check is left out on
     this hot path (the tests check that every message type passes it; the receiver checks it anyway)."""
     body = json.dumps(d, separators=(",", ":")).encode()
     return (
         _k.pack_header(C.FRAME_RAFT, C.CODEC_RAW, 0, 0, 0, len(body), len(body), raw_hash=_k.xxh3_64(body))
         + body
     )
-
-
-def _int(d: dict, k: str) -> int:
-    v = d.get(k, 0)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 63:
-        raise ValueError(f"{k} must be an integer in [0, 2**63)")
-    return v
-
-
-def _str(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= MAX_WIRE_NAME:
-        raise ValueError(f"{what} must be a name of 1..{MAX_WIRE_NAME} characters")
-    return v
-
-
-def _hex(v: Any, limit: int, what: str) -> bytes:
-    if not isinstance(v, str) or len(v) > 2 * limit:
-        raise ValueError(f"{what} must be hex of at most {limit} bytes")
-    return bytes.fromhex(v)
-
-
-def _bool(d: dict, k: str) -> bool:
-    v = d.get(k, False)
-    if not isinstance(v, bool):
-        raise ValueError(f"{k} must be a boolean")
-    return v
-
-
-def _entry(x: Any) -> Entry:
-    """One wire entry, checked as ``_int``/``_hex`` would (inline: a follower decodes every entry)."""
-    if type(x) is not list or len(x) != 4:
-        raise ValueError("an entry is [term, index, kind, hex data]")
-    term, index, kind, data = x
-    if type(term) is not int or type(index) is not int or not (0 <= term < 1 << 63 and 0 <= index < 1 << 63):
-        raise ValueError("an entry's term and index must be integers in [0, 2**63)")
-    if kind != "data" and kind != "noop" and kind != "conf":
-        raise ValueError(f"unknown entry kind {kind!r}")
-    if type(data) is not str or len(data) > 2 * MAX_WIRE_DATA:
-        raise ValueError(f"entry data must be hex of at most {MAX_WIRE_DATA} bytes")
-    return Entry(term, index, kind, bytes.fromhex(data))
-
-
-def msg_from_wire(d: dict) -> Msg:
-    """The message a peer sent; anything malformed or out of bounds is a RemoteProtocolError."""
-    try:
-        if not isinstance(d, dict):
-            raise TypeError("a raft message is a JSON object")
-        t = MsgType(d["type"])
-        src, dst, term = _str(d["src"], "src"), _str(d["dst"], "dst"), _int(d, "term")
-        kw: dict[str, Any] = {}
-        if t is MsgType.VOTE or t is MsgType.PREVOTE:
-            kw.update(last_index=_int(d, "last_index"), last_term=_int(d, "last_term"))
-        elif t is MsgType.VOTE_RESP or t is MsgType.PREVOTE_RESP:
-            kw["granted"] = _bool(d, "granted")
-        elif t is MsgType.APPEND:
-            ents = d.get("entries", [])
-            if not isinstance(ents, list) or len(ents) > MAX_WIRE_ENTRIES:
-                raise ValueError(f"entries must be a list of at most {MAX_WIRE_ENTRIES}")
-            kw.update(prev_index=_int(d, "prev_index"), prev_term=_int(d, "prev_term"), commit=_int(d, "commit"),
-                      read_seq=_int(d, "read_seq"), entries=tuple(_entry(x) for x in ents))  # fmt: skip
-        elif t is MsgType.APPEND_RESP:
-            kw.update(success=_bool(d, "success"), match=_int(d, "match"), read_seq=_int(d, "read_seq"))
-        elif t is MsgType.SNAP or t is MsgType.SNAP_RESP:
-            voters: tuple[str, ...] = ()
-            if t is MsgType.SNAP:
-                vs = d.get("voters", [])
-                if not isinstance(vs, list) or not 0 < len(vs) <= MAX_WIRE_VOTERS:
-                    raise ValueError(f"voters must be a list of 1..{MAX_WIRE_VOTERS} names")
-                voters = tuple(_str(v, "a voter") for v in vs)
-                kw.update(offset=_int(d, "offset"), done=_bool(d, "done"),
-                          data=_hex(d.get("data", ""), MAX_WIRE_DATA, "snapshot chunk"))  # fmt: skip
-            else:
-                kw["match"] = _int(d, "match")
-            index = _int(d, "snap_index")
-            if index < 1:
-                raise ValueError("a snapshot's index is at least 1")
-            kw.update(snap=SnapshotMeta(index, _int(d, "snap_term"), voters), read_seq=_int(d, "read_seq"))
-        else:
-            kw["ctx"] = _hex(d.get("ctx", ""), MAX_WIRE_CTX, "ctx")
-            if t is MsgType.READ_INDEX_RESP:
-                kw["commit"] = _int(d, "commit")
-        return Msg(t, src, dst, term, **kw)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise RemoteProtocolError(f"bad raft message: {exc}", C.ERR_MALFORMED) from None
-
-
-def _command_id(data: bytes) -> str | None:
-    """The "id" ``propose`` put last in a command: a slice, not a second JSON parse (None if not there)."""
-    if data[-25:-19] == b',"id":' and data[-19:-18] == data[-2:-1] == b'"' and data[-1:] == b"}":
-        return data[-18:-2].decode("ascii", "replace")
-    try:
-        cid = json.loads(data).get("id")
-    except (ValueError, AttributeError):
-        return None
-    return cid if isinstance(cid, str) else None
 
 
 def _peer_closed(sock: Any) -> bool:
@@ -456,8 +330,7 @@ class RaftDriver:
                     node.propose_batch(batch)
             elif mine and node.leader in self.links:
                 self.links[node.leader].send(b"".join(
-                    encode_control(C.FRAME_RAFT, 0, {"type": "forward", "src": self.id, "data": d.hex()})
-                    for d in mine))  # fmt: skip
+                    encode_control(C.FRAME_RAFT, 0, forward_to_wire(self.id, d)) for d in mine))  # fmt: skip
         for ctx in reads:
             try:
                 node.read_index(ctx)
@@ -499,7 +372,7 @@ class RaftDriver:
                 continue
             res = catalog.apply(e.index, e.data)
             if waiting:
-                cid = _command_id(e.data)
+                cid = command_id(e.data)
                 if cid is not None:
                     done.append((cid, res))
         wake: list[tuple[threading.Lock, list, dict]] = []
@@ -539,29 +412,21 @@ class RaftDriver:
         for dst, ms in sends.items():
             link = self.links.get(dst)
             if link is not None:
-                link.send(b"".join(raft_frame(msg_to_wire(m)) for m in ms))
+                link.send(b"".join(raft_frame(raft_to_wire(m)) for m in ms))
 
     # -- the wire -----------------------------------------------------------------------
     def deliver(self, d: dict, peer_identity: str | None) -> None:
         """A message from the data port; ``peer_identity`` is the TLS identity (None: plaintext).  Checked
         here, on the connection's thread; the core thread steps it with the rest of its round."""
-        if d.get("type") == "forward":  # a follower's proposal for us to lead
-            if peer_identity is not None and d.get("src") != peer_identity:
-                raise RemoteProtocolError(
-                    "forwarded proposal from a node that is not its sender", C.ERR_BAD_FIELD
-                )
-            try:
-                data = _hex(d.get("data"), MAX_WIRE_DATA, "forwarded data")
-            except (ValueError, TypeError) as exc:
-                raise RemoteProtocolError(f"bad forwarded proposal: {exc}", C.ERR_MALFORMED) from None
-            if self.node.role is Role.LEADER:  # a racy look: the core checks again, under its term
-                self._submit("prop", (self.node.term, data))
-            return
-        m = msg_from_wire(d)
+        m = raft_from_wire(d)
         if peer_identity is not None and m.src != peer_identity:
             raise RemoteProtocolError(
                 f"raft message from {peer_identity} claims to be from {m.src}", C.ERR_BAD_FIELD
             )
+        if isinstance(m, Forward):  # a follower's proposal for us to lead
+            if self.node.role is Role.LEADER:  # a racy look: the core checks again, under its term
+                self._submit("prop", (self.node.term, m.data))
+            return
         if m.dst != self.id or m.src not in self.links:
             raise RemoteProtocolError(
                 f"raft message {m.src} -> {m.dst} is not for this cluster node", C.ERR_BAD_FIELD

@@ -7,8 +7,9 @@ The same surface as ``RaftDriver`` (``start``, ``close``, ``propose``,
 * the wire: the data port's consensus streams (HELLO op "raft", mutual TLS),
   one FRAME_RAFT frame per envelope, ``{"type": "epoch", "epoch", "src",
   "dst", "kind", "body"|"data"|"want"}``; an engine message travels in its
-  engine's wire form (``msg_to_wire`` for Raft, ``Msg.to_wire`` for PBFT) and
-  is parsed only when it belongs to an epoch this node runs;
+  engine's wire form (``raft_to_wire`` for Raft, ``Msg.to_wire`` for PBFT);
+  ``dwcp.consensus.wire`` checks every envelope, and keeps an engine message
+  only when it belongs to an epoch this node runs;
 * identity: with TLS, an envelope's ``src`` must be the certificate's node
   id (and a PBFT message is signed besides); in plaintext (tests only) the
   envelope's ``src`` is taken as the peer;
@@ -41,16 +42,15 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
 from .catalog import Catalog
-from .driver import _PeerLink, msg_from_wire, msg_to_wire
-from .epochs import ALGORITHMS, Envelope, EpochNode, PbftEngine, RaftEngine
+from .driver import _PeerLink
+from .epochs import ALGORITHMS, EpochNode, PbftEngine, RaftEngine
 from .raft import NotLeaderError, RaftNode
 from .storage import FileStorage
+from .wire import epoch_from_wire, epoch_to_wire
 
 __all__ = ["EpochDriver"]
 
 log = logging.getLogger("dwcp.consensus")
-
-MAX_STATE_HEX = 2 * (64 << 20)
 
 
 class EpochDriver:
@@ -165,19 +165,6 @@ class EpochDriver:
         return self.node.catalog
 
     # -- the wire -------------------------------------------------------------------------------
-    def _body_out(self, m: Any) -> dict:
-        return m.to_wire() if hasattr(m, "to_wire") else msg_to_wire(m)
-
-    def _to_wire(self, e: Envelope) -> dict:
-        d: dict[str, Any] = {"type": "epoch", "epoch": e.epoch, "src": e.src, "dst": e.dst, "kind": e.kind}
-        if e.kind == "engine":
-            d["body"] = self._body_out(e.body)
-        elif e.kind in ("forward", "state"):
-            d["data"] = e.body.hex()
-        elif e.kind == "state_req":
-            d["want"] = int(e.body)
-        return d
-
     def _algorithm_of(self, epoch: int) -> str | None:
         n = self.node
         if epoch == n.epoch:
@@ -186,31 +173,6 @@ class EpochDriver:
             return n.previous_algorithm
         return None
 
-    def _from_wire(self, d: dict) -> Envelope:
-        try:
-            epoch, src, dst, kind = int(d["epoch"]), str(d["src"]), str(d["dst"]), str(d["kind"])
-            body: Any = None
-            if kind == "engine":
-                alg = self._algorithm_of(epoch)
-                if alg == "bft":
-                    from .pbft import Msg as PbftMsg
-
-                    body = PbftMsg.from_wire(d.get("body"))
-                elif alg == "raft":
-                    body = msg_from_wire(d.get("body") or {})
-            elif kind in ("forward", "state"):
-                raw = d.get("data")
-                if not isinstance(raw, str) or len(raw) > MAX_STATE_HEX:
-                    raise ValueError("data must be hex within the state bound")
-                body = bytes.fromhex(raw)
-            elif kind == "state_req":
-                body = int(d["want"])
-            elif kind != "hint":
-                raise ValueError(f"unknown kind {kind!r}")
-        except (KeyError, ValueError, TypeError) as exc:
-            raise RemoteProtocolError(f"bad consensus envelope: {exc}", C.ERR_MALFORMED) from None
-        return Envelope(epoch, src, dst, kind, body)
-
     def deliver(self, d: dict, peer_identity: str | None) -> None:
         """An envelope from the data port; ``peer_identity`` is the TLS identity (None: plaintext)."""
         if d.get("type") != "epoch":
@@ -218,7 +180,7 @@ class EpochDriver:
                 "this node runs adaptive consensus: epoch envelopes only", C.ERR_BAD_FIELD
             )
         with self.lock:
-            e = self._from_wire(d)
+            e = epoch_from_wire(d, self._algorithm_of)
             if peer_identity is not None and e.src != peer_identity:
                 raise RemoteProtocolError(f"consensus envelope from {peer_identity} claims to be from {e.src}",
                                           C.ERR_BAD_FIELD)  # fmt: skip
@@ -238,7 +200,7 @@ class EpochDriver:
         for e in r.messages:
             link = self.links.get(e.dst)
             if link is not None:
-                link.send(encode_control(C.FRAME_RAFT, 0, self._to_wire(e)))
+                link.send(encode_control(C.FRAME_RAFT, 0, epoch_to_wire(e)))
         for _gidx, cmd, res in r.applied:
             w = self._waiters.pop(cmd.get("id", ""), None)
             if w is not None:

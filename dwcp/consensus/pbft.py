@@ -94,7 +94,7 @@ Rules kept here (what a correct node checks and does):
 * every table is bounded: per slot at most n votes, slots only inside the
   window, pending requests ``max_pending``, one VIEW-CHANGE per sender, the
   verification cache and fault log by size; wire messages by count, depth
-  and bytes (``from_wire``).
+  and bytes (``from_wire``: ``dwcp.consensus.wire``).
 
 Errors are sticky: after an exception inside the core the node is in
 ``Status.ERROR`` and refuses input (``LocalProtocolError``).
@@ -103,11 +103,9 @@ Errors are sticky: after an exception inside the core the node is in
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import hashlib
 import json
-import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,16 +135,10 @@ DOMAIN = "dwcp-pbft/1"
 NULL_DIGEST = "0" * 64
 GENESIS = hashlib.sha256(b"dwcp-pbft genesis").hexdigest()
 
-# wire bounds (``from_wire``)
+# wire bounds: ``dwcp.consensus.wire`` enforces them on what arrives, the core sizes what it sends by them
 MAX_DATA_BYTES = 64 * 1024  # one catalog command
 MAX_WIRE_MSGS = 8192  # messages in one wire message, nested ones included
 MAX_WIRE_DATA_BYTES = 8 * 1024 * 1024  # request data in one wire message
-MAX_DEPTH = 3  # NEW-VIEW > VIEW-CHANGE > PRE-PREPARE > REQUEST
-_INT_MAX = 2**63 - 1
-_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-_SIG_RE = re.compile(r"[0-9a-f]{128}")
-_B64_MAX = 4 * ((MAX_DATA_BYTES + 2) // 3)
 
 FAULT_KINDS = (
     "bad_signature",  # the signature does not verify (forged, tampered)
@@ -243,71 +235,11 @@ class Msg:
 
     @classmethod
     def from_wire(cls, w: object) -> Msg:
-        """Parse a JSON-safe dict; any junk raises RemoteProtocolError (and nothing else)."""
-        try:
-            return _from_wire(w, 0, [MAX_WIRE_MSGS, MAX_WIRE_DATA_BYTES])
-        except RemoteProtocolError:
-            raise
-        except (ValueError, TypeError, KeyError, binascii.Error, RecursionError) as e:
-            raise RemoteProtocolError(f"pbft message: {e}") from e
+        """Parse a JSON-safe dict; any junk raises RemoteProtocolError (and nothing else).  The rules are
+        ``dwcp.consensus.wire``'s (imported here: it imports this module)."""
+        from .wire import pbft_from_wire
 
-
-_REQUIRED = {"t", "s", "v", "n", "d", "sig"}
-_ALLOWED = _REQUIRED | {"data", "aux", "p"}
-
-
-def _bad(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"pbft message: {what}")
-
-
-def _int(x: object, what: str) -> int:
-    if type(x) is not int or not 0 <= x <= _INT_MAX:
-        raise _bad(f"{what} is not a non-negative int64")
-    return x
-
-
-def _from_wire(w: object, depth: int, budget: list[int]) -> Msg:
-    if not isinstance(w, dict):
-        raise _bad("not an object")
-    keys = set(w)
-    if not keys >= _REQUIRED or not keys <= _ALLOWED:
-        raise _bad(f"fields {sorted(map(str, keys))}")
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _bad("too many nested messages")
-    t, s, d, sig = w["t"], w["s"], w["d"], w["sig"]
-    if not isinstance(t, str) or t not in _TYPES:
-        raise _bad("unknown type")
-    if not isinstance(s, str) or not _ID_RE.fullmatch(s):
-        raise _bad("bad sender")
-    if not isinstance(d, str) or not (d == "" or _DIGEST_RE.fullmatch(d)):
-        raise _bad("bad digest")
-    if not isinstance(sig, str) or not (sig == "" or _SIG_RE.fullmatch(sig)):
-        raise _bad("bad signature field")
-    view, seq = _int(w["v"], "view"), _int(w["n"], "seq")
-    data = b""
-    if "data" in w:
-        raw = w["data"]
-        if not isinstance(raw, str) or len(raw) > _B64_MAX:
-            raise _bad("bad data")
-        data = base64.b64decode(raw.encode("ascii"), validate=True)
-        budget[1] -= len(data)
-        if len(data) > MAX_DATA_BYTES or budget[1] < 0:
-            raise _bad("data too large")
-    aux = b""
-    if "aux" in w:
-        if not isinstance(w["aux"], str) or not _SIG_RE.fullmatch(w["aux"]):
-            raise _bad("bad aux")
-        aux = bytes.fromhex(w["aux"])
-    proofs: tuple[Msg, ...] = ()
-    if "p" in w:
-        p = w["p"]
-        if not isinstance(p, list) or len(p) > MAX_WIRE_MSGS:
-            raise _bad("bad proofs")
-        if depth >= MAX_DEPTH:
-            raise _bad("proofs nested too deep")
-        proofs = tuple(_from_wire(x, depth + 1, budget) for x in p)
-    return Msg(_TYPES[t], s, view, seq, d, data, proofs, aux, bytes.fromhex(sig))
+        return pbft_from_wire(w)
 
 
 @dataclass(frozen=True)
