@@ -57,7 +57,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
         fs.send(encode_control(C.FRAME_HELLO, tid, {"v": 1, "role": "control", "op": "fetch", "key": key,
                                                      "node": node_id}))  # fmt: skip
         welcome = expect(fs, C.FRAME_WELCOME)
-        if welcome.get("mode") != "fetch" or "size" not in welcome or "digest" not in welcome:
+        if welcome.get("mode") != "fetch" or not {"size", "digest", "chunk_size"} <= welcome.keys():
             raise RemoteProtocolError("malformed fetch answer", C.ERR_MALFORMED)
         size, digest, chunk_size = welcome["size"], bytes.fromhex(welcome["digest"]), welcome["chunk_size"]
         if size > MAX_OBJECT_BYTES:

@@ -80,10 +80,6 @@ def available_congestion_controls() -> list[str]:
     return v.split() if v else []
 
 
-def _default_congestion_control() -> str | None:
-    return _read(f"{_PROC}/ipv4/tcp_congestion_control") or None
-
-
 def kernel_limits() -> dict:
     """Socket-buffer limits: ``rmem_max``/``wmem_max`` (bytes; the ceiling of an
     explicit SO_RCVBUF/SO_SNDBUF) and the ``tcp_rmem``/``tcp_wmem`` triples
