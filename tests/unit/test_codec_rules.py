@@ -18,13 +18,15 @@ from dwcp.codec import (
     ChunkEncoder,
     CodecConfig,
     CodecMetrics,
-    DictionaryStore,
     LevelController,
     looks_incompressible,
 )
 from dwcp.codec import compress as compress_mod
+from dwcp.codec import dictionaries as dictionaries_mod
+from dwcp.codec.dictionaries import Dictionary
+from dwcp.codec.dictionaries import train as dict_train
 from dwcp.config import CodecSettings
-from dwcp.errors import ConfigError, IntegrityError, LocalProtocolError, RemoteProtocolError
+from dwcp.errors import ConfigError, DictionaryError, IntegrityError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
 DIGEST = bytes(range(1, 17))
@@ -308,29 +310,20 @@ def test_observing_nothing_changes_nothing():
 
 
 def test_dictionary_size_and_id_rules():
-    store = DictionaryStore()
-    with pytest.raises(ConfigError, match="too small"):
-        store.train("vm", [b"x" * 100] * 10, dict_size_bytes=255)
+    with pytest.raises(ConfigError, match="between 256"):
+        dict_train("vm", [b"x" * 100] * 10, 255)
     samples = [text_corpus(2048, np.random.default_rng(i)).tobytes() for i in range(64)]
-    did = store.train("cfg", samples, dict_size_bytes=4096)
-    zd = store.by_id(did).as_bytes()
-    # rule 3: the id on the wire is zstd's dictionary id; 0 means "no dictionary" and is refused
-    with pytest.raises(ConfigError, match="id 0"):
-        store.add("other", zd[:4] + b"\0\0\0\0" + zd[8:])
-    assert len(store) == 1 and store.for_type("other") is None
-    assert store.for_type(None) is None
-    with pytest.raises(RemoteProtocolError) as ei:
-        store.by_id(did + 1)
-    assert ei.value.code == C.ERR_UNKNOWN_DICT
+    zd = dict_train("cfg", samples, 4096).data
+    # the id on the wire is zstd's dictionary id; 0 means "no dictionary" and is refused
+    with pytest.raises(DictionaryError, match="id 0"):
+        Dictionary.of(zd[:4] + b"\0\0\0\0" + zd[8:])
 
 
 def test_a_zstd_training_failure_is_a_config_error_that_says_what_to_do(monkeypatch):
     def fail(*a, **kw):
         raise zstandard.ZstdError("Src size is incorrect")
 
-    monkeypatch.setattr(compress_mod.zstandard, "train_dictionary", fail)
-    store = DictionaryStore()
+    monkeypatch.setattr(dictionaries_mod.zstandard, "train_dictionary", fail)
     with pytest.raises(ConfigError, match="too few or too alike") as ei:
-        store.train("vm", [b"y" * 1024] * 8, dict_size_bytes=1024)
+        dict_train("vm", [b"y" * 1024] * 8, 1024)
     assert "Src size is incorrect" in str(ei.value) and ei.value.__cause__ is None
-    assert len(store) == 0
