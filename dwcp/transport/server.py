@@ -117,6 +117,7 @@ from .session import (
     WRITE_NONZERO_PAGES,
     ReceiveSession,
     SendHello,
+    TransferReport,
     parse_send,
     plan,
 )
@@ -200,7 +201,7 @@ class _Forwarder(threading.Thread):
         self.server, self.t, self.host, self.port, self.digest = server, t, host, port, digest
         self.to = f"{host}:{port}"
         self.error: str | None = None
-        self.result: dict = {}
+        self.result: TransferReport | None = None  # the next hop's report, once it verified the object
 
     def _ready(self, i: int, timeout_s: float) -> bool:
         if self.t.partial.wait_chunk(i, timeout_s):
@@ -743,8 +744,9 @@ class DataServer:
                     self._send_error(fs, C.ERR_UNAVAILABLE, f"{key}: stored here, but relaying to {fwd.to} failed: "
                                                             f"{fwd.error}")  # fmt: skip
                     return
-                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result["seconds"],
-                                     "wire_bytes": fwd.result["wire_bytes"], "mode": fwd.result["mode"]}  # fmt: skip
+                assert fwd.result is not None  # no error: the send returned its report
+                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result.seconds,
+                                     "wire_bytes": fwd.result.wire_bytes, "mode": fwd.result.mode}  # fmt: skip
             fs.send(encode_control(C.FRAME_DONE, transfer_id, done))
             log.info(
                 "transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex()

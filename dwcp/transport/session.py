@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from dwcp.errors import InvalidKeyError, LocalProtocolError, RemoteProtocolError
 from dwcp.storage import MAX_CHUNKS, min_chunk_size, validate_key
@@ -533,3 +534,85 @@ class SendSession:
     def close(self) -> dict:
         """The CLOSE after the receiver's DONE."""
         return {"reason": "done"}
+
+
+# -- the report of a finished send -----------------------------------------------------------------
+__all__ += ["TransferReport", "StreamsReport", "CodecReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsReport:
+    """How many streams a send ran and why (``TransferReport.streams``)."""
+
+    initial: int  # the count it started with
+    max: int  # the most it ran at once
+    final: int  # the count it ended with
+    auto: bool  # the controller chose the count (False: fixed by the caller)
+    decisions: tuple[dict[str, Any], ...]  # {"t": seconds, "streams": n, "reason": why}, in order
+    # what the controller saw (the last 512 samples): (t, streams after, goodput B/s, retransmitted fraction)
+    samples: tuple[tuple[float, int, int, float | None], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"initial": self.initial, "max": self.max, "final": self.final, "auto": self.auto,
+                "decisions": [dict(d) for d in self.decisions], "samples": [list(s) for s in self.samples]}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CodecReport:
+    """How a send's chunks were encoded (``TransferReport.codec``)."""
+
+    zstd_level: int | str  # the [codec] zstd_level setting, or "adaptive"
+    zstd_levels_used: dict[int, int]  # level -> chunks compressed at it, by level
+    compress_workers: int  # the encode bound setting (transport.encode_workers)
+    encodes_at_once_max: int  # the most chunks encoded at once
+
+    def to_json(self) -> dict[str, Any]:
+        return {"zstd_level": self.zstd_level, "zstd_levels_used": dict(self.zstd_levels_used),
+                "compress_workers": self.compress_workers, "encodes_at_once_max": self.encodes_at_once_max}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReport:
+    """What ``Sender.send`` reports of a verified send.  ``to_json()`` is the ``dwcp send --json`` document."""
+
+    key: str
+    to: str  # HOST:PORT sent to
+    mode: str  # "full" | "delta" | "pages": WELCOME's choice
+    size: int  # bytes of the object
+    digest: str  # xxh3-128 of the object, hex: what the receiver verified
+    verified: bool  # the receiver's DONE confirmed the digest (always True: a failed send raises)
+    wire_bytes: int  # frame bytes of the chunks sent, headers included
+    ratio: float  # size / wire_bytes (inf when nothing went)
+    seconds: float
+    throughput_bytes_per_s: float  # size / seconds
+    chunks: int
+    chunk_size: int
+    chunk_size_reason: str
+    chunks_sent: int  # resends included
+    chunks_resent: int  # NACKed, or requeued from a failed stream
+    resumed_chunks: int  # held by the receiver before this send
+    stream_errors: tuple[str, ...]  # why streams failed (the first 20)
+    streams: StreamsReport
+    rtt_ms: float  # the control stream's smoothed RTT at the start
+    tls: bool
+    socket: dict[str, Any]  # the control stream's socket options, as the dialer applied them
+    chunk_latency_ms: dict[str, float] | None  # send -> ACK: p50, p99, max, n; None when no chunk went
+    nic_profile: str | None  # the egress NIC whose tuning profile was used
+    relayed: dict[str, Any] | None  # a relay's account of the next hop (to, seconds, wire_bytes, mode)
+    tcp_info: tuple[dict[str, Any], ...]  # TCP_INFO of each data stream as it ended (the first 64)
+    refresh: str | None  # why this send had to go full (the [codec] settings)
+    delta_chain: int | None  # non-full sends since the key's last full one; None: not tracked
+    codec: CodecReport
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready builtins: the keys (and order) ``dwcp send --json`` prints."""
+        return {"key": self.key, "to": self.to, "mode": self.mode, "size": self.size, "digest": self.digest,
+                "verified": self.verified, "wire_bytes": self.wire_bytes, "ratio": self.ratio,
+                "seconds": self.seconds, "throughput_bytes_per_s": self.throughput_bytes_per_s,
+                "chunks": self.chunks, "chunk_size": self.chunk_size, "chunk_size_reason": self.chunk_size_reason,
+                "chunks_sent": self.chunks_sent, "chunks_resent": self.chunks_resent,
+                "resumed_chunks": self.resumed_chunks, "stream_errors": list(self.stream_errors),
+                "streams": self.streams.to_json(), "rtt_ms": self.rtt_ms, "tls": self.tls,
+                "socket": dict(self.socket), "chunk_latency_ms": self.chunk_latency_ms,
+                "nic_profile": self.nic_profile, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
+                "refresh": self.refresh, "delta_chain": self.delta_chain, "codec": self.codec.to_json()}  # fmt: skip
