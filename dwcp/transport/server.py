@@ -719,15 +719,20 @@ class DataServer:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
                 rep.update(outcome="interrupted", wire=sess.wire_bytes)
                 return
-            sess.check_commit()
+            sess.on_done()
             try:
                 info = partial.commit()
             except IntegrityError as exc:
+                sess.fail(exc.code, f"{key}: {exc}")
                 self._count("transfers_failed_total", 1)
                 self._send_error(fs, exc.code, f"{key}: {exc}")
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
                 rep.update(outcome="integrity", wire=sess.wire_bytes)
                 return
+            except StorageError as exc:
+                sess.fail(C.ERR_STORAGE, str(exc))
+                raise
+            sess.stored()
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=sess.wire_bytes)
             if self.on_commit is not None:

@@ -58,11 +58,50 @@ the receiver acknowledged, decides what a NACK means, and builds and judges DONE
    it, ACKs and NACKs change nothing and DONE cannot be built.
 10. DONE is built only once every chunk is acknowledged and nothing failed;
    the receiver's DONE must say ok and name the digest HELLO announced.
+
+States
+------
+11. Each session is in one state (``state``), and every event -- a method that
+    says what happened or builds what is sent -- is checked against its
+    side's table, ``SEND_TRANSITIONS`` or ``RECEIVE_TRANSITIONS``: state ->
+    {event: the state it leads to}.  An event its state does not list is
+    refused and changes nothing.  Queries (``span``, ``is_held``,
+    ``missing``, ``check_commit``, ``finished``, ...) are allowed in any
+    state.  The sending side::
+
+        SEND_IDLE          --hello-------->  SEND_HELLO_SENT
+        SEND_HELLO_SENT    --on_welcome--->  SEND_TRANSFERRING  (a WELCOME against rule 6: SEND_FAILED)
+        SEND_TRANSFERRING  --done--------->  SEND_DONE_SENT     (every chunk acknowledged, rule 10)
+        SEND_DONE_SENT     --on_done------>  SEND_COMMITTED     (a DONE against rule 10: SEND_FAILED)
+        SEND_COMMITTED     --close-------->  SEND_COMMITTED
+        any other state    --fail--------->  SEND_FAILED        (SEND_COMMITTED stays: the receiver has it)
+
+    and the data streams' events -- data_hello, take, sent, acked, nacked,
+    requeued -- in SEND_TRANSFERRING and every state after it, changing none
+    (after the end they change nothing: a stream may lag behind it).  The
+    receiving side::
+
+        RECV_PLANNED       --welcome------>  RECV_RECEIVING
+        RECV_RECEIVING     --on_done------>  RECV_COMMITTING    (a DONE against rule 4: RECV_FAILED)
+        RECV_COMMITTING    --stored------->  RECV_COMMITTED     (the driver committed the object)
+        RECV_FAILED        --on_done------>  RECV_FAILED        (raises the failure: rule 3)
+        any other state    --fail--------->  RECV_FAILED        (RECV_COMMITTED stays)
+
+    and the data streams' events -- admit, landed, rejected, released -- in
+    RECV_RECEIVING and every state after it, changing none.
+12. Whose fault.  A driver hands a session the peer's word only when the
+    protocol expects it (WELCOME after HELLO, the receiver's DONE after ours,
+    DATA on a stream that presented WELCOME's token), so an event its state
+    does not allow is the driver's misuse: LocalProtocolError.  What the
+    peer says wrong inside an allowed event (rules 1, 4, 6, 7, 10) is a
+    RemoteProtocolError; one that ends the transfer (a WELCOME or a DONE)
+    fails it first, so the failure is sticky on both sides.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +205,73 @@ def plan(hello: SendHello, *, holds_proposed: bool, latest: tuple[bytes, int] | 
     return Plan(mode, base, cs, why)
 
 
+# -- the states (rules 11, 12) -----------------------------------------------------------------------
+__all__ += ["SEND_IDLE", "SEND_HELLO_SENT", "SEND_TRANSFERRING", "SEND_DONE_SENT", "SEND_COMMITTED", "SEND_FAILED",
+            "RECV_PLANNED", "RECV_RECEIVING", "RECV_COMMITTING", "RECV_COMMITTED", "RECV_FAILED",
+            "SEND_TRANSITIONS", "RECEIVE_TRANSITIONS"]  # fmt: skip
+
+
+class _State(str):
+    """A session state; a str so it prints and serialises as itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+SEND_IDLE = _State("SEND_IDLE")  # built; HELLO not yet
+SEND_HELLO_SENT = _State("SEND_HELLO_SENT")  # waiting for WELCOME
+SEND_TRANSFERRING = _State("SEND_TRANSFERRING")  # the data streams send chunks
+SEND_DONE_SENT = _State("SEND_DONE_SENT")  # waiting for the receiver's DONE
+SEND_COMMITTED = _State("SEND_COMMITTED")  # the receiver confirmed the object: final
+SEND_FAILED = _State("SEND_FAILED")  # final: ``failed`` says why
+
+RECV_PLANNED = _State("RECV_PLANNED")  # HELLO judged, the plan made; WELCOME not yet
+RECV_RECEIVING = _State("RECV_RECEIVING")  # the data streams deliver chunks
+RECV_COMMITTING = _State("RECV_COMMITTING")  # the sender's DONE was judged: the driver verifies and stores
+RECV_COMMITTED = _State("RECV_COMMITTED")  # stored: final
+RECV_FAILED = _State("RECV_FAILED")  # final: ``failure`` says why
+
+_SEND_STREAM_EVENTS = ("data_hello", "take", "sent", "acked", "nacked", "requeued")
+_RECV_STREAM_EVENTS = ("admit", "landed", "rejected", "released")
+
+
+def _with_streams(state: str, events: tuple[str, ...], rest: dict[str, str]) -> dict[str, str]:
+    return {**dict.fromkeys(events, state), **rest}
+
+
+# state -> {event: the state it leads to}; an event a state does not list is refused (rule 11)
+SEND_TRANSITIONS: Mapping[str, Mapping[str, str]] = {
+    SEND_IDLE: {"hello": SEND_HELLO_SENT, "fail": SEND_FAILED},
+    SEND_HELLO_SENT: {"on_welcome": SEND_TRANSFERRING, "fail": SEND_FAILED},
+    SEND_TRANSFERRING: _with_streams(SEND_TRANSFERRING, _SEND_STREAM_EVENTS,
+                                     {"done": SEND_DONE_SENT, "fail": SEND_FAILED}),
+    SEND_DONE_SENT: _with_streams(SEND_DONE_SENT, _SEND_STREAM_EVENTS,
+                                  {"on_done": SEND_COMMITTED, "fail": SEND_FAILED}),
+    SEND_COMMITTED: _with_streams(SEND_COMMITTED, _SEND_STREAM_EVENTS,
+                                  {"close": SEND_COMMITTED, "fail": SEND_COMMITTED}),
+    SEND_FAILED: _with_streams(SEND_FAILED, _SEND_STREAM_EVENTS, {"fail": SEND_FAILED}),
+}  # fmt: skip
+RECEIVE_TRANSITIONS: Mapping[str, Mapping[str, str]] = {
+    RECV_PLANNED: {"welcome": RECV_RECEIVING, "fail": RECV_FAILED},
+    RECV_RECEIVING: _with_streams(RECV_RECEIVING, _RECV_STREAM_EVENTS,
+                                  {"on_done": RECV_COMMITTING, "fail": RECV_FAILED}),
+    RECV_COMMITTING: _with_streams(RECV_COMMITTING, _RECV_STREAM_EVENTS,
+                                   {"stored": RECV_COMMITTED, "fail": RECV_FAILED}),
+    RECV_COMMITTED: _with_streams(RECV_COMMITTED, _RECV_STREAM_EVENTS, {"fail": RECV_COMMITTED}),
+    RECV_FAILED: _with_streams(RECV_FAILED, _RECV_STREAM_EVENTS, {"on_done": RECV_FAILED, "fail": RECV_FAILED}),
+}  # fmt: skip
+
+
+def _next(table: Mapping[str, Mapping[str, str]], state: str, event: str, what: str = "") -> str:
+    """The state ``event`` leads to from ``state``; LocalProtocolError if ``state`` does not allow it (rule 12)."""
+    nxt = table[state].get(event)
+    if nxt is None:
+        raise LocalProtocolError(f"{what or event} in state {state}", 0)
+    return nxt
+
+
 class ReceiveSession:
     """One transfer being received: the rules above, over the chunks of one object."""
 
@@ -183,7 +289,8 @@ class ReceiveSession:
         self.seeded = seeded and p.base_digest is not None
         self._claimed: set[int] = set()  # chunks a stream is receiving; invariant: none of them held
         self._lock = threading.Lock()
-        self.failure: tuple[int, str] | None = None  # (ERR_*, why); sticky
+        self.state: str = RECV_PLANNED  # rule 11; changes only under _lock
+        self.failure: tuple[int, str] | None = None  # (ERR_*, why); sticky; invariant: set iff RECV_FAILED
         self.started = now
         self.progressed = now  # when the last chunk landed
         self.chunks_received = 0
@@ -192,6 +299,8 @@ class ReceiveSession:
 
     # -- what WELCOME says ---------------------------------------------------------
     def welcome(self, token: str, node: str) -> dict:
+        with self._lock:
+            self.state = _next(RECEIVE_TRANSITIONS, self.state, "welcome", "WELCOME")
         msg = {"mode": self.plan.mode, "token": token, "chunk_size": self.chunk_size, "node": node,
                "caps": sorted(self.hello.caps)}  # fmt: skip
         if "resume" in self.hello.caps:
@@ -215,6 +324,8 @@ class ReceiveSession:
 
     def admit(self, h) -> tuple[str, int]:
         """Judge a DATA frame's header (rule 1, 2): (ADMIT_*, chunk index)."""
+        with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "admit", "a DATA frame")  # a stream event: no change
         if h.frame_type != C.FRAME_DATA:
             raise RemoteProtocolError(f"frame type {h.frame_type} on a data stream", C.ERR_BAD_FRAME_TYPE)
         if h.transfer_id != self.hello.transfer_id:
@@ -254,6 +365,7 @@ class ReceiveSession:
     def landed(self, idx: int, now: float) -> None:
         """Chunk ``idx`` is written and verified: held from now on (ACK it)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "landed")
             self._claimed.discard(idx)
             self._held[idx >> 3] |= 1 << (idx & 7)
             self.chunks_received += 1
@@ -262,33 +374,55 @@ class ReceiveSession:
     def rejected(self, idx: int) -> None:
         """Chunk ``idx`` failed its hash (NACK it: the sender sends it again)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "rejected")
             self._claimed.discard(idx)
             self.chunks_nacked += 1
 
     def released(self, idx: int) -> None:
         """The stream receiving chunk ``idx`` gave up on it (it broke, or the transfer failed)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "released")
             self._claimed.discard(idx)
 
     # -- the transfer as a whole -----------------------------------------------------------
     def fail(self, code: int, why: str) -> bool:
-        """End the transfer with ``why`` (rule 3); True if this call set it."""
+        """End the transfer with ``why`` (rule 3); True if this call set it (not once failed or committed)."""
         with self._lock:
-            if self.failure is not None:
-                return False
-            self.failure = (code, why)
-            return True
+            return self._fail(code, why)
+
+    def _fail(self, code: int, why: str) -> bool:  # under _lock
+        if _next(RECEIVE_TRANSITIONS, self.state, "fail") != RECV_FAILED or self.failure is not None:
+            return False
+        self.failure, self.state = (code, why), RECV_FAILED
+        return True
 
     def missing(self) -> int:
         return self.nchunks - self.held_count
 
     def check_commit(self) -> None:
-        """Rule 4: raise unless the object may be committed."""
+        """Rule 4: raise unless the object may be committed (a query: ``on_done`` is the event)."""
         if self.failure is not None:
             raise RemoteProtocolError(f"DONE for a failed transfer: {self.failure[1]}", self.failure[0])
         missing = self.missing()
         if missing:
             raise RemoteProtocolError(f"DONE with {missing} chunks still missing", C.ERR_TRUNCATED)
+
+    def on_done(self) -> None:
+        """The sender's DONE: the object may be committed (rule 4), or RemoteProtocolError -- and the transfer
+        failed with it, unless it had failed already (then the error is that failure)."""
+        with self._lock:
+            nxt = _next(RECEIVE_TRANSITIONS, self.state, "on_done", "DONE")
+            try:
+                self.check_commit()
+            except RemoteProtocolError as exc:
+                self._fail(exc.code, str(exc))
+                raise
+            self.state = nxt
+
+    def stored(self) -> None:
+        """The driver verified the whole object and committed it to the store."""
+        with self._lock:
+            self.state = _next(RECEIVE_TRANSITIONS, self.state, "stored")
 
     def idle_for(self, now: float) -> float:
         """Seconds since the last chunk landed (or since the start)."""
@@ -343,10 +477,14 @@ class SendSession:
         self.wire_bytes = 0
         self.failed: str | None = None  # why the transfer failed; sticky: set once, never cleared
         self.error: BaseException | None = None  # the typed error the driver raises for it, if any
-        self.committed = False
+        self.state: str = (
+            SEND_IDLE  # rule 11; changes only under _lock; invariant: SEND_FAILED iff failed is set
+        )
 
     # -- HELLO and WELCOME -------------------------------------------------------------------------
     def hello(self) -> dict:
+        with self._lock:
+            self.state = _next(SEND_TRANSITIONS, self.state, "hello", "HELLO")
         msg = {"v": PROTOCOL_VERSION, "role": "control", "op": "send", "key": self.key, "size": self.size,
                "digest": self.digest.hex(), "chunk_size": self.chunk_size, "page_size": C.PAGE_SIZE,
                "caps": sorted(self.caps), "node": self.node}  # fmt: skip
@@ -360,15 +498,18 @@ class SendSession:
 
     def on_welcome(self, msg: dict) -> list[int]:
         """Judge WELCOME (rule 6); returns the chunks to send, in order."""
+        with self._lock:
+            nxt = _next(SEND_TRANSITIONS, self.state, "on_welcome", "WELCOME")
         try:
-            return self._on_welcome(msg)
+            todo = self._on_welcome(msg)
         except RemoteProtocolError as exc:
             self.fail(str(exc), exc)
             raise
+        with self._lock:
+            self.state = nxt  # no stream runs before WELCOME: nothing changed the state meanwhile
+        return todo
 
     def _on_welcome(self, msg: dict) -> list[int]:
-        if self.mode is not None:
-            raise LocalProtocolError("WELCOME judged twice", 0)
         mode = msg.get("mode")
         base = msg.get("base_digest")
         if mode == "delta":
@@ -419,6 +560,8 @@ class SendSession:
 
     def data_hello(self, stream: int) -> dict:
         """HELLO of data stream ``stream``."""
+        with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "data_hello", "a data stream's HELLO")
         return {"v": PROTOCOL_VERSION, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
                 "stream": stream}  # fmt: skip
 
@@ -449,11 +592,13 @@ class SendSession:
         """A stream took chunk ``idx`` off the queue: False if it needs no sending (acknowledged meanwhile,
         or the transfer failed)."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "take")
             return not self._done[idx] and self.failed is None
 
     def sent(self, idx: int, raw_len: int, wire_len: int) -> None:
         """Chunk ``idx`` went out, ``wire_len`` bytes for its ``raw_len``."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "sent")
             self._sends[idx] = self._sends.get(idx, 0) + 1
             self.chunks_sent += 1
             self.raw_sent += raw_len
@@ -467,9 +612,10 @@ class SendSession:
 
     def acked(self, chunks: list[int]) -> list[int]:
         """An ACK (rule 7): the chunks it acknowledged first (the others were already)."""
-        idxs = [self._check_index(c, "ACK") for c in chunks]
         new: list[int] = []
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "acked", "an ACK")
+            idxs = [self._check_index(c, "ACK") for c in chunks]
             if self.failed is not None:
                 return new
             for i in idxs:
@@ -482,8 +628,9 @@ class SendSession:
 
     def nacked(self, idx: int, reason: str) -> str:
         """A NACK of chunk ``idx`` (rule 8): NACK_RESEND, NACK_IGNORE or NACK_FAILED."""
-        self._check_index(idx, "NACK")
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "nacked", "a NACK")
+            self._check_index(idx, "NACK")
             if self._done[idx] or self.failed is not None:
                 return NACK_IGNORE
             if reason == "busy":
@@ -500,39 +647,52 @@ class SendSession:
     def requeued(self, chunks) -> list[int]:
         """The stream carrying ``chunks`` failed: those still unacknowledged go again (returned)."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "requeued")
             out = [i for i in chunks if not self._done[i]]
             self.chunks_resent += len(out)
         return out
 
     # -- the transfer as a whole -------------------------------------------------------------------
     def fail(self, why: str, error: BaseException | None = None) -> bool:
-        """End the transfer with ``why`` (rule 9); True if this call set it."""
+        """End the transfer with ``why`` (rule 9); True if this call set it (not once failed or committed)."""
         with self._lock:
-            if self.failed is not None:
-                return False
-            self.failed, self.error = why, error
-            return True
+            return self._fail(why, error)
+
+    def _fail(self, why: str, error: BaseException | None) -> bool:  # under _lock
+        if _next(SEND_TRANSITIONS, self.state, "fail") != SEND_FAILED or self.failed is not None:
+            return False
+        self.failed, self.error, self.state = why, error, SEND_FAILED
+        return True
+
+    @property
+    def committed(self) -> bool:
+        return self.state == SEND_COMMITTED
 
     def done(self) -> dict:
         """The DONE to send (rule 10)."""
         with self._lock:
-            if self.failed is not None:
-                raise LocalProtocolError(f"DONE for a failed transfer: {self.failed}", 0)
-            if self.mode is None or self.remaining:
-                raise LocalProtocolError(f"DONE with {self.remaining} chunks unacknowledged"
-                                         if self.mode is not None else "DONE before WELCOME", 0)  # fmt: skip
+            what = ("DONE before WELCOME" if self.mode is None
+                    else "DONE" if self.failed is None else f"DONE for a failed transfer ({self.failed})")  # fmt: skip
+            nxt = _next(SEND_TRANSITIONS, self.state, "done", what)
+            if self.remaining:
+                raise LocalProtocolError(f"DONE with {self.remaining} chunks unacknowledged", 0)
+            self.state = nxt
         return {}
 
     def on_done(self, msg: dict) -> None:
         """The receiver's DONE (rule 10): it committed what we announced, or RemoteProtocolError."""
-        if not msg.get("ok") or msg.get("digest") != self.digest.hex():
-            exc = RemoteProtocolError(f"receiver did not confirm {self.key}: {msg}", C.ERR_BAD_FIELD)
-            self.fail(str(exc), exc)
-            raise exc
-        self.committed = True
+        with self._lock:
+            nxt = _next(SEND_TRANSITIONS, self.state, "on_done", "the receiver's DONE")
+            if not msg.get("ok") or msg.get("digest") != self.digest.hex():
+                exc = RemoteProtocolError(f"receiver did not confirm {self.key}: {msg}", C.ERR_BAD_FIELD)
+                self._fail(str(exc), exc)
+                raise exc
+            self.state = nxt
 
     def close(self) -> dict:
         """The CLOSE after the receiver's DONE."""
+        with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "close", "CLOSE")
         return {"reason": "done"}
 
 
