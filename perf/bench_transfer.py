@@ -53,6 +53,7 @@ from dwcp.cli.demo import start_daemon  # noqa: E402
 from dwcp.config import SecurityConfig, TransportConfig  # noqa: E402
 from dwcp.storage import ObjectStore  # noqa: E402
 from dwcp.transport.sender import Sender  # noqa: E402
+from dwcp.transport.session import TransferReport  # noqa: E402
 
 
 def _free_port() -> int:
@@ -163,11 +164,11 @@ class Receiver:
             self.proc.wait()
 
 
-def dwcp_send(rx: Receiver, sender: Sender, data, key: str, streams) -> dict:
+def dwcp_send(rx: Receiver, sender: Sender, data, key: str, streams) -> tuple[TransferReport, float]:
+    """The send's report, and the receiver's CPU seconds during it."""
     c0 = _cpu(rx.ps)
     r = sender.send(data, "127.0.0.1", rx.port, key, streams=streams)
-    r["cpu_s"] = _cpu(rx.ps) - c0
-    return r
+    return r, _cpu(rx.ps) - c0
 
 
 def main() -> int:
@@ -224,17 +225,17 @@ def main() -> int:
                 d = os.path.join(tmp, f"{name}-{i}")
                 rx = Receiver(d, "rx", certs)
                 try:
-                    r = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
+                    r, cpu_s = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
                 finally:
                     rx.close()
                     shutil.rmtree(d, ignore_errors=True)
                 if i:
-                    out.append(r)
+                    out.append((r, cpu_s))
             cases[name] = {
-                "bytes_per_s": statistics.median(r["throughput_bytes_per_s"] for r in out),
-                "wire_bytes": out[0]["wire_bytes"],
-                "cpu_s_per_gb": statistics.median(r["cpu_s"] / (size / 1e9) for r in out),
-                "streams_max": out[0]["streams"]["max"],
+                "bytes_per_s": statistics.median(r.throughput_bytes_per_s for r, _ in out),
+                "wire_bytes": out[0][0].wire_bytes,
+                "cpu_s_per_gb": statistics.median(c / (size / 1e9) for _, c in out),
+                "streams_max": out[0][0].streams.max,
             }
         # delta: v1 then v2 with the sender's baseline
         out = []
@@ -244,17 +245,17 @@ def main() -> int:
             try:
                 snd = Sender(TransportConfig(), plain, baselines=ObjectStore(os.path.join(tmp, f"sent-{i}")))
                 snd.send(img, "127.0.0.1", rx.port, "bench/vm")
-                r = dwcp_send(rx, snd, img2, "bench/vm", None)
-                assert r["mode"] == "delta"
+                r, cpu_s = dwcp_send(rx, snd, img2, "bench/vm", None)
+                assert r.mode == "delta"
             finally:
                 rx.close()
                 shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(tmp, f"sent-{i}"), ignore_errors=True)
             if i:
-                out.append(r)
-        cases["delta_5pct"] = {"seconds": statistics.median(r["seconds"] for r in out),
-                               "wire_bytes": out[0]["wire_bytes"],
-                               "cpu_s_per_gb": statistics.median(r["cpu_s"] / (size / 1e9) for r in out)}  # fmt: skip
+                out.append((r, cpu_s))
+        cases["delta_5pct"] = {"seconds": statistics.median(r.seconds for r, _ in out),
+                               "wire_bytes": out[0][0].wire_bytes,
+                               "cpu_s_per_gb": statistics.median(c / (size / 1e9) for _, c in out)}  # fmt: skip
         res["dwcp"] = cases
 
         v1, v2 = os.path.join(tmp, "v1"), os.path.join(tmp, "v2")

@@ -199,11 +199,12 @@ class _ProgressBar:
 
 
 def _cmd_send(args) -> int:
-    from dwcp.cluster.node import ClusterView, parse_target
+    from dwcp.cluster.node import ClusterSendReport, ClusterView, parse_target
     from dwcp.codec import DictionaryStore
     from dwcp.daemon.main import parse_hostport
     from dwcp.storage import ObjectStore
     from dwcp.transport.sender import Sender
+    from dwcp.transport.session import TransferReport
     from dwcp.transport.source import FileSource
 
     security, transport, cfg = _load_security(args)
@@ -237,6 +238,7 @@ def _cmd_send(args) -> int:
                         dictionaries=DictionaryStore(cfg.dictionaries_dir) if cfg else None)  # fmt: skip
         bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
         kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
+        r: ClusterSendReport | TransferReport
         if cluster is not None:
             r = cluster.send(sender, src, args.key, args.to, via=args.via, **kw)
         else:
@@ -247,13 +249,15 @@ def _cmd_send(args) -> int:
             bar.close()
     from .demo import human_bytes
 
-    where = f"{args.to} ({r['peer']}" + (f" via {r['via']}" if r.get("via") else "") \
-        + (f", after {len(r['failover'])} failed" if r["failover"] else "") + ")" \
-        if "peer" in r else args.to  # fmt: skip
-    _print(r, args.json, f"sent {args.key} -> {where}: {r['mode']}, {human_bytes(r['size'])} raw, "
-                         f"{human_bytes(r['wire_bytes'])} on the wire ({r['ratio']:.1f}x), "
-                         f"{human_bytes(r['throughput_bytes_per_s'])}/s, {r['streams']['max']} streams, "
-                         f"digest {r['digest']} verified")  # fmt: skip
+    t: TransferReport = r if isinstance(r, TransferReport) else r.transfer
+    where = args.to
+    if isinstance(r, ClusterSendReport):
+        where += f" ({r.peer}" + (f" via {r.via}" if r.via else "") \
+            + (f", after {len(r.failover)} failed" if r.failover else "") + ")"  # fmt: skip
+    _print(r.to_json(), args.json, f"sent {args.key} -> {where}: {t.mode}, {human_bytes(t.size)} raw, "
+                                   f"{human_bytes(t.wire_bytes)} on the wire ({t.ratio:.1f}x), "
+                                   f"{human_bytes(t.throughput_bytes_per_s)}/s, {t.streams.max} streams, "
+                                   f"digest {t.digest} verified")  # fmt: skip
     return 0
 
 

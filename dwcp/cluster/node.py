@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dwcp.config import ClusterConfig, NodeConfig
 from dwcp.errors import ConfigError, DWCPError
 from dwcp.transport.dialer import Dialer
+from dwcp.transport.session import TransferReport
 from dwcp.transport.source import SourceError, as_source
 
 from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
@@ -30,9 +32,28 @@ from .geo import Location, PrefixTable
 from .ring import HashRing
 from .routing import RegionGraph
 
-__all__ = ["ClusterView", "parse_target", "probe_handler"]
+__all__ = ["ClusterView", "ClusterSendReport", "parse_target", "probe_handler"]
 
 log = logging.getLogger("dwcp.cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSendReport:
+    """What ``ClusterView.send`` reports: the sender's report, and who took the object after what failed."""
+
+    transfer: TransferReport  # the send to the peer that took it (through the relay, if via)
+    peer: str  # the peer id that stored the object
+    region: str  # that peer's region
+    failover: tuple[dict[str, str], ...]  # what failed before, in order: {"peer": id, "error": why}
+    via: str | None = None  # the relay's peer id, when the object went through one
+
+    def to_json(self) -> dict[str, Any]:
+        """The transfer's JSON plus ``peer``, ``region``, ``via`` (through a relay only) and ``failover``."""
+        doc = self.transfer.to_json() | {"peer": self.peer, "region": self.region}
+        if self.via is not None:
+            doc["via"] = self.via
+        doc["failover"] = [dict(f) for f in self.failover]
+        return doc
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -212,15 +233,17 @@ class ClusterView:
             return None
         return self.balancer.pick(ok)
 
-    def send(self, sender, data, key: str, target: str, *, via: str | None = None, **kw: Any) -> dict:
+    def send(
+        self, sender, data, key: str, target: str, *, via: str | None = None, **kw: Any
+    ) -> ClusterSendReport:
         """Send ``data`` (a buffer or a FileSource) as ``key`` to ``target`` with failover; returns the
-        sender's stats plus ``peer`` (who took it) and ``failover`` (what failed before, in order).
+        sender's report with ``peer`` (who took it) and ``failover`` (what failed before, in order).
         A SourceError (the local file cannot be sent) is not the peer's fault: it is raised at once.
 
         Through a relay (``via``, or when the measured region graph says it is faster) the first
         candidate gets the object from the relay, pipelined; if the relay fails, the send goes direct.
         """
-        tried: list[dict] = []
+        tried: list[dict[str, str]] = []
         size = as_source(data).size
         relay = self.relay_for(key, target, size, via)
         if relay is not None:
@@ -240,7 +263,7 @@ class ClusterView:
                     self.record(relay.id, True)
                     self.record(final.id, True)
                     self.affinity.set(key, final.id, self.clock())
-                    return {**r, "peer": final.id, "region": final.region, "via": relay.id, "failover": tried}
+                    return ClusterSendReport(r, final.id, final.region, tuple(tried), via=relay.id)
                 finally:
                     relay.active -= 1
         for p in self.candidates(key, target):
@@ -261,11 +284,9 @@ class ClusterView:
                 continue
             finally:
                 p.active -= 1
-            self.record(
-                p.id, True, seconds=r["seconds"], size=r["size"], rtt_s=r.get("rtt_ms", 0) / 1000 or None
-            )
+            self.record(p.id, True, seconds=r.seconds, size=r.size, rtt_s=r.rtt_ms / 1000 or None)
             self.affinity.set(key, p.id, self.clock())
-            return {**r, "peer": p.id, "region": p.region, "failover": tried}
+            return ClusterSendReport(r, p.id, p.region, tuple(tried))
         raise NoHealthyPeerError(f"every candidate for {key!r} at {target} failed: "
                                  + "; ".join(f"{t['peer']}: {t['error']}" for t in tried) if tried else
                                  f"no candidate for {key!r} at {target} would take a call (breakers open)")  # fmt: skip

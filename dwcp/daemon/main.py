@@ -467,10 +467,12 @@ class Daemon:
             try:
                 if kind == "addr":
                     host, port = parse_hostport(to)
-                    stats = self.sender.send(buf, host, port, str(req["key"]), **kw)
+                    stats = self.sender.send(buf, host, port, str(req["key"]), **kw).to_json()
                 else:
                     assert self.cluster is not None
-                    stats = self.cluster.send(self.sender, buf, str(req["key"]), to, via=req.get("via"), **kw)
+                    stats = self.cluster.send(
+                        self.sender, buf, str(req["key"]), to, via=req.get("via"), **kw
+                    ).to_json()
                 self.sends_ok += 1
             except Exception:
                 self.sends_failed += 1

@@ -30,8 +30,12 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from dwcp.durable import write_atomic
+
+if TYPE_CHECKING:
+    from .session import TransferReport
 
 __all__ = ["PathStats", "PathMemory", "choose_chunk_size", "path_stats_from_send", "MiB"]
 
@@ -82,15 +86,14 @@ def choose_chunk_size(path: PathStats | None, default: int, *, now: float, lo: i
                   f"{path.retrans_fraction * 100:.2f}% retransmitted{', lossy: halved' if lossy else ''})")  # fmt: skip
 
 
-def path_stats_from_send(result: dict, *, now: float) -> PathStats | None:
-    """Digest a finished send's report (``Sender.send``'s dict) into a ``PathStats``; None if it says too little."""
-    infos = result.get("tcp_info") or []
+def path_stats_from_send(report: TransferReport, *, now: float) -> PathStats | None:
+    """Digest a finished send's report (``Sender.send``'s) into a ``PathStats``; None if it says too little."""
+    infos = report.tcp_info
     sent = sum(int(i.get("bytes_sent") or 0) for i in infos)
-    wire, secs = result.get("wire_bytes") or 0, result.get("seconds") or 0.0
-    streams = result.get("streams") or {}
+    wire, secs = report.wire_bytes, report.seconds
     # the count that carried the bulk of the transfer: what the controller ended with
-    n = int(streams.get("final") or streams.get("max") or 0)
-    if sent <= 0 or wire <= 0 or secs <= 0 or n < 1 or result.get("chunks_sent", 0) < 4:
+    n = int(report.streams.final or report.streams.max or 0)
+    if sent <= 0 or wire <= 0 or secs <= 0 or n < 1 or report.chunks_sent < 4:
         return None  # too small a send to say anything about the path
     retrans = 0.0
     for i in infos:
@@ -99,7 +102,7 @@ def path_stats_from_send(result: dict, *, now: float) -> PathStats | None:
         else:  # kernels before 4.19: segments, at a typical MSS
             retrans += int(i.get("total_retrans") or 0) * 1448
     rtts = sorted(int(i.get("rtt_us") or 0) for i in infos if i.get("rtt_us"))
-    rtt_s = rtts[len(rtts) // 2] / 1e6 if rtts else float(result.get("rtt_ms") or 0.0) / 1000
+    rtt_s = rtts[len(rtts) // 2] / 1e6 if rtts else report.rtt_ms / 1000
     return PathStats(rtt_s=rtt_s, retrans_fraction=min(1.0, retrans / sent), stream_bytes_per_s=wire / secs / n,
                      streams=min(256, n), at=now)  # fmt: skip
 

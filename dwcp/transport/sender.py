@@ -72,7 +72,16 @@ from dwcp.wire.messages import encode_control, encode_dict
 from .dialer import Dialer
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
-from .session import NACK_IGNORE, NACK_RESEND, DictRef, SendSession
+from .session import (
+    NACK_IGNORE,
+    NACK_RESEND,
+    CodecReport,
+    DictionaryReport,
+    DictRef,
+    SendSession,
+    StreamsReport,
+    TransferReport,
+)
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
@@ -329,14 +338,14 @@ class Sender:
         digest: bytes | None = None,
         ready: Callable[[int, float], bool] | None = None,
         forward_to: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TransferReport:
         """Send ``data`` as ``key``: any contiguous buffer (bytes, mmap, numpy array; never copied), or a
         FileSource (a file or block device, read chunk by chunk; see dwcp.transport.source).
 
         ``streams``: a fixed stream count, or None for auto.  ``progress``, if
         given, is called as ``progress(acked_bytes, total_bytes)`` a few times a
-        second from the calling thread.  Returns the transfer's statistics;
-        raises TransferError on failure.
+        second from the calling thread.  Returns the transfer's statistics (a
+        TransferReport); raises TransferError on failure.
 
         Relaying: ``digest`` (the object's xxh3-128, when the caller already
         knows it) skips hashing ``data`` up front; ``ready(i, timeout_s)`` is
@@ -367,12 +376,12 @@ class Sender:
             self.events.transfer_finished("tx", f"{host}:{port}", outcome, time.perf_counter() - t_start, 0,
                                           st.get("wire_bytes", 0))  # fmt: skip
             raise
-        self.events.transfer_finished("tx", r["to"], "ok", r["seconds"], r["size"], r["wire_bytes"])
+        self.events.transfer_finished("tx", r.to, "ok", r.seconds, r.size, r.wire_bytes)
         return r
 
     def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
               rate_limit_bytes_per_s: float | None, resource_type: str | None, progress, known_digest: bytes | None,
-              ready, forward_to: str | None) -> dict[str, Any]:  # fmt: skip
+              ready, forward_to: str | None) -> TransferReport:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
         src = as_source(data)
@@ -436,7 +445,7 @@ class Sender:
         try:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
             todo = sess.on_welcome(expect(ctrl, C.FRAME_WELCOME))
-            if sess.dict_needed:  # session rule 11: before any data stream opens
+            if sess.dict_needed:  # session rule 13: before any data stream opens
                 assert dictionary is not None
                 ctrl.send(encode_dict(transfer_id, dictionary.id, dictionary.data))
                 sess.dictionary_sent()
@@ -559,35 +568,31 @@ class Sender:
             self._remember(cache_key, src, digest, spans, chunk_size)
             chain = self._count_chain(cache_key, mode, record, now)
         wire = sess.wire_bytes
-        result = {
-            "key": key, "to": f"{host}:{port}", "mode": mode, "size": size, "digest": digest.hex(), "verified": True,
-            "wire_bytes": wire, "ratio": (size / wire) if wire else math.inf, "seconds": elapsed,
-            "throughput_bytes_per_s": size / elapsed if elapsed > 0 else 0.0,
-            "chunks": len(spans), "chunk_size": chunk_size, "chunk_size_reason": chunk_why,
-            "chunks_sent": sess.chunks_sent, "chunks_resent": sess.chunks_resent,
-            "resumed_chunks": resumed, "stream_errors": state.stream_errors[:20],
-            "streams": {"initial": n0, "max": max_streams_seen, "final": state.target_streams,
-                        "auto": controller is not None, "decisions": decisions,
-                        # what the controller saw (the last 512 samples): [t, streams after, goodput, retransmitted]
-                        "samples": [] if controller is None else [
-                            [round(e.now - t_start, 3), e.streams, round(e.goodput_bytes_per_s),
-                             None if e.retransmit_rate is None else round(e.retransmit_rate, 5)]
-                            for e in list(controller.history)[-512:]]},  # fmt: skip
-            "rtt_ms": rtt_s * 1000, "tls": self.dialer.tls is not None, "socket": sockinfo,
-            "chunk_latency_ms": _percentiles(state.chunk_latency_s),
-            "nic_profile": prof.get("nic") if prof else None,
-            "relayed": done.get("forwarded"),
-            "tcp_info": state.stream_info[:64],
-            # why this send had to go full (codec settings), and the non-full sends since the key's last full one
-            "refresh": refresh, "delta_chain": chain,
-            # the zstd dictionary the chunks could use, and whether it travelled with this send
-            "dictionary": None if dictionary is None else {"type": dictionary.type, "id": dictionary.id,
-                                                           "sent": sess.dict_needed},
-            # the zstd level setting, the levels chunks were compressed at (level -> chunks), the encode bound
-            "codec": {"zstd_level": cs.zstd_level or "adaptive",
-                      "zstd_levels_used": dict(sorted(encoder.levels.used.items())),
-                      "compress_workers": tp.encode_workers, "encodes_at_once_max": encoder.peak_concurrent},
-        }  # fmt: skip
+        samples = [] if controller is None else [
+            (round(e.now - t_start, 3), e.streams, round(e.goodput_bytes_per_s),
+             None if e.retransmit_rate is None else round(e.retransmit_rate, 5))
+            for e in list(controller.history)[-512:]]  # fmt: skip
+        result = TransferReport(
+            key=key, to=f"{host}:{port}", mode=mode, size=size, digest=digest.hex(), verified=True,
+            wire_bytes=wire, ratio=(size / wire) if wire else math.inf, seconds=elapsed,
+            throughput_bytes_per_s=size / elapsed if elapsed > 0 else 0.0,
+            chunks=len(spans), chunk_size=chunk_size, chunk_size_reason=chunk_why,
+            chunks_sent=sess.chunks_sent, chunks_resent=sess.chunks_resent,
+            resumed_chunks=resumed, stream_errors=tuple(state.stream_errors[:20]),
+            streams=StreamsReport(initial=n0, max=max_streams_seen, final=state.target_streams,
+                                  auto=controller is not None, decisions=tuple(decisions), samples=tuple(samples)),
+            rtt_ms=rtt_s * 1000, tls=self.dialer.tls is not None, socket=sockinfo,
+            chunk_latency_ms=_percentiles(state.chunk_latency_s),
+            nic_profile=prof.get("nic") if prof else None,
+            relayed=done.get("forwarded"),
+            tcp_info=tuple(state.stream_info[:64]),
+            refresh=refresh, delta_chain=chain,
+            dictionary=None if dictionary is None else DictionaryReport(type=dictionary.type, id=dictionary.id,
+                                                                        sent=sess.dict_needed),
+            codec=CodecReport(zstd_level=cs.zstd_level or "adaptive",
+                              zstd_levels_used=dict(sorted(encoder.levels.used.items())),
+                              compress_workers=tp.encode_workers, encodes_at_once_max=encoder.peak_concurrent),
+        )  # fmt: skip
         if self.paths is not None and mode != "delta":
             # a delta says little of the path (a few chunks of a few bytes): only bulk sends teach it
             from .chunking import path_stats_from_send

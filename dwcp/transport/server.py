@@ -117,6 +117,7 @@ from .session import (
     WRITE_NONZERO_PAGES,
     ReceiveSession,
     SendHello,
+    TransferReport,
     parse_send,
     plan,
 )
@@ -200,7 +201,7 @@ class _Forwarder(threading.Thread):
         self.server, self.t, self.host, self.port, self.digest = server, t, host, port, digest
         self.to = f"{host}:{port}"
         self.error: str | None = None
-        self.result: dict = {}
+        self.result: TransferReport | None = None  # the next hop's report, once it verified the object
 
     def _ready(self, i: int, timeout_s: float) -> bool:
         if self.t.partial.wait_chunk(i, timeout_s):
@@ -729,15 +730,20 @@ class DataServer:
                 log.info("transfer %x of %s: sender went away; partial kept for resume", transfer_id, key)
                 rep.update(outcome="interrupted", wire=sess.wire_bytes)
                 return
-            sess.check_commit()
+            sess.on_done()
             try:
                 info = partial.commit()
             except IntegrityError as exc:
+                sess.fail(exc.code, f"{key}: {exc}")
                 self._count("transfers_failed_total", 1)
                 self._send_error(fs, exc.code, f"{key}: {exc}")
                 log.error("transfer %x of %s failed verification: %s", transfer_id, key, exc)
                 rep.update(outcome="integrity", wire=sess.wire_bytes)
                 return
+            except StorageError as exc:
+                sess.fail(C.ERR_STORAGE, str(exc))
+                raise
+            sess.stored()
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=sess.wire_bytes)
             if self.on_commit is not None:
@@ -754,8 +760,9 @@ class DataServer:
                     self._send_error(fs, C.ERR_UNAVAILABLE, f"{key}: stored here, but relaying to {fwd.to} failed: "
                                                             f"{fwd.error}")  # fmt: skip
                     return
-                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result["seconds"],
-                                     "wire_bytes": fwd.result["wire_bytes"], "mode": fwd.result["mode"]}  # fmt: skip
+                assert fwd.result is not None  # no error: the send returned its report
+                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result.seconds,
+                                     "wire_bytes": fwd.result.wire_bytes, "mode": fwd.result.mode}  # fmt: skip
             fs.send(encode_control(C.FRAME_DONE, transfer_id, done))
             log.info(
                 "transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex()
@@ -864,7 +871,7 @@ class DataServer:
                 t.quiet.notify_all()
 
     def _receive_dictionary(self, fs: FrameSocket, sess: ReceiveSession) -> None:
-        """The dictionary WELCOME asked for: the control stream's next frame (session rule 11)."""
+        """The dictionary WELCOME asked for: the control stream's next frame (session rule 13)."""
         ref = sess.hello.dictionary
         assert ref is not None
         got = fs.recv_control(C.FRAME_DICT, max_len=ref.size)

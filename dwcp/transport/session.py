@@ -59,16 +59,57 @@ the receiver acknowledged, decides what a NACK means, and builds and judges DONE
 10. DONE is built only once every chunk is acknowledged and nothing failed;
    the receiver's DONE must say ok and name the digest HELLO announced.
 
+States
+------
+11. Each session is in one state (``state``), and every event -- a method that
+    says what happened or builds what is sent -- is checked against its
+    side's table, ``SEND_TRANSITIONS`` or ``RECEIVE_TRANSITIONS``: state ->
+    {event: the state it leads to}.  An event its state does not list is
+    refused and changes nothing.  Queries (``span``, ``is_held``,
+    ``missing``, ``check_commit``, ``finished``, ...) are allowed in any
+    state.  The sending side::
+
+        SEND_IDLE          --hello-------->  SEND_HELLO_SENT
+        SEND_HELLO_SENT    --on_welcome--->  SEND_TRANSFERRING  (a WELCOME against rule 6: SEND_FAILED)
+        SEND_TRANSFERRING  --dictionary_sent-->  SEND_TRANSFERRING  (the dictionary WELCOME asked for: rule 13)
+        SEND_TRANSFERRING  --done--------->  SEND_DONE_SENT     (every chunk acknowledged, rule 10)
+        SEND_DONE_SENT     --on_done------>  SEND_COMMITTED     (a DONE against rule 10: SEND_FAILED)
+        SEND_COMMITTED     --close-------->  SEND_COMMITTED
+        any other state    --fail--------->  SEND_FAILED        (SEND_COMMITTED stays: the receiver has it)
+
+    and the data streams' events -- data_hello, take, sent, acked, nacked,
+    requeued -- in SEND_TRANSFERRING and every state after it, changing none
+    (after the end they change nothing: a stream may lag behind it).  The
+    receiving side::
+
+        RECV_PLANNED       --welcome------>  RECV_RECEIVING
+        RECV_RECEIVING     --check_dict_frame---->  RECV_RECEIVING  (the dictionary WELCOME asked for: rule 13)
+        RECV_RECEIVING     --dictionary_arrived-->  RECV_RECEIVING
+        RECV_RECEIVING     --on_done------>  RECV_COMMITTING    (a DONE against rule 4: RECV_FAILED)
+        RECV_COMMITTING    --stored------->  RECV_COMMITTED     (the driver committed the object)
+        RECV_FAILED        --on_done------>  RECV_FAILED        (raises the failure: rule 3)
+        any other state    --fail--------->  RECV_FAILED        (RECV_COMMITTED stays)
+
+    and the data streams' events -- admit, landed, rejected, released -- in
+    RECV_RECEIVING and every state after it, changing none.
+12. Whose fault.  A driver hands a session the peer's word only when the
+    protocol expects it (WELCOME after HELLO, the receiver's DONE after ours,
+    DATA on a stream that presented WELCOME's token), so an event its state
+    does not allow is the driver's misuse: LocalProtocolError.  What the
+    peer says wrong inside an allowed event (rules 1, 4, 6, 7, 10) is a
+    RemoteProtocolError; one that ends the transfer (a WELCOME or a DONE)
+    fails it first, so the failure is sticky on both sides.
+
 Dictionaries (both sides)
 -------------------------
-11. A HELLO may name one zstd dictionary (id, xxh3-128 digest, size) if
+13. A HELLO may name one zstd dictionary (id, xxh3-128 digest, size) if
    both sides have "zdict".  WELCOME asks for it (``need_dict``) if the
    receiver does not hold exactly those bytes; only then does the sender send
    it, once, as the control stream's next frame (FRAME_DICT: offset = its id,
    length = its size), before any data stream opens.  A WELCOME asking for a
    dictionary HELLO did not name is a RemoteProtocolError; so is a FRAME_DICT
    that is not the announced one (ERR_UNKNOWN_DICT: the transfer fails).
-12. A DATA frame compressed with a dictionary must name the announced id
+14. A DATA frame compressed with a dictionary must name the announced id
    (ERR_UNKNOWN_DICT otherwise); one that arrives before the dictionary did
    is busy (``ADMIT_BUSY``: sent again later), never decoded without it.
 """
@@ -76,7 +117,9 @@ Dictionaries (both sides)
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dwcp.errors import InvalidKeyError, LocalProtocolError, RemoteProtocolError
 from dwcp.storage import MAX_CHUNKS, min_chunk_size, validate_key
@@ -107,7 +150,7 @@ def negotiate(theirs: list[str] | None) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class DictRef:
-    """A zstd dictionary as HELLO names it (rule 11)."""
+    """A zstd dictionary as HELLO names it (rule 13)."""
 
     id: int
     digest: bytes  # xxh3-128 of its bytes
@@ -129,7 +172,7 @@ class SendHello:
     base_digest: bytes | None  # the baseline the sender holds and proposes for a delta
     forward_to: tuple[str, int] | None  # a relay's next hop
     caps: frozenset[str]  # negotiated: in both CAPS and the sender's list
-    dictionary: DictRef | None = None  # the zstd dictionary chunks may be compressed with (rule 11)
+    dictionary: DictRef | None = None  # the zstd dictionary chunks may be compressed with (rule 13)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -195,6 +238,75 @@ def plan(hello: SendHello, *, holds_proposed: bool, latest: tuple[bytes, int] | 
     return Plan(mode, base, cs, why)
 
 
+# -- the states (rules 11, 12) -----------------------------------------------------------------------
+__all__ += ["SEND_IDLE", "SEND_HELLO_SENT", "SEND_TRANSFERRING", "SEND_DONE_SENT", "SEND_COMMITTED", "SEND_FAILED",
+            "RECV_PLANNED", "RECV_RECEIVING", "RECV_COMMITTING", "RECV_COMMITTED", "RECV_FAILED",
+            "SEND_TRANSITIONS", "RECEIVE_TRANSITIONS"]  # fmt: skip
+
+
+class _State(str):
+    """A session state; a str so it prints and serialises as itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+SEND_IDLE = _State("SEND_IDLE")  # built; HELLO not yet
+SEND_HELLO_SENT = _State("SEND_HELLO_SENT")  # waiting for WELCOME
+SEND_TRANSFERRING = _State("SEND_TRANSFERRING")  # the data streams send chunks
+SEND_DONE_SENT = _State("SEND_DONE_SENT")  # waiting for the receiver's DONE
+SEND_COMMITTED = _State("SEND_COMMITTED")  # the receiver confirmed the object: final
+SEND_FAILED = _State("SEND_FAILED")  # final: ``failed`` says why
+
+RECV_PLANNED = _State("RECV_PLANNED")  # HELLO judged, the plan made; WELCOME not yet
+RECV_RECEIVING = _State("RECV_RECEIVING")  # the data streams deliver chunks
+RECV_COMMITTING = _State("RECV_COMMITTING")  # the sender's DONE was judged: the driver verifies and stores
+RECV_COMMITTED = _State("RECV_COMMITTED")  # stored: final
+RECV_FAILED = _State("RECV_FAILED")  # final: ``failure`` says why
+
+_SEND_STREAM_EVENTS = ("data_hello", "take", "sent", "acked", "nacked", "requeued")
+_RECV_STREAM_EVENTS = ("admit", "landed", "rejected", "released")
+
+
+def _with_streams(state: str, events: tuple[str, ...], rest: dict[str, str]) -> dict[str, str]:
+    return {**dict.fromkeys(events, state), **rest}
+
+
+# state -> {event: the state it leads to}; an event a state does not list is refused (rule 11)
+SEND_TRANSITIONS: Mapping[str, Mapping[str, str]] = {
+    SEND_IDLE: {"hello": SEND_HELLO_SENT, "fail": SEND_FAILED},
+    SEND_HELLO_SENT: {"on_welcome": SEND_TRANSFERRING, "fail": SEND_FAILED},
+    SEND_TRANSFERRING: _with_streams(SEND_TRANSFERRING, _SEND_STREAM_EVENTS,
+                                     {"dictionary_sent": SEND_TRANSFERRING, "done": SEND_DONE_SENT,
+                                      "fail": SEND_FAILED}),
+    SEND_DONE_SENT: _with_streams(SEND_DONE_SENT, _SEND_STREAM_EVENTS,
+                                  {"on_done": SEND_COMMITTED, "fail": SEND_FAILED}),
+    SEND_COMMITTED: _with_streams(SEND_COMMITTED, _SEND_STREAM_EVENTS,
+                                  {"close": SEND_COMMITTED, "fail": SEND_COMMITTED}),
+    SEND_FAILED: _with_streams(SEND_FAILED, _SEND_STREAM_EVENTS, {"fail": SEND_FAILED}),
+}  # fmt: skip
+RECEIVE_TRANSITIONS: Mapping[str, Mapping[str, str]] = {
+    RECV_PLANNED: {"welcome": RECV_RECEIVING, "fail": RECV_FAILED},
+    RECV_RECEIVING: _with_streams(RECV_RECEIVING, _RECV_STREAM_EVENTS,
+                                  {"check_dict_frame": RECV_RECEIVING, "dictionary_arrived": RECV_RECEIVING,
+                                   "on_done": RECV_COMMITTING, "fail": RECV_FAILED}),
+    RECV_COMMITTING: _with_streams(RECV_COMMITTING, _RECV_STREAM_EVENTS,
+                                   {"stored": RECV_COMMITTED, "fail": RECV_FAILED}),
+    RECV_COMMITTED: _with_streams(RECV_COMMITTED, _RECV_STREAM_EVENTS, {"fail": RECV_COMMITTED}),
+    RECV_FAILED: _with_streams(RECV_FAILED, _RECV_STREAM_EVENTS, {"on_done": RECV_FAILED, "fail": RECV_FAILED}),
+}  # fmt: skip
+
+
+def _next(table: Mapping[str, Mapping[str, str]], state: str, event: str, what: str = "") -> str:
+    """The state ``event`` leads to from ``state``; LocalProtocolError if ``state`` does not allow it (rule 12)."""
+    nxt = table[state].get(event)
+    if nxt is None:
+        raise LocalProtocolError(f"{what or event} in state {state}", 0)
+    return nxt
+
+
 class ReceiveSession:
     """One transfer being received: the rules above, over the chunks of one object."""
 
@@ -213,7 +325,8 @@ class ReceiveSession:
         self.seeded = seeded and p.base_digest is not None
         self._claimed: set[int] = set()  # chunks a stream is receiving; invariant: none of them held
         self._lock = threading.Lock()
-        self.failure: tuple[int, str] | None = None  # (ERR_*, why); sticky
+        self.state: str = RECV_PLANNED  # rule 11; changes only under _lock
+        self.failure: tuple[int, str] | None = None  # (ERR_*, why); sticky; invariant: set iff RECV_FAILED
         self.started = now
         self.progressed = now  # when the last chunk landed
         self.chunks_received = 0
@@ -222,11 +335,13 @@ class ReceiveSession:
         if dictionary is not None and (hello.dictionary is None or (dictionary.id, dictionary.digest)
                                        != (hello.dictionary.id, hello.dictionary.digest)):  # fmt: skip
             raise LocalProtocolError("the dictionary held is not the one HELLO named", C.ERR_UNKNOWN_DICT)
-        self.dictionary = dictionary  # set once: at the start, or when FRAME_DICT arrived (rule 11)
+        self.dictionary = dictionary  # set once: at the start, or when FRAME_DICT arrived (rule 13)
         self.needs_dict = hello.dictionary is not None and dictionary is None
 
     # -- what WELCOME says ---------------------------------------------------------
     def welcome(self, token: str, node: str) -> dict:
+        with self._lock:
+            self.state = _next(RECEIVE_TRANSITIONS, self.state, "welcome", "WELCOME")
         msg = {"mode": self.plan.mode, "token": token, "chunk_size": self.chunk_size, "node": node,
                "caps": sorted(self.hello.caps)}  # fmt: skip
         if "resume" in self.hello.caps:
@@ -238,9 +353,11 @@ class ReceiveSession:
             msg["need_dict"] = True
         return msg
 
-    # -- the dictionary (rule 11) ----------------------------------------------------------
+    # -- the dictionary (rule 13) ----------------------------------------------------------
     def check_dict_frame(self, h) -> DictRef:
         """Judge the FRAME_DICT that follows a WELCOME with need_dict; returns what it must hold."""
+        with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "check_dict_frame", "a dictionary")
         ref = self.hello.dictionary
         if not self.needs_dict or ref is None:
             raise RemoteProtocolError("a dictionary this transfer did not ask for", C.ERR_BAD_FRAME_TYPE)
@@ -258,6 +375,7 @@ class ReceiveSession:
         if ref is None or (dictionary.id, dictionary.digest) != (ref.id, ref.digest):
             raise LocalProtocolError("a dictionary other than HELLO's", C.ERR_UNKNOWN_DICT)
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "dictionary_arrived")
             self.dictionary = dictionary
             self.needs_dict = False
 
@@ -275,6 +393,8 @@ class ReceiveSession:
 
     def admit(self, h) -> tuple[str, int]:
         """Judge a DATA frame's header (rule 1, 2): (ADMIT_*, chunk index)."""
+        with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "admit", "a DATA frame")  # a stream event: no change
         if h.frame_type != C.FRAME_DATA:
             raise RemoteProtocolError(f"frame type {h.frame_type} on a data stream", C.ERR_BAD_FRAME_TYPE)
         if h.transfer_id != self.hello.transfer_id:
@@ -303,7 +423,7 @@ class ReceiveSession:
             if idx in self._claimed or self.failure is not None:
                 return ADMIT_BUSY, idx
             if h.codec == C.CODEC_ZSTD_DICT and self.dictionary is None:
-                return ADMIT_BUSY, idx  # rule 12: not decodable yet
+                return ADMIT_BUSY, idx  # rule 14: not decodable yet
             self._claimed.add(idx)
             return ADMIT_CLAIMED, idx
 
@@ -320,6 +440,7 @@ class ReceiveSession:
     def landed(self, idx: int, now: float) -> None:
         """Chunk ``idx`` is written and verified: held from now on (ACK it)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "landed")
             self._claimed.discard(idx)
             self._held[idx >> 3] |= 1 << (idx & 7)
             self.chunks_received += 1
@@ -328,33 +449,55 @@ class ReceiveSession:
     def rejected(self, idx: int) -> None:
         """Chunk ``idx`` failed its hash (NACK it: the sender sends it again)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "rejected")
             self._claimed.discard(idx)
             self.chunks_nacked += 1
 
     def released(self, idx: int) -> None:
         """The stream receiving chunk ``idx`` gave up on it (it broke, or the transfer failed)."""
         with self._lock:
+            _next(RECEIVE_TRANSITIONS, self.state, "released")
             self._claimed.discard(idx)
 
     # -- the transfer as a whole -----------------------------------------------------------
     def fail(self, code: int, why: str) -> bool:
-        """End the transfer with ``why`` (rule 3); True if this call set it."""
+        """End the transfer with ``why`` (rule 3); True if this call set it (not once failed or committed)."""
         with self._lock:
-            if self.failure is not None:
-                return False
-            self.failure = (code, why)
-            return True
+            return self._fail(code, why)
+
+    def _fail(self, code: int, why: str) -> bool:  # under _lock
+        if _next(RECEIVE_TRANSITIONS, self.state, "fail") != RECV_FAILED or self.failure is not None:
+            return False
+        self.failure, self.state = (code, why), RECV_FAILED
+        return True
 
     def missing(self) -> int:
         return self.nchunks - self.held_count
 
     def check_commit(self) -> None:
-        """Rule 4: raise unless the object may be committed."""
+        """Rule 4: raise unless the object may be committed (a query: ``on_done`` is the event)."""
         if self.failure is not None:
             raise RemoteProtocolError(f"DONE for a failed transfer: {self.failure[1]}", self.failure[0])
         missing = self.missing()
         if missing:
             raise RemoteProtocolError(f"DONE with {missing} chunks still missing", C.ERR_TRUNCATED)
+
+    def on_done(self) -> None:
+        """The sender's DONE: the object may be committed (rule 4), or RemoteProtocolError -- and the transfer
+        failed with it, unless it had failed already (then the error is that failure)."""
+        with self._lock:
+            nxt = _next(RECEIVE_TRANSITIONS, self.state, "on_done", "DONE")
+            try:
+                self.check_commit()
+            except RemoteProtocolError as exc:
+                self._fail(exc.code, str(exc))
+                raise
+            self.state = nxt
+
+    def stored(self) -> None:
+        """The driver verified the whole object and committed it to the store."""
+        with self._lock:
+            self.state = _next(RECEIVE_TRANSITIONS, self.state, "stored")
 
     def idle_for(self, now: float) -> float:
         """Seconds since the last chunk landed (or since the start)."""
@@ -389,7 +532,7 @@ class SendSession:
         self.caps = CAPS - {"xbzrle", "pages"} if full_refresh else CAPS
         self.forward_to = forward_to
         self.streams = streams
-        self.dictionary = dictionary  # offered in HELLO (rule 11)
+        self.dictionary = dictionary  # offered in HELLO (rule 13)
         self.dict_needed = False  # WELCOME asked for it: the driver sends it before the data streams
         self._lock = threading.Lock()
         # set by on_welcome; until then the proposal stands
@@ -411,10 +554,14 @@ class SendSession:
         self.wire_bytes = 0
         self.failed: str | None = None  # why the transfer failed; sticky: set once, never cleared
         self.error: BaseException | None = None  # the typed error the driver raises for it, if any
-        self.committed = False
+        self.state: str = (
+            SEND_IDLE  # rule 11; changes only under _lock; invariant: SEND_FAILED iff failed is set
+        )
 
     # -- HELLO and WELCOME -------------------------------------------------------------------------
     def hello(self) -> dict:
+        with self._lock:
+            self.state = _next(SEND_TRANSITIONS, self.state, "hello", "HELLO")
         msg = {"v": PROTOCOL_VERSION, "role": "control", "op": "send", "key": self.key, "size": self.size,
                "digest": self.digest.hex(), "chunk_size": self.chunk_size, "page_size": C.PAGE_SIZE,
                "caps": sorted(self.caps), "node": self.node}  # fmt: skip
@@ -430,15 +577,18 @@ class SendSession:
 
     def on_welcome(self, msg: dict) -> list[int]:
         """Judge WELCOME (rule 6); returns the chunks to send, in order."""
+        with self._lock:
+            nxt = _next(SEND_TRANSITIONS, self.state, "on_welcome", "WELCOME")
         try:
-            return self._on_welcome(msg)
+            todo = self._on_welcome(msg)
         except RemoteProtocolError as exc:
             self.fail(str(exc), exc)
             raise
+        with self._lock:
+            self.state = nxt  # no stream runs before WELCOME: nothing changed the state meanwhile
+        return todo
 
     def _on_welcome(self, msg: dict) -> list[int]:
-        if self.mode is not None:
-            raise LocalProtocolError("WELCOME judged twice", 0)
         mode = msg.get("mode")
         base = msg.get("base_digest")
         if mode == "delta":
@@ -492,14 +642,17 @@ class SendSession:
         return todo
 
     def dictionary_sent(self) -> None:
-        """The dictionary WELCOME asked for went on the control stream (rule 11): its bytes count."""
-        if not self.dict_needed or self.dictionary is None:
-            raise LocalProtocolError("a dictionary the receiver did not ask for", C.ERR_UNKNOWN_DICT)
+        """The dictionary WELCOME asked for went on the control stream (rule 13): its bytes count."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "dictionary_sent")
+            if not self.dict_needed or self.dictionary is None:
+                raise LocalProtocolError("a dictionary the receiver did not ask for", C.ERR_UNKNOWN_DICT)
             self.wire_bytes += C.HEADER_SIZE + self.dictionary.size
 
     def data_hello(self, stream: int) -> dict:
         """HELLO of data stream ``stream``."""
+        with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "data_hello", "a data stream's HELLO")
         return {"v": PROTOCOL_VERSION, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
                 "stream": stream}  # fmt: skip
 
@@ -530,11 +683,13 @@ class SendSession:
         """A stream took chunk ``idx`` off the queue: False if it needs no sending (acknowledged meanwhile,
         or the transfer failed)."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "take")
             return not self._done[idx] and self.failed is None
 
     def sent(self, idx: int, raw_len: int, wire_len: int) -> None:
         """Chunk ``idx`` went out, ``wire_len`` bytes for its ``raw_len``."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "sent")
             self._sends[idx] = self._sends.get(idx, 0) + 1
             self.chunks_sent += 1
             self.raw_sent += raw_len
@@ -548,9 +703,10 @@ class SendSession:
 
     def acked(self, chunks: list[int]) -> list[int]:
         """An ACK (rule 7): the chunks it acknowledged first (the others were already)."""
-        idxs = [self._check_index(c, "ACK") for c in chunks]
         new: list[int] = []
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "acked", "an ACK")
+            idxs = [self._check_index(c, "ACK") for c in chunks]
             if self.failed is not None:
                 return new
             for i in idxs:
@@ -563,8 +719,9 @@ class SendSession:
 
     def nacked(self, idx: int, reason: str) -> str:
         """A NACK of chunk ``idx`` (rule 8): NACK_RESEND, NACK_IGNORE or NACK_FAILED."""
-        self._check_index(idx, "NACK")
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "nacked", "a NACK")
+            self._check_index(idx, "NACK")
             if self._done[idx] or self.failed is not None:
                 return NACK_IGNORE
             if reason == "busy":
@@ -581,37 +738,147 @@ class SendSession:
     def requeued(self, chunks) -> list[int]:
         """The stream carrying ``chunks`` failed: those still unacknowledged go again (returned)."""
         with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "requeued")
             out = [i for i in chunks if not self._done[i]]
             self.chunks_resent += len(out)
         return out
 
     # -- the transfer as a whole -------------------------------------------------------------------
     def fail(self, why: str, error: BaseException | None = None) -> bool:
-        """End the transfer with ``why`` (rule 9); True if this call set it."""
+        """End the transfer with ``why`` (rule 9); True if this call set it (not once failed or committed)."""
         with self._lock:
-            if self.failed is not None:
-                return False
-            self.failed, self.error = why, error
-            return True
+            return self._fail(why, error)
+
+    def _fail(self, why: str, error: BaseException | None) -> bool:  # under _lock
+        if _next(SEND_TRANSITIONS, self.state, "fail") != SEND_FAILED or self.failed is not None:
+            return False
+        self.failed, self.error, self.state = why, error, SEND_FAILED
+        return True
+
+    @property
+    def committed(self) -> bool:
+        return self.state == SEND_COMMITTED
 
     def done(self) -> dict:
         """The DONE to send (rule 10)."""
         with self._lock:
-            if self.failed is not None:
-                raise LocalProtocolError(f"DONE for a failed transfer: {self.failed}", 0)
-            if self.mode is None or self.remaining:
-                raise LocalProtocolError(f"DONE with {self.remaining} chunks unacknowledged"
-                                         if self.mode is not None else "DONE before WELCOME", 0)  # fmt: skip
+            what = ("DONE before WELCOME" if self.mode is None
+                    else "DONE" if self.failed is None else f"DONE for a failed transfer ({self.failed})")  # fmt: skip
+            nxt = _next(SEND_TRANSITIONS, self.state, "done", what)
+            if self.remaining:
+                raise LocalProtocolError(f"DONE with {self.remaining} chunks unacknowledged", 0)
+            self.state = nxt
         return {}
 
     def on_done(self, msg: dict) -> None:
         """The receiver's DONE (rule 10): it committed what we announced, or RemoteProtocolError."""
-        if not msg.get("ok") or msg.get("digest") != self.digest.hex():
-            exc = RemoteProtocolError(f"receiver did not confirm {self.key}: {msg}", C.ERR_BAD_FIELD)
-            self.fail(str(exc), exc)
-            raise exc
-        self.committed = True
+        with self._lock:
+            nxt = _next(SEND_TRANSITIONS, self.state, "on_done", "the receiver's DONE")
+            if not msg.get("ok") or msg.get("digest") != self.digest.hex():
+                exc = RemoteProtocolError(f"receiver did not confirm {self.key}: {msg}", C.ERR_BAD_FIELD)
+                self._fail(str(exc), exc)
+                raise exc
+            self.state = nxt
 
     def close(self) -> dict:
         """The CLOSE after the receiver's DONE."""
+        with self._lock:
+            _next(SEND_TRANSITIONS, self.state, "close", "CLOSE")
         return {"reason": "done"}
+
+
+# -- the report of a finished send -----------------------------------------------------------------
+__all__ += ["TransferReport", "StreamsReport", "CodecReport", "DictionaryReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsReport:
+    """How many streams a send ran and why (``TransferReport.streams``)."""
+
+    initial: int  # the count it started with
+    max: int  # the most it ran at once
+    final: int  # the count it ended with
+    auto: bool  # the controller chose the count (False: fixed by the caller)
+    decisions: tuple[dict[str, Any], ...]  # {"t": seconds, "streams": n, "reason": why}, in order
+    # what the controller saw (the last 512 samples): (t, streams after, goodput B/s, retransmitted fraction)
+    samples: tuple[tuple[float, int, int, float | None], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"initial": self.initial, "max": self.max, "final": self.final, "auto": self.auto,
+                "decisions": [dict(d) for d in self.decisions], "samples": [list(s) for s in self.samples]}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CodecReport:
+    """How a send's chunks were encoded (``TransferReport.codec``)."""
+
+    zstd_level: int | str  # the [codec] zstd_level setting, or "adaptive"
+    zstd_levels_used: dict[int, int]  # level -> chunks compressed at it, by level
+    compress_workers: int  # the encode bound setting (transport.encode_workers)
+    encodes_at_once_max: int  # the most chunks encoded at once
+
+    def to_json(self) -> dict[str, Any]:
+        return {"zstd_level": self.zstd_level, "zstd_levels_used": dict(self.zstd_levels_used),
+                "compress_workers": self.compress_workers, "encodes_at_once_max": self.encodes_at_once_max}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DictionaryReport:
+    """The zstd dictionary a send's chunks could use (``TransferReport.dictionary``)."""
+
+    type: str  # its [[codec.dictionary]] type
+    id: int  # its zstd id
+    sent: bool  # the receiver lacked it: it travelled with this send (rule 13)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "sent": self.sent}
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReport:
+    """What ``Sender.send`` reports of a verified send.  ``to_json()`` is the ``dwcp send --json`` document."""
+
+    key: str
+    to: str  # HOST:PORT sent to
+    mode: str  # "full" | "delta" | "pages": WELCOME's choice
+    size: int  # bytes of the object
+    digest: str  # xxh3-128 of the object, hex: what the receiver verified
+    verified: bool  # the receiver's DONE confirmed the digest (always True: a failed send raises)
+    wire_bytes: int  # frame bytes of the chunks sent (and of a dictionary that went along), headers included
+    ratio: float  # size / wire_bytes (inf when nothing went)
+    seconds: float
+    throughput_bytes_per_s: float  # size / seconds
+    chunks: int
+    chunk_size: int
+    chunk_size_reason: str
+    chunks_sent: int  # resends included
+    chunks_resent: int  # NACKed, or requeued from a failed stream
+    resumed_chunks: int  # held by the receiver before this send
+    stream_errors: tuple[str, ...]  # why streams failed (the first 20)
+    streams: StreamsReport
+    rtt_ms: float  # the control stream's smoothed RTT at the start
+    tls: bool
+    socket: dict[str, Any]  # the control stream's socket options, as the dialer applied them
+    chunk_latency_ms: dict[str, float] | None  # send -> ACK: p50, p99, max, n; None when no chunk went
+    nic_profile: str | None  # the egress NIC whose tuning profile was used
+    relayed: dict[str, Any] | None  # a relay's account of the next hop (to, seconds, wire_bytes, mode)
+    tcp_info: tuple[dict[str, Any], ...]  # TCP_INFO of each data stream as it ended (the first 64)
+    refresh: str | None  # why this send had to go full (the [codec] settings)
+    delta_chain: int | None  # non-full sends since the key's last full one; None: not tracked
+    codec: CodecReport
+    dictionary: DictionaryReport | None = None  # None: no [[codec.dictionary]] rule matched the key
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready builtins: the keys (and order) ``dwcp send --json`` prints."""
+        return {"key": self.key, "to": self.to, "mode": self.mode, "size": self.size, "digest": self.digest,
+                "verified": self.verified, "wire_bytes": self.wire_bytes, "ratio": self.ratio,
+                "seconds": self.seconds, "throughput_bytes_per_s": self.throughput_bytes_per_s,
+                "chunks": self.chunks, "chunk_size": self.chunk_size, "chunk_size_reason": self.chunk_size_reason,
+                "chunks_sent": self.chunks_sent, "chunks_resent": self.chunks_resent,
+                "resumed_chunks": self.resumed_chunks, "stream_errors": list(self.stream_errors),
+                "streams": self.streams.to_json(), "rtt_ms": self.rtt_ms, "tls": self.tls,
+                "socket": dict(self.socket), "chunk_latency_ms": self.chunk_latency_ms,
+                "nic_profile": self.nic_profile, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
+                "refresh": self.refresh, "delta_chain": self.delta_chain,
+                "dictionary": None if self.dictionary is None else self.dictionary.to_json(),
+                "codec": self.codec.to_json()}  # fmt: skip

@@ -48,7 +48,7 @@ def _send(cl: Cluster, to: str, key: str, seed: int) -> None:
     data = np.random.default_rng(seed).integers(0, 256, 1 << 20, dtype=np.uint8)
     tp = TransportConfig(chunk_size_bytes=1 << 20, connect_timeout_s=5.0)
     r = Sender(tp, SecurityConfig(plaintext=True)).send(data, "127.0.0.1", cl.ports[to], key, streams=1)
-    assert r["verified"]
+    assert r.verified
 
 
 @pytest.fixture

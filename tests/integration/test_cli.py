@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,52 @@ def test_certs_and_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and "TLS identity" in r.stderr
     r = dwcp("status", "--socket", str(tmp_path / "none.sock"), cwd=tmp_path)
     assert r.returncode == 1 and "no daemon" in r.stderr
+
+
+# what `dwcp send --json` prints, key by key and in order: scripts read it, so a change here is a change of
+# interface (TransferReport.to_json)
+SEND_JSON_KEYS = [
+    "key", "to", "mode", "size", "digest", "verified", "wire_bytes", "ratio", "seconds", "throughput_bytes_per_s",
+    "chunks", "chunk_size", "chunk_size_reason", "chunks_sent", "chunks_resent", "resumed_chunks", "stream_errors",
+    "streams", "rtt_ms", "tls", "socket", "chunk_latency_ms", "nic_profile", "relayed", "tcp_info", "refresh",
+    "delta_chain", "dictionary", "codec",
+]  # fmt: skip
+SEND_JSON_STREAMS_KEYS = ["initial", "max", "final", "auto", "decisions", "samples"]
+SEND_JSON_CODEC_KEYS = ["zstd_level", "zstd_levels_used", "compress_workers", "encodes_at_once_max"]
+
+
+def test_send_json_keys_are_pinned(tmp_path):
+    import xxhash
+
+    from dwcp._testbase.transfer import server_config
+    from dwcp.transport.server import DataServer
+
+    data = os.urandom(3 << 20)
+    (tmp_path / "obj").write_bytes(data)
+    with DataServer(server_config(tmp_path / "rx")) as srv:
+        to = "{}:{}".format(*srv.address)
+        argv = ["send", str(tmp_path / "obj"), "--to", to, "--key", "cli/k", "--plaintext", "--streams", "2",
+                "--chunk-size", "1M", "--state-dir", str(tmp_path / "sent")]  # fmt: skip
+        r = dwcp(*argv, "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert list(out) == SEND_JSON_KEYS
+        assert list(out["streams"]) == SEND_JSON_STREAMS_KEYS and list(out["codec"]) == SEND_JSON_CODEC_KEYS
+        assert (out["key"], out["to"], out["mode"], out["size"], out["verified"]) == (
+            "cli/k",
+            to,
+            "full",
+            3 << 20,
+            True,
+        )
+        assert (
+            out["digest"] == xxhash.xxh3_128_hexdigest(data)
+            and out["chunks"] == 3
+            and out["chunk_size"] == 1 << 20
+        )
+        assert out["streams"]["initial"] == 2 and out["streams"]["auto"] is False and out["delta_chain"] == 0
+        assert isinstance(out["stream_errors"], list) and isinstance(out["tcp_info"], list)
+        # and the words a person reads
+        r = dwcp(*argv, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"sent cli/k -> {to}: ") and out["digest"] + " verified" in r.stdout

@@ -48,15 +48,15 @@ def test_small_similar_objects_travel_in_fewer_bytes_and_the_dictionary_travels_
         base = send_all(without, srv, "plain")
         for i in range(100):
             assert stored(srv, f"cfg/{i}") == vm_json(i, 2) == stored(srv, f"plain/{i}")
-        assert [r["dictionary"]["sent"] for r in got] == [True] + [False] * 99
+        assert [r.dictionary.sent for r in got if r.dictionary] == [True] + [False] * 99
         assert srv.stats["dictionaries_received_total"] == 1
         d = DictionaryStore(str(dict_dir)).for_type("vmcfg")
-        assert d is not None and got[0]["dictionary"]["id"] == d.id
-        assert all(r["dictionary"] is None for r in base)
+        assert d is not None and got[0].dictionary.id == d.id
+        assert all(r.dictionary is None for r in base)
         # the first send's wire bytes include the dictionary (64-byte header + its bytes)
-        wire_dict = sum(r["wire_bytes"] for r in got)
-        wire_plain = sum(r["wire_bytes"] for r in base)
-        assert got[0]["wire_bytes"] > len(d.data) > 4 * got[1]["wire_bytes"]
+        wire_dict = sum(r.wire_bytes for r in got)
+        wire_plain = sum(r.wire_bytes for r in base)
+        assert got[0].wire_bytes > len(d.data) > 4 * got[1].wire_bytes
         assert wire_dict < 0.6 * wire_plain, (wire_dict, wire_plain)
         assert wire_dict - len(d.data) - 64 < 0.4 * wire_plain, (wire_dict, wire_plain)
         kept = tmp_path / "rx" / "dictionaries" / "received" / f"{d.id}-{d.digest.hex()}.zdict"
@@ -64,7 +64,7 @@ def test_small_similar_objects_travel_in_fewer_bytes_and_the_dictionary_travels_
     # a restarted receiver still holds it: nothing travels again
     with DataServer(server_config(tmp_path / "rx")) as srv:
         r = with_dict.send(vm_json(99, 2), *srv.address, "cfg/99", streams=1)
-        assert r["dictionary"]["sent"] is False and stored(srv, "cfg/99") == vm_json(99, 2)
+        assert r.dictionary.sent is False and stored(srv, "cfg/99") == vm_json(99, 2)
         assert srv.stats["dictionaries_received_total"] == 0
 
 

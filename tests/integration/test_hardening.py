@@ -184,7 +184,7 @@ def test_a_silent_partition_does_not_lock_the_key(tmp_path):
             t0 = time.monotonic()
             r = Sender(tp, PLAIN).send(data, *srv.address, "vm/p", streams=2)
             assert time.monotonic() - t0 < 10
-            assert r["verified"] and r["resumed_chunks"] > 0
+            assert r.verified and r.resumed_chunks > 0
             assert srv.store.latest("vm/p").digest == xxhash.xxh3_128_digest(data)
         finally:
             proxy.close()
@@ -230,7 +230,7 @@ def test_a_disk_that_fills_mid_transfer_is_one_clear_error(small_fs, caplog):
         assert not os.path.exists(os.path.join(srv.store.data_dir, "objects", "vm%2Ffull"))
         os.unlink(small_fs / "filler")  # space again: the resend completes, resuming what landed
         r = Sender(tp, PLAIN).send(data, *srv.address, "vm/full", streams=2)
-        assert r["verified"] and srv.store.latest("vm/full").digest == xxhash.xxh3_128_digest(data)
+        assert r.verified and srv.store.latest("vm/full").digest == xxhash.xxh3_128_digest(data)
 
 
 # -- 9. a HELLO costs little, whatever it announces ------------------------------------------------
@@ -335,9 +335,11 @@ def test_max_object_bytes_refuses_before_storing(tmp_path):
             and "max_object_bytes" in got["message"]
         )
         assert os.listdir(os.path.join(srv.store.data_dir, "partial")) == []
-        assert Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 8 * MiB, *srv.address, "ok")[
-            "verified"
-        ]
+        assert (
+            Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN)
+            .send(b"x" * 8 * MiB, *srv.address, "ok")
+            .verified
+        )
 
 
 # -- 10. per-key authorization --------------------------------------------------------------------
@@ -368,13 +370,13 @@ def test_per_key_authorization(tmp_path, people):
     with DataServer(server_config(tmp_path / "rx", plaintext=False, certs=people["rx"], sections=ACL)) as srv:
         alice, bob = Sender(tp, _tls(people["alice"])), Sender(tp, _tls(people["bob"]))
         secret = os.urandom(MiB + 5)
-        assert alice.send(secret, *srv.address, "alice/private")["verified"]
-        assert alice.send(b"hello", *srv.address, "alice/pub/readme")["verified"]
+        assert alice.send(secret, *srv.address, "alice/private").verified
+        assert alice.send(b"hello", *srv.address, "alice/pub/readme").verified
         with pytest.raises(TransferError, match="bob is not allowed to write 'alice/private'") as ei:
             bob.send(os.urandom(100), *srv.address, "alice/private")
         assert ei.value.code == C.ERR_FORBIDDEN
         assert bytes(srv.store.open_version(srv.store.latest("alice/private"))) == secret  # untouched
-        assert bob.send(b"mine", *srv.address, "shared/bob")["verified"]
+        assert bob.send(b"mine", *srv.address, "shared/bob").verified
         with pytest.raises(TransferError, match="bob is not allowed to read 'alice/private'") as ei:
             fetch(
                 "alice/private",
@@ -433,7 +435,7 @@ def test_a_relay_forwards_only_to_cluster_members(tmp_path):
         with DataServer(server_config(tmp_path / "relay2", node="relay", sections=peers)) as relay:
             r = Sender(TransportConfig(chunk_size_bytes=MiB), PLAIN).send(b"x" * 1000, *relay.address, "k",
                                                                           forward_to=to)  # fmt: skip
-            assert r["relayed"]["to"] == to and dest.store.latest("k") is not None
+            assert r.relayed["to"] == to and dest.store.latest("k") is not None
 
 
 def test_a_fetch_to_a_full_disk_is_a_clear_error_not_sigbus(tmp_path, small_tmpfs):

@@ -92,12 +92,12 @@ def test_receiver_killed_mid_transfer(tmp_path):
         tx = dataclasses.replace(_tx(), chunk_size_bytes=4 * CHUNK)
         r = Sender(tx, SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS)
         n = SIZE // CHUNK
-        assert r["chunk_size"] == CHUNK and r["chunks"] == n, r["chunk_size_reason"]
-        assert r["verified"] and r["resumed_chunks"] > 0
-        assert r["chunks_sent"] == n - r["resumed_chunks"]
+        assert r.chunk_size == CHUNK and r.chunks == n, r.chunk_size_reason
+        assert r.verified and r.resumed_chunks > 0
+        assert r.chunks_sent == n - r.resumed_chunks
         if first:  # what the dead receiver got but had not persisted: about one chunk per stream
-            resent = first["chunks_sent"] + r["chunks_sent"] - n
-            assert resent <= STREAMS * 2, (first, r["chunks_sent"])
+            resent = first["chunks_sent"] + r.chunks_sent - n
+            assert resent <= STREAMS * 2, (first, r.chunks_sent)
         st = request(sock, {"op": "status"})
         assert st["keys"] == 1
     finally:
@@ -154,7 +154,7 @@ def test_daemon_survives_garbage_and_keeps_serving(tmp_path, junk):
             except ConnectionResetError:  # closed with our junk unread: a reset, also fine
                 pass
         r = Sender(_tx(), SecurityConfig(plaintext=True)).send(b"hello" * 1000, "127.0.0.1", port, "k9/ok")
-        assert r["verified"] and proc.poll() is None
+        assert r.verified and proc.poll() is None
         assert request(sock, {"op": "status"})["server"]["protocol_errors_total"] >= 1
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -24,13 +24,13 @@ def test_relay_forwards_pipelined_and_both_hold_the_object(tmp_path):
             r = Sender(TP, SecurityConfig(plaintext=True)).send(data, *relay.address, "vm/relayed", streams=2,
                                                                  rate_limit_bytes_per_s=24e6, forward_to=to)  # fmt: skip
             digest = xxhash.xxh3_128_digest(data)
-            assert r["digest"] == digest.hex() and r["relayed"]["to"] == to and r["relayed"]["mode"] == "full"
+            assert r.digest == digest.hex() and r.relayed["to"] == to and r.relayed["mode"] == "full"
             for srv in (relay, dest):
                 info = srv.store.latest("vm/relayed")
                 assert info is not None and info.digest == digest
                 assert bytes(srv.store.open_version(info)) == data.tobytes()
             # pipelined: the second hop finished within a moment of the first (not a whole second copy later)
-            assert r["relayed"]["seconds"] < r["seconds"]
+            assert r.relayed["seconds"] < r.seconds
 
 
 def _allow(to: str) -> dict:

@@ -180,9 +180,9 @@ def test_a_file_source_sends_full_then_delta(server, tmp_path):
         data.tofile(path)
         with FileSource.open(str(path)) as src:
             r = sender.send(src, *server.address, "vm/file", streams=3)
-        assert r["mode"] == want_mode and r["digest"] == K.xxh3_128(data).hex()
+        assert r.mode == want_mode and r.digest == K.xxh3_128(data).hex()
         assert stored(server, "vm/file") == data.tobytes()
-    assert r["wire_bytes"] < v2.nbytes / 20
+    assert r.wire_bytes < v2.nbytes / 20
 
 
 # -- item 3: the kept baseline equals what the receiver verified -----------------------
@@ -228,7 +228,7 @@ def test_a_source_changed_after_its_chunk_was_sent_does_not_poison_the_baseline(
     host, port = server.address
     with caplog.at_level(logging.WARNING, logger="dwcp.sender"):
         r1 = _send_changing_after_first_chunk(sender, server, path, "vm/changes", how)
-    assert r1["digest"] == K.xxh3_128(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
+    assert r1.digest == K.xxh3_128(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
     kept = baselines.latest(f"{host}:{port}/vm/changes")
     if kept is not None:  # what is kept is what the receiver verified, or nothing
         assert bytes(baselines.open_version(kept)) == v1.tobytes()
@@ -236,7 +236,7 @@ def test_a_source_changed_after_its_chunk_was_sent_does_not_poison_the_baseline(
     # the next send of the key (the file as it is now) goes through
     now = np.fromfile(path, dtype=np.uint8)
     r2 = sender.send(now, host, port, "vm/changes", streams=2)
-    assert r2["verified"] and stored(server, "vm/changes") == now.tobytes()
+    assert r2.verified and stored(server, "vm/changes") == now.tobytes()
     kept = baselines.latest(f"{host}:{port}/vm/changes")
     assert kept is not None and bytes(baselines.open_version(kept)) == now.tobytes()
 
@@ -256,8 +256,8 @@ def test_a_corrupted_kept_baseline_is_dropped_and_the_send_goes_on(server, tmp_p
         f.write(b"\xff\x00\xff")
     with caplog.at_level(logging.WARNING, logger="dwcp.sender"):
         r2 = sender.send(v2, host, port, "vm/rot", streams=2)
-    assert r2["verified"] and stored(server, "vm/rot") == v2.tobytes()
-    assert r2["mode"] == "delta"  # the receiver's choice; the chunks went without the bad base
+    assert r2.verified and stored(server, "vm/rot") == v2.tobytes()
+    assert r2.mode == "delta"  # the receiver's choice; the chunks went without the bad base
     assert "fails its digest: dropped" in caplog.text and kept.path in caplog.text
     assert baselines.get(f"{host}:{port}/vm/rot", kept.digest) is None
     now = baselines.latest(f"{host}:{port}/vm/rot")

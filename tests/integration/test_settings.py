@@ -18,6 +18,7 @@ from dwcp.storage import ObjectStore
 from dwcp.transport.fetch import fetch
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer
+from dwcp.transport.session import TransferReport
 
 PLAIN = SecurityConfig(plaintext=True)
 CHUNK = 1 << 20
@@ -43,7 +44,7 @@ def version(i: int, n: int = 2 * CHUNK) -> np.ndarray:
 
 
 def modes(sender: Sender, server: DataServer, key: str, versions, **kw) -> list[str]:
-    return [sender.send(v, *server.address, key, streams=1, **kw)["mode"] for v in versions]
+    return [sender.send(v, *server.address, key, streams=1, **kw).mode for v in versions]
 
 
 # -- codec.delta -----------------------------------------------------------------
@@ -57,12 +58,12 @@ def test_delta_false_sends_every_version_full_not_even_pages(server, tmp_path):
     )
     r = [off.send(version(i), *server.address, "k/on", streams=1) for i in (2, 3)]
     # the receiver holds the key (it would choose "pages" for a sender offering no baseline): full all the same
-    assert [x["mode"] for x in r] == ["full", "full"]
-    assert r[1]["refresh"] == "codec.delta = false" and r[1]["wire_bytes"] > 10_000
+    assert [x.mode for x in r] == ["full", "full"]
+    assert r[1].refresh == "codec.delta = false" and r[1].wire_bytes > 10_000
     # a sender without a baselines store (a relay hop) honours it too
     bare = Sender(tx_config(), PLAIN, codec=CodecSettings(delta=False))
-    assert bare.send(version(4), *server.address, "k/on", streams=1)["mode"] == "full"
-    assert Sender(tx_config(), PLAIN).send(version(5), *server.address, "k/on", streams=1)["mode"] == "pages"
+    assert bare.send(version(4), *server.address, "k/on", streams=1).mode == "full"
+    assert Sender(tx_config(), PLAIN).send(version(5), *server.address, "k/on", streams=1).mode == "pages"
 
 
 # -- codec.max_delta_chain / codec.baseline_refresh_s ----------------------------------
@@ -75,10 +76,10 @@ def test_max_delta_chain_sends_a_full_refresh_after_that_many_deltas_across_a_re
     got = [first.send(version(i), *server.address, "k/chain", streams=1) for i in range(6)]
     again = Sender(tx_config(), PLAIN, baselines=ObjectStore(store), codec=codec)  # the record is on disk
     got += [again.send(version(i), *server.address, "k/chain", streams=1) for i in range(6, 12)]
-    assert [r["mode"] for r in got] == ["full"] + ["delta"] * 10 + ["full"]
-    assert [r["delta_chain"] for r in got] == list(range(11)) + [0]
-    assert got[11]["refresh"].startswith("codec.max_delta_chain = 10: 10 non-full sends")
-    assert all(r["refresh"] is None for r in got[1:11])
+    assert [r.mode for r in got] == ["full"] + ["delta"] * 10 + ["full"]
+    assert [r.delta_chain for r in got] == list(range(11)) + [0]
+    assert got[11].refresh.startswith("codec.max_delta_chain = 10: 10 non-full sends")
+    assert all(r.refresh is None for r in got[1:11])
     assert ObjectStore(store).read_meta(f"{server.address[0]}:{server.address[1]}/k/chain")["deltas"] == 0
 
 
@@ -97,16 +98,16 @@ def test_baseline_refresh_s_counts_from_the_last_full_send_on_the_clock_given(se
     for i, t in enumerate((1000.0, 1100.0, 1299.0, 1300.0, 1301.0, 1599.0, 1600.5)):
         now[0] = t
         got.append(s.send(version(i), *server.address, "k/age", streams=1))
-    assert [r["mode"] for r in got] == ["full", "delta", "delta", "full", "delta", "delta", "full"]
-    assert "codec.baseline_refresh_s = 300: the last full send began 300 s ago" == got[3]["refresh"]
+    assert [r.mode for r in got] == ["full", "delta", "delta", "full", "delta", "delta", "full"]
+    assert "codec.baseline_refresh_s = 300: the last full send began 300 s ago" == got[3].refresh
     now[0] = 900.0  # the clock went back: the age is unknown, so the next send is full
-    assert s.send(version(7), *server.address, "k/age", streams=1)["mode"] == "full"
+    assert s.send(version(7), *server.address, "k/age", streams=1).mode == "full"
 
 
 # -- codec.zstd_level, zstd_level_min, zstd_level_max -----------------------------------
 
 
-def zstd_send(server, key: str, codec: CodecSettings, **tp) -> dict:
+def zstd_send(server, key: str, codec: CodecSettings, **tp) -> TransferReport:
     s = Sender(tx_config(**tp), PLAIN, codec=codec)
     return s.send(text_like(4 * CHUNK, seed=7), *server.address, key, streams=2)
 
@@ -114,20 +115,20 @@ def zstd_send(server, key: str, codec: CodecSettings, **tp) -> dict:
 def test_zstd_level_fixes_the_level_of_every_compressed_chunk(server):
     fast = zstd_send(server, "z/1", CodecSettings(zstd_level=1))
     slow = zstd_send(server, "z/19", CodecSettings(zstd_level=19))
-    assert fast["codec"]["zstd_levels_used"] == {1: 4} and fast["codec"]["zstd_level"] == 1
-    assert slow["codec"]["zstd_levels_used"] == {19: 4}
-    assert slow["wire_bytes"] < fast["wire_bytes"] * 0.95  # the level is really used
+    assert fast.codec.zstd_levels_used == {1: 4} and fast.codec.zstd_level == 1
+    assert slow.codec.zstd_levels_used == {19: 4}
+    assert slow.wire_bytes < fast.wire_bytes * 0.95  # the level is really used
 
 
 def test_adaptive_level_stays_within_zstd_level_min_and_max(server):
     # a slow link (1 MB/s) makes compression pay, so the adaptive controller compresses every chunk
     pinned = zstd_send(server, "z/6", CodecSettings(zstd_level_min=6, zstd_level_max=6), link_bytes_per_s=1e6)
-    assert pinned["codec"]["zstd_level"] == "adaptive" and pinned["codec"]["zstd_levels_used"] == {6: 4}
+    assert pinned.codec.zstd_level == "adaptive" and pinned.codec.zstd_levels_used == {6: 4}
     low = zstd_send(
         server, "z/low", CodecSettings(zstd_level_min=-7, zstd_level_max=-1), link_bytes_per_s=1e6
     )
-    assert low["codec"]["zstd_levels_used"] and set(low["codec"]["zstd_levels_used"]) <= {-7, -3, -1}
-    assert low["wire_bytes"] > pinned["wire_bytes"]  # the fast levels compress less
+    assert low.codec.zstd_levels_used and set(low.codec.zstd_levels_used) <= {-7, -3, -1}
+    assert low.wire_bytes > pinned.wire_bytes  # the fast levels compress less
 
 
 def test_the_data_servers_fetch_encoder_uses_the_codec_level(tmp_path):
@@ -151,8 +152,8 @@ def test_the_data_servers_fetch_encoder_uses_the_codec_level(tmp_path):
 def test_compress_workers_bounds_the_chunks_encoded_at_once(server, workers):
     s = Sender(tx_config(compress_workers=workers), PLAIN, codec=CodecSettings(zstd_level=3))
     r = s.send(text_like(12 * CHUNK, seed=9), *server.address, f"w/{workers}", streams=4)
-    assert r["codec"]["compress_workers"] == workers
-    assert 1 <= r["codec"]["encodes_at_once_max"] <= workers
+    assert r.codec.compress_workers == workers
+    assert 1 <= r.codec.encodes_at_once_max <= workers
     assert TransportConfig(compress_workers=0).encode_workers == os.cpu_count()
 
 
@@ -207,11 +208,11 @@ def test_socket_buffer_bytes_sets_both_buffers_on_sent_and_accepted_streams(tmp_
     n = 96 * 1024  # below net.core.[rw]mem_max; Linux reports twice what it keeps
     r = Sender(tx_config(socket_buffer_bytes=n), PLAIN)
     with DataServer(server_config(tmp_path / "rx", socket_buffer_bytes=n)) as srv:
-        got = r.send(version(0), *srv.address, "b/x", streams=1)["socket"]
+        got = r.send(version(0), *srv.address, "b/x", streams=1).socket
         assert (got["sndbuf_bytes"], got["rcvbuf_bytes"], got["buffers"]) == (2 * n, 2 * n, "explicit")
         assert _server_buffers(srv, settled=(2 * n, 2 * n)) == (2 * n, 2 * n)
     with DataServer(server_config(tmp_path / "rx0")) as srv:
-        got = Sender(tx_config(), PLAIN).send(version(0), *srv.address, "b/x", streams=1)["socket"]
+        got = Sender(tx_config(), PLAIN).send(version(0), *srv.address, "b/x", streams=1).socket
         assert got["buffers"] == "autotuned" and got["rcvbuf_bytes"] != 2 * n
         assert _server_buffers(srv) != (2 * n, 2 * n)
 
@@ -220,12 +221,10 @@ def test_socket_buffer_bytes_sets_both_buffers_on_sent_and_accepted_streams(tmp_
 
 
 def test_zerocopy_false_skips_the_probe_and_the_report_says_why(server):
-    off = Sender(tx_config(zerocopy=False), PLAIN).send(version(0), *server.address, "zc/x", streams=1)[
-        "socket"
-    ]
+    off = Sender(tx_config(zerocopy=False), PLAIN).send(version(0), *server.address, "zc/x", streams=1).socket
     assert off["zerocopy_available"] is None and off["zerocopy_used"] is False
     assert off["zerocopy_reason"] == "transport.zerocopy = false: not probed"
-    on = Sender(tx_config(), PLAIN).send(version(0), *server.address, "zc/x", streams=1)["socket"]
+    on = Sender(tx_config(), PLAIN).send(version(0), *server.address, "zc/x", streams=1).socket
     assert on["zerocopy_available"] is True and on["zerocopy_used"] is False  # Linux >= 4.14
     assert "not implemented" in on["zerocopy_reason"]
 

@@ -22,6 +22,7 @@ from dwcp.transport.chunking import PathStats, choose_chunk_size
 from dwcp.transport.fetch import fetch
 from dwcp.transport.sender import Sender, TransferError
 from dwcp.transport.server import DataServer
+from dwcp.transport.session import TransferReport
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -38,13 +39,13 @@ def test_full_then_delta_then_fetch(server, tmp_path, image):
     ticks: list[tuple[int, int]] = []
     r1 = sender.send(image, host, port, "vm/a", streams=3, progress=lambda d, t: ticks.append((d, t)))
     assert ticks and all(0 <= d <= t == image.nbytes for d, t in ticks)
-    assert r1["mode"] == "full" and r1["verified"] and r1["streams"]["max"] <= 3
-    assert r1["wire_bytes"] < image.nbytes * 0.6  # zero pages elided
+    assert r1.mode == "full" and r1.verified and r1.streams.max <= 3
+    assert r1.wire_bytes < image.nbytes * 0.6  # zero pages elided
     assert stored(server, "vm/a") == image.tobytes()
     v2 = dirty_version(image, fraction=0.05, seed=9)
     r2 = sender.send(v2, host, port, "vm/a", streams=2)
-    assert r2["mode"] == "delta"
-    assert r2["wire_bytes"] < v2.nbytes / 100
+    assert r2.mode == "delta"
+    assert r2.wire_bytes < v2.nbytes / 100
     assert stored(server, "vm/a") == v2.tobytes()
     # the previous version stays as the next baseline
     assert len(server.store.versions("vm/a")) == 2
@@ -58,21 +59,21 @@ def test_pages_mode_when_the_sender_has_no_baseline(server, tmp_path, image):
     Sender(tx_config(), PLAIN).send(image, host, port, "vm/p", streams=2)
     v2 = dirty_version(image, fraction=0.05, seed=10)
     r = Sender(tx_config(), PLAIN).send(v2, host, port, "vm/p", streams=2)  # no baselines: pages
-    assert r["mode"] == "pages"
+    assert r.mode == "pages"
     dirty_pages = int((v2.reshape(-1, 4096) != image.reshape(-1, 4096)).any(1).sum())
-    assert r["wire_bytes"] < (dirty_pages + 64) * 4096
+    assert r.wire_bytes < (dirty_pages + 64) * 4096
     assert stored(server, "vm/p") == v2.tobytes()
 
 
 def test_auto_streams_reports_its_reasons(server, image):
     host, port = server.address
     r = Sender(tx_config(), PLAIN).send(image, host, port, "vm/auto")
-    s = r["streams"]
-    assert s["auto"] and s["decisions"] and s["decisions"][0]["reason"]
-    assert 1 <= s["initial"] <= 8
+    s = r.streams
+    assert s.auto and s.decisions and s.decisions[0]["reason"]
+    assert 1 <= s.initial <= 8
     # per-stream TCP_INFO and the socket settings are in the report
-    assert r["tcp_info"] and all(i["rtt_us"] >= 0 and i["bytes_sent"] > 0 for i in r["tcp_info"])
-    assert r["socket"]["nodelay"] and "zerocopy_available" in r["socket"]
+    assert r.tcp_info and all(i["rtt_us"] >= 0 and i["bytes_sent"] > 0 for i in r.tcp_info)
+    assert r.socket["nodelay"] and "zerocopy_available" in r.socket
 
 
 def test_auto_streams_use_the_tuned_profile_of_the_egress_nic(server, image, tmp_path):
@@ -81,11 +82,11 @@ def test_auto_streams_use_the_tuned_profile_of_the_egress_nic(server, image, tmp
     host, port = server.address
     apply_profiles(str(tmp_path / "tune"), [{"nic": "lo", "link_bytes_per_s": 5e8}], rtt_s=0.001)
     r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned")
-    assert r["nic_profile"] == "lo" and r["streams"]["auto"]  # looked up beside the digest, then used
+    assert r.nic_profile == "lo" and r.streams.auto  # looked up beside the digest, then used
     r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(
         image, host, port, "vm/tuned2", streams=2
     )
-    assert r["nic_profile"] is None  # fixed streams: no lookup
+    assert r.nic_profile is None  # fixed streams: no lookup
 
 
 def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):
@@ -95,7 +96,7 @@ def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):
         proxy.corrupt_after(64 + 100 + (1 << 20) // 2, conn=2)
         r = Sender(tx_config(), PLAIN).send(data, *proxy.address, "raw/x", streams=1)
         assert proxy.faults_fired == 1
-    assert r["chunks_resent"] >= 1 and server.stats["chunks_nacked_total"] >= 1
+    assert r.chunks_resent >= 1 and server.stats["chunks_nacked_total"] >= 1
     assert stored(server, "raw/x") == data.tobytes()
 
 
@@ -105,8 +106,8 @@ def test_killed_stream_is_replaced_and_its_chunks_requeued(server):
         proxy.cut_after(3 << 20, conn=2)
         r = Sender(tx_config(window_chunks=2), PLAIN).send(data, *proxy.address, "raw/cut", streams=2)
         assert proxy.faults_fired == 1
-    assert r["stream_errors"]
-    assert r["chunks_sent"] <= r["chunks"] + 2 * 2  # at most the window of the dead stream again
+    assert r.stream_errors
+    assert r.chunks_sent <= r.chunks + 2 * 2  # at most the window of the dead stream again
     assert stored(server, "raw/cut") == data.tobytes()
 
 
@@ -117,7 +118,7 @@ def test_stalled_stream_is_detected(server):
         t0 = time.monotonic()
         r = Sender(tx_config(stall_timeout_s=1.0), PLAIN).send(data, *proxy.address, "raw/stall", streams=2)
         assert time.monotonic() - t0 < 20
-    assert any("timed out" in e or "Timeout" in e for e in r["stream_errors"])
+    assert any("timed out" in e or "Timeout" in e for e in r.stream_errors)
     assert stored(server, "raw/stall") == data.tobytes()
 
 
@@ -138,7 +139,7 @@ def test_a_chunk_stalled_mid_frame_is_released_after_the_stall_timeout_not_the_i
             )
             took = time.monotonic() - t0
         assert took < 20, took  # with the idle timeout (60 s) holding the claim this took > 60 s
-        assert stored(srv, "raw/midframe") == data.tobytes() and r["stream_errors"]
+        assert stored(srv, "raw/midframe") == data.tobytes() and r.stream_errors
     finally:
         srv.close()
 
@@ -151,7 +152,7 @@ def test_mutual_tls(tmp_path, pki, image):
         host, port = srv.address
         good = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
         r = Sender(tx_config(), good).send(image, host, port, "tls/ok", streams=2)
-        assert r["tls"] and r["verified"]
+        assert r.tls and r.verified
         assert stored(srv, "tls/ok") == image.tobytes()
         # a node of another CA is refused before any data is accepted
         bad = SecurityConfig(ca_cert=tx.ca_cert, cert=mallory.cert, key=mallory.key)
@@ -208,7 +209,7 @@ def test_any_bytes_on_the_data_port(server, image, junk):
     assert server.stats["protocol_errors_total"] >= 1 or server.stats["connections_total"] >= 1
     # the daemon keeps serving
     r = Sender(tx_config(), PLAIN).send(image, *server.address, "after/junk", streams=1)
-    assert r["verified"]
+    assert r.verified
 
 
 def test_absurd_lengths_and_replayed_chunks(server):
@@ -285,7 +286,7 @@ def test_two_senders_racing_on_one_key(server):
     tb.start()
     ta.join(60)
     tb.join(60)
-    assert isinstance(outcome["a"], dict)
+    assert isinstance(outcome["a"], TransferReport)
     assert isinstance(outcome["b"], TransferError) and "busy" in str(outcome["b"]).lower()
     assert stored(server, "race/k") == a.tobytes()
 
@@ -305,7 +306,7 @@ def test_a_replacement_stream_takes_over_and_does_not_churn(server):
         r = Sender(tx_config(), PLAIN).send(data, *proxy.address, "raw/churn", streams=2,
                                             rate_limit_bytes_per_s=16e6)  # fmt: skip
         conns = proxy.connections
-    assert len(r["stream_errors"]) == 1
+    assert len(r.stream_errors) == 1
     assert conns <= 5, f"{conns} connections: 1 control + 2 streams + 1 replacement expected"
     assert stored(server, "raw/churn") == data.tobytes()
 
@@ -320,7 +321,7 @@ def test_a_quiet_control_stream_is_not_idle_while_data_flows(tmp_path):
         r = Sender(tx_config(), PLAIN).send(
             data, *srv.address, "slow/k", streams=1, rate_limit_bytes_per_s=4e6
         )
-        assert r["seconds"] > 1.0 and r["verified"]
+        assert r.seconds > 1.0 and r.verified
         assert stored(srv, "slow/k") == data.tobytes()
     finally:
         srv.close()
@@ -331,22 +332,22 @@ def test_a_second_send_to_a_peer_starts_from_what_the_first_measured(server, tmp
     data = np.random.default_rng(4).integers(0, 256, 24 << 20, dtype=np.uint8)
     sender = Sender(tx_config(max_streams=4), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
     r1 = sender.send(data, host, port, "path/a")
-    assert r1["chunk_size"] == 1 << 20 and "no earlier send" in r1["chunk_size_reason"]
+    assert r1.chunk_size == 1 << 20 and "no earlier send" in r1.chunk_size_reason
     mem = json.loads((tmp_path / "sent" / "paths.json").read_text())["paths"][f"{host}:{port}"]
-    assert mem["streams"] == r1["streams"]["final"] and mem["stream_bytes_per_s"] > 0
+    assert mem["streams"] == r1.streams.final and mem["stream_bytes_per_s"] > 0
     r2 = sender.send(data[::-1].copy(), host, port, "path/b")  # another key, same peer: full mode again
-    assert "measured last time" in r2["chunk_size_reason"]
+    assert "measured last time" in r2.chunk_size_reason
     want, _ = choose_chunk_size(PathStats(**mem), 1 << 20, now=time.time())
-    assert r2["chunk_size"] == want >= 1 << 20 and r2["chunks"] == -(-data.nbytes // want)
+    assert r2.chunk_size == want >= 1 << 20 and r2.chunks == -(-data.nbytes // want)
     assert (
-        r2["streams"]["decisions"][0]["reason"]
+        r2.streams.decisions[0]["reason"]
         == f"the last send to {host}:{port} ended at {mem['streams']} streams"
     )
     assert stored(server, "path/b") == data[::-1].tobytes()
     # a fixed chunk size (dwcp send --chunk-size) is not adapted
     r3 = Sender(tx_config(adaptive_chunks=False), PLAIN, baselines=ObjectStore(tmp_path / "sent")).send(
         data, host, port, "path/c")  # fmt: skip
-    assert r3["chunk_size"] == 1 << 20 and "fixed" in r3["chunk_size_reason"]
+    assert r3.chunk_size == 1 << 20 and "fixed" in r3.chunk_size_reason
 
 
 def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):
@@ -364,7 +365,7 @@ def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):
         before = fds()
         for i in range(1, 9):
             data[i] ^= 0xFF
-            assert sender.send(data, *srv.address, f"fd/{i}", streams=4)["mode"] == "full"
+            assert sender.send(data, *srv.address, f"fd/{i}", streams=4).mode == "full"
         deadline = time.monotonic() + 5
         while fds() > before + 2 and time.monotonic() < deadline:  # stream threads finish after DONE
             time.sleep(0.05)

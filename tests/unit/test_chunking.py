@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dwcp._testbase.transfer import transfer_report
 from dwcp.transport.chunking import (
     MAX_PATHS,
     MiB,
@@ -69,12 +71,12 @@ def test_path_stats_refuse_nonsense(bad):
 
 
 # A send report recorded on the emulated WAN (perf/sla.py's testbed, 2026-12-02: 1 Gbit/s, 50 ms RTT, 1% loss
-# each way, bbr, 64 000-byte TUN MTU, `dwcp send --streams 8 --chunk-size 4M --json` of 512 MiB), trimmed to
-# the fields the path digest reads.
-RECORDED_1PCT = {
-    "wire_bytes": 536879104, "seconds": 5.018681244999243, "chunks_sent": 128, "rtt_ms": 51.297,
-    "streams": {"initial": 8, "max": 8, "final": 8},
-    "tcp_info": [
+# each way, bbr, 64 000-byte TUN MTU, `dwcp send --streams 8 --chunk-size 4M --json` of 512 MiB): the fields
+# the path digest reads, the others made up.
+RECORDED_1PCT = transfer_report(
+    wire_bytes=536879104, seconds=5.018681244999243, chunks_sent=128, rtt_ms=51.297,
+    streams={"initial": 8, "max": 8, "final": 8},
+    tcp_info=(
         {"stream": 4, "bytes_sent": 67110174, "rtt_us": 65322, "total_retrans": 17, "bytes_retrans": 1087116},
         {"stream": 3, "bytes_sent": 71304542, "rtt_us": 55784, "total_retrans": 7, "bytes_retrans": 447636},
         {"stream": 0, "bytes_sent": 71304542, "rtt_us": 54479, "total_retrans": 15, "bytes_retrans": 959220},
@@ -83,9 +85,9 @@ RECORDED_1PCT = {
         {"stream": 1, "bytes_sent": 67110174, "rtt_us": 67648, "total_retrans": 11, "bytes_retrans": 688632},
         {"stream": 6, "bytes_sent": 67110174, "rtt_us": 63047, "total_retrans": 8, "bytes_retrans": 511584},
         {"stream": 7, "bytes_sent": 71304542, "rtt_us": 58547, "total_retrans": 9, "bytes_retrans": 575532},
-    ],
-}  # fmt: skip
-SENT = sum(i["bytes_sent"] for i in RECORDED_1PCT["tcp_info"])
+    ),
+)  # fmt: skip
+SENT = sum(i["bytes_sent"] for i in RECORDED_1PCT.tcp_info)
 
 
 def test_path_digest_of_a_recorded_lossy_send_and_the_size_it_leads_to():
@@ -93,7 +95,7 @@ def test_path_digest_of_a_recorded_lossy_send_and_the_size_it_leads_to():
     assert ps is not None
     assert ps.rtt_s == 0.063047  # the (upper) median stream smoothed RTT: the relay queue adds to the 50 ms
     assert ps.retrans_fraction == pytest.approx(
-        sum(i["bytes_retrans"] for i in RECORDED_1PCT["tcp_info"]) / SENT
+        sum(i["bytes_retrans"] for i in RECORDED_1PCT.tcp_info) / SENT
     )
     assert 0.009 < ps.retrans_fraction < 0.010  # ~1% of what was sent went twice
     assert ps.streams == 8 and ps.stream_bytes_per_s == pytest.approx(536879104 / 5.018681244999243 / 8)
@@ -102,13 +104,13 @@ def test_path_digest_of_a_recorded_lossy_send_and_the_size_it_leads_to():
 
 
 def test_path_digest_falls_back_to_segments_on_old_kernels_and_skips_tiny_sends():
-    old = dict(RECORDED_1PCT, tcp_info=[{k: v for k, v in i.items() if k != "bytes_retrans"}
-                                        for i in RECORDED_1PCT["tcp_info"]])  # fmt: skip
+    old = replace(RECORDED_1PCT, tcp_info=tuple({k: v for k, v in i.items() if k != "bytes_retrans"}
+                                                for i in RECORDED_1PCT.tcp_info))  # fmt: skip
     ps = path_stats_from_send(old, now=NOW)
     # segments at a typical 1448-byte MSS: this testbed's 64 kB MTU makes that an underestimate
     assert ps is not None and ps.retrans_fraction == pytest.approx(82 * 1448 / SENT)
-    assert path_stats_from_send(dict(RECORDED_1PCT, chunks_sent=2), now=NOW) is None
-    assert path_stats_from_send({"tcp_info": []}, now=NOW) is None
+    assert path_stats_from_send(replace(RECORDED_1PCT, chunks_sent=2), now=NOW) is None
+    assert path_stats_from_send(replace(RECORDED_1PCT, tcp_info=()), now=NOW) is None
 
 
 def test_memory_round_trip_is_atomic_bounded_and_forgiving(tmp_path):

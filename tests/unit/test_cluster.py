@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dwcp._testbase.transfer import transfer_report
 from dwcp.cluster.balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
 from dwcp.cluster.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
 from dwcp.cluster.geo import Location, PrefixTable, haversine_km
@@ -352,7 +353,7 @@ class FakeSender:
         self.calls.append((f"{host}:{port}", kw.get("forward_to")))
         if f"{host}:{port}" in self.fail:
             raise OSError("connection refused")
-        return {"seconds": 1.0, "size": len(data), "rtt_ms": 1.0}
+        return transfer_report(seconds=1.0, size=len(data), rtt_ms=1.0)
 
 
 def test_relay_is_chosen_by_measured_numbers_and_falls_back_to_direct():
@@ -366,11 +367,11 @@ def test_relay_is_chosen_by_measured_numbers_and_falls_back_to_direct():
     s = FakeSender()
     r = v.send(s, b"x" * 100, "k", "region:r2", via="n1")
     final = v.candidates("k", "region:r2")[0]
-    assert s.calls == [("127.0.0.1:7701", final.address)] and r["via"] == "n1" and r["peer"] == final.id
+    assert s.calls == [("127.0.0.1:7701", final.address)] and r.via == "n1" and r.peer == final.id
     s = FakeSender(fail_hosts={"127.0.0.1:7701"})
     r = v.send(s, b"x" * 100, "k2", "region:r2", via="n1")
     assert s.calls[0][1] is not None and s.calls[1][1] is None  # relay failed: direct
-    assert "via" not in r and r["failover"][0]["peer"] == "n1"
+    assert r.via is None and "via" not in r.to_json() and r.failover[0]["peer"] == "n1"
     with pytest.raises(ConfigError):
         v.relay_for("k", "region:r2", 1, via="1.2.3.4:5")
 

@@ -39,10 +39,13 @@ def sender(d, **kw) -> SendSession:
     return SendSession(7, "cfg/1", 8 * KiB, DIGEST, 4 * KiB, node="tx", dictionary=ref_of(d), **kw)
 
 
-def receiver(hello: dict, *, held=None) -> ReceiveSession:
+def receiver(hello: dict, *, held=None, welcomed: bool = True) -> ReceiveSession:
     req = parse_send(7, decode_control(*_split(encode_control(C.FRAME_HELLO, 7, hello))))
-    return ReceiveSession(req, Plan("full", None, 4 * KiB, ""), held=b"", zero_filled=True, seeded=False,
-                          now=0.0, dictionary=held)  # fmt: skip
+    rx = ReceiveSession(req, Plan("full", None, 4 * KiB, ""), held=b"", zero_filled=True, seeded=False,
+                        now=0.0, dictionary=held)  # fmt: skip
+    if welcomed:
+        rx.welcome("t" * 64, "rx")
+    return rx
 
 
 def _split(frame: bytes):
@@ -59,13 +62,13 @@ def test_hello_names_the_dictionary_and_the_receiver_asks_for_what_it_lacks(d):
     tx = sender(d)
     h = tx.hello()
     assert h["dict"] == {"id": d.id, "digest": d.digest.hex(), "size": len(d.data)} and "zdict" in h["caps"]
-    rx = receiver(h)
+    rx = receiver(h, welcomed=False)
     assert rx.hello.dictionary == ref_of(d) and rx.needs_dict
     w = rx.welcome("t" * 64, "rx")
     assert w["need_dict"] is True
     tx.on_welcome(decode_control(*_split(encode_control(C.FRAME_WELCOME, 7, w))))
     assert tx.dict_needed
-    holding = receiver(h, held=d)
+    holding = receiver(h, held=d, welcomed=False)
     assert not holding.needs_dict and "need_dict" not in holding.welcome("t" * 64, "rx")
 
 
@@ -79,6 +82,7 @@ def test_a_dictionary_without_the_capability_is_refused(d):
 
 def test_welcome_asking_for_a_dictionary_we_did_not_name_fails_the_send():
     tx = SendSession(7, "k", 8 * KiB, DIGEST, 4 * KiB, node="tx")
+    tx.hello()
     with pytest.raises(RemoteProtocolError, match="did not name"):
         tx.on_welcome({"mode": "full", "token": "t" * 64, "chunk_size": 4 * KiB, "need_dict": True})
     assert tx.failed

@@ -74,16 +74,16 @@ def test_a_send_reports_the_same_bytes_on_both_sides(tmp_path):
     tx, rx = tx_ev.of("chunk"), rx_ev.of("chunk")
     assert len(tx) == len(rx) == 5
     assert sum(c[4] for c in tx) == sum(c[4] for c in rx) == data.nbytes
-    assert sum(c[5] for c in tx) == sum(c[5] for c in rx) == r["wire_bytes"]
+    assert sum(c[5] for c in tx) == sum(c[5] for c in rx) == r.wire_bytes
     assert Counter(c[3] for c in tx) == Counter(c[3] for c in rx) and C.CODEC_ZERO in {c[3] for c in tx}
     assert {c[2] for c in tx} == {peer} and {c[2] for c in rx} == {f"plaintext:{host}"}
-    assert tx_ev.of("done") == [("done", "tx", peer, "ok", data.nbytes, r["wire_bytes"])]
+    assert tx_ev.of("done") == [("done", "tx", peer, "ok", data.nbytes, r.wire_bytes)]
     wait_for(lambda: rx_ev.of("done"))  # the server reports once it has answered
-    assert rx_ev.of("done") == [("done", "rx", f"plaintext:{host}", "ok", data.nbytes, r["wire_bytes"])]
+    assert rx_ev.of("done") == [("done", "rx", f"plaintext:{host}", "ok", data.nbytes, r.wire_bytes)]
     assert len(tx_ev.of("open")) == len(tx_ev.of("close")) == 2 and not any(c[2] for c in tx_ev.of("close"))
     assert len(tx_ev.of("tcp")) == 2 and all(c[2] > 0 for c in tx_ev.of("tcp"))
     assert not tx_ev.of("retransmit") and not rx_ev.of("checksum")
-    lat = r["chunk_latency_ms"]  # send -> ACK of every chunk
+    lat = r.chunk_latency_ms  # send -> ACK of every chunk
     assert lat["n"] == 5 and 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 10_000
 
 
