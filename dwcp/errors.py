@@ -49,9 +49,7 @@ As a tree::
     |   +-- SourceChangedError
     +-- NotLeaderError
     +-- NoHealthyPeerError
-
-One class is still defined elsewhere: ``TransferError`` (``dwcp.transport.sender``,
-a ``DWCPError``), until that module is reworked.
+    +-- TransferError
 
 Socket errors stay built-in ``OSError`` subclasses.
 """
@@ -78,6 +76,7 @@ __all__ = [
     "SourceChangedError",
     "NotLeaderError",
     "NoHealthyPeerError",
+    "TransferError",
 ]
 
 
@@ -201,3 +200,22 @@ class NotLeaderError(DWCPError):
 
 class NoHealthyPeerError(DWCPError):
     """Every candidate is unhealthy, ejected, or behind an open breaker."""
+
+
+class TransferError(DWCPError):
+    """A send failed; the message says why (the receiver's words when it said so).
+
+    ``stats`` holds what was sent before the failure, when known; ``code``
+    the receiver's wire error code when it refused (``ERR_*``; 0 = unspecified),
+    None when it did not answer with an error.  (Also importable from
+    ``dwcp.transport.sender``.)
+    """
+
+    stats: dict = {}
+    code: int | None = None
+
+    @classmethod
+    def refused(cls, message: str, code: int) -> TransferError:
+        err = cls(f"receiver refused: {message} (code {code})")
+        err.code = code
+        return err

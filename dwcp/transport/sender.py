@@ -65,7 +65,14 @@ import xxhash
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
-from dwcp.errors import BrokenResourceError, ConfigError, DWCPError, LocalProtocolError, RemoteProtocolError
+from dwcp.errors import (
+    BrokenResourceError,
+    ConfigError,
+    DWCPError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransferError,
+)
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_dict
 
@@ -89,24 +96,6 @@ from .window import StreamWindow
 __all__ = ["Sender", "TransferError", "expect", "full_refresh_reason"]
 
 log = logging.getLogger("dwcp.sender")
-
-
-class TransferError(DWCPError):
-    """The transfer failed; the message says why (the receiver's words when it said so).
-
-    ``stats`` holds what was sent before the failure, when known; ``code``
-    the receiver's wire error code when it refused (``ERR_*``; 0 = unspecified),
-    None when it did not answer with an error.
-    """
-
-    stats: dict = {}
-    code: int | None = None
-
-    @classmethod
-    def refused(cls, message: str, code: int) -> TransferError:
-        err = cls(f"receiver refused: {message} (code {code})")
-        err.code = code
-        return err
 
 
 # ERROR codes on a data stream that end the whole transfer: the receiver refused the object itself
