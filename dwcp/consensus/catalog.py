@@ -43,7 +43,7 @@ class Catalog:
         try:
             cmd = json.loads(data)
             op = cmd["op"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # deep nesting: RecursionError, not a crash
             return {"ok": False, "error": "malformed command"}
         try:
             if op == "version":
@@ -60,9 +60,9 @@ class Catalog:
                 if lease and lease["holder"] == cmd["holder"]:
                     del self.leases[str(cmd["key"])]
                 return {"ok": True}
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             return {"ok": False, "error": f"malformed {op} command"}
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        return {"ok": False, "error": f"unknown op {str(op)[:64]!r}" if isinstance(op, str) else "unknown op"}
 
     def _version(self, key: str, digest: str, size: int, holder: str, at: float) -> dict:
         vs = self.keys.setdefault(key, [])

@@ -85,6 +85,19 @@ def test_catalog_versions_holders_and_leases():
     assert again.where() == c.where() and again.applied_index == 11
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"[" * 100_000 + b"]" * 100_000,  # json.loads: RecursionError
+     b'{"op": "version", "key": ' + b"[" * 5000 + b"]" * 5000 + b', "digest": "a", "size": 1, "holder": "n"}',
+     b'{"op": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+    ids=["deep-command", "deep-key", "deep-op"],
+)  # fmt: skip
+def test_a_deeply_nested_committed_command_is_malformed_not_a_crash(data):
+    """Every node applies every committed entry: one that raised would stop every node's core thread."""
+    r = Catalog().apply(1, data)
+    assert r["ok"] is False and ("malformed" in r["error"] or "unknown op" in r["error"])
+
+
 def test_catalog_keeps_a_bounded_history_per_key():
     c = Catalog()
     for i in range(1, MAX_KEY_VERSIONS + 41):
