@@ -281,7 +281,7 @@ def _io_uring_refusal(exc: OSError, disabled: str | None) -> tuple[str, str]:
             why = "refused (a seccomp filter? container runtimes often block io_uring)"
         return AVAILABLE_NO, f"io_uring_setup: EPERM, {why}"
     if exc.errno == errno.ENOMEM:
-        return AVAILABLE_NO, "io_uring_setup: ENOMEM (RLIMIT_MEMLOCK too low for a ring)"
+        return AVAILABLE_NO, "io_uring_setup: ENOMEM (before Linux 5.12 a ring counts against RLIMIT_MEMLOCK)"
     return AVAILABLE_UNKNOWN, f"io_uring_setup failed unexpectedly: {_err(exc)}"
 
 
@@ -364,7 +364,7 @@ def probe_zerocopy(*, open_socket: OpenSocket = socket.socket) -> ProbeResult:
     from dwcp.transport.sockopts import probe_zerocopy as sockopts_probe
 
     name = "msg_zerocopy"
-    dwcp = ("dwcp send probes it on plaintext connections and reports zerocopy_available in --json; "
+    dwcp = ("`dwcp send` probes it on plaintext connections and reports zerocopy_available in --json; "
             "sends still copy (MSG_ZEROCOPY sending is not implemented)")  # fmt: skip
     ev: list[str] = []
     try:
@@ -626,8 +626,6 @@ def _thp_mode(text: str | None) -> str | None:
 def probe_hugepages(*, proc: str = PROC, sys: str = SYS) -> ProbeResult:
     """Reserved huge pages (/proc/meminfo) and the transparent huge page mode."""
     name = "hugepages"
-    dwcp = ("not requested: no MAP_HUGETLB and no madvise(MADV_HUGEPAGE); with THP 'always' the kernel "
-            "may back dwcp's large buffers with huge pages on its own")  # fmt: skip
     ev: list[str] = []
     meminfo, _ = _read(os.path.join(proc, "meminfo"))
     total = size_kib = None
@@ -645,6 +643,13 @@ def probe_hugepages(*, proc: str = PROC, sys: str = SYS) -> ProbeResult:
     parts = [f"HugePages_Total {total if total is not None else 'unknown'}"
              + (f" x {size_kib} kB" if total and size_kib else ""),
              f"THP {thp or 'unknown'}" + (" (only regions that madvise)" if thp == "madvise" else "")]  # fmt: skip
+    if thp == "always":
+        then = "but THP 'always' may back dwcp's large anonymous buffers with huge pages on its own"
+    elif thp is None:
+        then = "and whether THP backs its buffers anyway is unknown"
+    else:
+        then = "so its buffers use base pages here"
+    dwcp = f"not requested: no MAP_HUGETLB and no madvise(MADV_HUGEPAGE), {then}"
     if total is None and thp is None:
         available = AVAILABLE_UNKNOWN
     elif (total or 0) > 0 or thp in ("always", "madvise"):

@@ -20,6 +20,7 @@ __all__ = ["add_parser", "run", "render_table"]
 
 _NAME_WIDTH = 20
 _RESULT_WIDTH = 8
+_MAX_WIDTH = 120  # wider lines are hard to read, whatever the terminal
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,9 @@ def render_table(probes: list[dict], *, evidence: bool = False, width: int = 100
         if evidence:
             for e in p["evidence"]:
                 lines += [indent + d for d in textwrap.wrap("$ " + e, body, subsequent_indent="    ")]
+    counts = {a: sum(p["available"] == a for p in probes) for a in ("yes", "no", "unknown")}
+    lines.append(f"{len(probes)} probes: {counts['yes']} yes, {counts['no']} no, {counts['unknown']} unknown"
+                 + ("" if evidence else " (--evidence shows each call and what it returned)"))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -54,5 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     else:
-        print(render_table(doc["probes"], evidence=args.evidence, width=shutil.get_terminal_size().columns))
+        print(
+            render_table(
+                doc["probes"],
+                evidence=args.evidence,
+                width=min(_MAX_WIDTH, shutil.get_terminal_size().columns),
+            )
+        )
     return 0

@@ -25,6 +25,7 @@ from dwcp.doctor import (
     IoUringParams,
     ProbeResult,
 )
+from dwcp.transport.sockopts import SO_ZEROCOPY, TCP_CONGESTION
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets, splice and io_uring")
 
@@ -190,7 +191,7 @@ def _opener(sock=None, err: int | None = None):
 def test_zerocopy_yes_no_unknown():
     s = FakeSock()
     assert doctor.probe_zerocopy(open_socket=_opener(s)).available == AVAILABLE_YES and s.closed
-    s = FakeSock({doctor.socket.SO_ZEROCOPY if hasattr(socket, "SO_ZEROCOPY") else 60: errno.ENOPROTOOPT})
+    s = FakeSock({SO_ZEROCOPY: errno.ENOPROTOOPT})
     r = doctor.probe_zerocopy(open_socket=_opener(s))
     assert r.available == AVAILABLE_NO and "ENOPROTOOPT" in r.detail and s.closed
     r = doctor.probe_zerocopy(open_socket=_opener(err=errno.EMFILE))
@@ -268,18 +269,12 @@ def test_congestion_listed_is_set_and_read_back(tmp_path):
     proc = _cc_tree(tmp_path, "reno cubic bbr")
     r = doctor.probe_congestion(proc=proc, open_socket=_opener(FakeSock()))
     assert r.available == AVAILABLE_YES and r.detail.startswith("bbr settable")
-    s = FakeSock({doctor_tcp_congestion(): errno.EPERM})
+    s = FakeSock({TCP_CONGESTION: errno.EPERM})
     r = doctor.probe_congestion(proc=proc, open_socket=_opener(s))
     assert r.available == AVAILABLE_NO and "CAP_NET_ADMIN" in r.detail
-    s = FakeSock(reads={doctor_tcp_congestion(): b"cubic"})  # accepted, but something else is in force
+    s = FakeSock(reads={TCP_CONGESTION: b"cubic"})  # accepted, but something else is in force
     r = doctor.probe_congestion(proc=proc, open_socket=_opener(s))
     assert r.available == AVAILABLE_NO and "got cubic" in r.detail
-
-
-def doctor_tcp_congestion() -> int:
-    from dwcp.transport.sockopts import TCP_CONGESTION
-
-    return TCP_CONGESTION
 
 
 # -- files ---------------------------------------------------------------------
@@ -301,6 +296,7 @@ def test_hugepages(tmp_path, total, thp, available):
     assert r.available == available
     if total:
         assert f"HugePages_Total {total} x 2048 kB" in r.detail
+    assert ("base pages" in r.dwcp) == (thp is not None)  # dwcp madvises nothing: none of these is 'always'
 
 
 def test_rdma(tmp_path):
