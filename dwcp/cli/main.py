@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dict(sub)
 
+    from .doctor_cmd import add_parser as add_doctor
+
+    add_doctor(sub)
+
     sub.add_parser("backend", help="print the data-plane backend in use and its features")
     return p
 
@@ -384,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             from .dict_cmd import run as run_dict
 
             return run_dict(args)
+        if args.command == "doctor":
+            from .doctor_cmd import run as run_doctor
+
+            return run_doctor(args)
         if args.command == "backend":
             import dwcp
 
