@@ -416,13 +416,15 @@ cdef class Ring:
             dwcp_monotonic_ns(&now)
             deadline = now + <int64_t>(t * 1e9)
         cdef unsigned pending, flags, submitted = 0
+        # The caller's SQEs not yet consumed; they come before any timeout SQE of ours in the ring.
+        cdef unsigned user_left = dwcp_uring_flush(&self.r)
         cdef int ret
         cdef dwcp_getevents_arg arg
         cdef dwcp_kernel_timespec ts
         cdef const void *argp
         cdef size_t argsz
         cdef io_uring_sqe *tsqe
-        cdef unsigned wait_for
+        cdef unsigned wait_for, mine
         self._busy = True
         try:
             while True:
@@ -467,7 +469,9 @@ cdef class Ring:
                     if ret == -ETIME:
                         continue  # the deadline check above ends the loop
                     _raise_errno(ret, "io_uring_enter")
-                submitted += <unsigned>ret if <unsigned>ret < pending else pending
+                mine = <unsigned>ret if <unsigned>ret < user_left else user_left
+                submitted += mine
+                user_left -= mine
                 PyErr_CheckSignals()
                 # The kernel stops at an SQE that failed to prepare (its CQE says why), and returns
                 # early when a signal interrupts the wait: go round until all is submitted and
