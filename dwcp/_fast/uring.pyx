@@ -42,6 +42,8 @@ Rules
    flight and waits up to a second for its CQEs; a buffer still in flight
    then stays pinned for the life of the process (a leak, never a
    use-after-free).  After close every method raises ClosedResourceError.
+8. Setup flags this core does not handle (IOPOLL, SQPOLL, SQ_AFF, SQE128,
+   CQE32) are a ValueError; other flags go to the kernel as given.
 """
 
 from cpython.buffer cimport (
@@ -159,6 +161,8 @@ cdef enum:
     REAP_BATCH = 256  # CQEs copied out per pass of reap()
 cdef int64_t DRAIN_TIMEOUT_NS = 1_000_000_000  # how long close() waits for cancelled operations
 cdef uint64_t RESERVED = 0xFFFFFFFFFFFFFFFFULL
+# IORING_SETUP_IOPOLL | SQPOLL | SQ_AFF | SQE128 | CQE32
+cdef unsigned UNSUPPORTED_SETUP_FLAGS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 10) | (1 << 11)
 
 # Buffers still pinned by a Ring closed (or collected) while the kernel held them (rule 7).
 _leaked = []
@@ -216,6 +220,11 @@ cdef class Ring:
     def __cinit__(self, unsigned entries=256, unsigned flags=0):
         self._inflight = {}
         self._registered = []
+        self.r.fd = -1
+        if flags & UNSUPPORTED_SETUP_FLAGS:
+            # SQPOLL needs NEED_WAKEUP handling, IOPOLL polled completions, SQE128/CQE32 other
+            # layouts: none is implemented, so none may be asked for.
+            raise ValueError(f"io_uring setup flags 0x{flags & UNSUPPORTED_SETUP_FLAGS:x} are not supported")
         cdef int ret = dwcp_uring_init(&self.r, entries, flags)
         if ret != 0:
             self.r.fd = -1

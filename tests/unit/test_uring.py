@@ -349,6 +349,13 @@ def test_setup_errors(K):
     assert ei.value.errno == errno.EINVAL
 
 
+@pytest.mark.skipif(only_ref or not HAS_URING, reason="the kernel ring's setup flags")
+def test_setup_flags_the_ring_does_not_handle_are_refused(fast):
+    for flag in (1 << 0, 1 << 1, 1 << 10, 1 << 11):  # IOPOLL, SQPOLL, SQE128, CQE32
+        with pytest.raises(ValueError, match="not supported"):
+            fast.Ring(4, flag)
+
+
 @pytest.mark.skipif(only_ref, reason="compares the fast backend with the reference")
 def test_twins_share_constants(fast, ref):
     names = [n for n in dir(ref) if n.startswith(("IORING_", "URING_"))]
