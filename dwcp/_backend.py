@@ -26,7 +26,7 @@ __all__ = ["backend", "backend_features", "impl", "load", "IMPLS"]
 IMPLS = ("fast", "ref")
 
 # The kernel modules, by the name they share in dwcp/_fast and dwcp/_ref.
-_MODULES = ("ring", "xorzrle", "framing", "stats")
+_MODULES = ("ring", "xorzrle", "framing", "stats", "uring")
 
 
 def load(name: str) -> types.SimpleNamespace:
@@ -74,3 +74,6 @@ except ImportError as exc:
 
 backend_features: dict[str, object] = dict(getattr(impl, "features", lambda: {})())
 backend_features["impl"] = backend
+# Whether the data-plane engine can drive io_uring here (fast backend, and the kernel allows
+# io_uring_setup); otherwise it runs on epoll + splice/sendmsg or the reference Ring.
+backend_features["io_uring"] = bool(impl.uring_available())

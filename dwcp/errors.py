@@ -27,6 +27,8 @@ The hierarchy says who is at fault:
   the leader; ``leader`` names the one it knows, to retry there.
 * ``NoHealthyPeerError``  -- the balancer found no candidate that is healthy
   and behind a closed breaker.
+* ``SubmissionQueueFullError`` -- the caller queued more io_uring operations
+  than the submission queue holds without submitting (``dwcp._fast.uring``).
 
 As a tree::
 
@@ -50,6 +52,7 @@ As a tree::
     +-- NotLeaderError
     +-- NoHealthyPeerError
     +-- TransferError
+    +-- SubmissionQueueFullError
 
 Socket errors stay built-in ``OSError`` subclasses.
 """
@@ -77,6 +80,7 @@ __all__ = [
     "NotLeaderError",
     "NoHealthyPeerError",
     "TransferError",
+    "SubmissionQueueFullError",
 ]
 
 
@@ -219,3 +223,8 @@ class TransferError(DWCPError):
         err = cls(f"receiver refused: {message} (code {code})")
         err.code = code
         return err
+
+
+class SubmissionQueueFullError(DWCPError):
+    """Every submission-queue entry of an io_uring ``Ring`` is queued and not yet submitted: call
+    ``submit_and_wait`` (or ``submit``) before queueing more (a caller's mistake, never the kernel's)."""

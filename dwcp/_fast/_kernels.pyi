@@ -4,6 +4,7 @@
 from .framing import *  # noqa: F403
 from .ring import *  # noqa: F403
 from .stats import *  # noqa: F403
+from .uring import *  # noqa: F403
 from .xorzrle import *  # noqa: F403
 
 name: str
