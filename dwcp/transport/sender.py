@@ -41,8 +41,11 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    restart; a key with no record goes full once.  A sender without a
    baselines store keeps no record: only ``delta = false`` applies to it.
 6. The sent version becomes our baseline for the next send of that key,
-   read again from the source and kept only if it hashes to the digest the
-   receiver verified (a file changed after its chunks went is not kept).
+   kept only if it hashes to the digest the receiver verified (a file
+   changed after its chunks went is not kept).  A file is cloned (FICLONE)
+   or copied in the kernel (copy_file_range) and the copy hashed through a
+   mapping; a buffer, or a file neither works for, is read again and written
+   (``_remember``; the report's ``baseline`` says which).
    A kept baseline that fails its digest when a delta needs it is removed
    with a warning, and that send's chunks go without a base.
 """
@@ -69,6 +72,7 @@ from dwcp.errors import (
     BrokenResourceError,
     ConfigError,
     DWCPError,
+    IntegrityError,
     LocalProtocolError,
     RemoteProtocolError,
     TransferError,
@@ -553,8 +557,9 @@ class Sender:
                 base_map.release()
         elapsed = time.perf_counter() - t_start
         chain = None
+        kept = None
         if self.baselines is not None:
-            self._remember(cache_key, src, digest, spans, chunk_size)
+            kept = self._remember(cache_key, src, digest, spans, chunk_size)
             chain = self._count_chain(cache_key, mode, record, now)
         wire = sess.wire_bytes
         samples = [] if controller is None else [
@@ -575,7 +580,7 @@ class Sender:
             nic_profile=prof.get("nic") if prof else None,
             relayed=done.get("forwarded"),
             tcp_info=tuple(state.stream_info[:64]),
-            refresh=refresh, delta_chain=chain,
+            refresh=refresh, delta_chain=chain, baseline=kept,
             dictionary=None if dictionary is None else DictionaryReport(type=dictionary.type, id=dictionary.id,
                                                                         sent=sess.dict_needed),
             codec=CodecReport(zstd_level=cs.zstd_level or "adaptive",
@@ -640,37 +645,61 @@ class Sender:
         return max(info.rtt_us, 1) / 1e6
 
     def _remember(self, cache_key: str, src: BufferSource | FileSource, digest: bytes, spans,
-                  chunk_size: int) -> None:  # fmt: skip
-        """Keep a copy of what was sent as the baseline of the next send of this key.
+                  chunk_size: int) -> str | None:  # fmt: skip
+        """Keep a copy of what was sent as the baseline of the next send of this key; returns how
+        (``TransferReport.baseline``), None if nothing was kept.
 
-        The copy must be what the receiver verified: the source is read again (a file may have
-        changed since its chunks were sent), hashed as it is written, and kept only if it has
-        ``digest``; otherwise it is dropped with a warning and the next send goes without a base.
+        The copy must be what the receiver verified: a file may have changed since its chunks were
+        sent.  A file is cloned or copied in the kernel (``Partial.fill_from``: FICLONE, else
+        copy_file_range), and the commit hashes the copy through a mapping of it; where neither
+        works (a block device, another file system on an old kernel), and for a buffer, the source
+        is read again and hashed as it is written ("write").  A copy without ``digest`` is dropped
+        with a warning and the next send goes without a base.
         """
         assert self.baselines is not None
         if self.baselines.get(cache_key, digest) is not None:
-            return
+            return "held"
         try:
-            p = self.baselines.begin(cache_key, digest, src.size, chunk_size)
+            # a copy in the kernel allocates as it goes (and a clone needs no room): no free-space check
+            p = self.baselines.begin(cache_key, digest, src.size, chunk_size,
+                                     preallocate=not isinstance(src, FileSource))  # fmt: skip
         except DWCPError as exc:
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
-            return
+            return None
+        how: str | None = None
         try:
-            h = xxhash.xxh3_128()
-            for i, (off, ln) in enumerate(spans):
-                chunk = src.read(off, ln)
-                h.update(chunk)
-                p.write(i, chunk)
-                p.mark_done(i, _k.xxh3_64(chunk))
-            if h.digest() != digest:
-                raise SourceChangedError(f"{src.name} changed after it was sent")
-            p.commit(verify=False)  # hashed above, from the very bytes written
+            if isinstance(src, FileSource):
+                how = p.fill_from(src.fileno())
+            if how is not None:
+                try:
+                    p.commit()  # verifies: hashes the copy itself, through a mapping
+                except IntegrityError as exc:  # the commit removed the copy
+                    raise SourceChangedError(f"{src.name} changed after it was sent") from exc
+            else:
+                how = "write"
+                h = xxhash.xxh3_128()
+                for i, (off, ln) in enumerate(spans):
+                    chunk = src.read(off, ln)
+                    h.update(chunk)
+                    p.write(i, chunk)
+                    p.mark_done(i, _k.xxh3_64(chunk))
+                if h.digest() != digest:
+                    raise SourceChangedError(f"{src.name} changed after it was sent")
+                p.commit(verify=False)  # hashed above, from the very bytes written
         except DWCPError as exc:
             p.abort(keep=False)
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
+            return None
+        except Exception as exc:  # the receiver has the object: keeping our copy must not fail the send
+            p.abort(keep=False)
+            log.warning("could not keep %s as a baseline: %s: %s (next send goes full)", cache_key,
+                        type(exc).__name__, exc)  # fmt: skip
+            return None
         except BaseException:
             p.abort(keep=False)
             raise
+        log.debug("kept %s as the baseline of %s (%s)", src.name, cache_key, how)
+        return how
 
     def _count_chain(self, cache_key: str, mode: str, record: dict | None, now: float) -> int | None:
         """Record a finished send in the key's delta chain (see rule 5); returns the chain's length after it."""

@@ -5,7 +5,8 @@ Theory of operation
 A send reads its object twice at least: once up front for the whole-object
 xxh3-128 that the receiver verifies, then chunk by chunk as the stream
 threads take work (again for a chunk the receiver NACKed, and once more to
-keep the sent version as the next baseline).  ``BufferSource`` serves views
+keep the sent version as the next baseline, unless the kernel copies the
+file: ``fileno``, ``dwcp.storage.copy_in_kernel``).  ``BufferSource`` serves views
 of a contiguous buffer (bytes, a numpy array, a relay's partial mapping).
 ``FileSource`` *reads* a file: a mapped file that someone truncates under
 the sender faults with SIGBUS and kills the process without a word, while a
@@ -173,6 +174,12 @@ class FileSource:
         if now != self.size:
             how = "shrank" if now < self.size else "grew"
             raise SourceChangedError(f"{self.name} {how} from {self.size} to {now} bytes during the send")
+
+    def fileno(self) -> int:
+        """The open file, for copies in the kernel (``dwcp.storage.copy_in_kernel``)."""
+        if self._fd < 0:
+            raise ValueError(f"{self.name} is closed")
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:
