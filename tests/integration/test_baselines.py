@@ -126,3 +126,114 @@ def test_odd_sizes_are_kept(server, tmp_path, size):
     baselines = ObjectStore(tmp_path / "sent")
     r = send_file(Sender(tx_config(), PLAIN, baselines=baselines), server, path, "odd/f")
     assert r.baseline in KERNEL and kept(baselines, server, "odd/f") == data
+
+
+# -- --base OLD: the caller keeps its previous versions itself ----------------------------------------
+
+
+def _cache_key(server, key: str) -> str:
+    host, port = server.address
+    return f"{host}:{port}/{key}"
+
+
+def test_base_sends_a_delta_against_old_and_keeps_nothing(server, tmp_path):
+    old = vm_image(8 * MiB, seed=31)
+    new = dirty_version(old, fraction=0.05, seed=32)
+    old_path, new_path = tmp_path / "snap1.img", tmp_path / "snap2.img"
+    old.tofile(old_path)
+    new.tofile(new_path)
+    os.utime(old_path, (1e9, 1e9))  # a snapshot taken long ago (one just written is not cached: racy)
+    baselines = ObjectStore(tmp_path / "sent")
+    sender = Sender(tx_config(), PLAIN, baselines=baselines)
+    r1 = send_file(sender, server, old_path, "vm/snap")  # the first snapshot goes full (and starts the chain)
+    assert r1.mode == "full"
+    baselines.remove_version(baselines.latest(_cache_key(server, "vm/snap")))  # as if it never kept one
+    r2 = send_file(sender, server, new_path, "vm/snap", base=str(old_path))
+    assert r2.mode == "delta" and r2.baseline == "caller" and r2.wire_bytes < new.nbytes / 10
+    assert stored(server, "vm/snap") == new.tobytes()
+    assert baselines.versions(_cache_key(server, "vm/snap")) == []  # nothing of NEW kept
+    assert os.listdir(tmp_path / "sent" / "partial") == []
+    assert baselines.read_meta(_cache_key(server, "vm/snap"))["deltas"] == 1  # the chain still counts
+    # OLD's digest was cached by its identity: a FileSource of it is not hashed again
+    cache = (tmp_path / "sent" / "base-digests.json").read_text()
+    assert K.xxh3_128(old).hex() in cache and str(old_path) in cache
+
+
+def test_base_old_digest_is_cached_and_a_changed_old_is_hashed_again(tmp_path, monkeypatch):
+    from dwcp.transport.source import DigestCache
+
+    path = tmp_path / "old.img"
+    path.write_bytes(b"a" * 100_000)
+    os.utime(path, (1e9, 1e9))  # long ago: not racy
+    cache = DigestCache(str(tmp_path))
+    with FileSource.open(str(path)) as src:
+        assert cache.digest(src) == (K.xxh3_128(b"a" * 100_000), False)
+        assert cache.digest(src) == (K.xxh3_128(b"a" * 100_000), True)
+    with open(path, "r+b") as f:  # same size, mtime set back: the ctime moves all the same
+        f.write(b"b")
+    os.utime(path, (1e9, 1e9))
+    with FileSource.open(str(path)) as src:
+        d, cached = cache.digest(src)
+    assert not cached and d == K.xxh3_128(b"b" + b"a" * 99_999)
+    racy = tmp_path / "racy.img"
+    racy.write_bytes(b"r" * 1000)  # written just now: hashed every time until it settles
+    with FileSource.open(str(racy)) as src:
+        assert cache.digest(src)[1] is False and cache.digest(src)[1] is False
+
+
+def test_base_that_the_receiver_lacks_goes_full_or_pages(server, tmp_path):
+    held = vm_image(4 * MiB, seed=33)
+    old = dirty_version(held, fraction=0.5, seed=34)  # a version the receiver never got
+    new = dirty_version(old, fraction=0.05, seed=35)
+    paths = {n: tmp_path / f"{n}.img" for n in ("held", "old", "new")}
+    for n, v in (("held", held), ("old", old), ("new", new)):
+        v.tofile(paths[n])
+    baselines = ObjectStore(tmp_path / "sent")
+    sender = Sender(tx_config(), PLAIN, baselines=baselines)
+    send_file(sender, server, paths["held"], "vm/lacks")
+    r = send_file(sender, server, paths["new"], "vm/lacks", base=str(paths["old"]))
+    assert r.mode in ("full", "pages") and r.baseline == "caller"
+    assert stored(server, "vm/lacks") == new.tobytes()
+    assert [v.digest.hex() for v in baselines.versions(_cache_key(server, "vm/lacks"))] == [
+        K.xxh3_128(held).hex()
+    ]
+
+
+def test_base_of_another_size_is_not_offered(server, tmp_path):
+    old, new = vm_image(4 * MiB, seed=36), vm_image(5 * MiB, seed=37)
+    (tmp_path / "old").write_bytes(old.tobytes())
+    (tmp_path / "new").write_bytes(new.tobytes())
+    sender = Sender(tx_config(), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
+    send_file(sender, server, tmp_path / "old", "vm/grew")
+    r = send_file(sender, server, tmp_path / "new", "vm/grew", base=str(tmp_path / "old"))
+    assert r.mode in ("full", "pages") and stored(server, "vm/grew") == new.tobytes()
+    assert not (tmp_path / "sent" / "base-digests.json").exists()  # never hashed
+
+
+def test_dwcp_send_base_on_the_command_line(server, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from dwcp.cli.demo import same_dwcp_env
+
+    old = vm_image(8 * MiB, seed=38)
+    new = dirty_version(old, fraction=0.05, seed=39)
+    old.tofile(tmp_path / "snap1.img")
+    new.tofile(tmp_path / "snap2.img")
+    host, port = server.address
+    state = tmp_path / "state"
+
+    def dwcp_send(*argv):
+        r = subprocess.run([sys.executable, "-m", "dwcp", "send", *argv, "--to", f"{host}:{port}", "--key", "vm/cli",
+                            "--plaintext", "--state-dir", str(state), "--json"], capture_output=True, text=True,
+                           cwd=tmp_path, env=same_dwcp_env(None), timeout=30)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    first = dwcp_send("snap1.img", "--base", "snap1.img")  # no chain on record yet: full, and nothing kept
+    assert first["mode"] == "full" and first["baseline"] == "caller"
+    second = dwcp_send("snap2.img", "--base", "snap1.img")
+    assert second["mode"] == "delta" and second["baseline"] == "caller"
+    assert stored(server, "vm/cli") == new.tobytes()
+    assert ObjectStore(state).versions(f"{host}:{port}/vm/cli") == []
