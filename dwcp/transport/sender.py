@@ -45,15 +45,15 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    changed after its chunks went is not kept).  A file is cloned (FICLONE)
    or copied in the kernel (copy_file_range) and the copy hashed through a
    mapping; a buffer, or a file neither works for, is read again and written
-   (``_remember``; the report's ``baseline`` says which).
+   (``_remember``; the report's ``baseline`` says which).  A kept baseline
+   that fails its digest when a delta needs it is removed with a warning,
+   and that send's chunks go without a base.
 7. A caller that keeps its previous versions itself names one (``base=``,
    ``dwcp send NEW --base OLD``): HELLO offers OLD's digest (cached by the
    file's identity beside the baselines: dwcp.transport.source.DigestCache)
    instead of the kept baseline's, delta chunks are against OLD's bytes,
    read as the chunks go, and nothing of NEW is kept; the key's delta chain
    (rule 5) is counted all the same.
-   A kept baseline that fails its digest when a delta needs it is removed
-   with a warning, and that send's chunks go without a base.
 """
 
 from __future__ import annotations
@@ -424,8 +424,8 @@ class Sender:
         now = self.clock()
         record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
         refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
-        base_info = None  # the kept baseline offered, or
-        caller_base: bytes | None = None  # the digest of the caller's previous version offered (rule 7)
+        base_info = None  # the kept baseline offered (rule 6), or
+        caller_base: bytes | None = None  # the digest of the caller's previous version (rule 7)
         if refresh is None and base_src is not None:
             if base_src.size == size:
                 caller_base = self._caller_digest(base_src)
