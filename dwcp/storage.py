@@ -39,11 +39,19 @@ Rules
    created sparse.  ``MAX_CHUNKS`` bounds the bitmap (128 KiB); a receiver
    raises the chunk size of a huge object to stay under it
    (``min_chunk_size``).
+7. A sender keeps its sent version without copying it through user space
+   (``Partial.fill_from``): ``copy_in_kernel`` clones the source's extents
+   (FICLONE: no bytes move, the blocks are shared until one side is
+   rewritten) or copies them in the kernel (``copy_file_range``), and the
+   commit verifies the copy's xxh3-128 through a mapping of the .part.  A
+   filled partial records no chunk in ``.state``: after a crash there is
+   nothing worth resuming and it starts afresh.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import mmap
@@ -60,7 +68,15 @@ from dwcp.durable import fsync_dir, pwrite_all, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.wire.consts import ERR_CHECKSUM
 
-__all__ = ["validate_key", "escape_key", "unescape_key", "ObjectStore", "Partial", "VersionInfo"]
+__all__ = [
+    "validate_key",
+    "escape_key",
+    "unescape_key",
+    "copy_in_kernel",
+    "ObjectStore",
+    "Partial",
+    "VersionInfo",
+]
 
 log = logging.getLogger("dwcp.storage")
 
@@ -73,6 +89,52 @@ _REC = struct.Struct("<QB7x")  # xxh3-64, done
 assert _STATE_HDR.size == 64 and _REC.size == 16
 MAX_CHUNKS = 1 << 20  # per object: a 128 KiB bitmap, a 16 MiB (sparse) .state
 _RESUME_BLOCK = 1 << 16  # chunk records read at a time on resume (1 MiB)
+
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int) in linux/fs.h: clone all of a file's extents into another
+# FICLONE failing says only that this pair of files cannot share extents (another file system, no
+# reflink support, a block device): the kernel copy may still work, and meets any real error again
+_COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY,
+                               errno.EBADF})  # fmt: skip
+
+
+def _ficlone(src_fd: int, dst_fd: int) -> None:
+    fcntl.ioctl(dst_fd, FICLONE, src_fd)
+
+
+def copy_in_kernel(src_fd: int, dst_fd: int, size: int) -> str | None:
+    """Make ``dst_fd`` (open for writing, empty) hold the first ``size`` bytes of ``src_fd`` without
+    moving them through user space; return how: "reflink" or "copy_file_range".
+
+    None: neither works for this pair of files (another file system on an old kernel, a block
+    device, no ``copy_file_range``): the caller copies through user space.  A source that ends
+    before ``size`` leaves the rest a hole (zeros): the caller's digest check tells.  ``dst_fd`` ends
+    with exactly ``size`` bytes.  Other OSErrors (ENOSPC, EIO) are raised.
+    """
+    try:
+        _ficlone(src_fd, dst_fd)
+    except OSError as exc:
+        log.debug("FICLONE: %s; copying in the kernel", exc)
+    else:
+        os.ftruncate(dst_fd, size)  # the clone took the whole source, which may have grown since
+        return "reflink"
+    done = 0
+    try:
+        while done < size:
+            k = os.copy_file_range(src_fd, dst_fd, size - done, done, done)
+            if k == 0:  # the source ended early
+                break
+            done += k
+    except AttributeError:  # no os.copy_file_range (not Linux)
+        return None
+    except OSError as exc:
+        if exc.errno not in _COPY_UNSUPPORTED:
+            raise
+        log.debug("copy_file_range: %s; copying in user space", exc)
+        os.ftruncate(dst_fd, 0)
+        return None
+    os.ftruncate(dst_fd, size)
+    return "copy_file_range"
 
 
 def min_chunk_size(size: int, page_size: int = 4096) -> int:
@@ -564,6 +626,28 @@ class Partial:
             self._write_header()  # a resume knows the chunks not received hold this version's bytes
         except OSError as exc:
             raise StorageError(f"cannot prepare {self.key!r} from its previous version: {exc}") from exc
+
+    def fill_from(self, src_fd: int) -> str | None:
+        """Fill the whole partial from ``src_fd`` in the kernel (rule 7); return how ("reflink",
+        "copy_file_range"), or None when neither works for this file (the partial is untouched: fill
+        it with ``write``).
+
+        Every chunk then counts as received, but nothing is recorded in ``.state``: commit with
+        ``verify=True``, which hashes the copy itself (a source that changed since it was sent
+        fails there, and nothing is kept).  StorageError on a write error (ENOSPC, EIO).
+        """
+        self._check()
+        try:
+            os.ftruncate(self._fd, 0)  # FICLONE replaces the content; copy_file_range fills from byte 0
+            how = copy_in_kernel(src_fd, self._fd, self.size)
+            if how is None:
+                os.ftruncate(self._fd, self.size)  # back to the sparse .part ``write`` expects
+                return None
+        except OSError as exc:
+            raise StorageError(f"cannot store {self.key!r}: {exc.strerror or exc}") from exc
+        with self._lock:
+            self._have[:] = b"\xff" * len(self._have)  # the bits past the last chunk are never read
+        return how
 
     def write_at(self, offset: int, data) -> None:
         """Write ``data`` at a byte offset (part of a chunk; the caller marks the chunk done)."""

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--state-dir", help="where sent versions are kept as the next baselines "
                                        "(default: <data_dir>/sent with --config, else ~/.local/state/dwcp)")  # fmt: skip
+    s.add_argument("--base", metavar="OLD",
+                   help="a previous version of PATH that you keep yourself (a snapshot): the send is a delta "
+                        "against it if the receiver holds it, and dwcp keeps no copy of PATH")  # fmt: skip
     s.add_argument("--json", action="store_true")
     _add_security(s)
 
@@ -235,13 +238,15 @@ def _cmd_send(args) -> int:
     # FIFO, socket, directory or character device before opening it (a FIFO's open blocks)
     src = FileSource.open(args.path)
     bar = None
+    base = None
     try:
+        base = FileSource.open(args.base) if args.base is not None else None
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         sender = Sender(transport, security, node_id=cfg.node.id if cfg else "cli", baselines=ObjectStore(state_dir),
                         tune_dir=cfg.storage.data_dir if cfg else None, codec=cfg.codec if cfg else None,
                         dictionaries=DictionaryStore(cfg.dictionaries_dir) if cfg else None)  # fmt: skip
         bar = _ProgressBar(f"send {args.key}") if not args.json and sys.stderr.isatty() else None
-        kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar}
+        kw = {"streams": args.streams, "rate_limit_bytes_per_s": args.rate, "progress": bar, "base": base}
         r: ClusterSendReport | TransferReport
         if cluster is not None:
             r = cluster.send(sender, src, args.key, args.to, via=args.via, **kw)
@@ -249,6 +254,8 @@ def _cmd_send(args) -> int:
             r = sender.send(src, host, port, args.key, **kw)
     finally:
         src.close()
+        if base is not None:
+            base.close()
         if bar is not None:
             bar.close()
     from .demo import human_bytes

@@ -41,16 +41,26 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    restart; a key with no record goes full once.  A sender without a
    baselines store keeps no record: only ``delta = false`` applies to it.
 6. The sent version becomes our baseline for the next send of that key,
-   read again from the source and kept only if it hashes to the digest the
-   receiver verified (a file changed after its chunks went is not kept).
-   A kept baseline that fails its digest when a delta needs it is removed
-   with a warning, and that send's chunks go without a base.
+   kept only if it hashes to the digest the receiver verified (a file
+   changed after its chunks went is not kept).  A file is cloned (FICLONE)
+   or copied in the kernel (copy_file_range) and the copy hashed through a
+   mapping; a buffer, or a file neither works for, is read again and written
+   (``_remember``; the report's ``baseline`` says which).  A kept baseline
+   that fails its digest when a delta needs it is removed with a warning,
+   and that send's chunks go without a base.
+7. A caller that keeps its previous versions itself names one (``base=``,
+   ``dwcp send NEW --base OLD``): HELLO offers OLD's digest (cached by the
+   file's identity beside the baselines: dwcp.transport.source.DigestCache)
+   instead of the kept baseline's, delta chunks are against OLD's bytes,
+   read as the chunks go, and nothing of NEW is kept; the key's delta chain
+   (rule 5) is counted all the same.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import socket
 import threading
@@ -69,6 +79,7 @@ from dwcp.errors import (
     BrokenResourceError,
     ConfigError,
     DWCPError,
+    IntegrityError,
     LocalProtocolError,
     RemoteProtocolError,
     TransferError,
@@ -327,6 +338,7 @@ class Sender:
         digest: bytes | None = None,
         ready: Callable[[int, float], bool] | None = None,
         forward_to: str | None = None,
+        base: FileSource | str | os.PathLike | None = None,
     ) -> TransferReport:
         """Send ``data`` as ``key``: any contiguous buffer (bytes, mmap, numpy array; never copied), or a
         FileSource (a file or block device, read chunk by chunk; see dwcp.transport.source).
@@ -342,15 +354,23 @@ class Sender:
         are in ``data`` (a relay forwards chunks as they land); ``forward_to``
         (HOST:PORT) asks the receiver to relay the object on, pipelined, and to
         answer only once the final receiver has verified and stored it.
+
+        ``base``: the caller's previous version of this object (a FileSource, or a path), which it
+        keeps itself (snapshot workflows; ``dwcp send NEW --base OLD``).  Its digest is offered as
+        the delta baseline instead of the baselines store's, deltas are against its bytes, and the
+        sent version is not kept (rule 7).  A receiver that lacks it picks "full" or "pages".
         """
         from dwcp.storage import validate_key
 
         key = validate_key(key)
+        own_base = None
+        if base is not None and not isinstance(base, FileSource):
+            base = own_base = FileSource.open(os.fspath(base))
         t_start = time.perf_counter()
         try:
             try:
                 r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type,
-                               progress, digest, ready, forward_to)  # fmt: skip
+                               progress, digest, ready, forward_to, base)  # fmt: skip
             except SourceError as exc:
                 # raised before DONE (once the receiver commits, the source is only read to keep a baseline)
                 err = type(exc)(f"{exc}; nothing was stored")
@@ -365,12 +385,15 @@ class Sender:
             self.events.transfer_finished("tx", f"{host}:{port}", outcome, time.perf_counter() - t_start, 0,
                                           st.get("wire_bytes", 0))  # fmt: skip
             raise
+        finally:
+            if own_base is not None:
+                own_base.close()
         self.events.transfer_finished("tx", r.to, "ok", r.seconds, r.size, r.wire_bytes)
         return r
 
     def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
               rate_limit_bytes_per_s: float | None, resource_type: str | None, progress, known_digest: bytes | None,
-              ready, forward_to: str | None) -> TransferReport:  # fmt: skip
+              ready, forward_to: str | None, base_src: FileSource | None) -> TransferReport:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
         src = as_source(data)
@@ -401,11 +424,16 @@ class Sender:
         now = self.clock()
         record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
         refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
-        base_info = (
-            self.baselines.latest(cache_key) if self.baselines is not None and refresh is None else None
-        )
-        if base_info is not None and base_info.size != size:
-            base_info = None
+        base_info = None  # the kept baseline offered (rule 6), or
+        caller_base: bytes | None = None  # the digest of the caller's previous version (rule 7)
+        if refresh is None and base_src is not None:
+            if base_src.size == size:
+                caller_base = self._caller_digest(base_src)
+        elif refresh is None and self.baselines is not None:
+            base_info = self.baselines.latest(cache_key)
+            if base_info is not None and base_info.size != size:
+                base_info = None
+        offered = base_info.digest if base_info is not None else caller_base
         transfer_id = secrets.randbits(63) | 1
         dictionary = self._dictionary_for(key, resource_type)
 
@@ -427,7 +455,7 @@ class Sender:
         base_map = None
         # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
         sess = SendSession(transfer_id, key, size, digest, chunk_size, node=self.node_id,
-                           base_digest=base_info.digest if base_info is not None else None,
+                           base_digest=offered,
                            full_refresh=refresh is not None, forward_to=forward_to, streams=streams,
                            dictionary=DictRef(dictionary.id, dictionary.digest, len(dictionary.data))
                            if dictionary is not None else None)  # fmt: skip
@@ -445,14 +473,17 @@ class Sender:
                 chunk_size = sess.chunk_size
                 chunk_why = f"{chunk_size >> 10} KiB: the receiver's partial from an interrupted send"
             spans = sess.spans
-            base = None
+            base: BufferSource | FileSource | None = None
             base_digest = None
             peer_hashes = None
-            if mode == "delta":
-                assert base_info is not None  # the session checked WELCOME named the baseline we offered
+            if mode == "delta" and caller_base is not None:
+                assert base_src is not None  # the session checked WELCOME named the baseline we offered
+                base, base_digest = base_src, caller_base  # read as the chunks go, as the source is
+            elif mode == "delta":
+                assert base_info is not None
                 base_map = memoryview(self.baselines.open_version(base_info))
                 if _k.xxh3_128(base_map) == base_info.digest:
-                    base, base_digest = base_map, base_info.digest
+                    base, base_digest = BufferSource(base_map), base_info.digest
                 else:
                     # our copy rotted: never delta against it.  Drop it and send every chunk without a
                     # base: the receiver takes any non-delta codec in a delta transfer
@@ -553,8 +584,12 @@ class Sender:
                 base_map.release()
         elapsed = time.perf_counter() - t_start
         chain = None
+        kept = None
+        if base_src is not None:
+            kept = "caller"  # it keeps its own versions: nothing to keep here (rule 7)
+        elif self.baselines is not None:
+            kept = self._remember(cache_key, src, digest, spans, chunk_size)
         if self.baselines is not None:
-            self._remember(cache_key, src, digest, spans, chunk_size)
             chain = self._count_chain(cache_key, mode, record, now)
         wire = sess.wire_bytes
         samples = [] if controller is None else [
@@ -575,7 +610,7 @@ class Sender:
             nic_profile=prof.get("nic") if prof else None,
             relayed=done.get("forwarded"),
             tcp_info=tuple(state.stream_info[:64]),
-            refresh=refresh, delta_chain=chain,
+            refresh=refresh, delta_chain=chain, baseline=kept,
             dictionary=None if dictionary is None else DictionaryReport(type=dictionary.type, id=dictionary.id,
                                                                         sent=sess.dict_needed),
             codec=CodecReport(zstd_level=cs.zstd_level or "adaptive",
@@ -639,38 +674,74 @@ class Sender:
             return 0.001
         return max(info.rtt_us, 1) / 1e6
 
-    def _remember(self, cache_key: str, src: BufferSource | FileSource, digest: bytes, spans,
-                  chunk_size: int) -> None:  # fmt: skip
-        """Keep a copy of what was sent as the baseline of the next send of this key.
+    def _caller_digest(self, base: FileSource) -> bytes:
+        """The xxh3-128 of the caller's previous version, cached beside the baselines (source rule 5)."""
+        if self.baselines is None:
+            return base.digest()
+        from .source import DigestCache
 
-        The copy must be what the receiver verified: the source is read again (a file may have
-        changed since its chunks were sent), hashed as it is written, and kept only if it has
-        ``digest``; otherwise it is dropped with a warning and the next send goes without a base.
+        t0 = time.perf_counter()
+        d, cached = DigestCache(self.baselines.data_dir).digest(base)
+        log.debug("base %s: xxh3-128 %s (%s)", base.name, d.hex(),
+                  "cached" if cached else f"hashed in {time.perf_counter() - t0:.2f} s")  # fmt: skip
+        return d
+
+    def _remember(self, cache_key: str, src: BufferSource | FileSource, digest: bytes, spans,
+                  chunk_size: int) -> str | None:  # fmt: skip
+        """Keep a copy of what was sent as the baseline of the next send of this key; returns how
+        (``TransferReport.baseline``), None if nothing was kept.
+
+        The copy must be what the receiver verified: a file may have changed since its chunks were
+        sent.  A file is cloned or copied in the kernel (``Partial.fill_from``: FICLONE, else
+        copy_file_range), and the commit hashes the copy through a mapping of it; where neither
+        works (a block device, another file system on an old kernel), and for a buffer, the source
+        is read again and hashed as it is written ("write").  A copy without ``digest`` is dropped
+        with a warning and the next send goes without a base.
         """
         assert self.baselines is not None
         if self.baselines.get(cache_key, digest) is not None:
-            return
+            return "held"
         try:
-            p = self.baselines.begin(cache_key, digest, src.size, chunk_size)
+            # a copy in the kernel allocates as it goes (and a clone needs no room): no free-space check
+            p = self.baselines.begin(cache_key, digest, src.size, chunk_size,
+                                     preallocate=not isinstance(src, FileSource))  # fmt: skip
         except DWCPError as exc:
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
-            return
+            return None
+        how: str | None = None
         try:
-            h = xxhash.xxh3_128()
-            for i, (off, ln) in enumerate(spans):
-                chunk = src.read(off, ln)
-                h.update(chunk)
-                p.write(i, chunk)
-                p.mark_done(i, _k.xxh3_64(chunk))
-            if h.digest() != digest:
-                raise SourceChangedError(f"{src.name} changed after it was sent")
-            p.commit(verify=False)  # hashed above, from the very bytes written
+            if isinstance(src, FileSource):
+                how = p.fill_from(src.fileno())
+            if how is not None:
+                try:
+                    p.commit()  # verifies: hashes the copy itself, through a mapping
+                except IntegrityError as exc:  # the commit removed the copy
+                    raise SourceChangedError(f"{src.name} changed after it was sent") from exc
+            else:
+                how = "write"
+                h = xxhash.xxh3_128()
+                for i, (off, ln) in enumerate(spans):
+                    chunk = src.read(off, ln)
+                    h.update(chunk)
+                    p.write(i, chunk)
+                    p.mark_done(i, _k.xxh3_64(chunk))
+                if h.digest() != digest:
+                    raise SourceChangedError(f"{src.name} changed after it was sent")
+                p.commit(verify=False)  # hashed above, from the very bytes written
         except DWCPError as exc:
             p.abort(keep=False)
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)
+            return None
+        except Exception as exc:  # the receiver has the object: keeping our copy must not fail the send
+            p.abort(keep=False)
+            log.warning("could not keep %s as a baseline: %s: %s (next send goes full)", cache_key,
+                        type(exc).__name__, exc)  # fmt: skip
+            return None
         except BaseException:
             p.abort(keep=False)
             raise
+        log.debug("kept %s as the baseline of %s (%s)", src.name, cache_key, how)
+        return how
 
     def _count_chain(self, cache_key: str, mode: str, record: dict | None, now: float) -> int | None:
         """Record a finished send in the key's delta chain (see rule 5); returns the chain's length after it."""
@@ -924,7 +995,7 @@ class _StreamCtx:
             return enc.encode_pages(chunk, self.peer_hashes[p0 * 8 : p1 * 8], self.base_digest, offset=off,
                                     transfer_id=tid, last=last)  # fmt: skip
         if self.base is not None and not self.sess.goes_full(i):
-            return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base[off : off + ln],
+            return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base.read(off, ln),
                               base_digest=self.base_digest, last=last, dictionary=self.dictionary)  # fmt: skip
         return enc.encode(chunk, offset=off, transfer_id=tid, last=last, dictionary=self.dictionary)
 

@@ -867,6 +867,12 @@ class TransferReport:
     delta_chain: int | None  # non-full sends since the key's last full one; None: not tracked
     codec: CodecReport
     dictionary: DictionaryReport | None = None  # None: no [[codec.dictionary]] rule matched the key
+    # how the sent version was kept as the key's next baseline: "reflink" (its extents cloned: no bytes
+    # copied), "copy_file_range" (copied in the kernel), "write" (read and written in user space: a
+    # buffer, a block device), "held" (that version was kept already), "caller" (the caller keeps its
+    # own versions: ``base=``, ``dwcp send --base``); None: nothing kept (no baselines store, or the
+    # source changed after it was sent)
+    baseline: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready builtins: the keys (and order) ``dwcp send --json`` prints."""
@@ -879,6 +885,6 @@ class TransferReport:
                 "streams": self.streams.to_json(), "rtt_ms": self.rtt_ms, "tls": self.tls,
                 "socket": dict(self.socket), "chunk_latency_ms": self.chunk_latency_ms,
                 "nic_profile": self.nic_profile, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
-                "refresh": self.refresh, "delta_chain": self.delta_chain,
+                "refresh": self.refresh, "delta_chain": self.delta_chain, "baseline": self.baseline,
                 "dictionary": None if self.dictionary is None else self.dictionary.to_json(),
                 "codec": self.codec.to_json()}  # fmt: skip

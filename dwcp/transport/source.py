@@ -5,7 +5,8 @@ Theory of operation
 A send reads its object twice at least: once up front for the whole-object
 xxh3-128 that the receiver verifies, then chunk by chunk as the stream
 threads take work (again for a chunk the receiver NACKed, and once more to
-keep the sent version as the next baseline).  ``BufferSource`` serves views
+keep the sent version as the next baseline, unless the kernel copies the
+file: ``fileno``, ``dwcp.storage.copy_in_kernel``).  ``BufferSource`` serves views
 of a contiguous buffer (bytes, a numpy array, a relay's partial mapping).
 ``FileSource`` *reads* a file: a mapped file that someone truncates under
 the sender faults with SIGBUS and kills the process without a word, while a
@@ -30,20 +31,35 @@ Rules
    file; a read error raises ``SourceError``.  Both mean the local source is
    at fault, not the peer or the network: the sender fails the whole
    transfer at once (no stream retries, no failover to another replica).
+5. ``DigestCache`` remembers the xxh3-128 of a caller's previous version
+   (``dwcp send NEW --base OLD``) by the file's identity: path, device,
+   inode, size, mtime and ctime (``fstat`` of the open file; ctime cannot be
+   set back from user space).  A file modified (mtime) less than ``RACY_S``
+   before it was hashed is not cached (a write within the same timestamp
+   tick would not move it again), nor is a block device (a write through another node of it moves
+   nothing).  A stale digest cannot corrupt an object, only slow a send: the
+   receiver checks every chunk against the new version's hashes, and a
+   delta chunk NACKed twice goes in full.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import stat
 import threading
+import time
 
 import xxhash
 
 from dwcp._backend import impl as _k
+from dwcp.durable import write_atomic
 from dwcp.errors import SourceChangedError, SourceError
 
-__all__ = ["BufferSource", "FileSource", "SourceChangedError", "SourceError", "as_source"]
+__all__ = ["BufferSource", "DigestCache", "FileSource", "SourceChangedError", "SourceError", "as_source"]
+
+log = logging.getLogger("dwcp.source")
 
 # whole-object hashing reads this much at a time: large enough that the syscalls do not show,
 # small enough to stay in L2/L3 between the read and the hash
@@ -174,6 +190,23 @@ class FileSource:
             how = "shrank" if now < self.size else "grew"
             raise SourceChangedError(f"{self.name} {how} from {self.size} to {now} bytes during the send")
 
+    def identity(self) -> dict | None:
+        """What says the file is still the one hashed (rule 5); None for a block device."""
+        if self._is_block:
+            return None
+        try:
+            st = os.fstat(self._fd)
+        except OSError:
+            return None
+        return {"path": os.path.abspath(self.name), "dev": st.st_dev, "ino": st.st_ino, "size": self.size,
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}  # fmt: skip
+
+    def fileno(self) -> int:
+        """The open file, for copies in the kernel (``dwcp.storage.copy_in_kernel``)."""
+        if self._fd < 0:
+            raise ValueError(f"{self.name} is closed")
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -189,3 +222,58 @@ class FileSource:
 def as_source(data) -> BufferSource | FileSource:
     """``data`` itself if it is a FileSource, else a BufferSource over it."""
     return data if isinstance(data, (FileSource, BufferSource)) else BufferSource(data)
+
+
+class DigestCache:
+    """``<dir>/base-digests.json``: the xxh3-128 of the last ``MAX_ENTRIES`` files hashed as a caller's
+    previous version, by identity (rule 5).
+
+    Reading never raises (a missing or damaged file is an empty cache: the file is hashed again);
+    writing is atomic (dwcp.durable) and a failure to write is a warning.
+    """
+
+    FILE = "base-digests.json"
+    MAX_ENTRIES = 64  # snapshot workflows name one previous version per key
+    RACY_S = 2.0  # a file changed this recently may change again within one timestamp tick
+
+    def __init__(self, directory: str, clock=time.time) -> None:
+        self.path = os.path.join(directory, self.FILE)
+        self.clock = clock
+
+    def _load(self) -> list[dict]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self.path, exc)
+            return []
+        entries = raw.get("files") if isinstance(raw, dict) else None
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def digest(self, src: FileSource) -> tuple[bytes, bool]:
+        """``src``'s xxh3-128 and whether it came from the cache (else the whole file was read)."""
+        ident = src.identity()
+        if ident is not None:
+            for e in self._load():
+                if {k: e.get(k) for k in ident} == ident:
+                    try:
+                        d = bytes.fromhex(e["digest"])
+                    except (KeyError, TypeError, ValueError):
+                        break
+                    if len(d) == 16:
+                        return d, True
+                    break
+        now = self.clock()
+        d = src.digest()
+        after = src.identity()
+        if ident is None or after != ident or now - ident["mtime_ns"] / 1e9 < self.RACY_S:
+            return d, False  # a block device, a file that changed while it was hashed, or a racy one
+        keep = [e for e in self._load() if e.get("path") != ident["path"]][: self.MAX_ENTRIES - 1]
+        doc = {"version": 1, "files": [{**ident, "digest": d.hex()}, *keep]}
+        try:
+            write_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc.strerror or exc)
+        return d, False
