@@ -13,7 +13,8 @@ Rules
 1. Keys are validated (``validate_key``) and escaped into ONE file name
    (percent-encoding), so no key can name a path outside the data directory.
 2. Nothing replaces a verified version but ``Partial.commit``: every chunk
-   done, the whole-object xxh3-128 equal to the announced digest, the file
+   done, the object's digest (dwcp.digest: the root of its leaf hashes) equal
+   to the announced one, the file
    fsynced, renamed into ``objects/``, the directory fsynced, then LATEST
    replaced (``dwcp.durable.write_atomic``: write, fsync, rename, fsync dir).  A crash at any point leaves
    the previous version intact and LATEST pointing at it.
@@ -35,15 +36,20 @@ Rules
    one-line message; the previous version is untouched, and a failed commit
    leaves nothing in ``objects/`` that LATEST does not point to.
 6. Memory follows what arrived, not what a sender announced: a partial holds
-   one bit per chunk (the chunk hashes live in ``.state``), and ``.state`` is
+   one bit per chunk (the chunk hashes live in ``.state``) and the hashes of
+   the leaves that arrived (``hashed``: 16 bytes per MiB), and ``.state`` is
    created sparse.  ``MAX_CHUNKS`` bounds the bitmap (128 KiB); a receiver
    raises the chunk size of a huge object to stay under it
    (``min_chunk_size``).
+8. Commit re-reads only what no verified chunk showed it whole: the receiver
+   feeds each chunk to ``hashed`` while the chunk is in cache (and
+   ``verify_resumed`` the resumed ones), so the digest needs the leaf hashes
+   and at most the leaves a chunk boundary cut.
 7. A sender keeps its sent version without copying it through user space
    (``Partial.fill_from``): ``copy_in_kernel`` clones the source's extents
    (FICLONE: no bytes move, the blocks are shared until one side is
    rewritten) or copies them in the kernel (``copy_file_range``), and the
-   commit verifies the copy's xxh3-128 through a mapping of the .part.  A
+   commit verifies the copy's digest through a mapping of the .part.  A
    filled partial records no chunk in ``.state``: after a crash there is
    nothing worth resuming and it starts afresh.
 """
@@ -64,6 +70,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from dwcp.digest import TreeHasher
 from dwcp.durable import fsync_dir, pwrite_all, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.wire.consts import ERR_CHECKSUM
@@ -349,7 +356,7 @@ class ObjectStore:
         """
         validate_key(key)
         if len(digest) != 16:
-            raise ValueError("digest must be 16 bytes (xxh3-128)")
+            raise ValueError("digest must be 16 bytes (dwcp.digest)")
         if size < 0 or chunk_size <= 0:
             raise ValueError("size must be >= 0 and chunk_size > 0")
         if -(-size // chunk_size) > MAX_CHUNKS:
@@ -455,6 +462,7 @@ class Partial:
         self._closed = False
         self.resumed = 0
         self.seeded_from: bytes | None = None  # the version whose bytes the chunks not yet received hold
+        self.tree = TreeHasher(size)  # the leaves seen whole in verified chunks (rule 8)
 
     # -- opening / resuming --------------------------------------------------
     def _open(self, preallocate: bool = True) -> None:
@@ -692,6 +700,11 @@ class Partial:
             raise StorageError(f"cannot record progress of {self.key!r}: {exc.strerror}") from exc
         with self._lock:
             self._have[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.tree.discard(*self._span(i))
+
+    def hashed(self, offset: int, view) -> None:
+        """The verified bytes at ``offset`` are in the .part: hash the leaves they hold whole (rule 8)."""
+        self.tree.add(offset, view)
 
     def verify_resumed(self) -> list[int]:
         """Re-hash chunks marked done (after a resume); forget those that do not match."""
@@ -705,6 +718,8 @@ class Partial:
             v = self.view(i)
             try:
                 ok = xxhash.xxh3_64_intdigest(v) == h
+                if ok:
+                    self.tree.add(self._span(i)[0], v)  # in cache now: commit need not read it again
             finally:
                 v.release()
             if not ok:
@@ -714,7 +729,7 @@ class Partial:
 
     # -- finishing -------------------------------------------------------------
     def commit(self, *, verify: bool = True) -> VersionInfo:
-        """Verify the whole object against its xxh3-128, fsync it and publish it atomically.
+        """Verify the whole object against its digest (rule 8), fsync it and publish it atomically.
 
         ``verify=False`` skips the re-read for a caller that computed the
         digest from the very buffer it wrote (a sender keeping its own copy
@@ -726,12 +741,18 @@ class Partial:
             raise StorageError(f"cannot commit {self.key!r}: {len(missing)} chunks missing")
         if not verify:
             whole = self.digest
+        elif not self.tree.missing():  # every leaf was seen whole in a verified chunk: nothing to read
+            whole = self.tree.root()
         else:
-            whole = xxhash.xxh3_128_digest(self._mapping()) if self.size else xxhash.xxh3_128_digest(b"")
+            mv = memoryview(self._mapping())
+            try:
+                whole = self.tree.root(lambda o, n: mv[o : o + n])  # reads only the leaves not seen whole
+            finally:
+                mv.release()
         if whole != self.digest:
             self.abort(keep=False)
             raise IntegrityError(
-                f"{self.key!r}: the received object's xxh3-128 {whole.hex()} is not the announced "
+                f"{self.key!r}: the received object's digest {whole.hex()} is not the announced "
                 f"{self.digest.hex()}; previous version kept",
                 ERR_CHECKSUM,
             )

@@ -36,6 +36,7 @@ from _common import ensure_tool, machine, median_time, write_json  # noqa: E402
 from dwcp._backend import impl as K  # noqa: E402
 from dwcp._testbase.images import dirty_version, vm_image  # noqa: E402
 from dwcp.codec import ChunkDecoder, ChunkEncoder, CodecConfig, chunk_spans  # noqa: E402
+from dwcp.digest import object_digest  # noqa: E402
 from dwcp.wire import consts as C  # noqa: E402
 
 CHUNK = 4 << 20  # the transfer's default chunk size
@@ -70,7 +71,7 @@ def _dwcp_full(enc: ChunkEncoder, v1: np.ndarray) -> dict:
 
 
 def _dwcp_delta(enc: ChunkEncoder, v1: np.ndarray, v2: np.ndarray) -> dict:
-    digest = K.xxh3_128(v1)
+    digest = object_digest(v1)
     frames: list = []
 
     def run():

@@ -23,7 +23,7 @@ from typing import Any
 from dwcp.config import ClusterConfig, NodeConfig
 from dwcp.errors import ConfigError, DWCPError
 from dwcp.transport.dialer import Dialer
-from dwcp.transport.session import TransferReport
+from dwcp.transport.session import PROTOCOL_VERSION, TransferReport
 from dwcp.transport.source import SourceError, as_source
 
 from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
@@ -186,7 +186,7 @@ class ClusterView:
             fs, _ = dialer.dial(host.strip("[]"), int(port), timeout_s=timeout_s)
             try:
                 connected = time.perf_counter()
-                fs.send(encode_control(C.FRAME_HELLO, 1, {"v": 1, "role": "control", "op": "probe",
+                fs.send(encode_control(C.FRAME_HELLO, 1, {"v": PROTOCOL_VERSION, "role": "control", "op": "probe",
                                                           "node": self.node.id}))  # fmt: skip
                 got = fs.recv_control(C.FRAME_WELCOME)
             finally:

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from dwcp._backend import impl as _k
 from dwcp.errors import DWCPError, InternalError, RemoteProtocolError, StorageError
 from dwcp.transport.dialer import Dialer
+from dwcp.transport.session import PROTOCOL_VERSION
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -169,7 +170,7 @@ class _PeerLink(threading.Thread):
                     fs = None
                 if fs is None:
                     fs, _ = self.driver.dialer.dial(host.strip("[]"), int(port))
-                    fs.send(encode_control(C.FRAME_HELLO, 0, {"v": 1, "role": "control", "op": "raft",
+                    fs.send(encode_control(C.FRAME_HELLO, 0, {"v": PROTOCOL_VERSION, "role": "control", "op": "raft",
                                                               "node": self.driver.id}))  # fmt: skip
                     with self._cv:
                         self._fs, self._direct = fs, not isinstance(fs.sock, ssl.SSLSocket)

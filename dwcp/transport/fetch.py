@@ -1,7 +1,7 @@
 """`dwcp fetch`: pull the latest verified version of a key from a daemon.
 
 The object arrives on one stream as ordinary DATA frames; each chunk is
-verified (xxh3-64), the whole (xxh3-128) before the output file is fsynced
+verified (xxh3-64), the whole (its digest, dwcp.digest) before the output file is fsynced
 and atomically renamed into place, so an interrupted fetch never leaves a
 partial file at the destination.
 """
@@ -12,10 +12,9 @@ import os
 import secrets
 import time
 
-import xxhash
-
 from dwcp.codec import ChunkDecoder, chunk_spans
 from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.digest import TreeHasher
 from dwcp.durable import create_temp, discard, publish, pwrite_all
 from dwcp.errors import BrokenResourceError, IntegrityError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
@@ -23,6 +22,7 @@ from dwcp.wire.messages import MAX_OBJECT_BYTES, decode_control, encode_control
 
 from .dialer import Dialer
 from .sender import TransferError, expect
+from .session import PROTOCOL_VERSION
 
 __all__ = ["fetch"]
 
@@ -32,14 +32,6 @@ def _write_at(fd: int, data: memoryview, offset: int, path: str) -> None:
         pwrite_all(fd, data, offset)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
-
-
-def _file_digest(fd: int, size: int, block: int = 4 << 20) -> bytes:
-    """xxh3-128 of the first ``size`` bytes of ``fd``, read a block at a time."""
-    h = xxhash.xxh3_128()
-    for off in range(0, size, block):
-        h.update(os.pread(fd, min(block, size - off), off))
-    return h.digest()
 
 
 def fetch(key: str, host: str, port: int, out_path: str, transport: TransportConfig, security: SecurityConfig,
@@ -54,7 +46,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
     fd, tmp = create_temp(dest)  # 0600, as the temporary file always was
     ok = False
     try:
-        fs.send(encode_control(C.FRAME_HELLO, tid, {"v": 1, "role": "control", "op": "fetch", "key": key,
+        fs.send(encode_control(C.FRAME_HELLO, tid, {"v": PROTOCOL_VERSION, "role": "control", "op": "fetch", "key": key,
                                                      "node": node_id}))  # fmt: skip
         welcome = expect(fs, C.FRAME_WELCOME)
         if welcome.get("mode") != "fetch" or not {"size", "digest", "chunk_size"} <= welcome.keys():
@@ -71,6 +63,7 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
         buf = memoryview(bytearray(chunk_size if size else 0))
         wire = 0
         dec = ChunkDecoder()
+        tree = TreeHasher(size)  # the digest's leaves, hashed as each verified chunk is in hand
         got = bytearray(len(spans))
         for _ in spans:
             h = fs.recv_header()
@@ -92,11 +85,13 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
             off, ln = spans[idx]
             dec.decode(h, payload, out=buf[:ln])
             _write_at(fd, buf[:ln], off, out_path)
+            tree.add(off, buf[:ln])
             got[idx] = 1
             wire += C.HEADER_SIZE + h.enc_len
         done = expect(fs, C.FRAME_DONE)
-        if _file_digest(fd, size) != digest or done.get("digest") != digest.hex():
-            raise IntegrityError(f"fetched {key} fails its xxh3-128 check", C.ERR_CHECKSUM)
+        # only the leaves a chunk boundary cut are read back
+        if tree.root(lambda o, n: os.pread(fd, n, o)) != digest or done.get("digest") != digest.hex():
+            raise IntegrityError(f"fetched {key} fails its digest check", C.ERR_CHECKSUM)
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -6,7 +6,7 @@ Theory of operation
 that reads a file chunk by chunk; see dwcp.transport.source):
 
 1. hashes the object, opens the control stream, says HELLO (key, size,
-   xxh3-128 digest, and the digest of the baseline we last sent this peer
+   digest (dwcp.digest), and the digest of the baseline we last sent this peer
    for this key, if we still hold it) and reads WELCOME: the mode (full / delta / pages), the token
    for data streams and the receiver's bitmap of chunks it already holds
    (resume).  In pages mode the receiver's per-page hashes follow.
@@ -70,11 +70,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-import xxhash
-
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
+from dwcp.digest import object_digest
 from dwcp.errors import (
     BrokenResourceError,
     ConfigError,
@@ -348,7 +347,7 @@ class Sender:
         second from the calling thread.  Returns the transfer's statistics (a
         TransferReport); raises TransferError on failure.
 
-        Relaying: ``digest`` (the object's xxh3-128, when the caller already
+        Relaying: ``digest`` (the object's digest, when the caller already
         knows it) skips hashing ``data`` up front; ``ready(i, timeout_s)`` is
         asked before chunk ``i`` is read and must return True once its bytes
         are in ``data`` (a relay forwards chunks as they land); ``forward_to``
@@ -482,7 +481,7 @@ class Sender:
             elif mode == "delta":
                 assert base_info is not None
                 base_map = memoryview(self.baselines.open_version(base_info))
-                if _k.xxh3_128(base_map) == base_info.digest:
+                if object_digest(base_map) == base_info.digest:
                     base, base_digest = BufferSource(base_map), base_info.digest
                 else:
                     # our copy rotted: never delta against it.  Drop it and send every chunk without a
@@ -675,14 +674,14 @@ class Sender:
         return max(info.rtt_us, 1) / 1e6
 
     def _caller_digest(self, base: FileSource) -> bytes:
-        """The xxh3-128 of the caller's previous version, cached beside the baselines (source rule 5)."""
+        """The digest of the caller's previous version, cached beside the baselines (source rule 5)."""
         if self.baselines is None:
             return base.digest()
         from .source import DigestCache
 
         t0 = time.perf_counter()
         d, cached = DigestCache(self.baselines.data_dir).digest(base)
-        log.debug("base %s: xxh3-128 %s (%s)", base.name, d.hex(),
+        log.debug("base %s: digest %s (%s)", base.name, d.hex(),
                   "cached" if cached else f"hashed in {time.perf_counter() - t0:.2f} s")  # fmt: skip
         return d
 
@@ -719,15 +718,15 @@ class Sender:
                     raise SourceChangedError(f"{src.name} changed after it was sent") from exc
             else:
                 how = "write"
-                h = xxhash.xxh3_128()
                 for i, (off, ln) in enumerate(spans):
                     chunk = src.read(off, ln)
-                    h.update(chunk)
                     p.write(i, chunk)
+                    p.hashed(off, chunk)  # the leaves, from the very bytes written
                     p.mark_done(i, _k.xxh3_64(chunk))
-                if h.digest() != digest:
-                    raise SourceChangedError(f"{src.name} changed after it was sent")
-                p.commit(verify=False)  # hashed above, from the very bytes written
+                try:
+                    p.commit()  # the leaf hashes above, and only the leaves a chunk boundary cut read back
+                except IntegrityError as exc:  # the commit removed the copy
+                    raise SourceChangedError(f"{src.name} changed after it was sent") from exc
         except DWCPError as exc:
             p.abort(keep=False)
             log.warning("could not keep %s as a baseline: %s (next send goes full)", cache_key, exc)

@@ -28,7 +28,7 @@ its first byte (absolute deadlines: a drip does not push them back).
   resumable partial taken in the store, and WELCOME returns the mode, a
   token for the data streams and the bitmap of chunks already held
   (resume).  The control stream then waits for DONE, commits (whole-object
-  xxh3-128, fsync, atomic rename) and answers DONE or ERROR.
+  digest from the leaf hashes of the chunks as they landed, fsync, atomic rename) and answers DONE or ERROR.
 * ``role=data`` joins a transfer by id + token (and must be the same
   authenticated peer): DATA frames are bounded, checked against the
   transfer (id, offset alignment, length), decoded straight into the
@@ -539,7 +539,10 @@ class DataServer:
             if h.frame_type != C.FRAME_HELLO:
                 raise RemoteProtocolError("connection must start with HELLO", C.ERR_BAD_FRAME_TYPE)
             if hello["v"] != PROTOCOL_VERSION:
-                raise RemoteProtocolError(f"protocol version {hello['v']} not supported", C.ERR_BAD_VERSION)
+                raise RemoteProtocolError(
+                    f"{self.config.node.id} speaks dwcp protocol {PROTOCOL_VERSION}, the peer {hello['v']}: "
+                    f"upgrade dwcp on the older side (protocol 2 changed what an object's digest is)",
+                    C.ERR_BAD_VERSION)  # fmt: skip
             # a data stream's credential is its transfer's token: a bad one is refused before it counts
             t = self._joined_transfer(h.transfer_id, hello, peer) if hello["role"] == "data" else None
             with self._lock:
@@ -925,6 +928,8 @@ class DataServer:
                     v = partial.view(idx)
                     try:
                         ok = _k.xxh3_64(v) == h.raw_hash
+                        if ok:
+                            partial.hashed(off, v)  # the digest's leaves, while the chunk is in cache
                     finally:
                         v.release()
                     if not ok:
@@ -955,6 +960,8 @@ class DataServer:
                     )
                 elif how == WRITE_ALL and not spliced:
                     partial.write(idx, out)
+                if not spliced:
+                    partial.hashed(off, out)  # the digest's leaves: commit reads back none of this chunk
                 partial.mark_done(idx, h.raw_hash)
             except IntegrityError as exc:
                 sess.rejected(idx)
@@ -991,7 +998,7 @@ class DataServer:
         The other pages of the .part already hold the right bytes: zeros in a
         fresh sparse file (sparse/zero chunks), or the base version it was
         seeded from (delta/pages chunks).  Should that assumption ever fail,
-        the whole-object xxh3-128 at commit refuses the object.
+        the object digest at commit refuses the object.
         """
         n = len(nz)
         i = 0

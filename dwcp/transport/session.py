@@ -131,7 +131,8 @@ __all__ = [
     "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS", "DictRef",
 ]  # fmt: skip
 
-PROTOCOL_VERSION = 1
+# 2: an object's digest is the root of its chunk-hash tree (dwcp.digest), no longer the whole-object xxh3-128
+PROTOCOL_VERSION = 2
 # What this version speaks: delta frames (xbzrle), zstd payloads, sparse chunks, pages mode, resume.
 CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume", "zdict"})
 
@@ -167,7 +168,7 @@ class SendHello:
     transfer_id: int
     key: str
     size: int  # invariant: 0 <= size <= messages.MAX_OBJECT_BYTES (bounded by the message schema)
-    digest: bytes  # xxh3-128 of the whole object
+    digest: bytes  # the object digest (dwcp.digest: the root of its leaf hashes)
     chunk_size: int  # what the sender proposes: a multiple of PAGE_SIZE in [4 KiB, 64 MiB]
     base_digest: bytes | None  # the baseline the sender holds and proposes for a delta
     forward_to: tuple[str, int] | None  # a relay's next hop
@@ -842,7 +843,7 @@ class TransferReport:
     to: str  # HOST:PORT sent to
     mode: str  # "full" | "delta" | "pages": WELCOME's choice
     size: int  # bytes of the object
-    digest: str  # xxh3-128 of the object, hex: what the receiver verified
+    digest: str  # the object digest (dwcp.digest), hex: what the receiver verified
     verified: bool  # the receiver's DONE confirmed the digest (always True: a failed send raises)
     wire_bytes: int  # frame bytes of the chunks sent (and of a dictionary that went along), headers included
     ratio: float  # size / wire_bytes (inf when nothing went)

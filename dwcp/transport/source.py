@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A send reads its object twice at least: once up front for the whole-object
-xxh3-128 that the receiver verifies, then chunk by chunk as the stream
+digest (dwcp.digest) that the receiver verifies, then chunk by chunk as the stream
 threads take work (again for a chunk the receiver NACKed, and once more to
 keep the sent version as the next baseline, unless the kernel copies the
 file: ``fileno``, ``dwcp.storage.copy_in_kernel``).  ``BufferSource`` serves views
@@ -31,7 +31,7 @@ Rules
    file; a read error raises ``SourceError``.  Both mean the local source is
    at fault, not the peer or the network: the sender fails the whole
    transfer at once (no stream retries, no failover to another replica).
-5. ``DigestCache`` remembers the xxh3-128 of a caller's previous version
+5. ``DigestCache`` remembers the digest of a caller's previous version
    (``dwcp send NEW --base OLD``) by the file's identity: path, device,
    inode, size, mtime and ctime (``fstat`` of the open file; ctime cannot be
    set back from user space).  A file modified (mtime) less than ``RACY_S``
@@ -51,9 +51,7 @@ import stat
 import threading
 import time
 
-import xxhash
-
-from dwcp._backend import impl as _k
+from dwcp.digest import LEAF_BYTES, TreeHasher, object_digest
 from dwcp.durable import write_atomic
 from dwcp.errors import SourceChangedError, SourceError
 
@@ -63,7 +61,7 @@ log = logging.getLogger("dwcp.source")
 
 # whole-object hashing reads this much at a time: large enough that the syscalls do not show,
 # small enough to stay in L2/L3 between the read and the hash
-_HASH_BLOCK = 4 << 20
+_HASH_BLOCK = 4 * LEAF_BYTES
 
 
 class BufferSource:
@@ -81,7 +79,7 @@ class BufferSource:
         return self._mv[offset : offset + n]
 
     def digest(self) -> bytes:
-        return _k.xxh3_128(self._mv)
+        return object_digest(self._mv)
 
     def check(self) -> None:
         """A buffer cannot change size."""
@@ -174,11 +172,11 @@ class FileSource:
         return mv
 
     def digest(self) -> bytes:
-        """The xxh3-128 of the whole source, read a block at a time."""
-        h = xxhash.xxh3_128()
-        for off in range(0, self.size, _HASH_BLOCK):
-            h.update(self.read(off, min(_HASH_BLOCK, self.size - off)))
-        return h.digest()
+        """The object digest (dwcp.digest) of the whole source, read a block at a time."""
+        t = TreeHasher(self.size)
+        for off in range(0, self.size, _HASH_BLOCK):  # a whole number of leaves per block
+            t.add(off, self.read(off, min(_HASH_BLOCK, self.size - off)))
+        return t.root()
 
     def check(self) -> None:
         """Raise SourceChangedError unless the source still has the size the send started with."""
@@ -225,7 +223,7 @@ def as_source(data) -> BufferSource | FileSource:
 
 
 class DigestCache:
-    """``<dir>/base-digests.json``: the xxh3-128 of the last ``MAX_ENTRIES`` files hashed as a caller's
+    """``<dir>/base-digests.json``: the object digest of the last ``MAX_ENTRIES`` files hashed as a caller's
     previous version, by identity (rule 5).
 
     Reading never raises (a missing or damaged file is an empty cache: the file is hashed again);
@@ -233,6 +231,7 @@ class DigestCache:
     """
 
     FILE = "base-digests.json"
+    VERSION = 2  # the digests of dwcp.digest (protocol 2)
     MAX_ENTRIES = 64  # snapshot workflows name one previous version per key
     RACY_S = 2.0  # a file changed this recently may change again within one timestamp tick
 
@@ -249,11 +248,13 @@ class DigestCache:
         except (OSError, ValueError) as exc:
             log.warning("ignoring %s: %s", self.path, exc)
             return []
-        entries = raw.get("files") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict) or raw.get("version") != self.VERSION:
+            return []  # written by a version with other digests (1: whole-object xxh3-128)
+        entries = raw.get("files")
         return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
     def digest(self, src: FileSource) -> tuple[bytes, bool]:
-        """``src``'s xxh3-128 and whether it came from the cache (else the whole file was read)."""
+        """``src``'s digest and whether it came from the cache (else the whole file was read)."""
         ident = src.identity()
         if ident is not None:
             for e in self._load():
@@ -271,7 +272,7 @@ class DigestCache:
         if ident is None or after != ident or now - ident["mtime_ns"] / 1e9 < self.RACY_S:
             return d, False  # a block device, a file that changed while it was hashed, or a racy one
         keep = [e for e in self._load() if e.get("path") != ident["path"]][: self.MAX_ENTRIES - 1]
-        doc = {"version": 1, "files": [{**ident, "digest": d.hex()}, *keep]}
+        doc = {"version": self.VERSION, "files": [{**ident, "digest": d.hex()}, *keep]}
         try:
             write_atomic(self.path, json.dumps(doc, indent=1) + "\n")
         except OSError as exc:

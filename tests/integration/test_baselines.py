@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import dwcp.storage as storage
-from dwcp._backend import impl as K
 from dwcp._testbase.images import dirty_version, vm_image
 from dwcp._testbase.transfer import stored
 from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.config import SecurityConfig
+from dwcp.digest import object_digest
 from dwcp.storage import ObjectStore
 from dwcp.transport.sender import Sender
 from dwcp.transport.source import FileSource
@@ -108,7 +108,7 @@ def test_a_file_changed_after_its_chunk_was_sent_is_not_kept(server, tmp_path, c
             r = sender.send(src, *server.address, "vm/changes", streams=1, rate_limit_bytes_per_s=6e6,
                             progress=progress)  # fmt: skip
     assert changed and changed[0] < v1.nbytes, "premise: the file changed while the send ran"
-    assert r.digest == K.xxh3_128(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
+    assert r.digest == object_digest(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
     assert r.baseline is None and kept(baselines, server, "vm/changes") is None
     assert f"{path} changed after it was sent" in caplog.text
     assert os.listdir(tmp_path / "sent" / "partial") == []  # the rejected copy is gone too
@@ -156,7 +156,7 @@ def test_base_sends_a_delta_against_old_and_keeps_nothing(server, tmp_path):
     assert baselines.read_meta(_cache_key(server, "vm/snap"))["deltas"] == 1  # the chain still counts
     # OLD's digest was cached by its identity: a FileSource of it is not hashed again
     cache = (tmp_path / "sent" / "base-digests.json").read_text()
-    assert K.xxh3_128(old).hex() in cache and str(old_path) in cache
+    assert object_digest(old).hex() in cache and str(old_path) in cache
 
 
 def test_base_old_digest_is_cached_and_a_changed_old_is_hashed_again(tmp_path, monkeypatch):
@@ -167,14 +167,14 @@ def test_base_old_digest_is_cached_and_a_changed_old_is_hashed_again(tmp_path, m
     os.utime(path, (1e9, 1e9))  # long ago: not racy
     cache = DigestCache(str(tmp_path))
     with FileSource.open(str(path)) as src:
-        assert cache.digest(src) == (K.xxh3_128(b"a" * 100_000), False)
-        assert cache.digest(src) == (K.xxh3_128(b"a" * 100_000), True)
+        assert cache.digest(src) == (object_digest(b"a" * 100_000), False)
+        assert cache.digest(src) == (object_digest(b"a" * 100_000), True)
     with open(path, "r+b") as f:  # same size, mtime set back: the ctime moves all the same
         f.write(b"b")
     os.utime(path, (1e9, 1e9))
     with FileSource.open(str(path)) as src:
         d, cached = cache.digest(src)
-    assert not cached and d == K.xxh3_128(b"b" + b"a" * 99_999)
+    assert not cached and d == object_digest(b"b" + b"a" * 99_999)
     racy = tmp_path / "racy.img"
     racy.write_bytes(b"r" * 1000)  # written just now: hashed every time until it settles
     with FileSource.open(str(racy)) as src:
@@ -195,7 +195,7 @@ def test_base_that_the_receiver_lacks_goes_full_or_pages(server, tmp_path):
     assert r.mode in ("full", "pages") and r.baseline == "caller"
     assert stored(server, "vm/lacks") == new.tobytes()
     assert [v.digest.hex() for v in baselines.versions(_cache_key(server, "vm/lacks"))] == [
-        K.xxh3_128(held).hex()
+        object_digest(held).hex()
     ]
 
 

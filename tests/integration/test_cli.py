@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from dwcp.cli.demo import same_dwcp_env
+from dwcp.digest import object_digest
 
 
 def dwcp(*args, cwd, timeout=120, env=None):
@@ -57,7 +58,6 @@ SEND_JSON_CODEC_KEYS = ["zstd_level", "zstd_levels_used", "compress_workers", "e
 
 
 def test_send_json_keys_are_pinned(tmp_path):
-    import xxhash
 
     from dwcp._testbase.transfer import server_config
     from dwcp.transport.server import DataServer
@@ -81,9 +81,7 @@ def test_send_json_keys_are_pinned(tmp_path):
             True,
         )
         assert (
-            out["digest"] == xxhash.xxh3_128_hexdigest(data)
-            and out["chunks"] == 3
-            and out["chunk_size"] == 1 << 20
+            out["digest"] == object_digest(data).hex() and out["chunks"] == 3 and out["chunk_size"] == 1 << 20
         )
         assert out["streams"]["initial"] == 2 and out["streams"]["auto"] is False and out["delta_chain"] == 0
         assert isinstance(out["stream_errors"], list) and isinstance(out["tcp_info"], list)

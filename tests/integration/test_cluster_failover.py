@@ -12,10 +12,10 @@ import threading
 import time
 
 import numpy as np
-import xxhash
 
 from dwcp.cli.demo import same_dwcp_env, start_daemon
 from dwcp.daemon.control import request
+from dwcp.digest import object_digest
 
 
 def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
@@ -61,7 +61,7 @@ def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
         other = "n2" if victim == "n1" else "n1"
         assert res["peer"] == other and res["region"] == "r1"
         assert [f["peer"] for f in res["failover"]] == [victim]
-        assert res["digest"] == xxhash.xxh3_128_digest(data).hex() and res["verified"]
+        assert res["digest"] == object_digest(data).hex() and res["verified"]
         st = request(socks[other], {"op": "status"}, timeout_s=5)
         assert st["keys"] == 1
         for n in ("n3", "n4"):  # the other region was not touched

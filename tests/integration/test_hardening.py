@@ -17,11 +17,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import xxhash
 
 from dwcp._testbase.transfer import server_config
 from dwcp.cli.demo import same_dwcp_env
 from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.digest import object_digest
 from dwcp.transport.fetch import fetch
 from dwcp.transport.sender import Sender, TransferError
 from dwcp.transport.server import DataServer
@@ -72,7 +72,7 @@ def test_a_delta_send_killed_mid_way_resumes(tmp_path):
             send(f1), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=same_dwcp_env()
         )
         assert r.returncode == 0, r.stderr
-        d2 = xxhash.xxh3_128_digest(v2.tobytes()).hex()
+        d2 = object_digest(v2.tobytes()).hex()
         state = os.path.join(srv.store.data_dir, "partial", f"vm%2Fd.{d2}.state")
         tx = subprocess.Popen(send(f2, "--rate", "2M"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               cwd=tmp_path, env=same_dwcp_env())  # fmt: skip
@@ -185,7 +185,7 @@ def test_a_silent_partition_does_not_lock_the_key(tmp_path):
             r = Sender(tp, PLAIN).send(data, *srv.address, "vm/p", streams=2)
             assert time.monotonic() - t0 < 10
             assert r.verified and r.resumed_chunks > 0
-            assert srv.store.latest("vm/p").digest == xxhash.xxh3_128_digest(data)
+            assert srv.store.latest("vm/p").digest == object_digest(data)
         finally:
             proxy.close()
 
@@ -230,7 +230,7 @@ def test_a_disk_that_fills_mid_transfer_is_one_clear_error(small_fs, caplog):
         assert not os.path.exists(os.path.join(srv.store.data_dir, "objects", "vm%2Ffull"))
         os.unlink(small_fs / "filler")  # space again: the resend completes, resuming what landed
         r = Sender(tp, PLAIN).send(data, *srv.address, "vm/full", streams=2)
-        assert r.verified and srv.store.latest("vm/full").digest == xxhash.xxh3_128_digest(data)
+        assert r.verified and srv.store.latest("vm/full").digest == object_digest(data)
 
 
 # -- 9. a HELLO costs little, whatever it announces ------------------------------------------------
@@ -242,7 +242,7 @@ def _hello(port: int, size: int, chunk_size: int, key: str = "vm/huge") -> dict:
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         fs = FrameSocket(s, timeout_s=10)
-        fs.send(encode_control(C.FRAME_HELLO, 77, {"v": 1, "role": "control", "op": "send", "key": key,
+        fs.send(encode_control(C.FRAME_HELLO, 77, {"v": 2, "role": "control", "op": "send", "key": key,
                                                   "size": size, "digest": "ab" * 16, "chunk_size": 4096}))  # fmt: skip
         h, msg = fs.recv_control(C.FRAME_WELCOME)
         return {"type": h.frame_type, **msg}

@@ -16,12 +16,12 @@ import time
 import numpy as np
 import pytest
 
-from dwcp._backend import impl as K
 from dwcp._testbase.images import dirty_version, vm_image
 from dwcp._testbase.transfer import stored
 from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.cli.demo import same_dwcp_env
 from dwcp.config import SecurityConfig
+from dwcp.digest import object_digest
 from dwcp.storage import ObjectStore, close_mapping
 from dwcp.transport.framesock import FrameSocket
 from dwcp.transport.sender import Sender, TransferError
@@ -180,7 +180,7 @@ def test_a_file_source_sends_full_then_delta(server, tmp_path):
         data.tofile(path)
         with FileSource.open(str(path)) as src:
             r = sender.send(src, *server.address, "vm/file", streams=3)
-        assert r.mode == want_mode and r.digest == K.xxh3_128(data).hex()
+        assert r.mode == want_mode and r.digest == object_digest(data).hex()
         assert stored(server, "vm/file") == data.tobytes()
     assert r.wire_bytes < v2.nbytes / 20
 
@@ -228,7 +228,7 @@ def test_a_source_changed_after_its_chunk_was_sent_does_not_poison_the_baseline(
     host, port = server.address
     with caplog.at_level(logging.WARNING, logger="dwcp.sender"):
         r1 = _send_changing_after_first_chunk(sender, server, path, "vm/changes", how)
-    assert r1.digest == K.xxh3_128(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
+    assert r1.digest == object_digest(v1).hex() and stored(server, "vm/changes") == v1.tobytes()
     kept = baselines.latest(f"{host}:{port}/vm/changes")
     if kept is not None:  # what is kept is what the receiver verified, or nothing
         assert bytes(baselines.open_version(kept)) == v1.tobytes()

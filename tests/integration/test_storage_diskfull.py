@@ -7,6 +7,7 @@ import os
 import pytest
 import xxhash
 
+from dwcp.digest import object_digest
 from dwcp.errors import StorageError
 from dwcp.storage import ObjectStore
 
@@ -19,7 +20,7 @@ def small_fs(small_tmpfs):
 def test_too_big_for_the_disk(small_fs):
     s = ObjectStore(small_fs)
     old = os.urandom(1 << 20)
-    p = s.begin("k", xxhash.xxh3_128_digest(old), len(old), 1 << 20)
+    p = s.begin("k", object_digest(old), len(old), 1 << 20)
     p.write(0, old)
     p.mark_done(0, xxhash.xxh3_64_intdigest(old))
     good = p.commit()
@@ -33,7 +34,7 @@ def test_too_big_for_the_disk(small_fs):
 def test_disk_fills_during_the_transfer(small_fs):
     s = ObjectStore(small_fs)
     old = os.urandom(1 << 20)
-    p = s.begin("k", xxhash.xxh3_128_digest(old), len(old), 1 << 20)
+    p = s.begin("k", object_digest(old), len(old), 1 << 20)
     p.write(0, old)
     p.mark_done(0, xxhash.xxh3_64_intdigest(old))
     good = p.commit()

@@ -17,9 +17,11 @@ from dwcp._testbase.images import dirty_version, vm_image
 from dwcp._testbase.transfer import server_config, stored
 from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.config import SecurityConfig
+from dwcp.digest import object_digest
 from dwcp.storage import ObjectStore
 from dwcp.transport.chunking import PathStats, choose_chunk_size
 from dwcp.transport.fetch import fetch
+from dwcp.transport.framesock import FrameSocket
 from dwcp.transport.sender import Sender, TransferError
 from dwcp.transport.server import DataServer
 from dwcp.transport.session import TransferReport
@@ -228,7 +230,7 @@ def test_absurd_lengths_and_replayed_chunks(server):
     # a data stream for a transfer that does not exist
     s = _raw_conn(server.address)
     s.sendall(
-        encode_control(C.FRAME_HELLO, 77, {"v": 1, "role": "data", "transfer_id": 77, "token": "ab" * 32})
+        encode_control(C.FRAME_HELLO, 77, {"v": 2, "role": "data", "transfer_id": 77, "token": "ab" * 32})
     )
     reply = _closed_by_peer(s)
     s.close()
@@ -239,8 +241,8 @@ def test_absurd_lengths_and_replayed_chunks(server):
 def test_truncated_stream_leaves_no_object(server):
     data = b"y" * (3 << 20)
     s = _raw_conn(server.address)
-    digest = K.xxh3_128(data).hex()
-    s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 1, "role": "control", "op": "send", "key": "trunc/x",
+    digest = object_digest(data).hex()
+    s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 2, "role": "control", "op": "send", "key": "trunc/x",
                                                 "size": len(data), "digest": digest, "chunk_size": 1 << 20}))  # fmt: skip
     time.sleep(0.2)
     s.close()  # the sender vanished after the handshake
@@ -370,3 +372,18 @@ def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):
         while fds() > before + 2 and time.monotonic() < deadline:  # stream threads finish after DONE
             time.sleep(0.05)
         assert fds() <= before + 2, (before, fds())
+
+
+def test_a_peer_of_protocol_1_hears_which_versions_meet(server):
+    """Protocol 2 changed what an object's digest is: an old sender is refused with the reason, before
+    anything is stored."""
+    with socket.create_connection(server.address, timeout=5) as s:
+        s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 1, "role": "control", "op": "send", "key": "old/x",
+                                                    "size": 4096, "digest": "00" * 16, "chunk_size": 4096}))  # fmt: skip
+        fs = FrameSocket(s, timeout_s=5)
+        got = fs.recv_control(C.FRAME_ERROR)
+    assert got is not None
+    h, msg = got
+    assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_VERSION
+    assert "speaks dwcp protocol 2, the peer 1: upgrade dwcp on the older side" in msg["message"]
+    assert server.store.latest("old/x") is None

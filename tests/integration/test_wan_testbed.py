@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
-import xxhash
 
 from dwcp._testbase.wan import Link, Testbed
+from dwcp.digest import object_digest
 
 pytestmark = pytest.mark.skipif(
     Testbed.unavailable() is not None, reason=f"WAN testbed: {Testbed.unavailable()}"
@@ -64,7 +64,7 @@ def test_one_emulated_cell_end_to_end(tmp_path):
                              "--key", "wan/obj", "--plaintext", "--json", "--state-dir", str(tmp_path / "st")],
                        cwd=str(tmp_path), timeout=120)  # fmt: skip
             out = json.loads(r.stdout)
-            assert out["digest"] == xxhash.xxh3_128_digest(data).hex() and out["verified"]
+            assert out["digest"] == object_digest(data).hex() and out["verified"]
             assert out["rtt_ms"] > 15  # the sender measured the emulated path
         finally:
             d.terminate()

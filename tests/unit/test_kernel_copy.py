@@ -7,9 +7,9 @@ import errno
 import os
 
 import pytest
-import xxhash
 
 import dwcp.storage as storage
+from dwcp.digest import object_digest
 from dwcp.errors import IntegrityError, StorageError
 from dwcp.storage import ObjectStore, copy_in_kernel
 
@@ -117,7 +117,7 @@ def _store_and_source(tmp_path, data: bytes):
 def test_fill_from_then_commit_keeps_the_copy(tmp_path):
     store, fd = _store_and_source(tmp_path, DATA)
     try:
-        p = store.begin("k", xxhash.xxh3_128_digest(DATA), len(DATA), 1 << 16, preallocate=False)
+        p = store.begin("k", object_digest(DATA), len(DATA), 1 << 16, preallocate=False)
         assert p.fill_from(fd) in ("reflink", "copy_file_range")
         assert p.missing() == []
         info = p.commit()
@@ -130,7 +130,7 @@ def test_fill_from_then_commit_keeps_the_copy(tmp_path):
 def test_fill_from_a_changed_source_keeps_nothing(tmp_path):
     store, fd = _store_and_source(tmp_path, DATA[:-1] + b"X")  # not the bytes the digest is of
     try:
-        p = store.begin("k", xxhash.xxh3_128_digest(DATA), len(DATA), 1 << 16, preallocate=False)
+        p = store.begin("k", object_digest(DATA), len(DATA), 1 << 16, preallocate=False)
         p.fill_from(fd)
         with pytest.raises(IntegrityError):
             p.commit()
@@ -145,7 +145,7 @@ def test_fill_from_without_a_kernel_copy_leaves_the_partial_to_write(tmp_path, m
     monkeypatch.setattr(os, "copy_file_range", _raise(errno.EXDEV))
     store, fd = _store_and_source(tmp_path, DATA)
     try:
-        p = store.begin("k", xxhash.xxh3_128_digest(DATA), len(DATA), 1 << 16, preallocate=False)
+        p = store.begin("k", object_digest(DATA), len(DATA), 1 << 16, preallocate=False)
         assert p.fill_from(fd) is None
         assert len(p.missing()) == p.nchunks and os.path.getsize(p.part_path) == len(DATA)
         p.abort(keep=False)
@@ -158,7 +158,7 @@ def test_fill_from_a_disk_error_is_a_storage_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "copy_file_range", _raise(errno.ENOSPC))
     store, fd = _store_and_source(tmp_path, DATA)
     try:
-        p = store.begin("k", xxhash.xxh3_128_digest(DATA), len(DATA), 1 << 16, preallocate=False)
+        p = store.begin("k", object_digest(DATA), len(DATA), 1 << 16, preallocate=False)
         with pytest.raises(StorageError, match="cannot store 'k'"):
             p.fill_from(fd)
         p.abort(keep=False)

@@ -11,6 +11,7 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dwcp.digest import object_digest
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError
 from dwcp.storage import ObjectStore, escape_key, unescape_key, validate_key
 
@@ -18,7 +19,7 @@ CS = 4096
 
 
 def put(store: ObjectStore, key: str, data: bytes, chunk: int = CS):
-    p = store.begin(key, xxhash.xxh3_128_digest(data), len(data), chunk)
+    p = store.begin(key, object_digest(data), len(data), chunk)
     for i in range(p.nchunks):
         c = data[i * chunk : (i + 1) * chunk]
         p.write(i, c)
@@ -61,7 +62,7 @@ def test_commit_latest_versions_and_pruning(tmp_path):
         assert s.latest("vm/1") == info
         assert bytes(s.open_version(info)) == d
     vs = s.versions("vm/1")
-    assert [v.digest for v in vs] == [xxhash.xxh3_128_digest(d) for d in (datas[2], datas[1])]
+    assert [v.digest for v in vs] == [object_digest(d) for d in (datas[2], datas[1])]
     assert s.keys() == ["vm/1"]
     assert oct(os.stat(tmp_path).st_mode & 0o777) == "0o700"
 
@@ -96,7 +97,7 @@ def test_lease(tmp_path):
 
 def test_resume_after_kill_9(tmp_path):
     data = os.urandom(10 * CS + 100)
-    digest = xxhash.xxh3_128_digest(data)
+    digest = object_digest(data)
     pid = os.fork()
     if pid == 0:  # child: write 6 chunks, then die without any cleanup
         try:
@@ -123,7 +124,7 @@ def test_resume_after_kill_9(tmp_path):
 
 def test_corrupted_resumed_chunk_is_forgotten(tmp_path):
     data = os.urandom(4 * CS)
-    digest = xxhash.xxh3_128_digest(data)
+    digest = object_digest(data)
     s = ObjectStore(tmp_path)
     p = s.begin("k", digest, len(data), CS)
     for i in range(4):
@@ -152,7 +153,7 @@ def test_a_seeded_partial_resumes_knowing_what_it_was_seeded_from(tmp_path):
     v1 = os.urandom(4 * CS)
     base = put(s, "k", v1)
     v2 = bytes(CS) + v1[CS:]
-    d2 = xxhash.xxh3_128_digest(v2)
+    d2 = object_digest(v2)
     p = s.begin("k", d2, len(v2), CS, preallocate=False)
     p.seed_from(base)
     assert p.seeded_from == base.digest
@@ -224,7 +225,7 @@ def test_a_failed_publish_leaves_no_orphan_and_resumes(tmp_path, monkeypatch):
     assert set(os.listdir(os.path.dirname(old.path))) == {"LATEST", os.path.basename(old.path)}
     assert s.latest("k") == old
     monkeypatch.undo()
-    p = s.begin("k", xxhash.xxh3_128_digest(new), len(new), CS)  # every chunk is still there: only commit
+    p = s.begin("k", object_digest(new), len(new), CS)  # every chunk is still there: only commit
     assert p.resumed == 2 and p.missing() == []
     assert bytes(s.open_version(p.commit())) == new
 
@@ -249,7 +250,7 @@ def test_remove_version_keeps_latest_naming_a_file(tmp_path):
 def test_concurrent_chunk_writes(tmp_path):
     data = os.urandom(64 * CS)
     s = ObjectStore(tmp_path)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
 
     def w(start):
         for i in range(start, 64, 4):
@@ -282,16 +283,52 @@ def test_unverified_commit_is_only_for_a_digest_of_the_written_bytes(tmp_path):
     # the default re-reads and refuses a mismatch -- the receiver's path
     s = ObjectStore(str(tmp_path))
     data = os.urandom(3 * CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     for i in range(3):
         p.write(i, data[i * CS : (i + 1) * CS])
         p.mark_done(i, 0)
     info = p.commit(verify=False)
     assert bytes(s.open_version(info)) == data and s.latest("k") == info
-    q = s.begin("k", xxhash.xxh3_128_digest(b"other" * CS), len(data), CS)
+    q = s.begin("k", object_digest(b"other" * CS), len(data), CS)
     for i in range(3):
         q.write(i, data[i * CS : (i + 1) * CS])
         q.mark_done(i, 0)
     with pytest.raises(IntegrityError):
         q.commit()
     assert s.latest("k") == info
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 3 << 19], ids=["leaf-multiple", "leaf-and-a-half"])
+def test_commit_reads_back_only_the_leaves_no_chunk_held_whole(tmp_path, monkeypatch, chunk):
+    """Rule 8: the receiver hashes each chunk as it lands; commit needs the leaf hashes, and reads the
+    leaves a chunk boundary cut (none when the chunk size is a multiple of the leaf)."""
+    from dwcp.digest import LEAF_BYTES
+
+    data = os.urandom(6 << 20)
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", object_digest(data), len(data), chunk)
+    for i in range(p.nchunks):
+        off, ln = p.span(i)
+        p.write(i, data[off : off + ln])
+        p.hashed(off, data[off : off + ln])
+        p.mark_done(i, xxhash.xxh3_64_intdigest(data[off : off + ln]))
+    cut = p.tree.missing()
+    assert cut == ([] if chunk % LEAF_BYTES == 0 else [1, 4])  # leaves 1 and 4 straddle 1.5 MiB chunk edges
+    if not cut:
+        monkeypatch.setattr(p, "_mapping", lambda: pytest.fail("commit read the object back"))
+    assert bytes(s.open_version(p.commit())) == data
+
+
+def test_a_chunk_that_rots_before_commit_fails_the_digest(tmp_path):
+    """The leaves hashed as chunks landed are what the digest checks: bytes that change in the .part
+    afterwards (a leaf commit must read, here) fail it."""
+    data = os.urandom(3 << 19)
+    s = ObjectStore(tmp_path)
+    p = s.begin("k", object_digest(data), len(data), 3 << 19)
+    p.write(0, data)
+    p.mark_done(0, xxhash.xxh3_64_intdigest(data))  # not hashed: commit reads every leaf
+    with open(p.base + ".part", "r+b") as f:
+        f.seek(100)
+        f.write(bytes([data[100] ^ 1]))
+    with pytest.raises(IntegrityError, match="digest"):
+        p.commit()

@@ -11,6 +11,7 @@ import pytest
 import xxhash
 
 import dwcp.storage as storage
+from dwcp.digest import object_digest
 from dwcp.errors import ClosedResourceError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.storage import MAX_KEY_BYTES, ObjectStore, VersionInfo, close_mapping, validate_key
 
@@ -18,7 +19,7 @@ CS = 4096
 
 
 def put(store: ObjectStore, key: str, data: bytes, chunk: int = CS):
-    p = store.begin(key, xxhash.xxh3_128_digest(data), len(data), chunk)
+    p = store.begin(key, object_digest(data), len(data), chunk)
     fill(p, data, chunk)
     return p.commit()
 
@@ -200,7 +201,7 @@ def test_partial_chunk_size_answers_only_for_this_exact_object(tmp_path):
 
 # -- resume edge cases ------------------------------------------------------------------
 def _one_chunk_done(s: ObjectStore, data: bytes):
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     fill(p, data, chunks=[0])
     p.abort()
     return p
@@ -218,7 +219,7 @@ def test_a_partial_that_does_not_match_its_record_starts_afresh(tmp_path, damage
         os.truncate(old.base + ".part", 2 * CS)
     else:
         os.unlink(old.base + ".part")
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     assert p.resumed == 0 and p.missing() == [0, 1, 2] and p.verify_resumed() == []
     assert os.path.getsize(p.part_path) == 3 * CS and bytes(p.view(0)) == bytes(CS)  # fresh: zeros
     fill(p, data)
@@ -256,7 +257,7 @@ def test_a_chunk_of_the_wrong_length_is_refused_and_not_written(tmp_path):
 def test_write_at_writes_inside_the_object_and_refuses_outside(tmp_path):
     s = ObjectStore(tmp_path)
     data = os.urandom(2 * CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     p.write_at(0, data[:100])
     p.write_at(100, memoryview(data)[100:])  # up to the very last byte
     for off, n in ((-1, 1), (2 * CS - 1, 2), (2 * CS, 1)):
@@ -286,7 +287,7 @@ def test_a_failed_write_at_is_a_storage_error(tmp_path, monkeypatch):
 def test_a_failed_progress_record_is_a_storage_error_and_the_chunk_stays_missing(tmp_path, monkeypatch):
     s = ObjectStore(tmp_path)
     data = os.urandom(2 * CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     p.write(0, data[:CS])
 
     def pwrite(fd, data, off):
@@ -298,8 +299,8 @@ def test_a_failed_progress_record_is_a_storage_error_and_the_chunk_stays_missing
     monkeypatch.undo()
     assert p.missing() == [0, 1] and p.have == b"\x00" and not p.wait_chunk(0, 0)
     p.abort()
-    assert s.partial_chunk_size("k", xxhash.xxh3_128_digest(data), len(data)) == CS
-    q = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    assert s.partial_chunk_size("k", object_digest(data), len(data)) == CS
+    q = s.begin("k", object_digest(data), len(data), CS)
     assert q.resumed == 0  # nothing was recorded done
     q.abort()
 
@@ -383,7 +384,7 @@ def test_seed_from_a_missing_version_is_a_storage_error(tmp_path):
 def test_commit_with_missing_chunks_is_refused_and_keeps_the_partial(tmp_path):
     s = ObjectStore(tmp_path)
     data = os.urandom(3 * CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     fill(p, data, chunks=[0, 2])
     with pytest.raises(StorageError, match="1 chunks missing"):
         p.commit()
@@ -395,7 +396,7 @@ def test_commit_with_missing_chunks_is_refused_and_keeps_the_partial(tmp_path):
 def test_commit_does_not_need_the_state_file(tmp_path):
     s = ObjectStore(tmp_path)
     data = os.urandom(CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     fill(p, data)
     os.unlink(p.base + ".state")
     info = p.commit()
@@ -405,7 +406,7 @@ def test_commit_does_not_need_the_state_file(tmp_path):
 def test_a_closed_partial_refuses_every_operation(tmp_path):
     s = ObjectStore(tmp_path)
     data = os.urandom(CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     fill(p, data)
     p.commit()
     for op in (
@@ -463,13 +464,13 @@ def test_a_stale_partial_object_cannot_release_a_newer_lease(tmp_path):
 def test_abort_with_a_live_view_does_not_fail_and_the_view_stays_readable(tmp_path):
     s = ObjectStore(tmp_path)
     data = os.urandom(CS)
-    p = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    p = s.begin("k", object_digest(data), len(data), CS)
     fill(p, data)
     v = p.view(0)
     p.abort()  # the mapping cannot close while v lives: it goes with v
     assert bytes(v) == data
     v.release()
-    q = s.begin("k", xxhash.xxh3_128_digest(data), len(data), CS)
+    q = s.begin("k", object_digest(data), len(data), CS)
     assert q.resumed == 1
     assert bytes(s.open_version(q.commit())) == data
 
@@ -512,7 +513,7 @@ def test_a_failed_publish_whose_undo_fails_leaves_no_orphan_in_objects(tmp_path,
     monkeypatch.undo()
     assert s.latest("k") == old
     assert set(os.listdir(os.path.dirname(old.path))) == {"LATEST", os.path.basename(old.path)}
-    p = s.begin("k", xxhash.xxh3_128_digest(new), len(new), CS)  # the .part went: start afresh
+    p = s.begin("k", object_digest(new), len(new), CS)  # the .part went: start afresh
     assert p.resumed == 0 and p.missing() == [0, 1]
     fill(p, new)
     assert bytes(s.open_version(p.commit())) == new
