@@ -32,9 +32,13 @@ Rules
    have no unset value, anything but the default (so a config that writes the
    default, ``max_streams = 16``, leaves the field to the profile).  A caller's
    fixed stream count (``--streams N``) wins over both stream fields.
-2. A measured path wins over the profile: the chunk size (with
+2. A measurement wins over the profile: the chunk size (with
    ``adaptive_chunks``) and the first stream count come from the last send to
-   the same peer when there is a recent one (``dwcp.transport.chunking``).
+   the same peer when there is a recent one (``dwcp.transport.chunking``);
+   where the link rate is known (config, loopback, the profile's), the first
+   count comes from it at the control stream's measured RTT, not from the
+   profile's count (the BDP at the RTT ``dwcp tune`` assumed); and a profile
+   buffer below 2 x that BDP is not set on the data streams (``for_path``).
 3. A field the profile lacks (a tune.json written before it existed) or holds
    out of range is not applied, and ``skipped`` says so.
 4. Affinity only where it can help: the NIC has more than one tx queue, the
@@ -79,6 +83,23 @@ class NicPlan:
         """The plan after pinning failed on every thread (``why``: the first error)."""
         applied = {k: v for k, v in self.applied.items() if k != "cpu_affinity"}
         return replace(self, cpus=None, applied=applied, skipped={**self.skipped, "cpu_affinity": why})
+
+    def for_path(self, rtt_s: float, link_bytes_per_s: float | None) -> NicPlan:
+        """The plan once the path's RTT is measured: a profile buffer below 2 x the BDP (``link`` x
+        ``rtt_s``) would cap every stream's window, since ``dwcp tune`` sized it for an RTT it assumed;
+        then the streams' buffers are left to the BDP sizing (dwcp.transport.sockopts)."""
+        if (
+            not self.socket_buffer_bytes
+            or not link_bytes_per_s
+            or 2 * link_bytes_per_s * rtt_s <= self.socket_buffer_bytes
+        ):
+            return self
+        need = int(2 * link_bytes_per_s * rtt_s)
+        applied = {k: v for k, v in self.applied.items() if k != "socket_buffer_bytes"}
+        why = (f"the profile's {self.socket_buffer_bytes} bytes are below 2 x the BDP at the measured RTT of "
+               f"{rtt_s * 1000:.1f} ms ({need} bytes): sized from the BDP instead")  # fmt: skip
+        return replace(self, socket_buffer_bytes=None, applied=applied,
+                       skipped={**self.skipped, "socket_buffer_bytes": why})  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"nic": self.nic, "applied": dict(self.applied), "skipped": dict(self.skipped)}
@@ -136,6 +157,29 @@ def plan_nic(
             max_streams = applied["max_streams"] = max(v, tp.min_streams)  # min_streams is the config's
     ceiling = max_streams or tp.max_streams
 
+    link = None
+    if tp.link_bytes_per_s:
+        skipped["link_bytes_per_s"] = (
+            f"transport.link_bytes_per_s = {tp.link_bytes_per_s:g} in the config wins"
+        )
+    elif loopback:
+        skipped["link_bytes_per_s"] = (f"the peer is on loopback: its link is taken as "
+                                       f"{LOOPBACK_LINK_BYTES_PER_S * 8 / 1e9:g} Gbit/s")  # fmt: skip
+    elif "link_bytes_per_s" not in profile:
+        skipped["link_bytes_per_s"] = _OLDER
+    else:
+        rate = profile["link_bytes_per_s"]
+        if rate is None or rate == 0:
+            skipped["link_bytes_per_s"] = "the profile's link speed is unknown (virtual NIC or no carrier)"
+        elif (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not (rate > 0 and math.isfinite(rate))
+        ):
+            skipped["link_bytes_per_s"] = f"the profile's {rate!r} is not a positive rate"
+        else:
+            link = applied["link_bytes_per_s"] = float(rate)
+
     initial = None
     if fixed_streams is not None:
         skipped["initial_streams"] = fixed
@@ -143,6 +187,10 @@ def plan_nic(
         skipped["initial_streams"] = f"transport.initial_streams = {tp.initial_streams} in the config wins"
     elif measured_streams is not None:
         skipped["initial_streams"] = measured_streams
+    elif tp.link_bytes_per_s or loopback or link:
+        # the profile's count is its BDP at the RTT `dwcp tune` assumed; the sender measures the RTT
+        skipped["initial_streams"] = ("from the link rate at the control stream's measured RTT (the profile's "
+                                      f"count assumed an RTT of {profile.get('rtt_s')!r} s)")  # fmt: skip
     else:
         v, why = _int(profile, "initial_streams", 1, 256, "a stream count in [1, 256]")
         if v is None:
@@ -182,29 +230,6 @@ def plan_nic(
             skipped["chunk_size_bytes"] = str(why)
         else:
             chunk = applied["chunk_size_bytes"] = v
-
-    link = None
-    if tp.link_bytes_per_s:
-        skipped["link_bytes_per_s"] = (
-            f"transport.link_bytes_per_s = {tp.link_bytes_per_s:g} in the config wins"
-        )
-    elif loopback:
-        skipped["link_bytes_per_s"] = (f"the peer is on loopback: its link is taken as "
-                                       f"{LOOPBACK_LINK_BYTES_PER_S * 8 / 1e9:g} Gbit/s")  # fmt: skip
-    elif "link_bytes_per_s" not in profile:
-        skipped["link_bytes_per_s"] = _OLDER
-    else:
-        rate = profile["link_bytes_per_s"]
-        if rate is None or rate == 0:
-            skipped["link_bytes_per_s"] = "the profile's link speed is unknown (virtual NIC or no carrier)"
-        elif (
-            isinstance(rate, bool)
-            or not isinstance(rate, int | float)
-            or not (rate > 0 and math.isfinite(rate))
-        ):
-            skipped["link_bytes_per_s"] = f"the profile's {rate!r} is not a positive rate"
-        else:
-            link = applied["link_bytes_per_s"] = float(rate)
 
     cpus = None
     tx = profile.get("tx_queues")

@@ -531,6 +531,9 @@ class Sender:
                 or ((plan.link_bytes_per_s or 0.0) if plan is not None else 0.0)
             )
             rtt_s = self._rtt_s(ctrl)
+            if plan is not None:  # a profile buffer too small for the measured path is not set
+                plan = plan.for_path(rtt_s, tp.link_bytes_per_s or plan.link_bytes_per_s)
+                buffer_bytes = plan.socket_buffer_bytes
             decisions: list[dict] = []
             if streams is None:
                 from .controller import StreamController, initial_streams

@@ -83,17 +83,19 @@ def test_an_auto_send_applies_the_profile_of_its_egress_nic(server, tmp_path, lo
     r = Sender(_tp(), PLAIN, tune_dir=str(tmp_path / "tune")).send(data, *server.address, "nic/auto")
     assert r.nic == {
         "nic": lo_nic,
-        "applied": {"max_streams": 3, "initial_streams": 2, "socket_buffer_bytes": buf, "chunk_size_bytes": 2 * MiB},
+        "applied": {"max_streams": 3, "socket_buffer_bytes": buf, "chunk_size_bytes": 2 * MiB},
         "skipped": {"link_bytes_per_s": "the peer is on loopback: its link is taken as 800 Gbit/s",
+                    # loopback's guessed link rate at the measured RTT decides the first count
+                    "initial_streams": "from the link rate at the control stream's measured RTT (the profile's "
+                                       "count assumed an RTT of 0.001 s)",
                     "cpu_affinity": f"{lo_nic} has a single tx queue: its one IRQ serves every stream wherever the "
                                     "threads run, so nothing is pinned"},
     }  # fmt: skip
     assert r.to_json()["nic"] == r.nic
     assert r.chunk_size == 2 * MiB and "profile of " + lo_nic in r.chunk_size_reason
-    # max streams caps the controller; the first count is the profile's
+    # max streams caps the controller
     s = r.streams
-    assert s.auto and s.initial == 2 and s.max <= 3 and all(d["streams"] <= 3 for d in s.decisions)
-    assert "from the profile of" in s.decisions[0]["reason"]
+    assert s.auto and 1 <= s.initial <= 3 and s.max <= 3 and all(d["streams"] <= 3 for d in s.decisions)
     # every stream's socket has the buffers (Linux reports twice what was set), the control stream's too
     assert watch.streams() and len(watch.seen) == len(watch.streams()) + 1
     assert all((snd, rcv) == (2 * buf, 2 * buf) for _, snd, rcv, _ in watch.seen)
@@ -138,6 +140,20 @@ def test_a_multi_queue_nic_pins_the_stream_threads_to_its_tx_irq_cpus(server, tm
     assert watch.streams() and all(cpus == {cpu} for *_, cpus in watch.streams())
     # the calling thread (and the control stream, dialed from it) is left alone
     assert os.sched_getaffinity(0) != {cpu} or len(os.sched_getaffinity(0)) == 1
+
+
+def test_without_a_link_rate_the_profiles_first_count_applies(server, tmp_path, lo_nic, monkeypatch):
+    # what decides the first count on loopback is its guessed link rate: take it away (the sender's
+    # loopback test) and the profile's count is all there is
+    import dwcp.transport.sender as sender_mod
+
+    monkeypatch.setattr(sender_mod, "_is_loopback", lambda host: False)
+    apply_profiles(str(tmp_path / "tune"), [_profile(lo_nic)], rtt_s=0.001)
+    r = Sender(_tp(), PLAIN, tune_dir=str(tmp_path / "tune")).send(
+        os.urandom(8 * MiB), *server.address, "nic/n0"
+    )
+    assert r.nic is not None and r.nic["applied"]["initial_streams"] == 2 and r.streams.initial == 2
+    assert "from the profile of " + lo_nic in r.streams.decisions[0]["reason"]
 
 
 def test_no_profile_no_nic_object(server, tmp_path, lo_nic):

@@ -26,12 +26,21 @@ def test_every_field_applies_when_the_config_leaves_it_open():
     p = plan_nic(PROFILE, TransportConfig(), allowed_cpus={0, 1, 2, 3})
     assert p.to_json() == {
         "nic": "eth1",
-        "applied": {"max_streams": 8, "initial_streams": 6, "socket_buffer_bytes": 8 * MiB,
-                    "chunk_size_bytes": 16 * MiB, "link_bytes_per_s": 1.25e9, "cpu_affinity": [2, 3]},
-        "skipped": {},
+        "applied": {"max_streams": 8, "socket_buffer_bytes": 8 * MiB, "chunk_size_bytes": 16 * MiB,
+                    "link_bytes_per_s": 1.25e9, "cpu_affinity": [2, 3]},
+        # with a link rate the first count is its BDP at the measured RTT, not at the one tune assumed
+        "skipped": {"initial_streams": "from the link rate at the control stream's measured RTT (the profile's "
+                                       "count assumed an RTT of 0.02 s)"},
     }  # fmt: skip
     assert (p.max_streams, p.initial_streams, p.socket_buffer_bytes, p.chunk_size_bytes, p.link_bytes_per_s,
-            p.cpus) == (8, 6, 8 * MiB, 16 * MiB, 1.25e9, (2, 3))  # fmt: skip
+            p.cpus) == (8, None, 8 * MiB, 16 * MiB, 1.25e9, (2, 3))  # fmt: skip
+
+
+def test_without_a_link_rate_the_profiles_first_count_applies():
+    prof = {**PROFILE, "link_bytes_per_s": None}
+    p = plan_nic(prof, TransportConfig())
+    assert p.initial_streams == p.applied["initial_streams"] == 6 and "initial_streams" not in p.skipped
+    assert "initial_streams" in plan_nic(prof, TransportConfig(), loopback=True).skipped
 
 
 def test_an_explicit_config_value_wins_and_the_report_says_so():
@@ -68,7 +77,8 @@ def test_a_measured_path_wins_over_the_profile():
 
 def test_the_first_count_stays_within_the_config_min_and_the_applied_max():
     p = plan_nic(
-        {**PROFILE, "initial_streams": 20, "max_streams": 2}, TransportConfig(min_streams=3, max_streams=16)
+        {**PROFILE, "initial_streams": 20, "max_streams": 2, "link_bytes_per_s": None},
+        TransportConfig(min_streams=3, max_streams=16),
     )
     assert (p.max_streams, p.initial_streams) == (3, 3)  # the config's min_streams holds
 
@@ -76,11 +86,12 @@ def test_the_first_count_stays_within_the_config_min_and_the_applied_max():
 @pytest.mark.parametrize("missing", ["max_streams", "initial_streams", "socket_buffer_bytes", "chunk_size_bytes",
                                      "link_bytes_per_s", "tx_irq_cpus"])  # fmt: skip
 def test_a_field_an_older_tune_json_lacks_is_not_applied(missing):
-    prof = {k: v for k, v in PROFILE.items() if k != missing}
+    full = {**PROFILE, "link_bytes_per_s": None}  # (a link rate would decide the first count)
+    prof = {k: v for k, v in full.items() if k != missing}
     p = plan_nic(prof, TransportConfig())
     key = "cpu_affinity" if missing == "tx_irq_cpus" else missing
     assert key not in p.applied and "older dwcp" in p.skipped[key]
-    assert len(p.applied) == 5  # the others still apply
+    assert set(p.applied) == set(plan_nic(full, TransportConfig()).applied) - {key}  # the others still apply
 
 
 def test_the_oldest_profiles_hold_only_a_link_rate():
@@ -98,7 +109,7 @@ def test_the_oldest_profiles_hold_only_a_link_rate():
      ("tx_irq_cpus", "0-3")],
 )  # fmt: skip
 def test_a_value_out_of_range_is_skipped(field, value):
-    p = plan_nic({**PROFILE, field: value}, TransportConfig())
+    p = plan_nic({**PROFILE, "link_bytes_per_s": None, field: value}, TransportConfig())
     key = "cpu_affinity" if field == "tx_irq_cpus" else field
     assert key not in p.applied and "is not" in p.skipped[key]
 
@@ -113,6 +124,15 @@ def test_unknowns_leave_the_transport_its_defaults():
 def test_a_loopback_peer_keeps_the_loopback_link_guess():
     p = plan_nic(PROFILE, TransportConfig(), loopback=True)
     assert "loopback" in p.skipped["link_bytes_per_s"] and p.link_bytes_per_s is None
+
+
+def test_a_profile_buffer_too_small_for_the_measured_path_is_not_set():
+    p = plan_nic(PROFILE, TransportConfig())  # 8 MiB buffers, 1.25 GB/s
+    assert p.for_path(0.002, 1.25e9) is p  # 2 x BDP = 5 MB: the buffer holds it
+    q = p.for_path(0.05, 1.25e9)  # 2 x BDP = 125 MB: an 8 MiB buffer would cap every window
+    assert q.socket_buffer_bytes is None and "socket_buffer_bytes" not in q.applied
+    assert q.skipped["socket_buffer_bytes"].startswith("the profile's 8388608 bytes are below 2 x the BDP")
+    assert p.for_path(0.05, None) is p  # no link rate (loopback, unknown): nothing to judge by
 
 
 # -- CPU affinity ---------------------------------------------------------------
