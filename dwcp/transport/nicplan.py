@@ -97,7 +97,7 @@ class NicPlan:
         need = int(2 * link_bytes_per_s * rtt_s)
         applied = {k: v for k, v in self.applied.items() if k != "socket_buffer_bytes"}
         why = (f"the profile's {self.socket_buffer_bytes} bytes are below 2 x the BDP at the measured RTT of "
-               f"{rtt_s * 1000:.1f} ms ({need} bytes): sized from the BDP instead")  # fmt: skip
+               f"{rtt_s * 1000:.1f} ms ({need} bytes): the data streams' are sized from the BDP instead")  # fmt: skip
         return replace(self, socket_buffer_bytes=None, applied=applied,
                        skipped={**self.skipped, "socket_buffer_bytes": why})  # fmt: skip
 
