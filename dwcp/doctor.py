@@ -56,6 +56,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dwcp.tune.irq import nic_irq_names, parse_interrupts  # one reader for doctor and tune
+
 __all__ = [
     "ProbeResult",
     "Syscalls",
@@ -717,43 +719,6 @@ def probe_backend() -> ProbeResult:
 # -- NICs ----------------------------------------------------------------------
 
 
-def parse_interrupts(text: str, names: Iterable[str]) -> list[tuple[int, str]]:
-    """(irq, action name) for each numbered line of /proc/interrupts whose action names one of ``names``.
-
-    An action matches when it is one of ``names`` or starts with one followed by ``-``, ``_``,
-    ``.`` or ``@`` (``eth0``, ``eth0-TxRx-0``, ``virtio2-input.0``).  Drivers that name vectors
-    after the PCI device alone (mlx5's ``mlx5_comp0@pci:...``) are not matched: none here.
-    """
-    wanted = tuple(n for n in names if n)
-    out = []
-    for line in text.splitlines():
-        head, _, rest = line.partition(":")
-        if not head.strip().isdigit():
-            continue
-        fields = rest.split()
-        if not fields:
-            continue
-        action = fields[-1]
-        for n in wanted:
-            if action == n or (action.startswith(n) and action[len(n)] in "-_.@"):
-                out.append((int(head), action))
-                break
-    return out
-
-
-def _nic_irq_names(name: str, sys: str) -> list[str]:
-    """What a NIC's queue IRQ actions start with: its name, and for virtio_net its device's
-    ``virtioN-input``/``virtioN-output`` (``virtio2-input.0``; ``virtio2-config`` is no queue's)."""
-    names = [name]
-    try:
-        dev = os.path.basename(os.readlink(os.path.join(sys, "class/net", name, "device")))
-    except OSError:
-        return names
-    if dev.startswith("virtio"):
-        names += [f"{dev}-input", f"{dev}-output"]
-    return names
-
-
 def probe_nics(*, proc: str = PROC, sys: str = SYS) -> list[ProbeResult]:
     """One result per NIC but lo: rx/tx queue counts (sysfs) and each queue IRQ's CPU affinity."""
     from dwcp.tune.nic import read_sysfs, sysfs_names
@@ -767,7 +732,7 @@ def probe_nics(*, proc: str = PROC, sys: str = SYS) -> list[ProbeResult]:
         info = read_sysfs(nic, net)
         ev = [f"listdir {os.path.join(net, nic, 'queues')} -> {info.rx_queues or 0} rx-*, "
               f"{info.tx_queues or 0} tx-*"]  # fmt: skip
-        irq_names = _nic_irq_names(nic, sys)
+        irq_names = nic_irq_names(nic, net)
         irqs = parse_interrupts(interrupts, irq_names) if interrupts is not None else []
         ev.append(f"{irq_line.split(' -> ')[0]} -> {len(irqs)} lines naming {'/'.join(irq_names)}"
                   if interrupts is not None else irq_line)  # fmt: skip

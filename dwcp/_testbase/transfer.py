@@ -66,7 +66,7 @@ def transfer_report(**fields: Any) -> TransferReport:
         "wire_bytes": 4 << 20, "ratio": 1.0, "seconds": 1.0, "throughput_bytes_per_s": float(4 << 20),
         "chunks": 4, "chunk_size": 1 << 20, "chunk_size_reason": "1024 KiB (fixed)", "chunks_sent": 4,
         "chunks_resent": 0, "resumed_chunks": 0, "stream_errors": (), "streams": streams, "rtt_ms": 1.0,
-        "tls": False, "socket": {}, "chunk_latency_ms": None, "nic_profile": None, "relayed": None,
+        "tls": False, "socket": {}, "chunk_latency_ms": None, "nic": None, "relayed": None,
         "tcp_info": (), "refresh": None, "delta_chain": None,
         "codec": CodecReport(zstd_level="adaptive", zstd_levels_used={}, compress_workers=1, encodes_at_once_max=1),
     }  # fmt: skip

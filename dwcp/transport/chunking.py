@@ -37,13 +37,14 @@ from dwcp.durable import write_atomic
 if TYPE_CHECKING:
     from .session import TransferReport
 
-__all__ = ["PathStats", "PathMemory", "choose_chunk_size", "path_stats_from_send", "MiB"]
+__all__ = ["PathStats", "PathMemory", "choose_chunk_size", "path_stats_from_send", "MiB", "PATH_MAX_AGE_S"]
 
 log = logging.getLogger("dwcp.transport")
 
 MiB = 1 << 20
 LOSSY = 0.005  # retransmitted fraction above which chunks are halved again
 MAX_PATHS = 256  # peers remembered; the oldest are forgotten first
+PATH_MAX_AGE_S = 7 * 86400.0  # an older measurement says nothing of the path today
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _pow2_floor(n: float) -> int:
 
 
 def choose_chunk_size(path: PathStats | None, default: int, *, now: float, lo: int = MiB, hi: int = 16 * MiB,
-                      max_age_s: float = 7 * 86400.0) -> tuple[int, str]:  # fmt: skip
+                      max_age_s: float = PATH_MAX_AGE_S) -> tuple[int, str]:  # fmt: skip
     """The chunk size for a send over ``path`` and the reason, per the module rules."""
     if path is None:
         return default, f"{default >> 10} KiB (configured; no earlier send to this peer)"

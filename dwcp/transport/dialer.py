@@ -47,9 +47,12 @@ class Dialer:
     def reconfigure(self, transport: TransportConfig) -> None:
         self.transport = transport
 
-    def dial(self, host: str, port: int, *, bdp_bytes: int | None = None,
-             timeout_s: float | None = None) -> tuple[FrameSocket, dict]:  # fmt: skip
+    def dial(self, host: str, port: int, *, bdp_bytes: int | None = None, timeout_s: float | None = None,
+             buffer_bytes: int | None = None) -> tuple[FrameSocket, dict]:  # fmt: skip
         """Connect, tune and (unless plaintext) wrap one stream to ``host:port``.
+
+        ``buffer_bytes``: SO_SNDBUF/SO_RCVBUF for this stream when ``transport.socket_buffer_bytes``
+        sets none (a send's NIC profile: dwcp.transport.nicplan); the config's wins.
 
         Returns the stream -- its reads time out after ``transport.stall_timeout_s`` (or ``timeout_s``)
         -- and the socket settings applied.  ``timeout_s`` bounds the connect and the handshake
@@ -64,7 +67,7 @@ class Dialer:
             s.settimeout(timeout_s if timeout_s is not None else tp.connect_timeout_s)
             if tp.source_address or tp.interface:
                 bind_source(s, source_address=tp.source_address or None, interface=tp.interface or None)
-            applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=tp.socket_buffer_bytes or None,
+            applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=tp.socket_buffer_bytes or buffer_bytes or None,
                                   congestion=tp.congestion or None)  # fmt: skip
             s.connect((host, port))
             if self.tls is not None:

@@ -54,6 +54,14 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    instead of the kept baseline's, delta chunks are against OLD's bytes,
    read as the chunks go, and nothing of NEW is kept; the key's delta chain
    (rule 5) is counted all the same.
+8. A sender with a ``tune_dir`` looks up the ``dwcp tune`` profile of the
+   NIC it reaches the peer through (while the object is hashed) and applies
+   what the config leaves open: the stream counts, every stream's socket
+   buffers (through the Dialer), the chunk size where no path was measured,
+   the link rate, and where the NIC has several tx queues, each stream
+   thread's CPU affinity to the CPUs of their IRQs (the decisions are
+   dwcp.transport.nicplan's).  The report's ``nic`` says what was applied
+   and why the rest was not.
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ from dwcp.wire.messages import encode_control, encode_dict
 from .dialer import Dialer
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
+from .nicplan import LOOPBACK_LINK_BYTES_PER_S
 from .session import (
     NACK_IGNORE,
     NACK_RESEND,
@@ -227,6 +236,8 @@ class _State:
     tcp_counters_missing: bool = False  # a socket without TCP_INFO's byte counters (not Linux >= 4.19)
     chunk_latency_s: list[float] = field(default_factory=list)  # send -> ACK of each acknowledged chunk
     all_done: threading.Event = field(default_factory=threading.Event)  # set once the session is finished
+    pinned_threads: int = 0  # stream threads pinned to the NIC's tx IRQ CPUs (rule 8)
+    pin_error: str | None = None  # the first sched_setaffinity failure
 
     def tcp_register(self, sid: int, sock: Any) -> None:
         with self.lock:
@@ -289,8 +300,7 @@ class Sender:
 
         ``events`` receives what the sends do (metrics); see dwcp.transport.events.
         ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
-        egress NIC has one starts --streams auto from its link speed, unless the
-        config sets link_bytes_per_s / initial_streams itself.
+        egress NIC has one applies what the config leaves open (rule 8).
         ``path_dir``: where what each send measured of its path is remembered
         (``paths.json``, see dwcp.transport.chunking); default: the baselines'
         directory; None without baselines: nothing remembered.
@@ -401,24 +411,38 @@ class Sender:
         if streams is not None and not 1 <= streams <= 256:
             raise ValueError(f"streams must be in [1, 256], got {streams}")
         size = src.size
-        # the NIC profile of auto streams: looking up the egress NIC imports pyroute2 (~0.2 s, 2% of a
-        # 1 GiB send at 1 Gbit/s), so it runs while the digest is computed (GIL released) and the control
-        # stream opens
+        # the egress NIC's profile (rule 8): looking up the NIC imports pyroute2 (~0.2 s, 2% of a 1 GiB
+        # send at 1 Gbit/s), so it runs while the digest is computed (GIL released); the chunk size and
+        # the control stream's buffers need it before the HELLO
         prof_box: list = []
         prof_thread = None
-        if streams is None and self.tune_dir:
+        if self.tune_dir:
             prof_thread = threading.Thread(target=_capture, args=(prof_box, self._nic_profile, host),
                                            name="dwcp-nic-profile", daemon=True)  # fmt: skip
             prof_thread.start()
         digest = known_digest if known_digest is not None else src.digest()
         peer_addr = f"{host}:{port}"
         path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
-        if tp.adaptive_chunks:
+        fresh = path is not None and time.time() - path.at < 86400.0  # its stream count still says something
+        loopback = _is_loopback(host)
+        plan = None
+        if prof_thread is not None:
+            prof_thread.join()
+            ok, prof = prof_box[0]
+            if not ok:
+                raise prof
+            if prof is not None:
+                plan = self._nic_plan(prof, streams, path, fresh, peer_addr, loopback)
+        if plan is not None and plan.chunk_size_bytes:
+            chunk_size = plan.chunk_size_bytes
+            chunk_why = f"{chunk_size >> 10} KiB (the `dwcp tune` profile of {plan.nic}; no earlier send to this peer)"
+        elif tp.adaptive_chunks:
             from .chunking import choose_chunk_size
 
             chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
         else:
             chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
+        buffer_bytes = plan.socket_buffer_bytes if plan is not None else None
         cache_key = f"{host}:{port}/{key}"
         now = self.clock()
         record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
@@ -436,7 +460,7 @@ class Sender:
         transfer_id = secrets.randbits(63) | 1
         dictionary = self._dictionary_for(key, resource_type)
 
-        ctrl, sockinfo = self.dialer.dial(host, port)
+        ctrl, sockinfo = self.dialer.dial(host, port, buffer_bytes=buffer_bytes)
         from .sockopts import probe_zerocopy
 
         # MSG_ZEROCOPY pays only on real NICs for large sends; loopback always copies,
@@ -500,35 +524,37 @@ class Sender:
                 if not q.try_put(i):
                     raise LocalProtocolError("work queue full", 0)
 
-            prof = None
-            if prof_thread is not None:
-                prof_thread.join()
-                ok, prof = prof_box[0]
-                if not ok:
-                    raise prof
             link = (
                 tp.link_bytes_per_s
-                or (1e11 if _is_loopback(host) else 0.0)
-                or float((prof or {}).get("link_bytes_per_s") or 0.0)
+                or (LOOPBACK_LINK_BYTES_PER_S if loopback else 0.0)
+                or ((plan.link_bytes_per_s or 0.0) if plan is not None else 0.0)
             )
             rtt_s = self._rtt_s(ctrl)
+            if plan is not None:  # a profile buffer too small for the measured path is not set
+                plan = plan.for_path(rtt_s, tp.link_bytes_per_s or plan.link_bytes_per_s)
+                buffer_bytes = plan.socket_buffer_bytes
             decisions: list[dict] = []
             if streams is None:
                 from .controller import StreamController, initial_streams
 
-                fresh = path is not None and time.time() - path.at < 86400.0
+                max_streams = plan.max_streams if plan is not None and plan.max_streams else tp.max_streams
                 if tp.initial_streams:
                     n0, why = tp.initial_streams, f"initial_streams={tp.initial_streams} from the config"
                 elif fresh and path is not None:
-                    n0 = min(tp.max_streams, max(tp.min_streams, path.streams))
+                    n0 = min(max_streams, max(tp.min_streams, path.streams))
                     why = f"the last send to {peer_addr} ended at {path.streams} streams"
+                elif plan is not None and plan.initial_streams:
+                    n0, why = (
+                        plan.initial_streams,
+                        f"initial_streams={plan.initial_streams} from the profile of {plan.nic}",
+                    )
                 else:
                     n0, why = initial_streams(link or None, rtt_s, tp.per_stream_window_bytes, tp.min_streams,
-                                              tp.max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
+                                              max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
                 # rule 6 of the controller: a loss-based congestion control is rate-limited by loss per stream
                 cc = sockinfo.get("congestion") or "cubic"
                 controller = StreamController(
-                    n0, tp.min_streams, tp.max_streams, loss_based=not cc.startswith("bbr")
+                    n0, tp.min_streams, max_streams, loss_based=not cc.startswith("bbr")
                 )
             else:
                 n0, why, controller = streams, f"fixed at {streams} by the caller", None
@@ -552,6 +578,8 @@ class Sender:
                              bdp, dictionary)  # fmt: skip
             ctx.ready = ready
             ctx.chunk_bytes = chunk_size
+            ctx.buffer_bytes = buffer_bytes
+            ctx.cpus = plan.cpus if plan is not None else None
             max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             if sess.failed:
                 err = (
@@ -606,7 +634,7 @@ class Sender:
                                   auto=controller is not None, decisions=tuple(decisions), samples=tuple(samples)),
             rtt_ms=rtt_s * 1000, tls=self.dialer.tls is not None, socket=sockinfo,
             chunk_latency_ms=_percentiles(state.chunk_latency_s),
-            nic_profile=prof.get("nic") if prof else None,
+            nic=self._nic_report(plan, state),
             relayed=done.get("forwarded"),
             tcp_info=tuple(state.stream_info[:64]),
             refresh=refresh, delta_chain=chain, baseline=kept,
@@ -662,6 +690,33 @@ class Sender:
 
         nic = self.transport.interface or egress_nic(host)
         return load_profile(self.tune_dir, nic) if nic else None
+
+    def _nic_plan(self, prof: dict, streams: int | None, path, fresh: bool, peer: str, loopback: bool):
+        """What this send takes from its NIC's profile ``prof`` (dwcp.transport.nicplan)."""
+        from .chunking import PATH_MAX_AGE_S
+        from .nicplan import plan_nic
+
+        tp = self.transport
+        measured_chunk = measured_streams = None
+        if tp.adaptive_chunks and path is not None and time.time() - path.at <= PATH_MAX_AGE_S:
+            measured_chunk = f"the path to {peer} was measured by an earlier send (adaptive_chunks)"
+        if fresh and path is not None:
+            measured_streams = f"the last send to {peer} ended at {path.streams} streams"
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # not Linux: every CPU is taken as allowed
+            allowed = None
+        return plan_nic(prof, tp, fixed_streams=streams, measured_chunk=measured_chunk,
+                        measured_streams=measured_streams, loopback=loopback, allowed_cpus=allowed)  # fmt: skip
+
+    @staticmethod
+    def _nic_report(plan, state: _State) -> dict | None:
+        """The report's ``nic``: the plan, less an affinity no stream thread got."""
+        if plan is None:
+            return None
+        if plan.cpus is not None and state.pinned_threads == 0 and state.pin_error is not None:
+            plan = plan.without_affinity(f"sched_setaffinity failed: {state.pin_error}")
+        return plan.to_json()
 
     @staticmethod
     def _rtt_s(fs: FrameSocket) -> float:
@@ -874,6 +929,24 @@ class _StreamCtx:
         self.events = sender.events
         self.peer = f"{host}:{port}"
         self.ready: Callable[[int, float], bool] | None = None  # a relay: wait for chunk i to land
+        self.buffer_bytes: int | None = None  # SO_SNDBUF/SO_RCVBUF from the NIC profile (rule 8)
+        self.cpus: tuple[int, ...] | None = None  # pin each stream thread here (rule 8)
+
+    def _pin(self) -> None:
+        """Pin the calling stream thread to the NIC's tx IRQ CPUs; a refusal costs the affinity only."""
+        if not self.cpus:
+            return
+        state = self.state
+        try:
+            os.sched_setaffinity(threading.get_native_id(), self.cpus)
+        except (AttributeError, OSError, ValueError) as exc:
+            log.debug("could not pin a stream thread to CPUs %s: %s", self.cpus, exc)
+            with state.lock:
+                if state.pin_error is None:
+                    state.pin_error = str(exc)
+            return
+        with state.lock:
+            state.pinned_threads += 1
 
     def fail(self, why: str, error: SourceError | TransferError | None = None) -> None:
         """End the transfer (the first reason wins) and wake the monitor."""
@@ -892,7 +965,10 @@ class _StreamCtx:
         failed = False
         win = StreamWindow(self.window_floor, self.chunk_bytes)
         try:
-            fs, _ = self.sender.dialer.dial(self.host, self.port, bdp_bytes=self.bdp)
+            self._pin()
+            fs, _ = self.sender.dialer.dial(
+                self.host, self.port, bdp_bytes=self.bdp, buffer_bytes=self.buffer_bytes
+            )
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid)))
             ev.stream_opened(peer)
             state.tcp_register(sid, fs.sock)

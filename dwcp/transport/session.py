@@ -861,7 +861,9 @@ class TransferReport:
     tls: bool
     socket: dict[str, Any]  # the control stream's socket options, as the dialer applied them
     chunk_latency_ms: dict[str, float] | None  # send -> ACK: p50, p99, max, n; None when no chunk went
-    nic_profile: str | None  # the egress NIC whose tuning profile was used
+    # the egress NIC's `dwcp tune` profile: {"nic": name, "applied": {field: value}, "skipped": {field: why}}
+    # (dwcp.transport.nicplan); None when no profile applies (no tune dir, no profile for that NIC)
+    nic: dict[str, Any] | None
     relayed: dict[str, Any] | None  # a relay's account of the next hop (to, seconds, wire_bytes, mode)
     tcp_info: tuple[dict[str, Any], ...]  # TCP_INFO of each data stream as it ended (the first 64)
     refresh: str | None  # why this send had to go full (the [codec] settings)
@@ -885,7 +887,7 @@ class TransferReport:
                 "resumed_chunks": self.resumed_chunks, "stream_errors": list(self.stream_errors),
                 "streams": self.streams.to_json(), "rtt_ms": self.rtt_ms, "tls": self.tls,
                 "socket": dict(self.socket), "chunk_latency_ms": self.chunk_latency_ms,
-                "nic_profile": self.nic_profile, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
+                "nic": self.nic, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
                 "refresh": self.refresh, "delta_chain": self.delta_chain, "baseline": self.baseline,
                 "dictionary": None if self.dictionary is None else self.dictionary.to_json(),
                 "codec": self.codec.to_json()}  # fmt: skip

@@ -15,6 +15,8 @@ tx/rx queues        ethtool channels (the queues in use)      sysfs ``queues/{tx
                                                               then netlink num_*_queues
 offloads            ethtool ``get_features().offload_flags``  none (sysfs has no offloads)
 driver              /sys/class/net/IF/device/driver           none (virtual NICs have none)
+tx IRQ CPUs         /proc/interrupts, then each tx queue      none (``dwcp.tune.irq``)
+                    IRQ's /proc/irq/N/smp_affinity_list
 ==================  ========================================  ==========================
 
 Rules
@@ -22,8 +24,8 @@ Rules
 1. Never fatal.  Virtual NICs (lo, veth, bridges, ifb, TUN) answer
    EOPNOTSUPP, EINVAL (``speed`` without carrier) or -1: that fact is None,
    "unknown", and the rest of the NIC is still reported.
-2. Each reader takes its root (``sysfs_root``, ``proc_sys``) so tests point
-   it at a fake tree.
+2. Each reader takes its root (``sysfs_root``, ``proc_sys``, ``proc``) so
+   tests point it at a fake tree.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .irq import PROC, read_tx_irq_cpus
 
 __all__ = [
     "NicInfo",
@@ -81,6 +85,8 @@ class NicInfo:
     driver: str | None = None
     offloads: tuple[tuple[str, bool], ...] = field(default=())
     source: str = "sysfs"  # "netlink" when netlink answered
+    # the CPUs its tx queues' IRQs are affine to; () none found (lo, veth), None /proc/interrupts unreadable
+    tx_irq_cpus: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +94,7 @@ class NicInfo:
             "carrier": self.carrier, "operstate": self.operstate, "tx_queues": self.tx_queues,
             "rx_queues": self.rx_queues, "driver": self.driver, "offloads": dict(self.offloads),
             "source": self.source,
+            "tx_irq_cpus": list(self.tx_irq_cpus) if self.tx_irq_cpus is not None else None,
         }  # fmt: skip
 
 
@@ -229,7 +236,7 @@ def _netlink_links() -> list[Any] | None:
         return None
 
 
-def _merge(link: Any, fs: NicInfo, eth: _EthtoolFacts) -> NicInfo:
+def _merge(link: Any, fs: NicInfo, eth: _EthtoolFacts, tx_irq_cpus: tuple[int, ...] | None) -> NicInfo:
     operstate = link.get("operstate")
     return NicInfo(
         name=fs.name,
@@ -243,15 +250,21 @@ def _merge(link: Any, fs: NicInfo, eth: _EthtoolFacts) -> NicInfo:
         driver=fs.driver,
         offloads=eth.offloads,
         source="netlink",
+        tx_irq_cpus=tx_irq_cpus,
     )
 
 
-def read_nics(names: Iterable[str] | None = None, *, sysfs_root: str = SYSFS_NET) -> list[NicInfo]:
+def read_nics(
+    names: Iterable[str] | None = None, *, sysfs_root: str = SYSFS_NET, proc: str = PROC
+) -> list[NicInfo]:
     """Every NIC of this network namespace (or only ``names``), sorted by name."""
+    from dataclasses import replace
+
     wanted = set(names) if names is not None else None
     links = _netlink_links()
     if links is None:
-        return [read_sysfs(n, sysfs_root) for n in sysfs_names(sysfs_root) if wanted is None or n in wanted]
+        return [replace(read_sysfs(n, sysfs_root), tx_irq_cpus=read_tx_irq_cpus(n, proc=proc, net=sysfs_root))
+                for n in sysfs_names(sysfs_root) if wanted is None or n in wanted]  # fmt: skip
     eth = _open_ethtool()
     out = []
     try:
@@ -260,7 +273,8 @@ def read_nics(names: Iterable[str] | None = None, *, sysfs_root: str = SYSFS_NET
             if not name or (wanted is not None and name not in wanted):
                 continue
             facts = _ethtool_facts(eth, name) if eth is not None else _EthtoolFacts()
-            out.append(_merge(link, read_sysfs(name, sysfs_root), facts))
+            irq_cpus = read_tx_irq_cpus(name, proc=proc, net=sysfs_root)
+            out.append(_merge(link, read_sysfs(name, sysfs_root), facts, irq_cpus))
     finally:
         if eth is not None:
             eth.close()

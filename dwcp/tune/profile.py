@@ -19,7 +19,10 @@ transport uses whichever is larger (see ``dwcp.transport.sockopts``).  So:
   profile warns (bigger buffers are the fix);
 - with an unknown link rate (virtual NICs, no carrier) there is no BDP: the
   profile starts at 4 streams, allows 16 (the config's default) and lets the
-  online controller probe.
+  online controller probe;
+- ``tx_irq_cpus`` is carried over from the NIC: the CPUs its tx queues'
+  IRQs run on, where the sender pins its stream threads when the NIC has
+  more than one tx queue (``dwcp.transport.nicplan``).
 
 Rules
 -----
@@ -125,6 +128,7 @@ class StreamProfile:
     ``link_bytes_per_s``/``bdp_bytes`` are None when the link speed is unknown.
     ``socket_buffer_bytes`` is the per-socket buffer a full window needs
     (2 x window, clamped like the transport does), 0 = leave it to autotuning.
+    ``tx_irq_cpus``: the CPUs of the NIC's tx-queue IRQs (() none found, None unknown).
     """
 
     nic: str
@@ -142,10 +146,12 @@ class StreamProfile:
     chunk_size_bytes: int
     why: str
     warnings: tuple[str, ...] = ()
+    tx_irq_cpus: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["warnings"] = list(self.warnings)
+        d["tx_irq_cpus"] = list(self.tx_irq_cpus) if self.tx_irq_cpus is not None else None
         return d
 
 
@@ -221,6 +227,7 @@ def stream_profile(nic: NicInfo, *, rtt_s: float, sysctls: Sysctls) -> StreamPro
             socket_buffer_bytes=0, chunk_size_bytes=DEFAULT_CHUNK_BYTES,
             why="link speed unknown (virtual NIC or no carrier): start at "
                 f"{UNKNOWN_RATE_INITIAL_STREAMS} streams and let the controller probe",
+            tx_irq_cpus=nic.tx_irq_cpus,
         )  # fmt: skip
     rate = nic.speed_mbit_s * 1e6 / 8
     bdp = max(1, round(rate * rtt_s))
@@ -238,5 +245,5 @@ def stream_profile(nic: NicInfo, *, rtt_s: float, sysctls: Sysctls) -> StreamPro
         socket_buffer_bytes=_socket_buffer_bytes(window), chunk_size_bytes=chunk_size_bytes(rate),
         why=f"BDP {bdp} bytes = {nic.speed_mbit_s} Mbit/s x {rtt_s * 1000:g} ms; "
             f"{window}-byte windows -> {need} stream(s)",
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), tx_irq_cpus=nic.tx_irq_cpus,
     )  # fmt: skip

@@ -50,7 +50,7 @@ def test_certs_and_errors_are_one_line(tmp_path):
 SEND_JSON_KEYS = [
     "key", "to", "mode", "size", "digest", "verified", "wire_bytes", "ratio", "seconds", "throughput_bytes_per_s",
     "chunks", "chunk_size", "chunk_size_reason", "chunks_sent", "chunks_resent", "resumed_chunks", "stream_errors",
-    "streams", "rtt_ms", "tls", "socket", "chunk_latency_ms", "nic_profile", "relayed", "tcp_info", "refresh",
+    "streams", "rtt_ms", "tls", "socket", "chunk_latency_ms", "nic", "relayed", "tcp_info", "refresh",
     "delta_chain", "baseline", "dictionary", "codec",
 ]  # fmt: skip
 SEND_JSON_STREAMS_KEYS = ["initial", "max", "final", "auto", "decisions", "samples"]

@@ -84,11 +84,13 @@ def test_auto_streams_use_the_tuned_profile_of_the_egress_nic(server, image, tmp
     host, port = server.address
     apply_profiles(str(tmp_path / "tune"), [{"nic": "lo", "link_bytes_per_s": 5e8}], rtt_s=0.001)
     r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(image, host, port, "vm/tuned")
-    assert r.nic_profile == "lo" and r.streams.auto  # looked up beside the digest, then used
+    assert r.nic is not None and r.nic["nic"] == "lo" and r.streams.auto  # looked up beside the digest
+    # the loopback guess beats the profile's rate, and tx_config's max_streams = 8 beats the profile's
+    assert "loopback" in r.nic["skipped"]["link_bytes_per_s"] and "config" in r.nic["skipped"]["max_streams"]
     r = Sender(tx_config(), PLAIN, tune_dir=str(tmp_path / "tune")).send(
         image, host, port, "vm/tuned2", streams=2
     )
-    assert r.nic_profile is None  # fixed streams: no lookup
+    assert r.nic is not None and r.nic["skipped"]["max_streams"].startswith("fixed at 2 streams")
 
 
 def test_corrupted_chunk_is_detected_and_resent(server, tmp_path):

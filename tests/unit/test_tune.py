@@ -265,7 +265,7 @@ def test_netlink_and_ethtool_facts_win_and_refusals_are_unknown(tmp_path, monkey
     monkeypatch.setattr(nic_mod, "_open_ethtool", lambda: eth)
     _nic_tree(tmp_path, "eth9", {"mtu": "1400", "speed": "1000"}, queues=["tx-0"], driver="mlx5_core")
     _nic_tree(tmp_path, "veth3", {"speed": "10000", "duplex": "full"}, queues=["tx-0", "rx-0"])
-    eth9, lo, veth = read_nics(sysfs_root=str(tmp_path))  # sorted by name
+    eth9, lo, veth = read_nics(sysfs_root=str(tmp_path), proc=str(tmp_path / "no-proc"))  # sorted by name
     assert eth.closed
     # eth9: ethtool's speed and channels beat sysfs; netlink's MTU and carrier beat sysfs; driver from sysfs
     assert eth9 == NicInfo("eth9", mtu=1500, speed_mbit_s=40000, duplex="full", carrier=False, operstate="down",
@@ -281,6 +281,8 @@ def test_netlink_and_ethtool_facts_win_and_refusals_are_unknown(tmp_path, monkey
     )
     # lo: nothing in sysfs either: speed unknown, queues from netlink
     assert (lo.speed_mbit_s, lo.tx_queues, lo.carrier, lo.operstate) == (None, 1, True, "unknown")
+    # no /proc/interrupts: the tx IRQs' CPUs are unknown, not "none"
+    assert eth9.tx_irq_cpus is None and eth9.to_dict()["tx_irq_cpus"] is None
     assert [n.name for n in read_nics(["veth3"], sysfs_root=str(tmp_path))] == ["veth3"]
 
 
