@@ -743,7 +743,9 @@ def probe_nics(*, proc: str = PROC, sys: str = SYS) -> list[ProbeResult]:
             pins.append(f"{irq} ({action}) -> CPU {cpus if cpus is not None else 'unknown'}")
         tx = info.tx_queues
         dwcp = (f"`dwcp tune` sets max_streams >= max(4, 2 x {tx} tx queues) on it; " if tx
-                else "`dwcp tune` counts its tx queues as 1 (unknown); ") + "dwcp pins no IRQs or threads"  # fmt: skip
+                else "`dwcp tune` counts its tx queues as 1 (unknown); ") + (
+                    "a send's stream threads are pinned to its tx IRQs' CPUs (the applied profile); no IRQ is moved"
+                    if tx and tx > 1 else "single tx queue: no stream thread is pinned; no IRQ is moved")  # fmt: skip
         if info.rx_queues is None and info.tx_queues is None:
             available, detail = AVAILABLE_UNKNOWN, "queues unreadable"
         else:
