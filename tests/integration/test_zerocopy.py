@@ -379,3 +379,92 @@ def test_poll_is_select_poll_for_pollerr():
             p.register(c.fileno(), 0)
             assert p.poll(5000) and p.poll(0)[0][1] & select.POLLERR
             zc.wait_completions()
+
+
+# -- sends: rule 8 of dwcp.transport.sender ------------------------------------------------------------
+
+
+def _object(tmp_path, mib: int = 24):
+    """A file of ``mib`` MiB: random (raw chunks, MSG_ZEROCOPY) but for its last 3 MiB, which compress."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, mib * MiB, dtype=np.uint8)
+    data[-3 * MiB :] = np.frombuffer((b"dwcp zerocopy " * (3 * MiB // 14 + 1))[: 3 * MiB], np.uint8)
+    path = tmp_path / "obj.bin"
+    data.tofile(path)
+    return path, data
+
+
+def _sender(**kw):
+    from dwcp._testbase.transfer import tx_config
+    from dwcp.config import SecurityConfig
+    from dwcp.transport.sender import Sender
+
+    zl, codec = kw.pop("zerocopy_loopback", False), kw.pop("codec", None)
+    return Sender(
+        tx_config(adaptive_chunks=False, **kw),
+        SecurityConfig(plaintext=True),
+        zerocopy_loopback=zl,
+        codec=codec,
+    )
+
+
+@needs_zerocopy
+def test_a_file_sent_with_zerocopy_forced_on_loopback_arrives_byte_exact_and_the_report_counts_it(
+    server, tmp_path
+):
+    from dwcp._testbase.transfer import stored
+    from dwcp.config import CodecSettings
+    from dwcp.transport.source import FileSource
+
+    path, data = _object(tmp_path)
+    with FileSource.open(
+        str(path)
+    ) as src:  # zstd level 1: the 3 compressible chunks copy, the rest go zero-copy
+        r = _sender(zerocopy_loopback=True, codec=CodecSettings(zstd_level=1)).send(
+            src, *server.address, "zc/file", streams=4
+        )
+    assert stored(server, "zc/file") == data.tobytes()
+    so = r.socket
+    assert so["zerocopy_available"] is True and so["zerocopy_used"] is True
+    assert r.streams.max == 4 and so["zerocopy_sends"] == 21 and r.chunks == 24
+    assert so["zerocopy_calls"] >= so["zerocopy_sends"] and so["zerocopy_fallbacks"] == 0
+    assert so["zerocopy_completions"] == so["zerocopy_calls"] == so["zerocopy_copied"]  # loopback copies all
+    assert so["zerocopy_reason"] == (
+        f"MSG_ZEROCOPY on {so['zerocopy_sends']} payloads ({so['zerocopy_calls']} sendmsg calls); "
+        "the kernel copied all of them (loopback always copies)"
+    )
+
+
+@needs_zerocopy
+def test_a_buffer_sent_with_zerocopy_forced_arrives_byte_exact(server, tmp_path):
+    from dwcp._testbase.transfer import stored
+
+    _, data = _object(tmp_path, 8)
+    r = _sender(zerocopy_loopback=True).send(data, *server.address, "zc/buf", streams=2)
+    assert stored(server, "zc/buf") == data.tobytes()
+    assert r.socket["zerocopy_used"] is True and r.socket["zerocopy_sends"] >= 1
+
+
+@needs_zerocopy
+def test_loopback_sends_copy_unless_forced_and_zerocopy_false_reports_as_before(server, tmp_path):
+    from dwcp._testbase.transfer import stored
+    from dwcp.transport.source import FileSource
+
+    path, data = _object(tmp_path, 4)
+    with FileSource.open(str(path)) as src:
+        auto = _sender().send(src, *server.address, "zc/auto", streams=2).socket
+        off = (
+            _sender(zerocopy=False, chunk_size_bytes=MiB)
+            .send(src, *server.address, "zc/off", streams=2)
+            .socket
+        )
+    assert stored(server, "zc/auto") == stored(server, "zc/off") == data.tobytes()
+    assert auto["zerocopy_available"] is True and auto["zerocopy_used"] is False
+    assert "loopback" in auto["zerocopy_reason"] and "every send copies" in auto["zerocopy_reason"]
+    assert not any(k.startswith("zerocopy_") and k not in ("zerocopy_available", "zerocopy_reason",
+                                                           "zerocopy_used") for k in auto)  # fmt: skip
+    assert {k: v for k, v in off.items() if k.startswith("zerocopy")} == {
+        "zerocopy_available": None, "zerocopy_reason": "transport.zerocopy = false: not probed",
+        "zerocopy_used": False}  # fmt: skip
