@@ -468,3 +468,29 @@ def test_loopback_sends_copy_unless_forced_and_zerocopy_false_reports_as_before(
     assert {k: v for k, v in off.items() if k.startswith("zerocopy")} == {
         "zerocopy_available": None, "zerocopy_reason": "transport.zerocopy = false: not probed",
         "zerocopy_used": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("peer", "local", "interface", "loopback"),
+    [
+        ("127.0.0.1", "127.0.0.1", None, True),
+        ("127.0.0.2", "127.0.0.1", None, True),
+        ("::1", "::1", None, True),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1", None, True),
+        ("10.1.2.3", "10.1.2.3", None, True),  # one of this host's own addresses: routed through lo
+        ("10.0.0.2", "10.0.0.1", None, False),
+        ("10.0.0.2", "10.0.0.1", "lo", True),
+        ("fe80::2%eth0", "fe80::1%eth0", None, False),
+    ],
+)
+def test_which_peers_count_as_loopback(peer, local, interface, loopback):
+    from dwcp.transport.sender import _egress_is_loopback
+
+    class Sock:
+        def getpeername(self):
+            return (peer, 7700)
+
+        def getsockname(self):
+            return (local, 40000)
+
+    assert _egress_is_loopback(Sock(), interface) is loopback
