@@ -238,7 +238,9 @@ class TransportConfig(_Section):
     per_stream_window_bytes: int = 4 * MiB
     socket_buffer_bytes: int = 0  # SO_SNDBUF and SO_RCVBUF of every stream, both ends; 0 = from the BDP
     congestion: str = "bbr"
-    zerocopy: bool = True  # probe MSG_ZEROCOPY and report it (sends still copy); false: no probe
+    zerocopy: bool = (
+        True  # large raw payloads go MSG_ZEROCOPY on plaintext, non-loopback sends; false: no probe
+    )
     source_address: str = ""
     interface: str = ""
     compress_workers: int = 0  # chunks encoded at once per send (and per fetch); 0 = one per CPU

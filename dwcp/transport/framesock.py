@@ -18,6 +18,10 @@ Rules
    While ``deadline`` (a ``time.monotonic()`` value) is set, every read must
    be done by then (else ``TimeoutError``): the server's HELLO deadline.
    A read under a deadline restores the socket's timeout afterwards.
+6. ``enable_zerocopy`` gives a plaintext stream a ZeroCopySender
+   (dwcp.transport.zerocopy); ``send(..., zerocopy=True)`` then sends a large
+   payload MSG_ZEROCOPY and returns its token: the caller must not write the
+   payload's buffer until ``self.zerocopy.buffer_free(token)``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dwcp._backend import impl as _k
 from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
+
+from .zerocopy import ZEROCOPY_MIN_BYTES, ZeroCopySender
 
 __all__ = ["FrameSocket"]
 
@@ -63,10 +69,26 @@ class FrameSocket:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._pipe: tuple[int, int] | None = None
+        self.zerocopy: ZeroCopySender | None = None  # set by enable_zerocopy (rule 6)
 
     # -- writing ---------------------------------------------------------
-    def send(self, header: bytes, payload=b"") -> None:
+    def enable_zerocopy(self, min_bytes: int = ZEROCOPY_MIN_BYTES) -> ZeroCopySender:
+        """Let ``send(..., zerocopy=True)`` send payloads of ``min_bytes`` and up MSG_ZEROCOPY (plaintext only).
+
+        The returned sender says whether the socket took SO_ZEROCOPY (``enabled``, ``why_not``).
+        """
+        if self._tls:
+            raise ValueError("MSG_ZEROCOPY needs a plaintext stream: TLS encrypts in user space")
+        self.zerocopy = ZeroCopySender(self.sock, min_bytes=min_bytes)
+        return self.zerocopy
+
+    def send(self, header: bytes, payload=b"", *, zerocopy: bool = False) -> int:
+        """Write one frame; returns the payload's zerocopy token (0: it was copied, the buffer is free)."""
         pmv = memoryview(payload).cast("B")
+        if zerocopy and self.zerocopy is not None:
+            token = self.zerocopy.send(header, pmv)
+            self.bytes_sent += len(header) + pmv.nbytes
+            return token
         if pmv.nbytes and not self._tls:
             self._sendmsg_all([memoryview(header), pmv])
         else:
@@ -74,6 +96,7 @@ class FrameSocket:
             if pmv.nbytes:
                 self.sock.sendall(pmv)
         self.bytes_sent += len(header) + pmv.nbytes
+        return 0
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
         # scatter/gather: header and payload in one syscall, no join copy

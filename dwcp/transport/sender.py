@@ -62,6 +62,20 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    thread's CPU affinity to the CPUs of their IRQs (the decisions are
    dwcp.transport.nicplan's).  The report's ``nic`` says what was applied
    and why the rest was not.
+9. Zero-copy send (``transport.zerocopy``): on a plaintext send whose
+   control stream takes SO_ZEROCOPY, and whose peer is not reached over
+   loopback, each data stream sends raw chunk payloads of 64 KiB and up with
+   MSG_ZEROCOPY (dwcp.transport.zerocopy): the kernel sends them from the
+   stream's own buffers instead of copying them into the socket.  A file is
+   then read into a pool of buffers per stream, each reused only once the
+   kernel said it let go of it; a compressed or delta payload, a header and
+   a control message copy as before.  A stream that ends cleanly waits for
+   its last completions.  On loopback the kernel copies every byte anyway
+   (the receiving socket must own them) and MSG_ZEROCOPY only adds the
+   completions' cost, so it is not used there (``zerocopy_loopback=True``
+   forces it, for tests and benchmarks).  The report's ``socket`` says what
+   happened: ``zerocopy_used``, the counts, and how many sends the kernel
+   says it copied after all.
 """
 
 from __future__ import annotations
@@ -111,6 +125,7 @@ from .session import (
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
 from .window import StreamWindow
+from .zerocopy import ZEROCOPY_MIN_BYTES, PayloadBuffers
 
 __all__ = ["Sender", "TransferError", "expect", "full_refresh_reason"]
 
@@ -140,6 +155,50 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+def _egress_is_loopback(sock: Any, interface: str | None) -> bool:
+    """Whether the connected ``sock`` sends through the loopback device: to a loopback address, to one of
+    this host's own (the kernel routes those through ``lo``, from that very address), or pinned to ``lo``.
+
+    (Read off the connected socket: ``dwcp.tune.egress_nic`` asks netlink through pyroute2, ~0.2 s to
+    import.  A source_address bound to another of this host's addresses hides a local peer from it.)
+    """
+    import ipaddress
+
+    if interface == "lo":
+        return True
+    try:
+        peer, local = sock.getpeername()[0], sock.getsockname()[0]
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except (OSError, ValueError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or peer == local or (mapped is not None and mapped.is_loopback)
+
+
+def _zerocopy_reason(zc: dict[str, int], loopback: bool) -> str:
+    """What the data streams did with MSG_ZEROCOPY, for the report's ``zerocopy_reason``."""
+    kib = ZEROCOPY_MIN_BYTES >> 10
+    if not zc["sends"]:
+        why = (f"MSG_ZEROCOPY on raw chunk payloads of {kib} KiB and up; none went that way "
+               "(every chunk was compressed, a delta, or smaller)")  # fmt: skip
+    else:
+        calls, copied = zc["calls"], zc["copied"]
+        why = f"MSG_ZEROCOPY on {zc['sends']} payloads ({calls} sendmsg calls); "
+        if copied and copied >= zc["completions"]:
+            why += "the kernel copied all of them"
+            why += (" (loopback always copies)" if loopback
+                    else " (the egress device cannot send from user pages, or the peer is local)")  # fmt: skip
+        elif copied:
+            why += f"the kernel copied {copied} of them"
+        else:
+            why += "the kernel copied none of them"
+        if zc["completions"] < calls:
+            why += f"; {zc['completions']} of the {calls} completions came (a stream ended early)"
+    if zc["fallbacks"]:
+        why += f"; {zc['fallbacks']} payloads copied instead (ENOBUFS with none outstanding, or refused)"
+    return why
 
 
 def expect(fs: FrameSocket, frame_type: int) -> dict:
@@ -235,6 +294,9 @@ class _State:
     tcp_ended: list[int] = field(default_factory=lambda: [0, 0, 0])  # bytes acked, sent, retransmitted
     tcp_counters_missing: bool = False  # a socket without TCP_INFO's byte counters (not Linux >= 4.19)
     chunk_latency_s: list[float] = field(default_factory=list)  # send -> ACK of each acknowledged chunk
+    # MSG_ZEROCOPY counts summed over the streams as they end (rule 9; keys as ``_zerocopy_reason`` reads)
+    zerocopy: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("sends", "calls", "completions", "copied", "fallbacks", "enobufs", "buffer_waits"), 0))  # fmt: skip
     all_done: threading.Event = field(default_factory=threading.Event)  # set once the session is finished
     pinned_threads: int = 0  # stream threads pinned to the NIC's tx IRQ CPUs (rule 8)
     pin_error: str | None = None  # the first sched_setaffinity failure
@@ -289,6 +351,7 @@ class Sender:
         codec: CodecSettings | None = None,
         clock: Callable[[], float] = time.time,
         dictionaries: DictionaryStore | None = None,
+        zerocopy_loopback: bool = False,
     ) -> None:
         """``baselines``: an ObjectStore where sent versions are kept for the next delta (None: no deltas).
 
@@ -304,6 +367,8 @@ class Sender:
         ``path_dir``: where what each send measured of its path is remembered
         (``paths.json``, see dwcp.transport.chunking); default: the baselines'
         directory; None without baselines: nothing remembered.
+        ``zerocopy_loopback``: use MSG_ZEROCOPY (``transport.zerocopy``) on loopback too, where the kernel
+        copies anyway (rule 9): for tests and benchmarks of that path.
         """
         from .chunking import PathMemory
 
@@ -318,6 +383,7 @@ class Sender:
         self.codec = codec if codec is not None else CodecSettings()
         self.clock = clock
         self.dictionaries = dictionaries
+        self.zerocopy_loopback = zerocopy_loopback
         # limiters of running sends whose rate comes from the config (a reload changes them)
         self._config_limiters: weakref.WeakSet = weakref.WeakSet()
         self.dialer = Dialer(transport, security)  # every stream of every send connects through it
@@ -463,8 +529,10 @@ class Sender:
         ctrl, sockinfo = self.dialer.dial(host, port, buffer_bytes=buffer_bytes)
         from .sockopts import probe_zerocopy
 
-        # MSG_ZEROCOPY pays only on real NICs for large sends; loopback always copies,
-        # and TLS encrypts in user space: report the probe, send with plain sendmsg.
+        # rule 9: MSG_ZEROCOPY pays only where the kernel would otherwise copy into the socket; TLS
+        # encrypts in user space (a copy anyway) and loopback copies to the receiving socket regardless
+        zerocopy = False
+        loopback = _egress_is_loopback(ctrl.sock, tp.interface or None)
         if not tp.zerocopy:
             sockinfo["zerocopy_available"] = None
             sockinfo["zerocopy_reason"] = "transport.zerocopy = false: not probed"
@@ -473,7 +541,14 @@ class Sender:
             sockinfo["zerocopy_reason"] = "TLS encrypts in user space"
         else:
             sockinfo["zerocopy_available"] = probe_zerocopy(ctrl.sock)
-            sockinfo["zerocopy_reason"] = "MSG_ZEROCOPY sending is not implemented: every send copies"
+            if not sockinfo["zerocopy_available"]:
+                sockinfo["zerocopy_reason"] = "SO_ZEROCOPY refused (Linux < 4.14?): every send copies"
+            elif loopback and not self.zerocopy_loopback:
+                sockinfo["zerocopy_reason"] = (
+                    "the peer is reached over loopback, where the kernel copies anyway and MSG_ZEROCOPY "
+                    "would only add completion overhead: every send copies")  # fmt: skip
+            else:
+                zerocopy = True
         sockinfo["zerocopy_used"] = False
         base_map = None
         # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
@@ -580,7 +655,13 @@ class Sender:
             ctx.chunk_bytes = chunk_size
             ctx.buffer_bytes = buffer_bytes
             ctx.cpus = plan.cpus if plan is not None else None
+            ctx.zerocopy = zerocopy
             max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
+            if zerocopy:
+                zc = dict(state.zerocopy)
+                sockinfo["zerocopy_used"] = zc["sends"] > 0
+                sockinfo.update({f"zerocopy_{k}": v for k, v in zc.items()})
+                sockinfo["zerocopy_reason"] = _zerocopy_reason(zc, loopback)
             if sess.failed:
                 err = (
                     sess.error
@@ -931,6 +1012,7 @@ class _StreamCtx:
         self.ready: Callable[[int, float], bool] | None = None  # a relay: wait for chunk i to land
         self.buffer_bytes: int | None = None  # SO_SNDBUF/SO_RCVBUF from the NIC profile (rule 8)
         self.cpus: tuple[int, ...] | None = None  # pin each stream thread here (rule 8)
+        self.zerocopy = False  # raw payloads go MSG_ZEROCOPY (rule 9)
 
     def _pin(self) -> None:
         """Pin the calling stream thread to the NIC's tx IRQ CPUs; a refusal costs the affinity only."""
@@ -964,11 +1046,17 @@ class _StreamCtx:
         ev, peer = self.events, self.peer
         failed = False
         win = StreamWindow(self.window_floor, self.chunk_bytes)
+        zc = None
+        pool = None  # a file's chunks are read into it when they may go MSG_ZEROCOPY (source rule 3)
         try:
             self._pin()
             fs, _ = self.sender.dialer.dial(
                 self.host, self.port, bdp_bytes=self.bdp, buffer_bytes=self.buffer_bytes
             )
+            if self.zerocopy:
+                zc = fs.enable_zerocopy()
+                if zc.enabled and isinstance(self.data, FileSource):
+                    pool = PayloadBuffers(zc)
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid)))
             ev.stream_opened(peer)
             state.tcp_register(sid, fs.sock)
@@ -1003,13 +1091,23 @@ class _StreamCtx:
                     continue
                 if not sess.take(i):
                     continue
-                f = self._encode(i)
+                # a buffer the kernel let go of; at most one per chunk in the window, plus the one being read
+                buf = None if pool is None else pool.take(sess.spans[i][1], win.window + 1)
+                f = self._encode(i, buf)
                 if self.limiter is not None:
                     self.limiter.acquire(f.wire_len)
                 inflight[i] = (f.wire_len, time.monotonic())
-                fs.send(f.header, f.payload)
+                token = fs.send(f.header, f.payload, zerocopy=zc is not None and f.codec == C.CODEC_RAW)
+                if pool is not None:
+                    assert buf is not None
+                    pool.give_back(buf, token)
                 ev.chunk("tx", peer, f.codec, f.raw_len, f.wire_len)
                 sess.sent(i, f.raw_len, f.wire_len)
+            if zc is not None and not sess.failed:
+                try:  # every chunk acknowledged: the kernel is about to let go of the last pages, if not yet
+                    zc.wait_completions()
+                except (OSError, DWCPError) as exc:
+                    log.info("stream %d: MSG_ZEROCOPY completions: %s: %s", sid, type(exc).__name__, exc)
             if fs is not None and not sess.failed:
                 try:
                     fs.send(encode_control(C.FRAME_CLOSE, self.transfer_id, {"reason": "done"}))
@@ -1048,12 +1146,20 @@ class _StreamCtx:
                 self.q.try_put(i)
             if requeued:
                 ev.chunk_retransmit("tx", peer, len(requeued))
+            if zc is not None:
+                with state.lock:
+                    st, tot = zc.stats(), state.zerocopy
+                    for k in ("sends", "calls", "copied", "fallbacks", "enobufs"):
+                        tot[k] += st[k]
+                    tot["completions"] += st["completed"]
+                    tot["buffer_waits"] += 0 if pool is None else pool.waits
             if fs is not None:
                 state.tcp_unregister(sid)
                 ev.stream_closed(peer, failed)
                 fs.close()
 
-    def _encode(self, i: int):
+    def _encode(self, i: int, out=None):
+        """Chunk ``i``'s frame; a file's chunk is read into ``out`` when given (a zero-copy stream's buffer)."""
         if self.ready is not None:
             waited = 0.0
             while not self.ready(i, 0.5):  # the upstream sender has not delivered it yet
@@ -1061,7 +1167,9 @@ class _StreamCtx:
                 if self.sess.failed or waited > self.sender.transport.stall_timeout_s * 4:
                     raise TransferError(f"chunk {i} never arrived from upstream")
         off, ln = self.sess.spans[i]
-        chunk = self.data.read(off, ln)  # a FileSource's buffer of this thread: sent before the next read
+        chunk = self.data.read(
+            off, ln, out
+        )  # a FileSource's buffer of this thread: sent before the next read
         last = i == self.sess.nchunks - 1
         enc = self.encoder
         tid = self.transfer_id

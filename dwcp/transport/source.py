@@ -26,6 +26,10 @@ Rules
    view is valid until the same thread reads again.  A stream thread sends
    a chunk's frame (``FrameSocket.send`` returns once the kernel holds the
    bytes) before it reads its next chunk, so no chunk is ever copied twice.
+   A stream whose payloads go MSG_ZEROCOPY cannot reuse one buffer so: the
+   kernel still reads it after ``send`` returns.  It reads into buffers of
+   its own instead (``read(offset, n, out)``), each reused only once the
+   kernel released it (dwcp.transport.zerocopy.PayloadBuffers).
 4. A read that comes back short, or a size at ``check()`` that is not the
    size the send started with, raises ``SourceChangedError`` naming the
    file; a read error raises ``SourceError``.  Both mean the local source is
@@ -75,7 +79,8 @@ class BufferSource:
         self.size = self._mv.nbytes  # invariant: never changes
         self.name = "the buffer"
 
-    def read(self, offset: int, n: int) -> memoryview:
+    def read(self, offset: int, n: int, out=None) -> memoryview:
+        """A view of the buffer itself (``out`` is not needed: nothing is read)."""
         return self._mv[offset : offset + n]
 
     def digest(self) -> bytes:
@@ -163,11 +168,17 @@ class FileSource:
             loc.mv = mv = memoryview(bytearray(n))
         return mv[:n]
 
-    def read(self, offset: int, n: int) -> memoryview:
-        """The ``n`` bytes at ``offset``, in this thread's buffer (valid until this thread reads again)."""
+    def read(self, offset: int, n: int, out=None) -> memoryview:
+        """The ``n`` bytes at ``offset``, in this thread's buffer (valid until this thread reads again), or
+        in ``out`` (a writable buffer of ``n`` bytes or more: a stream's zero-copy pool, rule 3)."""
         if offset < 0 or n < 0 or offset + n > self.size:
             raise ValueError(f"read of {n} bytes at {offset} is outside the {self.size}-byte source")
-        mv = self._buffer(n)
+        if out is not None:
+            mv = memoryview(out).cast("B")[:n]
+            if mv.nbytes < n or mv.readonly:
+                raise ValueError(f"out must be a writable buffer of at least {n} bytes")
+        else:
+            mv = self._buffer(n)
         self._read_exact(mv, offset)
         return mv
 

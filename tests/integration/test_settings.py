@@ -226,7 +226,12 @@ def test_zerocopy_false_skips_the_probe_and_the_report_says_why(server):
     assert off["zerocopy_reason"] == "transport.zerocopy = false: not probed"
     on = Sender(tx_config(), PLAIN).send(version(0), *server.address, "zc/x", streams=1).socket
     assert on["zerocopy_available"] is True and on["zerocopy_used"] is False  # Linux >= 4.14
-    assert "not implemented" in on["zerocopy_reason"]
+    assert "loopback" in on["zerocopy_reason"]  # the kernel copies there anyway: sender rule 8
+    forced = Sender(tx_config(), PLAIN, zerocopy_loopback=True)
+    zc = forced.send(version(0), *server.address, "zc/x", streams=1).socket
+    assert zc["zerocopy_used"] is True and zc["zerocopy_sends"] >= 1
+    assert zc["zerocopy_copied"] == zc["zerocopy_completions"] == zc["zerocopy_calls"]
+    assert "the kernel copied all of them (loopback always copies)" in zc["zerocopy_reason"]
 
 
 # -- reload -----------------------------------------------------------------------------------

@@ -190,7 +190,11 @@ def _opener(sock=None, err: int | None = None):
 
 def test_zerocopy_yes_no_unknown():
     s = FakeSock()
-    assert doctor.probe_zerocopy(open_socket=_opener(s)).available == AVAILABLE_YES and s.closed
+    r = doctor.probe_zerocopy(open_socket=_opener(s))
+    assert r.available == AVAILABLE_YES and s.closed
+    assert (
+        "MSG_ZEROCOPY" in r.dwcp and "loopback" in r.dwcp and "not implemented" not in r.dwcp
+    )  # what sends do
     s = FakeSock({SO_ZEROCOPY: errno.ENOPROTOOPT})
     r = doctor.probe_zerocopy(open_socket=_opener(s))
     assert r.available == AVAILABLE_NO and "ENOPROTOOPT" in r.detail and s.closed
