@@ -206,7 +206,8 @@ class DictionaryStore:
             where = self.path if self.path is not None else "memory"
             raise ConfigError(
                 f"key {key!r} uses dictionary type {t!r} ({why}), but {where} holds no {t}.zdict: train one "
-                f"with `dwcp dict train --type {t} FILES...` or change the rule"
+                f"with `dwcp dict train --type {t}{'' if self.path is None else ' --dir ' + self.path} FILES...` "
+                "or change the rule"
             )
         return d
 
