@@ -16,7 +16,8 @@ process, the sender this process (plaintext and mutual TLS):
   decompress).
 
 Medians of --runs runs.  CPU seconds per GB count both processes (sender and
-daemon).
+daemon), and are compared with the storing peer's (``iperf3 -F``: client and
+server, from the kernel's accounting of the reaped processes).
 Writes perf/results/bench_transfer.json and, with matplotlib, a PNG.
 
 Note: this VM backs guest memory lazily; the first writes into never-touched
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -64,9 +66,16 @@ def _free_port() -> int:
 
 def iperf3(size: int, streams: int, store_to: str | None = None) -> float | None:
     """iperf3 -l 1M goodput in bytes/s; with ``store_to`` the server writes what it receives there (-F)."""
+    got = iperf3_cpu(size, streams, store_to)
+    return None if got is None else got[0]
+
+
+def iperf3_cpu(size: int, streams: int, store_to: str | None = None) -> tuple[float, float] | None:
+    """(goodput bytes/s, CPU seconds of client and server together), as ``iperf3``."""
     exe = ensure_tool("iperf3")
     if not exe:
         return None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     port = _free_port()
     extra = ["-F", store_to] if store_to else []
     srv = subprocess.Popen([exe, "-s", "-1", "-p", str(port), *extra], stdout=subprocess.DEVNULL,
@@ -75,7 +84,7 @@ def iperf3(size: int, streams: int, store_to: str | None = None) -> float | None
         time.sleep(0.3)
         out = subprocess.run([exe, "-c", "127.0.0.1", "-p", str(port), "-l", "1M", "-n", str(size), "-P",
                               str(streams), "-J"], capture_output=True, text=True, timeout=120)  # fmt: skip
-        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+        rate = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
     finally:
         if store_to:  # -F: let it finish writing
             try:
@@ -86,6 +95,8 @@ def iperf3(size: int, streams: int, store_to: str | None = None) -> float | None
         srv.wait()
         if store_to:
             os.unlink(store_to)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # both processes are reaped: their CPU is in it
+    return rate, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def dd_store(src: str, dst: str) -> float:
@@ -194,8 +205,11 @@ def main() -> int:
             iperf3(size, args.streams) or 0 for _ in range(runs))  # fmt: skip
         res["python_socket_bytes_per_s"] = statistics.median(python_socket(size) for _ in range(runs))
         # storing references: what any receiver that keeps the bytes is bounded by here
-        res["iperf3_1_stream_to_file_bytes_per_s"] = statistics.median(
-            iperf3(size, 1, os.path.join(tmp, "iperf3.out")) or 0 for _ in range(runs))  # fmt: skip
+        to_file = [iperf3_cpu(size, 1, os.path.join(tmp, "iperf3.out")) for _ in range(runs)]
+        res["iperf3_1_stream_to_file_bytes_per_s"] = statistics.median(t[0] if t else 0 for t in to_file)
+        # CPU of the storing peer, client and server: the yardstick of dwcp's CPU s/GB (both its processes)
+        res["iperf3_1_stream_to_file_cpu_s_per_gb"] = statistics.median(
+            t[1] / (size / 1e9) if t else float("nan") for t in to_file)  # fmt: skip
 
         rnd = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
         src = os.path.join(tmp, "random.src")
@@ -305,6 +319,15 @@ def main() -> int:
             / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
             "random_plain_1_vs_dd_store": cases["random_plain_1"]["bytes_per_s"]
             / res["dd_store_bytes_per_s"],
+            # CPU seconds per GB, both sides, against the storing peer's (iperf3 -F client + server)
+            "random_plain_1_cpu_vs_iperf3_1_to_file": cases["random_plain_1"]["cpu_s_per_gb"]
+            / res["iperf3_1_stream_to_file_cpu_s_per_gb"],
+            "random_tls_1_cpu_vs_iperf3_1_to_file": cases["random_tls_1"]["cpu_s_per_gb"]
+            / res["iperf3_1_stream_to_file_cpu_s_per_gb"],
+            "random_tls_1_vs_iperf3_1_to_file": cases["random_tls_1"]["bytes_per_s"]
+            / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
+            "vm_image_effective_vs_iperf3_1_to_file": cases["vm_image_plain_auto"]["bytes_per_s"]
+            / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
         }
         for name, p in peers.items():
             res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(
