@@ -141,10 +141,20 @@ def _read(path: str) -> tuple[str | None, str]:
     return text, f"read {path} -> {short!r}"
 
 
-def _unexpected(name: str, evidence: list[str], exc: OSError, what: str, dwcp: str) -> ProbeResult:
-    evidence.append(f"{what} -> {_err(exc)}")
-    return ProbeResult(name, AVAILABLE_UNKNOWN, f"{what} failed unexpectedly: {_err(exc)}",
+def _refused(name: str, evidence: list[str], call: str, exc: OSError, dwcp: str, *, known: dict[int, str],
+             what: str, suffix: str = "") -> ProbeResult:  # fmt: skip
+    """``call`` raised ``exc``: an errno in ``known`` is an answer ("no", with its detail); any other is
+    "unknown", named as ``what`` failing unexpectedly (rule 1)."""
+    evidence.append(f"{call} -> {_err(exc)}")
+    detail = known.get(exc.errno) if exc.errno is not None else None
+    if detail is not None:
+        return ProbeResult(name, AVAILABLE_NO, detail, tuple(evidence), dwcp)
+    return ProbeResult(name, AVAILABLE_UNKNOWN, f"{what} failed unexpectedly: {_err(exc)}{suffix}",
                        tuple(evidence), dwcp)  # fmt: skip
+
+
+def _unexpected(name: str, evidence: list[str], exc: OSError, what: str, dwcp: str) -> ProbeResult:
+    return _refused(name, evidence, what, exc, dwcp, known={}, what=what)
 
 
 # -- io_uring ------------------------------------------------------------------
@@ -384,12 +394,10 @@ def probe_zerocopy(*, open_socket: OpenSocket = socket.socket) -> ProbeResult:
             ev.append(f"setsockopt(SOL_SOCKET, SO_ZEROCOPY={SO_ZEROCOPY}, 1) -> 0, getsockopt -> 0")
             return ProbeResult(name, AVAILABLE_NO, "SO_ZEROCOPY does not stick", tuple(ev), dwcp)
         except OSError as exc:
-            ev.append(f"setsockopt(SOL_SOCKET, SO_ZEROCOPY={SO_ZEROCOPY}, 1) -> {_err(exc)}")
-            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL):
-                return ProbeResult(name, AVAILABLE_NO, f"SO_ZEROCOPY refused: {_err(exc)} (Linux < 4.14?)",
-                                   tuple(ev), dwcp)  # fmt: skip
-            return ProbeResult(name, AVAILABLE_UNKNOWN, f"SO_ZEROCOPY failed unexpectedly: {_err(exc)}",
-                               tuple(ev), dwcp)  # fmt: skip
+            refused = f"SO_ZEROCOPY refused: {_err(exc)} (Linux < 4.14?)"
+            return _refused(name, ev, f"setsockopt(SOL_SOCKET, SO_ZEROCOPY={SO_ZEROCOPY}, 1)", exc, dwcp,
+                            known=dict.fromkeys((errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL), refused),
+                            what="SO_ZEROCOPY")  # fmt: skip
     finally:
         s.close()
 
@@ -423,11 +431,9 @@ def probe_splice(
         try:
             n = fn(b.fileno(), fds[1], len(SPLICE_PROBE))
         except OSError as exc:
-            ev.append(f"{call} -> {_err(exc)}")
-            if exc.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                return ProbeResult(name, AVAILABLE_NO, f"splice refused: {_err(exc)}", tuple(ev), dwcp)
-            return ProbeResult(name, AVAILABLE_UNKNOWN, f"splice failed unexpectedly: {_err(exc)}",
-                               tuple(ev), dwcp)  # fmt: skip
+            return _refused(name, ev, call, exc, dwcp, what="splice",
+                            known=dict.fromkeys((errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP),
+                                                f"splice refused: {_err(exc)}"))  # fmt: skip
         got = os.read(fds[0], len(SPLICE_PROBE)) if n > 0 else b""
         ev.append(
             f"{call} -> {n}; read(pipe) -> {len(got)} bytes, {'equal' if got == SPLICE_PROBE[:n] else 'DIFFERENT'}"
@@ -457,15 +463,9 @@ def probe_af_xdp(*, open_socket: OpenSocket = socket.socket) -> ProbeResult:
     try:
         s = open_socket(AF_XDP, socket.SOCK_RAW, 0)
     except OSError as exc:
-        ev.append(f"{call} -> {_err(exc)}")
-        if exc.errno == errno.EAFNOSUPPORT:
-            return ProbeResult(name, AVAILABLE_NO, "no XDP sockets in this kernel (CONFIG_XDP_SOCKETS)",
-                               tuple(ev), dwcp)  # fmt: skip
-        if exc.errno == errno.EPERM:
-            return ProbeResult(name, AVAILABLE_NO, "EPERM: opening an XDP socket needs CAP_NET_RAW",
-                               tuple(ev), dwcp)  # fmt: skip
-        return ProbeResult(name, AVAILABLE_UNKNOWN, f"socket(AF_XDP) failed unexpectedly: {_err(exc)}",
-                           tuple(ev), dwcp)  # fmt: skip
+        return _refused(name, ev, call, exc, dwcp, what="socket(AF_XDP)",
+                        known={errno.EAFNOSUPPORT: "no XDP sockets in this kernel (CONFIG_XDP_SOCKETS)",
+                               errno.EPERM: "EPERM: opening an XDP socket needs CAP_NET_RAW"})  # fmt: skip
     s.close()
     ev.append(f"{call} -> fd; closed")
     return ProbeResult(name, AVAILABLE_YES, "an XDP socket opened", tuple(ev), dwcp)
@@ -491,15 +491,10 @@ def probe_busy_poll(*, proc: str = PROC, open_socket: OpenSocket = socket.socket
     try:
         s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, BUSY_POLL_PROBE_US)
     except OSError as exc:
-        ev.append(f"{call} -> {_err(exc)}")
-        if exc.errno == errno.EPERM:
-            return ProbeResult(name, AVAILABLE_NO, f"EPERM: raising SO_BUSY_POLL needs CAP_NET_ADMIN{host}",
-                               tuple(ev), dwcp)  # fmt: skip
-        if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-            return ProbeResult(name, AVAILABLE_NO, f"no busy polling in this kernel: {_err(exc)}{host}",
-                               tuple(ev), dwcp)  # fmt: skip
-        return ProbeResult(name, AVAILABLE_UNKNOWN, f"SO_BUSY_POLL failed unexpectedly: {_err(exc)}{host}",
-                           tuple(ev), dwcp)  # fmt: skip
+        return _refused(name, ev, call, exc, dwcp, what="SO_BUSY_POLL", suffix=host,
+                        known={errno.EPERM: f"EPERM: raising SO_BUSY_POLL needs CAP_NET_ADMIN{host}",
+                               **dict.fromkeys((errno.ENOPROTOOPT, errno.EOPNOTSUPP),
+                                               f"no busy polling in this kernel: {_err(exc)}{host}")})  # fmt: skip
     finally:
         s.close()
     ev.append(f"{call} -> 0")
@@ -538,15 +533,9 @@ def probe_ktls(*, tcp_pair: Callable[[], tuple[Any, Any]] = loopback_tcp_pair) -
     try:
         c.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
     except OSError as exc:
-        ev.append(f"{call} -> {_err(exc)}")
-        if exc.errno == errno.ENOENT:
-            return ProbeResult(name, AVAILABLE_NO, "ENOENT: no tls ULP (modprobe tls; CONFIG_TLS)",
-                               tuple(ev), dwcp)  # fmt: skip
-        if exc.errno == errno.ENOPROTOOPT:
-            return ProbeResult(name, AVAILABLE_NO, "ENOPROTOOPT: no TCP_ULP in this kernel (< 4.13)",
-                               tuple(ev), dwcp)  # fmt: skip
-        return ProbeResult(name, AVAILABLE_UNKNOWN, f"TCP_ULP tls failed unexpectedly: {_err(exc)}",
-                           tuple(ev), dwcp)  # fmt: skip
+        return _refused(name, ev, call, exc, dwcp, what="TCP_ULP tls",
+                        known={errno.ENOENT: "ENOENT: no tls ULP (modprobe tls; CONFIG_TLS)",
+                               errno.ENOPROTOOPT: "ENOPROTOOPT: no TCP_ULP in this kernel (< 4.13)"})  # fmt: skip
     finally:
         c.close()
         s.close()
@@ -591,15 +580,10 @@ def probe_congestion(
         raw = s.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, _TCP_CA_NAME_MAX)
         got = raw.split(b"\0", 1)[0].decode("ascii", "replace")
     except OSError as exc:
-        ev.append(f"{call} -> {_err(exc)}")
-        if exc.errno == errno.ENOENT:
-            return ProbeResult(name, AVAILABLE_NO, f"{want} not loaded (modprobe tcp_{want}); {listed}",
-                               tuple(ev), dwcp)  # fmt: skip
-        if exc.errno == errno.EPERM:
-            return ProbeResult(name, AVAILABLE_NO, f"{want} not in tcp_allowed_congestion_control for "
-                               f"this user (EPERM; needs CAP_NET_ADMIN); {listed}", tuple(ev), dwcp)  # fmt: skip
-        return ProbeResult(name, AVAILABLE_UNKNOWN, f"TCP_CONGESTION failed unexpectedly: {_err(exc)}; "
-                           f"{listed}", tuple(ev), dwcp)  # fmt: skip
+        return _refused(name, ev, call, exc, dwcp, what="TCP_CONGESTION", suffix=f"; {listed}",
+                        known={errno.ENOENT: f"{want} not loaded (modprobe tcp_{want}); {listed}",
+                               errno.EPERM: f"{want} not in tcp_allowed_congestion_control for this user "
+                                            f"(EPERM; needs CAP_NET_ADMIN); {listed}"})  # fmt: skip
     finally:
         s.close()
     ev.append(f"{call} -> 0; getsockopt(TCP_CONGESTION) -> {got!r}")
