@@ -61,7 +61,7 @@ from dwcp.wire.messages import MAX_DICT_BYTES  # the largest dictionary trained,
 
 __all__ = [
     "Dictionary", "DictionaryStore", "DictRule", "MAX_DICT_BYTES", "MIN_SAMPLES", "TYPE_RE",
-    "samples_of", "train",
+    "samples_of", "train", "type_for",
 ]  # fmt: skip
 
 log = logging.getLogger("dwcp.codec.dictionaries")

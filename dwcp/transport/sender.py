@@ -94,6 +94,7 @@ from typing import Any, TypeGuard
 
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
+from dwcp.codec.dictionaries import type_for
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
 from dwcp.digest import object_digest
 from dwcp.errors import (
@@ -739,12 +740,12 @@ class Sender:
     def _dictionary_for(self, key: str, resource_type: str | None):
         """The zstd dictionary this send of ``key`` uses: ``resource_type``'s, else the first
         [[codec.dictionary]] rule's that matches; ConfigError if that type has none (or no store)."""
-        if resource_type is None and not any(r.matches(key) for r in self.codec.dictionary):
+        if self.dictionaries is not None:
+            return self.dictionaries.for_key(key, self.codec.dictionary, resource_type)  # None: no rule matched
+        if resource_type is None and type_for(key, self.codec.dictionary) is None:
             return None
-        if self.dictionaries is None:
-            raise ConfigError(f"key {key!r} uses a zstd dictionary, but this sender has no dictionaries "
-                              "directory (run it with --config)")  # fmt: skip
-        return self.dictionaries.for_key(key, self.codec.dictionary, resource_type)
+        raise ConfigError(f"key {key!r} uses a zstd dictionary, but this sender has no dictionaries "
+                          "directory (run it with --config)")  # fmt: skip
 
     @staticmethod
     def _recv_page_hashes(fs: FrameSocket, npages: int) -> bytes:
