@@ -38,7 +38,7 @@ from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolE
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
 
-from .zerocopy import ZEROCOPY_MIN_BYTES, ZeroCopySender
+from .zerocopy import ZEROCOPY_MIN_BYTES, ZeroCopySender, sendmsg_all
 
 __all__ = ["FrameSocket"]
 
@@ -99,14 +99,7 @@ class FrameSocket:
         return 0
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
-        # scatter/gather: header and payload in one syscall, no join copy
-        while bufs:
-            sent = self.sock.sendmsg(bufs)
-            while bufs and sent >= bufs[0].nbytes:
-                sent -= bufs[0].nbytes
-                bufs.pop(0)
-            if bufs and sent:
-                bufs[0] = bufs[0][sent:]
+        sendmsg_all(self.sock, bufs)  # scatter/gather: header and payload in one syscall, no join copy
 
     # -- reading ---------------------------------------------------------
     def readable(self, timeout: float = 0.0) -> bool:

@@ -741,7 +741,9 @@ class Sender:
         """The zstd dictionary this send of ``key`` uses: ``resource_type``'s, else the first
         [[codec.dictionary]] rule's that matches; ConfigError if that type has none (or no store)."""
         if self.dictionaries is not None:
-            return self.dictionaries.for_key(key, self.codec.dictionary, resource_type)  # None: no rule matched
+            return self.dictionaries.for_key(
+                key, self.codec.dictionary, resource_type
+            )  # None: no rule matched
         if resource_type is None and type_for(key, self.codec.dictionary) is None:
             return None
         raise ConfigError(f"key {key!r} uses a zstd dictionary, but this sender has no dictionaries "

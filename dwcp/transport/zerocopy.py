@@ -61,7 +61,7 @@ from dwcp.errors import BrokenResourceError
 
 from .sockopts import SO_ZEROCOPY
 
-__all__ = ["MSG_ZEROCOPY", "ZEROCOPY_MIN_BYTES", "PayloadBuffers", "ZeroCopySender"]
+__all__ = ["MSG_ZEROCOPY", "ZEROCOPY_MIN_BYTES", "PayloadBuffers", "ZeroCopySender", "sendmsg_all"]
 
 # Linux values (include/uapi/linux/socket.h, errqueue.h, in.h, in6.h); Python 3.11 lacks some
 MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)
@@ -167,8 +167,7 @@ class ZeroCopySender:
         return self._next
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
-        while bufs:
-            _consume(bufs, self.sock.sendmsg(bufs))
+        sendmsg_all(self.sock, bufs)
 
     # -- completions -----------------------------------------------------
     def buffer_free(self, token: int) -> bool:
@@ -254,6 +253,12 @@ class ZeroCopySender:
     def stats(self) -> dict[str, int]:
         return {"sends": self.sends, "bytes": self.bytes, "calls": self._next, "completed": self.completed,
                 "copied": self.copied, "fallbacks": self.fallbacks, "enobufs": self.enobufs}  # fmt: skip
+
+
+def sendmsg_all(sock: Any, bufs: list[memoryview]) -> None:
+    """Send all of ``bufs`` with scatter/gather ``sendmsg`` (no join copy); it may send less per call."""
+    while bufs:
+        _consume(bufs, sock.sendmsg(bufs))
 
 
 def _consume(bufs: list[memoryview], sent: int) -> None:
