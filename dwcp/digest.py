@@ -99,6 +99,12 @@ class TreeHasher:
             for i in range(offset // LEAF_BYTES, (offset + length - 1) // LEAF_BYTES + 1):
                 self._leaves.pop(i, None)
 
+    @property
+    def complete(self) -> bool:
+        """Every leaf was added: ``root`` needs no reader."""
+        with self._lock:
+            return len(self._leaves) == self.nleaves
+
     def missing(self) -> list[int]:
         with self._lock:
             return [i for i in range(self.nleaves) if i not in self._leaves]

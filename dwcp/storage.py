@@ -741,7 +741,7 @@ class Partial:
             raise StorageError(f"cannot commit {self.key!r}: {len(missing)} chunks missing")
         if not verify:
             whole = self.digest
-        elif not self.tree.missing():  # every leaf was seen whole in a verified chunk: nothing to read
+        elif self.tree.complete:  # every leaf was seen whole in a verified chunk: nothing to read
             whole = self.tree.root()
         else:
             mv = memoryview(self._mapping())

@@ -70,9 +70,10 @@ def test_whole_leaf_chunks_need_no_reads_and_missing_leaves_need_a_reader():
     t = TreeHasher(len(d))
     for o in range(0, len(d), 2 * L):
         t.add(o, d[o : o + 2 * L])
-    assert t.missing() == [] and t.root() == object_digest(d)
+    assert t.missing() == [] and t.complete and t.root() == object_digest(d)
     u = TreeHasher(len(d))
     u.add(0, d[: 2 * L])
+    assert not u.complete
     with pytest.raises(ValueError, match="leaf 2 of 5 was never added"):
         u.root()
 
