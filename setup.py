@@ -18,7 +18,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULES = ("ring", "xorzrle", "framing", "stats", "uring")
+MODULES = ("ring", "xorzrle", "framing", "stats", "uring", "engine")
 CYTHON_DEPENDENCY = "Cython>=3.0.10,<3.4"
 
 

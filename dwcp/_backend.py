@@ -26,7 +26,7 @@ __all__ = ["backend", "backend_features", "impl", "load", "IMPLS"]
 IMPLS = ("fast", "ref")
 
 # The kernel modules, by the name they share in dwcp/_fast and dwcp/_ref.
-_MODULES = ("ring", "xorzrle", "framing", "stats", "uring")
+_MODULES = ("ring", "xorzrle", "framing", "stats", "uring", "engine")
 
 
 def load(name: str) -> types.SimpleNamespace:

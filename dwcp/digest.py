@@ -25,6 +25,13 @@ Rules
    received, never with the size a peer announces) and may be fed from
    several threads at once; a leaf added twice must hash the same (a chunk
    is added only once it is verified).
+4. A DATA frame's ``raw_hash`` (the *chunk hash*, protocol version 3) is
+   ``xxh3-64(xxh3-128(block_0) || xxh3-128(block_1) || ...)`` over the
+   chunk's ``LEAF_BYTES`` blocks counted from the chunk's start.  For a chunk
+   that starts on a leaf boundary these blocks are the object's leaves, so
+   one pass over the bytes both verifies the chunk and feeds the tree
+   (``TreeHasher.add_blocks``), and a sender that hashed the object for its
+   digest knows every such chunk's hash without reading it again.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import xxhash
 
 from dwcp._backend import impl as _k
 
-__all__ = ["LEAF_BYTES", "DOMAIN", "object_digest", "TreeHasher"]
+__all__ = ["LEAF_BYTES", "DOMAIN", "object_digest", "chunk_hash", "hash_of_blocks", "TreeHasher"]
 
 LEAF_BYTES = 1 << 20
 DOMAIN = b"dwcp-tree-v1"
@@ -59,7 +66,19 @@ def object_digest(data) -> bytes:
     """The digest of a whole object held in one contiguous buffer."""
     mv = memoryview(data).cast("B")
     n = mv.nbytes
-    return _root(n, (_leaf(mv[o : o + LEAF_BYTES]) for o in range(0, n, LEAF_BYTES)))
+    leaves = _k.block_hashes(mv, LEAF_BYTES)
+    return _root(n, (leaves[i : i + 16] for i in range(0, len(leaves), 16)))
+
+
+def hash_of_blocks(blocks: bytes) -> int:
+    """The chunk hash (rule 4) from the chunk's block hashes."""
+    return _k.xxh3_64(blocks)
+
+
+def chunk_hash(view) -> tuple[int, bytes]:
+    """(chunk hash, block hashes) of one chunk's raw bytes (rule 4)."""
+    blocks = _k.block_hashes(view, LEAF_BYTES)
+    return _k.xxh3_64(blocks), blocks
 
 
 class TreeHasher:
@@ -90,6 +109,41 @@ class TreeHasher:
         with self._lock:
             self._leaves.update(got)
         return len(got)
+
+    def add_blocks(self, offset: int, length: int, blocks: bytes) -> int:
+        """Add the block hashes of a verified chunk of ``length`` bytes at ``offset`` (rule 4): those
+        that are whole leaves, which all are when ``offset`` is on a leaf boundary (the last one if
+        the chunk ends the object or a leaf); returns how many.  A chunk off the boundary adds none."""
+        if offset < 0 or offset + length > self.size:
+            raise ValueError(f"{length} bytes at {offset} are outside the {self.size}-byte object")
+        if len(blocks) != 16 * -(-length // LEAF_BYTES):
+            raise ValueError(f"{len(blocks) // 16} block hashes for a {length}-byte chunk")
+        if offset % LEAF_BYTES:
+            return 0
+        first, end = offset // LEAF_BYTES, offset + length
+        got = {}
+        for k in range(len(blocks) // 16):
+            hi = min((first + k + 1) * LEAF_BYTES, self.size)
+            if hi > end:  # a short last block that is not the leaf's end
+                break
+            got[first + k] = blocks[16 * k : 16 * k + 16]
+        with self._lock:
+            self._leaves.update(got)
+        return len(got)
+
+    def leaves_of(self, offset: int, length: int) -> bytes | None:
+        """The block hashes (rule 4) of the chunk of ``length`` bytes at ``offset``, when it starts on
+        a leaf boundary and every leaf it covers was added; else None (hash the bytes)."""
+        if offset % LEAF_BYTES or length <= 0:
+            return None
+        end = offset + length
+        if end != self.size and end % LEAF_BYTES:
+            return None
+        with self._lock:
+            try:
+                return b"".join(self._leaves[i] for i in range(offset // LEAF_BYTES, -(-end // LEAF_BYTES)))
+            except KeyError:
+                return None
 
     def discard(self, offset: int, length: int) -> None:
         """Forget the leaves that overlap ``length`` bytes at ``offset`` (they are to be received again)."""

@@ -238,8 +238,8 @@ _OTHER_SYSCALL_TABLES = ("alpha", "ia64", "mips")
 RING_ENTRIES = 4
 FIXED_BUFFER_BYTES = 4096
 
-_DWCP_IO_URING = ("not used: the data plane runs blocking sockets (sendmsg, recv_into) and splice in "
-                  "threads; this says whether an io_uring engine could run here")  # fmt: skip
+_DWCP_IO_URING = ("not used: the data plane runs one thread per stream (sendmsg; plaintext receives in the "
+                  "native recv kernel, GIL released); this says whether an io_uring engine could run here")  # fmt: skip
 
 
 class Syscalls(Protocol):
@@ -412,8 +412,9 @@ def probe_splice(
 ) -> ProbeResult:
     """Bytes written into a socketpair, spliced socket -> pipe, read back from the pipe."""
     name = "splice"
-    dwcp = ("plaintext receives move raw chunk payloads socket -> pipe -> file with splice (no copy into "
-            "the process), then hash what landed; TLS streams use recv_into")  # fmt: skip
+    dwcp = ("not used: a plaintext raw chunk goes socket -> 1 MiB slot -> file in the native recv kernel, each "
+            "block hashed while in cache; splice saves the copy into the slot but then the chunk must be read "
+            "back to be verified, which cost more (measured)")  # fmt: skip
     ev: list[str] = []
     fn = splice if splice is not None else getattr(os, "splice", None)
     if fn is None:

@@ -68,9 +68,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 
-import xxhash
-
-from dwcp.digest import TreeHasher
+from dwcp.digest import TreeHasher, chunk_hash
 from dwcp.durable import fsync_dir, pwrite_all, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.wire.consts import ERR_CHECKSUM
@@ -706,6 +704,12 @@ class Partial:
         """The verified bytes at ``offset`` are in the .part: hash the leaves they hold whole (rule 8)."""
         self.tree.add(offset, view)
 
+    def hashed_blocks(self, offset: int, length: int, blocks: bytes) -> int:
+        """The verified chunk at ``offset`` is in the .part and ``blocks`` are its block hashes (its
+        chunk hash's: dwcp.digest rule 4): the tree takes the whole leaves among them, unread (returns
+        how many); the leaves of a chunk off the leaf boundaries are read once at commit."""
+        return self.tree.add_blocks(offset, length, blocks)
+
     def verify_resumed(self) -> list[int]:
         """Re-hash chunks marked done (after a resume); forget those that do not match."""
         self._check()
@@ -717,9 +721,12 @@ class Partial:
                 continue
             v = self.view(i)
             try:
-                ok = xxhash.xxh3_64_intdigest(v) == h
-                if ok:
-                    self.tree.add(self._span(i)[0], v)  # in cache now: commit need not read it again
+                ch, blocks = chunk_hash(v)
+                ok = ch == h
+                if ok:  # its leaves: commit need not read it again
+                    off, ln = self._span(i)
+                    if not self.tree.add_blocks(off, ln, blocks):
+                        self.tree.add(off, v)
             finally:
                 v.release()
             if not ok:

@@ -25,22 +25,20 @@ __all__ = [
     "xxh3_64",
     "xxh3_128",
     "page_hashes",
+    "block_hashes",
     "is_zero",
     "nonzero_pages",
     "features",
 ]
 
-cdef extern from "xxhash.h" nogil:
-    ctypedef unsigned long long XXH64_hash_t
-    ctypedef struct XXH128_hash_t:
-        XXH64_hash_t low64
-        XXH64_hash_t high64
-    ctypedef struct XXH128_canonical_t:
-        unsigned char digest[16]
-    XXH64_hash_t XXH3_64bits(const void* data, size_t len)
-    XXH64_hash_t XXH3_64bits_withSeed(const void* data, size_t len, XXH64_hash_t seed)
-    XXH128_hash_t XXH3_128bits(const void* data, size_t len)
-    void XXH128_canonicalFromHash(XXH128_canonical_t* dst, XXH128_hash_t hash)
+from .xxh cimport (
+    XXH3_64bits,
+    XXH3_64bits_withSeed,
+    XXH3_128bits,
+    XXH128_canonical_t,
+    XXH128_canonicalFromHash,
+    XXH128_hash_t,
+)
 
 cdef extern from *:
     """
@@ -138,6 +136,27 @@ def xxh3_128(const uint8_t[::1] data):
         h = XXH3_128bits(p, n)
     XXH128_canonicalFromHash(&c, h)
     return PyBytes_FromStringAndSize(<char*>c.digest, 16)
+
+
+def block_hashes(const uint8_t[::1] data, Py_ssize_t block=1048576):
+    """The canonical xxh3-128 of each ``block``-byte piece of ``data`` from its start (the last one
+    shorter), concatenated: 16 bytes a block.  A DATA frame's chunk hash is the xxh3-64 of this
+    (dwcp/wire/consts.py), and a leaf-aligned chunk's blocks are the object's tree leaves."""
+    if block <= 0:
+        raise ValueError(f"block must be positive, got {block}")
+    cdef Py_ssize_t n = data.shape[0]
+    cdef Py_ssize_t nb = (n + block - 1) // block
+    out = PyBytes_FromStringAndSize(NULL, nb * 16)
+    cdef uint8_t *o = <uint8_t*>PyBytes_AS_STRING(out)
+    cdef const uint8_t *p = &data[0] if n else NULL
+    cdef Py_ssize_t i, ln
+    cdef XXH128_canonical_t c
+    with nogil:
+        for i in range(nb):
+            ln = block if (i + 1) * block <= n else n - i * block
+            XXH128_canonicalFromHash(&c, XXH3_128bits(p + i * block, ln))
+            memcpy(o + i * 16, c.digest, 16)
+    return out
 
 
 def page_hashes(const uint8_t[::1] data, Py_ssize_t page_size=PAGE_SIZE):

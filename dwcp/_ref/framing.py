@@ -24,6 +24,7 @@ __all__ = [
     "xxh3_64",
     "xxh3_128",
     "page_hashes",
+    "block_hashes",
     "is_zero",
     "nonzero_pages",
     "features",
@@ -56,6 +57,13 @@ def xxh3_64(data, seed: int = 0) -> int:
 
 def xxh3_128(data) -> bytes:
     return xxhash.xxh3_128_digest(data)
+
+
+def block_hashes(data, block: int = 1 << 20) -> bytes:
+    if block <= 0:
+        raise ValueError(f"block must be positive, got {block}")
+    mv = memoryview(data).cast("B")
+    return b"".join(xxhash.xxh3_128_digest(mv[i : i + block]) for i in range(0, mv.nbytes, block))
 
 
 def page_hashes(data, page_size: int = C.PAGE_SIZE) -> bytes:

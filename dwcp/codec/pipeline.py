@@ -25,7 +25,7 @@ and told us its per-page hashes; only pages that differ travel
 
 ``ChunkDecoder.decode`` dispatches on the header's codec and nothing else,
 never allocates more than ``raw_len`` (capped by the header rules) or the
-delta bound, and verifies the xxh3-64 of the result.  Any malformed input
+delta bound, and verifies the chunk hash of the result (dwcp.digest rule 4).  Any malformed input
 raises ``RemoteProtocolError``; a checksum mismatch ``IntegrityError``.
 
 Both are thread-safe: state is per call, zstd contexts are per thread,
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dwcp._backend import impl as _k
+from dwcp.digest import LEAF_BYTES, hash_of_blocks
 from dwcp.errors import ConfigError, IntegrityError, InternalError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
@@ -133,6 +134,15 @@ class EncodedFrame:
         return self.header + bytes(self.payload)
 
 
+def _chunk_hash(mv: memoryview, blocks: bytes | None) -> int:
+    """A DATA frame's raw_hash (dwcp.digest rule 4), from the block hashes when the caller has them."""
+    if blocks is None:
+        blocks = _k.block_hashes(mv, LEAF_BYTES)
+    elif len(blocks) != 16 * -(-mv.nbytes // LEAF_BYTES):
+        raise ValueError(f"{len(blocks) // 16} block hashes for a {mv.nbytes}-byte chunk")
+    return hash_of_blocks(blocks)
+
+
 def _as_u8(data) -> memoryview:
     mv = memoryview(data)
     if not mv.c_contiguous:
@@ -199,19 +209,24 @@ class ChunkEncoder:
         base_digest: bytes | None = None,
         last: bool = False,
         dictionary: Dictionary | None = None,
+        block_hashes: bytes | None = None,
     ) -> EncodedFrame:
         """Encode one chunk; with ``base`` (+ its object's ``base_digest``) as a delta; zstd with
         ``dictionary`` where it pays (the receiver must hold it: the transfer announced it).
+        ``block_hashes``: the chunk's block hashes when the caller knows them (dwcp.digest rule 4:
+        a sender that hashed the object for its digest), so the chunk is not hashed again.
 
         At most ``config.compress_workers`` encodes run at once; more callers wait their turn.
         """
         self._enter()
         try:
-            return self._encode(chunk, offset, transfer_id, base, base_digest, last, dictionary)
+            return self._encode(chunk, offset, transfer_id, base, base_digest, last, dictionary, block_hashes)
         finally:
             self._leave()
 
-    def _encode(self, chunk, offset, transfer_id, base, base_digest, last, dictionary) -> EncodedFrame:
+    def _encode(
+        self, chunk, offset, transfer_id, base, base_digest, last, dictionary, blocks
+    ) -> EncodedFrame:
         t0 = time.perf_counter()
         mv = _as_u8(chunk)
         n = mv.nbytes
@@ -219,7 +234,7 @@ class ChunkEncoder:
             raise LocalProtocolError(
                 f"chunk of {n} bytes exceeds the maximum {C.MAX_RAW_LEN}", C.ERR_BAD_LENGTH
             )
-        raw_hash = _k.xxh3_64(mv)
+        raw_hash = _chunk_hash(mv, blocks)
         flags = C.FLAG_LAST if last else 0
         codec, payload, dict_id, digest = self._choose(mv, base, base_digest, dictionary)
         header = _k.pack_header(
@@ -238,15 +253,20 @@ class ChunkEncoder:
         offset: int = 0,
         transfer_id: int = 0,
         last: bool = False,
+        block_hashes: bytes | None = None,
     ) -> EncodedFrame:
         """ "pages" mode: send only the pages whose xxh3-64 differs from the peer's (bounded like ``encode``)."""
         self._enter()
         try:
-            return self._encode_pages(chunk, peer_page_hashes, base_digest, offset, transfer_id, last)
+            return self._encode_pages(
+                chunk, peer_page_hashes, base_digest, offset, transfer_id, last, block_hashes
+            )
         finally:
             self._leave()
 
-    def _encode_pages(self, chunk, peer_page_hashes, base_digest, offset, transfer_id, last) -> EncodedFrame:
+    def _encode_pages(
+        self, chunk, peer_page_hashes, base_digest, offset, transfer_id, last, blocks
+    ) -> EncodedFrame:
         t0 = time.perf_counter()
         mv = _as_u8(chunk)
         n = mv.nbytes
@@ -274,7 +294,7 @@ class ChunkEncoder:
                 codec, payload = C.CODEC_PAGES_ZSTD, z
         header = _k.pack_header(
             C.FRAME_DATA, codec, C.FLAG_LAST if last else 0, transfer_id, offset, n,
-            memoryview(payload).nbytes, 0, base_digest, _k.xxh3_64(mv),
+            memoryview(payload).nbytes, 0, base_digest, _chunk_hash(mv, blocks),
         )  # fmt: skip
         self.metrics.record_encode(codec, n, memoryview(payload).nbytes, time.perf_counter() - t0)
         return EncodedFrame(header, payload, codec, offset, n)
@@ -349,17 +369,28 @@ class ChunkDecoder:
         self.config = config if config is not None else CodecConfig()
         self.metrics = metrics if metrics is not None else CodecMetrics()
 
-    def decode(self, header, payload, *, base=None, out=None, dictionary: Dictionary | None = None):
+    def decode(
+        self,
+        header,
+        payload,
+        *,
+        base=None,
+        out=None,
+        dictionary: Dictionary | None = None,
+        blocks_out: list[bytes] | None = None,
+    ):
         """Decode one DATA frame's payload; returns ``out`` (or a new bytearray) filled and verified.
 
         ``header`` is a parsed FrameHeader; ``base`` the baseline chunk (the
         bytes at ``header.offset`` of the version ``header.base_digest``) for
         delta codecs; ``out`` an optional writable buffer of ``raw_len`` bytes; ``dictionary`` the one
-        the transfer announced (a CODEC_ZSTD_DICT frame naming another id is a RemoteProtocolError).
+        the transfer announced (a CODEC_ZSTD_DICT frame naming another id is a RemoteProtocolError);
+        ``blocks_out`` a list that gets the chunk's block hashes (the tree leaves of a leaf-aligned chunk:
+        dwcp.digest rule 4), so the caller need not hash the chunk again.
         """
         t0 = time.perf_counter()
         try:
-            result = self._decode(header, payload, base, out, dictionary)
+            result = self._decode(header, payload, base, out, dictionary, blocks_out)
         except IntegrityError:
             self.metrics.record_failure(checksum=True)
             raise
@@ -369,7 +400,7 @@ class ChunkDecoder:
         self.metrics.record_decode(header.codec, header.raw_len, header.enc_len, time.perf_counter() - t0)
         return result
 
-    def _decode(self, h, payload, base, out, dictionary):
+    def _decode(self, h, payload, base, out, dictionary, blocks_out):
         if h.frame_type != C.FRAME_DATA:
             raise ValueError(f"frame type {h.frame_type} is not a data frame")
         pmv = _as_u8(payload)
@@ -428,9 +459,12 @@ class ChunkDecoder:
             _k.delta_decode(pmv, bmv, omv, ps)
         else:  # unreachable: parse_header admits only known codecs
             raise RemoteProtocolError(f"unknown codec {codec}", C.ERR_BAD_CODEC)
-        if _k.xxh3_64(omv) != h.raw_hash:
+        blocks = _k.block_hashes(omv, LEAF_BYTES)
+        if hash_of_blocks(blocks) != h.raw_hash:
             raise IntegrityError(
-                f"chunk at offset {h.offset} ({n} bytes, {C.CODEC_NAMES[h.codec]}) fails its xxh3-64 check",
+                f"chunk at offset {h.offset} ({n} bytes, {C.CODEC_NAMES[h.codec]}) fails its chunk hash check",
                 C.ERR_CHECKSUM,
             )
+        if blocks_out is not None:
+            blocks_out.append(blocks)
         return out

@@ -26,26 +26,19 @@ Rules
 
 from __future__ import annotations
 
-import fcntl
-import os
 import select
 import socket
 import ssl
 import time
 
 from dwcp._backend import impl as _k
-from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError, StorageError
+from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
 
 from .zerocopy import ZEROCOPY_MIN_BYTES, ZeroCopySender, sendmsg_all
 
 __all__ = ["FrameSocket"]
-
-F_SETPIPE_SZ = 1031
-SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
-SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
-PIPE_BYTES = 1 << 20
 
 
 def _wait_readable(fd: int, timeout: float | None) -> bool:
@@ -68,7 +61,6 @@ class FrameSocket:
         self._tls = isinstance(sock, ssl.SSLSocket)
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._pipe: tuple[int, int] | None = None
         self.zerocopy: ZeroCopySender | None = None  # set by enable_zerocopy (rule 6)
 
     # -- writing ---------------------------------------------------------
@@ -183,46 +175,23 @@ class FrameSocket:
         self.bytes_received += C.HEADER_SIZE
 
     @property
-    def can_splice(self) -> bool:
-        """Plain TCP on Linux: payloads can move socket -> file in the kernel (no TLS)."""
-        return not self._tls and hasattr(os, "splice")
+    def can_recv_direct(self) -> bool:
+        """Plain TCP: a RAW payload can go socket -> slot -> file without a Python object (no TLS)."""
+        return not self._tls
 
-    def splice_into(self, fd: int, offset: int, n: int) -> None:
-        """Move the next ``n`` payload bytes from the socket into file ``fd`` at ``offset``.
-
-        splice(2) through a pipe: the bytes never enter this process (one
-        copy fewer than recv_into + pwrite).  Honours the stall timeout.  A
-        failure to write the file is a StorageError (the socket's stay OSErrors).
+    def recv_blocks_into(self, fd: int, offset: int, n: int, slot) -> tuple[bytes, int]:
+        """Receive the next ``n`` payload bytes into file ``fd`` at ``offset`` through ``slot`` (a
+        1 MiB buffer), hashing each block as it lands (dwcp/_fast/engine.pyx, GIL released);
+        returns (block hashes, chunk hash).  Plain TCP only (``can_recv_direct``).  Honours the socket's
+        timeout; a failure to write the file is a StorageError (the socket's stay OSErrors).
         """
-        if self._pipe is None:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            try:
-                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
-            except OSError:  # a lower pipe-max-size: the default size still works
-                pass
-            self._pipe = (r, w)
-        r, w = self._pipe
-        sfd = self.sock.fileno()
         timeout = self.sock.gettimeout()
-        left = n
-        while left:
-            try:
-                k = os.splice(sfd, w, min(left, PIPE_BYTES), flags=SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-            except BlockingIOError:
-                if not _wait_readable(sfd, timeout):
-                    raise TimeoutError(f"no payload bytes for {timeout} s") from None
-                continue
-            if k == 0:
-                raise BrokenResourceError(f"peer closed the connection mid-frame ({n - left} of {n} bytes)")
-            done = 0
-            try:
-                while done < k:
-                    done += os.splice(r, fd, k - done, offset_dst=offset + done, flags=SPLICE_F_MOVE)
-            except OSError as exc:  # the file's side (a full disk, say), not the peer's
-                raise StorageError(f"{exc.strerror} (writing at offset {offset + done})") from exc
-            offset += k
-            left -= k
-        self.bytes_received += n
+        got, blocks, chash = _k.recv_blocks(self.sock.fileno(), slot, n, fd, offset,
+                                            -1 if timeout is None else max(1, int(timeout * 1000)))  # fmt: skip
+        self.bytes_received += got
+        if got < n:
+            raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {n} bytes)")
+        return blocks, chash
 
     def recv_payload(self, header) -> bytearray:
         buf = bytearray(header.enc_len)
@@ -269,7 +238,3 @@ class FrameSocket:
             self.sock.close()
         except OSError:
             pass
-        if self._pipe is not None:
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None

@@ -96,7 +96,7 @@ from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
 from dwcp.codec.dictionaries import type_for
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
-from dwcp.digest import object_digest
+from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import (
     BrokenResourceError,
     ConfigError,
@@ -860,8 +860,10 @@ class Sender:
                 for i, (off, ln) in enumerate(spans):
                     chunk = src.read(off, ln)
                     p.write(i, chunk)
-                    p.hashed(off, chunk)  # the leaves, from the very bytes written
-                    p.mark_done(i, _k.xxh3_64(chunk))
+                    ch, blocks = chunk_hash(chunk)  # the leaves, from the very bytes written
+                    if not p.hashed_blocks(off, ln, blocks):
+                        p.hashed(off, chunk)
+                    p.mark_done(i, ch)
                 try:
                     p.commit()  # the leaf hashes above, and only the leaves a chunk boundary cut read back
                 except IntegrityError as exc:  # the commit removed the copy
@@ -1176,14 +1178,19 @@ class _StreamCtx:
         last = i == self.sess.nchunks - 1
         enc = self.encoder
         tid = self.transfer_id
+        # the chunk's hash from the leaves the digest pass kept (digest rule 4): not hashed again
+        tree = self.data.tree
+        blocks = tree.leaves_of(off, ln) if tree is not None else None
         if self.peer_hashes is not None:
             p0, p1 = off // C.PAGE_SIZE, (off + ln + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             return enc.encode_pages(chunk, self.peer_hashes[p0 * 8 : p1 * 8], self.base_digest, offset=off,
-                                    transfer_id=tid, last=last)  # fmt: skip
+                                    transfer_id=tid, last=last, block_hashes=blocks)  # fmt: skip
         if self.base is not None and not self.sess.goes_full(i):
             return enc.encode(chunk, offset=off, transfer_id=tid, base=self.base.read(off, ln),
-                              base_digest=self.base_digest, last=last, dictionary=self.dictionary)  # fmt: skip
-        return enc.encode(chunk, offset=off, transfer_id=tid, last=last, dictionary=self.dictionary)
+                              base_digest=self.base_digest, last=last, dictionary=self.dictionary,
+                              block_hashes=blocks)  # fmt: skip
+        return enc.encode(chunk, offset=off, transfer_id=tid, last=last, dictionary=self.dictionary,
+                          block_hashes=blocks)  # fmt: skip
 
     def _read_ack(self, fs: FrameSocket, inflight: dict[int, tuple[int, float]]) -> int:
         """Read one ACK/NACK; returns the wire bytes it acknowledged.  What they mean is the session's."""

@@ -91,6 +91,7 @@ from typing import Any
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkDecoder, ChunkEncoder, CodecConfig, DictionaryStore, chunk_spans
 from dwcp.config import Config
+from dwcp.digest import LEAF_BYTES, chunk_hash
 from dwcp.errors import (
     BrokenResourceError,
     DWCPError,
@@ -893,6 +894,9 @@ class DataServer:
         sess, partial = t.s, t.partial
         scratch = bytearray()
         chunk_buf = bytearray(sess.chunk_size)
+        slot = bytearray(
+            min(LEAF_BYTES, sess.chunk_size)
+        )  # plain RAW chunks pass through it a block at a time
         idle = fs.sock.gettimeout()
         while not t.closed and sess.failure is None:
             fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s
@@ -918,27 +922,25 @@ class DataServer:
             try:
                 off, ln = sess.span(idx)
                 out = memoryview(chunk_buf)[:ln]
-                spliced = False
-                if h.codec == C.CODEC_RAW and fs.can_splice and ln:
-                    # plain TCP: socket -> file in the kernel, then verify what landed
+                written = False
+                blocks: list[bytes] = []
+                if h.codec == C.CODEC_RAW and fs.can_recv_direct and ln:
+                    # plain TCP: socket -> slot -> file a block at a time, each block hashed while in
+                    # cache (the native engine, GIL released): no chunk byte enters a Python object
                     try:
-                        fs.splice_into(partial.fileno(), off, ln)
+                        bl, chash = fs.recv_blocks_into(partial.fileno(), off, ln, slot)
                     except StorageError as exc:
                         raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
-                    v = partial.view(idx)
-                    try:
-                        ok = _k.xxh3_64(v) == h.raw_hash
-                        if ok:
-                            partial.hashed(off, v)  # the digest's leaves, while the chunk is in cache
-                    finally:
-                        v.release()
-                    if not ok:
-                        raise IntegrityError(f"chunk {idx} fails its xxh3-64 check", C.ERR_CHECKSUM)
-                    spliced = True
+                    if chash != h.raw_hash:
+                        raise IntegrityError(f"chunk {idx} fails its chunk hash check", C.ERR_CHECKSUM)
+                    blocks.append(bl)
+                    written = True
                 elif h.codec == C.CODEC_RAW:
                     fs.recv_into_exact(out)  # straight into the reusable chunk buffer
-                    if _k.xxh3_64(out) != h.raw_hash:
-                        raise IntegrityError(f"chunk {idx} fails its xxh3-64 check", C.ERR_CHECKSUM)
+                    chash, bl = chunk_hash(out)
+                    if chash != h.raw_hash:
+                        raise IntegrityError(f"chunk {idx} fails its chunk hash check", C.ERR_CHECKSUM)
+                    blocks.append(bl)
                 else:
                     if len(scratch) < h.enc_len:
                         scratch = bytearray(h.enc_len)
@@ -947,7 +949,9 @@ class DataServer:
                     base = (
                         t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
                     )
-                    self.decoder.decode(h, pmv, base=base, out=out, dictionary=sess.dictionary)
+                    self.decoder.decode(
+                        h, pmv, base=base, out=out, dictionary=sess.dictionary, blocks_out=blocks
+                    )
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
                 how = sess.write_mode(h.codec)
@@ -958,10 +962,11 @@ class DataServer:
                     self._write_pages(
                         partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE)
                     )
-                elif how == WRITE_ALL and not spliced:
+                elif how == WRITE_ALL and not written:
                     partial.write(idx, out)
-                if not spliced:
-                    partial.hashed(off, out)  # the digest's leaves: commit reads back none of this chunk
+                # the digest's leaves, from the chunk hash's blocks: commit reads back none of this chunk
+                if not partial.hashed_blocks(off, ln, blocks[0]) and not written:
+                    partial.hashed(off, out)  # off the leaf boundaries: the leaves it holds whole
                 partial.mark_done(idx, h.raw_hash)
             except IntegrityError as exc:
                 sess.rejected(idx)

@@ -132,7 +132,9 @@ __all__ = [
 ]  # fmt: skip
 
 # 2: an object's digest is the root of its chunk-hash tree (dwcp.digest), no longer the whole-object xxh3-128
-PROTOCOL_VERSION = 2
+# 3: a DATA frame's raw_hash is the chunk hash of dwcp.digest rule 4 (from the tree's leaf hashes), no longer
+#    the xxh3-64 of the chunk's bytes
+PROTOCOL_VERSION = 3
 # What this version speaks: delta frames (xbzrle), zstd payloads, sparse chunks, pages mode, resume.
 CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume", "zdict"})
 

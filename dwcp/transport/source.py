@@ -55,7 +55,8 @@ import stat
 import threading
 import time
 
-from dwcp.digest import LEAF_BYTES, TreeHasher, object_digest
+from dwcp._backend import impl as _k
+from dwcp.digest import LEAF_BYTES, TreeHasher
 from dwcp.durable import write_atomic
 from dwcp.errors import SourceChangedError, SourceError
 
@@ -78,13 +79,20 @@ class BufferSource:
         self._mv = mv.cast("B")
         self.size = self._mv.nbytes  # invariant: never changes
         self.name = "the buffer"
+        self.tree: TreeHasher | None = (
+            None  # the leaves ``digest`` hashed: the chunks' hashes (digest rule 4)
+        )
 
     def read(self, offset: int, n: int, out=None) -> memoryview:
         """A view of the buffer itself (``out`` is not needed: nothing is read)."""
         return self._mv[offset : offset + n]
 
     def digest(self) -> bytes:
-        return object_digest(self._mv)
+        """The object digest; its leaves are kept in ``tree``."""
+        t = TreeHasher(self.size)
+        t.add_blocks(0, self.size, _k.block_hashes(self._mv, LEAF_BYTES))
+        self.tree = t
+        return t.root()
 
     def check(self) -> None:
         """A buffer cannot change size."""
@@ -114,6 +122,9 @@ class FileSource:
         self._fd = fd  # -1 once closed
         self._is_block = is_block
         self._local = threading.local()  # .buf: this thread's reusable bytearray, .mv: a view of all of it
+        self.tree: TreeHasher | None = (
+            None  # the leaves ``digest`` hashed: the chunks' hashes (digest rule 4)
+        )
 
     @classmethod
     def open(cls, path: str) -> FileSource:
@@ -183,10 +194,12 @@ class FileSource:
         return mv
 
     def digest(self) -> bytes:
-        """The object digest (dwcp.digest) of the whole source, read a block at a time."""
+        """The object digest (dwcp.digest) of the whole source, read a block at a time; its leaves are
+        kept in ``tree`` (the chunks' hashes, digest rule 4: the send does not hash them again)."""
         t = TreeHasher(self.size)
         for off in range(0, self.size, _HASH_BLOCK):  # a whole number of leaves per block
             t.add(off, self.read(off, min(_HASH_BLOCK, self.size - off)))
+        self.tree = t
         return t.root()
 
     def check(self) -> None:

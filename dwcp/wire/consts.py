@@ -17,7 +17,10 @@ Rules
         28    4 enc_len       u32, length of the payload that follows
         32    4 dict_id       u32, zstd dictionary id (CODEC_ZSTD_DICT only)
         36   16 base_digest   xxh3-128 of the baseline (delta codecs only)
-        52    8 raw_hash      u64, xxh3-64 of the raw bytes
+        52    8 raw_hash      u64, DATA: the chunk hash of the raw bytes
+                              (dwcp.digest rule 4: xxh3-64 of the
+                              xxh3-128s of its 1 MiB blocks); other
+                              frames: xxh3-64 of the payload
         60    4 hdr_check     u32, low 32 bits of xxh3-64(header[0:60])
 
 2. Lengths are bounded before anything is allocated: ``raw_len`` <=

@@ -183,7 +183,7 @@ def test_a_forged_consensus_message_is_detected_counted_and_exported(bft):
     m = Msg(MsgType.PREPARE, "c1", 0, 1, "ab" * 32)
     m = Msg(m.type, m.sender, m.view, m.seq, m.digest, sig=Ed25519PrivateKey.generate().sign(m.body()))
     with socket.create_connection(("127.0.0.1", bft.ports["c0"]), timeout=5) as s:
-        s.sendall(encode_control(C.FRAME_HELLO, 0, {"v": 2, "role": "control", "op": "raft", "node": "c1"}))
+        s.sendall(encode_control(C.FRAME_HELLO, 0, {"v": 3, "role": "control", "op": "raft", "node": "c1"}))
         s.sendall(encode_control(C.FRAME_RAFT, 0, {"type": "epoch", "epoch": 0, "src": "c1", "dst": "c0",
                                                    "kind": "engine", "body": m.to_wire()}))  # fmt: skip
         bft.wait(lambda: bft.status("c0")["consensus"]["faults"].get("bad_signature", {}).get("c1"),

@@ -42,7 +42,7 @@ def test_ops_are_served_only_once_registered(tmp_path):
     def ask(srv):
         fs, _ = Dialer.plaintext().dial(*srv.address)
         try:
-            fs.send(encode_control(C.FRAME_HELLO, 9, {"v": 2, "role": "control", "op": "probe", "node": "x"}))
+            fs.send(encode_control(C.FRAME_HELLO, 9, {"v": 3, "role": "control", "op": "probe", "node": "x"}))
             return fs.recv_control(C.FRAME_WELCOME)[1]
         finally:
             fs.close()

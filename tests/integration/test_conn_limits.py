@@ -62,7 +62,7 @@ class Attack:
         assert not any(t.is_alive() for t in self._threads), "an attack thread hung"
 
     def _client(self) -> None:
-        header = encode_control(C.FRAME_HELLO, 1, {"v": 2, "role": "control", "op": "probe"})[: C.HEADER_SIZE]
+        header = encode_control(C.FRAME_HELLO, 1, {"v": 3, "role": "control", "op": "probe"})[: C.HEADER_SIZE]
         while not self.stop.is_set():
             s = socket.socket()
             try:
@@ -277,7 +277,7 @@ def test_the_hello_deadline_and_the_header_deadline_are_absolute(tmp_path):
                                         header_timeout_s=DEADLINE_S))  # fmt: skip
     addr = srv.start()
     try:
-        hello = encode_control(C.FRAME_HELLO, 7, {"v": 2, "role": "control", "op": "send", "key": "slow/x",
+        hello = encode_control(C.FRAME_HELLO, 7, {"v": 3, "role": "control", "op": "send", "key": "slow/x",
                                                   "size": 4096, "digest": K.xxh3_128(b"x" * 4096).hex(),
                                                   "chunk_size": 1 << 20})  # fmt: skip
         # the header whole at once, the HELLO's payload a byte per DRIP_S: the deadline from accept closes it

@@ -242,7 +242,7 @@ def _hello(port: int, size: int, chunk_size: int, key: str = "vm/huge") -> dict:
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         fs = FrameSocket(s, timeout_s=10)
-        fs.send(encode_control(C.FRAME_HELLO, 77, {"v": 2, "role": "control", "op": "send", "key": key,
+        fs.send(encode_control(C.FRAME_HELLO, 77, {"v": 3, "role": "control", "op": "send", "key": key,
                                                   "size": size, "digest": "ab" * 16, "chunk_size": 4096}))  # fmt: skip
         h, msg = fs.recv_control(C.FRAME_WELCOME)
         return {"type": h.frame_type, **msg}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-import xxhash
 
-from dwcp.digest import object_digest
+from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import StorageError
 from dwcp.storage import ObjectStore
 
@@ -22,7 +21,7 @@ def test_too_big_for_the_disk(small_fs):
     old = os.urandom(1 << 20)
     p = s.begin("k", object_digest(old), len(old), 1 << 20)
     p.write(0, old)
-    p.mark_done(0, xxhash.xxh3_64_intdigest(old))
+    p.mark_done(0, chunk_hash(old)[0])
     good = p.commit()
     with pytest.raises(StorageError, match="No space left") as ei:
         s.begin("k", bytes(range(16)), 64 << 20, 1 << 20)
@@ -36,7 +35,7 @@ def test_disk_fills_during_the_transfer(small_fs):
     old = os.urandom(1 << 20)
     p = s.begin("k", object_digest(old), len(old), 1 << 20)
     p.write(0, old)
-    p.mark_done(0, xxhash.xxh3_64_intdigest(old))
+    p.mark_done(0, chunk_hash(old)[0])
     good = p.commit()
     p = s.begin("k", bytes(range(16)), 4 << 20, 1 << 20)  # the space is there when it starts
     with open(small_fs / "filler", "wb") as f:  # then something else eats it

@@ -232,7 +232,7 @@ def test_absurd_lengths_and_replayed_chunks(server):
     # a data stream for a transfer that does not exist
     s = _raw_conn(server.address)
     s.sendall(
-        encode_control(C.FRAME_HELLO, 77, {"v": 2, "role": "data", "transfer_id": 77, "token": "ab" * 32})
+        encode_control(C.FRAME_HELLO, 77, {"v": 3, "role": "data", "transfer_id": 77, "token": "ab" * 32})
     )
     reply = _closed_by_peer(s)
     s.close()
@@ -244,7 +244,7 @@ def test_truncated_stream_leaves_no_object(server):
     data = b"y" * (3 << 20)
     s = _raw_conn(server.address)
     digest = object_digest(data).hex()
-    s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 2, "role": "control", "op": "send", "key": "trunc/x",
+    s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 3, "role": "control", "op": "send", "key": "trunc/x",
                                                 "size": len(data), "digest": digest, "chunk_size": 1 << 20}))  # fmt: skip
     time.sleep(0.2)
     s.close()  # the sender vanished after the handshake
@@ -376,16 +376,17 @@ def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):
         assert fds() <= before + 2, (before, fds())
 
 
-def test_a_peer_of_protocol_1_hears_which_versions_meet(server):
-    """Protocol 2 changed what an object's digest is: an old sender is refused with the reason, before
-    anything is stored."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_an_older_peer_hears_which_versions_meet(server, old):
+    """Protocol 2 changed what an object's digest is, 3 what a chunk's hash is: an old sender is refused
+    with the reason, before anything is stored."""
     with socket.create_connection(server.address, timeout=5) as s:
-        s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": 1, "role": "control", "op": "send", "key": "old/x",
+        s.sendall(encode_control(C.FRAME_HELLO, 5, {"v": old, "role": "control", "op": "send", "key": "old/x",
                                                     "size": 4096, "digest": "00" * 16, "chunk_size": 4096}))  # fmt: skip
         fs = FrameSocket(s, timeout_s=5)
         got = fs.recv_control(C.FRAME_ERROR)
     assert got is not None
     h, msg = got
     assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_VERSION
-    assert "speaks dwcp protocol 2, the peer 1: upgrade dwcp on the older side" in msg["message"]
+    assert f"speaks dwcp protocol 3, the peer {old}: upgrade dwcp on the older side" in msg["message"]
     assert server.store.latest("old/x") is None

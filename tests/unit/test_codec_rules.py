@@ -42,7 +42,18 @@ def rng_bytes(n: int, seed: int = 0) -> bytes:
 def data_header(codec: int, raw: bytes, payload: bytes, *, base_digest: bytes = C.ZERO_DIGEST):
     """A parsed DATA header as a peer would send it for ``payload`` decoding to ``raw``."""
     return K.parse_header(
-        K.pack_header(C.FRAME_DATA, codec, 0, 1, 0, len(raw), len(payload), 0, base_digest, K.xxh3_64(raw))
+        K.pack_header(
+            C.FRAME_DATA,
+            codec,
+            0,
+            1,
+            0,
+            len(raw),
+            len(payload),
+            0,
+            base_digest,
+            K.xxh3_64(K.block_hashes(raw)),
+        )
     )
 
 

@@ -10,7 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dwcp.digest import DOMAIN, LEAF_BYTES, TreeHasher, object_digest
+from dwcp.digest import DOMAIN, LEAF_BYTES, TreeHasher, chunk_hash, hash_of_blocks, object_digest
 
 L = LEAF_BYTES
 
@@ -63,6 +63,47 @@ def test_chunks_added_in_any_order_and_size_give_the_whole_objects_root(n, cut, 
 
     assert t.root(read) == object_digest(d)
     assert sorted(reads) == [i * L for i in t.missing()]  # exactly the leaves no chunk held whole, once each
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 5 * L + 3),
+    cut=st.lists(st.integers(1, 3 * L), min_size=1, max_size=8),
+)
+def test_chunk_hashes_are_over_blocks_and_aligned_chunks_give_the_leaves(n, cut):
+    """Rule 4: a chunk's hash is over its 1 MiB blocks from its own start; a chunk on a leaf boundary
+    gives the tree its leaves (add_blocks), and the tree gives a sender the chunk's blocks (leaves_of)."""
+    d = data(n, 11)
+    whole = TreeHasher(n)
+    whole.add(0, d)
+    t = TreeHasher(n)
+    off, i = 0, 0
+    while off < n:
+        ln = min(cut[i % len(cut)], n - off)
+        c = d[off : off + ln]
+        ch, blocks = chunk_hash(c)
+        assert blocks == b"".join(xxhash.xxh3_128_digest(c[o : o + L]) for o in range(0, ln, L))
+        assert ch == hash_of_blocks(blocks) == xxhash.xxh3_64_intdigest(blocks)
+        added = t.add_blocks(off, ln, blocks)
+        aligned_end = off + ln == n or (off + ln) % L == 0
+        if off % L:
+            assert added == 0 and whole.leaves_of(off, ln) is None
+        else:
+            assert added == ln // L + (1 if ln % L and off + ln == n else 0)
+            assert whole.leaves_of(off, ln) == (blocks if aligned_end else None)
+        off, i = off + ln, i + 1
+    reads = []
+    assert t.root(lambda o, k: (reads.append(o), d[o : o + k])[1]) == object_digest(d)
+    assert sorted(reads) == [i * L for i in t.missing()]
+
+
+def test_add_blocks_checks_its_arguments():
+    t = TreeHasher(3 * L)
+    with pytest.raises(ValueError, match="outside"):
+        t.add_blocks(2 * L, 2 * L, bytes(32))
+    with pytest.raises(ValueError, match="block hashes for"):
+        t.add_blocks(0, L + 1, bytes(16))
+    assert t.leaves_of(0, L) is None  # nothing added yet: the caller hashes the bytes
 
 
 def test_whole_leaf_chunks_need_no_reads_and_missing_leaves_need_a_reader():

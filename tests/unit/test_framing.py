@@ -184,6 +184,16 @@ def test_hashes_match_xxhash_package(impl):
         impl.page_hashes(b"abc", 0)
 
 
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_block_hashes_are_the_xxh3_128_of_each_block(impl, n):
+    d = os.urandom(n)
+    bh = impl.block_hashes(d, 4096)
+    assert bh == b"".join(xxhash.xxh3_128_digest(d[i : i + 4096]) for i in range(0, n, 4096))
+    assert impl.block_hashes(d) == (xxhash.xxh3_128_digest(d) if n else b"")  # 1 MiB blocks by default
+    with pytest.raises(ValueError):
+        impl.block_hashes(b"abc", 0)
+
+
 def test_consts_pxi_mirrors_python_consts():
     """dwcp/_fast/consts.pxi must say what dwcp/wire/consts.py says."""
     path = os.path.join(os.path.dirname(C.__file__), "..", "_fast", "consts.pxi")

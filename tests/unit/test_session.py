@@ -54,7 +54,7 @@ ALL_CAPS = sorted(CAPS)
 
 
 def hello(**kw) -> dict:
-    h = {"v": 2, "role": "control", "op": "send", "key": "vm/1", "size": 10 * MiB, "digest": DIGEST.hex(),
+    h = {"v": 3, "role": "control", "op": "send", "key": "vm/1", "size": 10 * MiB, "digest": DIGEST.hex(),
          "chunk_size": MiB, "caps": ALL_CAPS}  # fmt: skip
     h.update(kw)
     return h

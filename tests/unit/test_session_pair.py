@@ -35,7 +35,7 @@ BASE, OTHER = b"\x22" * 16, b"\x33" * 16
 def test_hello_offers_every_capability_and_the_baseline():
     tx = SendSession(9, "vm/1", 10 * PG, DIGEST, PG, node="a", base_digest=BASE, forward_to="h:1", streams=3)
     h = tx.hello()
-    assert h == {"v": 2, "role": "control", "op": "send", "key": "vm/1", "size": 10 * PG, "digest": DIGEST.hex(),
+    assert h == {"v": 3, "role": "control", "op": "send", "key": "vm/1", "size": 10 * PG, "digest": DIGEST.hex(),
                  "chunk_size": PG, "page_size": PG, "caps": sorted(CAPS), "node": "a", "base_digest": BASE.hex(),
                  "forward": {"to": "h:1"}, "streams": 3}  # fmt: skip
 
@@ -324,7 +324,7 @@ def test_a_receiver_failure_is_sticky_and_refuses_the_commit():
 def test_data_streams_say_the_token_of_welcome():
     pair = SessionPair(PG)
     pair.handshake()
-    assert pair.tx.data_hello(2) == {"v": 2, "role": "data", "transfer_id": 7, "token": "token", "stream": 2}
+    assert pair.tx.data_hello(2) == {"v": 3, "role": "data", "transfer_id": 7, "token": "token", "stream": 2}
 
 
 # -- the invariants, under any interleaving -----------------------------------------------------------

@@ -7,11 +7,10 @@ import signal
 import threading
 
 import pytest
-import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dwcp.digest import object_digest
+from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError
 from dwcp.storage import ObjectStore, escape_key, unescape_key, validate_key
 
@@ -23,7 +22,7 @@ def put(store: ObjectStore, key: str, data: bytes, chunk: int = CS):
     for i in range(p.nchunks):
         c = data[i * chunk : (i + 1) * chunk]
         p.write(i, c)
-        p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+        p.mark_done(i, chunk_hash(c)[0])
     return p.commit()
 
 
@@ -106,7 +105,7 @@ def test_resume_after_kill_9(tmp_path):
             for i in range(6):
                 c = data[i * CS : (i + 1) * CS]
                 p.write(i, c)
-                p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+                p.mark_done(i, chunk_hash(c)[0])
         finally:
             os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -118,7 +117,7 @@ def test_resume_after_kill_9(tmp_path):
     for i in p.missing():
         c = data[i * CS : (i + 1) * CS]
         p.write(i, c)
-        p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+        p.mark_done(i, chunk_hash(c)[0])
     assert bytes(s.open_version(p.commit())) == data
 
 
@@ -129,7 +128,7 @@ def test_corrupted_resumed_chunk_is_forgotten(tmp_path):
     p = s.begin("k", digest, len(data), CS)
     for i in range(4):
         p.write(i, data[i * CS : (i + 1) * CS])
-        p.mark_done(i, xxhash.xxh3_64_intdigest(data[i * CS : (i + 1) * CS]))
+        p.mark_done(i, chunk_hash(data[i * CS : (i + 1) * CS])[0])
     p.abort()
     with open(p.base + ".part", "r+b") as f:  # bit rot in chunk 2 while nobody held it
         f.seek(2 * CS + 7)
@@ -158,7 +157,7 @@ def test_a_seeded_partial_resumes_knowing_what_it_was_seeded_from(tmp_path):
     p.seed_from(base)
     assert p.seeded_from == base.digest
     p.write(3, v2[3 * CS :])
-    p.mark_done(3, xxhash.xxh3_64_intdigest(v2[3 * CS :]))
+    p.mark_done(3, chunk_hash(v2[3 * CS :])[0])
     p.abort()  # the sender went away
     p = s.begin("k", d2, len(v2), CS)
     assert p.resumed == 1 and p.seeded_from == base.digest  # chunks 0-2 hold v1's bytes, not zeros
@@ -256,7 +255,7 @@ def test_concurrent_chunk_writes(tmp_path):
         for i in range(start, 64, 4):
             c = data[i * CS : (i + 1) * CS]
             p.write(i, c)
-            p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+            p.mark_done(i, chunk_hash(c)[0])
 
     ts = [threading.Thread(target=w, args=(k,)) for k in range(4)]
     for t in ts:
@@ -311,7 +310,7 @@ def test_commit_reads_back_only_the_leaves_no_chunk_held_whole(tmp_path, monkeyp
         off, ln = p.span(i)
         p.write(i, data[off : off + ln])
         p.hashed(off, data[off : off + ln])
-        p.mark_done(i, xxhash.xxh3_64_intdigest(data[off : off + ln]))
+        p.mark_done(i, chunk_hash(data[off : off + ln])[0])
     cut = p.tree.missing()
     assert cut == ([] if chunk % LEAF_BYTES == 0 else [1, 4])  # leaves 1 and 4 straddle 1.5 MiB chunk edges
     if not cut:
@@ -326,7 +325,7 @@ def test_a_chunk_that_rots_before_commit_fails_the_digest(tmp_path):
     s = ObjectStore(tmp_path)
     p = s.begin("k", object_digest(data), len(data), 3 << 19)
     p.write(0, data)
-    p.mark_done(0, xxhash.xxh3_64_intdigest(data))  # not hashed: commit reads every leaf
+    p.mark_done(0, chunk_hash(data)[0])  # not hashed: commit reads every leaf
     with open(p.base + ".part", "r+b") as f:
         f.seek(100)
         f.write(bytes([data[100] ^ 1]))

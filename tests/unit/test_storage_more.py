@@ -8,10 +8,9 @@ import mmap
 import os
 
 import pytest
-import xxhash
 
 import dwcp.storage as storage
-from dwcp.digest import object_digest
+from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import ClosedResourceError, InvalidKeyError, KeyBusyError, StorageError
 from dwcp.storage import MAX_KEY_BYTES, ObjectStore, VersionInfo, close_mapping, validate_key
 
@@ -28,7 +27,7 @@ def fill(p, data: bytes, chunk: int = CS, chunks=None) -> None:
     for i in range(p.nchunks) if chunks is None else chunks:
         c = data[i * chunk : (i + 1) * chunk]
         p.write(i, c)
-        p.mark_done(i, xxhash.xxh3_64_intdigest(c))
+        p.mark_done(i, chunk_hash(c)[0])
 
 
 # -- keys and arguments ---------------------------------------------------------

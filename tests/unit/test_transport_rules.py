@@ -21,7 +21,7 @@ import pytest
 
 from dwcp.codec import ChunkEncoder, CodecConfig
 from dwcp.config import SecurityConfig, TransportConfig
-from dwcp.digest import object_digest
+from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import (
     BrokenResourceError,
     ConfigError,
@@ -346,30 +346,30 @@ def test_recv_control_takes_the_expected_control_frames_and_the_peers_error():
         assert ei.value.code == C.ERR_BAD_FRAME_TYPE
 
 
-def test_splice_moves_the_payload_into_the_file_and_close_releases_the_pipe(tmp_path):
-    header, payload = _data_frame(os.urandom(8192))
+def test_a_plain_payload_lands_in_the_file_through_the_slot_hashed_by_block(tmp_path):
+    payload = os.urandom(3 * (1 << 20) + 5)
+    header, _ = _data_frame(payload)
     with socket.create_server(("127.0.0.1", 0)) as ls, socket.create_connection(ls.getsockname()) as peer:
         conn, _ = ls.accept()
         fs = FrameSocket(conn, timeout_s=WAIT_S)
         fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if not fs.can_splice:
-                pytest.skip("no splice(2) here")
-            peer.sendall(header + payload)
+            assert fs.can_recv_direct
+            t = threading.Thread(target=peer.sendall, args=(header + payload,))
+            t.start()
             h = fs.recv_header()
-            fs.splice_into(fd, 100, h.enc_len)
-            assert os.pread(fd, 8192, 100) == payload and os.fstat(fd).st_size == 8292
-            assert fs.bytes_received == C.HEADER_SIZE + 8192
-            pipe = fs._pipe
-            assert pipe is not None
+            blocks, chash = fs.recv_blocks_into(fd, 100, h.enc_len, bytearray(1 << 20))
+            t.join()
+            assert os.pread(fd, len(payload), 100) == payload and os.fstat(fd).st_size == 100 + len(payload)
+            assert (chash, blocks) == chunk_hash(payload) and chash == h.raw_hash
+            assert fs.bytes_received == C.HEADER_SIZE + len(payload)
+            peer.sendall(b"x" * 10)
+            peer.close()
+            with pytest.raises(BrokenResourceError, match="mid-frame \\(10 of 20 bytes\\)"):
+                fs.recv_blocks_into(fd, 0, 20, bytearray(1 << 20))
         finally:
             os.close(fd)
             fs.close()
-        assert fs._pipe is None
-        for pfd in pipe:
-            with pytest.raises(OSError) as ei:
-                os.fstat(pfd)
-            assert ei.value.errno == errno.EBADF
         fs.close()  # twice is harmless
 
 
