@@ -67,6 +67,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "IntegrityError",
+    "ForgedRecordError",
     "HeaderTimeoutError",
     "ClosedResourceError",
     "BrokenResourceError",
@@ -133,6 +134,11 @@ class RemoteProtocolError(ProtocolError):
 
 class IntegrityError(RemoteProtocolError):
     """Well-formed input whose checksum does not match its content."""
+
+
+class ForgedRecordError(RemoteProtocolError):
+    """A sealed record (dwcp.security.aead) failed authentication: forged, altered, replayed or out of
+    order.  Nothing of the stream can be trusted any more: it is dropped, never NACKed and read on."""
 
 
 class HeaderTimeoutError(RemoteProtocolError):

@@ -1,6 +1,19 @@
 from typing_extensions import Buffer
 
-__all__ = ["recv_blocks"]
+__all__ = ["recv_blocks", "send_sealed", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+
+AEAD_TAG_BYTES: int
+AEAD_KEY_BYTES: int
+
+def aead_load(path: str) -> bool: ...
+
+class Aead:
+    sealing: bool
+    def __init__(self, key: Buffer, seal: bool) -> None: ...
+    @property
+    def counter(self) -> int: ...
+    def seal(self, data: Buffer) -> bytes: ...
+    def open_into(self, buf: Buffer, tag: Buffer) -> None: ...
 
 def recv_blocks(
     sock_fd: int,
@@ -10,4 +23,6 @@ def recv_blocks(
     file_off: int,
     timeout_ms: int = -1,
     block: int = 1048576,
+    opener: Aead | None = None,
 ) -> tuple[int, bytes, int]: ...
+def send_sealed(sock_fd: int, sealer: Aead, payload: Buffer, slot: Buffer, timeout_ms: int = -1) -> None: ...

@@ -12,7 +12,16 @@ Python.  The block hashes are the chunk's hash (the xxh3-64 of their
 concatenation, dwcp/wire/consts.py) and, for a leaf-aligned chunk, the
 object's tree leaves (dwcp/digest.py): nothing reads the chunk again.
 
-Pure-Python twin: dwcp/_ref/engine.py (the oracle and the fallback).
+The same kernels carry a data stream's sealed records (dwcp.security.aead):
+``Aead`` is one direction of one connection, AES-256-GCM through the
+process's own libcrypto (dwcp/_fast/aead.h: dlopen, no OpenSSL headers at
+build time); ``recv_blocks`` with an ``opener`` decrypts each block in place
+before it is hashed and written, and checks the record's tag at the end;
+``send_sealed`` encrypts a payload a block at a time into a slot and sends
+it from there.
+
+Pure-Python twin: dwcp/_ref/engine.py (the oracle and the fallback; its Aead
+calls the same libcrypto through ctypes).
 
 Rules
 -----
@@ -29,15 +38,30 @@ Rules
 4. Bytes are written before the chunk is verified -- the caller marks the
    chunk done only when ``chunk_hash`` matches, and a chunk not marked is
    received again in full (RAW chunks are written whole).
+5. With ``opener``, the wire carries ``n`` bytes of ciphertext then the
+   16-byte tag (one record); a tag that does not verify raises
+   ForgedRecordError after the bytes were written (rule 4 holds: the chunk
+   is not marked, and the stream must be dropped).
+6. ``Aead(key, seal)``: ``seal(data)`` returns ciphertext + tag of the next
+   record; ``open_into(buf, tag)`` decrypts ``buf`` in place and raises
+   ForgedRecordError unless ``tag`` verifies.  Records are numbered per
+   object (the nonce); one thread uses an Aead at a time.
+7. ``send_sealed(sock_fd, sealer, payload, slot, timeout_ms)`` sends
+   ``payload`` as one sealed record; TimeoutError when the socket takes no
+   byte for ``timeout_ms``, OSError on a socket error.
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
-from dwcp.errors import StorageError
+from dwcp.errors import ForgedRecordError, StorageError
+from dwcp.wire.consts import ERR_FORGED
 
-__all__ = ["recv_blocks"]
+__all__ = ["recv_blocks", "send_sealed", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+
+AEAD_TAG_BYTES = 16
+AEAD_KEY_BYTES = 32
 
 cdef extern from "<sys/types.h>":
     ctypedef long off_t
@@ -58,7 +82,22 @@ cdef extern from "<poll.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t n, off_t offset)
 
-from .xxh cimport XXH3_64bits, XXH3_128bits, XXH128_canonical_t, XXH128_canonicalFromHash
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+cdef extern from "<poll.h>" nogil:
+    short POLLOUT
+
+cdef extern from "aead.h" nogil:
+    ctypedef struct dwcp_aead:
+        uint64_t counter
+    int dwcp_aead_load(const char *path)
+    int dwcp_aead_init(dwcp_aead *a, const unsigned char *key, int enc)
+    void dwcp_aead_clear(dwcp_aead *a)
+    int dwcp_aead_begin(dwcp_aead *a, const unsigned char *aad, size_t aadlen)
+    int dwcp_aead_update(dwcp_aead *a, unsigned char *out, const unsigned char *inp, size_t n)
+    int dwcp_aead_finish(dwcp_aead *a, unsigned char *tag)
 
 cdef enum:
     ST_OK = 0
@@ -66,10 +105,190 @@ cdef enum:
     ST_TIMEOUT = 2
     ST_SOCK = 3
     ST_FILE = 4
+    ST_FORGED = 5
+
+
+cdef bint _loaded = False
+
+
+def aead_load(str path):
+    """Resolve AES-256-GCM in the libcrypto at ``path`` (the one Python's ssl module uses).  True once
+    loaded; False if the library or one of its EVP functions is missing (then Aead cannot be made)."""
+    global _loaded
+    if not _loaded:
+        _loaded = dwcp_aead_load(path.encode()) == 0
+    return bool(_loaded)
+
+
+cdef class Aead:
+    """One direction of one connection: a key and its record counter (rule 6)."""
+
+    cdef dwcp_aead a
+    cdef readonly bint sealing
+
+    def __cinit__(self, const uint8_t[::1] key, bint seal):
+        if not _loaded:
+            raise RuntimeError("AES-GCM is not loaded: call aead_load first")
+        if key.shape[0] != AEAD_KEY_BYTES:
+            raise ValueError(f"an AES-256-GCM key has {AEAD_KEY_BYTES} bytes, got {key.shape[0]}")
+        self.sealing = seal
+        if dwcp_aead_init(&self.a, &key[0], 1 if seal else 0) != 0:
+            dwcp_aead_clear(&self.a)
+            raise RuntimeError("EVP could not set up AES-256-GCM")
+
+    def __dealloc__(self):
+        dwcp_aead_clear(&self.a)
+
+    @property
+    def counter(self):
+        """The next record's number."""
+        return self.a.counter
+
+    def seal(self, const uint8_t[::1] data):
+        """Ciphertext and tag of the next record."""
+        if not self.sealing:
+            raise ValueError("this Aead opens records; it cannot seal")
+        cdef Py_ssize_t n = data.shape[0]
+        out = bytearray(n + AEAD_TAG_BYTES)
+        cdef uint8_t[::1] o = out
+        cdef int rc
+        with nogil:
+            rc = dwcp_aead_begin(&self.a, NULL, 0)
+            if rc == 0 and n:
+                rc = dwcp_aead_update(&self.a, &o[0], &data[0], n)
+            if rc == 0:
+                rc = dwcp_aead_finish(&self.a, &o[n])
+        if rc != 0:
+            raise RuntimeError("EVP failed to seal a record")
+        return bytes(out)
+
+    def open_into(self, uint8_t[::1] buf, const uint8_t[::1] tag):
+        """Decrypt ``buf`` (the next record's ciphertext) in place; ForgedRecordError unless ``tag``
+        verifies (``buf`` then holds garbage)."""
+        if self.sealing:
+            raise ValueError("this Aead seals records; it cannot open")
+        if tag.shape[0] != AEAD_TAG_BYTES:
+            raise ValueError(f"a tag has {AEAD_TAG_BYTES} bytes, got {tag.shape[0]}")
+        cdef Py_ssize_t n = buf.shape[0]
+        cdef uint64_t rec = self.a.counter
+        cdef int rc
+        cdef uint8_t t[16]
+        memcpy(t, &tag[0], 16)
+        with nogil:
+            rc = dwcp_aead_begin(&self.a, NULL, 0)
+            if rc == 0 and n:
+                rc = dwcp_aead_update(&self.a, &buf[0], &buf[0], n)
+            if rc == 0:
+                rc = dwcp_aead_finish(&self.a, t)
+        if rc != 0:
+            raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
+                                    f"or out of order", ERR_FORGED)
+
+
+cdef int _wait(int fd, short events, int timeout_ms) noexcept nogil:
+    """0 when ready, 1 on timeout, -1 (errno set) on error."""
+    cdef pollfd pfd
+    cdef int pr
+    pfd.fd = fd
+    pfd.events = events
+    while True:
+        pfd.revents = 0
+        pr = poll(&pfd, 1, timeout_ms)
+        if pr > 0:
+            return 0
+        if pr == 0:
+            return 1
+        if errno != EINTR:
+            return -1
+
+
+cdef int _send_all(int fd, const uint8_t *p, Py_ssize_t n, int timeout_ms, int *err) noexcept nogil:
+    """ST_OK, ST_TIMEOUT or ST_SOCK (``err`` set)."""
+    cdef ssize_t r
+    cdef int w
+    while n > 0:
+        r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if r > 0:
+            p += r
+            n -= r
+            continue
+        if r < 0 and errno == EINTR:
+            continue
+        if r < 0 and errno != EAGAIN:
+            err[0] = errno
+            return ST_SOCK
+        w = _wait(fd, POLLOUT, timeout_ms)
+        if w == 1:
+            return ST_TIMEOUT
+        if w < 0:
+            err[0] = errno
+            return ST_SOCK
+    return ST_OK
+
+
+def send_sealed(int sock_fd, Aead sealer, const uint8_t[::1] payload, uint8_t[::1] slot, int timeout_ms=-1):
+    if not sealer.sealing:
+        raise ValueError("send_sealed needs a sealing Aead")
+    cdef Py_ssize_t n = payload.shape[0], block = slot.shape[0], done = 0, k
+    if n and block < 1:
+        raise ValueError("the slot is empty")
+    cdef const uint8_t *pp = &payload[0] if n else NULL
+    cdef uint8_t *sp = &slot[0] if block else NULL
+    cdef uint8_t tag[16]
+    cdef int status = ST_OK, err = 0, rc
+    with nogil:
+        rc = dwcp_aead_begin(&sealer.a, NULL, 0)
+        while rc == 0 and done < n:
+            k = block if n - done > block else n - done
+            rc = dwcp_aead_update(&sealer.a, sp, pp + done, k)
+            if rc != 0:
+                break
+            status = _send_all(sock_fd, sp, k, timeout_ms, &err)
+            if status != ST_OK:
+                break
+            done += k
+        if rc == 0 and status == ST_OK:
+            rc = dwcp_aead_finish(&sealer.a, tag)
+            if rc == 0:
+                status = _send_all(sock_fd, tag, 16, timeout_ms, &err)
+    if rc != 0:
+        raise RuntimeError("EVP failed to seal a record")
+    if status == ST_TIMEOUT:
+        raise TimeoutError(f"the socket took no byte for {timeout_ms / 1000} s ({done} of {n} sent)")
+    if status == ST_SOCK:
+        raise OSError(err, f"{__import__('os').strerror(err)} ({done} of {n} payload bytes sent)")
+
+from .xxh cimport XXH3_64bits, XXH3_128bits, XXH128_canonical_t, XXH128_canonicalFromHash
+
+
+
+cdef int _recv_all(int fd, uint8_t *p, Py_ssize_t want, int timeout_ms, Py_ssize_t *got, int *err) noexcept nogil:
+    """ST_OK, ST_EOF, ST_TIMEOUT or ST_SOCK (``err`` set); ``got`` counts what arrived."""
+    cdef ssize_t r
+    cdef int w
+    while got[0] < want:
+        r = recv(fd, p + got[0], want - got[0], MSG_DONTWAIT)
+        if r > 0:
+            got[0] += r
+            continue
+        if r == 0:
+            return ST_EOF
+        if errno == EINTR:
+            continue
+        if errno != EAGAIN:  # == EWOULDBLOCK on Linux
+            err[0] = errno
+            return ST_SOCK
+        w = _wait(fd, POLLIN, timeout_ms)
+        if w == 1:
+            return ST_TIMEOUT
+        if w < 0:
+            err[0] = errno
+            return ST_SOCK
+    return ST_OK
 
 
 def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64_t file_off,
-                int timeout_ms=-1, Py_ssize_t block=1048576):
+                int timeout_ms=-1, Py_ssize_t block=1048576, Aead opener=None):
     if n < 0 or file_off < 0:
         raise ValueError(f"n and file_off must be >= 0, got {n} and {file_off}")
     if block <= 0:
@@ -81,42 +300,33 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     cdef uint8_t[::1] hv = hashes
     cdef uint8_t *hp = &hv[0] if nblocks else NULL
     cdef uint8_t *sp = &slot[0] if n else NULL
+    if opener is not None and opener.sealing:
+        raise ValueError("recv_blocks needs an opening Aead")
     cdef Py_ssize_t done = 0, want, got, k = 0, w
     cdef ssize_t r
-    cdef int status = ST_OK, err = 0, pr
-    cdef pollfd pfd
+    cdef int status = ST_OK, err = 0, rc = 0
     cdef XXH128_canonical_t c
     cdef uint64_t chash = 0
-    pfd.fd = sock_fd
-    pfd.events = POLLIN
+    cdef uint64_t rec = 0
+    cdef dwcp_aead *a = NULL
+    cdef uint8_t tag[16]
+    if opener is not None:
+        a = &opener.a
+        rec = a.counter
     with nogil:
-        while done < n and status == ST_OK:
+        if a != NULL:
+            rc = dwcp_aead_begin(a, NULL, 0)
+        while rc == 0 and done < n and status == ST_OK:
             want = block if n - done > block else n - done
             got = 0
-            while got < want:
-                r = recv(sock_fd, sp + got, want - got, MSG_DONTWAIT)
-                if r > 0:
-                    got += r
-                    continue
-                if r == 0:
-                    status = ST_EOF
-                    break
-                if errno == EINTR:
-                    continue
-                if errno != EAGAIN:  # == EWOULDBLOCK on Linux
-                    status, err = ST_SOCK, errno
-                    break
-                pfd.revents = 0
-                pr = poll(&pfd, 1, timeout_ms)
-                if pr == 0:
-                    status = ST_TIMEOUT
-                    break
-                if pr < 0 and errno != EINTR:
-                    status, err = ST_SOCK, errno
-                    break
+            status = _recv_all(sock_fd, sp, want, timeout_ms, &got, &err)
             if status != ST_OK:
                 done += got
                 break
+            if a != NULL:
+                rc = dwcp_aead_update(a, sp, sp, want)
+                if rc != 0:
+                    break
             XXH128_canonicalFromHash(&c, XXH3_128bits(sp, want))
             memcpy(hp + k * 16, c.digest, 16)
             k += 1
@@ -135,8 +345,22 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
             if status != ST_OK:
                 break
             done += want
-        if status == ST_OK:
+        if rc == 0 and status == ST_OK and a != NULL:
+            got = 0
+            status = _recv_all(sock_fd, tag, 16, timeout_ms, &got, &err)
+            if status == ST_OK:
+                rc = dwcp_aead_finish(a, tag)
+                if rc != 0:
+                    status = ST_FORGED
+        if status == ST_OK and rc == 0:
             chash = XXH3_64bits(hp, k * 16)
+    if rc != 0 and status != ST_FORGED:
+        raise RuntimeError("EVP failed to open a record")
+    if status == ST_FORGED:
+        raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
+                                f"or out of order", ERR_FORGED)
+    if status == ST_EOF:
+        return done, bytes(hashes[: k * 16]), 0
     if status == ST_TIMEOUT:
         raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
     if status == ST_SOCK:

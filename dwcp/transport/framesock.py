@@ -22,6 +22,10 @@ Rules
    (dwcp.transport.zerocopy); ``send(..., zerocopy=True)`` then sends a large
    payload MSG_ZEROCOPY and returns its token: the caller must not write the
    payload's buffer until ``self.zerocopy.buffer_free(token)``.
+7. ``seal(secret, transfer_id, sender=...)`` ends the TLS session of a data
+   stream (close_notify both ways) and carries every later frame as sealed
+   records (dwcp.security.aead): the header as one record, the payload as
+   another.  The methods keep their meaning; ``sealed`` says which it is.
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ import time
 
 from dwcp._backend import impl as _k
 from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError
+from dwcp.security.aead import stream_keys
 from dwcp.wire import consts as C
 from dwcp.wire.messages import decode_control, verify_payload
 
 from .zerocopy import ZEROCOPY_MIN_BYTES, ZeroCopySender, sendmsg_all
 
 __all__ = ["FrameSocket"]
+
+TAG = 16  # a sealed record's AES-GCM tag (rule 7)
+SEAL_INLINE = 256 << 10  # smaller payloads are sealed in Python and sent with their header in one call
+SLOT_BYTES = 1 << 20  # larger ones are sealed a slot at a time by the engine (GIL released)
 
 
 def _wait_readable(fd: int, timeout: float | None) -> bool:
@@ -62,6 +71,40 @@ class FrameSocket:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.zerocopy: ZeroCopySender | None = None  # set by enable_zerocopy (rule 6)
+        self._tx: _k.Aead | None = None  # sealed records (rule 7)
+        self._rx: _k.Aead | None = None
+        self._slot: bytearray | None = None
+        self._hsize = C.HEADER_SIZE  # bytes of a header on the wire (+ TAG when sealed)
+
+    @property
+    def sealed(self) -> bool:
+        return self._tx is not None
+
+    @property
+    def tls(self) -> bool:
+        """Frames go in TLS records (until ``seal``)."""
+        return self._tls
+
+    def seal(self, secret: bytes, transfer_id: int, *, sender: bool) -> None:
+        """Rule 7: close the TLS session and carry on with sealed records keyed from ``secret``."""
+        if not self._tls:
+            raise ValueError("only a TLS stream is sealed: its session carried the secret")
+        timeout = self.sock.gettimeout()
+        self.sock.unwrap()  # type: ignore[attr-defined]  # close_notify sent and received
+        # a plain socket of the same descriptor (an SSLSocket refuses sendmsg even unwrapped)
+        raw = socket.socket(fileno=self.sock.detach())
+        raw.settimeout(timeout)
+        s2r, r2s = stream_keys(secret, transfer_id)
+        self._tx = _k.Aead(s2r if sender else r2s, True)
+        self._rx = _k.Aead(r2s if sender else s2r, False)
+        self.sock, self._tls = raw, False
+        self._hsize = C.HEADER_SIZE + TAG
+        self._hdr = bytearray(self._hsize)
+        self._hmv = memoryview(self._hdr)
+
+    def _timeout_ms(self) -> int:
+        timeout = self.sock.gettimeout()
+        return -1 if timeout is None else max(1, int(timeout * 1000))
 
     # -- writing ---------------------------------------------------------
     def enable_zerocopy(self, min_bytes: int = ZEROCOPY_MIN_BYTES) -> ZeroCopySender:
@@ -69,14 +112,19 @@ class FrameSocket:
 
         The returned sender says whether the socket took SO_ZEROCOPY (``enabled``, ``why_not``).
         """
-        if self._tls:
-            raise ValueError("MSG_ZEROCOPY needs a plaintext stream: TLS encrypts in user space")
+        if self._tls or self._tx is not None:
+            raise ValueError(
+                "MSG_ZEROCOPY needs a plaintext stream: TLS and sealed records encrypt in user space"
+            )
         self.zerocopy = ZeroCopySender(self.sock, min_bytes=min_bytes)
         return self.zerocopy
 
     def send(self, header: bytes, payload=b"", *, zerocopy: bool = False) -> int:
         """Write one frame; returns the payload's zerocopy token (0: it was copied, the buffer is free)."""
         pmv = memoryview(payload).cast("B")
+        if self._tx is not None:
+            self._send_sealed(memoryview(header).cast("B"), pmv)
+            return 0
         if zerocopy and self.zerocopy is not None:
             token = self.zerocopy.send(header, pmv)
             self.bytes_sent += len(header) + pmv.nbytes
@@ -89,6 +137,35 @@ class FrameSocket:
                 self.sock.sendall(pmv)
         self.bytes_sent += len(header) + pmv.nbytes
         return 0
+
+    def _send_sealed(self, hmv: memoryview, pmv: memoryview) -> None:
+        """Each frame as its header's record and its payload's (rule 7); ``hmv`` may hold whole frames."""
+        tx = self._tx
+        assert tx is not None
+        frames = []
+        if pmv.nbytes:
+            frames.append((hmv, pmv))
+        else:  # encode_control's bytes: whole frames, each header followed by its payload
+            while hmv.nbytes:
+                end = C.HEADER_SIZE + _k.parse_header(hmv[: C.HEADER_SIZE]).enc_len
+                if hmv.nbytes < end:
+                    raise ValueError(f"a frame of {end} bytes in {hmv.nbytes}")
+                frames.append((hmv[: C.HEADER_SIZE], hmv[C.HEADER_SIZE : end]))
+                hmv = hmv[end:]
+        for h, p in frames:
+            if h.nbytes != C.HEADER_SIZE:
+                raise ValueError(f"a header has {C.HEADER_SIZE} bytes, got {h.nbytes}")
+            hr = tx.seal(h)
+            if not p.nbytes:
+                self.sock.sendall(hr)
+            elif p.nbytes < SEAL_INLINE:
+                self._sendmsg_all([memoryview(hr), memoryview(tx.seal(p))])
+            else:
+                self.sock.sendall(hr)
+                if self._slot is None:
+                    self._slot = bytearray(SLOT_BYTES)
+                _k.send_sealed(self.sock.fileno(), tx, p, self._slot, self._timeout_ms())
+            self.bytes_sent += h.nbytes + p.nbytes
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
         sendmsg_all(self.sock, bufs)  # scatter/gather: header and payload in one syscall, no join copy
@@ -128,7 +205,13 @@ class FrameSocket:
         self.bytes_received += n
 
     def recv_into_exact(self, mv: memoryview) -> None:
+        """A whole payload into ``mv`` (a sealed one is opened there: rule 7)."""
         self._recv_exact(mv)
+        if self._rx is not None:
+            tag = bytearray(TAG)
+            self._recv_exact(memoryview(tag))
+            self.bytes_received -= TAG
+            self._rx.open_into(mv, tag)
 
     def recv_header(self):
         """The next frame's parsed header, or None on a clean end of stream.
@@ -137,15 +220,19 @@ class FrameSocket:
         the rest must follow within ``header_timeout_s`` of it (rule 5).
         """
         if self.deadline is None:
-            k = self.sock.recv_into(self._hmv, C.HEADER_SIZE)
+            k = self.sock.recv_into(self._hmv, self._hsize)
         else:
             k = self._recv_by(self._hmv, self.deadline)
         if k == 0:
             return None
-        if k < C.HEADER_SIZE and self.header_timeout_s is not None:
+        if k < self._hsize and self.header_timeout_s is not None:
             self._recv_header_rest(k)
         else:
             self._recv_exact(self._hmv, k)
+        if self._rx is not None:
+            self.bytes_received -= TAG
+            self._rx.open_into(self._hmv[: C.HEADER_SIZE], self._hmv[C.HEADER_SIZE :])
+            return _k.parse_header(self._hmv[: C.HEADER_SIZE])
         return _k.parse_header(self._hdr)
 
     def _recv_header_rest(self, got: int) -> None:
@@ -153,7 +240,7 @@ class FrameSocket:
         started = time.monotonic()
         header_deadline = started + self.header_timeout_s
         deadline = header_deadline if self.deadline is None else min(header_deadline, self.deadline)
-        while got < C.HEADER_SIZE:
+        while got < self._hsize:
             timeout, left = self.sock.gettimeout(), deadline - time.monotonic()
             try:
                 k = self._recv_by(self._hmv[got:], deadline)
@@ -163,20 +250,20 @@ class FrameSocket:
                 ):  # not a stall, nor `deadline`
                     raise HeaderTimeoutError(
                         f"frame header incomplete {time.monotonic() - started:.1f} s after its first byte "
-                        f"({got} of {C.HEADER_SIZE} bytes; header_timeout_s {self.header_timeout_s})",
+                        f"({got} of {self._hsize} bytes; header_timeout_s {self.header_timeout_s})",
                         C.ERR_TRUNCATED,
                     ) from None
                 raise
             if k == 0:
                 raise BrokenResourceError(
-                    f"peer closed the connection mid-frame ({got} of {C.HEADER_SIZE} bytes)"
+                    f"peer closed the connection mid-frame ({got} of {self._hsize} bytes)"
                 )
             got += k
-        self.bytes_received += C.HEADER_SIZE
+        self.bytes_received += self._hsize
 
     @property
     def can_recv_direct(self) -> bool:
-        """Plain TCP: a RAW payload can go socket -> slot -> file without a Python object (no TLS)."""
+        """Plain TCP or sealed records: a RAW payload can go socket -> slot -> file without a Python object."""
         return not self._tls
 
     def recv_blocks_into(self, fd: int, offset: int, n: int, slot) -> tuple[bytes, int]:
@@ -185,9 +272,8 @@ class FrameSocket:
         returns (block hashes, chunk hash).  Plain TCP only (``can_recv_direct``).  Honours the socket's
         timeout; a failure to write the file is a StorageError (the socket's stay OSErrors).
         """
-        timeout = self.sock.gettimeout()
-        got, blocks, chash = _k.recv_blocks(self.sock.fileno(), slot, n, fd, offset,
-                                            -1 if timeout is None else max(1, int(timeout * 1000)))  # fmt: skip
+        got, blocks, chash = _k.recv_blocks(self.sock.fileno(), slot, n, fd, offset, self._timeout_ms(),
+                                            opener=self._rx)  # fmt: skip
         self.bytes_received += got
         if got < n:
             raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {n} bytes)")
@@ -196,10 +282,15 @@ class FrameSocket:
     def recv_payload(self, header) -> bytearray:
         buf = bytearray(header.enc_len)
         if header.enc_len:
-            self._recv_exact(memoryview(buf))
+            self.recv_into_exact(memoryview(buf))
         return buf
 
     def skip_payload(self, header) -> None:
+        if (
+            self._rx is not None
+        ):  # a sealed payload is opened, not skipped: the next record's number follows it
+            self.recv_payload(header)
+            return
         left = header.enc_len
         scratch = memoryview(bytearray(min(left, 1 << 20) or 1))
         while left:

@@ -106,6 +106,7 @@ from dwcp.errors import (
     RemoteProtocolError,
     TransferError,
 )
+from dwcp.security import aead
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_dict
 
@@ -557,10 +558,12 @@ class Sender:
                            base_digest=offered,
                            full_refresh=refresh is not None, forward_to=forward_to, streams=streams,
                            dictionary=DictRef(dictionary.id, dictionary.digest, len(dictionary.data))
-                           if dictionary is not None else None)  # fmt: skip
+                           if dictionary is not None else None,
+                           sealed=self._can_seal(ctrl))  # fmt: skip
         try:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
             todo = sess.on_welcome(expect(ctrl, C.FRAME_WELCOME))
+            sockinfo["records"], sockinfo["records_reason"] = self._records(ctrl, sess)
             if sess.dict_needed:  # session rule 13: before any data stream opens
                 assert dictionary is not None
                 ctrl.send(encode_dict(transfer_id, dictionary.id, dictionary.data))
@@ -736,6 +739,27 @@ class Sender:
         return result
 
     # -- helpers -----------------------------------------------------------
+
+    def _can_seal(self, ctrl: FrameSocket) -> bool:
+        """Offer sealed data records: a TLS stream, ``security.data_records = "sealed"``, AES-GCM loaded."""
+        return ctrl.tls and self.security.data_records == "sealed" and aead.available()[0]
+
+    def _records(self, ctrl: FrameSocket, sess: SendSession) -> tuple[str, str]:
+        """How the data streams carry their frames, and why: the report's ``socket.records``."""
+        if not ctrl.tls:
+            return "plaintext", "security.plaintext = true: no TLS, no encryption"
+        if sess.sealed:
+            return "sealed", ("AES-256-GCM records of up to a chunk, keyed through each data stream's mutual-TLS "
+                              "session (dwcp.security.aead)")  # fmt: skip
+        if self.security.data_records != "sealed":
+            return "tls", 'security.data_records = "tls" here'
+        ok, why = aead.available()
+        if not ok:
+            return "tls", f"no AES-GCM here: {why}"
+        return (
+            "tls",
+            'the receiver keeps TLS records (its security.data_records = "tls", or no AES-GCM there)',
+        )
 
     def _dictionary_for(self, key: str, resource_type: str | None):
         """The zstd dictionary this send of ``key`` uses: ``resource_type``'s, else the first
@@ -1062,7 +1086,12 @@ class _StreamCtx:
                 zc = fs.enable_zerocopy()
                 if zc.enabled and isinstance(self.data, FileSource):
                     pool = PayloadBuffers(zc)
-            fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid)))
+            secret = aead.new_secret() if sess.sealed else None
+            fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid, secret)))
+            if (
+                secret is not None
+            ):  # the secret went inside TLS: from here on, sealed records (dwcp.security.aead)
+                fs.seal(secret, self.transfer_id, sender=True)
             ev.stream_opened(peer)
             state.tcp_register(sid, fs.sock)
             while not sess.failed:

@@ -74,6 +74,7 @@ Rules
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import os
@@ -102,6 +103,7 @@ from dwcp.errors import (
     RemoteProtocolError,
     StorageError,
 )
+from dwcp.security import aead
 from dwcp.storage import ObjectStore, Partial, close_mapping, min_chunk_size, validate_key
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
@@ -187,6 +189,11 @@ class _Transfer:
     @property
     def chunk_size(self) -> int:
         return self.s.chunk_size
+
+    @property
+    def sealed(self) -> bool:
+        """Its data streams seal their records after HELLO (dwcp.security.aead): WELCOME kept the cap."""
+        return "sealed" in self.s.hello.caps
 
 
 class _Forwarder(threading.Thread):
@@ -550,6 +557,16 @@ class DataServer:
                 self._admission.authenticated(cid)
             authenticated = True
             if t is not None:
+                secret = hello.get("seal")
+                if t.sealed != (secret is not None):
+                    raise RemoteProtocolError(f"transfer {t.transfer_id:x} is {'' if t.sealed else 'not '}sealed; "
+                                              f"this data stream's HELLO {'lacks' if t.sealed else 'has'} a secret",
+                                              C.ERR_BAD_FIELD)  # fmt: skip
+                if secret is not None:
+                    fs.seal(bytes.fromhex(secret), t.transfer_id, sender=False)
+                    with self._lock:  # the same descriptor in a plain socket object: close() shuts that one
+                        if cid in self._conns:
+                            self._conns[cid] = fs.sock
                 self._data(fs, t)
             else:
                 handler = self._ops.get(hello.get("op", ""))
@@ -651,6 +668,8 @@ class DataServer:
     def _control_transfer(self, fs: FrameSocket, transfer_id: int, hello: dict, peer: str, rep: dict) -> None:
         """One send's control stream; ``rep`` gets its outcome (see events.OUTCOMES) and sizes."""
         req = parse_send(transfer_id, hello)
+        if "sealed" in req.caps and not self._seals(fs):  # WELCOME's caps tell the sender we did not agree
+            req = dataclasses.replace(req, caps=req.caps - {"sealed"})
         key = req.key
         if not self._allowed(peer, key, "write"):
             return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{peer} is not allowed to write {key!r} on "
@@ -836,6 +855,11 @@ class DataServer:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
+
+    def _seals(self, fs: FrameSocket) -> bool:
+        """Whether this transfer's data streams may seal their records: a TLS control stream, the
+        config's ``security.data_records = "sealed"``, and AES-GCM loaded here."""
+        return fs.tls and self.config.security.data_records == "sealed" and aead.available()[0]
 
     def _relay_target_ok(self, host: str, port: int) -> bool:
         """A relayed send may name a [cluster] peer or a security.relay_allow entry, nothing else."""

@@ -136,7 +136,9 @@ __all__ = [
 #    the xxh3-64 of the chunk's bytes
 PROTOCOL_VERSION = 3
 # What this version speaks: delta frames (xbzrle), zstd payloads, sparse chunks, pages mode, resume.
-CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume", "zdict"})
+# "sealed": data streams carry AES-256-GCM records keyed through their TLS session (dwcp.security.aead);
+# offered only over TLS by a side that can, kept in WELCOME's caps only by a receiver that agrees
+CAPS = frozenset({"xbzrle", "zstd", "sparse", "pages", "resume", "zdict", "sealed"})
 
 ADMIT_CLAIMED, ADMIT_HELD, ADMIT_BUSY = "claimed", "held", "busy"
 # how a verified chunk reaches the partial, by what the partial holds where nothing landed yet
@@ -525,7 +527,8 @@ class SendSession:
 
     def __init__(self, transfer_id: int, key: str, size: int, digest: bytes, chunk_size: int, *, node: str,
                  base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | None = None,
-                 streams: int | None = None, dictionary: DictRef | None = None) -> None:  # fmt: skip
+                 streams: int | None = None, dictionary: DictRef | None = None,
+                 sealed: bool = False) -> None:  # fmt: skip
         self.transfer_id = transfer_id
         self.key = key
         self.size = size
@@ -533,6 +536,9 @@ class SendSession:
         self.node = node
         self.offered_base = base_digest
         self.caps = CAPS - {"xbzrle", "pages"} if full_refresh else CAPS
+        if not sealed:
+            self.caps = self.caps - {"sealed"}
+        self.sealed = False  # WELCOME agreed: data streams seal their records after HELLO
         self.forward_to = forward_to
         self.streams = streams
         self.dictionary = dictionary  # offered in HELLO (rule 13)
@@ -606,6 +612,11 @@ class SendSession:
                 raise RemoteProtocolError("receiver chose pages without a base_digest", C.ERR_MALFORMED)
         elif mode != "full":
             raise RemoteProtocolError(f"unexpected mode {mode!r} for a send", C.ERR_MALFORMED)
+        sealed = "sealed" in (msg.get("caps") or ())
+        if sealed and "sealed" not in self.caps:
+            raise RemoteProtocolError(
+                "receiver chose sealed records, which we did not offer", C.ERR_BAD_FIELD
+            )
         need_dict = msg.get("need_dict", False)
         if need_dict and self.dictionary is None:
             raise RemoteProtocolError("receiver asked for a dictionary we did not name", C.ERR_BAD_FIELD)
@@ -632,6 +643,7 @@ class SendSession:
         with self._lock:
             self.mode, self.token, self.base_digest = mode, msg.get("token", ""), base_digest
             self.dict_needed = bool(need_dict)
+            self.sealed = sealed
             self.chunk_size, self.spans = cs, spans
             self._done = bytearray(n)
             todo = []
@@ -652,12 +664,17 @@ class SendSession:
                 raise LocalProtocolError("a dictionary the receiver did not ask for", C.ERR_UNKNOWN_DICT)
             self.wire_bytes += C.HEADER_SIZE + self.dictionary.size
 
-    def data_hello(self, stream: int) -> dict:
-        """HELLO of data stream ``stream``."""
+    def data_hello(self, stream: int, seal: bytes | None = None) -> dict:
+        """HELLO of data stream ``stream``; a sealed transfer's names the stream's secret ``seal``."""
         with self._lock:
             _next(SEND_TRANSITIONS, self.state, "data_hello", "a data stream's HELLO")
-        return {"v": PROTOCOL_VERSION, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
-                "stream": stream}  # fmt: skip
+        if (seal is not None) != self.sealed:
+            raise LocalProtocolError("a sealed transfer's data streams, and only theirs, carry a secret")
+        msg = {"v": PROTOCOL_VERSION, "role": "data", "transfer_id": self.transfer_id, "token": self.token,
+               "stream": stream}  # fmt: skip
+        if seal is not None:
+            msg["seal"] = seal.hex()
+        return msg
 
     # -- chunks ------------------------------------------------------------------------------------
     @property

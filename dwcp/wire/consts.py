@@ -125,3 +125,4 @@ ERR_STORAGE = 15  # the receiver cannot store the object (disk full, I/O error):
 ERR_FORBIDDEN = 16  # the peer's identity has no right to this key (security.acl) or target (relay)
 ERR_BUSY = 17  # another transfer holds the key's write lease: retry later (the message says how long)
 ERR_TOO_LARGE = 18  # the object exceeds the receiver's limit (storage.max_object_bytes)
+ERR_FORGED = 19  # a sealed record of a data stream failed authentication (dwcp.security.aead)

@@ -50,6 +50,10 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "caps": (list, False),
         "token": (str, False),  # data streams: the token WELCOME gave
         "stream": (int, False),
+        "seal": (
+            str,
+            False,
+        ),  # data streams of a sealed transfer: the 32-byte secret (dwcp.security.aead), hex
         "node": (str, False),
         "forward": (dict, False),  # {"to": "HOST:PORT"}: relay the object on to the next hop
         "dict": (dict, False),  # {"id", "digest", "size"}: the zstd dictionary the chunks may use
@@ -147,6 +151,8 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
             raise err(f"unknown op {obj.get('op')!r}")
         if obj["role"] == "data" and not _HEX64.fullmatch(obj.get("token", "")):
             raise err("data stream without a valid token")
+        if "seal" in obj and (obj["role"] != "data" or not _HEX64.fullmatch(obj["seal"])):
+            raise err("seal must be a data stream's 64 hex digits")
     if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
         raise err(f"unknown mode {obj['mode']!r}")
     links = obj.get("links")

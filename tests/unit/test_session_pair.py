@@ -33,7 +33,8 @@ BASE, OTHER = b"\x22" * 16, b"\x33" * 16
 
 
 def test_hello_offers_every_capability_and_the_baseline():
-    tx = SendSession(9, "vm/1", 10 * PG, DIGEST, PG, node="a", base_digest=BASE, forward_to="h:1", streams=3)
+    tx = SendSession(9, "vm/1", 10 * PG, DIGEST, PG, node="a", base_digest=BASE, forward_to="h:1", streams=3,
+                     sealed=True)  # fmt: skip
     h = tx.hello()
     assert h == {"v": 3, "role": "control", "op": "send", "key": "vm/1", "size": 10 * PG, "digest": DIGEST.hex(),
                  "chunk_size": PG, "page_size": PG, "caps": sorted(CAPS), "node": "a", "base_digest": BASE.hex(),
