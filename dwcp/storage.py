@@ -68,10 +68,11 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 
+from dwcp._backend import impl as _k
 from dwcp.digest import TreeHasher, chunk_hash
 from dwcp.durable import fsync_dir, pwrite_all, write_atomic
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError, StorageError
-from dwcp.wire.consts import ERR_CHECKSUM
+from dwcp.wire.consts import ERR_CHECKSUM, PAGE_SIZE
 
 __all__ = [
     "validate_key",
@@ -665,6 +666,17 @@ class Partial:
             pwrite_all(self._fd, mv, offset)
         except OSError as exc:
             raise StorageError(f"cannot write {self.key!r}: {exc.strerror}") from exc
+
+    def write_pages(self, offset: int, data, flags) -> None:
+        """Write the pages of ``data`` flagged in ``flags`` at ``offset`` (runs coalesced, GIL released)."""
+        self._check()
+        mv = memoryview(data).cast("B")
+        if offset < 0 or offset + mv.nbytes > self.size:
+            raise ValueError(f"write of {mv.nbytes} bytes at {offset} outside the {self.size}-byte object")
+        try:
+            _k.write_pages(self._fd, offset, mv, flags, PAGE_SIZE)
+        except StorageError as exc:
+            raise StorageError(f"cannot write {self.key!r}: {exc}") from exc
 
     def mark_done(self, i: int, raw_hash: int) -> None:
         self._check()

@@ -1,6 +1,14 @@
 from typing_extensions import Buffer
 
-__all__ = ["recv_blocks", "send_sealed", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+__all__ = [
+    "recv_blocks",
+    "send_sealed",
+    "write_pages",
+    "Aead",
+    "aead_load",
+    "AEAD_TAG_BYTES",
+    "AEAD_KEY_BYTES",
+]
 
 AEAD_TAG_BYTES: int
 AEAD_KEY_BYTES: int
@@ -26,3 +34,4 @@ def recv_blocks(
     opener: Aead | None = None,
 ) -> tuple[int, bytes, int]: ...
 def send_sealed(sock_fd: int, sealer: Aead, payload: Buffer, slot: Buffer, timeout_ms: int = -1) -> None: ...
+def write_pages(file_fd: int, file_off: int, data: Buffer, flags: Buffer, page_size: int = 4096) -> int: ...

@@ -49,6 +49,11 @@ Rules
 7. ``send_sealed(sock_fd, sealer, payload, slot, timeout_ms)`` sends
    ``payload`` as one sealed record; TimeoutError when the socket takes no
    byte for ``timeout_ms``, OSError on a socket error.
+8. ``write_pages(file_fd, file_off, data, flags, page_size)`` writes the
+   pages of ``data`` whose byte in ``flags`` is non-zero, one pwrite per run
+   of them, at ``file_off`` + their offset; returns the bytes written.  The
+   other pages of the file are left as they are (a sparse .part's holes, a
+   seeded .part's baseline).  StorageError on a failed write.
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -58,7 +63,7 @@ from libc.string cimport memcpy
 from dwcp.errors import ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
-__all__ = ["recv_blocks", "send_sealed", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+__all__ = ["recv_blocks", "send_sealed", "write_pages", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
 
 AEAD_TAG_BYTES = 16
 AEAD_KEY_BYTES = 32
@@ -368,3 +373,44 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     if status == ST_FILE:
         raise StorageError(f"{__import__('os').strerror(err)} (writing at offset {file_off + done})")
     return done, bytes(hashes[: k * 16]), chash
+
+
+def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const uint8_t[::1] flags,
+                Py_ssize_t page_size=4096):
+    if page_size <= 0 or file_off < 0:
+        raise ValueError(f"page_size must be positive and file_off >= 0, got {page_size} and {file_off}")
+    cdef Py_ssize_t n = data.shape[0], npages = (n + page_size - 1) // page_size
+    if flags.shape[0] != npages:
+        raise ValueError(f"{flags.shape[0]} page flags for {npages} pages")
+    cdef const uint8_t *dp = &data[0] if n else NULL
+    cdef const uint8_t *fp = &flags[0] if npages else NULL
+    cdef Py_ssize_t i = 0, j, a, b, w, total = 0
+    cdef ssize_t r
+    cdef int err = 0
+    with nogil:
+        while i < npages and err == 0:
+            if not fp[i]:
+                i += 1
+                continue
+            j = i
+            while j < npages and fp[j]:
+                j += 1
+            a = i * page_size
+            b = j * page_size if j * page_size < n else n
+            w = 0
+            while w < b - a:
+                r = pwrite(file_fd, dp + a + w, b - a - w, file_off + a + w)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    break
+                if r == 0:
+                    err = 28  # ENOSPC: a write that makes no progress
+                    break
+                w += r
+            total += w
+            i = j
+    if err:
+        raise StorageError(f"{__import__('os').strerror(err)} (writing at offset {file_off + a + w})")
+    return total

@@ -17,7 +17,15 @@ import xxhash
 from dwcp.errors import ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
-__all__ = ["recv_blocks", "send_sealed", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+__all__ = [
+    "recv_blocks",
+    "send_sealed",
+    "write_pages",
+    "Aead",
+    "aead_load",
+    "AEAD_TAG_BYTES",
+    "AEAD_KEY_BYTES",
+]
 
 AEAD_TAG_BYTES = 16
 AEAD_KEY_BYTES = 32
@@ -252,3 +260,37 @@ def send_sealed(sock_fd: int, sealer: Aead, payload, slot, timeout_ms: int = -1)
     if not sealer._finish(tag):
         raise RuntimeError("EVP failed to seal a record")
     _send_all(sock_fd, tag, timeout_ms, done, n)
+
+
+def write_pages(file_fd: int, file_off: int, data, flags, page_size: int = 4096) -> int:
+    if page_size <= 0 or file_off < 0:
+        raise ValueError(f"page_size must be positive and file_off >= 0, got {page_size} and {file_off}")
+    mv = memoryview(data).cast("B")
+    n = mv.nbytes
+    npages = -(-n // page_size)
+    fl = bytes(flags)
+    if len(fl) != npages:
+        raise ValueError(f"{len(fl)} page flags for {npages} pages")
+    total, i = 0, 0
+    while i < npages:
+        if not fl[i]:
+            i += 1
+            continue
+        j = i
+        while j < npages and fl[j]:
+            j += 1
+        a, b = i * page_size, min(j * page_size, n)
+        w = 0
+        while w < b - a:
+            try:
+                r = os.pwrite(file_fd, mv[a + w : b], file_off + a + w)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"{exc.strerror} (writing at offset {file_off + a + w})") from exc
+            if r == 0:
+                raise StorageError(f"{os.strerror(errno.ENOSPC)} (writing at offset {file_off + a + w})")
+            w += r
+        total += w
+        i = j
+    return total

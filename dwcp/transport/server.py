@@ -979,13 +979,14 @@ class DataServer:
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
                 how = sess.write_mode(h.codec)
+                # WRITE_NONZERO_PAGES / WRITE_DIRTY_PAGES: only the pages flagged; the others of the .part
+                # already hold the right bytes (zeros of a fresh sparse file, or the baseline it was seeded
+                # from); should that assumption ever fail, the object digest at commit refuses the object
                 if how == WRITE_NONZERO_PAGES:  # the .part reads as zeros: write the pages that are not
-                    self._write_pages(partial, off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
+                    partial.write_pages(off, out, _k.nonzero_pages(out, C.PAGE_SIZE))
                 elif how == WRITE_DIRTY_PAGES:  # the .part holds the base: write the pages this delta changed
                     assert t.base is not None
-                    self._write_pages(
-                        partial, off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE)
-                    )
+                    partial.write_pages(off, out, _k.scan_dirty(t.base[off : off + ln], out, C.PAGE_SIZE))
                 elif how == WRITE_ALL and not written:
                     partial.write(idx, out)
                 # the digest's leaves, from the chunk hash's blocks: commit reads back none of this chunk
@@ -1019,28 +1020,6 @@ class DataServer:
         if sess.failure is not None:  # every stream of the sender hears it: none retries into a dead transfer
             self._send_error(fs, *sess.failure)
             self._linger(fs)
-
-    @staticmethod
-    def _write_pages(partial, off: int, out: memoryview, nz: bytearray) -> None:
-        """Write only the pages of a chunk flagged in ``nz`` (runs coalesced).
-
-        The other pages of the .part already hold the right bytes: zeros in a
-        fresh sparse file (sparse/zero chunks), or the base version it was
-        seeded from (delta/pages chunks).  Should that assumption ever fail,
-        the object digest at commit refuses the object.
-        """
-        n = len(nz)
-        i = 0
-        while i < n:
-            if not nz[i]:
-                i += 1
-                continue
-            j = i
-            while j < n and nz[j]:
-                j += 1
-            a, b = i * C.PAGE_SIZE, min(j * C.PAGE_SIZE, out.nbytes)
-            partial.write_at(off + a, out[a:b])
-            i = j
 
     # -- fetch: stream the latest version back ----------------------------
     def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:

@@ -5,17 +5,19 @@ file that cannot be written."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 import threading
 
 import pytest
 import xxhash
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from dwcp.digest import chunk_hash
-from dwcp.errors import StorageError
+from dwcp.errors import ForgedRecordError, StorageError
+from dwcp.wire.consts import ERR_FORGED
 
 
 def run(impl, payload: bytes, n: int, block: int, file_off: int, timeout_ms: int = 2000, fd=None):
@@ -101,3 +103,222 @@ def test_caller_errors(name, fast, ref):
         impl.recv_blocks(0, bytearray(10), -1, 1, 0, 10, 64)
     with pytest.raises(ValueError, match="block must be positive"):
         impl.recv_blocks(0, bytearray(10), 1, 1, 0, 10, 0)
+
+
+# -- sealed records: send_sealed of one backend, recv_blocks(opener=...) of the other ----------------
+
+
+@pytest.fixture(scope="module")
+def aead_both(fast, ref):
+    """Both backends with AES-256-GCM loaded (the libcrypto Python's ssl uses)."""
+    from dwcp.security import aead
+
+    ok, why = aead.available()
+    if not ok:
+        pytest.skip(f"no AES-GCM here: {why}")
+    path = aead._libcrypto()
+    assert path is not None and fast.aead_load(path) and ref.aead_load(path)
+    return {"fast": fast, "ref": ref}
+
+
+def _sealed_run(
+    tx, rx, key: bytes, payload: bytes, slot: int, block: int, file_off: int, flip: int | None = None
+):
+    """tx seals a 64-byte "header" record then ``payload`` (send_sealed through a ``slot``-byte slot) into a
+    socketpair, optionally through a relay that flips bit 0x04 of byte ``flip`` of the payload's record;
+    rx opens the header and receives the payload with recv_blocks(opener=...).
+    Returns (header, result or exception, file bytes, send error)."""
+    from dwcp.security.aead import stream_keys
+
+    s2r, _ = stream_keys(key, 42)
+    sealer, opener = tx.Aead(s2r, True), rx.Aead(s2r, False)
+    header = bytes(range(64))
+    a, b = socket.socketpair()
+    c = d = None
+    sent: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            a.sendall(sealer.seal(header))
+            tx.send_sealed(a.fileno(), sealer, payload, bytearray(slot), 5000)
+            a.shutdown(socket.SHUT_WR)
+        except OSError as exc:  # reported to the test
+            sent.append(exc)
+
+    def relay() -> None:  # b -> c, flipping one bit of the payload's record
+        seen = 0
+        try:
+            while chunk := b.recv(1 << 16):
+                buf = bytearray(chunk)
+                at = 80 + flip - seen  # after the header's record
+                if 0 <= at < len(buf):
+                    buf[at] ^= 0x04
+                c.sendall(buf)
+                seen += len(buf)
+            c.shutdown(socket.SHUT_WR)
+        except OSError:  # the test gave up on the stream
+            pass
+
+    threads = [threading.Thread(target=send)]
+    src = b
+    if flip is not None:
+        c, d = socket.socketpair()
+        threads.append(threading.Thread(target=relay))
+        src = d
+    for t in threads:
+        t.start()
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    try:
+        src.settimeout(5)
+        rec = bytearray(80)
+        got = 0
+        while got < 80:
+            k = src.recv_into(memoryview(rec)[got:])
+            assert k, "the header record did not arrive"
+            got += k
+        hbuf = rec[:64]
+        opener.open_into(hbuf, rec[64:])
+        n = len(payload)
+        try:
+            r = rx.recv_blocks(src.fileno(), bytearray(max(1, min(block, n))), n, fd, file_off, 5000, block,
+                               opener=opener)  # fmt: skip
+        except Exception as exc:
+            r = exc
+        if isinstance(r, Exception):  # unblock a sender (or relay) still writing into a full socket
+            for s in (src, b):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive(), "a sending thread hung"
+        return bytes(hbuf), r, os.pread(fd, n, file_off), opener.counter, sent
+    finally:
+        os.close(fd)
+        for s in (a, b, c, d):
+            if s is not None:
+                s.close()
+
+
+PAIRS = [("fast", "fast"), ("fast", "ref"), ("ref", "fast"), ("ref", "ref")]
+# payload sizes: around the block and slot sizes, and anything up to 3 MiB
+SIZES = st.one_of(
+    st.sampled_from(
+        [0, 1, 999, 1000, 4097, 65536, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (3 << 20) - 5, 3 << 20]
+    ),
+    st.integers(0, 3 << 20).map(lambda n: n if n > 5000 else n << 9),
+)
+SLOTS = [1000, 4096, 1 << 20]  # the sender's slot: records span several of them, or fit in one
+BLOCKS = [4096, 65536, 1 << 20]  # the receiver's block (its slot)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(PAIRS), SIZES, st.integers(0, 2**32),
+       st.sampled_from(SLOTS), st.sampled_from(BLOCKS), st.integers(0, 5000))  # fmt: skip
+def test_sealed_records_cross_the_twins(aead_both, pair, n, seed, slot, block, file_off):
+    tx, rx = aead_both[pair[0]], aead_both[pair[1]]
+    payload = random.Random(seed).randbytes(n)
+    event(f"{n >> 20} MiB, {pair[0]} -> {pair[1]}")
+    header, r, data, counter, sent = _sealed_run(
+        tx, rx, seed.to_bytes(32, "big"), payload, slot, block, file_off
+    )
+    assert not sent, sent
+    assert header == bytes(range(64))
+    assert not isinstance(r, Exception), r
+    got, blocks, chash = r
+    assert got == n and data == payload  # decrypted in place, written where asked
+    assert counter == 2  # two records, both opened
+    # the hashes are those of the plaintext, as recv_blocks of an unsealed stream gives them
+    plain, plain_data = run(rx, payload, n, block, 0)
+    assert (got, blocks, chash) == plain[:3] and plain_data == payload
+    assert blocks == b"".join(xxhash.xxh3_128_digest(payload[i : i + block]) for i in range(0, n, block))
+    assert chash == xxhash.xxh3_64_intdigest(blocks)
+    if block == 1 << 20:
+        assert chash == chunk_hash(payload)[0]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(PAIRS), SIZES.filter(bool), st.integers(0, 2**32), st.sampled_from(SLOTS),
+       st.sampled_from(BLOCKS), st.data())  # fmt: skip
+def test_a_flipped_bit_in_transit_is_a_forged_record(aead_both, pair, n, seed, slot, block, data):
+    tx, rx = aead_both[pair[0]], aead_both[pair[1]]
+    payload = random.Random(seed).randbytes(n)
+    flip = data.draw(st.one_of(st.integers(0, n - 1), st.integers(n, n + 15)), label="flip")
+    event(
+        f"{n >> 20} MiB, {pair[0]} -> {pair[1]}, {'tag' if flip >= n else 'ciphertext'}"
+    )  # a ciphertext byte, or one of the tag
+    _, r, written, _, _ = _sealed_run(tx, rx, seed.to_bytes(32, "big"), payload, slot, block, 0, flip=flip)
+    assert isinstance(r, ForgedRecordError), r
+    assert r.code == ERR_FORGED == 19
+    # rules 4/5: the bytes were written before the tag was checked -- and AES-GCM's counter mode
+    # carried the flipped ciphertext bit to the same plaintext bit
+    want = bytearray(payload)
+    if flip < n:
+        want[flip] ^= 0x04
+    assert written == bytes(want)
+
+
+@pytest.mark.parametrize("name", ["fast", "ref"])
+def test_a_sealed_stream_cut_short_is_a_short_read_not_a_forgery(name, aead_both):
+    """A peer that closes inside the payload or its tag: rule 1 (received < n, or chunk hash 0), never a
+    forgery nor a hang."""
+    impl = aead_both[name]
+    key = os.urandom(32)
+    payload = os.urandom(10_000)
+    rec = impl.Aead(key, True).seal(payload)
+    for cut, want_got, whole_blocks in ((5000, 5000, 1), (10_000, 10_000, 3), (10_008, 10_000, 3)):
+        a, b = socket.socketpair()
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+        try:
+            a.sendall(rec[:cut])
+            a.shutdown(socket.SHUT_WR)
+            got, blocks, chash = impl.recv_blocks(b.fileno(), bytearray(4096), len(payload), fd, 0, 2000, 4096,
+                                                  opener=impl.Aead(key, False))  # fmt: skip
+            assert (got, chash) == (want_got, 0), cut
+            assert blocks == b"".join(
+                xxhash.xxh3_128_digest(payload[i : i + 4096]) for i in range(0, whole_blocks * 4096, 4096)
+            )
+            whole = min(got, whole_blocks * 4096)  # a partial block is never written
+            assert os.pread(fd, len(payload), 0) == payload[:whole]
+        finally:
+            os.close(fd)
+            a.close()
+            b.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=5 * 512), st.lists(st.booleans(), max_size=6), st.sampled_from([1, 100, 512]),
+       st.integers(0, 1000))  # fmt: skip
+def test_write_pages_writes_the_flagged_pages_only_and_the_twins_agree(fast, ref, data, flags, page, off):
+    npages = -(-len(data) // page)
+    fl = bytes((flags + [False] * npages)[:npages])
+    files = []
+    for impl in (fast, ref):
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+        os.pwrite(fd, b"\xee" * (off + len(data)), 0)  # what an unflagged page keeps
+        n = impl.write_pages(fd, off, data, fl, page)
+        files.append((n, os.pread(fd, off + len(data) + 10, 0)))
+        os.close(fd)
+    assert files[0] == files[1]
+    n, got = files[0]
+    want = bytearray(b"\xee" * (off + len(data)))
+    for i, f in enumerate(fl):
+        if f:
+            want[off + i * page : off + min((i + 1) * page, len(data))] = data[i * page : (i + 1) * page]
+    assert got == bytes(want) and n == sum(min(page, len(data) - i * page) for i, f in enumerate(fl) if f)
+
+
+@pytest.mark.parametrize("name", ["fast", "ref"])
+def test_write_pages_refuses_bad_arguments_and_reports_the_file(name, fast, ref):
+    impl = {"fast": fast, "ref": ref}[name]
+    with pytest.raises(ValueError, match="page flags for"):
+        impl.write_pages(1, 0, b"x" * 5000, b"\x01", 4096)
+    with pytest.raises(ValueError, match="page_size must be positive"):
+        impl.write_pages(1, 0, b"x", b"\x01", 0)
+    rfd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with pytest.raises(StorageError, match="writing at offset 4096"):
+            impl.write_pages(rfd, 0, b"x" * 8192, b"\x00\x01", 4096)
+    finally:
+        os.close(rfd)
