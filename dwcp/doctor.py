@@ -523,8 +523,9 @@ def loopback_tcp_pair() -> tuple[socket.socket, socket.socket]:
 def probe_ktls(*, tcp_pair: Callable[[], tuple[Any, Any]] = loopback_tcp_pair) -> ProbeResult:
     """setsockopt(TCP_ULP, "tls") on a connected loopback TCP socket: the kernel's tls module answers."""
     name = "ktls"
-    dwcp = ("not used: TLS is Python's ssl in user space, so TLS streams neither splice nor probe "
-            "MSG_ZEROCOPY; plaintext = true is the only kernel-copy path")  # fmt: skip
+    dwcp = ("not used: Python's ssl has no kTLS control here; data streams instead seal AES-256-GCM records "
+            "of up to a chunk keyed through their TLS session (security.data_records), the control stream "
+            "stays TLS")  # fmt: skip
     ev: list[str] = []
     try:
         c, s = tcp_pair()
