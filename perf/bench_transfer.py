@@ -160,11 +160,21 @@ def _cpu(*procs: psutil.Process) -> float:
 
 
 class Receiver:
-    """A `dwcp daemon` process receiving under ``root`` (plaintext, or mutual TLS with ``certs``)."""
+    """A `dwcp daemon` process receiving under ``root`` (plaintext, or mutual TLS with ``certs``); ``env``
+    overrides its environment (``DWCP_IMPL=ref``: the pure-Python engine, the native one's twin)."""
 
-    def __init__(self, root: str, node: str, certs: dict | None) -> None:
-        self.proc, _cfg, _sock, self.port = start_daemon(root, node, certs)
+    def __init__(self, root: str, node: str, certs: dict | None, env: dict | None = None) -> None:
+        self.proc, _cfg, _sock, self.port = start_daemon(root, node, certs,
+                                                          env=None if env is None else {**os.environ, **env})  # fmt: skip
         self.ps = psutil.Process(self.proc.pid)
+
+    def peak_rss_bytes(self) -> int:
+        """The daemon's peak resident set so far (VmHWM)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
 
     def close(self) -> None:
         self.proc.terminate()
@@ -182,6 +192,69 @@ def dwcp_send(rx: Receiver, sender: Sender, data, key: str, streams) -> tuple[Tr
     return r, _cpu(rx.ps) - c0
 
 
+SCALE_SENDER = """
+import json, os, resource, sys, time
+from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.transport.sender import Sender
+from dwcp.transport.source import FileSource
+src = FileSource.open(sys.argv[1])
+c, t = os.times(), time.perf_counter()
+r = Sender(TransportConfig(), SecurityConfig(plaintext=True)).send(src, "127.0.0.1", int(sys.argv[2]), "bench/scale",
+                                                                    streams=1)
+c2 = os.times()
+print(json.dumps({"seconds": time.perf_counter() - t, "bytes_per_s": r.throughput_bytes_per_s,
+                  "cpu_s": c2.user + c2.system - c.user - c.system,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def scale(sizes_mib: list[int], runs: int, root: str | None) -> dict:
+    """A file of each size sent by a `dwcp send`-like process (FileSource, 1 stream) to a daemon: seconds
+    and CPU seconds per GB, and the peak RSS of sender and daemon, whose independence of the size is
+    what a streaming data plane promises."""
+    from dwcp.cli.demo import same_dwcp_env
+
+    out = {}
+    for mib in sizes_mib:
+        size = mib << 20
+        tmp = tempfile.mkdtemp(prefix="dwcp-scale-", dir=root)
+        try:
+            prefault(tmp, 2 * size)
+            src = os.path.join(tmp, "src")
+            rng = np.random.default_rng(mib)
+            with open(src, "wb") as f:
+                for _ in range(0, size, 64 << 20):
+                    f.write(rng.integers(0, 256, min(64 << 20, size), dtype=np.uint8).tobytes())
+                f.truncate(size)
+            rows = []
+            for i in range(runs + 1):  # +1: warm-up
+                d = os.path.join(tmp, f"rx-{i}")
+                rx = Receiver(d, "rx", None)
+                try:
+                    c0 = _cpu(rx.ps)
+                    got = subprocess.run([sys.executable, "-c", SCALE_SENDER, src, str(rx.port)], capture_output=True,
+                                         text=True, env=same_dwcp_env(), check=True, timeout=600)  # fmt: skip
+                    rep = json.loads(got.stdout)  # the sender's CPU of the send alone (not its start-up)
+                    rep["cpu_s_per_gb"] = (_cpu(rx.ps) - c0 + rep["cpu_s"]) / (size / 1e9)
+                    rep["daemon_peak_rss_bytes"] = rx.peak_rss_bytes()
+                finally:
+                    rx.close()
+                    shutil.rmtree(d, ignore_errors=True)
+                if i:
+                    rows.append(rep)
+            out[f"{mib}MiB"] = {
+                "seconds_per_gb": statistics.median(r["seconds"] / (size / 1e9) for r in rows),
+                "cpu_s_per_gb": statistics.median(r["cpu_s_per_gb"] for r in rows),
+                "sender_peak_rss_bytes": max(r["peak_rss_bytes"] for r in rows),
+                "daemon_peak_rss_bytes": max(r["daemon_peak_rss_bytes"] for r in rows),
+            }
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    spg = [v["seconds_per_gb"] for v in out.values()]
+    out["seconds_per_gb_spread"] = max(spg) / min(spg) - 1  # the target: within 0.15
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="256 MiB objects, 3 runs")
@@ -192,7 +265,16 @@ def main() -> int:
                     help="where receivers keep objects (default /dev/shm: RAM, so the disk's fsync rate "
                          "does not hide the transfer engine; pass a disk path to include it)")  # fmt: skip
     ap.add_argument("--out")
+    ap.add_argument("--scale", nargs="*", type=int, metavar="MIB",
+                    help="only the scale run: a file of each size (default 256 1024 4096 MiB) sent from a file by "
+                         "a separate process; s/GB and peak RSS of sender and daemon")  # fmt: skip
     args = ap.parse_args()
+    if args.scale is not None:
+        res = {"machine": machine(), "runs": args.runs or 3,
+               "scale": scale(args.scale or [256, 1024, 4096], args.runs or 3, args.data_root)}  # fmt: skip
+        print(json.dumps(res, indent=2))
+        write_json(res, args.out, "bench_transfer_scale.json")
+        return 0
     size = (args.size_mib or (256 if args.quick else 1024)) << 20
     runs = args.runs or 3
     tmp = tempfile.mkdtemp(prefix="dwcp-bench-", dir=args.data_root)
@@ -228,16 +310,21 @@ def main() -> int:
         rxc, tx = issue_node(os.path.join(tmp, "ca"), "rx"), issue_node(os.path.join(tmp, "ca"), "tx")
         rx_certs = {"ca": rxc.ca_cert, "cert": rxc.cert, "key": rxc.key}
         tls_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
-        for name, certs, sec_tx, data, streams in (
-            ("random_plain_1", None, plain, rnd, 1),
-            (f"random_plain_{args.streams}", None, plain, rnd, args.streams),
-            ("random_tls_1", rx_certs, tls_tx, rnd, 1),
-            ("vm_image_plain_auto", None, plain, img, None),
+        tls_records_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key, data_records="tls")
+        ref_engine = {"DWCP_IMPL": "ref"}
+        for name, certs, sec_tx, data, streams, env in (
+            ("random_plain_1", None, plain, rnd, 1, None),
+            # the engines side by side: the receiver's native engine above, its pure-Python twin here
+            ("random_plain_1_python_engine", None, plain, rnd, 1, ref_engine),
+            (f"random_plain_{args.streams}", None, plain, rnd, args.streams, None),
+            ("random_tls_1", rx_certs, tls_tx, rnd, 1, None),  # sealed records (the default)
+            ("random_tls_1_tls_records", rx_certs, tls_records_tx, rnd, 1, None),  # every byte in TLS records
+            ("vm_image_plain_auto", None, plain, img, None, None),
         ):
             out = []
             for i in range(runs + 1):  # +1: warm-up
                 d = os.path.join(tmp, f"{name}-{i}")
-                rx = Receiver(d, "rx", certs)
+                rx = Receiver(d, "rx", certs, env)
                 try:
                     r, cpu_s = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
                 finally:
@@ -250,6 +337,7 @@ def main() -> int:
                 "wire_bytes": out[0][0].wire_bytes,
                 "cpu_s_per_gb": statistics.median(c / (size / 1e9) for _, c in out),
                 "streams_max": out[0][0].streams.max,
+                "records": out[0][0].socket.get("records"),
             }
         # delta: v1 then v2 with the sender's baseline
         out = []
@@ -326,6 +414,25 @@ def main() -> int:
             / res["iperf3_1_stream_to_file_cpu_s_per_gb"],
             "random_tls_1_vs_iperf3_1_to_file": cases["random_tls_1"]["bytes_per_s"]
             / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
+            # the engines and the TLS paths side by side (same run)
+            "random_plain_1_native_vs_python_engine": cases["random_plain_1"]["bytes_per_s"]
+            / cases["random_plain_1_python_engine"]["bytes_per_s"],
+            "random_plain_1_python_engine_vs_iperf3_1_to_file": cases["random_plain_1_python_engine"][
+                "bytes_per_s"
+            ]
+            / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
+            "random_plain_1_python_engine_cpu_vs_iperf3_1_to_file": cases["random_plain_1_python_engine"][
+                "cpu_s_per_gb"
+            ]
+            / res["iperf3_1_stream_to_file_cpu_s_per_gb"],
+            "random_tls_1_tls_records_vs_iperf3_1_to_file": cases["random_tls_1_tls_records"]["bytes_per_s"]
+            / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
+            "random_tls_1_tls_records_cpu_vs_iperf3_1_to_file": cases["random_tls_1_tls_records"][
+                "cpu_s_per_gb"
+            ]
+            / res["iperf3_1_stream_to_file_cpu_s_per_gb"],
+            "random_tls_1_sealed_vs_tls_records": cases["random_tls_1"]["bytes_per_s"]
+            / cases["random_tls_1_tls_records"]["bytes_per_s"],
             "vm_image_effective_vs_iperf3_1_to_file": cases["vm_image_plain_auto"]["bytes_per_s"]
             / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
         }

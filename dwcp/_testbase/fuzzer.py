@@ -154,6 +154,10 @@ class FaultProxy:
         self._closed = True
         self._running.set()
         try:
+            self._ls.shutdown(socket.SHUT_RDWR)  # wakes the accept() a close alone would not (Linux)
+        except OSError:
+            pass
+        try:
             self._ls.close()
         except OSError:
             pass

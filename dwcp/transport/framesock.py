@@ -86,17 +86,31 @@ class FrameSocket:
         return self._tls
 
     def seal(self, secret: bytes, transfer_id: int, *, sender: bool) -> None:
-        """Rule 7: close the TLS session and carry on with sealed records keyed from ``secret``."""
+        """Rule 7: close the TLS session and carry on with sealed records keyed from ``secret``.
+
+        The receiver unwraps once it accepted the HELLO; the sender first reads its answer: the
+        receiver's close_notify (accepted) or an ERROR frame, raised as RemoteProtocolError with the
+        receiver's code and reason (a refused stream is told why, not a TLS shutdown error).
+        """
         if not self._tls:
             raise ValueError("only a TLS stream is sealed: its session carried the secret")
+        s2r, r2s = stream_keys(secret, transfer_id)  # first: a bad secret leaves the stream as it was
+        tx = _k.Aead(s2r if sender else r2s, True)
+        rx = _k.Aead(r2s if sender else s2r, False)
+        if sender:
+            h = self.recv_header()
+            if h is not None:  # the receiver refused the HELLO (or broke the protocol)
+                msg = decode_control(h, self.recv_payload(h)) if h.frame_type != C.FRAME_DATA else {}
+                if h.frame_type == C.FRAME_ERROR:
+                    raise RemoteProtocolError(f"receiver refused the stream: {msg['message']}", msg["code"])
+                raise RemoteProtocolError(f"frame type {h.frame_type} where the receiver's close_notify was due",
+                                          C.ERR_BAD_FRAME_TYPE)  # fmt: skip
         timeout = self.sock.gettimeout()
         self.sock.unwrap()  # type: ignore[attr-defined]  # close_notify sent and received
         # a plain socket of the same descriptor (an SSLSocket refuses sendmsg even unwrapped)
         raw = socket.socket(fileno=self.sock.detach())
         raw.settimeout(timeout)
-        s2r, r2s = stream_keys(secret, transfer_id)
-        self._tx = _k.Aead(s2r if sender else r2s, True)
-        self._rx = _k.Aead(r2s if sender else s2r, False)
+        self._tx, self._rx = tx, rx
         self.sock, self._tls = raw, False
         self._hsize = C.HEADER_SIZE + TAG
         self._hdr = bytearray(self._hsize)

@@ -4,6 +4,7 @@ file that cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -127,7 +128,7 @@ def _sealed_run(
     """tx seals a 64-byte "header" record then ``payload`` (send_sealed through a ``slot``-byte slot) into a
     socketpair, optionally through a relay that flips bit 0x04 of byte ``flip`` of the payload's record;
     rx opens the header and receives the payload with recv_blocks(opener=...).
-    Returns (header, result or exception, file bytes, send error)."""
+    Returns (opened header, recv_blocks's result or exception, file bytes, opener's counter, send errors)."""
     from dwcp.security.aead import stream_keys
 
     s2r, _ = stream_keys(key, 42)
@@ -187,7 +188,8 @@ def _sealed_run(
             r = exc
         if isinstance(r, Exception):  # unblock a sender (or relay) still writing into a full socket
             for s in (src, b):
-                s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
         for t in threads:
             t.join(10)
             assert not t.is_alive(), "a sending thread hung"
