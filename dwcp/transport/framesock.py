@@ -182,14 +182,26 @@ class FrameSocket:
             self.bytes_sent += h.nbytes + p.nbytes
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
-        sendmsg_all(self.sock, bufs)  # scatter/gather: header and payload in one syscall, no join copy
+        # scatter/gather: header and payload in one syscall, no join copy
+        if self.zerocopy is not None:  # its waits read completions (zerocopy rule 7)
+            self.zerocopy.sendmsg_all(bufs)
+        else:
+            sendmsg_all(self.sock, bufs)
 
     # -- reading ---------------------------------------------------------
     def readable(self, timeout: float = 0.0) -> bool:
         """True when a read would not block (TLS-buffered bytes count)."""
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]
             return True
+        if self.zerocopy is not None:  # a queued completion is POLLERR, not a readable byte (zerocopy rule 7)
+            return self.zerocopy.wait_io(select.POLLIN, timeout)
         return _wait_readable(self.sock.fileno(), timeout)
+
+    def _await_data(self) -> None:
+        """With MSG_ZEROCOPY on, wait for a byte in ``wait_io`` before a read: Python's own wait would spin
+        on a queued completion (zerocopy rule 7).  TimeoutError after the socket's timeout, as a read."""
+        if self.zerocopy is not None and not self.zerocopy.wait_io(select.POLLIN, self.sock.gettimeout()):
+            raise TimeoutError("timed out")
 
     def _recv_by(self, mv: memoryview, deadline: float) -> int:
         """One ``recv_into(mv)`` that waits no longer than the socket's timeout, nor past ``deadline``.
@@ -210,6 +222,7 @@ class FrameSocket:
         n = mv.nbytes
         while got < n:
             if self.deadline is None:
+                self._await_data()
                 k = self.sock.recv_into(mv[got:], n - got)
             else:
                 k = self._recv_by(mv[got:], self.deadline)
@@ -234,6 +247,7 @@ class FrameSocket:
         the rest must follow within ``header_timeout_s`` of it (rule 5).
         """
         if self.deadline is None:
+            self._await_data()
             k = self.sock.recv_into(self._hmv, self._hsize)
         else:
             k = self._recv_by(self._hmv, self.deadline)

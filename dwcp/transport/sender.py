@@ -1096,7 +1096,13 @@ class _StreamCtx:
             state.tcp_register(sid, fs.sock)
             while not sess.failed:
                 while inflight and (len(inflight) >= win.window or fs.readable()):
-                    win.on_acked(self._read_ack(fs, inflight), time.monotonic())
+                    full = len(inflight) >= win.window
+                    t_wait = time.monotonic()
+                    acked = self._read_ack(fs, inflight)
+                    now = time.monotonic()
+                    if full:  # the window, not the link, held the stream up meanwhile
+                        win.on_stalled(now - t_wait)
+                    win.on_acked(acked, now)
                 now = time.monotonic()
                 if win.due(now):
                     try:

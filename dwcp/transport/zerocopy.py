@@ -44,6 +44,13 @@ Rules
    ``poll(2)`` for POLLERR, and no longer than the socket's timeout without a
    completion (``TimeoutError``, as a stalled read: framesock rule 3).
 6. One thread owns a ZeroCopySender: the thread that owns its socket.
+7. Every wait on the socket goes through ``wait_io`` once SO_ZEROCOPY is on:
+   poll(2) reports a queued completion as POLLERR whatever was asked, so
+   Python's own wait before a recv or a send returns at once, the call
+   fails with EAGAIN, and the thread spins until the bytes come (measured:
+   half a core, and a stream that took a queued completion for a readable
+   ACK stopped sending until the ACK came).  ``wait_io`` reads the
+   completions and waits again; ``sendmsg_all`` sends with its own waits.
 """
 
 from __future__ import annotations
@@ -140,10 +147,18 @@ class ZeroCopySender:
             self._sendmsg_all(bufs)
             return 0
         first = self._next
+        timeout = self.sock.gettimeout()
         while bufs:
+            self.sock.settimeout(0.0)  # rule 7: our waits, not Python's
             try:
                 n = self.sock.sendmsg(bufs, (), MSG_ZEROCOPY)
+            except (BlockingIOError, InterruptedError):
+                self.sock.settimeout(timeout)
+                if not self.wait_io(select.POLLOUT, timeout):
+                    raise TimeoutError(f"the socket took no byte for {timeout} s") from None
+                continue
             except OSError as exc:
+                self.sock.settimeout(timeout)
                 if exc.errno == errno.ENOBUFS:
                     self.enobufs += 1
                     if self._done_below < self._next:  # rule 3: a completion gives its optmem back
@@ -157,6 +172,8 @@ class ZeroCopySender:
                 self.fallbacks += 1
                 self._sendmsg_all(bufs)
                 break
+            finally:
+                self.sock.settimeout(timeout)
             self._next += 1
             self.bytes += n
             _consume(bufs, n)
@@ -167,7 +184,44 @@ class ZeroCopySender:
         return self._next
 
     def _sendmsg_all(self, bufs: list[memoryview]) -> None:
-        sendmsg_all(self.sock, bufs)
+        self.sendmsg_all(bufs)
+
+    def sendmsg_all(self, bufs: list[memoryview], flags: int = 0) -> int:
+        """Send all of ``bufs`` (rule 7: waiting in ``wait_io``); returns the sendmsg calls that sent."""
+        timeout = self.sock.gettimeout()
+        calls = 0
+        self.sock.settimeout(0.0)
+        try:
+            while bufs:
+                try:
+                    n = self.sock.sendmsg(bufs, (), flags)
+                except (BlockingIOError, InterruptedError):
+                    if not self.wait_io(select.POLLOUT, timeout):
+                        raise TimeoutError(f"the socket took no byte for {timeout} s") from None
+                    continue
+                calls += 1
+                _consume(bufs, n)
+        finally:
+            self.sock.settimeout(timeout)
+        return calls
+
+    def wait_io(self, events: int, timeout: float | None) -> bool:
+        """Wait until the socket is ready for ``events`` (POLLIN, POLLOUT), reading the completions that
+        raise POLLERR meanwhile (rule 7).  False when ``timeout`` (seconds; None: none) passed first;
+        True also on a socket error or hang-up (the I/O call that follows reports it)."""
+        p = select.poll()
+        p.register(self.sock.fileno(), events)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+            ready = p.poll(left)
+            if not ready:
+                return False
+            rev = ready[0][1]
+            if rev & (events | select.POLLHUP | select.POLLNVAL):
+                return True
+            if not self.poll():  # POLLERR that is not a completion: a socket error, for the caller's call
+                return True
 
     # -- completions -----------------------------------------------------
     def buffer_free(self, token: int) -> bool:
