@@ -261,6 +261,39 @@ def test_framesock_sends_zerocopy_only_when_asked(tcp_pair):
     assert zc.buffer_free(tok)
 
 
+@needs_zerocopy
+def test_a_queued_completion_is_not_a_readable_ack_and_waits_do_not_spin(tcp_pair):
+    """Rule 7: a completion on the error queue raises POLLERR.  readable() must not take it for an ACK
+    (a stream would stop sending until one came), and a read must wait, not spin on EAGAIN."""
+    import time
+
+    c, s = tcp_pair
+    fs = FrameSocket(c, timeout_s=0.3)
+    zc = fs.enable_zerocopy()
+    fs.send(b"h" * 64, b"z" * MiB, zerocopy=True)
+    assert recv_exact(s, 64 + MiB)[-1:] == b"z"
+    p = select.poll()
+    p.register(c.fileno(), 0)
+    deadline = time.monotonic() + 5
+    while not p.poll(50) and time.monotonic() < deadline:  # the completion is queued: POLLERR is up
+        pass
+    assert p.poll(0), "no completion came"
+    assert zc.completed == 0  # not read yet
+    assert not fs.readable(0.05)  # nothing to read: the completion was taken in, not reported as data
+    assert zc.completed == 1
+    fs.send(b"h" * 64, b"y" * MiB, zerocopy=True)
+    assert recv_exact(s, 64 + MiB)[-1:] == b"y"
+    while not p.poll(50) and time.monotonic() < deadline:
+        pass
+    cpu0 = time.process_time()
+    with pytest.raises(TimeoutError):
+        fs.recv_header()  # no frame comes: it waits out the socket's timeout
+    assert time.process_time() - cpu0 < 0.15  # waited in poll; the old code spun for all 0.3 s
+    assert zc.completed == 2
+    s.sendall(b"\x00" * 10)
+    assert fs.readable(1.0)  # a real byte still is
+
+
 # -- the bookkeeping, with a socket that answers what a test tells it ----------------------------------
 
 
