@@ -488,47 +488,69 @@ class Sender:
             prof_thread = threading.Thread(target=_capture, args=(prof_box, self._nic_profile, host),
                                            name="dwcp-nic-profile", daemon=True)  # fmt: skip
             prof_thread.start()
-        digest = known_digest if known_digest is not None else src.digest()
-        peer_addr = f"{host}:{port}"
-        path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
-        fresh = path is not None and time.time() - path.at < 86400.0  # its stream count still says something
-        loopback = _is_loopback(host)
-        plan = None
-        if prof_thread is not None:
-            prof_thread.join()
-            ok, prof = prof_box[0]
+        # the digest (a read of the whole source) runs while the NIC profile is looked up and the control
+        # stream connects: HELLO is the first thing that needs it (on a WAN, the connect's RTT is hidden)
+        digest_box: list = []
+        digest_thread = None
+        if known_digest is None:
+            digest_thread = threading.Thread(target=_capture, args=(digest_box, src.digest), name="dwcp-digest",
+                                             daemon=True)  # fmt: skip
+            digest_thread.start()
+        try:
+            peer_addr = f"{host}:{port}"
+            path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
+            fresh = path is not None and time.time() - path.at < 86400.0  # its count still says something
+            loopback = _is_loopback(host)
+            plan = None
+            if prof_thread is not None:
+                prof_thread.join()
+                ok, prof = prof_box[0]
+                if not ok:
+                    raise prof
+                if prof is not None:
+                    plan = self._nic_plan(prof, streams, path, fresh, peer_addr, loopback)
+            if plan is not None and plan.chunk_size_bytes:
+                chunk_size = plan.chunk_size_bytes
+                chunk_why = f"{chunk_size >> 10} KiB (the `dwcp tune` profile of {plan.nic}; no earlier send to this peer)"
+            elif tp.adaptive_chunks:
+                from .chunking import choose_chunk_size
+
+                chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
+            else:
+                chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
+            buffer_bytes = plan.socket_buffer_bytes if plan is not None else None
+            cache_key = f"{host}:{port}/{key}"
+            now = self.clock()
+            record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
+            refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
+            base_info = None  # the kept baseline offered (rule 6), or
+            caller_base: bytes | None = None  # the digest of the caller's previous version (rule 7)
+            if refresh is None and base_src is not None:
+                if base_src.size == size:
+                    caller_base = self._caller_digest(base_src)
+            elif refresh is None and self.baselines is not None:
+                base_info = self.baselines.latest(cache_key)
+                if base_info is not None and base_info.size != size:
+                    base_info = None
+            offered = base_info.digest if base_info is not None else caller_base
+            transfer_id = secrets.randbits(63) | 1
+            dictionary = self._dictionary_for(key, resource_type)
+
+            ctrl, sockinfo = self.dialer.dial(host, port, buffer_bytes=buffer_bytes)
+        except BaseException:
+            if digest_thread is not None:
+                digest_thread.join()  # not left reading a source its caller is about to close
+            raise
+        if digest_thread is not None:
+            digest_thread.join()
+            ok, got = digest_box[0]
             if not ok:
-                raise prof
-            if prof is not None:
-                plan = self._nic_plan(prof, streams, path, fresh, peer_addr, loopback)
-        if plan is not None and plan.chunk_size_bytes:
-            chunk_size = plan.chunk_size_bytes
-            chunk_why = f"{chunk_size >> 10} KiB (the `dwcp tune` profile of {plan.nic}; no earlier send to this peer)"
-        elif tp.adaptive_chunks:
-            from .chunking import choose_chunk_size
-
-            chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
+                ctrl.close()
+                raise got
+            digest: bytes = got
         else:
-            chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
-        buffer_bytes = plan.socket_buffer_bytes if plan is not None else None
-        cache_key = f"{host}:{port}/{key}"
-        now = self.clock()
-        record = self.baselines.read_meta(cache_key) if self.baselines is not None else None
-        refresh = full_refresh_reason(cs, record, now, tracked=self.baselines is not None)
-        base_info = None  # the kept baseline offered (rule 6), or
-        caller_base: bytes | None = None  # the digest of the caller's previous version (rule 7)
-        if refresh is None and base_src is not None:
-            if base_src.size == size:
-                caller_base = self._caller_digest(base_src)
-        elif refresh is None and self.baselines is not None:
-            base_info = self.baselines.latest(cache_key)
-            if base_info is not None and base_info.size != size:
-                base_info = None
-        offered = base_info.digest if base_info is not None else caller_base
-        transfer_id = secrets.randbits(63) | 1
-        dictionary = self._dictionary_for(key, resource_type)
-
-        ctrl, sockinfo = self.dialer.dial(host, port, buffer_bytes=buffer_bytes)
+            assert known_digest is not None
+            digest = known_digest
         from .sockopts import probe_zerocopy
 
         # rule 9: MSG_ZEROCOPY pays only where the kernel would otherwise copy into the socket; TLS
