@@ -273,7 +273,7 @@ def test_a_large_data_frame_into_a_file(pair):
 def test_skip_payload_keeps_later_frames_readable(pair):
     p = pair()
     before = p.tx.bytes_sent  # the HELLO
-    small, large = os.urandom(5000), os.urandom(1 << 20)
+    small, large = os.urandom(5000), os.urandom(3 * (1 << 20) + 7)  # large: more than one slot
     sending = in_thread(
         lambda: (
             p.tx.send(data_frame(small), small),
