@@ -84,7 +84,12 @@ def python_stream(tb: Testbed, size: int) -> float:
         rx.wait()
 
 
+IPERF3_CPU: dict[str, list[float]] = {}  # "-P N" -> CPU s/GB of client + server, per run
+
+
 def iperf3(tb: Testbed, size: int, n: int) -> float | None:
+    """Goodput in bytes/s; the CPU seconds per GB of client and server (iperf3's own accounting:
+    ``cpu_utilization_percent`` of the test's duration, each side) go to IPERF3_CPU."""
     srv = tb.popen("b", ["iperf3", "-s", "-1", "-B", tb.addr["b"], "-p", str(PORT + 2)], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -93,7 +98,13 @@ def iperf3(tb: Testbed, size: int, n: int) -> float | None:
         r = tb.run("a", ["iperf3", "-c", tb.addr["b"], "-p", str(PORT + 2), "-n", str(size), "-P", str(n), "-J", *cc],
                    check=False, timeout=600)  # fmt: skip
         j = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
-        return j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 8 or None
+        end = j.get("end", {})
+        rx = end.get("sum_received", {})
+        cpu, secs = end.get("cpu_utilization_percent", {}), rx.get("seconds") or 0
+        if secs and rx.get("bytes"):
+            used = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100 * secs
+            IPERF3_CPU.setdefault(str(n), []).append(used / (rx["bytes"] / 1e9))
+        return rx.get("bits_per_second", 0) / 8 or None
     finally:
         srv.kill()
         srv.wait()
@@ -192,7 +203,9 @@ def run_cell(
         return statistics.median(xs) if xs else None
 
     cell: dict = {"python_1_stream": med(python_stream(tb, size) for _ in range(runs))}
+    IPERF3_CPU.clear()
     cell["iperf3"] = {str(n): med(iperf3(tb, size, n) for _ in range(runs)) for n in m["iperf3_streams"]}
+    cell["iperf3_cpu_s_per_gb"] = {n: med(v) for n, v in IPERF3_CPU.items()}
 
     def summary(rs: list[dict]) -> dict:
         """The run with the median goodput, the medians of goodput, final count and settling, every run's."""
@@ -233,6 +246,11 @@ def run_cell(
     cell["fraction_of_cap"] = frac
     cell.update(rank_fixed(cell["dwcp_fixed"], cap))
     cell["best_iperf3_streams"] = int(max(cell["iperf3"], key=lambda n: cell["iperf3"][n] or 0))
+    # CPU per GB against the best iperf3's, in the same cell (both sides of each)
+    peer_cpu = cell["iperf3_cpu_s_per_gb"].get(str(cell["best_iperf3_streams"]))
+    if peer_cpu:
+        cell["cpu_vs_iperf3_best"] = {"dwcp_auto": (cell["dwcp_auto"].get("cpu_s_per_gb") or 0) / peer_cpu} | {
+            f"dwcp_{n}": (r.get("cpu_s_per_gb") or 0) / peer_cpu for n, r in cell["dwcp_fixed"].items()}  # fmt: skip
     return cell
 
 
