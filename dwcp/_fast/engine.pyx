@@ -41,7 +41,9 @@ Rules
 5. With ``opener``, the wire carries ``n`` bytes of ciphertext then the
    16-byte tag (one record); a tag that does not verify raises
    ForgedRecordError after the bytes were written (rule 4 holds: the chunk
-   is not marked, and the stream must be dropped).
+   is not marked, and the stream must be dropped).  A peer that closes
+   after the ciphertext, before the whole tag, raises BrokenResourceError
+   (every payload byte came, the record did not).
 6. ``Aead(key, seal)``: ``seal(data)`` returns ciphertext + tag of the next
    record; ``open_into(buf, tag)`` decrypts ``buf`` in place and raises
    ForgedRecordError unless ``tag`` verifies.  Records are numbered per
@@ -60,7 +62,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
-from dwcp.errors import ForgedRecordError, StorageError
+from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
 __all__ = ["recv_blocks", "send_sealed", "write_pages", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
@@ -111,6 +113,7 @@ cdef enum:
     ST_SOCK = 3
     ST_FILE = 4
     ST_FORGED = 5
+    ST_TAG_CUT = 6
 
 
 cdef bint _loaded = False
@@ -353,7 +356,9 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
         if rc == 0 and status == ST_OK and a != NULL:
             got = 0
             status = _recv_all(sock_fd, tag, 16, timeout_ms, &got, &err)
-            if status == ST_OK:
+            if status == ST_EOF:
+                status = ST_TAG_CUT
+            elif status == ST_OK:
                 rc = dwcp_aead_finish(a, tag)
                 if rc != 0:
                     status = ST_FORGED
@@ -364,6 +369,9 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     if status == ST_FORGED:
         raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
                                 f"or out of order", ERR_FORGED)
+    if status == ST_TAG_CUT:
+        raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
+                                  f"of payload received)")
     if status == ST_EOF:
         return done, bytes(hashes[: k * 16]), 0
     if status == ST_TIMEOUT:

@@ -14,7 +14,7 @@ import select
 
 import xxhash
 
-from dwcp.errors import ForgedRecordError, StorageError
+from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
 __all__ = [
@@ -215,7 +215,8 @@ def recv_blocks(sock_fd: int, slot, n: int, file_fd: int, file_off: int, timeout
         tag = bytearray(16)
         got = _recv_exact(sock_fd, poller, memoryview(tag), timeout_ms, done, n)
         if got < 16:
-            return done, bytes(hashes), 0
+            raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
+                                      f"of payload received)")  # fmt: skip
         if not opener._finish(tag):
             raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
                                     f"or out of order", ERR_FORGED)  # fmt: skip

@@ -17,7 +17,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from dwcp.digest import chunk_hash
-from dwcp.errors import ForgedRecordError, StorageError
+from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
 
@@ -261,27 +261,35 @@ def test_a_flipped_bit_in_transit_is_a_forged_record(aead_both, pair, n, seed, s
 
 @pytest.mark.parametrize("name", ["fast", "ref"])
 def test_a_sealed_stream_cut_short_is_a_short_read_not_a_forgery(name, aead_both):
-    """A peer that closes inside the payload or its tag: rule 1 (received < n, or chunk hash 0), never a
-    forgery nor a hang."""
+    """A peer that closes inside the payload: rule 1 (received < n, chunk hash 0); inside or before the tag:
+    BrokenResourceError (rule 5).  Never a forgery nor a hang."""
     impl = aead_both[name]
     key = os.urandom(32)
     payload = os.urandom(10_000)
     rec = impl.Aead(key, True).seal(payload)
-    for cut, want_got, whole_blocks in ((5000, 5000, 1), (10_000, 10_000, 3), (10_008, 10_000, 3)):
+    for cut, want_got, whole_blocks in ((5000, 5000, 1), (10_000, None, 3), (10_008, None, 3)):
         a, b = socket.socketpair()
         fd, path = tempfile.mkstemp()
         os.unlink(path)
         try:
             a.sendall(rec[:cut])
             a.shutdown(socket.SHUT_WR)
-            got, blocks, chash = impl.recv_blocks(b.fileno(), bytearray(4096), len(payload), fd, 0, 2000, 4096,
-                                                  opener=impl.Aead(key, False))  # fmt: skip
-            assert (got, chash) == (want_got, 0), cut
-            assert blocks == b"".join(
-                xxhash.xxh3_128_digest(payload[i : i + 4096]) for i in range(0, whole_blocks * 4096, 4096)
-            )
+            opener = impl.Aead(key, False)
+            if want_got is None:
+                with pytest.raises(BrokenResourceError, match="inside sealed record 0's tag"):
+                    impl.recv_blocks(
+                        b.fileno(), bytearray(4096), len(payload), fd, 0, 2000, 4096, opener=opener
+                    )
+                got = len(payload)
+            else:
+                got, blocks, chash = impl.recv_blocks(b.fileno(), bytearray(4096), len(payload), fd, 0, 2000, 4096,
+                                                      opener=opener)  # fmt: skip
+                assert (got, chash) == (want_got, 0), cut
+                assert blocks == b"".join(
+                    xxhash.xxh3_128_digest(payload[i : i + 4096]) for i in range(0, whole_blocks * 4096, 4096)
+                )
             whole = min(got, whole_blocks * 4096)  # a partial block is never written
-            assert os.pread(fd, len(payload), 0) == payload[:whole]
+            assert os.pread(fd, len(payload), 0)[:whole] == payload[:whole]
         finally:
             os.close(fd)
             a.close()
