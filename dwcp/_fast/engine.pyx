@@ -62,6 +62,10 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
+from .xxh cimport XXH3_64bits, XXH3_128bits, XXH128_canonical_t, XXH128_canonicalFromHash
+
+from os import strerror
+
 from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
@@ -193,8 +197,8 @@ cdef class Aead:
                                     f"or out of order", ERR_FORGED)
 
 
-cdef int _wait(int fd, short events, int timeout_ms) noexcept nogil:
-    """0 when ready, 1 on timeout, -1 (errno set) on error."""
+cdef int _wait(int fd, short events, int timeout_ms, int *err) noexcept nogil:
+    """ST_OK when ready, ST_TIMEOUT, or ST_SOCK (``err`` set)."""
     cdef pollfd pfd
     cdef int pr
     pfd.fd = fd
@@ -203,11 +207,31 @@ cdef int _wait(int fd, short events, int timeout_ms) noexcept nogil:
         pfd.revents = 0
         pr = poll(&pfd, 1, timeout_ms)
         if pr > 0:
-            return 0
+            return ST_OK
         if pr == 0:
-            return 1
+            return ST_TIMEOUT
         if errno != EINTR:
-            return -1
+            err[0] = errno
+            return ST_SOCK
+
+
+cdef Py_ssize_t _pwrite_all(int fd, const uint8_t *p, Py_ssize_t n, int64_t off, int *err) noexcept nogil:
+    """Write ``n`` bytes at ``off``; returns how many were written (fewer: ``err`` says why; a write that
+    makes no progress is ENOSPC)."""
+    cdef Py_ssize_t w = 0
+    cdef ssize_t r
+    while w < n:
+        r = pwrite(fd, p + w, n - w, off + w)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            err[0] = errno
+            break
+        if r == 0:
+            err[0] = 28  # ENOSPC
+            break
+        w += r
+    return w
 
 
 cdef int _send_all(int fd, const uint8_t *p, Py_ssize_t n, int timeout_ms, int *err) noexcept nogil:
@@ -225,12 +249,9 @@ cdef int _send_all(int fd, const uint8_t *p, Py_ssize_t n, int timeout_ms, int *
         if r < 0 and errno != EAGAIN:
             err[0] = errno
             return ST_SOCK
-        w = _wait(fd, POLLOUT, timeout_ms)
-        if w == 1:
-            return ST_TIMEOUT
-        if w < 0:
-            err[0] = errno
-            return ST_SOCK
+        w = _wait(fd, POLLOUT, timeout_ms, err)
+        if w != ST_OK:
+            return w
     return ST_OK
 
 
@@ -264,11 +285,7 @@ def send_sealed(int sock_fd, Aead sealer, const uint8_t[::1] payload, uint8_t[::
     if status == ST_TIMEOUT:
         raise TimeoutError(f"the socket took no byte for {timeout_ms / 1000} s ({done} of {n} sent)")
     if status == ST_SOCK:
-        raise OSError(err, f"{__import__('os').strerror(err)} ({done} of {n} payload bytes sent)")
-
-from .xxh cimport XXH3_64bits, XXH3_128bits, XXH128_canonical_t, XXH128_canonicalFromHash
-
-
+        raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes sent)")
 
 cdef int _recv_all(int fd, uint8_t *p, Py_ssize_t want, int timeout_ms, Py_ssize_t *got, int *err) noexcept nogil:
     """ST_OK, ST_EOF, ST_TIMEOUT or ST_SOCK (``err`` set); ``got`` counts what arrived."""
@@ -286,12 +303,9 @@ cdef int _recv_all(int fd, uint8_t *p, Py_ssize_t want, int timeout_ms, Py_ssize
         if errno != EAGAIN:  # == EWOULDBLOCK on Linux
             err[0] = errno
             return ST_SOCK
-        w = _wait(fd, POLLIN, timeout_ms)
-        if w == 1:
-            return ST_TIMEOUT
-        if w < 0:
-            err[0] = errno
-            return ST_SOCK
+        w = _wait(fd, POLLIN, timeout_ms, err)
+        if w != ST_OK:
+            return w
     return ST_OK
 
 
@@ -310,8 +324,7 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     cdef uint8_t *sp = &slot[0] if n else NULL
     if opener is not None and opener.sealing:
         raise ValueError("recv_blocks needs an opening Aead")
-    cdef Py_ssize_t done = 0, want, got, k = 0, w
-    cdef ssize_t r
+    cdef Py_ssize_t done = 0, want, got, k = 0
     cdef int status = ST_OK, err = 0, rc = 0
     cdef XXH128_canonical_t c
     cdef uint64_t chash = 0
@@ -338,19 +351,8 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
             XXH128_canonicalFromHash(&c, XXH3_128bits(sp, want))
             memcpy(hp + k * 16, c.digest, 16)
             k += 1
-            w = 0
-            while w < want:
-                r = pwrite(file_fd, sp + w, want - w, file_off + done + w)
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    status, err = ST_FILE, errno
-                    break
-                if r == 0:
-                    status, err = ST_FILE, 28  # ENOSPC: a write that makes no progress
-                    break
-                w += r
-            if status != ST_OK:
+            if _pwrite_all(file_fd, sp, want, file_off + done, &err) < want:
+                status = ST_FILE
                 break
             done += want
         if rc == 0 and status == ST_OK and a != NULL:
@@ -377,9 +379,9 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     if status == ST_TIMEOUT:
         raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
     if status == ST_SOCK:
-        raise OSError(err, f"{__import__('os').strerror(err)} ({done} of {n} payload bytes received)")
+        raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes received)")
     if status == ST_FILE:
-        raise StorageError(f"{__import__('os').strerror(err)} (writing at offset {file_off + done})")
+        raise StorageError(f"{strerror(err)} (writing at offset {file_off + done})")
     return done, bytes(hashes[: k * 16]), chash
 
 
@@ -392,8 +394,7 @@ def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const ui
         raise ValueError(f"{flags.shape[0]} page flags for {npages} pages")
     cdef const uint8_t *dp = &data[0] if n else NULL
     cdef const uint8_t *fp = &flags[0] if npages else NULL
-    cdef Py_ssize_t i = 0, j, a, b, w, total = 0
-    cdef ssize_t r
+    cdef Py_ssize_t i = 0, j, a = 0, b, w = 0, total = 0
     cdef int err = 0
     with nogil:
         while i < npages and err == 0:
@@ -405,20 +406,9 @@ def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const ui
                 j += 1
             a = i * page_size
             b = j * page_size if j * page_size < n else n
-            w = 0
-            while w < b - a:
-                r = pwrite(file_fd, dp + a + w, b - a - w, file_off + a + w)
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    err = errno
-                    break
-                if r == 0:
-                    err = 28  # ENOSPC: a write that makes no progress
-                    break
-                w += r
+            w = _pwrite_all(file_fd, dp + a, b - a, file_off + a, &err)
             total += w
             i = j
     if err:
-        raise StorageError(f"{__import__('os').strerror(err)} (writing at offset {file_off + a + w})")
+        raise StorageError(f"{strerror(err)} (writing at offset {file_off + a + w})")
     return total

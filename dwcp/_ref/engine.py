@@ -147,6 +147,23 @@ class Aead:
                                     f"altered or out of order", ERR_FORGED)  # fmt: skip
 
 
+def _pwrite_all(fd: int, mv: memoryview, off: int) -> tuple[int, str | None]:
+    """(bytes written, None), or (bytes written before it failed, the reason); a write that makes no
+    progress is ENOSPC (the kernel's _pwrite_all)."""
+    w = 0
+    while w < mv.nbytes:
+        try:
+            r = os.pwrite(fd, mv[w:], off + w)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            return w, exc.strerror or str(exc)
+        if r == 0:
+            return w, os.strerror(errno.ENOSPC)
+        w += r
+    return w, None
+
+
 def _wait(poller, timeout_ms: int) -> bool:
     return bool(poller.poll(timeout_ms))
 
@@ -199,17 +216,9 @@ def recv_blocks(sock_fd: int, slot, n: int, file_fd: int, file_off: int, timeout
             opener._update(work, 0, want)
             sp[:want] = work[:want]
         hashes += xxhash.xxh3_128_digest(sp[:want])
-        w = 0
-        while w < want:
-            try:
-                r = os.pwrite(file_fd, sp[w:want], file_off + done + w)
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise StorageError(f"{exc.strerror} (writing at offset {file_off + done})") from exc
-            if r == 0:
-                raise StorageError(f"{os.strerror(errno.ENOSPC)} (writing at offset {file_off + done})")
-            w += r
+        _, why = _pwrite_all(file_fd, sp[:want], file_off + done)
+        if why:
+            raise StorageError(f"{why} (writing at offset {file_off + done})")
         done += want
     if opener is not None:
         tag = bytearray(16)
@@ -281,17 +290,9 @@ def write_pages(file_fd: int, file_off: int, data, flags, page_size: int = 4096)
         while j < npages and fl[j]:
             j += 1
         a, b = i * page_size, min(j * page_size, n)
-        w = 0
-        while w < b - a:
-            try:
-                r = os.pwrite(file_fd, mv[a + w : b], file_off + a + w)
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise StorageError(f"{exc.strerror} (writing at offset {file_off + a + w})") from exc
-            if r == 0:
-                raise StorageError(f"{os.strerror(errno.ENOSPC)} (writing at offset {file_off + a + w})")
-            w += r
+        w, why = _pwrite_all(file_fd, mv[a:b], file_off + a)
+        if why:
+            raise StorageError(f"{why} (writing at offset {file_off + a + w})")
         total += w
         i = j
     return total
