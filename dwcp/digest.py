@@ -131,6 +131,13 @@ class TreeHasher:
             self._leaves.update(got)
         return len(got)
 
+    def add_chunk(self, offset: int, length: int, blocks: bytes, view=None) -> int:
+        """The leaves a verified chunk holds whole: from its block hashes when it starts on a leaf boundary
+        (rule 4), else hashed from ``view``, its bytes (None: none; ``root`` reads them); returns how many."""
+        if offset % LEAF_BYTES == 0 or view is None:
+            return self.add_blocks(offset, length, blocks)
+        return self.add(offset, view)
+
     def leaves_of(self, offset: int, length: int) -> bytes | None:
         """The block hashes (rule 4) of the chunk of ``length`` bytes at ``offset``, when it starts on
         a leaf boundary and every leaf it covers was added; else None (hash the bytes)."""

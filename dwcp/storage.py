@@ -712,15 +712,12 @@ class Partial:
             self._have[i >> 3] &= ~(1 << (i & 7)) & 0xFF
         self.tree.discard(*self._span(i))
 
-    def hashed(self, offset: int, view) -> None:
-        """The verified bytes at ``offset`` are in the .part: hash the leaves they hold whole (rule 8)."""
-        self.tree.add(offset, view)
-
-    def hashed_blocks(self, offset: int, length: int, blocks: bytes) -> int:
-        """The verified chunk at ``offset`` is in the .part and ``blocks`` are its block hashes (its
-        chunk hash's: dwcp.digest rule 4): the tree takes the whole leaves among them, unread (returns
-        how many); the leaves of a chunk off the leaf boundaries are read once at commit."""
-        return self.tree.add_blocks(offset, length, blocks)
+    def hashed(self, offset: int, length: int, blocks: bytes, view=None) -> int:
+        """The verified chunk at ``offset`` is in the .part; ``blocks`` are its block hashes (its chunk
+        hash's: dwcp.digest rule 4) and ``view`` its bytes when the caller still holds them.  The tree
+        takes the leaves it holds whole (rule 8; ``TreeHasher.add_chunk``), so commit reads none of them;
+        returns how many."""
+        return self.tree.add_chunk(offset, length, blocks, view)
 
     def verify_resumed(self) -> list[int]:
         """Re-hash chunks marked done (after a resume); forget those that do not match."""
@@ -736,9 +733,7 @@ class Partial:
                 ch, blocks = chunk_hash(v)
                 ok = ch == h
                 if ok:  # its leaves: commit need not read it again
-                    off, ln = self._span(i)
-                    if not self.tree.add_blocks(off, ln, blocks):
-                        self.tree.add(off, v)
+                    self.hashed(*self._span(i), blocks, v)
             finally:
                 v.release()
             if not ok:

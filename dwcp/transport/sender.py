@@ -907,8 +907,7 @@ class Sender:
                     chunk = src.read(off, ln)
                     p.write(i, chunk)
                     ch, blocks = chunk_hash(chunk)  # the leaves, from the very bytes written
-                    if not p.hashed_blocks(off, ln, blocks):
-                        p.hashed(off, chunk)
+                    p.hashed(off, ln, blocks, chunk)
                     p.mark_done(i, ch)
                 try:
                     p.commit()  # the leaf hashes above, and only the leaves a chunk boundary cut read back

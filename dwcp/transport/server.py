@@ -947,24 +947,21 @@ class DataServer:
                 off, ln = sess.span(idx)
                 out = memoryview(chunk_buf)[:ln]
                 written = False
-                blocks: list[bytes] = []
-                if h.codec == C.CODEC_RAW and fs.can_recv_direct and ln:
-                    # plain TCP: socket -> slot -> file a block at a time, each block hashed while in
-                    # cache (the native engine, GIL released): no chunk byte enters a Python object
-                    try:
-                        bl, chash = fs.recv_blocks_into(partial.fileno(), off, ln, slot)
-                    except StorageError as exc:
-                        raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
+                if h.codec == C.CODEC_RAW:
+                    if fs.can_recv_direct and ln:
+                        # plain TCP or sealed records: socket -> slot -> file a block at a time, each block
+                        # hashed while in cache (the native engine, GIL released): no chunk byte enters a
+                        # Python object
+                        try:
+                            blocks, chash = fs.recv_blocks_into(partial.fileno(), off, ln, slot)
+                        except StorageError as exc:
+                            raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
+                        written = True
+                    else:
+                        fs.recv_into_exact(out)  # straight into the reusable chunk buffer
+                        chash, blocks = chunk_hash(out)
                     if chash != h.raw_hash:
                         raise IntegrityError(f"chunk {idx} fails its chunk hash check", C.ERR_CHECKSUM)
-                    blocks.append(bl)
-                    written = True
-                elif h.codec == C.CODEC_RAW:
-                    fs.recv_into_exact(out)  # straight into the reusable chunk buffer
-                    chash, bl = chunk_hash(out)
-                    if chash != h.raw_hash:
-                        raise IntegrityError(f"chunk {idx} fails its chunk hash check", C.ERR_CHECKSUM)
-                    blocks.append(bl)
                 else:
                     if len(scratch) < h.enc_len:
                         scratch = bytearray(h.enc_len)
@@ -973,9 +970,11 @@ class DataServer:
                     base = (
                         t.base[off : off + ln] if h.codec in C.DELTA_CODECS and t.base is not None else None
                     )
+                    decoded: list[bytes] = []  # the decoder verifies the chunk hash and gives its blocks
                     self.decoder.decode(
-                        h, pmv, base=base, out=out, dictionary=sess.dictionary, blocks_out=blocks
+                        h, pmv, base=base, out=out, dictionary=sess.dictionary, blocks_out=decoded
                     )
+                    blocks = decoded[0]
                 # pwrite, not a shared mapping: writing fresh file pages through
                 # mmap faults per 4 KiB and is ~20x slower (see storage.Partial.view)
                 how = sess.write_mode(h.codec)
@@ -990,8 +989,7 @@ class DataServer:
                 elif how == WRITE_ALL and not written:
                     partial.write(idx, out)
                 # the digest's leaves, from the chunk hash's blocks: commit reads back none of this chunk
-                if not partial.hashed_blocks(off, ln, blocks[0]) and not written:
-                    partial.hashed(off, out)  # off the leaf boundaries: the leaves it holds whole
+                partial.hashed(off, ln, blocks, None if written else out)
                 partial.mark_done(idx, h.raw_hash)
             except IntegrityError as exc:
                 sess.rejected(idx)
