@@ -140,25 +140,17 @@ class ZeroCopySender:
         pmv = memoryview(payload).cast("B")
         bufs = [memoryview(header).cast("B"), pmv] if pmv.nbytes else [memoryview(header).cast("B")]
         if pmv.nbytes < self.min_bytes:
-            self._sendmsg_all(bufs)
+            self.sendmsg_all(bufs)
             return 0
         if not self.enabled:
             self.fallbacks += 1
-            self._sendmsg_all(bufs)
+            self.sendmsg_all(bufs)
             return 0
         first = self._next
-        timeout = self.sock.gettimeout()
         while bufs:
-            self.sock.settimeout(0.0)  # rule 7: our waits, not Python's
             try:
-                n = self.sock.sendmsg(bufs, (), MSG_ZEROCOPY)
-            except (BlockingIOError, InterruptedError):
-                self.sock.settimeout(timeout)
-                if not self.wait_io(select.POLLOUT, timeout):
-                    raise TimeoutError(f"the socket took no byte for {timeout} s") from None
-                continue
+                n = self._sendmsg_now(bufs, MSG_ZEROCOPY)
             except OSError as exc:
-                self.sock.settimeout(timeout)
                 if exc.errno == errno.ENOBUFS:
                     self.enobufs += 1
                     if self._done_below < self._next:  # rule 3: a completion gives its optmem back
@@ -170,10 +162,11 @@ class ZeroCopySender:
                 else:
                     raise
                 self.fallbacks += 1
-                self._sendmsg_all(bufs)
+                self.sendmsg_all(bufs)
                 break
-            finally:
-                self.sock.settimeout(timeout)
+            if n is None:
+                self._wait_writable()
+                continue
             self._next += 1
             self.bytes += n
             _consume(bufs, n)
@@ -183,27 +176,31 @@ class ZeroCopySender:
         self._held.append((self._next, (header, payload)))
         return self._next
 
-    def _sendmsg_all(self, bufs: list[memoryview]) -> None:
-        self.sendmsg_all(bufs)
+    def sendmsg_all(self, bufs: list[memoryview]) -> None:
+        """Send all of ``bufs`` the normal way (copied), waiting in ``wait_io`` (rule 7)."""
+        while bufs:
+            n = self._sendmsg_now(bufs, 0)
+            if n is None:
+                self._wait_writable()
+            else:
+                _consume(bufs, n)
 
-    def sendmsg_all(self, bufs: list[memoryview], flags: int = 0) -> int:
-        """Send all of ``bufs`` (rule 7: waiting in ``wait_io``); returns the sendmsg calls that sent."""
+    def _sendmsg_now(self, bufs: list[memoryview], flags: int) -> int | None:
+        """One ``sendmsg`` that does not block (rule 7: the waits are ours, not Python's): the bytes it
+        sent, or None when the socket buffer is full."""
         timeout = self.sock.gettimeout()
-        calls = 0
         self.sock.settimeout(0.0)
         try:
-            while bufs:
-                try:
-                    n = self.sock.sendmsg(bufs, (), flags)
-                except (BlockingIOError, InterruptedError):
-                    if not self.wait_io(select.POLLOUT, timeout):
-                        raise TimeoutError(f"the socket took no byte for {timeout} s") from None
-                    continue
-                calls += 1
-                _consume(bufs, n)
+            return self.sock.sendmsg(bufs, (), flags)
+        except (BlockingIOError, InterruptedError):
+            return None
         finally:
             self.sock.settimeout(timeout)
-        return calls
+
+    def _wait_writable(self) -> None:
+        timeout = self.sock.gettimeout()
+        if not self.wait_io(select.POLLOUT, timeout):
+            raise TimeoutError(f"the socket took no byte for {timeout} s")
 
     def wait_io(self, events: int, timeout: float | None) -> bool:
         """Wait until the socket is ready for ``events`` (POLLIN, POLLOUT), reading the completions that
