@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dwcp._backend import impl as _k
-from dwcp.digest import LEAF_BYTES, hash_of_blocks
+from dwcp.digest import LEAF_BYTES, chunk_hash, hash_of_blocks
 from dwcp.errors import ConfigError, IntegrityError, InternalError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
@@ -137,8 +137,8 @@ class EncodedFrame:
 def _chunk_hash(mv: memoryview, blocks: bytes | None) -> int:
     """A DATA frame's raw_hash (dwcp.digest rule 4), from the block hashes when the caller has them."""
     if blocks is None:
-        blocks = _k.block_hashes(mv, LEAF_BYTES)
-    elif len(blocks) != 16 * -(-mv.nbytes // LEAF_BYTES):
+        return chunk_hash(mv)[0]
+    if len(blocks) != 16 * -(-mv.nbytes // LEAF_BYTES):
         raise ValueError(f"{len(blocks) // 16} block hashes for a {mv.nbytes}-byte chunk")
     return hash_of_blocks(blocks)
 
@@ -459,8 +459,8 @@ class ChunkDecoder:
             _k.delta_decode(pmv, bmv, omv, ps)
         else:  # unreachable: parse_header admits only known codecs
             raise RemoteProtocolError(f"unknown codec {codec}", C.ERR_BAD_CODEC)
-        blocks = _k.block_hashes(omv, LEAF_BYTES)
-        if hash_of_blocks(blocks) != h.raw_hash:
+        ch, blocks = chunk_hash(omv)
+        if ch != h.raw_hash:
             raise IntegrityError(
                 f"chunk at offset {h.offset} ({n} bytes, {C.CODEC_NAMES[h.codec]}) fails its chunk hash check",
                 C.ERR_CHECKSUM,
