@@ -69,3 +69,16 @@ def ref():
     from dwcp._backend import load
 
     return load("ref")
+
+
+@pytest.fixture(scope="session")
+def aead_both(fast, ref):
+    """Both backends with AES-256-GCM loaded (the libcrypto Python's ssl uses), by name."""
+    from dwcp.security import aead
+
+    ok, why = aead.available()
+    if not ok:
+        pytest.skip(f"no AES-GCM here: {why}")
+    path = aead._libcrypto()
+    assert path is not None and fast.aead_load(path) and ref.aead_load(path)
+    return {"fast": fast, "ref": ref}

@@ -109,19 +109,6 @@ def test_caller_errors(name, fast, ref):
 # -- sealed records: send_sealed of one backend, recv_blocks(opener=...) of the other ----------------
 
 
-@pytest.fixture(scope="module")
-def aead_both(fast, ref):
-    """Both backends with AES-256-GCM loaded (the libcrypto Python's ssl uses)."""
-    from dwcp.security import aead
-
-    ok, why = aead.available()
-    if not ok:
-        pytest.skip(f"no AES-GCM here: {why}")
-    path = aead._libcrypto()
-    assert path is not None and fast.aead_load(path) and ref.aead_load(path)
-    return {"fast": fast, "ref": ref}
-
-
 def _sealed_run(
     tx, rx, key: bytes, payload: bytes, slot: int, block: int, file_off: int, flip: int | None = None
 ):

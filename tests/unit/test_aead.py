@@ -13,23 +13,10 @@ from dwcp.security import aead
 from dwcp.wire import consts as C
 
 
-@pytest.fixture(scope="session")
-def loaded(fast, ref):
-    """AES-256-GCM loaded into both backends (the same libcrypto Python's ssl uses)."""
-    ok, why = aead.available()
-    if not ok:
-        pytest.skip(f"no AES-GCM here: {why}")
-    path = aead._libcrypto()
-    assert path is not None
-    assert fast.aead_load(path) and ref.aead_load(path)
-    return fast, ref
-
-
 @pytest.fixture(params=["fast", "ref"])
-def k(request, loaded):
+def k(request, aead_both):
     """One backend with AES-GCM loaded."""
-    fast, ref = loaded
-    return {"fast": fast, "ref": ref}[request.param]
+    return aead_both[request.param]
 
 
 def nonce(i: int) -> bytes:
@@ -145,8 +132,8 @@ def test_aead_known_answer_against_cryptography(k):
         assert buf == data and opener.counter == i + 1
 
 
-def test_both_backends_seal_alike_and_open_each_other(loaded):
-    fast, ref = loaded
+def test_both_backends_seal_alike_and_open_each_other(aead_both):
+    fast, ref = aead_both["fast"], aead_both["ref"]
     key = os.urandom(32)
     msgs = [os.urandom(n) for n in SIZES]
     fs, rs = fast.Aead(key, True), ref.Aead(key, True)
