@@ -136,14 +136,15 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         """Start the components in order; on a failure stop those already started."""
-        steps = [("data port", self.server.start, self.server.close),
-                 ("control socket", self.control.start, self.control.close)]  # fmt: skip
+        steps = [("data port", self.server.start, self.server.close)]
         if self.config.listen.metrics_port >= 0:
             steps.append(("metrics endpoint", self._start_http, self._close_http))
         if self.cluster is not None:
             steps.append(("peer prober", self._start_prober, lambda: None))
         if self.catalog_backend is not None:
             steps.append(("consensus", self.catalog_backend.start, self.catalog_backend.close))
+        # the control socket last: a status answer means every other component is up
+        steps.append(("control socket", self.control.start, self.control.close))
         try:
             for name, start, stop in steps:
                 start()
