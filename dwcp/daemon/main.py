@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dwcp
@@ -136,7 +137,9 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         """Start the components in order; on a failure stop those already started."""
-        steps = [("data port", self.server.start, self.server.close)]
+        steps: list[tuple[str, Callable[[], object], Callable[[], None]]] = [
+            ("data port", self.server.start, self.server.close)
+        ]
         if self.config.listen.metrics_port >= 0:
             steps.append(("metrics endpoint", self._start_http, self._close_http))
         if self.cluster is not None:
