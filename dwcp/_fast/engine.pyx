@@ -56,20 +56,37 @@ Rules
    of them, at ``file_off`` + their offset; returns the bytes written.  The
    other pages of the file are left as they are (a sparse .part's holes, a
    seeded .part's baseline).  StorageError on a failed write.
+9. ``Pump(kind, slots=16, block=1 MiB)`` is one loop thread (dwcp/_fast/pump.h)
+   that moves the RAW payloads of every stream that calls its
+   ``recv_blocks(sock_fd, n, file_fd, file_off, timeout_ms=-1, opener=None)``:
+   ``kind`` "uring" (io_uring: RECV into a slot, WRITE_FIXED from it) or
+   "epoll" (epoll + recv + pwrite).  A call returns and raises exactly as
+   the module's ``recv_blocks`` with ``block`` = the pump's (rules 1-5);
+   it takes one of the pump's ``slots`` for its duration and waits for one
+   when all are taken.  The calling thread sleeps without the GIL; the
+   bytes never leave the loop thread.  ``Pump("uring")`` raises OSError
+   where the kernel refuses io_uring or lacks an opcode the loop uses.
+10. ``Pump.close()`` stops the loop; a call still running, or made after,
+    raises ClosedResourceError.  ``info()`` is a dict: kind, slots, block,
+    registered (io_uring slots are registered buffers), register_errno,
+    jobs, bytes, ops (recv completions), wakeups.
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from .xxh cimport XXH3_64bits, XXH3_128bits, XXH128_canonical_t, XXH128_canonicalFromHash
 
 from os import strerror
 
-from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
+from dwcp.errors import BrokenResourceError, ClosedResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
-__all__ = ["recv_blocks", "send_sealed", "write_pages", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES"]
+__all__ = ["recv_blocks", "send_sealed", "write_pages", "Aead", "aead_load", "AEAD_TAG_BYTES", "AEAD_KEY_BYTES",
+           "Pump", "PUMP_KINDS"]
+
+PUMP_KINDS = ("uring", "epoll")
 
 AEAD_TAG_BYTES = 16
 AEAD_KEY_BYTES = 32
@@ -118,6 +135,8 @@ cdef enum:
     ST_FILE = 4
     ST_FORGED = 5
     ST_TAG_CUT = 6
+    ST_CLOSED = 7
+    ST_EVP = 8
 
 
 cdef bint _loaded = False
@@ -412,3 +431,138 @@ def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const ui
     if err:
         raise StorageError(f"{strerror(err)} (writing at offset {file_off + a + w})")
     return total
+
+
+cdef extern from "pump.h" nogil:
+    ctypedef struct dwcp_pjob:
+        int sock, file, timeout_ms
+        int64_t n, off
+        dwcp_aead *a
+        uint8_t *hashes
+        int64_t done, k
+        int status, err
+    ctypedef struct dwcp_pump:
+        int kind, nslots, registered, register_err
+        size_t block
+        uint64_t jobs, bytes, wakeups, ops
+    int DWCP_PK_EPOLL, DWCP_PK_URING, DWCP_PUMP_MAX
+    int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block)
+    void dwcp_pump_run(dwcp_pump *p, dwcp_pjob *j)
+    void dwcp_pump_stop(dwcp_pump *p)
+    void dwcp_pump_free(dwcp_pump *p)
+
+
+cdef class Pump:
+    cdef dwcp_pump p
+    cdef bint started
+    cdef readonly str kind
+    cdef object _lock
+    cdef int _running
+
+    def __cinit__(self, str kind, int slots=16, Py_ssize_t block=1048576):
+        if kind not in PUMP_KINDS:
+            raise ValueError(f"pump kind must be one of {PUMP_KINDS}, got {kind!r}")
+        if not 1 <= slots <= DWCP_PUMP_MAX:
+            raise ValueError(f"slots must be in 1..{DWCP_PUMP_MAX}, got {slots}")
+        if not 16 <= block <= (1 << 30):
+            raise ValueError(f"block must be in 16..2**30 bytes, got {block}")
+        cdef int k = DWCP_PK_URING if kind == "uring" else DWCP_PK_EPOLL
+        cdef int rc
+        with nogil:
+            rc = dwcp_pump_start(&self.p, k, slots, <size_t>block)
+        if rc < 0:
+            raise OSError(-rc, f"cannot start the {kind} pump: {strerror(-rc)}")
+        self.started = True
+        self.kind = kind
+        import threading
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def __dealloc__(self):
+        # a running call holds a reference: none is left here
+        if self.started:
+            with nogil:
+                dwcp_pump_free(&self.p)
+            self.started = False
+
+    def close(self):
+        if not self.started:
+            return
+        with nogil:
+            dwcp_pump_stop(&self.p)
+        # the loop has ended every job; its callers still wake and leave the pump's lock: wait for them
+        import time
+        while True:
+            with self._lock:
+                if self._running == 0:
+                    self.started = False
+                    break
+            time.sleep(0.001)
+        with nogil:
+            dwcp_pump_free(&self.p)
+
+    @property
+    def closed(self):
+        return not self.started
+
+    def info(self):
+        if not self.started:
+            return {"kind": self.kind, "closed": True}
+        return {"kind": self.kind, "slots": self.p.nslots, "block": self.p.block,
+                "registered": bool(self.p.registered), "register_errno": self.p.register_err,
+                "jobs": self.p.jobs, "bytes": self.p.bytes, "ops": self.p.ops, "wakeups": self.p.wakeups}
+
+    def recv_blocks(self, int sock_fd, Py_ssize_t n, int file_fd, int64_t file_off, int timeout_ms=-1,
+                    Aead opener=None):
+        if n < 0 or file_off < 0:
+            raise ValueError(f"n and file_off must be >= 0, got {n} and {file_off}")
+        if opener is not None and opener.sealing:
+            raise ValueError("recv_blocks needs an opening Aead")
+        cdef Py_ssize_t block = self.p.block
+        cdef Py_ssize_t nblocks = (n + block - 1) // block
+        hashes = bytearray(nblocks * 16 if nblocks else 1)
+        cdef uint8_t[::1] hv = hashes
+        cdef dwcp_pjob j
+        memset(&j, 0, sizeof(j))
+        j.sock = sock_fd
+        j.file = file_fd
+        j.timeout_ms = timeout_ms
+        j.n = n
+        j.off = file_off
+        j.a = &opener.a if opener is not None else NULL
+        j.hashes = &hv[0]
+        cdef uint64_t rec = opener.a.counter if opener is not None else 0
+        cdef uint64_t chash = 0
+        # close() joins the loop, which ends every job first: a job never outlives its pump
+        with self._lock:
+            if not self.started:
+                raise ClosedResourceError(f"the {self.kind} pump is closed")
+            self._running += 1
+        try:
+            with nogil:
+                dwcp_pump_run(&self.p, &j)
+                if j.status == ST_OK:
+                    chash = XXH3_64bits(&hv[0], <size_t>(j.k * 16))
+        finally:
+            with self._lock:
+                self._running -= 1
+        status, err, done, k = j.status, j.err, j.done, j.k
+        if status == ST_EVP:
+            raise RuntimeError("EVP failed to open a record")
+        if status == ST_FORGED:
+            raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
+                                    f"or out of order", ERR_FORGED)
+        if status == ST_TAG_CUT:
+            raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
+                                      f"of payload received)")
+        if status == ST_CLOSED:
+            raise ClosedResourceError(f"the {self.kind} pump closed ({done} of {n} payload bytes received)")
+        if status == ST_EOF:
+            return done, bytes(hashes[: k * 16]), 0
+        if status == ST_TIMEOUT:
+            raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
+        if status == ST_SOCK:
+            raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes received)")
+        if status == ST_FILE:
+            raise StorageError(f"{strerror(err)} (writing at offset {file_off + done})")
+        return done, bytes(hashes[: k * 16]), chash

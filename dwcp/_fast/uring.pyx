@@ -66,6 +66,7 @@ __all__ = [
     "IORING_OP_NOP",
     "IORING_OP_READ_FIXED",
     "IORING_OP_TIMEOUT",
+    "IORING_OP_ASYNC_CANCEL",
     "IORING_OP_WRITE",
     "IORING_OP_SEND",
     "IORING_OP_RECV",
@@ -146,6 +147,7 @@ cdef extern from "uring.h" nogil:
 IORING_OP_NOP = 0
 IORING_OP_READ_FIXED = 4
 IORING_OP_TIMEOUT = 11
+IORING_OP_ASYNC_CANCEL = 14
 IORING_OP_WRITE = 23
 IORING_OP_SEND = 26
 IORING_OP_RECV = 27
@@ -393,6 +395,13 @@ cdef class Ring:
         dwcp_prep_rw(sqe, DWCP_OP_READ_FIXED, fd, <char *>p.view.buf + offset, <uint32_t>length,
                      <uint64_t>file_offset, user_data)
         dwcp_set_buf_index(sqe, <uint16_t>buf_index)
+
+    def prep_cancel(self, uint64_t target_user_data, uint64_t user_data):
+        """Queue IORING_OP_ASYNC_CANCEL of the operation ``target_user_data``: it ends with -ECANCELED
+        if it had not completed; this one's res is 0, -ENOENT (no such operation running) or -EALREADY."""
+        cdef io_uring_sqe *sqe = self._sqe(user_data, None)
+        dwcp_prep_rw(sqe, DWCP_OP_ASYNC_CANCEL, -1, NULL, 0, 0, user_data)
+        dwcp_sqe_set_addr(sqe, target_user_data)
 
     def prep_splice(self, int fd_in, int64_t off_in, int fd_out, int64_t off_out, uint32_t nbytes,
                     unsigned flags, uint64_t user_data):

@@ -11,10 +11,14 @@ import ctypes
 import errno
 import os
 import select
+import selectors
+import socket
+import threading
+import time
 
 import xxhash
 
-from dwcp.errors import BrokenResourceError, ForgedRecordError, StorageError
+from dwcp.errors import BrokenResourceError, ClosedResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
 __all__ = [
@@ -25,7 +29,11 @@ __all__ = [
     "aead_load",
     "AEAD_TAG_BYTES",
     "AEAD_KEY_BYTES",
+    "Pump",
+    "PUMP_KINDS",
 ]
+
+PUMP_KINDS = ("uring", "epoll")
 
 AEAD_TAG_BYTES = 16
 AEAD_KEY_BYTES = 32
@@ -296,3 +304,381 @@ def write_pages(file_fd: int, file_off: int, data, flags, page_size: int = 4096)
         total += w
         i = j
     return total
+
+
+# -- the pump (rules 9 and 10) ----------------------------------------------------------------------
+_OK, _EOF, _TIMEOUT, _SOCK, _FILE, _FORGED, _TAG_CUT, _CLOSED = range(8)
+_UOP_RECV, _UOP_WRITE, _UOP_CANCEL = 1, 2, 3
+_UD_WAKE = 2**64 - 2  # (2**64-1 is the Ring's own)
+
+
+class _Job:
+    __slots__ = ("sock", "file", "n", "off", "timeout_ms", "opener", "hashes", "slot", "phase", "done",
+                 "got", "want", "k", "deadline", "ud", "status", "err", "finished", "tag", "cancelling")  # fmt: skip
+
+    def __init__(self, sock: int, file: int, n: int, off: int, timeout_ms: int, opener: Aead | None) -> None:
+        self.sock, self.file, self.n, self.off, self.timeout_ms, self.opener = (
+            sock,
+            file,
+            n,
+            off,
+            timeout_ms,
+            opener,
+        )
+        self.hashes = bytearray()
+        self.slot = self.phase = self.done = self.got = self.want = self.k = self.ud = self.err = 0
+        self.deadline = 0.0
+        self.cancelling = False
+        self.status = _OK
+        self.finished = threading.Event()
+        self.tag = bytearray(16)
+
+
+class Pump:
+    """One Python thread that moves the RAW payloads of every calling stream (rule 9): its "epoll"
+    kind waits in a selector, its "uring" kind drives this backend's Ring (dwcp/_ref/uring.py) the way
+    pump.h drives the kernel's: one operation in flight per job, a cancel for a wait that times out."""
+
+    def __init__(self, kind: str, slots: int = 16, block: int = 1 << 20) -> None:
+        if kind not in PUMP_KINDS:
+            raise ValueError(f"pump kind must be one of {PUMP_KINDS}, got {kind!r}")
+        if not 1 <= slots <= 64:
+            raise ValueError(f"slots must be in 1..64, got {slots}")
+        if not 16 <= block <= 1 << 30:
+            raise ValueError(f"block must be in 16..2**30 bytes, got {block}")
+        self.kind = kind
+        self._nslots, self._block = slots, block
+        self._slots = [memoryview(bytearray(block)) for _ in range(slots)]
+        self._free = list(range(slots))
+        self._gen = [0] * slots
+        self._active: dict[int, _Job] = {}
+        self._incoming: list[_Job] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._closed = False
+        self._jobs = self._bytes = self._ops = self._wakeups = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_buf = bytearray(64)
+        self._ring = None
+        self._sel: selectors.BaseSelector | None = None
+        if kind == "uring":
+            from dwcp._ref.uring import Ring
+
+            self._ring = Ring(2 * slots + 8)
+        else:
+            self._sel = selectors.DefaultSelector()
+            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._main, name=f"dwcp-pump-{kind}", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def info(self) -> dict:
+        if self._closed:
+            return {"kind": self.kind, "closed": True}
+        with self._cv:
+            return {"kind": self.kind, "slots": self._nslots, "block": self._block, "registered": False,
+                    "register_errno": 0, "jobs": self._jobs, "bytes": self._bytes, "ops": self._ops,
+                    "wakeups": self._wakeups}  # fmt: skip
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._wake()
+        self._thread.join()
+        self._closed = True
+        if self._ring is not None:
+            self._ring.close()
+        if self._sel is not None:
+            self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"w", socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    # -- callers -----------------------------------------------------------------------------------
+    def recv_blocks(self, sock_fd: int, n: int, file_fd: int, file_off: int, timeout_ms: int = -1,
+                    opener: Aead | None = None) -> tuple[int, bytes, int]:  # fmt: skip
+        if n < 0 or file_off < 0:
+            raise ValueError(f"n and file_off must be >= 0, got {n} and {file_off}")
+        if opener is not None and opener.sealing:
+            raise ValueError("recv_blocks needs an opening Aead")
+        rec = opener.counter if opener is not None else 0
+        j = _Job(sock_fd, file_fd, n, file_off, timeout_ms, opener)
+        with self._cv:
+            while not self._stop and not self._free:
+                self._cv.wait()
+            if self._stop:
+                raise ClosedResourceError(f"the {self.kind} pump is closed")
+            j.slot = self._free.pop(0)
+            self._incoming.append(j)
+        self._wake()
+        j.finished.wait()
+        st, done, hashes = j.status, j.done, bytes(j.hashes)
+        if st == _FORGED:
+            raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
+                                    f"or out of order", ERR_FORGED)  # fmt: skip
+        if st == _TAG_CUT:
+            raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
+                                      f"of payload received)")  # fmt: skip
+        if st == _CLOSED:
+            raise ClosedResourceError(f"the {self.kind} pump closed ({done} of {n} payload bytes received)")
+        if st == _EOF:
+            return done, hashes, 0
+        if st == _TIMEOUT:
+            raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
+        if st == _SOCK:
+            raise OSError(j.err, f"{os.strerror(j.err)} ({done} of {n} payload bytes received)")
+        if st == _FILE:
+            raise StorageError(f"{os.strerror(j.err)} (writing at offset {file_off + done})")
+        return done, hashes, xxhash.xxh3_64_intdigest(hashes)
+
+    # -- the loop thread: one job's steps ------------------------------------------------------------
+    def _finish(self, j: _Job, status: int, err: int = 0) -> None:
+        if self._sel is not None:
+            try:
+                self._sel.unregister(j.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        self._active.pop(j.slot, None)
+        with self._cv:
+            j.status, j.err = status, err
+            self._free.append(j.slot)
+            self._jobs += 1
+            self._cv.notify_all()
+        j.finished.set()
+
+    def _touch(self, j: _Job) -> None:
+        j.deadline = 0.0 if j.timeout_ms < 0 else time.monotonic() + j.timeout_ms / 1000
+
+    def _begin(self, j: _Job) -> bool:
+        """Set the job up; True when it is already finished (an empty payload)."""
+        j.want = min(j.n, self._block)
+        self._active[j.slot] = j
+        self._gen[j.slot] = (self._gen[j.slot] + 1) & 0xFFFF
+        self._touch(j)
+        if j.opener is not None:
+            j.opener._begin()
+        if j.n == 0:
+            if j.opener is None:
+                self._finish(j, _OK)
+                return True
+            j.phase, j.want = 2, 16
+        return False
+
+    def _buf(self, j: _Job) -> memoryview:
+        return memoryview(j.tag) if j.phase == 2 else self._slots[j.slot]
+
+    def _received(self, j: _Job, r: int) -> bool:
+        """``r`` more bytes of the current block or tag arrived: True when the block is ready to write
+        (phase 0), or the job finished (the tag)."""
+        j.got += r
+        j.cancelling = False
+        with self._cv:
+            self._bytes += r
+            self._ops += 1
+        self._touch(j)
+        if j.got < j.want:
+            return False
+        if j.phase == 2:
+            assert j.opener is not None
+            self._finish(j, _OK if j.opener._finish(j.tag) else _FORGED)
+            return True
+        sp = self._slots[j.slot][: j.want]
+        if j.opener is not None:
+            work = bytearray(sp)
+            j.opener._update(work, 0, j.want)
+            sp[:] = work
+        j.hashes += xxhash.xxh3_128_digest(sp)
+        j.k += 1
+        return True
+
+    def _next(self, j: _Job) -> bool:
+        """The block is written: the next block or the tag; True when the job finished."""
+        j.done += j.want
+        j.got = 0
+        if j.done < j.n:
+            j.want = min(self._block, j.n - j.done)
+            return False
+        if j.opener is not None and j.phase == 0:
+            j.phase, j.want = 2, 16
+            return False
+        self._finish(j, _OK)
+        return True
+
+    def _closed_by_peer(self, j: _Job) -> None:
+        if j.phase == 2:
+            self._finish(j, _TAG_CUT)
+        else:
+            j.done += j.got
+            self._finish(j, _EOF)
+
+    def _take_incoming(self) -> list[_Job]:
+        with self._cv:
+            out, self._incoming = self._incoming, []
+            self._wakeups += 1
+        return out
+
+    def _timeout_s(self) -> float | None:
+        ds = [j.deadline for j in self._active.values() if j.deadline]
+        return None if not ds else max(0.0, min(ds) - time.monotonic())
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for j in list(self._active.values()):
+            if not j.deadline or now < j.deadline:
+                continue
+            if self._ring is None:
+                if j.phase == 0:
+                    j.done += j.got
+                self._finish(j, _TIMEOUT)
+            elif j.ud & 3 == _UOP_RECV:  # a write is never cancelled: it ends by itself
+                self._ring.prep_cancel(j.ud, (j.ud & ~3) | _UOP_CANCEL)
+                j.deadline = 0.0  # its -ECANCELED result is the timeout
+                j.cancelling = True
+
+    def _main(self) -> None:
+        try:
+            if self._ring is not None:
+                self._uring_loop()
+            else:
+                self._epoll_loop()
+        finally:
+            for j in list(self._active.values()):
+                self._finish(j, _CLOSED)
+            with self._cv:
+                self._stop = True
+                left, self._incoming = self._incoming, []
+                self._cv.notify_all()
+            for j in left:
+                j.status = _CLOSED
+                j.finished.set()
+
+    # -- epoll -------------------------------------------------------------------------------------
+    def _epoll_progress(self, j: _Job) -> None:
+        while True:
+            try:
+                r = os.readv(j.sock, [self._buf(j)[j.got : j.want]])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if j.phase == 0:
+                    j.done += j.got
+                self._finish(j, _SOCK, exc.errno or errno.EIO)
+                return
+            if r == 0:
+                self._closed_by_peer(j)
+                return
+            if not self._received(j, r):
+                # a blocking socket must not be read again unless the selector says so
+                return
+            if j.phase == 2 or j.slot not in self._active or self._active[j.slot] is not j:
+                return  # the tag finished the job
+            w, why = _pwrite_all(j.file, self._slots[j.slot][: j.want], j.off + j.done)
+            if why:
+                self._finish(j, _FILE, _errno_of(why))
+                return
+            if self._next(j):
+                return
+            return  # wait for the selector: the socket may be blocking
+
+    def _epoll_loop(self) -> None:
+        sel = self._sel
+        assert sel is not None
+        while not self._stop:
+            for key, _ in sel.select(self._timeout_s()):
+                if key.data is None:
+                    try:
+                        self._wake_r.recv_into(self._wake_buf)
+                    except OSError:
+                        pass
+                    for j in self._take_incoming():
+                        if self._begin(j):
+                            continue
+                        try:
+                            sel.register(j.sock, selectors.EVENT_READ, j)
+                        except (KeyError, ValueError, OSError) as exc:
+                            self._finish(j, _SOCK, getattr(exc, "errno", None) or errno.EBADF)
+                elif key.data.slot in self._active and self._active[key.data.slot] is key.data:
+                    self._epoll_progress(key.data)
+            self._expire()
+
+    # -- the Ring ------------------------------------------------------------------------------------
+    def _ud(self, j: _Job, op: int) -> int:
+        return (self._gen[j.slot] << 16) | (j.slot << 2) | op
+
+    def _queue(self, j: _Job, op: int) -> None:
+        ring = self._ring
+        assert ring is not None
+        j.ud = self._ud(j, op)
+        if op == _UOP_RECV:
+            ring.prep_recv(j.sock, self._buf(j)[j.got : j.want], 0, j.ud)
+        else:
+            ring.prep_write(j.file, self._slots[j.slot][: j.want], j.off + j.done, j.ud)
+
+    def _uring_loop(self) -> None:
+        ring = self._ring
+        assert ring is not None
+        ring.prep_recv(self._wake_r.fileno(), self._wake_buf, 0, _UD_WAKE)
+        while not self._stop:
+            t = self._timeout_s()
+            ring.submit_and_wait(1, t)
+            for ud, res, _flags in ring.reap():
+                if ud == _UD_WAKE:
+                    for new in self._take_incoming():
+                        if not self._begin(new):
+                            self._queue(new, _UOP_RECV)
+                    ring.prep_recv(self._wake_r.fileno(), self._wake_buf, 0, _UD_WAKE)
+                    continue
+                j = self._active.get((ud >> 2) & 0x3FFF)
+                if ud & 3 == _UOP_CANCEL or j is None or j.ud != ud:
+                    continue  # a cancel's own result, or a stale one
+                if ud & 3 == _UOP_RECV:
+                    if res == -errno.ECANCELED and j.cancelling:
+                        if j.phase == 0:
+                            j.done += j.got
+                        self._finish(j, _TIMEOUT)
+                    elif res < 0:
+                        if j.phase == 0:
+                            j.done += j.got
+                        self._finish(j, _SOCK, -res)
+                    elif res == 0:
+                        self._closed_by_peer(j)
+                    elif self._received(j, res) and j.phase == 0 and self._active.get(j.slot) is j:
+                        self._queue(j, _UOP_WRITE)
+                    elif self._active.get(j.slot) is j:
+                        self._queue(j, _UOP_RECV)
+                elif res <= 0:
+                    self._finish(j, _FILE, -res if res < 0 else errno.ENOSPC)
+                elif res < j.want:
+                    # a short write: the rest, from where it stopped
+                    mv = self._slots[j.slot][res : j.want]
+                    w, why = _pwrite_all(j.file, mv, j.off + j.done + res)
+                    if why:
+                        self._finish(j, _FILE, _errno_of(why))
+                    elif not self._next(j):
+                        self._queue(j, _UOP_RECV)
+                elif not self._next(j):
+                    self._queue(j, _UOP_RECV)
+            self._expire()
+
+
+def _errno_of(why: str) -> int:
+    for code, text in ((errno.ENOSPC, os.strerror(errno.ENOSPC)), (errno.EBADF, os.strerror(errno.EBADF))):
+        if why == text:
+            return code
+    return next((c for c in errno.errorcode if os.strerror(c) == why), errno.EIO)

@@ -43,6 +43,7 @@ __all__ = [
     "IORING_OP_NOP",
     "IORING_OP_READ_FIXED",
     "IORING_OP_TIMEOUT",
+    "IORING_OP_ASYNC_CANCEL",
     "IORING_OP_WRITE",
     "IORING_OP_SEND",
     "IORING_OP_RECV",
@@ -57,6 +58,7 @@ __all__ = [
 IORING_OP_NOP = 0
 IORING_OP_READ_FIXED = 4
 IORING_OP_TIMEOUT = 11
+IORING_OP_ASYNC_CANCEL = 14
 IORING_OP_WRITE = 23
 IORING_OP_SEND = 26
 IORING_OP_RECV = 27
@@ -79,6 +81,7 @@ _IMPLEMENTED = frozenset(
         IORING_OP_RECV,
         IORING_OP_SPLICE,
         IORING_OP_SEND_ZC,
+        IORING_OP_ASYNC_CANCEL,
     }
 )
 _WOULD_BLOCK = None  # what an attempt returns when the operation would block
@@ -351,6 +354,11 @@ class Ring:
         op.off = file_offset
         self._queue(op)
 
+    def prep_cancel(self, target_user_data, user_data) -> None:
+        op = _Op(IORING_OP_ASYNC_CANCEL, _unsigned(user_data, 64, "uint64_t"))
+        op.off = _unsigned(target_user_data, 64, "uint64_t")
+        self._queue(op)
+
     def prep_splice(self, fd_in, off_in, fd_out, off_out, nbytes, flags, user_data) -> None:
         fd_in, off_in = _signed(fd_in, 32), _signed(off_in, 64)
         fd_out, off_out = _signed(fd_out, 32), _signed(off_out, 64)
@@ -371,6 +379,23 @@ class Ring:
         waits behind an earlier one that would block (the kernel keeps a socket's order)."""
         blocked: set[tuple[int, int]] = set()
         still: list[_Op] = []
+        cancels = [op for op in self._running if op.opcode == IORING_OP_ASYNC_CANCEL]
+        if cancels:
+            # a cancel ends its target if it has not completed yet (-ECANCELED) and itself with 0;
+            # a target that is not running any more makes it -ENOENT, as the kernel says
+            targets = {op.off: op for op in cancels}
+            running, self._running = self._running, []
+            for op in running:
+                if op.opcode == IORING_OP_ASYNC_CANCEL:
+                    continue
+                c = targets.pop(op.user_data, None)
+                if c is None:
+                    self._running.append(op)
+                    continue
+                self._cq.append((op.user_data, -errno.ECANCELED, 0))
+                self._cq.append((c.user_data, 0, 0))
+            for c in targets.values():
+                self._cq.append((c.user_data, -errno.ENOENT, 0))
         for op in self._running:
             streams = op.streams() if op.opcode in _MAY_BLOCK else set()
             res = _WOULD_BLOCK if streams & blocked else op.attempt()
