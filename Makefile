@@ -22,7 +22,7 @@ test:
 testref:
 	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit \
 		tests/integration/test_transfer.py tests/integration/test_sealed.py tests/integration/test_kill9.py \
-		tests/integration/test_storage_diskfull.py
+		tests/integration/test_storage_diskfull.py tests/integration/test_engines.py
 
 # Line and branch coverage over both backends (the same two passes as `make test`); prints the
 # table and the totals per package, writes htmlcov/ (see [tool.coverage] in pyproject.toml).

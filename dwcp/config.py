@@ -252,6 +252,8 @@ class TransportConfig(_Section):
     source_address: str = ""
     interface: str = ""
     compress_workers: int = 0  # chunks encoded at once per send (and per fetch); 0 = one per CPU
+    engine: str = "auto"  # receive engine: auto | uring | epoll | threads (dwcp/transport/engine.py)
+    engine_slots: int = 16  # the pump's 1 MiB slots: RAW payloads it receives at once (1..64)
 
     @property
     def encode_workers(self) -> int:
@@ -285,6 +287,10 @@ class TransportConfig(_Section):
             out.append(f"per_stream_window_bytes {self.per_stream_window_bytes} must be >= 64 KiB")
         if self.socket_buffer_bytes < 0:
             out.append(f"socket_buffer_bytes {self.socket_buffer_bytes} must be >= 0 (0 = from the BDP)")
+        if self.engine not in ("auto", "uring", "epoll", "threads"):
+            out.append(f"engine {self.engine!r}: expected one of auto, uring, epoll, threads")
+        if not 1 <= self.engine_slots <= 64:
+            out.append(f"engine_slots {self.engine_slots} must be in 1..64")
         if self.max_stream_reconnects < 0 or self.compress_workers < 0:
             out.append("max_stream_reconnects and compress_workers must be >= 0")
         return out

@@ -8,7 +8,11 @@ __all__ = [
     "aead_load",
     "AEAD_TAG_BYTES",
     "AEAD_KEY_BYTES",
+    "Pump",
+    "PUMP_KINDS",
 ]
+
+PUMP_KINDS: tuple[str, ...]
 
 AEAD_TAG_BYTES: int
 AEAD_KEY_BYTES: int
@@ -35,3 +39,20 @@ def recv_blocks(
 ) -> tuple[int, bytes, int]: ...
 def send_sealed(sock_fd: int, sealer: Aead, payload: Buffer, slot: Buffer, timeout_ms: int = -1) -> None: ...
 def write_pages(file_fd: int, file_off: int, data: Buffer, flags: Buffer, page_size: int = 4096) -> int: ...
+
+class Pump:
+    kind: str
+    def __init__(self, kind: str, slots: int = 16, block: int = 1048576) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def info(self) -> dict: ...
+    def close(self) -> None: ...
+    def recv_blocks(
+        self,
+        sock_fd: int,
+        n: int,
+        file_fd: int,
+        file_off: int,
+        timeout_ms: int = -1,
+        opener: Aead | None = None,
+    ) -> tuple[int, bytes, int]: ...

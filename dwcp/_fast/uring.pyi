@@ -6,6 +6,7 @@ __all__ = [
     "IORING_OP_NOP",
     "IORING_OP_READ_FIXED",
     "IORING_OP_TIMEOUT",
+    "IORING_OP_ASYNC_CANCEL",
     "IORING_OP_WRITE",
     "IORING_OP_SEND",
     "IORING_OP_RECV",
@@ -20,6 +21,7 @@ __all__ = [
 IORING_OP_NOP: int
 IORING_OP_READ_FIXED: int
 IORING_OP_TIMEOUT: int
+IORING_OP_ASYNC_CANCEL: int
 IORING_OP_WRITE: int
 IORING_OP_SEND: int
 IORING_OP_RECV: int
@@ -57,6 +59,7 @@ class Ring:
     def prep_read_fixed(
         self, fd: int, buf_index: int, offset: int, length: int, file_offset: int, user_data: int
     ) -> None: ...
+    def prep_cancel(self, target_user_data: int, user_data: int) -> None: ...
     def prep_splice(
         self, fd_in: int, off_in: int, fd_out: int, off_out: int, nbytes: int, flags: int, user_data: int
     ) -> None: ...

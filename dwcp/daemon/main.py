@@ -430,6 +430,7 @@ class Daemon:
             "catalog": self._catalog_where(cb),
             "health": self.health.evaluate(time.monotonic()).to_dict(),
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
+            "engine": self.server.engine.info() if self.server.engine is not None else None,
         }  # fmt: skip
 
     @staticmethod

@@ -295,14 +295,20 @@ class FrameSocket:
         """Plain TCP or sealed records: a RAW payload can go socket -> slot -> file without a Python object."""
         return not self._tls
 
-    def recv_blocks_into(self, fd: int, offset: int, n: int, slot) -> tuple[bytes, int]:
+    def recv_blocks_into(self, fd: int, offset: int, n: int, slot, pump=None) -> tuple[bytes, int]:
         """Receive the next ``n`` payload bytes into file ``fd`` at ``offset`` through ``slot`` (a
-        1 MiB buffer), hashing each block as it lands (dwcp/_fast/engine.pyx, GIL released);
-        returns (block hashes, chunk hash).  Plain TCP only (``can_recv_direct``).  Honours the socket's
-        timeout; a failure to write the file is a StorageError (the socket's stay OSErrors).
+        1 MiB buffer), hashing each block as it lands (dwcp/_fast/engine.pyx, GIL released) -- or, with
+        a ``pump`` (dwcp.transport.engine), through one of the pump's slots on its loop thread; returns
+        (block hashes, chunk hash).  Plain TCP or sealed records only (``can_recv_direct``).  Honours
+        the socket's timeout; a failure to write the file is a StorageError (the socket's stay OSErrors).
         """
-        got, blocks, chash = _k.recv_blocks(self.sock.fileno(), slot, n, fd, offset, self._timeout_ms(),
-                                            opener=self._rx)  # fmt: skip
+        if pump is not None:
+            got, blocks, chash = pump.recv_blocks(
+                self.sock.fileno(), n, fd, offset, self._timeout_ms(), self._rx
+            )
+        else:
+            got, blocks, chash = _k.recv_blocks(self.sock.fileno(), slot, n, fd, offset, self._timeout_ms(),
+                                                opener=self._rx)  # fmt: skip
         self.bytes_received += got
         if got < n:
             raise BrokenResourceError(f"peer closed the connection mid-frame ({got} of {n} bytes)")

@@ -109,6 +109,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
 from .admission import REASONS, Admission, Limits, source_key
+from .engine import Engine, start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .session import (
@@ -297,6 +298,7 @@ class DataServer:
         self._closing = False
         self._draining = False
         self._idle = threading.Condition(self._lock)  # notified whenever a transfer ends
+        self.engine: Engine | None = None  # the receive engine, from start()
         self.decoder = ChunkDecoder(CodecConfig())
         # trained dictionaries, and those peers sent (kept: each travels once); read at the first send
         # that names one
@@ -344,6 +346,9 @@ class DataServer:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((lc.host, lc.data_port))
         s.listen(min(lc.max_connections, 1024))
+        tc = self.config.transport
+        self.engine = start_engine(tc.engine, tc.engine_slots)
+        log.info("receive engine: %s (%s)", self.engine.kind, self.engine.reason)
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)
         self._thread.start()
@@ -366,6 +371,8 @@ class DataServer:
             _shutdown(c)
         if self._thread is not None:
             self._thread.join(5)
+        if self.engine is not None:
+            self.engine.close()  # a payload still in the pump ends its stream (ClosedResourceError)
 
     def register(self, op: str, handler: OpHandler) -> None:
         """Serve control streams whose HELLO names ``op`` with ``handler`` (consensus, cluster probes...).
@@ -953,7 +960,9 @@ class DataServer:
                         # hashed while in cache (the native engine, GIL released): no chunk byte enters a
                         # Python object
                         try:
-                            blocks, chash = fs.recv_blocks_into(partial.fileno(), off, ln, slot)
+                            blocks, chash = fs.recv_blocks_into(
+                                partial.fileno(), off, ln, slot, self.engine.pump if self.engine else None
+                            )
                         except StorageError as exc:
                             raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
                         written = True
