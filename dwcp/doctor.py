@@ -238,8 +238,10 @@ _OTHER_SYSCALL_TABLES = ("alpha", "ia64", "mips")
 RING_ENTRIES = 4
 FIXED_BUFFER_BYTES = 4096
 
-_DWCP_IO_URING = ("not used: the data plane runs one thread per stream (sendmsg; plaintext receives in the "
-                  "native recv kernel, GIL released); this says whether an io_uring engine could run here")  # fmt: skip
+_DWCP_IO_URING = ("[transport] engine = auto: the daemon's receive pump (one loop thread for every stream's "
+                  "RAW payloads: RECV into registered 1 MiB slots, WRITE_FIXED, ASYNC_CANCEL of a stalled wait) "
+                  "runs on io_uring where a ring sets up with those opcodes, else on epoll; `dwcp status --json` "
+                  "says which; sends run one thread per stream (sendmsg)")  # fmt: skip
 
 
 class Syscalls(Protocol):

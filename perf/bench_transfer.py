@@ -53,6 +53,7 @@ from _common import RESULTS, ensure_tool, machine, write_json  # noqa: E402
 from dwcp._testbase.images import dirty_version, vm_image  # noqa: E402
 from dwcp.cli.demo import start_daemon  # noqa: E402
 from dwcp.config import SecurityConfig, TransportConfig  # noqa: E402
+from dwcp.daemon.control import request  # noqa: E402
 from dwcp.storage import ObjectStore  # noqa: E402
 from dwcp.transport.sender import Sender  # noqa: E402
 from dwcp.transport.session import TransferReport  # noqa: E402
@@ -163,9 +164,13 @@ class Receiver:
     """A `dwcp daemon` process receiving under ``root`` (plaintext, or mutual TLS with ``certs``); ``env``
     overrides its environment (``DWCP_IMPL=ref``: the pure-Python engine, the native one's twin)."""
 
-    def __init__(self, root: str, node: str, certs: dict | None, env: dict | None = None) -> None:
-        self.proc, _cfg, _sock, self.port = start_daemon(root, node, certs,
-                                                          env=None if env is None else {**os.environ, **env})  # fmt: skip
+    def __init__(
+        self, root: str, node: str, certs: dict | None, env: dict | None = None, engine: str = ""
+    ) -> None:
+        extra = f'\n[transport]\nengine = "{engine}"\n' if engine else ""
+        self.proc, _cfg, sock, self.port = start_daemon(root, node, certs, extra=extra,
+                                                         env=None if env is None else {**os.environ, **env})  # fmt: skip
+        self.engine = request(sock, {"op": "status"}, timeout_s=5)["engine"]
         self.ps = psutil.Process(self.proc.pid)
 
     def peak_rss_bytes(self) -> int:
@@ -312,19 +317,33 @@ def main() -> int:
         tls_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key)
         tls_records_tx = SecurityConfig(ca_cert=tx.ca_cert, cert=tx.cert, key=tx.key, data_records="tls")
         ref_engine = {"DWCP_IMPL": "ref"}
-        for name, certs, sec_tx, data, streams, env in (
-            ("random_plain_1", None, plain, rnd, 1, None),
+        n = args.streams
+        for name, certs, sec_tx, data, streams, env, engine in (
+            ("random_plain_1", None, plain, rnd, 1, None, ""),
             # the engines side by side: the receiver's native engine above, its pure-Python twin here
-            ("random_plain_1_python_engine", None, plain, rnd, 1, ref_engine),
-            (f"random_plain_{args.streams}", None, plain, rnd, args.streams, None),
-            ("random_tls_1", rx_certs, tls_tx, rnd, 1, None),  # sealed records (the default)
-            ("random_tls_1_tls_records", rx_certs, tls_records_tx, rnd, 1, None),  # every byte in TLS records
-            ("vm_image_plain_auto", None, plain, img, None, None),
+            ("random_plain_1_python_engine", None, plain, rnd, 1, ref_engine, ""),
+            (f"random_plain_{n}", None, plain, rnd, n, None, ""),
+            # the receive engines ([transport] engine) side by side; the default (auto) is above
+            (f"random_plain_{n}_engine_uring", None, plain, rnd, n, None, "uring"),
+            (f"random_plain_{n}_engine_epoll", None, plain, rnd, n, None, "epoll"),
+            (f"random_plain_{n}_engine_threads", None, plain, rnd, n, None, "threads"),
+            ("random_tls_1", rx_certs, tls_tx, rnd, 1, None, ""),  # sealed records (the default)
+            (
+                "random_tls_1_tls_records",
+                rx_certs,
+                tls_records_tx,
+                rnd,
+                1,
+                None,
+                "",
+            ),  # every byte in TLS records
+            ("vm_image_plain_auto", None, plain, img, None, None, ""),
         ):
             out = []
             for i in range(runs + 1):  # +1: warm-up
                 d = os.path.join(tmp, f"{name}-{i}")
-                rx = Receiver(d, "rx", certs, env)
+                rx = Receiver(d, "rx", certs, env, engine)
+                engine_info = {k: rx.engine[k] for k in ("kind", "reason")} if rx.engine else None
                 try:
                     r, cpu_s = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
                 finally:
@@ -338,6 +357,7 @@ def main() -> int:
                 "cpu_s_per_gb": statistics.median(c / (size / 1e9) for _, c in out),
                 "streams_max": out[0][0].streams.max,
                 "records": out[0][0].socket.get("records"),
+                "engine": engine_info,
             }
         # delta: v1 then v2 with the sender's baseline
         out = []
@@ -436,6 +456,13 @@ def main() -> int:
             "vm_image_effective_vs_iperf3_1_to_file": cases["vm_image_plain_auto"]["bytes_per_s"]
             / (res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")),
         }
+        to_file = res["iperf3_1_stream_to_file_bytes_per_s"] or float("nan")
+        for kind in ("uring", "epoll", "threads"):  # the receive engines, same run, same stream count
+            c = cases[f"random_plain_{n}_engine_{kind}"]
+            res["ratios"][f"random_plain_{n}_engine_{kind}_vs_iperf3_1_to_file"] = c["bytes_per_s"] / to_file
+            res["ratios"][f"random_plain_{n}_engine_{kind}_cpu_vs_iperf3_1_to_file"] = (
+                c["cpu_s_per_gb"] / res["iperf3_1_stream_to_file_cpu_s_per_gb"]
+            )
         for name, p in peers.items():
             res["ratios"][f"delta_wire_vs_{name}"] = cases["delta_5pct"]["wire_bytes"] / max(
                 1, p["wire_bytes"]
