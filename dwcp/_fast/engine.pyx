@@ -56,7 +56,7 @@ Rules
    of them, at ``file_off`` + their offset; returns the bytes written.  The
    other pages of the file are left as they are (a sparse .part's holes, a
    seeded .part's baseline).  StorageError on a failed write.
-9. ``Pump(kind, slots=16, block=1 MiB)`` is one loop thread (dwcp/_fast/pump.h)
+9. ``Pump(kind, slots=16, block=1 MiB, register=True)`` is one loop thread (dwcp/_fast/pump.h)
    that moves the RAW payloads of every stream that calls its
    ``recv_blocks(sock_fd, n, file_fd, file_off, timeout_ms=-1, opener=None)``:
    ``kind`` "uring" (io_uring: RECV into a slot, WRITE_FIXED from it) or
@@ -65,11 +65,19 @@ Rules
    it takes one of the pump's ``slots`` for its duration and waits for one
    when all are taken.  The calling thread sleeps without the GIL; the
    bytes never leave the loop thread.  ``Pump("uring")`` raises OSError
-   where the kernel refuses io_uring or lacks an opcode the loop uses.
+   where the kernel refuses io_uring or lacks an opcode the loop uses;
+   ``register=False`` leaves the io_uring slots unregistered (plain WRITE).
 10. ``Pump.close()`` stops the loop; a call still running, or made after,
     raises ClosedResourceError.  ``info()`` is a dict: kind, slots, block,
     registered (io_uring slots are registered buffers), register_errno,
     jobs, bytes, ops (recv completions), wakeups.
+11. ``Pump.send(sock_fd, header, payload, timeout_ms=-1, sealer=None)``
+    sends ``header`` as it is, then ``payload``: from the caller's buffer
+    (plain), or with a ``sealer`` as one sealed record, a block at a time
+    sealed into the job's slot and sent from it (a slot is sealed over only
+    once the kernel has taken its previous block).  It returns when the
+    socket has taken every byte; TimeoutError when it takes none for
+    ``timeout_ms``, OSError on a socket error (both: "done of n sent").
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -435,7 +443,10 @@ def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const ui
 
 cdef extern from "pump.h" nogil:
     ctypedef struct dwcp_pjob:
-        int sock, file, timeout_ms
+        int sock, file, timeout_ms, dir
+        const uint8_t *hdr
+        const uint8_t *src
+        int64_t hlen
         int64_t n, off
         dwcp_aead *a
         uint8_t *hashes
@@ -445,8 +456,8 @@ cdef extern from "pump.h" nogil:
         int kind, nslots, registered, register_err
         size_t block
         uint64_t jobs, bytes, wakeups, ops
-    int DWCP_PK_EPOLL, DWCP_PK_URING, DWCP_PUMP_MAX
-    int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block)
+    int DWCP_PK_EPOLL, DWCP_PK_URING, DWCP_PUMP_MAX, DWCP_DIR_SEND
+    int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block, int do_register)
     void dwcp_pump_run(dwcp_pump *p, dwcp_pjob *j)
     void dwcp_pump_stop(dwcp_pump *p)
     void dwcp_pump_free(dwcp_pump *p)
@@ -459,7 +470,7 @@ cdef class Pump:
     cdef object _lock
     cdef int _running
 
-    def __cinit__(self, str kind, int slots=16, Py_ssize_t block=1048576):
+    def __cinit__(self, str kind, int slots=16, Py_ssize_t block=1048576, bint register=True):
         if kind not in PUMP_KINDS:
             raise ValueError(f"pump kind must be one of {PUMP_KINDS}, got {kind!r}")
         if not 1 <= slots <= DWCP_PUMP_MAX:
@@ -469,7 +480,7 @@ cdef class Pump:
         cdef int k = DWCP_PK_URING if kind == "uring" else DWCP_PK_EPOLL
         cdef int rc
         with nogil:
-            rc = dwcp_pump_start(&self.p, k, slots, <size_t>block)
+            rc = dwcp_pump_start(&self.p, k, slots, <size_t>block, register)
         if rc < 0:
             raise OSError(-rc, f"cannot start the {kind} pump: {strerror(-rc)}")
         self.started = True
@@ -566,3 +577,39 @@ cdef class Pump:
         if status == ST_FILE:
             raise StorageError(f"{strerror(err)} (writing at offset {file_off + done})")
         return done, bytes(hashes[: k * 16]), chash
+
+    def send(self, int sock_fd, const uint8_t[::1] header, const uint8_t[::1] payload, int timeout_ms=-1,
+             Aead sealer=None):
+        if sealer is not None and not sealer.sealing:
+            raise ValueError("send needs a sealing Aead")
+        cdef Py_ssize_t n = payload.shape[0]
+        cdef dwcp_pjob j
+        memset(&j, 0, sizeof(j))
+        j.dir = DWCP_DIR_SEND
+        j.sock = sock_fd
+        j.file = -1
+        j.timeout_ms = timeout_ms
+        j.n = n
+        j.hdr = &header[0] if header.shape[0] else NULL
+        j.hlen = header.shape[0]
+        j.src = &payload[0] if n else NULL
+        j.a = &sealer.a if sealer is not None else NULL
+        with self._lock:
+            if not self.started:
+                raise ClosedResourceError(f"the {self.kind} pump is closed")
+            self._running += 1
+        try:
+            with nogil:
+                dwcp_pump_run(&self.p, &j)
+        finally:
+            with self._lock:
+                self._running -= 1
+        status, err, done = j.status, j.err, j.done
+        if status == ST_EVP:
+            raise RuntimeError("EVP failed to seal a record")
+        if status == ST_CLOSED:
+            raise ClosedResourceError(f"the {self.kind} pump closed ({done} of {n} payload bytes sent)")
+        if status == ST_TIMEOUT:
+            raise TimeoutError(f"the socket took no byte for {timeout_ms / 1000} s ({done} of {n} sent)")
+        if status == ST_SOCK:
+            raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes sent)")

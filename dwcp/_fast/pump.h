@@ -50,6 +50,10 @@ enum {
     DWCP_PS_CLOSED = 7,
     DWCP_PS_EVP = 8
 };
+enum { DWCP_DIR_RECV = 0, DWCP_DIR_SEND = 1 };
+/* a send's phases: the header, then the plain payload from the caller's buffer, or the sealed payload
+ * a block at a time through the job's slot, then the record's tag */
+enum { DWCP_SP_HDR = 10, DWCP_SP_PLAIN = 11, DWCP_SP_SEALED = 12, DWCP_SP_TAG = 13 };
 #define DWCP_PUMP_MAX 64
 #define DWCP_UD_WAKE 0xffffffffffffffffULL
 #define DWCP_UOP_RECV 1
@@ -63,7 +67,11 @@ typedef struct dwcp_pjob {
     dwcp_aead *a;
     uint8_t *hashes; /* 16 bytes per block of n */
     /* the loop's state */
-    int slot, phase; /* phase 0: payload block, 2: the record's tag */
+    int slot, phase; /* receive: 0 payload block, 2 the record's tag; send: DWCP_SP_* */
+    int dir;         /* DWCP_DIR_RECV or DWCP_DIR_SEND */
+    const uint8_t *hdr, *src; /* send: the header (sent first, as is) and the payload */
+    int64_t hlen;
+    const uint8_t *cur;       /* send: the piece being sent (header, payload, slot or tag) */
     int64_t done;    /* payload bytes hashed and written (whole blocks) */
     int64_t got;     /* bytes of the current block (or tag) received */
     int64_t want;    /* the current block's length */
@@ -225,7 +233,119 @@ static int64_t dwcp_pwrite_all(int fd, const uint8_t *b, int64_t n, int64_t off,
     return w;
 }
 
+/* -- sends ------------------------------------------------------------------------------------ */
+
+/* Seal the next block of the payload into the job's slot and make it the piece to send.  0 or EVP. */
+static int dwcp_pump_seal_block(dwcp_pump *p, dwcp_pjob *j) {
+    uint8_t *sp = dwcp_pump_slot(p, j->slot);
+    j->want = j->n - j->done < (int64_t)p->block ? j->n - j->done : (int64_t)p->block;
+    if (dwcp_aead_update(j->a, sp, j->src + j->done, (size_t)j->want) != 0) return DWCP_PS_EVP;
+    j->cur = sp;
+    j->got = 0;
+    return 0;
+}
+
+/* The payload is sealed: its tag is the last piece.  0 or EVP. */
+static int dwcp_pump_seal_tag(dwcp_pjob *j) {
+    if (dwcp_aead_finish(j->a, j->tag) != 0) return DWCP_PS_EVP;
+    j->phase = DWCP_SP_TAG;
+    j->cur = j->tag;
+    j->want = 16;
+    j->got = 0;
+    return 0;
+}
+
+/* The current piece is sent: set up the next.  1 when the job is finished, else 0. */
+static int dwcp_pump_send_next(dwcp_pump *p, dwcp_pjob *j) {
+    int rc = 0;
+    switch (j->phase) {
+    case DWCP_SP_HDR:
+        if (j->a == NULL) {
+            if (j->n == 0) break;
+            j->phase = DWCP_SP_PLAIN;
+            j->cur = j->src;
+            j->want = j->n;
+            j->got = 0;
+            return 0;
+        }
+        if (j->n == 0) {
+            rc = dwcp_pump_seal_tag(j);
+        } else {
+            j->phase = DWCP_SP_SEALED;
+            rc = dwcp_pump_seal_block(p, j);
+        }
+        if (rc == 0) return 0;
+        dwcp_pump_finish(p, j, rc, 0);
+        return 1;
+    case DWCP_SP_PLAIN:
+        j->done = j->n;
+        break;
+    case DWCP_SP_SEALED:
+        j->done += j->want; /* the slot is the kernel's no more: the next block may overwrite it */
+        rc = j->done < j->n ? dwcp_pump_seal_block(p, j) : dwcp_pump_seal_tag(j);
+        if (rc == 0) return 0;
+        dwcp_pump_finish(p, j, rc, 0);
+        return 1;
+    default: /* the tag */
+        break;
+    }
+    dwcp_pump_finish(p, j, DWCP_PS_OK, 0);
+    return 1;
+}
+
+/* A send job's first step: 0 to go on, 1 when already finished. */
+static int dwcp_pump_begin_send(dwcp_pump *p, dwcp_pjob *j, int64_t now) {
+    j->done = j->got = j->k = 0;
+    j->cancelling = 0;
+    p->active[j->slot] = j;
+    p->gen[j->slot]++;
+    dwcp_pump_touch(j, now);
+    if (j->a != NULL && dwcp_aead_begin(j->a, NULL, 0) != 0) {
+        dwcp_pump_finish(p, j, DWCP_PS_EVP, 0);
+        return 1;
+    }
+    j->phase = DWCP_SP_HDR;
+    j->cur = j->hdr;
+    j->want = j->hlen;
+    if (j->hlen == 0) return dwcp_pump_send_next(p, j);
+    return 0;
+}
+
+/* The bytes of the piece that were sent count, for a failed send's "done of n": payload bytes only. */
+static inline void dwcp_pump_send_partial(dwcp_pjob *j) {
+    if (j->phase == DWCP_SP_PLAIN) j->done = j->got;
+}
+
 /* -- epoll ------------------------------------------------------------------------------------ */
+
+/* Send what the socket takes for the job; finish it on completion or failure. */
+static void dwcp_pump_epoll_send(dwcp_pump *p, dwcp_pjob *j) {
+    int moved = 0;
+    for (;;) {
+        if (j->got == j->want) { /* an empty piece (a zero-length header) */
+            if (dwcp_pump_send_next(p, j)) return;
+            continue;
+        }
+        ssize_t r = send(j->sock, j->cur + j->got, (size_t)(j->want - j->got), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r > 0) {
+            moved = 1;
+            j->got += r;
+            pthread_mutex_lock(&p->mu);
+            p->bytes += (uint64_t)r;
+            p->ops++;
+            pthread_mutex_unlock(&p->mu);
+            if (j->got < j->want) continue;
+            if (dwcp_pump_send_next(p, j)) return;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        dwcp_pump_send_partial(j);
+        dwcp_pump_finish(p, j, DWCP_PS_SOCK, r < 0 ? errno : EPIPE);
+        return;
+    }
+    if (moved) dwcp_pump_touch(j, dwcp_pump_now());
+}
 
 /* Read what the socket has for the job; finish it on completion or failure. */
 static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
@@ -277,9 +397,10 @@ static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
 
 static void dwcp_pump_epoll_start(dwcp_pump *p, dwcp_pjob *j) {
     struct epoll_event ev;
-    if (dwcp_pump_begin(p, j, dwcp_pump_now())) return;
+    if (j->dir == DWCP_DIR_SEND ? dwcp_pump_begin_send(p, j, dwcp_pump_now()) : dwcp_pump_begin(p, j, dwcp_pump_now()))
+        return;
     memset(&ev, 0, sizeof ev);
-    ev.events = EPOLLIN;
+    ev.events = j->dir == DWCP_DIR_SEND ? EPOLLOUT : EPOLLIN;
     ev.data.ptr = j;
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, j->sock, &ev) != 0 &&
         (errno != EEXIST || epoll_ctl(p->epfd, EPOLL_CTL_MOD, j->sock, &ev) != 0)) {
@@ -294,7 +415,10 @@ static void dwcp_pump_epoll_start(dwcp_pump *p, dwcp_pjob *j) {
         pthread_mutex_unlock(&p->mu);
         return;
     }
-    dwcp_pump_epoll_progress(p, j); /* the bytes may be there already */
+    if (j->dir == DWCP_DIR_SEND)
+        dwcp_pump_epoll_send(p, j); /* the socket has room, most likely */
+    else
+        dwcp_pump_epoll_progress(p, j); /* the bytes may be there already */
 }
 
 static void dwcp_pump_expire(dwcp_pump *p, int64_t now) {
@@ -302,7 +426,10 @@ static void dwcp_pump_expire(dwcp_pump *p, int64_t now) {
         dwcp_pjob *j = p->active[s];
         if (j == NULL || j->deadline == 0 || j->cancelling || now < j->deadline) continue;
         if (p->kind == DWCP_PK_EPOLL) {
-            if (j->phase == 0) j->done += j->got;
+            if (j->dir == DWCP_DIR_SEND)
+                dwcp_pump_send_partial(j);
+            else if (j->phase == 0)
+                j->done += j->got;
             dwcp_pump_finish(p, j, DWCP_PS_TIMEOUT, 0);
         } else if ((j->ud & 3) == DWCP_UOP_RECV) { /* a write is never cancelled: it ends by itself */
             struct io_uring_sqe *sqe = dwcp_uring_get_sqe(&p->ring);
@@ -330,6 +457,8 @@ static void dwcp_pump_epoll_loop(dwcp_pump *p) {
                 if (read(p->wake_fd, &v, sizeof v) < 0) { /* EAGAIN: another wake took it */
                 }
                 woke = 1;
+            } else if (((dwcp_pjob *)evs[i].data.ptr)->dir == DWCP_DIR_SEND) {
+                dwcp_pump_epoll_send(p, (dwcp_pjob *)evs[i].data.ptr);
             } else {
                 dwcp_pump_epoll_progress(p, (dwcp_pjob *)evs[i].data.ptr);
             }
@@ -358,6 +487,11 @@ static int dwcp_pump_uring_queue(dwcp_pump *p, dwcp_pjob *j, int op) {
     struct io_uring_sqe *sqe = dwcp_uring_get_sqe(&p->ring);
     if (sqe == NULL) return -1;
     j->ud = dwcp_pump_ud(p, j->slot, op);
+    if (j->dir == DWCP_DIR_SEND) { /* the socket op of a send is a SEND (its ud's op is RECV: "the wait") */
+        dwcp_prep_rw(sqe, DWCP_OP_SEND, j->sock, j->cur + j->got, (uint32_t)(j->want - j->got), 0, j->ud);
+        dwcp_set_msg_flags(sqe, MSG_NOSIGNAL);
+        return 0;
+    }
     if (op == DWCP_UOP_RECV) {
         uint8_t *dst = j->phase == 2 ? j->tag : dwcp_pump_slot(p, j->slot);
         dwcp_prep_rw(sqe, DWCP_OP_RECV, j->sock, dst + j->got, (uint32_t)(j->want - j->got), 0, j->ud);
@@ -381,6 +515,34 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
     if (op == DWCP_UOP_CANCEL || slot >= p->nslots) return;
     j = p->active[slot];
     if (j == NULL || j->ud != ud) return; /* stale */
+    if (j->dir == DWCP_DIR_SEND) {
+        if (res == -ECANCELED && j->cancelling) {
+            dwcp_pump_send_partial(j);
+            dwcp_pump_finish(p, j, DWCP_PS_TIMEOUT, 0);
+            return;
+        }
+        j->cancelling = 0;
+        if (res == -EINTR || res == -EAGAIN) {
+            dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+            return;
+        }
+        if (res <= 0) {
+            dwcp_pump_send_partial(j);
+            dwcp_pump_finish(p, j, DWCP_PS_SOCK, res < 0 ? -res : EPIPE);
+            return;
+        }
+        j->got += res;
+        pthread_mutex_lock(&p->mu);
+        p->bytes += (uint64_t)res;
+        p->ops++;
+        pthread_mutex_unlock(&p->mu);
+        dwcp_pump_touch(j, dwcp_pump_now());
+        while (j->got == j->want) {
+            if (dwcp_pump_send_next(p, j)) return;
+        }
+        dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+        return;
+    }
     if (op == DWCP_UOP_RECV) {
         if (res == -ECANCELED && j->cancelling) {
             if (j->phase == 0) j->done += j->got;
@@ -482,7 +644,11 @@ static void dwcp_pump_uring_loop(dwcp_pump *p) {
                     dwcp_pjob *j = dwcp_pump_take_incoming(p);
                     while (j != NULL) {
                         dwcp_pjob *next = j->next;
-                        if (!dwcp_pump_begin(p, j, dwcp_pump_now())) dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+                        if (j->dir == DWCP_DIR_SEND) {
+                            if (!dwcp_pump_begin_send(p, j, dwcp_pump_now())) dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+                        } else if (!dwcp_pump_begin(p, j, dwcp_pump_now())) {
+                            dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+                        }
                         j = next;
                     }
                     if (!p->stop) dwcp_pump_uring_arm_wake(p);
@@ -560,7 +726,8 @@ static void *dwcp_pump_main(void *arg) {
 /* Probe that the running kernel has the opcodes the io_uring loop uses.  0, or -errno. */
 static int dwcp_pump_uring_probe(dwcp_uring *r) {
     dwcp_probe pr;
-    static const int need[] = {DWCP_OP_RECV, DWCP_OP_WRITE, DWCP_OP_WRITE_FIXED, DWCP_OP_READ, DWCP_OP_ASYNC_CANCEL};
+    static const int need[] = {DWCP_OP_RECV,  DWCP_OP_SEND,         DWCP_OP_WRITE,
+                               DWCP_OP_WRITE_FIXED, DWCP_OP_READ, DWCP_OP_ASYNC_CANCEL};
     if (!(r->features & IORING_FEAT_EXT_ARG)) return -EOPNOTSUPP;
     memset(&pr, 0, sizeof pr);
     int rc = dwcp_sys_register(r->fd, IORING_REGISTER_PROBE, &pr, 256);
@@ -572,7 +739,7 @@ static int dwcp_pump_uring_probe(dwcp_uring *r) {
 
 /* Set up and start the loop.  0, or -errno with everything undone (a failed io_uring setup or
  * probe is reported as such: the caller decides whether to fall back, and says so). */
-static int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block) {
+static int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block, int do_register) {
     struct epoll_event ev;
     int rc;
     memset(p, 0, sizeof *p);
@@ -608,9 +775,9 @@ static int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block) {
             iov[s].iov_base = dwcp_pump_slot(p, s);
             iov[s].iov_len = block;
         }
-        rc = dwcp_sys_register(p->ring.fd, DWCP_REGISTER_BUFFERS, iov, (unsigned)nslots);
+        rc = do_register ? dwcp_sys_register(p->ring.fd, DWCP_REGISTER_BUFFERS, iov, (unsigned)nslots) : -1;
         p->registered = rc >= 0;
-        p->register_err = rc < 0 ? -rc : 0; /* ENOMEM: over RLIMIT_MEMLOCK; plain writes then */
+        p->register_err = rc < -1 ? -rc : 0; /* ENOMEM: over RLIMIT_MEMLOCK; plain writes then */
     }
     if (pthread_mutex_init(&p->mu, NULL) != 0 || pthread_cond_init(&p->cv, NULL) != 0) {
         rc = -ENOMEM;

@@ -309,12 +309,15 @@ def write_pages(file_fd: int, file_off: int, data, flags, page_size: int = 4096)
 # -- the pump (rules 9 and 10) ----------------------------------------------------------------------
 _OK, _EOF, _TIMEOUT, _SOCK, _FILE, _FORGED, _TAG_CUT, _CLOSED = range(8)
 _UOP_RECV, _UOP_WRITE, _UOP_CANCEL = 1, 2, 3
+_RECV, _SEND = 0, 1
+_SP_HDR, _SP_PLAIN, _SP_SEALED, _SP_TAG = 10, 11, 12, 13
 _UD_WAKE = 2**64 - 2  # (2**64-1 is the Ring's own)
 
 
 class _Job:
     __slots__ = ("sock", "file", "n", "off", "timeout_ms", "opener", "hashes", "slot", "phase", "done",
-                 "got", "want", "k", "deadline", "ud", "status", "err", "finished", "tag", "cancelling")  # fmt: skip
+                 "got", "want", "k", "deadline", "ud", "status", "err", "finished", "tag", "cancelling",
+                 "dir", "hdr", "src", "cur", "sock_obj")  # fmt: skip
 
     def __init__(self, sock: int, file: int, n: int, off: int, timeout_ms: int, opener: Aead | None) -> None:
         self.sock, self.file, self.n, self.off, self.timeout_ms, self.opener = (
@@ -329,6 +332,9 @@ class _Job:
         self.slot = self.phase = self.done = self.got = self.want = self.k = self.ud = self.err = 0
         self.deadline = 0.0
         self.cancelling = False
+        self.dir = _RECV
+        self.hdr = self.src = self.cur = memoryview(b"")
+        self.sock_obj: socket.socket | None = None
         self.status = _OK
         self.finished = threading.Event()
         self.tag = bytearray(16)
@@ -339,7 +345,7 @@ class Pump:
     kind waits in a selector, its "uring" kind drives this backend's Ring (dwcp/_ref/uring.py) the way
     pump.h drives the kernel's: one operation in flight per job, a cancel for a wait that times out."""
 
-    def __init__(self, kind: str, slots: int = 16, block: int = 1 << 20) -> None:
+    def __init__(self, kind: str, slots: int = 16, block: int = 1 << 20, register: bool = True) -> None:
         if kind not in PUMP_KINDS:
             raise ValueError(f"pump kind must be one of {PUMP_KINDS}, got {kind!r}")
         if not 1 <= slots <= 64:
@@ -348,7 +354,8 @@ class Pump:
             raise ValueError(f"block must be in 16..2**30 bytes, got {block}")
         self.kind = kind
         self._nslots, self._block = slots, block
-        self._slots = [memoryview(bytearray(block)) for _ in range(slots)]
+        self._slot_bufs = [bytearray(block) for _ in range(slots)]
+        self._slots = [memoryview(b) for b in self._slot_bufs]
         self._free = list(range(slots))
         self._gen = [0] * slots
         self._active: dict[int, _Job] = {}
@@ -419,15 +426,7 @@ class Pump:
             raise ValueError("recv_blocks needs an opening Aead")
         rec = opener.counter if opener is not None else 0
         j = _Job(sock_fd, file_fd, n, file_off, timeout_ms, opener)
-        with self._cv:
-            while not self._stop and not self._free:
-                self._cv.wait()
-            if self._stop:
-                raise ClosedResourceError(f"the {self.kind} pump is closed")
-            j.slot = self._free.pop(0)
-            self._incoming.append(j)
-        self._wake()
-        j.finished.wait()
+        self._submit(j)
         st, done, hashes = j.status, j.done, bytes(j.hashes)
         if st == _FORGED:
             raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
@@ -447,6 +446,106 @@ class Pump:
             raise StorageError(f"{os.strerror(j.err)} (writing at offset {file_off + done})")
         return done, hashes, xxhash.xxh3_64_intdigest(hashes)
 
+    def send(self, sock_fd: int, header, payload, timeout_ms: int = -1, sealer: Aead | None = None) -> None:
+        if sealer is not None and not sealer.sealing:
+            raise ValueError("send needs a sealing Aead")
+        hdr, src = memoryview(header).cast("B"), memoryview(payload).cast("B")
+        n = src.nbytes
+        j = _Job(sock_fd, -1, n, 0, timeout_ms, sealer)
+        j.dir, j.hdr, j.src = _SEND, hdr, src
+        self._submit(j)
+        st, done = j.status, j.done
+        if st == _CLOSED:
+            raise ClosedResourceError(f"the {self.kind} pump closed ({done} of {n} payload bytes sent)")
+        if st == _TIMEOUT:
+            raise TimeoutError(f"the socket took no byte for {timeout_ms / 1000} s ({done} of {n} sent)")
+        if st == _SOCK:
+            raise OSError(j.err, f"{os.strerror(j.err)} ({done} of {n} payload bytes sent)")
+
+    def _submit(self, j: _Job) -> None:
+        with self._cv:
+            while not self._stop and not self._free:
+                self._cv.wait()
+            if self._stop:
+                raise ClosedResourceError(f"the {self.kind} pump is closed")
+            j.slot = self._free.pop(0)
+            self._incoming.append(j)
+        self._wake()
+        j.finished.wait()
+
+    # -- the loop thread: a send's steps --------------------------------------------------------------
+    def _begin_send(self, j: _Job) -> bool:
+        """Set a send up; True when it is already finished."""
+        self._active[j.slot] = j
+        self._gen[j.slot] = (self._gen[j.slot] + 1) & 0xFFFF
+        self._touch(j)
+        j.sock_obj = socket.socket(fileno=j.sock)  # detached at the end: the caller's descriptor
+        if j.opener is not None:
+            j.opener._begin()
+        j.phase, j.cur, j.got, j.want = _SP_HDR, j.hdr, 0, j.hdr.nbytes
+        while j.got == j.want:
+            if self._send_next(j):
+                return True
+        return False
+
+    def _seal_block(self, j: _Job) -> None:
+        assert j.opener is not None
+        j.want = min(self._block, j.n - j.done)
+        buf = self._slot_bufs[j.slot]
+        buf[: j.want] = j.src[j.done : j.done + j.want]
+        j.opener._update(buf, 0, j.want)
+        j.cur, j.got = self._slots[j.slot], 0
+
+    def _seal_tag(self, j: _Job) -> None:
+        assert j.opener is not None
+        if not j.opener._finish(j.tag):
+            raise RuntimeError("EVP failed to seal a record")
+        j.phase, j.cur, j.got, j.want = _SP_TAG, memoryview(j.tag), 0, 16
+
+    def _send_next(self, j: _Job) -> bool:
+        """The current piece is sent: the next; True when the job finished."""
+        if j.phase == _SP_HDR:
+            if j.opener is None:
+                if j.n:
+                    j.phase, j.cur, j.got, j.want = _SP_PLAIN, j.src, 0, j.n
+                    return False
+            elif j.n:
+                j.phase = _SP_SEALED
+                self._seal_block(j)
+                return False
+            else:
+                self._seal_tag(j)
+                return False
+        elif j.phase == _SP_PLAIN:
+            j.done = j.n
+        elif j.phase == _SP_SEALED:
+            j.done += j.want  # the kernel has the block: the slot may be sealed over
+            if j.done < j.n:
+                self._seal_block(j)
+            else:
+                self._seal_tag(j)
+            return False
+        self._finish(j, _OK)
+        return True
+
+    def _sent(self, j: _Job, r: int) -> bool:
+        """``r`` more bytes went: True when the job finished."""
+        j.got += r
+        j.cancelling = False
+        with self._cv:
+            self._bytes += r
+            self._ops += 1
+        self._touch(j)
+        while j.got == j.want:
+            if self._send_next(j):
+                return True
+        return False
+
+    def _send_failed(self, j: _Job, status: int, err: int = 0) -> None:
+        if j.phase == _SP_PLAIN:
+            j.done = j.got
+        self._finish(j, status, err)
+
     # -- the loop thread: one job's steps ------------------------------------------------------------
     def _finish(self, j: _Job, status: int, err: int = 0) -> None:
         if self._sel is not None:
@@ -455,6 +554,9 @@ class Pump:
             except (KeyError, ValueError, OSError):
                 pass
         self._active.pop(j.slot, None)
+        if j.sock_obj is not None:
+            j.sock_obj.detach()
+            j.sock_obj = None
         with self._cv:
             j.status, j.err = status, err
             self._free.append(j.slot)
@@ -543,6 +645,9 @@ class Pump:
             if not j.deadline or now < j.deadline:
                 continue
             if self._ring is None:
+                if j.dir == _SEND:
+                    self._send_failed(j, _TIMEOUT)
+                    continue
                 if j.phase == 0:
                     j.done += j.got
                 self._finish(j, _TIMEOUT)
@@ -596,6 +701,20 @@ class Pump:
                 return
             return  # wait for the selector: the socket may be blocking
 
+    def _epoll_send(self, j: _Job) -> None:
+        sock = j.sock_obj
+        assert sock is not None
+        while True:
+            try:
+                r = sock.send(j.cur[j.got : j.want], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._send_failed(j, _SOCK, exc.errno or errno.EPIPE)
+                return
+            if self._sent(j, r):
+                return
+
     def _epoll_loop(self) -> None:
         sel = self._sel
         assert sel is not None
@@ -607,14 +726,18 @@ class Pump:
                     except OSError:
                         pass
                     for j in self._take_incoming():
-                        if self._begin(j):
-                            continue
                         try:
-                            sel.register(j.sock, selectors.EVENT_READ, j)
+                            if self._begin_send(j) if j.dir == _SEND else self._begin(j):
+                                continue
+                            ev = selectors.EVENT_WRITE if j.dir == _SEND else selectors.EVENT_READ
+                            sel.register(j.sock, ev, j)
                         except (KeyError, ValueError, OSError) as exc:
                             self._finish(j, _SOCK, getattr(exc, "errno", None) or errno.EBADF)
                 elif key.data.slot in self._active and self._active[key.data.slot] is key.data:
-                    self._epoll_progress(key.data)
+                    if key.data.dir == _SEND:
+                        self._epoll_send(key.data)
+                    else:
+                        self._epoll_progress(key.data)
             self._expire()
 
     # -- the Ring ------------------------------------------------------------------------------------
@@ -625,7 +748,9 @@ class Pump:
         ring = self._ring
         assert ring is not None
         j.ud = self._ud(j, op)
-        if op == _UOP_RECV:
+        if j.dir == _SEND:
+            ring.prep_send(j.sock, j.cur[j.got : j.want], socket.MSG_NOSIGNAL, j.ud)
+        elif op == _UOP_RECV:
             ring.prep_recv(j.sock, self._buf(j)[j.got : j.want], 0, j.ud)
         else:
             ring.prep_write(j.file, self._slots[j.slot][: j.want], j.off + j.done, j.ud)
@@ -640,13 +765,26 @@ class Pump:
             for ud, res, _flags in ring.reap():
                 if ud == _UD_WAKE:
                     for new in self._take_incoming():
-                        if not self._begin(new):
+                        try:
+                            started = not (self._begin_send(new) if new.dir == _SEND else self._begin(new))
+                        except OSError as exc:
+                            self._finish(new, _SOCK, exc.errno or errno.EBADF)
+                            continue
+                        if started:
                             self._queue(new, _UOP_RECV)
                     ring.prep_recv(self._wake_r.fileno(), self._wake_buf, 0, _UD_WAKE)
                     continue
                 j = self._active.get((ud >> 2) & 0x3FFF)
                 if ud & 3 == _UOP_CANCEL or j is None or j.ud != ud:
                     continue  # a cancel's own result, or a stale one
+                if j.dir == _SEND:
+                    if res == -errno.ECANCELED and j.cancelling:
+                        self._send_failed(j, _TIMEOUT)
+                    elif res <= 0:
+                        self._send_failed(j, _SOCK, -res if res < 0 else errno.EPIPE)
+                    elif not self._sent(j, res):
+                        self._queue(j, _UOP_RECV)
+                    continue
                 if ud & 3 == _UOP_RECV:
                     if res == -errno.ECANCELED and j.cancelling:
                         if j.phase == 0:

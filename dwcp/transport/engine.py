@@ -1,4 +1,5 @@
-"""Which receive engine a daemon runs, chosen by probe and reported (``[transport] engine``).
+"""Which engine moves a node's bulk payloads, chosen by probe and reported (``[transport] engine``):
+the daemon receives through it, and each send (``dwcp send``, the daemon's relays) sends through one.
 
 * ``uring``: the pump (dwcp/_fast/pump.h) on io_uring -- one loop thread RECVs every stream's RAW
   payload into registered 1 MiB slots and WRITE_FIXEDs them to the .part, hashing (and opening
@@ -12,7 +13,9 @@ On the reference backend (``DWCP_IMPL=ref``) the pump is its pure-Python twin, a
 ``epoll`` (the twin's ``uring`` drives an emulated ring; ``uring`` names it explicitly, for tests).  Headers, control
 frames and delta payloads stay on the stream threads (the sans-IO session decides; the pump moves
 bytes); the pump carries the plaintext and sealed RAW payloads, which are nearly all the bytes of a
-full send.
+full send.  A sender's pump sends every stream's large payloads (plain from the source's buffer, sealed
+a block at a time through its slots), except on streams that send MSG_ZEROCOPY (transport.zerocopy, off
+loopback): those keep their own thread, which reads the socket's completions.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ class Engine:
             self.pump.close()
 
 
-def start_engine(setting: str, slots: int) -> Engine:
-    """Start the engine ``setting`` names; ConfigError when an explicit kind cannot run here."""
+def start_engine(setting: str, slots: int, *, register: bool = True) -> Engine:
+    """Start the engine ``setting`` names; ConfigError when an explicit kind cannot run here.
+    ``register``: io_uring slots as registered buffers (the receiver's WRITE_FIXED; a sender, which
+    only seals into its slots, leaves them unpinned)."""
     from dwcp._backend import impl
 
     if setting not in ENGINES:
@@ -63,7 +68,7 @@ def start_engine(setting: str, slots: int) -> Engine:
         why = "io_uring unavailable" + (" (the reference backend emulates it)" if twin else "")
     elif setting in ("uring", "auto"):
         try:
-            pump = impl.Pump("uring", slots)
+            pump = impl.Pump("uring", slots, register=register)
         except OSError as exc:
             if setting == "uring":
                 raise ConfigError(
@@ -76,7 +81,9 @@ def start_engine(setting: str, slots: int) -> Engine:
             how = "registered slots"
             if twin:
                 how = "an emulated ring"
+            elif not register:
+                how = "its slots unregistered (nothing is written from them)"
             elif not info.get("registered"):
                 how = f"unregistered slots (registering them: {os.strerror(info['register_errno'] or 0)})"
-            return Engine("uring", f"{setting}: io_uring RECV / WRITE with {how}{twin}", pump)
+            return Engine("uring", f"{setting}: io_uring, {how}{twin}", pump)
     return Engine("epoll", f"{why}: epoll + recv + pwrite{twin}", impl.Pump("epoll", slots))

@@ -35,6 +35,7 @@ import select
 import socket
 import ssl
 import time
+from typing import Any
 
 from dwcp._backend import impl as _k
 from dwcp.errors import BrokenResourceError, HeaderTimeoutError, RemoteProtocolError
@@ -49,6 +50,7 @@ __all__ = ["FrameSocket"]
 TAG = 16  # a sealed record's AES-GCM tag (rule 7)
 SEAL_INLINE = 256 << 10  # smaller payloads are sealed in Python and sent with their header in one call
 SLOT_BYTES = 1 << 20  # larger ones are sealed a slot at a time by the engine (GIL released)
+PUMP_MIN_BYTES = 64 << 10  # plain payloads from this size go through a send pump, when the stream has one
 
 
 def _wait_readable(fd: int, timeout: float | None) -> bool:
@@ -72,6 +74,7 @@ class FrameSocket:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.zerocopy: ZeroCopySender | None = None  # set by enable_zerocopy (rule 6)
+        self.pump: Any = None  # a send pump (dwcp.transport.engine): large payloads go on its loop
         self._tx: _k.Aead | None = None  # sealed records (rule 7)
         self._rx: _k.Aead | None = None
         self._slot: bytearray | None = None
@@ -144,6 +147,11 @@ class FrameSocket:
             token = self.zerocopy.send(header, pmv)
             self.bytes_sent += len(header) + pmv.nbytes
             return token
+        if self.pump is not None and pmv.nbytes >= PUMP_MIN_BYTES and not self._tls:
+            # the send's pump: header and payload from the caller's buffers, on its loop thread
+            self.pump.send(self.sock.fileno(), memoryview(header).cast("B"), pmv, self._timeout_ms())
+            self.bytes_sent += len(header) + pmv.nbytes
+            return 0
         if pmv.nbytes and not self._tls:
             self._sendmsg_all([memoryview(header), pmv])
         else:
@@ -175,6 +183,10 @@ class FrameSocket:
                 self.sock.sendall(hr)
             elif p.nbytes < SEAL_INLINE:
                 self._sendmsg_all([memoryview(hr), memoryview(tx.seal(p))])
+            elif (
+                self.pump is not None
+            ):  # the header's record as it is, the payload sealed in the pump's slots
+                self.pump.send(self.sock.fileno(), memoryview(hr), p, self._timeout_ms(), tx)
             else:
                 self.sock.sendall(hr)
                 if self._slot is None:

@@ -76,6 +76,15 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    forces it, for tests and benchmarks).  The report's ``socket`` says what
    happened: ``zerocopy_used``, the counts, and how many sends the kernel
    says it copied after all.
+10. The engine (``transport.engine``, dwcp.transport.engine): a send starts
+    one pump (io_uring or epoll; none for ``threads``) with a slot per
+    stream up to 64, and every data stream without MSG_ZEROCOPY hands it
+    its payloads of 64 KiB and up -- plain ones from the source's buffer,
+    sealed ones sealed a block at a time into the stream's slot and sent
+    from there -- and sleeps without the GIL until the socket has taken
+    them.  Headers below that, ACKs and control stay on the stream's thread.
+    The pump is closed when the streams end; ``socket.engine`` in the report
+    says which engine, why, and the bytes it sent.
 """
 
 from __future__ import annotations
@@ -111,6 +120,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_dict
 
 from .dialer import Dialer
+from .engine import start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .nicplan import LOOPBACK_LINK_BYTES_PER_S
@@ -682,7 +692,16 @@ class Sender:
             ctx.buffer_bytes = buffer_bytes
             ctx.cpus = plan.cpus if plan is not None else None
             ctx.zerocopy = zerocopy
-            max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
+            # rule 10: one loop sends every stream's large payloads (not the MSG_ZEROCOPY ones)
+            engine = start_engine(tp.engine, min(64, max(1, tp.max_streams)), register=False)
+            sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason}
+            ctx.pump = engine.pump
+            try:
+                max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
+            finally:
+                if engine.pump is not None:
+                    sockinfo["engine"]["bytes"] = engine.pump.info().get("bytes", 0)
+                engine.close()
             if zerocopy:
                 zc = dict(state.zerocopy)
                 sockinfo["zerocopy_used"] = zc["sends"] > 0
@@ -1063,6 +1082,7 @@ class _StreamCtx:
         self.buffer_bytes: int | None = None  # SO_SNDBUF/SO_RCVBUF from the NIC profile (rule 8)
         self.cpus: tuple[int, ...] | None = None  # pin each stream thread here (rule 8)
         self.zerocopy = False  # raw payloads go MSG_ZEROCOPY (rule 9)
+        self.pump = None  # the send's engine pump (rule 10), None: each stream sends its own
 
     def _pin(self) -> None:
         """Pin the calling stream thread to the NIC's tx IRQ CPUs; a refusal costs the affinity only."""
@@ -1107,6 +1127,8 @@ class _StreamCtx:
                 zc = fs.enable_zerocopy()
                 if zc.enabled and isinstance(self.data, FileSource):
                     pool = PayloadBuffers(zc)
+            if zc is None or not zc.enabled:  # a zero-copy socket's completions are its own thread's to read
+                fs.pump = self.pump
             secret = aead.new_secret() if sess.sealed else None
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid, secret)))
             if (
