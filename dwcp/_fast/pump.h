@@ -404,15 +404,7 @@ static void dwcp_pump_epoll_start(dwcp_pump *p, dwcp_pjob *j) {
     ev.data.ptr = j;
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, j->sock, &ev) != 0 &&
         (errno != EEXIST || epoll_ctl(p->epfd, EPOLL_CTL_MOD, j->sock, &ev) != 0)) {
-        int e = errno;
-        p->active[j->slot] = NULL;
-        pthread_mutex_lock(&p->mu);
-        j->status = DWCP_PS_SOCK;
-        j->err = e;
-        j->finished = 1;
-        p->free_slots |= 1ULL << j->slot;
-        pthread_cond_broadcast(&p->cv);
-        pthread_mutex_unlock(&p->mu);
+        dwcp_pump_finish(p, j, DWCP_PS_SOCK, errno); /* (its EPOLL_CTL_DEL fails harmlessly) */
         return;
     }
     if (j->dir == DWCP_DIR_SEND)

@@ -341,6 +341,37 @@ class _Job:
 
 
 class Pump:
+    """The pump of rules 9-11; its loop thread runs a _PumpCore, which holds no reference to this
+    object, so a pump dropped without close() is closed when it is collected (as the native one)."""
+
+    def __init__(self, kind: str, slots: int = 16, block: int = 1 << 20, register: bool = True) -> None:
+        self._core = _PumpCore(kind, slots, block, register)
+        self.kind = kind
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def info(self) -> dict:
+        return self._core.info()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def recv_blocks(self, sock_fd: int, n: int, file_fd: int, file_off: int, timeout_ms: int = -1,
+                    opener: Aead | None = None) -> tuple[int, bytes, int]:  # fmt: skip
+        return self._core.recv_blocks(sock_fd, n, file_fd, file_off, timeout_ms, opener)
+
+    def send(self, sock_fd: int, header, payload, timeout_ms: int = -1, sealer: Aead | None = None) -> None:
+        self._core.send(sock_fd, header, payload, timeout_ms, sealer)
+
+    def __del__(self) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.close()
+
+
+class _PumpCore:
     """One Python thread that moves the RAW payloads of every calling stream (rule 9): its "epoll"
     kind waits in a selector, its "uring" kind drives this backend's Ring (dwcp/_ref/uring.py) the way
     pump.h drives the kernel's: one operation in flight per job, a cancel for a wait that times out."""
@@ -406,10 +437,6 @@ class Pump:
             self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self.close()
 
     def _wake(self) -> None:
         try:
@@ -479,7 +506,7 @@ class Pump:
         self._active[j.slot] = j
         self._gen[j.slot] = (self._gen[j.slot] + 1) & 0xFFFF
         self._touch(j)
-        j.sock_obj = socket.socket(fileno=j.sock)  # detached at the end: the caller's descriptor
+        j.sock_obj = _sock_of(j.sock)  # detached at the end: the caller's descriptor
         if j.opener is not None:
             j.opener._begin()
         j.phase, j.cur, j.got, j.want = _SP_HDR, j.hdr, 0, j.hdr.nbytes
@@ -675,9 +702,13 @@ class Pump:
 
     # -- epoll -------------------------------------------------------------------------------------
     def _epoll_progress(self, j: _Job) -> None:
+        """Read what the socket has (MSG_DONTWAIT: never blocks), as pump.h does."""
         while True:
             try:
-                r = os.readv(j.sock, [self._buf(j)[j.got : j.want]])
+                if j.sock_obj is None:
+                    j.sock_obj = _sock_of(j.sock)
+                buf = self._buf(j)[j.got : j.want]
+                r = j.sock_obj.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -689,9 +720,8 @@ class Pump:
                 self._closed_by_peer(j)
                 return
             if not self._received(j, r):
-                # a blocking socket must not be read again unless the selector says so
-                return
-            if j.phase == 2 or j.slot not in self._active or self._active[j.slot] is not j:
+                continue
+            if j.phase == 2 or self._active.get(j.slot) is not j:
                 return  # the tag finished the job
             w, why = _pwrite_all(j.file, self._slots[j.slot][: j.want], j.off + j.done)
             if why:
@@ -699,7 +729,6 @@ class Pump:
                 return
             if self._next(j):
                 return
-            return  # wait for the selector: the socket may be blocking
 
     def _epoll_send(self, j: _Job) -> None:
         sock = j.sock_obj
@@ -733,6 +762,12 @@ class Pump:
                             sel.register(j.sock, ev, j)
                         except (KeyError, ValueError, OSError) as exc:
                             self._finish(j, _SOCK, getattr(exc, "errno", None) or errno.EBADF)
+                            continue
+                        # what is there already is taken now, as pump.h does (a timeout of 0 included)
+                        if j.dir == _SEND:
+                            self._epoll_send(j)
+                        else:
+                            self._epoll_progress(j)
                 elif key.data.slot in self._active and self._active[key.data.slot] is key.data:
                     if key.data.dir == _SEND:
                         self._epoll_send(key.data)
@@ -813,6 +848,13 @@ class Pump:
                 elif not self._next(j):
                     self._queue(j, _UOP_RECV)
             self._expire()
+
+
+def _sock_of(fd: int) -> socket.socket:
+    """A socket object over the caller's ``fd`` (detached, never closed, when the job ends)."""
+    if fd < 0:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return socket.socket(fileno=fd)
 
 
 def _errno_of(why: str) -> int:

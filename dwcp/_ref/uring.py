@@ -126,7 +126,10 @@ def _pin(obj, writable: bool) -> memoryview:
 
 
 def _sock(fd: int) -> socket.socket:
-    """A socket object over ``fd`` that we must ``detach()``, never close."""
+    """A socket object over ``fd`` that we must ``detach()``, never close; OSError EBADF for a negative
+    number, as the kernel completes the operation (socket() itself says ValueError)."""
+    if fd < 0:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     return socket.socket(fileno=fd)
 
 
@@ -379,24 +382,18 @@ class Ring:
         waits behind an earlier one that would block (the kernel keeps a socket's order)."""
         blocked: set[tuple[int, int]] = set()
         still: list[_Op] = []
-        cancels = [op for op in self._running if op.opcode == IORING_OP_ASYNC_CANCEL]
-        if cancels:
-            # a cancel ends its target if it has not completed yet (-ECANCELED) and itself with 0;
-            # a target that is not running any more makes it -ENOENT, as the kernel says
-            targets = {op.off: op for op in cancels}
-            running, self._running = self._running, []
-            for op in running:
-                if op.opcode == IORING_OP_ASYNC_CANCEL:
-                    continue
-                c = targets.pop(op.user_data, None)
-                if c is None:
-                    self._running.append(op)
-                    continue
-                self._cq.append((op.user_data, -errno.ECANCELED, 0))
-                self._cq.append((c.user_data, 0, 0))
-            for c in targets.values():
-                self._cq.append((c.user_data, -errno.ENOENT, 0))
         for op in self._running:
+            if op.opcode == IORING_OP_ASYNC_CANCEL:
+                # in submission order, as the kernel issues them: the target, if it was submitted
+                # before and still waits, ends -ECANCELED and the cancel 0; else the cancel is -ENOENT
+                target = next((o for o in still if o.user_data == op.off), None)
+                if target is None:
+                    self._cq.append((op.user_data, -errno.ENOENT, 0))
+                else:
+                    still.remove(target)
+                    self._cq.append((target.user_data, -errno.ECANCELED, 0))
+                    self._cq.append((op.user_data, 0, 0))
+                continue
             streams = op.streams() if op.opcode in _MAY_BLOCK else set()
             res = _WOULD_BLOCK if streams & blocked else op.attempt()
             if res is None:
