@@ -68,7 +68,8 @@ Rules
    where the kernel refuses io_uring or lacks an opcode the loop uses;
    ``register=False`` leaves the io_uring slots unregistered (plain WRITE).
 10. ``Pump.close()`` stops the loop; a call still running, or made after,
-    raises ClosedResourceError.  ``info()`` is a dict: kind, slots, block,
+    raises ClosedResourceError.  ``native_id`` is the loop thread's kernel
+    id (for its CPU affinity).  ``info()`` is a dict: kind, slots, block,
     registered (io_uring slots are registered buffers), register_errno,
     jobs, bytes, ops (recv completions), wakeups.
 11. ``Pump.send(sock_fd, header, payload, timeout_ms=-1, sealer=None)``
@@ -454,6 +455,7 @@ cdef extern from "pump.h" nogil:
         int status, err
     ctypedef struct dwcp_pump:
         int kind, nslots, registered, register_err
+        long tid
         size_t block
         uint64_t jobs, bytes, wakeups, ops
     int DWCP_PK_EPOLL, DWCP_PK_URING, DWCP_PUMP_MAX, DWCP_DIR_SEND
@@ -515,6 +517,11 @@ cdef class Pump:
     @property
     def closed(self):
         return not self.started
+
+    @property
+    def native_id(self):
+        """The loop thread's kernel thread id (os.sched_setaffinity takes it)."""
+        return self.p.tid
 
     def info(self):
         if not self.started:

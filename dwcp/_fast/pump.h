@@ -99,6 +99,7 @@ typedef struct {
     pthread_cond_t cv; /* a job finished, a slot came free, or the pump stops */
     pthread_t thread;
     int thread_started, wake_fd, epfd, loop_err;
+    long tid; /* the loop thread's kernel id (for its CPU affinity), set before dwcp_pump_start returns */
     dwcp_uring ring;
     uint64_t wake_buf;
     /* counters (written by the loop under mu) */
@@ -693,6 +694,10 @@ static void *dwcp_pump_main(void *arg) {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the Python main thread's */
+    pthread_mutex_lock(&p->mu);
+    p->tid = (long)syscall(SYS_gettid);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
     if (p->kind == DWCP_PK_URING)
         dwcp_pump_uring_loop(p);
     else
@@ -781,6 +786,9 @@ static int dwcp_pump_start(dwcp_pump *p, int kind, int nslots, size_t block, int
         goto fail_rc;
     }
     p->thread_started = 1;
+    pthread_mutex_lock(&p->mu);
+    while (p->tid == 0) pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
     return 0;
 fail_errno:
     rc = -errno;

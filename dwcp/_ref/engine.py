@@ -352,6 +352,10 @@ class Pump:
     def closed(self) -> bool:
         return self._core.closed
 
+    @property
+    def native_id(self) -> int:
+        return self._core._thread.native_id or 0
+
     def info(self) -> dict:
         return self._core.info()
 

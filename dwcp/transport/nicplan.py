@@ -17,7 +17,8 @@ socket_buffer_bytes   SO_SNDBUF/SO_RCVBUF of every stream (the kernel     ``Dial
                       caps them at net.core.wmem_max/rmem_max)
 chunk_size_bytes      the chunk size (about 100 ms of link time)          the sender, before HELLO
 link_bytes_per_s      the BDP (first stream count, buffers), the encoder  the sender
-tx_irq_cpus           CPU affinity of every stream thread                 the stream thread itself
+tx_irq_cpus           CPU affinity of every stream thread and of the      the stream thread itself;
+                      send's engine pump (its loop thread)                the sender, for the pump
 ====================  ==================================================  ==========================
 
 The plan's ``to_json`` is the send report's ``nic`` object:

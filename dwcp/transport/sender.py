@@ -696,6 +696,12 @@ class Sender:
             engine = start_engine(tp.engine, min(64, max(1, tp.max_streams)), register=False)
             sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason}
             ctx.pump = engine.pump
+            if engine.pump is not None and ctx.cpus:  # rule 8: the loop that sends joins the NIC's CPUs
+                try:
+                    os.sched_setaffinity(engine.pump.native_id, ctx.cpus)
+                    sockinfo["engine"]["cpus"] = list(ctx.cpus)
+                except (AttributeError, OSError, ValueError) as exc:
+                    log.debug("could not pin the send's pump to CPUs %s: %s", ctx.cpus, exc)
             try:
                 max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             finally:

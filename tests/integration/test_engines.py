@@ -5,6 +5,7 @@ cost what they cost on the threaded engine.  On DWCP_IMPL=ref the pumps are the 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -149,3 +150,57 @@ def test_the_engine_setting_is_checked_and_reported():
         assert e.info()["slots"] == 2
     finally:
         e.close()
+
+
+def test_a_daemon_and_the_cli_say_which_engine_moved_the_bytes(tmp_path):
+    """As a user sees it: `[transport] engine` in the daemon's config, `dwcp status` and `dwcp send --json`
+    name the engine and why; changing it on a reload needs a restart (and says so)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dwcp.cli.demo import same_dwcp_env, start_daemon
+    from dwcp.daemon.control import request
+
+    proc, cfg, sock, port = start_daemon(str(tmp_path), "rx", None, extra='\n[transport]\nengine = "epoll"\n')
+    try:
+        st = request(sock, {"op": "status"}, timeout_s=5)
+        assert st["engine"]["kind"] == "epoll" and st["engine"]["reason"].startswith(
+            "transport.engine = epoll"
+        )
+        src = tmp_path / "obj.bin"
+        src.write_bytes(os.urandom(3 * MiB + 100_000))
+        out = subprocess.run([sys.executable, "-m", "dwcp", "send", str(src), "--to", f"127.0.0.1:{port}",
+                              "--key", "eng/cli", "--plaintext", "--json", "--state-dir", str(tmp_path / "sent")],
+                             capture_output=True, text=True, env=same_dwcp_env(), cwd=str(tmp_path), timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        sent = json.loads(out.stdout)["socket"]["engine"]
+        want = "uring" if dwcp.backend == "fast" and K.uring_available() else "epoll"
+        assert sent["kind"] == want and sent["bytes"] >= src.stat().st_size - (64 << 10)
+        assert request(sock, {"op": "status"}, timeout_s=5)["engine"]["bytes"] >= src.stat().st_size
+        text = open(cfg).read().replace('engine = "epoll"', 'engine = "threads"')
+        with open(cfg, "w") as f:
+            f.write(text)
+        r = request(sock, {"op": "reload"}, timeout_s=10)
+        assert r["ok"] and r["needs_restart"] == ["transport.engine: 'epoll' -> 'threads'"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.parametrize("backend", ["fast", "ref"])
+def test_the_pump_loop_thread_can_be_pinned(backend, fast, ref):
+    """A send pins its pump next to the NIC's tx IRQs (sender rule 10): native_id is the loop thread."""
+    import os
+
+    impl = {"fast": fast, "ref": ref}[backend]
+    p = impl.Pump("epoll", 1, 4096)
+    try:
+        tid = p.native_id
+        assert str(tid) in os.listdir("/proc/self/task") and tid != threading.get_native_id()
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(tid, cpus[:1])
+        assert os.sched_getaffinity(tid) == set(cpus[:1]) and os.sched_getaffinity(0) == set(cpus)
+    finally:
+        p.close()
