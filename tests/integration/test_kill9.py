@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import dwcp
 from dwcp.cli.demo import same_dwcp_env, start_daemon
 from dwcp.config import SecurityConfig, TransportConfig
 from dwcp.daemon.control import request
@@ -33,7 +34,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _daemon(root, port):
+def _uring_runs() -> bool:
+    from dwcp._backend import impl
+
+    return dwcp.backend == "ref" or bool(impl.uring_available())
+
+
+# each engine, on both sides (the daemon's config and the sender's): what a kill -9 costs is the same
+ENGINES = [
+    pytest.param("uring", marks=pytest.mark.skipif(not _uring_runs(), reason="io_uring does not run here")),
+    "epoll",
+    "threads",
+]
+
+
+def _daemon(root, port, engine="auto"):
     """start_daemon with a fixed port, so a restart listens where the sender looks."""
     data = os.path.join(root, "rx")
     os.makedirs(data, exist_ok=True)
@@ -41,7 +56,7 @@ def _daemon(root, port):
     with open(cfg, "w") as f:
         f.write(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = {port}\n'
                 f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n'
-                f'[transport]\nchunk_size_bytes = {CHUNK}\n')  # fmt: skip
+                f'[transport]\nchunk_size_bytes = {CHUNK}\nengine = "{engine}"\n')  # fmt: skip
     # cwd=root: `python -m` puts the cwd first on sys.path, and a source tree
     # there (without the compiled extensions) would shadow the installed dwcp
     proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", cfg], cwd=root, env=same_dwcp_env(),
@@ -59,21 +74,22 @@ def _daemon(root, port):
     raise RuntimeError("daemon did not start")
 
 
-def _tx() -> TransportConfig:
+def _tx(engine="auto") -> TransportConfig:
     return TransportConfig(chunk_size_bytes=CHUNK, stall_timeout_s=3.0, connect_timeout_s=2.0,
-                           max_stream_reconnects=4, window_chunks=2)  # fmt: skip
+                           max_stream_reconnects=4, window_chunks=2, engine=engine)  # fmt: skip
 
 
-def test_receiver_killed_mid_transfer(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_receiver_killed_mid_transfer(tmp_path, engine):
     assert start_daemon  # the demo's helper is the one users run; this test pins the port
     data = np.random.default_rng(7).integers(0, 256, SIZE, dtype=np.uint8)
     port = _free_port()
-    proc, sock = _daemon(str(tmp_path), port)
+    proc, sock = _daemon(str(tmp_path), port, engine)
     errors = []
 
     def go():
         try:
-            Sender(_tx(), SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS,
+            Sender(_tx(engine), SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS,
                                                                 rate_limit_bytes_per_s=24e6)  # fmt: skip
         except (TransferError, OSError) as e:
             errors.append(e)
@@ -86,11 +102,11 @@ def test_receiver_killed_mid_transfer(tmp_path):
     t.join(30)
     assert errors, "the send should fail while the receiver is dead"
     first = getattr(errors[0], "stats", {})
-    proc, sock = _daemon(str(tmp_path), port)
+    proc, sock = _daemon(str(tmp_path), port, engine)
     try:
         # the resend proposes 4x bigger chunks (as an adapted chunk size may): the receiver answers
         # with its partial's chunk size, and what it holds is kept
-        tx = dataclasses.replace(_tx(), chunk_size_bytes=4 * CHUNK)
+        tx = dataclasses.replace(_tx(engine), chunk_size_bytes=4 * CHUNK)
         r = Sender(tx, SecurityConfig(plaintext=True)).send(data, "127.0.0.1", port, "k9/rx", streams=STREAMS)
         n = SIZE // CHUNK
         assert r.chunk_size == CHUNK and r.chunks == n, r.chunk_size_reason
@@ -100,7 +116,7 @@ def test_receiver_killed_mid_transfer(tmp_path):
             resent = first["chunks_sent"] + r.chunks_sent - n
             assert resent <= STREAMS * 2, (first, r.chunks_sent)
         st = request(sock, {"op": "status"})
-        assert st["keys"] == 1
+        assert st["keys"] == 1 and st["engine"]["kind"] == engine
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
