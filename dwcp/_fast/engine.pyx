@@ -63,7 +63,8 @@ Rules
    "epoll" (epoll + recv + pwrite).  A call returns and raises exactly as
    the module's ``recv_blocks`` with ``block`` = the pump's (rules 1-5);
    it takes one of the pump's ``slots`` for its duration and waits for one
-   when all are taken.  The calling thread sleeps without the GIL; the
+   when all are taken.  A socket carries one job (receive or send) at a
+   time.  The calling thread sleeps without the GIL; the
    bytes never leave the loop thread.  ``Pump("uring")`` raises OSError
    where the kernel refuses io_uring or lacks an opcode the loop uses;
    ``register=False`` leaves the io_uring slots unregistered (plain WRITE).

@@ -481,7 +481,9 @@ static int dwcp_pump_uring_queue(dwcp_pump *p, dwcp_pjob *j, int op) {
     if (sqe == NULL) return -1;
     j->ud = dwcp_pump_ud(p, j->slot, op);
     if (j->dir == DWCP_DIR_SEND) { /* the socket op of a send is a SEND (its ud's op is RECV: "the wait") */
-        dwcp_prep_rw(sqe, DWCP_OP_SEND, j->sock, j->cur + j->got, (uint32_t)(j->want - j->got), 0, j->ud);
+        int64_t len = j->want - j->got; /* one SEND moves at most MAX_RW_COUNT; the rest goes next */
+        if (len > 0x7ffff000) len = 0x7ffff000;
+        dwcp_prep_rw(sqe, DWCP_OP_SEND, j->sock, j->cur + j->got, (uint32_t)len, 0, j->ud);
         dwcp_set_msg_flags(sqe, MSG_NOSIGNAL);
         return 0;
     }
@@ -678,7 +680,10 @@ static void dwcp_pump_uring_loop(dwcp_pump *p) {
             if (ud[i] == DWCP_UD_WAKE || op == DWCP_UOP_CANCEL || slot >= p->nslots) continue;
             dwcp_pjob *j = p->active[slot];
             if (j != NULL && j->ud == ud[i]) {
-                if (j->phase == 0) j->done += j->got;
+                if (j->dir == DWCP_DIR_SEND)
+                    dwcp_pump_send_partial(j);
+                else if (j->phase == 0)
+                    j->done += j->got;
                 dwcp_pump_finish(p, j, DWCP_PS_CLOSED, 0);
                 inflight--;
             }
@@ -703,8 +708,12 @@ static void *dwcp_pump_main(void *arg) {
     else
         dwcp_pump_epoll_loop(p);
     /* whatever is still active or queued is finished as closed */
-    for (int s = 0; s < p->nslots; s++)
-        if (p->active[s] != NULL) dwcp_pump_finish(p, p->active[s], DWCP_PS_CLOSED, p->loop_err);
+    for (int s = 0; s < p->nslots; s++) {
+        dwcp_pjob *j = p->active[s];
+        if (j == NULL) continue;
+        if (j->dir == DWCP_DIR_SEND) dwcp_pump_send_partial(j);
+        dwcp_pump_finish(p, j, DWCP_PS_CLOSED, p->loop_err);
+    }
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
     for (dwcp_pjob *j = p->incoming; j != NULL;) {

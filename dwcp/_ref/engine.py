@@ -695,7 +695,10 @@ class _PumpCore:
                 self._epoll_loop()
         finally:
             for j in list(self._active.values()):
-                self._finish(j, _CLOSED)
+                if j.dir == _SEND:
+                    self._send_failed(j, _CLOSED)
+                else:
+                    self._finish(j, _CLOSED)
             with self._cv:
                 self._stop = True
                 left, self._incoming = self._incoming, []
@@ -787,8 +790,8 @@ class _PumpCore:
         ring = self._ring
         assert ring is not None
         j.ud = self._ud(j, op)
-        if j.dir == _SEND:
-            ring.prep_send(j.sock, j.cur[j.got : j.want], socket.MSG_NOSIGNAL, j.ud)
+        if j.dir == _SEND:  # one SEND moves at most MAX_RW_COUNT; the rest goes next
+            ring.prep_send(j.sock, j.cur[j.got : min(j.want, j.got + 0x7FFFF000)], socket.MSG_NOSIGNAL, j.ud)
         elif op == _UOP_RECV:
             ring.prep_recv(j.sock, self._buf(j)[j.got : j.want], 0, j.ud)
         else:
