@@ -17,7 +17,12 @@ process, the sender this process (plaintext and mutual TLS):
 
 Medians of --runs runs.  CPU seconds per GB count both processes (sender and
 daemon), and are compared with the storing peer's (``iperf3 -F``: client and
-server, from the kernel's accounting of the reaped processes).
+server, from the kernel's accounting of the reaped processes).  Each dwcp
+run is paired with an ``iperf3 -F`` run just before it, and a case's
+``paired_*`` figures are the medians of the per-pair ratios (they follow
+the shared machine's drift better than a ratio of two medians taken minutes
+apart).  The engines (``[transport] engine``: uring, epoll, threads) run side
+by side at the same stream count, on both sides.
 Writes perf/results/bench_transfer.json and, with matplotlib, a PNG.
 
 Note: this VM backs guest memory lazily; the first writes into never-touched
@@ -368,19 +373,29 @@ def main() -> int:
             ),  # every byte in TLS records
             ("vm_image_plain_auto", None, plain, img, None, None, ""),
         ):
-            out = []
+            out, paired = [], []
             for i in range(runs + 1):  # +1: warm-up
+                # the storing peer right before each run: the ratio pair by pair follows the machine's drift
+                peer = iperf3_cpu(size, 1, os.path.join(tmp, "iperf3.out"))
                 d = os.path.join(tmp, f"{name}-{i}")
                 rx = Receiver(d, "rx", certs, env, engine)
                 engine_info = {k: rx.engine[k] for k in ("kind", "reason")} if rx.engine else None
+                tc = TransportConfig(engine=engine or "auto")  # the sender runs the receiver's engine
                 try:
-                    r, cpu_s = dwcp_send(rx, Sender(TransportConfig(), sec_tx), data, "bench/obj", streams)
+                    r, cpu_s = dwcp_send(rx, Sender(tc, sec_tx), data, "bench/obj", streams)
                 finally:
                     rx.close()
                     shutil.rmtree(d, ignore_errors=True)
                 if i:
                     out.append((r, cpu_s))
+                    if peer:
+                        paired.append((r.throughput_bytes_per_s / peer[0], cpu_s / peer[1]))
             cases[name] = {
+                # median of the per-pair ratios against `iperf3 -F` run just before each send
+                "paired_rate_vs_iperf3_1_to_file": statistics.median(p[0] for p in paired)
+                if paired
+                else None,
+                "paired_cpu_vs_iperf3_1_to_file": statistics.median(p[1] for p in paired) if paired else None,
                 "bytes_per_s": statistics.median(r.throughput_bytes_per_s for r, _ in out),
                 "wire_bytes": out[0][0].wire_bytes,
                 "cpu_s_per_gb": statistics.median(c / (size / 1e9) for _, c in out),
