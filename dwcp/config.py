@@ -253,7 +253,8 @@ class TransportConfig(_Section):
     interface: str = ""
     compress_workers: int = 0  # chunks encoded at once per send (and per fetch); 0 = one per CPU
     engine: str = "auto"  # receive engine: auto | uring | epoll | threads (dwcp/transport/engine.py)
-    engine_slots: int = 16  # the pump's 1 MiB slots: RAW payloads it receives at once (1..64)
+    engine_slots: int = 16  # each loop's 1 MiB slots: RAW payloads it receives at once (1..64)
+    engine_loops: int = 0  # the engine's loops (pumps); streams spread over them; 0 = one per CPU, up to 4
 
     @property
     def encode_workers(self) -> int:
@@ -291,6 +292,8 @@ class TransportConfig(_Section):
             out.append(f"engine {self.engine!r}: expected one of auto, uring, epoll, threads")
         if not 1 <= self.engine_slots <= 64:
             out.append(f"engine_slots {self.engine_slots} must be in 1..64")
+        if not 0 <= self.engine_loops <= 64:
+            out.append(f"engine_loops {self.engine_loops} must be in 0..64 (0 = one per CPU, up to 4)")
         if self.max_stream_reconnects < 0 or self.compress_workers < 0:
             out.append("max_stream_reconnects and compress_workers must be >= 0")
         return out

@@ -19,7 +19,9 @@
  * recognised and dropped.  A wait that outlives the job's timeout is cancelled (ASYNC_CANCEL);
  * its -ECANCELED result is the timeout.  The eventfd has a READ in flight all the time: its
  * completion is the wake-up.  The slots are registered buffers when the memlock limit allows
- * (WRITE_FIXED: the kernel does not pin and unpin pages per write); otherwise plain WRITE.
+ * (WRITE_FIXED: the kernel does not pin and unpin pages per write); otherwise plain WRITE.  A file
+ * on tmpfs is written with pwrite in the loop instead: tmpfs takes no non-blocking buffered write,
+ * so io_uring would hand every WRITE to an io-wq worker (measured: 1.08 -> 1.46 GB/s, one stream).
  *
  * static inline / static only: this header is included by one extension. */
 #ifndef DWCP_PUMP_H
@@ -29,6 +31,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 
 #include "aead.h"
@@ -36,6 +39,7 @@
 #include "xxhash.h"
 
 #define DWCP_OP_WRITE_FIXED 5
+#define DWCP_TMPFS_MAGIC 0x01021994
 
 enum { DWCP_PK_EPOLL = 1, DWCP_PK_URING = 2 };
 /* job status: the same numbers as engine.pyx's ST_* */
@@ -80,6 +84,7 @@ typedef struct dwcp_pjob {
     int64_t deadline;
     uint64_t ud;     /* io_uring: user_data of the operation in flight */
     int cancelling;
+    int sync_write; /* io_uring: pwrite the blocks in the loop (a file that would punt every WRITE) */
     /* the result */
     int status, err, finished;
     uint8_t tag[16];
@@ -172,6 +177,13 @@ static int dwcp_pump_begin(dwcp_pump *p, dwcp_pjob *j, int64_t now) {
     j->done = j->got = j->wrote = j->k = 0;
     j->cancelling = 0;
     j->want = j->n < (int64_t)p->block ? j->n : (int64_t)p->block;
+    j->sync_write = 0;
+    if (p->kind == DWCP_PK_URING) {
+        /* tmpfs takes no non-blocking buffered write: io_uring would punt each WRITE to an io-wq worker,
+         * a thread hop per block that cost a third of the rate on /dev/shm; pwrite it here instead */
+        struct statfs sf;
+        j->sync_write = fstatfs(j->file, &sf) == 0 && sf.f_type == DWCP_TMPFS_MAGIC;
+    }
     p->active[j->slot] = j;
     p->gen[j->slot]++;
     dwcp_pump_touch(j, now);
@@ -583,6 +595,16 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
             return;
         }
         j->wrote = 0;
+        if (j->sync_write) {
+            int err = 0;
+            if (dwcp_pwrite_all(j->file, dwcp_pump_slot(p, j->slot), j->want, j->off + j->done, &err) < j->want) {
+                dwcp_pump_finish(p, j, DWCP_PS_FILE, err);
+                return;
+            }
+            if (dwcp_pump_next(p, j)) return;
+            dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
+            return;
+        }
         dwcp_pump_uring_queue(p, j, DWCP_UOP_WRITE);
         return;
     }

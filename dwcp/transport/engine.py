@@ -20,9 +20,10 @@ loopback): those keep their own thread, which reads the socket's completions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dwcp
@@ -35,41 +36,81 @@ ENGINES = ("auto", "uring", "epoll", "threads")
 
 @dataclass
 class Engine:
-    """The engine a daemon runs: its kind, why, and the pump (None for ``threads``)."""
+    """The engine a node runs: its kind, why, and its pumps (none for ``threads``): one loop each,
+    streams spread over them round-robin (``pick``)."""
 
     kind: str
     reason: str
-    pump: Any = None
+    pumps: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._next = itertools.count()
+
+    @property
+    def pump(self) -> Any:
+        """The first pump (None for ``threads``)."""
+        return self.pumps[0] if self.pumps else None
+
+    def pick(self) -> Any:
+        """The pump for the next stream (round-robin; None for ``threads``)."""
+        if not self.pumps:
+            return None
+        return self.pumps[next(self._next) % len(self.pumps)]
 
     def info(self) -> dict:
-        out = {"kind": self.kind, "reason": self.reason, "backend": dwcp.backend}
-        if self.pump is not None:
-            out.update({k: v for k, v in self.pump.info().items() if k != "kind"})
+        out: dict[str, Any] = {"kind": self.kind, "reason": self.reason, "backend": dwcp.backend}
+        if self.pumps:
+            infos = [p.info() for p in self.pumps]
+            out.update(
+                {k: v for k, v in infos[0].items() if k not in ("kind", "jobs", "bytes", "ops", "wakeups")}
+            )
+            out["loops"] = len(self.pumps)
+            for k in ("jobs", "bytes", "ops", "wakeups"):
+                out[k] = sum(i.get(k, 0) for i in infos)
         return out
 
+    def pin(self, cpus) -> None:
+        """Run every loop on ``cpus`` (OSError or ValueError if the kernel refuses)."""
+        for p in self.pumps:
+            os.sched_setaffinity(p.native_id, cpus)
+
     def close(self) -> None:
-        if self.pump is not None:
-            self.pump.close()
+        for p in self.pumps:
+            p.close()
 
 
-def start_engine(setting: str, slots: int, *, register: bool = True) -> Engine:
-    """Start the engine ``setting`` names; ConfigError when an explicit kind cannot run here.
-    ``register``: io_uring slots as registered buffers (the receiver's WRITE_FIXED; a sender, which
-    only seals into its slots, leaves them unpinned)."""
+def default_loops() -> int:
+    """One loop per CPU this process may run on, up to 4: a loop copies, hashes and writes on one core."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def start_engine(setting: str, slots: int, *, loops: int = 0, register: bool = True) -> Engine:
+    """Start the engine ``setting`` names with ``loops`` pumps (0: ``default_loops()``); ConfigError
+    when an explicit kind cannot run here.  ``register``: io_uring slots as registered buffers (the
+    receiver's WRITE_FIXED; a sender, which only seals into its slots, leaves them unpinned)."""
     from dwcp._backend import impl
 
     if setting not in ENGINES:
         raise ConfigError(f"transport.engine {setting!r}: expected one of {', '.join(ENGINES)}")
     if setting == "threads":
-        return Engine("threads", "transport.engine = threads: each stream's thread receives its own payloads")
+        return Engine("threads", "transport.engine = threads: each stream's thread moves its own payloads")
+    n = loops or default_loops()
     twin = " (the pure-Python twin: DWCP_IMPL=ref)" if dwcp.backend == "ref" else ""
     why = "transport.engine = epoll"
     if setting == "auto" and not impl.uring_available():
         why = "io_uring unavailable" + (" (the reference backend emulates it)" if twin else "")
     elif setting in ("uring", "auto"):
+        pumps: list = []
         try:
-            pump = impl.Pump("uring", slots, register=register)
+            for _ in range(n):
+                pumps.append(impl.Pump("uring", slots, register=register))
         except OSError as exc:
+            for p in pumps:
+                p.close()
             if setting == "uring":
                 raise ConfigError(
                     f"transport.engine = uring: io_uring cannot run here ({exc.strerror or exc}); "
@@ -77,7 +118,7 @@ def start_engine(setting: str, slots: int, *, register: bool = True) -> Engine:
                 ) from exc
             why = f"io_uring unavailable ({exc.strerror or exc})"
         else:
-            info = pump.info()
+            info = pumps[0].info()
             how = "registered slots"
             if twin:
                 how = "an emulated ring"
@@ -85,5 +126,6 @@ def start_engine(setting: str, slots: int, *, register: bool = True) -> Engine:
                 how = "its slots unregistered (nothing is written from them)"
             elif not info.get("registered"):
                 how = f"unregistered slots (registering them: {os.strerror(info['register_errno'] or 0)})"
-            return Engine("uring", f"{setting}: io_uring, {how}{twin}", pump)
-    return Engine("epoll", f"{why}: epoll + recv + pwrite{twin}", impl.Pump("epoll", slots))
+            return Engine("uring", f"{setting}: io_uring, {how}, {n} loop(s){twin}", pumps)
+    pumps = [impl.Pump("epoll", slots) for _ in range(n)]
+    return Engine("epoll", f"{why}: epoll + recv + pwrite, {n} loop(s){twin}", pumps)

@@ -77,14 +77,15 @@ that reads a file chunk by chunk; see dwcp.transport.source):
    happened: ``zerocopy_used``, the counts, and how many sends the kernel
    says it copied after all.
 10. The engine (``transport.engine``, dwcp.transport.engine): a send starts
-    one pump (io_uring or epoll; none for ``threads``) with a slot per
-    stream up to 64, and every data stream without MSG_ZEROCOPY hands it
+    its loops (``engine_loops``; io_uring or epoll pumps; none for
+    ``threads``) with slots for the streams each may carry, and every data
+    stream without MSG_ZEROCOPY takes one loop (round-robin) and hands it
     its payloads of 64 KiB and up -- plain ones from the source's buffer,
     sealed ones sealed a block at a time into the stream's slot and sent
     from there -- and sleeps without the GIL until the socket has taken
     them.  Headers below that, ACKs and control stay on the stream's thread.
-    The pump is closed when the streams end; ``socket.engine`` in the report
-    says which engine, why, and the bytes it sent.
+    The pumps are closed when the streams end; ``socket.engine`` in the
+    report says which engine, why, how many loops and the bytes they sent.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_dict
 
 from .dialer import Dialer
-from .engine import start_engine
+from .engine import Engine, start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .nicplan import LOOPBACK_LINK_BYTES_PER_S
@@ -693,20 +694,22 @@ class Sender:
             ctx.cpus = plan.cpus if plan is not None else None
             ctx.zerocopy = zerocopy
             # rule 10: one loop sends every stream's large payloads (not the MSG_ZEROCOPY ones)
-            engine = start_engine(tp.engine, min(64, max(1, tp.max_streams)), register=False)
-            sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason}
-            ctx.pump = engine.pump
-            if engine.pump is not None and ctx.cpus:  # rule 8: the loop that sends joins the NIC's CPUs
+            # a slot per stream the loop may carry at once
+            slots = min(64, max(1, -(-tp.max_streams // (tp.engine_loops or 1))))
+            engine = start_engine(tp.engine, slots, loops=tp.engine_loops, register=False)
+            sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason, "loops": len(engine.pumps)}
+            ctx.engine = engine
+            if engine.pumps and ctx.cpus:  # rule 8: the loops that send join the NIC's CPUs
                 try:
-                    os.sched_setaffinity(engine.pump.native_id, ctx.cpus)
+                    engine.pin(ctx.cpus)
                     sockinfo["engine"]["cpus"] = list(ctx.cpus)
                 except (AttributeError, OSError, ValueError) as exc:
-                    log.debug("could not pin the send's pump to CPUs %s: %s", ctx.cpus, exc)
+                    log.debug("could not pin the send's pumps to CPUs %s: %s", ctx.cpus, exc)
             try:
                 max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             finally:
-                if engine.pump is not None:
-                    sockinfo["engine"]["bytes"] = engine.pump.info().get("bytes", 0)
+                if engine.pumps:
+                    sockinfo["engine"]["bytes"] = engine.info().get("bytes", 0)
                 engine.close()
             if zerocopy:
                 zc = dict(state.zerocopy)
@@ -1088,7 +1091,7 @@ class _StreamCtx:
         self.buffer_bytes: int | None = None  # SO_SNDBUF/SO_RCVBUF from the NIC profile (rule 8)
         self.cpus: tuple[int, ...] | None = None  # pin each stream thread here (rule 8)
         self.zerocopy = False  # raw payloads go MSG_ZEROCOPY (rule 9)
-        self.pump = None  # the send's engine pump (rule 10), None: each stream sends its own
+        self.engine: Engine | None = None  # the send's engine (rule 10); threads: each stream sends its own
 
     def _pin(self) -> None:
         """Pin the calling stream thread to the NIC's tx IRQ CPUs; a refusal costs the affinity only."""
@@ -1133,8 +1136,8 @@ class _StreamCtx:
                 zc = fs.enable_zerocopy()
                 if zc.enabled and isinstance(self.data, FileSource):
                     pool = PayloadBuffers(zc)
-            if zc is None or not zc.enabled:  # a zero-copy socket's completions are its own thread's to read
-                fs.pump = self.pump
+            if (zc is None or not zc.enabled) and self.engine is not None:
+                fs.pump = self.engine.pick()  # a zero-copy socket's completions are its own thread's to read
             secret = aead.new_secret() if sess.sealed else None
             fs.send(encode_control(C.FRAME_HELLO, self.transfer_id, sess.data_hello(sid, secret)))
             if (

@@ -347,7 +347,7 @@ class DataServer:
         s.bind((lc.host, lc.data_port))
         s.listen(min(lc.max_connections, 1024))
         tc = self.config.transport
-        self.engine = start_engine(tc.engine, tc.engine_slots)
+        self.engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops)
         log.info("receive engine: %s (%s)", self.engine.kind, self.engine.reason)
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)
@@ -928,6 +928,7 @@ class DataServer:
         slot = bytearray(
             min(LEAF_BYTES, sess.chunk_size)
         )  # plain RAW chunks pass through it a block at a time
+        pump = self.engine.pick() if self.engine is not None else None  # this stream's loop
         idle = fs.sock.gettimeout()
         while not t.closed and sess.failure is None:
             fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s
@@ -960,9 +961,7 @@ class DataServer:
                         # hashed while in cache (the native engine, GIL released): no chunk byte enters a
                         # Python object
                         try:
-                            blocks, chash = fs.recv_blocks_into(
-                                partial.fileno(), off, ln, slot, self.engine.pump if self.engine else None
-                            )
+                            blocks, chash = fs.recv_blocks_into(partial.fileno(), off, ln, slot, pump)
                         except StorageError as exc:
                             raise StorageError(f"cannot write {t.key!r}: {exc}") from exc
                         written = True

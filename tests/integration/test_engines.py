@@ -204,3 +204,28 @@ def test_the_pump_loop_thread_can_be_pinned(backend, fast, ref):
         assert os.sched_getaffinity(tid) == set(cpus[:1]) and os.sched_getaffinity(0) == set(cpus)
     finally:
         p.close()
+
+
+def test_streams_spread_over_the_loops(tmp_path):
+    """engine_loops: each loop is one core's worth of copying and hashing; a transfer's streams take
+    them round-robin on both sides, and the status adds them up."""
+    srv = _server(tmp_path, "epoll", engine_loops=2)
+    try:
+        assert len(srv.engine.pumps) == 2 and srv.engine.info()["loops"] == 2
+        data = _data(6, 8 * MiB)
+        r = Sender(tx_config(engine="epoll", engine_loops=3), PLAIN).send(
+            data, *srv.address, "eng/loops", streams=4
+        )
+        assert stored(srv, "eng/loops") == data.tobytes()
+        assert r.socket["engine"]["loops"] == 3 and r.socket["engine"]["bytes"] >= data.nbytes
+        per_loop = [p.info()["bytes"] for p in srv.engine.pumps]
+        assert all(b > 0 for b in per_loop) and sum(per_loop) == srv.engine.info()["bytes"] >= data.nbytes
+    finally:
+        srv.close()
+    e = start_engine("epoll", 1, loops=3)
+    try:
+        assert [e.pick() for _ in range(6)] == e.pumps * 2
+    finally:
+        e.close()
+    with pytest.raises(ConfigError, match="engine_loops 65"):
+        server_config("/tmp/x", engine_loops=65)
