@@ -892,3 +892,42 @@ def test_a_dropped_pump_leaves_nothing_behind(fast, ref, backend, kind):
     while _counts() != before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _counts() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm (tmpfs) here")
+def test_a_file_on_tmpfs_is_written_as_on_any_other(case):
+    """pump.h writes the blocks of a tmpfs file with pwrite in the loop (tmpfs takes no non-blocking
+    buffered write, so io_uring would punt each WRITE): the same bytes, hashes and errors."""
+    impl, kind = case
+    pump = impl.Pump(kind, 2, 4096)
+    payload = os.urandom(3 * 4096 + 123)
+    fd, path = tempfile.mkstemp(dir="/dev/shm")
+    os.unlink(path)
+    a, b = socket.socketpair()
+    try:
+        t = threading.Thread(target=lambda: (a.sendall(payload), a.shutdown(socket.SHUT_WR)))
+        t.start()
+        got, blocks, chash = pump.recv_blocks(b.fileno(), len(payload), fd, 100, 2000)
+        t.join(10)
+        assert got == len(payload) and os.pread(fd, len(payload), 100) == payload
+        assert blocks == b"".join(
+            xxhash.xxh3_128_digest(payload[i : i + 4096]) for i in range(0, len(payload), 4096)
+        )
+        assert chash == xxhash.xxh3_64_intdigest(blocks)
+        ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            a2, b2 = socket.socketpair()
+            try:
+                a2.sendall(b"x" * 10)
+                with pytest.raises(StorageError, match="writing at offset 7"):
+                    pump.recv_blocks(b2.fileno(), 10, ro, 7, 2000)
+            finally:
+                a2.close()
+                b2.close()
+        finally:
+            os.close(ro)
+    finally:
+        a.close()
+        b.close()
+        os.close(fd)
+        pump.close()
