@@ -82,3 +82,54 @@ def aead_both(fast, ref):
     path = aead._libcrypto()
     assert path is not None and fast.aead_load(path) and ref.aead_load(path)
     return {"fast": fast, "ref": ref}
+
+
+# -- the pump (dwcp/_fast/pump.h and its twin): every backend x kind ------------------------------------
+PUMP_CASES = [("fast", "uring"), ("fast", "epoll"), ("ref", "uring"), ("ref", "epoll")]
+
+
+def skip_unless_uring(fast, backend: str, kind: str) -> None:
+    """Skip the fast uring case where io_uring does not work here."""
+    if backend == "fast" and kind == "uring" and not fast.uring_available():
+        pytest.skip("io_uring does not work here (fast.uring_available() is False): no fast uring pump")
+
+
+@pytest.fixture(params=PUMP_CASES, ids=[f"{b}-{k}" for b, k in PUMP_CASES])
+def case(request, fast, ref):
+    """(backend namespace, kind) of a pump."""
+    backend, kind = request.param
+    skip_unless_uring(fast, backend, kind)
+    return {"fast": fast, "ref": ref}[backend], kind
+
+
+@pytest.fixture
+def make_pump(case):
+    """make_pump(slots, block): a pump of this case, closed at the end of the test."""
+    impl, kind = case
+    made = []
+
+    def make(slots: int = 4, block: int = 4096):
+        p = impl.Pump(kind, slots, block)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def pumps(fast, ref):
+    """pumps(backend, kind, block): one 4-slot pump per key for the whole module, closed at its end."""
+    made: dict[tuple[str, str, int], object] = {}
+
+    def get(backend: str, kind: str, block: int):
+        skip_unless_uring(fast, backend, kind)
+        key = (backend, kind, block)
+        if key not in made:
+            made[key] = {"fast": fast, "ref": ref}[backend].Pump(kind, 4, block)
+        return made[key]
+
+    yield get
+    for p in made.values():
+        p.close()  # type: ignore[attr-defined]

@@ -396,6 +396,14 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
         if status == ST_OK and rc == 0:
             chash = XXH3_64bits(hp, k * 16)
     if rc != 0 and status != ST_FORGED:
+        status = ST_EVP
+    return _received(status, err, done, n, hashes[: k * 16], chash, file_off, timeout_ms, rec, None)
+
+
+def _received(int status, int err, Py_ssize_t done, Py_ssize_t n, hashes, uint64_t chash, int64_t file_off,
+              int timeout_ms, uint64_t rec, str pump):
+    """What a receive (rules 1-5, 9) returns or raises for its ``status``."""
+    if status == ST_EVP:
         raise RuntimeError("EVP failed to open a record")
     if status == ST_FORGED:
         raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
@@ -403,15 +411,17 @@ def recv_blocks(int sock_fd, uint8_t[::1] slot, Py_ssize_t n, int file_fd, int64
     if status == ST_TAG_CUT:
         raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
                                   f"of payload received)")
+    if status == ST_CLOSED:
+        raise ClosedResourceError(f"the {pump} pump closed ({done} of {n} payload bytes received)")
     if status == ST_EOF:
-        return done, bytes(hashes[: k * 16]), 0
+        return done, bytes(hashes), 0
     if status == ST_TIMEOUT:
         raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
     if status == ST_SOCK:
         raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes received)")
     if status == ST_FILE:
         raise StorageError(f"{strerror(err)} (writing at offset {file_off + done})")
-    return done, bytes(hashes[: k * 16]), chash
+    return done, bytes(hashes), chash
 
 
 def write_pages(int file_fd, int64_t file_off, const uint8_t[::1] data, const uint8_t[::1] flags,
@@ -531,6 +541,21 @@ cdef class Pump:
                 "registered": bool(self.p.registered), "register_errno": self.p.register_err,
                 "jobs": self.p.jobs, "bytes": self.p.bytes, "ops": self.p.ops, "wakeups": self.p.wakeups}
 
+    cdef int _run(self, dwcp_pjob *j) except -1:
+        """Run ``j`` to its end without the GIL.  close() waits for every call in here to leave (it
+        joins the loop, which ends every job first: a job never outlives its pump)."""
+        with self._lock:
+            if not self.started:
+                raise ClosedResourceError(f"the {self.kind} pump is closed")
+            self._running += 1
+        try:
+            with nogil:
+                dwcp_pump_run(&self.p, j)
+        finally:
+            with self._lock:
+                self._running -= 1
+        return 0
+
     def recv_blocks(self, int sock_fd, Py_ssize_t n, int file_fd, int64_t file_off, int timeout_ms=-1,
                     Aead opener=None):
         if n < 0 or file_off < 0:
@@ -552,39 +577,11 @@ cdef class Pump:
         j.hashes = &hv[0]
         cdef uint64_t rec = opener.a.counter if opener is not None else 0
         cdef uint64_t chash = 0
-        # close() joins the loop, which ends every job first: a job never outlives its pump
-        with self._lock:
-            if not self.started:
-                raise ClosedResourceError(f"the {self.kind} pump is closed")
-            self._running += 1
-        try:
-            with nogil:
-                dwcp_pump_run(&self.p, &j)
-                if j.status == ST_OK:
-                    chash = XXH3_64bits(&hv[0], <size_t>(j.k * 16))
-        finally:
-            with self._lock:
-                self._running -= 1
-        status, err, done, k = j.status, j.err, j.done, j.k
-        if status == ST_EVP:
-            raise RuntimeError("EVP failed to open a record")
-        if status == ST_FORGED:
-            raise ForgedRecordError(f"sealed record {rec} ({n} bytes) failed authentication: forged, altered "
-                                    f"or out of order", ERR_FORGED)
-        if status == ST_TAG_CUT:
-            raise BrokenResourceError(f"peer closed the connection inside sealed record {rec}'s tag ({n} bytes "
-                                      f"of payload received)")
-        if status == ST_CLOSED:
-            raise ClosedResourceError(f"the {self.kind} pump closed ({done} of {n} payload bytes received)")
-        if status == ST_EOF:
-            return done, bytes(hashes[: k * 16]), 0
-        if status == ST_TIMEOUT:
-            raise TimeoutError(f"no payload bytes for {timeout_ms / 1000} s ({done} of {n} received)")
-        if status == ST_SOCK:
-            raise OSError(err, f"{strerror(err)} ({done} of {n} payload bytes received)")
-        if status == ST_FILE:
-            raise StorageError(f"{strerror(err)} (writing at offset {file_off + done})")
-        return done, bytes(hashes[: k * 16]), chash
+        self._run(&j)
+        if j.status == ST_OK:
+            chash = XXH3_64bits(&hv[0], <size_t>(j.k * 16))
+        return _received(j.status, j.err, j.done, n, hashes[: j.k * 16], chash, file_off, timeout_ms, rec,
+                         self.kind)
 
     def send(self, int sock_fd, const uint8_t[::1] header, const uint8_t[::1] payload, int timeout_ms=-1,
              Aead sealer=None):
@@ -602,16 +599,7 @@ cdef class Pump:
         j.hlen = header.shape[0]
         j.src = &payload[0] if n else NULL
         j.a = &sealer.a if sealer is not None else NULL
-        with self._lock:
-            if not self.started:
-                raise ClosedResourceError(f"the {self.kind} pump is closed")
-            self._running += 1
-        try:
-            with nogil:
-                dwcp_pump_run(&self.p, &j)
-        finally:
-            with self._lock:
-                self._running -= 1
+        self._run(&j)
         status, err, done = j.status, j.err, j.done
         if status == ST_EVP:
             raise RuntimeError("EVP failed to seal a record")

@@ -171,6 +171,16 @@ static void dwcp_pump_tag_ready(dwcp_pump *p, dwcp_pjob *j) {
     dwcp_pump_finish(p, j, rc == 0 ? DWCP_PS_OK : DWCP_PS_FORGED, 0);
 }
 
+/* The peer closed the connection: inside the record's tag, or after ``done + got`` payload bytes. */
+static void dwcp_pump_peer_closed(dwcp_pump *p, dwcp_pjob *j) {
+    if (j->phase == 2) {
+        dwcp_pump_finish(p, j, DWCP_PS_TAG_CUT, 0);
+        return;
+    }
+    j->done += j->got;
+    dwcp_pump_finish(p, j, DWCP_PS_EOF, 0);
+}
+
 /* A job's first step: 0 to go on, 1 when already finished (empty payload). */
 static int dwcp_pump_begin(dwcp_pump *p, dwcp_pjob *j, int64_t now) {
     j->phase = 0;
@@ -391,12 +401,7 @@ static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
             continue;
         }
         if (r == 0) {
-            if (j->phase == 2) {
-                dwcp_pump_finish(p, j, DWCP_PS_TAG_CUT, 0);
-            } else {
-                j->done += j->got;
-                dwcp_pump_finish(p, j, DWCP_PS_EOF, 0);
-            }
+            dwcp_pump_peer_closed(p, j);
             return;
         }
         if (errno == EINTR) continue;
@@ -567,12 +572,7 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
             return;
         }
         if (res == 0) {
-            if (j->phase == 2) {
-                dwcp_pump_finish(p, j, DWCP_PS_TAG_CUT, 0);
-            } else {
-                j->done += j->got;
-                dwcp_pump_finish(p, j, DWCP_PS_EOF, 0);
-            }
+            dwcp_pump_peer_closed(p, j);
             return;
         }
         j->got += res;

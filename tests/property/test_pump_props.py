@@ -23,30 +23,7 @@ from dwcp.wire.consts import ERR_FORGED
 KINDS = ["uring", "epoll"]
 BACKENDS = ["fast", "ref"]
 BLOCKS = [16, 4096, 65536]  # a pump's block is >= 16
-SLOTS = 4
 TIMEOUT_MS = 5000  # a bound for a stream that would hang; none of these streams stalls
-
-
-def _skip_unless_uring(fast, backend: str, kind: str) -> None:
-    if backend == "fast" and kind == "uring" and not fast.uring_available():
-        pytest.skip("io_uring does not work here (fast.uring_available() is False): no fast uring pump")
-
-
-@pytest.fixture(scope="module")
-def pumps(fast, ref):
-    """pumps(backend, kind, block): one pump per key for the whole module, closed at its end."""
-    made: dict[tuple[str, str, int], object] = {}
-
-    def get(backend: str, kind: str, block: int):
-        _skip_unless_uring(fast, backend, kind)
-        key = (backend, kind, block)
-        if key not in made:
-            made[key] = {"fast": fast, "ref": ref}[backend].Pump(kind, SLOTS, block)
-        return made[key]
-
-    yield get
-    for p in made.values():
-        p.close()  # type: ignore[attr-defined]
 
 
 def _feed(sock: socket.socket, payload: bytes) -> threading.Thread:

@@ -21,35 +21,12 @@ from hypothesis import strategies as st
 KINDS = ["uring", "epoll"]
 BACKENDS = ["fast", "ref"]
 BLOCKS = [4096, 1 << 20]  # a small block (many per payload) and the default one (at most one)
-SLOTS = 4
 TIMEOUT_MS = 5000  # a bound for a send that would hang; none of these peers stalls
-
-
-def _skip_unless_uring(fast, backend: str, kind: str) -> None:
-    if backend == "fast" and kind == "uring" and not fast.uring_available():
-        pytest.skip("io_uring does not work here (fast.uring_available() is False): no fast uring pump")
 
 
 def _usable_kind(fast, backend: str, kind: str) -> str:
     """``kind``, or epoll where the fast uring pump cannot run."""
     return "epoll" if backend == "fast" and kind == "uring" and not fast.uring_available() else kind
-
-
-@pytest.fixture(scope="module")
-def pumps(fast, ref):
-    """pumps(backend, kind, block): one pump per key for the whole module, closed at its end."""
-    made: dict[tuple[str, str, int], object] = {}
-
-    def get(backend: str, kind: str, block: int):
-        _skip_unless_uring(fast, backend, kind)
-        key = (backend, kind, block)
-        if key not in made:
-            made[key] = {"fast": fast, "ref": ref}[backend].Pump(kind, SLOTS, block)
-        return made[key]
-
-    yield get
-    for p in made.values():
-        p.close()  # type: ignore[attr-defined]
 
 
 def _wire(send) -> bytes:

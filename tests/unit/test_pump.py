@@ -23,34 +23,6 @@ import xxhash
 from dwcp.digest import LEAF_BYTES, chunk_hash
 from dwcp.errors import ClosedResourceError, StorageError
 
-CASES = [("fast", "uring"), ("fast", "epoll"), ("ref", "uring"), ("ref", "epoll")]
-IDS = [f"{b}-{k}" for b, k in CASES]
-
-
-@pytest.fixture(params=CASES, ids=IDS)
-def case(request, fast, ref):
-    """(backend namespace, kind); the fast uring case is skipped where io_uring does not work."""
-    backend, kind = request.param
-    if backend == "fast" and kind == "uring" and not fast.uring_available():
-        pytest.skip("io_uring does not work here (fast.uring_available() is False): no fast uring pump")
-    return {"fast": fast, "ref": ref}[backend], kind
-
-
-@pytest.fixture
-def make_pump(case):
-    """make_pump(slots, block): a pump of this case, closed at the end of the test."""
-    impl, kind = case
-    made = []
-
-    def make(slots: int = 4, block: int = 4096):
-        p = impl.Pump(kind, slots, block)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
-
 
 @contextlib.contextmanager
 def scratch_fd():
@@ -112,8 +84,7 @@ def _pick(fast, ref, backend: str, kind: str):
     return {"fast": fast, "ref": ref}[backend]
 
 
-def _cases() -> list:
-    return [pytest.param(b, k, id=f"{b}-{k}") for b, k in CASES]
+PUMP_CASES_PARAMS = [pytest.param(b, k, id=f"{b}-{k}") for b in ("fast", "ref") for k in ("uring", "epoll")]
 
 
 def _outcome(fn, *args, **kw):
@@ -299,7 +270,7 @@ def test_the_timeout_bounds_each_wait_not_the_call(make_pump):
         b.close()
 
 
-@pytest.mark.parametrize("backend,kind", _cases())
+@pytest.mark.parametrize("backend,kind", PUMP_CASES_PARAMS)
 def test_timeout_zero_takes_what_is_already_there(fast, ref, backend, kind):
     """Rule 2: timeout_ms bounds a wait for the next byte; bytes already in the socket need no wait."""
     impl = _pick(fast, ref, backend, kind)
@@ -471,7 +442,7 @@ def test_a_reset_connection_is_an_oserror_with_its_errno(make_pump):
         srv.close()
 
 
-@pytest.mark.parametrize("backend,kind", _cases())
+@pytest.mark.parametrize("backend,kind", PUMP_CASES_PARAMS)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the ref-uring bug's
 def test_a_negative_socket_number_is_an_oserror_and_the_pump_lives_on(fast, ref, backend, kind):
     impl = _pick(fast, ref, backend, kind)
@@ -486,7 +457,7 @@ def test_a_negative_socket_number_is_an_oserror_and_the_pump_lives_on(fast, ref,
         pump.close()
 
 
-@pytest.mark.parametrize("backend,kind", _cases())
+@pytest.mark.parametrize("backend,kind", PUMP_CASES_PARAMS)
 def test_info_counts_a_job_that_failed_on_its_socket(fast, ref, backend, kind):
     impl = _pick(fast, ref, backend, kind)
     pump = impl.Pump(kind, 2, 4096)
@@ -880,7 +851,7 @@ def test_no_thread_nor_descriptor_outlives_a_closed_pump(case):
     assert _counts() == before
 
 
-@pytest.mark.parametrize("backend,kind", _cases())
+@pytest.mark.parametrize("backend,kind", PUMP_CASES_PARAMS)
 def test_a_dropped_pump_leaves_nothing_behind(fast, ref, backend, kind):
     impl = _pick(fast, ref, backend, kind)
     before = _counts()

@@ -27,40 +27,13 @@ import xxhash
 
 from dwcp.errors import ClosedResourceError
 
-CASES = [("fast", "uring"), ("fast", "epoll"), ("ref", "uring"), ("ref", "epoll")]
-IDS = [f"{b}-{k}" for b, k in CASES]
 TAG = 16
-
-
-@pytest.fixture(params=CASES, ids=IDS)
-def case(request, fast, ref):
-    """(backend namespace, kind); the fast uring case is skipped where io_uring does not work."""
-    backend, kind = request.param
-    if backend == "fast" and kind == "uring" and not fast.uring_available():
-        pytest.skip("io_uring does not work here (fast.uring_available() is False): no fast uring pump")
-    return {"fast": fast, "ref": ref}[backend], kind
 
 
 @pytest.fixture
 def sealing(case, aead_both):
     """This case's backend with AES-GCM loaded (its Aead seals for its pump)."""
     return aead_both[case[0].name]
-
-
-@pytest.fixture
-def make_pump(case):
-    """make_pump(slots, block): a pump of this case, closed at the end of the test."""
-    impl, kind = case
-    made = []
-
-    def make(slots: int = 4, block: int = 4096):
-        p = impl.Pump(kind, slots, block)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 @contextlib.contextmanager
