@@ -132,6 +132,14 @@ static void dwcp_pump_finish(dwcp_pump *p, dwcp_pjob *j, int status, int err) {
     pthread_mutex_unlock(&p->mu);
 }
 
+/* ``n`` bytes moved by one socket operation (the counters info() reads). */
+static inline void dwcp_pump_count(dwcp_pump *p, int64_t n) {
+    pthread_mutex_lock(&p->mu);
+    p->bytes += (uint64_t)n;
+    p->ops++;
+    pthread_mutex_unlock(&p->mu);
+}
+
 static inline void dwcp_pump_touch(dwcp_pjob *j, int64_t now) {
     j->deadline = j->timeout_ms < 0 ? 0 : now + (int64_t)j->timeout_ms * 1000000LL;
 }
@@ -353,10 +361,7 @@ static void dwcp_pump_epoll_send(dwcp_pump *p, dwcp_pjob *j) {
         if (r > 0) {
             moved = 1;
             j->got += r;
-            pthread_mutex_lock(&p->mu);
-            p->bytes += (uint64_t)r;
-            p->ops++;
-            pthread_mutex_unlock(&p->mu);
+            dwcp_pump_count(p, r);
             if (j->got < j->want) continue;
             if (dwcp_pump_send_next(p, j)) return;
             continue;
@@ -379,10 +384,7 @@ static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
         if (r > 0) {
             moved = 1;
             j->got += r;
-            pthread_mutex_lock(&p->mu);
-            p->bytes += (uint64_t)r;
-            p->ops++;
-            pthread_mutex_unlock(&p->mu);
+            dwcp_pump_count(p, r);
             if (j->got < j->want) continue;
             if (j->phase == 2) {
                 dwcp_pump_tag_ready(p, j);
@@ -544,10 +546,7 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
             return;
         }
         j->got += res;
-        pthread_mutex_lock(&p->mu);
-        p->bytes += (uint64_t)res;
-        p->ops++;
-        pthread_mutex_unlock(&p->mu);
+        dwcp_pump_count(p, res);
         dwcp_pump_touch(j, dwcp_pump_now());
         while (j->got == j->want) {
             if (dwcp_pump_send_next(p, j)) return;
@@ -576,10 +575,7 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
             return;
         }
         j->got += res;
-        pthread_mutex_lock(&p->mu);
-        p->bytes += (uint64_t)res;
-        p->ops++;
-        pthread_mutex_unlock(&p->mu);
+        dwcp_pump_count(p, res);
         dwcp_pump_touch(j, dwcp_pump_now());
         if (j->got < j->want) {
             dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);

@@ -561,12 +561,7 @@ class _PumpCore:
 
     def _sent(self, j: _Job, r: int) -> bool:
         """``r`` more bytes went: True when the job finished."""
-        j.got += r
-        j.cancelling = False
-        with self._cv:
-            self._bytes += r
-            self._ops += 1
-        self._touch(j)
+        self._moved(j, r)
         while j.got == j.want:
             if self._send_next(j):
                 return True
@@ -595,6 +590,15 @@ class _PumpCore:
             self._cv.notify_all()
         j.finished.set()
 
+    def _moved(self, j: _Job, r: int) -> None:
+        """``r`` more bytes of the current piece moved: progress (the deadline starts again)."""
+        j.got += r
+        j.cancelling = False
+        with self._cv:
+            self._bytes += r
+            self._ops += 1
+        self._touch(j)
+
     def _touch(self, j: _Job) -> None:
         j.deadline = 0.0 if j.timeout_ms < 0 else time.monotonic() + j.timeout_ms / 1000
 
@@ -619,12 +623,7 @@ class _PumpCore:
     def _received(self, j: _Job, r: int) -> bool:
         """``r`` more bytes of the current block or tag arrived: True when the block is ready to write
         (phase 0), or the job finished (the tag)."""
-        j.got += r
-        j.cancelling = False
-        with self._cv:
-            self._bytes += r
-            self._ops += 1
-        self._touch(j)
+        self._moved(j, r)
         if j.got < j.want:
             return False
         if j.phase == 2:
