@@ -18,11 +18,13 @@ test:
 	$(MAKE) testref
 
 # the unit tests, and the transfers end to end (kill -9, cut and corrupted streams, disk full, sealed
-# records), on the pure-Python twins: the fallback engine must keep what the native one keeps
+# records, every engine, fuzzed and flooded data ports, relays), on the pure-Python twins: the fallback
+# engine must keep what the native one keeps
 testref:
 	DWCP_IMPL=ref pytest -q -p no:cacheprovider --import-mode=importlib --rootdir=. tests/unit \
 		tests/integration/test_transfer.py tests/integration/test_sealed.py tests/integration/test_kill9.py \
-		tests/integration/test_storage_diskfull.py tests/integration/test_engines.py
+		tests/integration/test_storage_diskfull.py tests/integration/test_engines.py \
+		tests/integration/test_hardening.py tests/integration/test_relay.py tests/integration/test_conn_limits.py
 
 # Line and branch coverage over both backends (the same two passes as `make test`); prints the
 # table and the totals per package, writes htmlcov/ (see [tool.coverage] in pyproject.toml).
