@@ -106,9 +106,10 @@ def test_a_corrupted_chunk_is_resent(tmp_path, engine):
 def test_a_killed_stream_costs_its_window(tmp_path, engine):
     srv = _server(tmp_path, engine)
     try:
-        data = _data(4, 8 * MiB)
+        # 16 chunks: whichever data stream connected first (the proxy's connection 2) carries 2 MiB or more
+        data = _data(4, 16 * MiB)
         with FaultProxy(srv.address) as proxy:
-            proxy.cut_after(3 * MiB, conn=2)
+            proxy.cut_after(2 * MiB, conn=2)
             r = Sender(tx_config(window_chunks=2, engine=engine), PLAIN).send(
                 data, *proxy.address, "eng/cut", streams=2
             )

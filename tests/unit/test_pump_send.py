@@ -378,17 +378,15 @@ _NO_SIGPIPE = textwrap.dedent(
 )
 
 
-def test_no_sigpipe_for_a_closed_peer(case):
+def test_no_sigpipe_for_a_closed_peer(case, tmp_path):
     """A send to a closed peer is an OSError, not a SIGPIPE (MSG_NOSIGNAL): checked in a child process whose
     SIGPIPE is not ignored (as Python ignores it in this one)."""
+    from dwcp.cli.demo import same_dwcp_env
+
     impl, kind = case
-    r = subprocess.run(
-        [sys.executable, "-c", _NO_SIGPIPE, impl.name, kind],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
+    # the dwcp this process imported (an installed one in CI: a source tree as cwd would shadow it)
+    r = subprocess.run([sys.executable, "-c", _NO_SIGPIPE, impl.name, kind], capture_output=True, text=True,
+                       timeout=60, cwd=str(tmp_path), env=same_dwcp_env())  # fmt: skip
     assert r.returncode == 0, f"exit {r.returncode} (-13: SIGPIPE): {r.stdout}{r.stderr}"
     lines = r.stdout.splitlines()
     assert lines[-1] == "alive" and len(lines) in (3, 5), r.stdout  # plain, then sealed where AES-GCM is
