@@ -79,6 +79,27 @@ class Engine:
             p.close()
 
 
+def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem ``path`` is on ("tmpfs", "ext4"...), from the mount table's longest
+    mount point above it; None where the table cannot be read."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = -1, None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best:
+            best, kind = len(mnt), right.split()[0] if right.split() else None
+    return kind
+
+
 def default_loops() -> int:
     """One loop per CPU this process may run on, up to 4: a loop copies, hashes and writes on one core."""
     try:
@@ -123,7 +144,7 @@ def start_engine(setting: str, slots: int, *, loops: int = 0, register: bool = T
             if twin:
                 how = "an emulated ring"
             elif not register:
-                how = "its slots unregistered (nothing is written from them)"
+                how = "its slots unregistered (nothing is written from them with io_uring)"
             elif not info.get("registered"):
                 how = f"unregistered slots (registering them: {os.strerror(info['register_errno'] or 0)})"
             return Engine("uring", f"{setting}: io_uring, {how}, {n} loop(s){twin}", pumps)

@@ -109,7 +109,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
 from .admission import REASONS, Admission, Limits, source_key
-from .engine import Engine, start_engine
+from .engine import Engine, fs_type, start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .session import (
@@ -347,7 +347,10 @@ class DataServer:
         s.bind((lc.host, lc.data_port))
         s.listen(min(lc.max_connections, 1024))
         tc = self.config.transport
-        self.engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops)
+        # registered slots are pinned memory, worth it for WRITE_FIXED; a tmpfs .part is pwritten in the
+        # loop instead (pump.h), so there they would only add to the daemon's resident set
+        tmpfs = fs_type(str(self.config.storage.data_dir)) == "tmpfs"
+        self.engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops, register=not tmpfs)
         log.info("receive engine: %s (%s)", self.engine.kind, self.engine.reason)
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)

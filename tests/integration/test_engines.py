@@ -230,3 +230,59 @@ def test_streams_spread_over_the_loops(tmp_path):
         e.close()
     with pytest.raises(ConfigError, match="engine_loops 65"):
         server_config("/tmp/x", engine_loops=65)
+
+
+def test_fs_type_reads_the_longest_mount_point(tmp_path):
+    from dwcp.transport.engine import fs_type
+
+    mi = tmp_path / "mountinfo"
+    mi.write_text(
+        "22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "25 22 0:21 / /dev/shm rw,nosuid shared:4 - tmpfs tmpfs rw\n"
+        "26 22 0:22 / /srv/my\\040data rw shared:5 - xfs /dev/vdb rw\n"
+        "not a mount line\n"
+    )
+    assert fs_type("/dev/shm/dwcp", str(mi)) == "tmpfs"
+    assert fs_type("/dev/shmx", str(mi)) == "ext4"  # a prefix of a name is not a mount point above it
+    assert fs_type("/srv/my data/objects", str(mi)) == "xfs"
+    assert fs_type("/var/lib/dwcp", str(mi)) == "ext4"
+    assert fs_type("/x", str(tmp_path / "absent")) is None
+
+
+@pytest.mark.skipif(
+    not (dwcp.backend == "fast" and K.uring_available()), reason="needs the native io_uring pump"
+)
+def test_slots_are_registered_only_where_the_loop_writes_with_io_uring(tmp_path):
+    """Registered slots are pinned memory: a data dir on tmpfs (written with pwrite in the loop) does
+    without them."""
+    import os
+    import tempfile
+
+    srv = DataServer(server_config(tmp_path / "rx", engine="uring", engine_slots=2, engine_loops=1))
+    srv.start()
+    try:
+        on_disk = srv.engine.info()
+    finally:
+        srv.close()
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm (tmpfs) here")
+    shm = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        srv = DataServer(
+            server_config(os.path.join(shm, "rx"), engine="uring", engine_slots=2, engine_loops=1)
+        )
+        srv.start()
+        try:
+            on_tmpfs = srv.engine.info()
+            data = _data(7, 3 * MiB)
+            Sender(tx_config(), PLAIN).send(data, *srv.address, "eng/shm", streams=1)
+            assert stored(srv, "eng/shm") == data.tobytes()
+        finally:
+            srv.close()
+    finally:
+        import shutil
+
+        shutil.rmtree(shm, ignore_errors=True)
+    assert on_tmpfs["registered"] is False and "unregistered" in on_tmpfs["reason"]
+    if on_disk["registered"] is False:  # over RLIMIT_MEMLOCK (unprivileged): said, with the errno
+        assert on_disk["register_errno"] != 0
