@@ -255,6 +255,7 @@ class TransportConfig(_Section):
     engine: str = "auto"  # receive engine: auto | uring | epoll | threads (dwcp/transport/engine.py)
     engine_slots: int = 16  # each loop's 1 MiB slots: RAW payloads it receives at once (1..64)
     engine_loops: int = 0  # the engine's loops (pumps); streams spread over them; 0 = one per CPU, up to 4
+    engine_cpus: tuple = ()  # CPUs the engine's loops run on (the NIC queues' IRQ CPUs); () = the scheduler's
 
     @property
     def encode_workers(self) -> int:
@@ -292,6 +293,10 @@ class TransportConfig(_Section):
             out.append(f"engine {self.engine!r}: expected one of auto, uring, epoll, threads")
         if not 1 <= self.engine_slots <= 64:
             out.append(f"engine_slots {self.engine_slots} must be in 1..64")
+        if not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 4096 for c in self.engine_cpus
+        ):
+            out.append(f"engine_cpus {list(self.engine_cpus)}: CPU numbers (0..4095), e.g. [2, 3]")
         if not 0 <= self.engine_loops <= 64:
             out.append(f"engine_loops {self.engine_loops} must be in 0..64 (0 = one per CPU, up to 4)")
         if self.max_stream_reconnects < 0 or self.compress_workers < 0:

@@ -45,6 +45,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self._next = itertools.count()
+        self.cpus: list[int] | None = None  # where pin() put the loops
 
     @property
     def pump(self) -> Any:
@@ -65,6 +66,7 @@ class Engine:
                 {k: v for k, v in infos[0].items() if k not in ("kind", "jobs", "bytes", "ops", "wakeups")}
             )
             out["loops"] = len(self.pumps)
+            out["cpus"] = self.cpus
             for k in ("jobs", "bytes", "ops", "wakeups"):
                 out[k] = sum(i.get(k, 0) for i in infos)
         return out
@@ -73,6 +75,7 @@ class Engine:
         """Run every loop on ``cpus`` (OSError or ValueError if the kernel refuses)."""
         for p in self.pumps:
             os.sched_setaffinity(p.native_id, cpus)
+        self.cpus = sorted(cpus)
 
     def close(self) -> None:
         for p in self.pumps:

@@ -699,12 +699,14 @@ class Sender:
             engine = start_engine(tp.engine, slots, loops=tp.engine_loops, register=False)
             sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason, "loops": len(engine.pumps)}
             ctx.engine = engine
-            if engine.pumps and ctx.cpus:  # rule 8: the loops that send join the NIC's CPUs
+            # transport.engine_cpus, else rule 8: the loops that send join the NIC's CPUs
+            cpus = tp.engine_cpus or ctx.cpus
+            if engine.pumps and cpus:
                 try:
-                    engine.pin(ctx.cpus)
-                    sockinfo["engine"]["cpus"] = list(ctx.cpus)
+                    engine.pin(cpus)
+                    sockinfo["engine"]["cpus"] = sorted(cpus)
                 except (AttributeError, OSError, ValueError) as exc:
-                    log.debug("could not pin the send's pumps to CPUs %s: %s", ctx.cpus, exc)
+                    log.warning("could not pin the send's engine loops to CPUs %s: %s", list(cpus), exc)
             try:
                 max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             finally:

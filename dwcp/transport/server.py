@@ -351,6 +351,12 @@ class DataServer:
         # loop instead (pump.h), so there they would only add to the daemon's resident set
         tmpfs = fs_type(str(self.config.storage.data_dir)) == "tmpfs"
         self.engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops, register=not tmpfs)
+        if tc.engine_cpus and self.engine.pumps:
+            try:
+                self.engine.pin(tc.engine_cpus)
+            except (OSError, ValueError) as exc:
+                log.warning("transport.engine_cpus %s: the kernel refused (%s); the loops run anywhere",
+                            list(tc.engine_cpus), exc)  # fmt: skip
         log.info("receive engine: %s (%s)", self.engine.kind, self.engine.reason)
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)

@@ -286,3 +286,25 @@ def test_slots_are_registered_only_where_the_loop_writes_with_io_uring(tmp_path)
     assert on_tmpfs["registered"] is False and "unregistered" in on_tmpfs["reason"]
     if on_disk["registered"] is False:  # over RLIMIT_MEMLOCK (unprivileged): said, with the errno
         assert on_disk["register_errno"] != 0
+
+
+def test_engine_cpus_pins_the_loops_of_both_sides(tmp_path):
+    """transport.engine_cpus: the daemon's receive loops and a send's loops run on those CPUs."""
+    import os
+
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    srv = _server(tmp_path, "epoll", engine_loops=2, engine_cpus=[cpu])
+    try:
+        assert srv.engine.info()["cpus"] == [cpu]
+        assert all(os.sched_getaffinity(p.native_id) == {cpu} for p in srv.engine.pumps)
+        data = _data(8, 2 * MiB)
+        r = Sender(tx_config(engine="epoll", engine_cpus=[cpu]), PLAIN).send(
+            data, *srv.address, "eng/cpus", streams=1
+        )
+        assert stored(srv, "eng/cpus") == data.tobytes() and r.socket["engine"]["cpus"] == [cpu]
+    finally:
+        srv.close()
+    with pytest.raises(ConfigError, match=r"engine_cpus \[-1\]"):
+        server_config("/tmp/x", engine_cpus=[-1])
+    with pytest.raises(ConfigError, match="engine_cpus"):
+        server_config("/tmp/x", engine_cpus=["two"])
