@@ -17,6 +17,7 @@ import xxhash
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from dwcp._testbase.sealed import sealed_run
 from dwcp.errors import BrokenResourceError, ClosedResourceError, ForgedRecordError, StorageError
 from dwcp.wire.consts import ERR_FORGED
 
@@ -161,80 +162,12 @@ def test_uring_and_epoll_pumps_agree(fast, ref, pumps, backend, stream):
 def _sealed_pump_run(
     tx, rx, pump, key: bytes, payload: bytes, slot: int, file_off: int, flip: int | None = None
 ):
-    """tx seals a 64-byte "header" record then ``payload`` (send_sealed through a ``slot``-byte slot) into a
-    socketpair, optionally through a relay that flips bit 0x04 of byte ``flip`` of the payload's record
-    (``flip`` >= len(payload): a byte of its tag); rx opens the header with ``open_into`` and ``pump``
-    receives the payload with ``opener`` = rx's Aead.
-    Returns (opened header, the pump's result or exception, file bytes, opener's counter, send errors)."""
-    from dwcp.security.aead import stream_keys
+    """dwcp._testbase.sealed.sealed_run, received by ``pump`` with ``rx``'s opener."""
 
-    s2r, _ = stream_keys(key, 7)
-    sealer, opener = tx.Aead(s2r, True), rx.Aead(s2r, False)
-    header = bytes(range(64))
-    a, b = socket.socketpair()
-    c = d = None
-    sent: list[BaseException] = []
+    def receive(sock_fd: int, n: int, fd: int, off: int, opener):
+        return pump.recv_blocks(sock_fd, n, fd, off, TIMEOUT_MS, opener=opener)
 
-    def send() -> None:
-        try:
-            a.sendall(sealer.seal(header))
-            tx.send_sealed(a.fileno(), sealer, payload, bytearray(slot), 5000)
-            a.shutdown(socket.SHUT_WR)
-        except OSError as exc:  # reported to the test
-            sent.append(exc)
-
-    def relay() -> None:  # b -> c, flipping one bit of the payload's record
-        seen = 0
-        try:
-            while chunk := b.recv(1 << 16):
-                buf = bytearray(chunk)
-                at = 80 + flip - seen  # after the header's record
-                if 0 <= at < len(buf):
-                    buf[at] ^= 0x04
-                c.sendall(buf)
-                seen += len(buf)
-            c.shutdown(socket.SHUT_WR)
-        except OSError:  # the test gave up on the stream
-            pass
-
-    threads = [threading.Thread(target=send, daemon=True)]
-    src = b
-    if flip is not None:
-        c, d = socket.socketpair()
-        threads.append(threading.Thread(target=relay, daemon=True))
-        src = d
-    for t in threads:
-        t.start()
-    fd, path = tempfile.mkstemp()
-    os.unlink(path)
-    try:
-        src.settimeout(5)
-        rec = bytearray(80)
-        got = 0
-        while got < 80:
-            k = src.recv_into(memoryview(rec)[got:])
-            assert k, "the header record did not arrive"
-            got += k
-        hbuf = rec[:64]
-        opener.open_into(hbuf, rec[64:])
-        n = len(payload)
-        try:
-            r = pump.recv_blocks(src.fileno(), n, fd, file_off, TIMEOUT_MS, opener=opener)
-        except Exception as exc:
-            r = exc
-        if isinstance(r, Exception):  # unblock a sender (or relay) still writing into a full socket
-            for s in (src, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-        for t in threads:
-            t.join(10)
-            assert not t.is_alive(), "a sending thread hung"
-        return bytes(hbuf), r, os.pread(fd, n, file_off), opener.counter, sent
-    finally:
-        os.close(fd)
-        for s in (a, b, c, d):
-            if s is not None:
-                s.close()
+    return sealed_run(tx, rx, key, payload, slot, file_off, receive, flip, transfer_id=7)
 
 
 PAIRS = [("fast", "fast"), ("fast", "ref"), ("ref", "fast"), ("ref", "ref")]
