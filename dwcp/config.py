@@ -227,6 +227,9 @@ class StorageConfig(_Section):
         return out
 
 
+ENGINES = ("auto", "uring", "epoll", "threads")  # transport.engine (dwcp.transport.engine)
+
+
 @dataclass(frozen=True)
 class TransportConfig(_Section):
     SECTION = "transport"
@@ -289,8 +292,8 @@ class TransportConfig(_Section):
             out.append(f"per_stream_window_bytes {self.per_stream_window_bytes} must be >= 64 KiB")
         if self.socket_buffer_bytes < 0:
             out.append(f"socket_buffer_bytes {self.socket_buffer_bytes} must be >= 0 (0 = from the BDP)")
-        if self.engine not in ("auto", "uring", "epoll", "threads"):
-            out.append(f"engine {self.engine!r}: expected one of auto, uring, epoll, threads")
+        if self.engine not in ENGINES:
+            out.append(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
         if not 1 <= self.engine_slots <= 64:
             out.append(f"engine_slots {self.engine_slots} must be in 1..64")
         if not all(

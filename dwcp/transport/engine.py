@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dwcp
+from dwcp.config import ENGINES
 from dwcp.errors import ConfigError
 
 log = logging.getLogger("dwcp.engine")
-
-ENGINES = ("auto", "uring", "epoll", "threads")
 
 
 @dataclass
@@ -46,11 +45,6 @@ class Engine:
     def __post_init__(self) -> None:
         self._next = itertools.count()
         self.cpus: list[int] | None = None  # where pin() put the loops
-
-    @property
-    def pump(self) -> Any:
-        """The first pump (None for ``threads``)."""
-        return self.pumps[0] if self.pumps else None
 
     def pick(self) -> Any:
         """The pump for the next stream (round-robin; None for ``threads``)."""
@@ -71,10 +65,18 @@ class Engine:
                 out[k] = sum(i.get(k, 0) for i in infos)
         return out
 
-    def pin(self, cpus) -> None:
-        """Run every loop on ``cpus`` (OSError or ValueError if the kernel refuses)."""
-        for p in self.pumps:
-            os.sched_setaffinity(p.native_id, cpus)
+    def pin(self, cpus, whose: str) -> None:
+        """Run every loop on ``cpus``; a refusal is logged (``whose`` loops) and leaves them unpinned."""
+        if not self.pumps or not cpus:
+            return
+        try:
+            for p in self.pumps:
+                os.sched_setaffinity(p.native_id, cpus)
+        except (AttributeError, OSError, ValueError) as exc:
+            log.warning(
+                "could not pin %s engine loops to CPUs %s: %s; they run anywhere", whose, list(cpus), exc
+            )
+            return
         self.cpus = sorted(cpus)
 
     def close(self) -> None:

@@ -121,7 +121,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_dict
 
 from .dialer import Dialer
-from .engine import Engine, start_engine
+from .engine import Engine, default_loops, start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .nicplan import LOOPBACK_LINK_BYTES_PER_S
@@ -693,25 +693,17 @@ class Sender:
             ctx.buffer_bytes = buffer_bytes
             ctx.cpus = plan.cpus if plan is not None else None
             ctx.zerocopy = zerocopy
-            # rule 10: one loop sends every stream's large payloads (not the MSG_ZEROCOPY ones)
-            # a slot per stream the loop may carry at once
-            slots = min(64, max(1, -(-tp.max_streams // (tp.engine_loops or 1))))
-            engine = start_engine(tp.engine, slots, loops=tp.engine_loops, register=False)
-            sockinfo["engine"] = {"kind": engine.kind, "reason": engine.reason, "loops": len(engine.pumps)}
+            # rule 10: the loops send every stream's large payloads (not the MSG_ZEROCOPY ones), with a
+            # slot for each stream a loop may carry at once
+            loops = tp.engine_loops or default_loops()
+            slots = min(64, -(-tp.max_streams // loops))
+            engine = start_engine(tp.engine, slots, loops=loops, register=False)
             ctx.engine = engine
-            # transport.engine_cpus, else rule 8: the loops that send join the NIC's CPUs
-            cpus = tp.engine_cpus or ctx.cpus
-            if engine.pumps and cpus:
-                try:
-                    engine.pin(cpus)
-                    sockinfo["engine"]["cpus"] = sorted(cpus)
-                except (AttributeError, OSError, ValueError) as exc:
-                    log.warning("could not pin the send's engine loops to CPUs %s: %s", list(cpus), exc)
+            engine.pin(tp.engine_cpus or ctx.cpus, "the send's")  # the setting, else rule 8: the NIC's CPUs
             try:
                 max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             finally:
-                if engine.pumps:
-                    sockinfo["engine"]["bytes"] = engine.info().get("bytes", 0)
+                sockinfo["engine"] = engine.info()
                 engine.close()
             if zerocopy:
                 zc = dict(state.zerocopy)

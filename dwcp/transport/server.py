@@ -342,22 +342,23 @@ class DataServer:
     def start(self) -> tuple[str, int]:
         lc = self.config.listen
         fam = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((lc.host, lc.data_port))
-        s.listen(min(lc.max_connections, 1024))
         tc = self.config.transport
         # registered slots are pinned memory, worth it for WRITE_FIXED; a tmpfs .part is pwritten in the
         # loop instead (pump.h), so there they would only add to the daemon's resident set
         tmpfs = fs_type(str(self.config.storage.data_dir)) == "tmpfs"
-        self.engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops, register=not tmpfs)
-        if tc.engine_cpus and self.engine.pumps:
-            try:
-                self.engine.pin(tc.engine_cpus)
-            except (OSError, ValueError) as exc:
-                log.warning("transport.engine_cpus %s: the kernel refused (%s); the loops run anywhere",
-                            list(tc.engine_cpus), exc)  # fmt: skip
-        log.info("receive engine: %s (%s)", self.engine.kind, self.engine.reason)
+        engine = start_engine(tc.engine, tc.engine_slots, loops=tc.engine_loops, register=not tmpfs)
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((lc.host, lc.data_port))
+            s.listen(min(lc.max_connections, 1024))
+        except BaseException:
+            s.close()
+            engine.close()
+            raise
+        engine.pin(tc.engine_cpus, "the receive")
+        log.info("receive engine: %s (%s)", engine.kind, engine.reason)
+        self.engine = engine
         self._sock = s
         self._thread = threading.Thread(target=self._accept_loop, name="dwcp-accept", daemon=True)
         self._thread.start()
@@ -934,10 +935,9 @@ class DataServer:
         sess, partial = t.s, t.partial
         scratch = bytearray()
         chunk_buf = bytearray(sess.chunk_size)
-        slot = bytearray(
-            min(LEAF_BYTES, sess.chunk_size)
-        )  # plain RAW chunks pass through it a block at a time
         pump = self.engine.pick() if self.engine is not None else None  # this stream's loop
+        # without a loop, plain RAW chunks pass through this stream's own slot a block at a time
+        slot = bytearray(min(LEAF_BYTES, sess.chunk_size)) if pump is None else None
         idle = fs.sock.gettimeout()
         while not t.closed and sess.failure is None:
             fs.sock.settimeout(idle)  # between frames a data stream may be quiet for idle_timeout_s

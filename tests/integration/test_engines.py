@@ -63,13 +63,13 @@ def test_a_full_send_lands_through_the_engine(tmp_path, engine):
         info, sent = srv.engine.info(), r.socket["engine"]
         assert info["kind"] == engine and sent["kind"] == engine
         if engine == "threads":
-            assert srv.engine.pump is None and "slots" not in info and "bytes" not in sent
+            assert srv.engine.pumps == [] and "slots" not in info and "bytes" not in sent
         else:  # every RAW payload went through the pumps: the receiver's slots, the sender's loop
             assert info["bytes"] >= data.nbytes and info["jobs"] >= 10 and info["slots"] == 4
             assert sent["bytes"] >= data.nbytes
     finally:
         srv.close()
-    assert srv.engine.pump is None or srv.engine.pump.closed
+    assert all(p.closed for p in srv.engine.pumps)
 
 
 @pytest.mark.skipif(not aead.available()[0], reason=f"no AES-GCM here: {aead.available()[1]}")
