@@ -264,6 +264,28 @@ static int64_t dwcp_pwrite_all(int fd, const uint8_t *b, int64_t n, int64_t off,
     return w;
 }
 
+/* The current piece of a receive is complete: the tag is checked (the job finishes), or the block is
+ * opened and hashed and, with ``write_here``, pwritten and the next piece set up.  1 when the job
+ * finished, 0 when the next piece is set up, 2 when the hashed block still waits for its write. */
+static int dwcp_pump_piece_done(dwcp_pump *p, dwcp_pjob *j, int write_here) {
+    int err = 0, rc;
+    if (j->phase == 2) {
+        dwcp_pump_tag_ready(p, j);
+        return 1;
+    }
+    rc = dwcp_pump_block_ready(p, j);
+    if (rc != 0) {
+        dwcp_pump_finish(p, j, rc, 0);
+        return 1;
+    }
+    if (!write_here) return 2;
+    if (dwcp_pwrite_all(j->file, dwcp_pump_slot(p, j->slot), j->want, j->off + j->done, &err) < j->want) {
+        dwcp_pump_finish(p, j, DWCP_PS_FILE, err);
+        return 1;
+    }
+    return dwcp_pump_next(p, j);
+}
+
 /* -- sends ------------------------------------------------------------------------------------ */
 
 /* Seal the next block of the payload into the job's slot and make it the piece to send.  0 or EVP. */
@@ -377,7 +399,7 @@ static void dwcp_pump_epoll_send(dwcp_pump *p, dwcp_pjob *j) {
 
 /* Read what the socket has for the job; finish it on completion or failure. */
 static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
-    int moved = 0, err = 0;
+    int moved = 0;
     for (;;) {
         uint8_t *dst = j->phase == 2 ? j->tag : dwcp_pump_slot(p, j->slot);
         ssize_t r = recv(j->sock, dst + j->got, (size_t)(j->want - j->got), MSG_DONTWAIT);
@@ -386,20 +408,7 @@ static void dwcp_pump_epoll_progress(dwcp_pump *p, dwcp_pjob *j) {
             j->got += r;
             dwcp_pump_count(p, r);
             if (j->got < j->want) continue;
-            if (j->phase == 2) {
-                dwcp_pump_tag_ready(p, j);
-                return;
-            }
-            int rc = dwcp_pump_block_ready(p, j);
-            if (rc != 0) {
-                dwcp_pump_finish(p, j, rc, 0);
-                return;
-            }
-            if (dwcp_pwrite_all(j->file, dst, j->want, j->off + j->done, &err) < j->want) {
-                dwcp_pump_finish(p, j, DWCP_PS_FILE, err);
-                return;
-            }
-            if (dwcp_pump_next(p, j)) return;
+            if (dwcp_pump_piece_done(p, j, 1)) return;
             continue;
         }
         if (r == 0) {
@@ -581,28 +590,17 @@ static void dwcp_pump_uring_result(dwcp_pump *p, uint64_t ud, int32_t res) {
             dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
             return;
         }
-        if (j->phase == 2) {
-            dwcp_pump_tag_ready(p, j);
-            return;
-        }
-        int rc = dwcp_pump_block_ready(p, j);
-        if (rc != 0) {
-            dwcp_pump_finish(p, j, rc, 0);
-            return;
-        }
-        j->wrote = 0;
-        if (j->sync_write) {
-            int err = 0;
-            if (dwcp_pwrite_all(j->file, dwcp_pump_slot(p, j->slot), j->want, j->off + j->done, &err) < j->want) {
-                dwcp_pump_finish(p, j, DWCP_PS_FILE, err);
-                return;
-            }
-            if (dwcp_pump_next(p, j)) return;
+        switch (dwcp_pump_piece_done(p, j, j->sync_write)) {
+        case 0: /* written here: the next block */
             dwcp_pump_uring_queue(p, j, DWCP_UOP_RECV);
             return;
+        case 2: /* hashed: io_uring writes it */
+            j->wrote = 0;
+            dwcp_pump_uring_queue(p, j, DWCP_UOP_WRITE);
+            return;
+        default: /* finished */
+            return;
         }
-        dwcp_pump_uring_queue(p, j, DWCP_UOP_WRITE);
-        return;
     }
     /* a write */
     if (res == -EINTR || res == -EAGAIN) {
