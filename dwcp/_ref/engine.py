@@ -155,9 +155,9 @@ class Aead:
                                     f"altered or out of order", ERR_FORGED)  # fmt: skip
 
 
-def _pwrite_all(fd: int, mv: memoryview, off: int) -> tuple[int, str | None]:
-    """(bytes written, None), or (bytes written before it failed, the reason); a write that makes no
-    progress is ENOSPC (the kernel's _pwrite_all)."""
+def _pwrite_all(fd: int, mv: memoryview, off: int) -> tuple[int, int]:
+    """(bytes written, 0), or (bytes written before it failed, its errno); a write that makes no progress
+    is ENOSPC (the kernel's _pwrite_all)."""
     w = 0
     while w < mv.nbytes:
         try:
@@ -165,11 +165,11 @@ def _pwrite_all(fd: int, mv: memoryview, off: int) -> tuple[int, str | None]:
         except InterruptedError:
             continue
         except OSError as exc:
-            return w, exc.strerror or str(exc)
+            return w, exc.errno or errno.EIO
         if r == 0:
-            return w, os.strerror(errno.ENOSPC)
+            return w, errno.ENOSPC
         w += r
-    return w, None
+    return w, 0
 
 
 def _wait(poller, timeout_ms: int) -> bool:
@@ -224,9 +224,9 @@ def recv_blocks(sock_fd: int, slot, n: int, file_fd: int, file_off: int, timeout
             opener._update(work, 0, want)
             sp[:want] = work[:want]
         hashes += xxhash.xxh3_128_digest(sp[:want])
-        _, why = _pwrite_all(file_fd, sp[:want], file_off + done)
-        if why:
-            raise StorageError(f"{why} (writing at offset {file_off + done})")
+        _, err = _pwrite_all(file_fd, sp[:want], file_off + done)
+        if err:
+            raise StorageError(f"{os.strerror(err)} (writing at offset {file_off + done})")
         done += want
     if opener is not None:
         tag = bytearray(16)
@@ -298,9 +298,9 @@ def write_pages(file_fd: int, file_off: int, data, flags, page_size: int = 4096)
         while j < npages and fl[j]:
             j += 1
         a, b = i * page_size, min(j * page_size, n)
-        w, why = _pwrite_all(file_fd, mv[a:b], file_off + a)
-        if why:
-            raise StorageError(f"{why} (writing at offset {file_off + a + w})")
+        w, err = _pwrite_all(file_fd, mv[a:b], file_off + a)
+        if err:
+            raise StorageError(f"{os.strerror(err)} (writing at offset {file_off + a + w})")
         total += w
         i = j
     return total
@@ -729,9 +729,9 @@ class _PumpCore:
                 continue
             if j.phase == 2 or self._active.get(j.slot) is not j:
                 return  # the tag finished the job
-            w, why = _pwrite_all(j.file, self._slots[j.slot][: j.want], j.off + j.done)
-            if why:
-                self._finish(j, _FILE, _errno_of(why))
+            _, err = _pwrite_all(j.file, self._slots[j.slot][: j.want], j.off + j.done)
+            if err:
+                self._finish(j, _FILE, err)
                 return
             if self._next(j):
                 return
@@ -846,9 +846,9 @@ class _PumpCore:
                 elif res < j.want:
                     # a short write: the rest, from where it stopped
                     mv = self._slots[j.slot][res : j.want]
-                    w, why = _pwrite_all(j.file, mv, j.off + j.done + res)
-                    if why:
-                        self._finish(j, _FILE, _errno_of(why))
+                    _, err = _pwrite_all(j.file, mv, j.off + j.done + res)
+                    if err:
+                        self._finish(j, _FILE, err)
                     elif not self._next(j):
                         self._queue(j, _UOP_RECV)
                 elif not self._next(j):
@@ -861,10 +861,3 @@ def _sock_of(fd: int) -> socket.socket:
     if fd < 0:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     return socket.socket(fileno=fd)
-
-
-def _errno_of(why: str) -> int:
-    for code, text in ((errno.ENOSPC, os.strerror(errno.ENOSPC)), (errno.EBADF, os.strerror(errno.EBADF))):
-        if why == text:
-            return code
-    return next((c for c in errno.errorcode if os.strerror(c) == why), errno.EIO)
