@@ -258,7 +258,7 @@ class TransportConfig(_Section):
     engine: str = "auto"  # receive engine: auto | uring | epoll | threads (dwcp/transport/engine.py)
     engine_slots: int = 16  # each loop's 1 MiB slots: RAW payloads it receives at once (1..64)
     engine_loops: int = 0  # the engine's loops (pumps); streams spread over them; 0 = one per CPU, up to 4
-    engine_cpus: tuple = ()  # CPUs the engine's loops run on (the NIC queues' IRQ CPUs); () = the scheduler's
+    engine_cpus: tuple = ()  # CPUs the engine's loops run on; () = the NIC queues' IRQ CPUs (engine.receive_cpus)
 
     @property
     def encode_workers(self) -> int:

@@ -45,6 +45,7 @@ class Engine:
     def __post_init__(self) -> None:
         self._next = itertools.count()
         self.cpus: list[int] | None = None  # where pin() put the loops
+        self.cpus_why = ""  # where those come from, or why the loops are not pinned
 
     def pick(self) -> Any:
         """The pump for the next stream (round-robin; None for ``threads``)."""
@@ -61,12 +62,15 @@ class Engine:
             )
             out["loops"] = len(self.pumps)
             out["cpus"] = self.cpus
+            out["cpus_why"] = self.cpus_why
             for k in ("jobs", "bytes", "ops", "wakeups"):
                 out[k] = sum(i.get(k, 0) for i in infos)
         return out
 
-    def pin(self, cpus, whose: str) -> None:
-        """Run every loop on ``cpus``; a refusal is logged (``whose`` loops) and leaves them unpinned."""
+    def pin(self, cpus, whose: str, why: str = "") -> None:
+        """Run every loop on ``cpus`` (``why``: where they come from, or why there are none); a
+        refusal is logged (``whose`` loops) and leaves them unpinned.  ``info()`` says which."""
+        self.cpus_why = why
         if not self.pumps or not cpus:
             return
         try:
@@ -76,6 +80,7 @@ class Engine:
             log.warning(
                 "could not pin %s engine loops to CPUs %s: %s; they run anywhere", whose, list(cpus), exc
             )
+            self.cpus_why = f"pinning to {list(cpus)} ({why}) failed: {exc}"
             return
         self.cpus = sorted(cpus)
 
@@ -103,6 +108,62 @@ def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
         if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best:
             best, kind = len(mnt), right.split()[0] if right.split() else None
     return kind
+
+
+def receive_cpus(
+    nic: str | None,
+    found: str,
+    *,
+    rx_queues: int | None,
+    rx_irq_cpus: tuple[int, ...] | None,
+    allowed: set[int] | None,
+) -> tuple[tuple[int, ...] | None, str]:
+    """Where a daemon's receive loops run, and why (the ``dwcp tune`` rule for a send's threads,
+    applied to the NIC streams arrive on): on the CPUs its rx-queue IRQs are delivered on, where
+    the softirq that fills the sockets runs and leaves the data in cache, when the NIC has more
+    than one rx queue; on a single queue one IRQ serves every stream and nothing is pinned.
+
+    ``nic``: the ingress NIC (None: unknown, ``found`` says why); ``allowed``: the CPUs this
+    process may run on (None: unknown, all)."""
+    if nic is None:
+        return None, f"not pinned: {found}"
+    if nic == "lo":
+        return None, "not pinned: loopback has no NIC queue (the sender's CPU does the receive softirq)"
+    if not rx_queues or rx_queues < 2:
+        return None, f"not pinned: {nic} ({found}) has {rx_queues or 'an unknown number of'} rx queue(s)"
+    if not rx_irq_cpus:
+        return None, f"not pinned: no rx-queue IRQ of {nic} found in /proc/interrupts"
+    cpus = tuple(c for c in rx_irq_cpus if allowed is None or c in allowed)
+    if not cpus:
+        return (
+            None,
+            f"not pinned: {nic}'s rx-queue IRQ CPUs {list(rx_irq_cpus)} are not ones this process may use",
+        )
+    return cpus, f"the rx-queue IRQ CPUs of {nic} ({found}, {rx_queues} rx queues)"
+
+
+def read_receive_cpus(host: str) -> tuple[tuple[int, ...] | None, str]:
+    """``receive_cpus`` for a daemon listening on ``host``, from this host's facts (netlink, /proc)."""
+    import ipaddress
+
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return receive_cpus("lo", "", rx_queues=None, rx_irq_cpus=None, allowed=None)
+    except ValueError:
+        pass
+    from dwcp.tune.irq import read_rx_irq_cpus
+    from dwcp.tune.nic import ingress_nic, read_nics
+
+    nic, found = ingress_nic(host)
+    if nic is None or nic == "lo":
+        return receive_cpus(nic, found, rx_queues=None, rx_irq_cpus=None, allowed=None)
+    info = read_nics([nic])
+    try:
+        allowed: set[int] | None = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    return receive_cpus(nic, found, rx_queues=info[0].rx_queues if info else None,
+                        rx_irq_cpus=read_rx_irq_cpus(nic), allowed=allowed)  # fmt: skip
 
 
 def default_loops() -> int:

@@ -699,7 +699,17 @@ class Sender:
             slots = min(64, -(-tp.max_streams // loops))
             engine = start_engine(tp.engine, slots, loops=loops, register=False)
             ctx.engine = engine
-            engine.pin(tp.engine_cpus or ctx.cpus, "the send's")  # the setting, else rule 8: the NIC's CPUs
+            if tp.engine_cpus:  # the setting, else rule 8: the NIC's CPUs
+                engine.pin(tp.engine_cpus, "the send's", "transport.engine_cpus")
+            elif ctx.cpus:
+                engine.pin(ctx.cpus, "the send's", f"the tx-queue IRQ CPUs of {plan.nic if plan else '?'}")
+            else:
+                skipped = plan.skipped.get("cpu_affinity") if plan is not None else None
+                engine.pin(
+                    None,
+                    "the send's",
+                    f"not pinned: {skipped or 'no `dwcp tune` profile for the egress NIC'}",
+                )
             try:
                 max_streams_seen = self._run_streams(ctx, ctrl, n0, controller, decisions, t_start, progress)
             finally:

@@ -109,7 +109,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control, encode_page_hashes
 
 from .admission import REASONS, Admission, Limits, source_key
-from .engine import Engine, fs_type, start_engine
+from .engine import Engine, fs_type, read_receive_cpus, start_engine
 from .events import NO_EVENTS, TransferEvents
 from .framesock import FrameSocket
 from .session import (
@@ -356,7 +356,14 @@ class DataServer:
             s.close()
             engine.close()
             raise
-        engine.pin(tc.engine_cpus, "the receive")
+        cpus: tuple[int, ...] | None
+        if tc.engine_cpus:
+            cpus, why = tuple(tc.engine_cpus), "transport.engine_cpus"
+        elif engine.pumps:
+            cpus, why = read_receive_cpus(lc.host)
+        else:
+            cpus, why = None, "no loops: each stream's thread receives"
+        engine.pin(cpus, "the receive", why)
         log.info("receive engine: %s (%s)", engine.kind, engine.reason)
         self.engine = engine
         self._sock = s

@@ -1,7 +1,9 @@
 """A NIC's queue IRQs and the CPUs they run on: /proc/interrupts and /proc/irq/N/*affinity_list.
 
 Shared by ``dwcp tune`` (the profile's ``tx_irq_cpus``, which the sender pins
-its stream threads to) and ``dwcp doctor`` (the per-NIC probe).
+its stream threads to), the daemon (``rx_irq_cpus``: where its receive loops
+run, ``dwcp.transport.engine.receive_cpus``) and ``dwcp doctor`` (the
+per-NIC probe).
 
 Rules
 -----
@@ -23,7 +25,9 @@ __all__ = [
     "parse_cpu_list",
     "nic_irq_names",
     "is_tx_irq",
+    "is_rx_irq",
     "read_tx_irq_cpus",
+    "read_rx_irq_cpus",
 ]
 
 PROC = "/proc"
@@ -86,13 +90,23 @@ def nic_irq_names(name: str, net: str = SYSFS_NET) -> list[str]:
     return names
 
 
+_TX, _RX = ("tx", "output"), ("rx", "input")  # the words a tx / an rx queue's IRQ action carries
+
+
+def _serves(action: str, mine: tuple[str, str], other: tuple[str, str]) -> bool:
+    a = action.lower()
+    return any(w in a for w in mine) or not any(w in a for w in (*other, "config"))
+
+
 def is_tx_irq(action: str) -> bool:
     """Whether an IRQ action serves a transmit queue: a tx (``eth0-tx-0``, ``virtio2-output.0``) or
     combined (``eth0-TxRx-0``, a bare ``eth0-0``) queue; not an rx-only one nor a device's config vector."""
-    a = action.lower()
-    if "tx" in a or "output" in a:
-        return True
-    return not ("rx" in a or "input" in a or "config" in a)
+    return _serves(action, _TX, _RX)
+
+
+def is_rx_irq(action: str) -> bool:
+    """The same for a receive queue: ``eth0-rx-0``, ``virtio2-input.0``, combined ones; not tx-only."""
+    return _serves(action, _RX, _TX)
 
 
 def read_tx_irq_cpus(name: str, *, proc: str = PROC, net: str = SYSFS_NET) -> tuple[int, ...] | None:
@@ -100,6 +114,15 @@ def read_tx_irq_cpus(name: str, *, proc: str = PROC, net: str = SYSFS_NET) -> tu
 
     None when /proc/interrupts is unreadable; () when it names no tx-queue IRQ of this NIC
     (``lo``, veth, or a driver this reader does not know) or no affinity could be read."""
+    return _queue_irq_cpus(name, is_tx_irq, proc, net)
+
+
+def read_rx_irq_cpus(name: str, *, proc: str = PROC, net: str = SYSFS_NET) -> tuple[int, ...] | None:
+    """The same for ``name``'s receive queues: where its received packets are processed."""
+    return _queue_irq_cpus(name, is_rx_irq, proc, net)
+
+
+def _queue_irq_cpus(name: str, keep, proc: str, net: str) -> tuple[int, ...] | None:
     try:
         with open(os.path.join(proc, "interrupts"), errors="replace") as f:
             text = f.read(1 << 20)
@@ -107,9 +130,8 @@ def read_tx_irq_cpus(name: str, *, proc: str = PROC, net: str = SYSFS_NET) -> tu
         return None
     cpus: set[int] = set()
     for irq, action in parse_interrupts(text, nic_irq_names(name, net)):
-        if not is_tx_irq(action):
-            continue
-        cpus.update(_irq_cpus(proc, irq) or ())
+        if keep(action):
+            cpus.update(_irq_cpus(proc, irq) or ())
     return tuple(sorted(cpus))
 
 

@@ -315,3 +315,32 @@ def egress_nic(host: str) -> str | None:
             return links[0].get("ifname") if links else None
     except Exception:  # an unresolvable host, no route, no netlink: no profile, the defaults apply
         return None
+
+
+def ingress_nic(host: str) -> tuple[str | None, str]:
+    """The NIC that streams to a daemon listening on ``host`` arrive on, and how it was found: the
+    NIC holding the address, or for a wildcard (``0.0.0.0``, ``::``) the default route's NIC.
+    (None, why) where that cannot be found out."""
+    try:
+        import ipaddress
+
+        from pyroute2 import IPRoute
+
+        addr = ipaddress.ip_address(host or "0.0.0.0")
+        fam = 10 if addr.version == 6 else 2  # AF_INET6 / AF_INET
+        with IPRoute() as ip:
+            if addr.is_unspecified:
+                routes = [r for r in ip.get_routes(family=fam) if r.get("dst_len") == 0 and r.get("oif")]
+                if not routes:
+                    return None, f"listening on {host}, and no default route names a NIC"
+                oif, how = routes[0].get("oif"), f"the default route's NIC (listening on {host})"
+            else:
+                held = ip.get_addr(family=fam, address=str(addr))
+                if not held:
+                    return None, f"no NIC holds the listen address {host}"
+                oif, how = held[0]["index"], f"the NIC holding the listen address {host}"
+            links = ip.get_links(oif)
+            name = links[0].get("ifname") if links else None
+            return (name, how) if name else (None, f"interface {oif} has no name")
+    except Exception as exc:  # a name instead of an address, no netlink: unknown, nothing is pinned
+        return None, f"the NIC behind {host} could not be found ({exc})"

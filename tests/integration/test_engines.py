@@ -295,13 +295,23 @@ def test_engine_cpus_pins_the_loops_of_both_sides(tmp_path):
     cpu = sorted(os.sched_getaffinity(0))[-1]
     srv = _server(tmp_path, "epoll", engine_loops=2, engine_cpus=[cpu])
     try:
-        assert srv.engine.info()["cpus"] == [cpu]
+        assert srv.engine.info()["cpus"] == [cpu] and srv.engine.info()["cpus_why"] == "transport.engine_cpus"
         assert all(os.sched_getaffinity(p.native_id) == {cpu} for p in srv.engine.pumps)
         data = _data(8, 2 * MiB)
         r = Sender(tx_config(engine="epoll", engine_cpus=[cpu]), PLAIN).send(
             data, *srv.address, "eng/cpus", streams=1
         )
         assert stored(srv, "eng/cpus") == data.tobytes() and r.socket["engine"]["cpus"] == [cpu]
+        assert r.socket["engine"]["cpus_why"] == "transport.engine_cpus"
+    finally:
+        srv.close()
+    # without the setting, a loopback daemon and send derive nothing to pin, and say why
+    srv = _server(tmp_path / "auto", "epoll", engine_loops=2)
+    try:
+        info = srv.engine.info()
+        assert info["cpus"] is None and "loopback" in info["cpus_why"]
+        r = Sender(tx_config(engine="epoll"), PLAIN).send(data, *srv.address, "eng/cpus2", streams=1)
+        assert r.socket["engine"]["cpus"] is None and r.socket["engine"]["cpus_why"].startswith("not pinned")
     finally:
         srv.close()
     with pytest.raises(ConfigError, match=r"engine_cpus \[-1\]"):

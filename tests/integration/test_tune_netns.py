@@ -87,3 +87,29 @@ def test_tune_restricted_to_one_interface_and_a_missing_one(netns, tmp_path):
     assert r.stdout.splitlines()[1].startswith("vt0: ") and "mtu 9000" in r.stdout and "br0" not in r.stdout
     r = _tune(netns, "--interface", "eth0-not-here", cwd=str(tmp_path))
     assert r.returncode == 1 and r.stderr == "dwcp tune: error: no such interface: eth0-not-here\n"
+
+
+def test_receive_cpus_find_the_ingress_nic(netns, tmp_path):
+    """A daemon's receive loops follow the NIC its listen address is on (or the default route's for a
+    wildcard): veth has 4 rx queues here but no IRQs, and the reason says so; an address no NIC holds
+    is named."""
+    for cmd in (
+        ["link", "add", "vq0", "numtxqueues", "4", "numrxqueues", "4", "type", "veth", "peer", "name", "vq1"],
+        ["addr", "add", "10.77.0.1/24", "dev", "vq0"],
+        ["link", "set", "vq0", "up"],
+        ["link", "set", "vq1", "up"],
+        ["route", "add", "default", "via", "10.77.0.2", "dev", "vq0"],
+    ):  # fmt: skip
+        r = _ip("-n", netns, *cmd)
+        assert r.returncode == 0, f"ip -n {netns} {' '.join(cmd)}: {r.stderr}"
+    code = ("import json,sys; from dwcp.transport.engine import read_receive_cpus; "
+            "print(json.dumps([read_receive_cpus(h) for h in sys.argv[1:]]))")  # fmt: skip
+    r = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code, "10.77.0.1", "0.0.0.0", "10.77.0.9"],
+        capture_output=True, text=True, env=same_dwcp_env(), cwd=str(tmp_path), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    held, wildcard, missing = json.loads(r.stdout)
+    assert held == [None, "not pinned: no rx-queue IRQ of vq0 found in /proc/interrupts"]
+    assert wildcard == [None, "not pinned: no rx-queue IRQ of vq0 found in /proc/interrupts"]
+    assert missing == [None, "not pinned: no NIC holds the listen address 10.77.0.9"]

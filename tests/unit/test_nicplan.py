@@ -1,4 +1,5 @@
-"""dwcp.transport.nicplan (a NIC profile -> what a send applies) and dwcp.tune.irq (the tx IRQ CPUs)."""
+"""dwcp.transport.nicplan (a NIC profile -> what a send applies), dwcp.tune.irq (the queue IRQ CPUs) and
+dwcp.transport.engine.receive_cpus (where a daemon's receive loops run)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import os
 import pytest
 
 from dwcp.config import TransportConfig
+from dwcp.transport.engine import read_receive_cpus, receive_cpus
 from dwcp.transport.nicplan import plan_nic
 from dwcp.tune import NicInfo, Sysctls, stream_profile
-from dwcp.tune.irq import is_tx_irq, parse_cpu_list, read_tx_irq_cpus
+from dwcp.tune.irq import is_rx_irq, is_tx_irq, parse_cpu_list, read_rx_irq_cpus, read_tx_irq_cpus
 
 MiB = 1 << 20
 
@@ -193,6 +195,15 @@ def test_which_irqs_serve_a_tx_queue(action, tx):
     assert is_tx_irq(action) is tx
 
 
+@pytest.mark.parametrize(
+    "action, rx",
+    [("eth0-TxRx-0", True), ("eth0-rx-1", True), ("virtio2-input.0", True), ("eth0", True), ("eth0-0", True),
+     ("eth0-tx-0", False), ("virtio2-output.0", False), ("virtio2-config", False)],
+)  # fmt: skip
+def test_which_irqs_serve_an_rx_queue(action, rx):
+    assert is_rx_irq(action) is rx
+
+
 INTERRUPTS = """\
            CPU0       CPU1       CPU2       CPU3
  37:          0          0          0          0 PCI-MSIX   0-edge      virtio2-config
@@ -234,6 +245,40 @@ def test_tx_irq_cpus_from_a_fake_tree(tmp_path):
     assert read_tx_irq_cpus("eth1", proc=proc, net=net) == (1, 3)
     assert read_tx_irq_cpus("lo", proc=proc, net=net) == ()
     assert read_tx_irq_cpus("eth1", proc=str(tmp_path / "none"), net=net) is None
+    # the receive side of the same tree: virtio's input queue, eth1's combined queues and its rx-only one
+    assert read_rx_irq_cpus("eth0", proc=proc, net=net) == (1,)
+    assert read_rx_irq_cpus("eth1", proc=proc, net=net) == (0, 1, 3)
+    assert read_rx_irq_cpus("lo", proc=proc, net=net) == ()
+    assert read_rx_irq_cpus("eth1", proc=str(tmp_path / "none"), net=net) is None
+
+
+def test_receive_loops_go_to_the_ingress_nics_rx_irq_cpus():
+    got = receive_cpus(
+        "eth1", "the NIC holding 10.0.0.1", rx_queues=4, rx_irq_cpus=(1, 3), allowed={0, 1, 2, 3}
+    )
+    assert got == ((1, 3), "the rx-queue IRQ CPUs of eth1 (the NIC holding 10.0.0.1, 4 rx queues)")
+    # only the CPUs this process may run on; none of them: not pinned, with the reason
+    assert receive_cpus("eth1", "f", rx_queues=4, rx_irq_cpus=(1, 3), allowed={3})[0] == (3,)
+    cpus, why = receive_cpus("eth1", "f", rx_queues=4, rx_irq_cpus=(1, 3), allowed={0})
+    assert cpus is None and "not ones this process may use" in why
+    # one queue: one IRQ serves every stream, wherever the loops run
+    cpus, why = receive_cpus("eth0", "f", rx_queues=1, rx_irq_cpus=(1,), allowed=None)
+    assert cpus is None and "1 rx queue" in why
+    cpus, why = receive_cpus("eth1", "f", rx_queues=None, rx_irq_cpus=(1,), allowed=None)
+    assert cpus is None and "unknown number" in why
+    cpus, why = receive_cpus("eth1", "f", rx_queues=4, rx_irq_cpus=(), allowed=None)
+    assert cpus is None and "no rx-queue IRQ of eth1" in why
+    cpus, why = receive_cpus(None, "no NIC holds the listen address 10.9.9.9", rx_queues=4, rx_irq_cpus=(1,),
+                             allowed=None)  # fmt: skip
+    assert cpus is None and why == "not pinned: no NIC holds the listen address 10.9.9.9"
+
+
+def test_a_loopback_daemon_pins_nothing_and_says_why():
+    for host in ("127.0.0.1", "::1"):
+        cpus, why = read_receive_cpus(host)
+        assert cpus is None and "loopback" in why
+    cpus, why = read_receive_cpus("not-an-address.invalid")
+    assert cpus is None and "not-an-address.invalid" in why
 
 
 def test_the_profile_carries_the_nics_tx_irq_cpus():
