@@ -228,6 +228,13 @@ class StorageConfig(_Section):
 
 
 ENGINES = ("auto", "uring", "epoll", "threads")  # transport.engine (dwcp.transport.engine)
+ACKS = ("one", "quorum", "all")  # cluster.ack: verified copies a replicated send waits for (acks_needed)
+MAX_REPLICAS = 9  # cluster.replicas: the first receiver and the most hops a chain may name after it
+
+
+def acks_needed(ack: str, replicas: int) -> int:
+    """Verified copies a send to ``replicas`` homes must reach under ``ack``: 1, a majority, or all."""
+    return {"one": 1, "quorum": replicas // 2 + 1, "all": replicas}[ack]
 
 
 @dataclass(frozen=True)
@@ -439,6 +446,7 @@ class ClusterConfig(_Section):
     SECTION = "cluster"
     peers: tuple = ()  # of PeerConfig; [[cluster.peers]] tables in TOML
     replicas: int = 2  # copies of each key, on the first distinct peers of the hash ring
+    ack: str = "quorum"  # when a replicated send returns: one | quorum | all verified copies (ACKS)
     vnodes: int = 150  # ring points per peer
     policy: str = "p2c"  # round_robin, least_connections, p2c, geo, region
     region_priority: tuple = ()  # of region names, for policy = "region"
@@ -486,8 +494,10 @@ class ClusterConfig(_Section):
                 out.append(f"peers: {p.id}: coordinates out of range")
             if p.bft_key and not re.fullmatch(r"[0-9a-f]{64}", p.bft_key):
                 out.append(f"peers: {p.id}: bft_key must be 64 lowercase hex digits (an Ed25519 public key)")
-        if self.replicas < 1:
-            out.append(f"replicas {self.replicas} must be >= 1")
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            out.append(f"replicas {self.replicas} must be in [1, {MAX_REPLICAS}]")
+        if self.ack not in ACKS:
+            out.append(f"ack {self.ack!r}: one of {', '.join(ACKS)}")
         if not 1 <= self.vnodes <= 10_000:
             out.append(f"vnodes {self.vnodes} outside [1, 10000]")
         if self.policy not in ("round_robin", "least_connections", "p2c", "geo", "region"):

@@ -27,6 +27,9 @@ The hierarchy says who is at fault:
   the leader; ``leader`` names the one it knows, to retry there.
 * ``NoHealthyPeerError``  -- the balancer found no candidate that is healthy
   and behind a closed breaker.
+* ``ReplicationError``    -- a replicated send verified fewer copies than
+  ``cluster.ack`` asks for; ``replicas`` lists each home's outcome (the
+  copies that were made stay, and are listed in the catalog).
 * ``SubmissionQueueFullError`` -- the caller queued more io_uring operations
   than the submission queue holds without submitting (``dwcp._fast.uring``).
 
@@ -51,6 +54,7 @@ As a tree::
     |   +-- SourceChangedError
     +-- NotLeaderError
     +-- NoHealthyPeerError
+    +-- ReplicationError
     +-- TransferError
     +-- SubmissionQueueFullError
 
@@ -80,6 +84,7 @@ __all__ = [
     "SourceChangedError",
     "NotLeaderError",
     "NoHealthyPeerError",
+    "ReplicationError",
     "TransferError",
     "SubmissionQueueFullError",
 ]
@@ -210,6 +215,14 @@ class NotLeaderError(DWCPError):
 
 class NoHealthyPeerError(DWCPError):
     """Every candidate is unhealthy, ejected, or behind an open breaker."""
+
+
+class ReplicationError(DWCPError):
+    """Fewer verified copies than ``cluster.ack`` asks for; ``replicas``: [{"peer", "state", "error"}]."""
+
+    def __init__(self, message: str, replicas: tuple[dict[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.replicas = replicas
 
 
 class TransferError(DWCPError):

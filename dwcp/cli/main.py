@@ -265,6 +265,9 @@ def _cmd_send(args) -> int:
     if isinstance(r, ClusterSendReport):
         where += f" ({r.peer}" + (f" via {r.via}" if r.via else "") \
             + (f", after {len(r.failover)} failed" if r.failover else "") + ")"  # fmt: skip
+        if r.ack is not None:  # a replicated send: each home, and the policy it met
+            where += (f", {r.ack['verified']} of {len(r.replicas)} replicas verified (ack = {r.ack['policy']}: "
+                      + ", ".join(f"{x['peer']} {x['state']}" for x in r.replicas) + ")")  # fmt: skip
     _print(r.to_json(), args.json, f"sent {args.key} -> {where}: {t.mode}, {human_bytes(t.size)} raw, "
                                    f"{human_bytes(t.wire_bytes)} on the wire ({t.ratio:.1f}x), "
                                    f"{human_bytes(t.throughput_bytes_per_s)}/s, {t.streams.max} streams, "

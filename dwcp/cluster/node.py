@@ -10,6 +10,16 @@ first of all), and sends to the first that takes it; when a peer fails,
 even mid-transfer, its breaker learns of it and the transfer moves to the
 next candidate, which resumes whatever part of the object it already holds.
 Only ``probe`` does I/O (a TCP connect with a timeout).
+
+Replication (``replicas`` > 1, a ``cluster`` or ``region:`` target): the
+client sends once, to the first healthy home of the key; that receiver
+stores each chunk and forwards it, verified, to the next home, which does
+the same (HELLO's ``forward`` chain, ``dwcp.transport.session.Forward``);
+a home that fails is skipped by the hop before it.  ``ack`` decides when
+the send returns: after ``acks_needed`` verified copies (one, a majority,
+all).  Short of that it raises ``ReplicationError`` naming each home's
+outcome; the copies made stay (each home lists itself in the catalog after
+its verified commit), and anti-entropy repairs the rest.
 """
 
 from __future__ import annotations
@@ -20,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dwcp.config import ClusterConfig, NodeConfig
-from dwcp.errors import ConfigError, DWCPError
+from dwcp.config import ClusterConfig, NodeConfig, acks_needed
+from dwcp.errors import ConfigError, DWCPError, ReplicationError
 from dwcp.transport.dialer import Dialer
-from dwcp.transport.session import PROTOCOL_VERSION, TransferReport
+from dwcp.transport.session import PROTOCOL_VERSION, Forward, TransferReport
 from dwcp.transport.source import SourceError, as_source
 
 from .balancer import Balancer, NoHealthyPeerError, Peer, SessionAffinity
@@ -46,13 +56,20 @@ class ClusterSendReport:
     region: str  # that peer's region
     failover: tuple[dict[str, str], ...]  # what failed before, in order: {"peer": id, "error": why}
     via: str | None = None  # the relay's peer id, when the object went through one
+    # a replicated send: each home's outcome, {"peer", "state": stored | failed | pending, "error"}
+    replicas: tuple[dict[str, str], ...] = ()
+    ack: dict[str, Any] | None = None  # a replicated send: {"policy", "needed", "verified"}
 
     def to_json(self) -> dict[str, Any]:
-        """The transfer's JSON plus ``peer``, ``region``, ``via`` (through a relay only) and ``failover``."""
+        """The transfer's JSON plus ``peer``, ``region``, ``via`` (through a relay only), ``failover``,
+        and for a replicated send ``replicas`` and ``ack``."""
         doc = self.transfer.to_json() | {"peer": self.peer, "region": self.region}
         if self.via is not None:
             doc["via"] = self.via
         doc["failover"] = [dict(f) for f in self.failover]
+        if self.ack is not None:
+            doc["replicas"] = [dict(r) for r in self.replicas]
+            doc["ack"] = dict(self.ack)
         return doc
 
 
@@ -146,6 +163,22 @@ class ClusterView:
                                for pid in pool)  # fmt: skip
             raise NoHealthyPeerError(f"no healthy peer for {key!r} at {target}: {states}")
         return [self.peers[pid] for pid in ok]
+
+    def homes(self, key: str, target: str) -> list[str]:
+        """The key's ring homes at ``target`` (``cluster`` or ``region:R``): up to ``replicas`` peer ids,
+        the one affinity (else the balancer) prefers first, then the rest in ring order; healthy or not."""
+        kind, what = parse_target(target)
+        pool = [pid for pid, p in self.peers.items() if kind == "cluster" or p.region == what]
+        if not pool:
+            raise ConfigError(f"--to {target}: no peer there (regions: "
+                              f"{', '.join(sorted({p.region for p in self.peers.values()})) or 'none'})")  # fmt: skip
+        ring = self.ring if kind == "cluster" else self.ring.with_peers(pool)
+        homes = ring.replicas(key, self.config.replicas)
+        if not homes:
+            return homes
+        sticky = self.affinity.get(key, self.clock())
+        first = sticky if sticky in homes else self._spread(homes)[0]
+        return [first] + [h for h in homes if h != first]
 
     def _spread(self, homes: list[str]) -> list[str]:
         if len(homes) < 2:
@@ -246,6 +279,8 @@ class ClusterView:
         tried: list[dict[str, str]] = []
         size = as_source(data).size
         relay = self.relay_for(key, target, size, via)
+        if relay is None and self.config.replicas > 1 and parse_target(target)[0] in ("cluster", "region"):
+            return self.replicate(sender, data, key, target, **kw)
         if relay is not None:
             final = self.candidates(key, target)[0]
             if relay.id != final.id:
@@ -290,6 +325,73 @@ class ClusterView:
         raise NoHealthyPeerError(f"every candidate for {key!r} at {target} failed: "
                                  + "; ".join(f"{t['peer']}: {t['error']}" for t in tried) if tried else
                                  f"no candidate for {key!r} at {target} would take a call (breakers open)")  # fmt: skip
+
+    def replicate(self, sender, data, key: str, target: str, **kw: Any) -> ClusterSendReport:
+        """Store ``data`` as ``key`` on its homes at ``target`` through one send down a chain (module
+        docstring); returns once ``ack``'s copies are verified, else raises ReplicationError."""
+        homes = self.homes(key, target)
+        need = acks_needed(self.config.ack, len(homes))
+        now = self.clock()
+        outcome: dict[str, dict[str, str]] = {}  # peer id -> its outcome
+        up = []
+        for pid in homes:
+            p, state = self.peers[pid], self.breakers[pid].current(now)
+            if not p.healthy or state == "open":
+                outcome[pid] = {"peer": pid, "state": "failed", "error": "unhealthy" if not p.healthy else
+                                "its circuit breaker is open"}  # fmt: skip
+            else:
+                up.append(pid)
+        by_addr = {self.peers[pid].address: pid for pid in homes}
+        tried: list[dict[str, str]] = []
+        for i, first in enumerate(up):
+            chain = up[i + 1 :]  # short of `need` the copies are still made: the send fails, they stay
+            addrs = [self.peers[c].address for c in chain]
+            fwd = Forward(addrs[0], tuple(addrs[1:]), min(need - 1, len(chain))) if chain else None
+            p = self.peers[first]
+            host, _, port = p.address.rpartition(":")
+            p.active += 1
+            try:
+                r = sender.send(data, host.strip("[]"), int(port), key, forward_to=fwd, **kw)
+            except SourceError:
+                raise
+            except (DWCPError, OSError) as exc:
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                self.record(first, False)
+                tried.append({"peer": first, "error": why})
+                outcome[first] = {"peer": first, "state": "failed", "error": why}
+                self.failovers += 1
+                log.warning("replicating %s: the first home %s failed (%s); starting the chain at the next", key,
+                            first, exc)  # fmt: skip
+                continue
+            finally:
+                p.active -= 1
+            self.record(first, True, seconds=r.seconds, size=r.size, rtt_s=r.rtt_ms / 1000 or None)
+            self.affinity.set(key, first, self.clock())
+            outcome[first] = {"peer": first, "state": "stored"}
+            for hop in (r.relayed or {}).get("hops", []):
+                pid = by_addr.get(hop["to"], hop["to"])
+                outcome[pid] = {"peer": pid, **{k: v for k, v in hop.items() if k != "to"}}
+                if hop["state"] != "pending" and pid in self.peers:
+                    self.record(pid, hop["state"] == "stored")
+            replicas = tuple(
+                outcome.get(h, {"peer": h, "state": "failed", "error": "not reached"}) for h in homes
+            )
+            verified = sum(o["state"] == "stored" for o in replicas)
+            if verified < need:
+                raise ReplicationError(self._short(key, replicas, verified, need), replicas)
+            return ClusterSendReport(r, first, p.region, tuple(tried), replicas=replicas,
+                                     ack={"policy": self.config.ack, "needed": need, "verified": verified})  # fmt: skip
+        replicas = tuple(
+            outcome.get(h, {"peer": h, "state": "failed", "error": "not reached"}) for h in homes
+        )
+        raise ReplicationError(self._short(key, replicas, 0, need), replicas)
+
+    def _short(self, key: str, replicas, verified: int, need: int) -> str:
+        failed = "; ".join(
+            f"{o['peer']}: {o.get('error', o['state'])}" for o in replicas if o["state"] != "stored"
+        )
+        return (f"{key}: {verified} of {len(replicas)} replicas verified, cluster.ack = {self.config.ack!r} needs "
+                f"{need} ({failed}); the copies made stay, anti-entropy repairs the rest")  # fmt: skip
 
     # -- reporting -------------------------------------------------------------------
     def status(self) -> dict:

@@ -131,6 +131,7 @@ from .session import (
     CodecReport,
     DictionaryReport,
     DictRef,
+    Forward,
     SendSession,
     StreamsReport,
     TransferReport,
@@ -425,7 +426,7 @@ class Sender:
         progress=None,
         digest: bytes | None = None,
         ready: Callable[[int, float], bool] | None = None,
-        forward_to: str | None = None,
+        forward_to: str | Forward | None = None,
         base: FileSource | str | os.PathLike | None = None,
     ) -> TransferReport:
         """Send ``data`` as ``key``: any contiguous buffer (bytes, mmap, numpy array; never copied), or a
@@ -441,7 +442,9 @@ class Sender:
         asked before chunk ``i`` is read and must return True once its bytes
         are in ``data`` (a relay forwards chunks as they land); ``forward_to``
         (HOST:PORT) asks the receiver to relay the object on, pipelined, and to
-        answer only once the final receiver has verified and stored it.
+        answer only once the final receiver has verified and stored it; a
+        ``Forward`` with ``then``/``ack`` asks it to replicate along a chain
+        (the report's ``relayed["hops"]`` says who verified a copy).
 
         ``base``: the caller's previous version of this object (a FileSource, or a path), which it
         keeps itself (snapshot workflows; ``dwcp send NEW --base OLD``).  Its digest is offered as
@@ -481,7 +484,7 @@ class Sender:
 
     def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
               rate_limit_bytes_per_s: float | None, resource_type: str | None, progress, known_digest: bytes | None,
-              ready, forward_to: str | None, base_src: FileSource | None) -> TransferReport:  # fmt: skip
+              ready, forward_to: str | Forward | None, base_src: FileSource | None) -> TransferReport:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
         src = as_source(data)

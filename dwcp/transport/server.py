@@ -119,6 +119,7 @@ from .session import (
     WRITE_ALL,
     WRITE_DIRTY_PAGES,
     WRITE_NONZERO_PAGES,
+    Forward,
     ReceiveSession,
     SendHello,
     TransferReport,
@@ -197,53 +198,101 @@ class _Transfer:
         return "sealed" in self.s.hello.caps
 
 
-class _Forwarder(threading.Thread):
-    """Relay: send a transfer's object on to the next hop while it arrives, chunk by chunk.
+def _hostport_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    Reads the .part through its own mapping (the inode becomes the version at
-    commit, so the mapping stays valid), and hands each chunk to the next
-    hop only once it is stored and verified here (``Partial.wait_chunk``).
+
+class _Forwarder(threading.Thread):
+    """Relay or replicate: send a transfer's object on to the next hop while it arrives, chunk by chunk.
+
+    Reads the .part through its own mapping, opened before any chunk lands (the inode becomes the
+    version at commit, so the mapping stays valid even after this receiver answered DONE), and hands
+    each chunk to the next hop only once it is stored and verified here (``Partial.wait_chunk``).
+
+    A relay (HELLO's ``forward`` without ``ack``) has one hop and fails with it.  A replication chain
+    (``ack`` set) names hops in order: the object goes to the first, which forwards it along the rest;
+    a hop that fails is skipped and the object goes to the one after it (HDFS's pipeline recovery), so
+    ``hops`` ends up with every downstream hop's outcome: the ones this forwarder tried, then what the
+    hop that stored it reported of the hops after it.
     """
 
-    def __init__(self, server: DataServer, t: _Transfer, host: str, port: int, digest: bytes) -> None:
+    def __init__(self, server: DataServer, t: _Transfer, req: SendHello) -> None:
+        import mmap
+
         super().__init__(name=f"dwcp-relay-{t.transfer_id:x}", daemon=True)
-        self.server, self.t, self.host, self.port, self.digest = server, t, host, port, digest
-        self.to = f"{host}:{port}"
-        self.error: str | None = None
-        self.result: TransferReport | None = None  # the next hop's report, once it verified the object
+        assert req.forward_to is not None
+        self.server, self.t, self.digest, self.ack = server, t, req.digest, req.forward_ack
+        self.chain = [_hostport_text(h, p) for h, p in (req.forward_to, *req.forward_then)]
+        self.to = self.chain[0]
+        self.error: str | None = None  # a relay's failure
+        self.result: TransferReport | None = None  # the report of the hop that stored it, once verified
+        self.hops: list[dict[str, str]] = []  # a chain's outcomes, once done
+        self._upstream_gone = False
+        fd = os.open(t.partial.part_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._m = mmap.mmap(fd, t.size, prot=mmap.PROT_READ) if t.size else None
+        finally:
+            os.close(fd)
 
     def _ready(self, i: int, timeout_s: float) -> bool:
         if self.t.partial.wait_chunk(i, timeout_s):
             return True
         if self.t.closed:  # the upstream transfer ended without this chunk
+            self._upstream_gone = True
             raise BrokenResourceError("the upstream transfer ended")
         return False
 
-    def run(self) -> None:
-        import mmap
+    def forwarded(self) -> dict[str, Any]:
+        """DONE's ``forwarded``: the hop that stored it (or the first, still pending), and a chain's hops."""
+        r = self.result
+        out: dict[str, Any] = {"to": r.to if r is not None else self.to, "seconds": r.seconds if r else 0,
+                               "wire_bytes": r.wire_bytes if r else 0, "mode": r.mode if r else "pending"}  # fmt: skip
+        if self.ack is not None:
+            out["hops"] = (
+                list(self.hops)
+                if not self.is_alive()
+                else [{"to": h, "state": "pending"} for h in self.chain]
+            )
+        return out
 
+    def run(self) -> None:
         from .sender import Sender
 
         cfg = self.server.config
         try:
-            fd = os.open(self.t.partial.part_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                m = mmap.mmap(fd, self.t.size, prot=mmap.PROT_READ) if self.t.size else None
-            finally:
-                os.close(fd)
-            try:
-                # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
-                tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
-                snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec,
-                             dictionaries=self.server.dictionaries)  # fmt: skip
-                self.result = snd.send(m if m is not None else b"", self.host, self.port, self.t.key,
-                                       digest=self.digest, ready=self._ready)  # fmt: skip
-            finally:
-                if m is not None:
-                    close_mapping(m)
+            # the upstream's chunk size: chunk i here must be chunk i of the partial it waits on
+            tp = replace(cfg.transport, chunk_size_bytes=self.t.chunk_size)
+            snd = Sender(tp, cfg.security, node_id=cfg.node.id, events=self.server.events, codec=cfg.codec,
+                         dictionaries=self.server.dictionaries)  # fmt: skip
+            for i, to in enumerate(self.chain):
+                rest = self.chain[i + 1 :]
+                nxt = (
+                    Forward(rest[0], tuple(rest[1:]), max(0, (self.ack or 0) - 1))
+                    if rest and self.ack is not None
+                    else None
+                )
+                host, _, port = to.rpartition(":")
+                try:
+                    r = snd.send(self._m if self._m is not None else b"", host.strip("[]"), int(port), self.t.key,
+                                 digest=self.digest, ready=self._ready, forward_to=nxt)  # fmt: skip
+                except Exception as exc:
+                    if self.ack is None or self._upstream_gone:
+                        raise
+                    why = f"{type(exc).__name__}: {exc}"[:500]
+                    self.hops.append({"to": to, "state": "failed", "error": why})
+                    log.warning("replicating %s to %s failed (%s); %s", self.t.key, to, why,
+                                f"on to {rest[0]}" if rest else "no hop left")  # fmt: skip
+                    continue
+                self.result = r
+                self.hops.append({"to": to, "state": "stored"})
+                self.hops += (r.relayed or {}).get("hops", [])
+                break
         except Exception as exc:  # reported to the upstream sender in the DONE/ERROR
             self.error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("relay of %s to %s failed: %s", self.t.key, self.to, self.error)
+        finally:
+            if self._m is not None:
+                close_mapping(self._m)
 
 
 def _limits(config: Config) -> Limits:
@@ -698,9 +747,10 @@ class DataServer:
         if not self._allowed(peer, key, "write"):
             return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{peer} is not allowed to write {key!r} on "
                                 f"{self.config.node.id} (no security.acl rule grants it)", "acl")  # fmt: skip
-        if req.forward_to is not None and not self._relay_target_ok(*req.forward_to):
-            return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{key}: will not relay to {hello['forward']['to']}: "
-                                "not a [cluster] peer nor in security.relay_allow", "relay")  # fmt: skip
+        for hop in (req.forward_to, *req.forward_then) if req.forward_to is not None else ():
+            if not self._relay_target_ok(*hop):
+                return self._refuse(fs, rep, C.ERR_FORBIDDEN, f"{key}: will not relay to {_hostport_text(*hop)}: "
+                                    "not a [cluster] peer nor in security.relay_allow", "relay")  # fmt: skip
         if self._draining:
             return self._refuse(fs, rep, C.ERR_UNAVAILABLE, f"{self.config.node.id} is shutting down; send {key} "
                                 "elsewhere or later")  # fmt: skip
@@ -755,7 +805,7 @@ class DataServer:
                     fs.send(encode_page_hashes(transfer_id, i // 8, hashes[i : i + step]))
             if sess.needs_dict:
                 self._receive_dictionary(fs, sess)
-            fwd = self._start_forwarder(t, req.forward_to, req.digest) if req.forward_to is not None else None
+            fwd = self._start_forwarder(t, req) if req.forward_to is not None else None
             # The control stream is quiet while the data streams work: a silent control stream is
             # only idle if the transfer made no progress either.  A failure of the transfer (the
             # disk, a takeover) is answered here, where the sender waits for DONE.
@@ -801,15 +851,17 @@ class DataServer:
                 "size": info.size,
                 "chunks": sess.nchunks,
             }
-            if fwd is not None:  # answer only once the next hop holds it too: end-to-end verified
+            if fwd is not None and fwd.ack is None:  # a relay answers once the next hop holds it too
                 fwd.join()
                 if fwd.error is not None:
                     self._send_error(fs, C.ERR_UNAVAILABLE, f"{key}: stored here, but relaying to {fwd.to} failed: "
                                                             f"{fwd.error}")  # fmt: skip
                     return
-                assert fwd.result is not None  # no error: the send returned its report
-                done["forwarded"] = {"to": fwd.to, "seconds": fwd.result.seconds,
-                                     "wire_bytes": fwd.result.wire_bytes, "mode": fwd.result.mode}  # fmt: skip
+                done["forwarded"] = fwd.forwarded()
+            elif fwd is not None:  # a replication chain: once `ack` hops hold it (0: now), with who does
+                if fwd.ack:
+                    fwd.join()
+                done["forwarded"] = fwd.forwarded()
             fs.send(encode_control(C.FRAME_DONE, transfer_id, done))
             log.info(
                 "transfer %x: %s committed (%d bytes, %s)", transfer_id, key, info.size, info.digest.hex()
@@ -894,10 +946,11 @@ class DataServer:
                 return True
         return False
 
-    def _start_forwarder(self, t: _Transfer, to: tuple[str, int], digest: bytes) -> _Forwarder:
-        fwd = _Forwarder(self, t, to[0], to[1], digest)
+    def _start_forwarder(self, t: _Transfer, req: SendHello) -> _Forwarder:
+        fwd = _Forwarder(self, t, req)
         fwd.start()
-        log.info("transfer %x: relaying %s on to %s as it lands", t.transfer_id, t.key, fwd.to)
+        log.info("transfer %x: %s %s on to %s as it lands", t.transfer_id, "relaying" if fwd.ack is None else
+                 "replicating", t.key, " -> ".join(fwd.chain))  # fmt: skip
         return fwd
 
     # -- data streams ----------------------------------------------------

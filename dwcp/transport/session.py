@@ -128,7 +128,7 @@ from dwcp.wire import consts as C
 __all__ = [
     "PROTOCOL_VERSION", "CAPS", "SendHello", "Plan", "ReceiveSession", "parse_send", "negotiate", "plan",
     "ADMIT_CLAIMED", "ADMIT_HELD", "ADMIT_BUSY", "WRITE_SKIP", "WRITE_NONZERO_PAGES", "WRITE_DIRTY_PAGES",
-    "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS", "DictRef",
+    "WRITE_ALL", "SendSession", "NACK_RESEND", "NACK_IGNORE", "NACK_FAILED", "MAX_NACKS", "DictRef", "Forward",
 ]  # fmt: skip
 
 # 2: an object's digest is the root of its chunk-hash tree (dwcp.digest), no longer the whole-object xxh3-128
@@ -178,12 +178,38 @@ class SendHello:
     forward_to: tuple[str, int] | None  # a relay's next hop
     caps: frozenset[str]  # negotiated: in both CAPS and the sender's list
     dictionary: DictRef | None = None  # the zstd dictionary chunks may be compressed with (rule 13)
+    forward_then: tuple[tuple[str, int], ...] = ()  # a replication chain's later hops (Forward)
+    forward_ack: int | None = None  # copies the chain must verify before DONE; None: a plain relay
 
 
-def _hostport(text: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class Forward:
+    """Where a receiver sends the object on as it lands (HELLO's ``forward``).
+
+    A relay names ``to`` only: the receiver answers DONE once ``to`` holds the object verified, or
+    ERROR.  A replication chain adds ``then`` (the hops after ``to``; each receiver forwards to the
+    next, skipping one that fails) and ``ack``: how many verified copies the chain from ``to`` on
+    must hold before this receiver answers DONE (0: at once, forwarding in the background).  Its
+    DONE then lists every downstream hop's outcome (``forwarded.hops``), and the sender judges.
+    """
+
+    to: str
+    then: tuple[str, ...] = ()
+    ack: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"to": self.to}
+        if self.then:
+            d["then"] = list(self.then)
+        if self.ack is not None:
+            d["ack"] = self.ack
+        return d
+
+
+def _hostport(text: str, field: str = "forward.to") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RemoteProtocolError(f"forward.to {text!r} is not HOST:PORT", C.ERR_BAD_FIELD)
+        raise RemoteProtocolError(f"{field} {text!r} is not HOST:PORT", C.ERR_BAD_FIELD)
     return host.strip("[]"), int(port)
 
 
@@ -199,12 +225,17 @@ def parse_send(transfer_id: int, hello: dict) -> SendHello:
     base = hello.get("base_digest")
     fwd = hello.get("forward")
     caps = negotiate(hello.get("caps"))
+    then = tuple(_hostport(a, "forward.then") for a in fwd.get("then", ())) if fwd else ()
+    if fwd and fwd.get("ack", 0) > 1 + len(then):
+        raise RemoteProtocolError(f"forward.ack {fwd['ack']} is more copies than its chain of {1 + len(then)} "
+                                  "hops can hold", C.ERR_BAD_FIELD)  # fmt: skip
     dd = hello.get("dict")  # its fields' types and bounds were checked by the message schema
     if dd is not None and "zdict" not in caps:
         raise RemoteProtocolError('HELLO names a dictionary but does not offer "zdict"', C.ERR_BAD_FIELD)
     return SendHello(transfer_id, key, hello["size"], bytes.fromhex(hello["digest"]), hello["chunk_size"],
                      bytes.fromhex(base) if base else None, _hostport(fwd["to"]) if fwd else None, caps,
-                     DictRef(dd["id"], bytes.fromhex(dd["digest"]), dd["size"]) if dd else None)  # fmt: skip
+                     DictRef(dd["id"], bytes.fromhex(dd["digest"]), dd["size"]) if dd else None,
+                     then, fwd.get("ack") if fwd else None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -526,7 +557,7 @@ class SendSession:
     """
 
     def __init__(self, transfer_id: int, key: str, size: int, digest: bytes, chunk_size: int, *, node: str,
-                 base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | None = None,
+                 base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | Forward | None = None,
                  streams: int | None = None, dictionary: DictRef | None = None,
                  sealed: bool = False) -> None:  # fmt: skip
         self.transfer_id = transfer_id
@@ -539,7 +570,7 @@ class SendSession:
         if not sealed:
             self.caps = self.caps - {"sealed"}
         self.sealed = False  # WELCOME agreed: data streams seal their records after HELLO
-        self.forward_to = forward_to
+        self.forward = Forward(forward_to) if isinstance(forward_to, str) else forward_to
         self.streams = streams
         self.dictionary = dictionary  # offered in HELLO (rule 13)
         self.dict_needed = False  # WELCOME asked for it: the driver sends it before the data streams
@@ -576,8 +607,8 @@ class SendSession:
                "caps": sorted(self.caps), "node": self.node}  # fmt: skip
         if self.offered_base is not None:
             msg["base_digest"] = self.offered_base.hex()
-        if self.forward_to:
-            msg["forward"] = {"to": self.forward_to}
+        if self.forward is not None:
+            msg["forward"] = self.forward.to_wire()
         if self.streams is not None:
             msg["streams"] = self.streams
         if self.dictionary is not None:

@@ -24,11 +24,13 @@ from dwcp.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from dwcp.wire import consts as C
 
 __all__ = ["encode_control", "decode_control", "encode_dict", "SCHEMAS", "MAX_STREAMS", "MAX_OBJECT_BYTES",
-           "MAX_DICT_BYTES"]  # fmt: skip
+           "MAX_DICT_BYTES", "MAX_FORWARD_HOPS", "HOP_STATES"]  # fmt: skip
 
 MAX_STREAMS = 256
 MAX_OBJECT_BYTES = 1 << 44  # 16 TiB
 MAX_DICT_BYTES = 1 << 20  # a zstd dictionary (dwcp.codec.dictionaries)
+MAX_FORWARD_HOPS = 8  # receivers a replicated send may name after the first (HELLO's forward.then)
+HOP_STATES = ("stored", "failed", "pending")  # a downstream hop's state in DONE's forwarded.hops
 _HEX32 = re.compile(r"[0-9a-f]{32}")  # with fullmatch: `$` would let a final "\n" by
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -55,7 +57,10 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
             False,
         ),  # data streams of a sealed transfer: the 32-byte secret (dwcp.security.aead), hex
         "node": (str, False),
-        "forward": (dict, False),  # {"to": "HOST:PORT"}: relay the object on to the next hop
+        # {"to": "HOST:PORT"}: relay the object on to the next hop; a replicated send adds "then" (the
+        # chain's later hops, each relays to the next) and "ack" (verified copies the chain from "to" on
+        # must hold before this receiver answers DONE; 0: answer at once and forward in the background)
+        "forward": (dict, False),
         "dict": (dict, False),  # {"id", "digest", "size"}: the zstd dictionary the chunks may use
     },
     C.FRAME_WELCOME: {
@@ -80,7 +85,9 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         "size": (int, False),
         "ok": (bool, False),
         "chunks": (int, False),
-        "forwarded": (dict, False),  # a relay's next hop: {"to", "seconds", "wire_bytes", "mode"}
+        # a relay's next hop: {"to", "seconds", "wire_bytes", "mode"}, and for a replicated send "hops":
+        # [{"to", "state": stored | failed | pending, "error"}], every downstream hop's outcome
+        "forwarded": (dict, False),
     },
     C.FRAME_ERROR: {"code": (int, True), "message": (str, True)},
     # a consensus message (Raft, an epoch envelope): its content is dwcp.consensus.wire's, the one validator
@@ -175,18 +182,41 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
         raise err(f"dict must be {{id: 1..2**32-1, digest: 32 hex digits, size: 1..{MAX_DICT_BYTES}}}")
     fw = obj.get("forward")
     if fw is not None and (
-        set(fw) != {"to"} or not isinstance(fw["to"], str) or not 0 < len(fw["to"]) <= 300
-    ):
-        raise err('forward must be {"to": "HOST:PORT"}')
+        not {"to"} <= set(fw) <= {"to", "then", "ack"} or not _addr(fw["to"])
+        or not isinstance(fw.get("then", []), list) or len(fw.get("then", [])) > MAX_FORWARD_HOPS
+        or not all(_addr(a) for a in fw.get("then", []))
+        or not _small_int(fw.get("ack", 0), MAX_FORWARD_HOPS + 1)
+    ):  # fmt: skip
+        raise err(f'forward must be {{"to": "HOST:PORT", "then": [at most {MAX_FORWARD_HOPS} HOST:PORT], '
+                  f'"ack": 0..{MAX_FORWARD_HOPS + 1}}}')  # fmt: skip
     fd = obj.get("forwarded")
     if fd is not None and (
-        set(fd) != {"to", "seconds", "wire_bytes", "mode"} or not isinstance(fd["to"], str) or len(fd["to"]) > 300
+        not {"to", "seconds", "wire_bytes", "mode"} <= set(fd) <= {"to", "seconds", "wire_bytes", "mode", "hops"}
+        or not isinstance(fd["to"], str) or len(fd["to"]) > 300
         or not isinstance(fd["mode"], str) or len(fd["mode"]) > 16
         or not all(isinstance(fd[k], int | float) and not isinstance(fd[k], bool) and 0 <= fd[k] < 2**63
                    for k in ("seconds", "wire_bytes"))
+        or not _hops(fd.get("hops", []))
     ):  # fmt: skip
-        raise err("forwarded must be {to, seconds, wire_bytes, mode}")
+        raise err("forwarded must be {to, seconds, wire_bytes, mode[, hops: [{to, state, error}]]}")
     return obj
+
+
+def _addr(a: Any) -> bool:
+    return isinstance(a, str) and 0 < len(a) <= 300
+
+
+def _small_int(n: Any, hi: int) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= hi
+
+
+def _hops(hops: Any) -> bool:
+    """DONE's forwarded.hops: at most MAX_FORWARD_HOPS + 1 {to, state[, error]}."""
+    return isinstance(hops, list) and len(hops) <= MAX_FORWARD_HOPS + 1 and all(
+        isinstance(h, dict) and {"to", "state"} <= set(h) <= {"to", "state", "error"} and _addr(h["to"])
+        and h["state"] in HOP_STATES and isinstance(h.get("error", ""), str) and len(h.get("error", "")) <= 500
+        for h in hops
+    )  # fmt: skip
 
 
 def encode_control(frame_type: int, transfer_id: int, msg: dict) -> bytes:

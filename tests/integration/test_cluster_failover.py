@@ -1,5 +1,6 @@
 """Four daemons on loopback in two regions: a send to region:r1 survives the kill -9
-of the peer it started on, finishing on the key's next replica with a verified digest."""
+of the peer it started on, finishing on the next peer in the key's ring order with a verified
+digest (one replica: with more, the send is a replication chain, tests/integration/test_replication.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
         cfg = tmp_path / "tx.toml"
         cfg.write_text(f'[node]\nid = "tx"\nregion = "r2"\n[security]\nplaintext = true\n[storage]\n'
                        f'data_dir = "{tmp_path / "tx"}"\n[transport]\nchunk_size_bytes = 1048576\n'
-                       f'stall_timeout_s = 3.0\nmax_stream_reconnects = 4\n[cluster]\nreplicas = 2\n{peers}')  # fmt: skip
+                       f'stall_timeout_s = 3.0\nmax_stream_reconnects = 4\n[cluster]\nreplicas = 1\n{peers}')  # fmt: skip
         data = np.random.default_rng(4).integers(0, 256, 32 << 20, dtype=np.uint8)
         src = tmp_path / "obj"
         data.tofile(src)
@@ -70,7 +71,7 @@ def test_send_fails_over_to_the_next_replica_when_its_peer_dies(tmp_path):
         others = "".join(f'[[cluster.peers]]\nid = "{n}"\naddress = "127.0.0.1:{ports[n]}"\nregion = "{r}"\n'
                          for n, r in nodes.items() if n != "n3")  # fmt: skip
         dcfg = tmp_path / "d" / "n3.toml"
-        dcfg.write_text(dcfg.read_text() + f"[cluster]\n{others}")
+        dcfg.write_text(dcfg.read_text() + f"[cluster]\nreplicas = 1\n{others}")
         assert request(socks["n3"], {"op": "reload"}, timeout_s=10)["ok"]
         r = request(
             socks["n3"], {"op": "send", "path": str(src), "to": "region:r1", "key": "vm/again"}, timeout_s=60

@@ -14,7 +14,7 @@ from dwcp.cluster.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, Circuit
 from dwcp.cluster.geo import Location, PrefixTable, haversine_km
 from dwcp.cluster.ring import HashRing
 from dwcp.cluster.routing import RegionGraph
-from dwcp.errors import ConfigError
+from dwcp.errors import ConfigError, ReplicationError
 
 KEYS = [f"vm/{i}/disk" for i in range(20_000)]
 
@@ -354,6 +354,111 @@ class FakeSender:
         if f"{host}:{port}" in self.fail:
             raise OSError("connection refused")
         return transfer_report(seconds=1.0, size=len(data), rtt_ms=1.0)
+
+
+class ChainSender:
+    """A first home that stores and forwards down the chain it is given (HELLO's forward): a hop in
+    ``down`` fails and is skipped, as dwcp.transport.server._Forwarder does; ``ack`` 0 leaves the
+    hops pending."""
+
+    def __init__(self, down=()):
+        self.calls, self.down = [], set(down)
+
+    def send(self, data, host, port, key, *, forward_to=None, **kw):
+        self.calls.append((f"{host}:{port}", forward_to))
+        if f"{host}:{port}" in self.down:
+            raise OSError("connection refused")
+        hops = []
+        chain = [forward_to.to, *forward_to.then] if forward_to is not None else []
+        for a in chain:
+            if forward_to.ack == 0:
+                hops.append({"to": a, "state": "pending"})
+            elif a in self.down:
+                hops.append({"to": a, "state": "failed", "error": "ConnectionRefusedError"})
+            else:
+                hops.append({"to": a, "state": "stored"})
+        relayed = (
+            {"to": chain[0], "seconds": 1, "wire_bytes": 1, "mode": "full", "hops": hops} if chain else None
+        )
+        return transfer_report(seconds=1.0, size=len(data), rtt_ms=1.0, relayed=relayed)
+
+
+def _chain(v, key, first):
+    """The homes of ``key`` as a chain starting at ``first`` (the balancer's pick): the rest in ring order."""
+    ring = v.ring.replicas(key, v.config.replicas)
+    return [first] + [h for h in ring if h != first]
+
+
+@pytest.mark.parametrize("ack, need", [("one", 1), ("quorum", 2), ("all", 3)])
+def test_a_replicated_send_goes_once_down_a_chain_of_the_keys_homes(ack, need):
+    from dwcp.config import acks_needed
+
+    assert acks_needed(ack, 3) == need and acks_needed("quorum", 5) == 3 and acks_needed("quorum", 4) == 3
+    v, _ = view(replicas=3, ack=ack)
+    assert sorted(v.homes("vm/7", "cluster")) == sorted(v.ring.replicas("vm/7", 3))
+    s = ChainSender()
+    r = v.send(s, b"x" * 100, "vm/7", "cluster")
+    homes = _chain(v, "vm/7", r.peer)
+    addr = {pid: v.peers[pid].address for pid in homes}
+    # one send, to the first home, naming the other two in order and how many of them must verify it
+    assert len(s.calls) == 1 and s.calls[0][0] == addr[homes[0]]
+    fwd = s.calls[0][1]
+    assert (fwd.to, fwd.then, fwd.ack) == (addr[homes[1]], (addr[homes[2]],), need - 1)
+    want = "pending" if ack == "one" else "stored"
+    assert [(x["peer"], x["state"]) for x in r.replicas] == [
+        (homes[0], "stored"), (homes[1], want), (homes[2], want)]  # fmt: skip
+    assert r.ack == {"policy": ack, "needed": need, "verified": 1 if ack == "one" else 3}
+    doc = r.to_json()
+    assert doc["ack"] == r.ack and doc["replicas"][0] == {"peer": homes[0], "state": "stored"}
+    v.affinity.set("vm/7", homes[2], 0.0)  # the key's affinity peer starts the chain
+    assert v.homes("vm/7", "cluster")[0] == homes[2]
+
+
+def test_a_replicated_send_skips_failed_homes_and_fails_short_of_its_ack():
+    v, _ = view(replicas=3, ack="quorum")
+    addr = {pid: p.address for pid, p in v.peers.items()}
+    ring = v.ring.replicas("vm/8", 3)
+    v.affinity.set("vm/8", ring[0], 0.0)  # pin the first home, so the order is the ring's
+    # the first home refuses: the chain starts at the second, and quorum (2) is still met
+    s = ChainSender(down={addr[ring[0]]})
+    r = v.send(s, b"x", "vm/8", "cluster")
+    assert [c[0] for c in s.calls] == [addr[ring[0]], addr[ring[1]]] and r.peer == ring[1]
+    assert s.calls[1][1].to == addr[ring[2]] and s.calls[1][1].then == () and s.calls[1][1].ack == 1
+    assert {x["peer"]: x["state"] for x in r.replicas} == {ring[0]: "failed", ring[1]: "stored",
+                                                           ring[2]: "stored"}  # fmt: skip
+    assert r.failover[0]["peer"] == ring[0] and v.breakers[ring[0]].snapshot(0.0)["consecutive_failures"] == 1
+    # two homes down (one of them mid-chain): 1 of 3 verified, short of quorum: an error naming both
+    v, _ = view(replicas=3, ack="quorum")
+    v.affinity.set("vm/8", ring[0], 0.0)
+    s = ChainSender(down={addr[ring[0]], addr[ring[2]]})
+    with pytest.raises(
+        ReplicationError, match=r"1 of 3 replicas verified, cluster.ack = 'quorum' needs 2"
+    ) as ei:
+        v.send(s, b"x", "vm/8", "cluster")
+    assert ring[0] in str(ei.value) and ring[2] in str(ei.value)
+    assert [o["state"] for o in ei.value.replicas] == ["failed", "stored", "failed"]
+    # an unhealthy home is not sent to at all, and counts as failed
+    v, _ = view(replicas=3, ack="all")
+    v.affinity.set("vm/8", ring[0], 0.0)
+    v.peers[ring[1]].healthy = False
+    s = ChainSender()
+    with pytest.raises(ReplicationError, match=rf"{ring[1]}: unhealthy"):
+        v.send(s, b"x", "vm/8", "cluster")
+    assert s.calls[0][1].to == addr[ring[2]] and s.calls[0][1].then == ()
+    # one replica: no chain, the failover path of before
+    v, _ = view(replicas=1)
+    s = ChainSender()
+    r = v.send(s, b"x", "vm/8", "cluster")
+    assert s.calls[0][1] is None and r.ack is None and "replicas" not in r.to_json()
+
+
+def test_cluster_ack_and_replicas_are_checked():
+    from dwcp.config import from_dict
+
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"security": {"plaintext": True}, "cluster": {"ack": "most", "replicas": 10}})
+    probs = "\n".join(ei.value.problems)
+    assert "ack 'most': one of one, quorum, all" in probs and "replicas 10 must be in [1, 9]" in probs
 
 
 def test_relay_is_chosen_by_measured_numbers_and_falls_back_to_direct():

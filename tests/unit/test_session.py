@@ -105,6 +105,18 @@ def test_forward_targets_are_host_port():
             parse_send(7, hello(forward={"to": bad}))
 
 
+def test_a_replication_chain_names_its_hops_and_how_many_must_hold_it():
+    req = parse_send(7, hello(forward={"to": "a:1", "then": ["[::1]:2", "c:3"], "ack": 3}))
+    assert req.forward_to == ("a", 1) and req.forward_then == (("::1", 2), ("c", 3)) and req.forward_ack == 3
+    plain = parse_send(7, hello(forward={"to": "a:1"}))  # a relay: no chain, no ack
+    assert plain.forward_then == () and plain.forward_ack is None
+    with pytest.raises(RemoteProtocolError, match=r"forward.then 'c' is not HOST:PORT"):
+        parse_send(7, hello(forward={"to": "a:1", "then": ["c"]}))
+    with pytest.raises(RemoteProtocolError, match="forward.ack 3 is more copies than its chain of 2") as ei:
+        parse_send(7, hello(forward={"to": "a:1", "then": ["b:2"], "ack": 3}))
+    assert ei.value.code == C.ERR_BAD_FIELD
+
+
 def test_capabilities_are_what_both_sides_have():
     assert negotiate(None) == frozenset() and negotiate(["zstd", "quantum"]) == {"zstd"}
     assert parse_send(7, hello(caps=[*ALL_CAPS, "future"])).caps == CAPS

@@ -68,6 +68,7 @@ H, W, A, N, D, E, R, X = (C.FRAME_HELLO, C.FRAME_WELCOME, C.FRAME_ACK, C.FRAME_N
                           C.FRAME_ERROR, C.FRAME_RAFT, C.FRAME_CLOSE)  # fmt: skip
 LINK = ["eu", "us", 0.04, 1_000_000]
 FWD = {"to": "h:1", "seconds": 1.5, "wire_bytes": 10, "mode": "full"}
+HOP = {"to": "h:2", "state": "failed", "error": "ConnectionRefusedError"}
 ENTRY = [1, 2, "data", "00"]
 
 # (frame type, message, regex the error must match: it names the field or rule)
@@ -148,6 +149,37 @@ BAD = [
     pytest.param(D, {"forwarded": {**FWD, "wire_bytes": True}}, "forwarded must be", id="forwarded-bool"),
     pytest.param(D, {"forwarded": {**FWD, "wire_bytes": 2**63}}, "forwarded must be", id="forwarded-2**63"),
     pytest.param(D, {"forwarded": {**FWD, "seconds": "1"}}, "forwarded must be", id="forwarded-str"),
+    # a replication chain (HELLO's forward.then / ack, DONE's forwarded.hops)
+    pytest.param(
+        H, with_(H, forward={"to": "h:1", "then": ["h:2"] * 9}), "forward must be", id="chain-too-long"
+    ),
+    pytest.param(H, with_(H, forward={"to": "h:1", "then": "h:2"}), "forward must be", id="chain-not-list"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "then": [2]}), "forward must be", id="chain-int-hop"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "then": [""]}), "forward must be", id="chain-empty-hop"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "ack": True}), "forward must be", id="ack-bool"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "ack": -1}), "forward must be", id="ack-negative"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "ack": 10}), "forward must be", id="ack-10"),
+    pytest.param(H, with_(H, forward={"to": "h:1", "ack": "1"}), "forward must be", id="ack-str"),
+    pytest.param(D, {"forwarded": {**FWD, "hops": {}}}, "forwarded must be", id="hops-not-list"),
+    pytest.param(D, {"forwarded": {**FWD, "hops": [HOP] * 10}}, "forwarded must be", id="hops-too-many"),
+    pytest.param(
+        D, {"forwarded": {**FWD, "hops": [{**HOP, "state": "gone"}]}}, "forwarded must be", id="hop-state"
+    ),
+    pytest.param(
+        D, {"forwarded": {**FWD, "hops": [{**HOP, "state": []}]}}, "forwarded must be", id="hop-state-list"
+    ),
+    pytest.param(D, {"forwarded": {**FWD, "hops": [{"to": "h:1"}]}}, "forwarded must be", id="hop-no-state"),
+    pytest.param(D, {"forwarded": {**FWD, "hops": [{**HOP, "x": 1}]}}, "forwarded must be", id="hop-extra"),
+    pytest.param(
+        D, {"forwarded": {**FWD, "hops": [{**HOP, "error": 1}]}}, "forwarded must be", id="hop-error-int"
+    ),
+    pytest.param(
+        D,
+        {"forwarded": {**FWD, "hops": [{**HOP, "error": "e" * 501}]}},
+        "forwarded must be",
+        id="hop-error-long",
+    ),
+    pytest.param(D, {"forwarded": {**FWD, "hops": ["h:1"]}}, "forwarded must be", id="hop-not-dict"),
 ]
 
 
@@ -183,6 +215,26 @@ GOOD_EDGES = [
     pytest.param(A, {"chunks": []}, id="ack-empty"),
     pytest.param(D, {"ok": True, "digest": DIGEST, "forwarded": FWD}, id="done-forwarded"),
     pytest.param(D, {"forwarded": {**FWD, "to": "h" * 300, "mode": "m" * 16, "seconds": 0}}, id="fwd-edges"),
+    pytest.param(
+        H,
+        with_(
+            H, forward={"to": "h:1", "then": ["h" * 300] * M.MAX_FORWARD_HOPS, "ack": M.MAX_FORWARD_HOPS + 1}
+        ),
+        id="chain-max",
+    ),  # fmt: skip
+    pytest.param(H, with_(H, forward={"to": "h:1", "then": [], "ack": 0}), id="chain-empty"),
+    pytest.param(
+        D,
+        {
+            "forwarded": {
+                **FWD,
+                "hops": [{**HOP, "error": "e" * 500}]
+                + [{"to": "h:3", "state": s} for s in M.HOP_STATES] * 2
+                + [HOP] * 2,
+            }
+        },
+        id="hops-max",
+    ),  # fmt: skip
     # a consensus message's content is dwcp.consensus.wire's (tests/unit/test_consensus_wire.py): the
     # frame layer passes it on whole, an epoch state answer of 8 MiB included
     pytest.param(R, with_(R, data="0" * (8 << 20), ctx="c" * 5000), id="raft"),

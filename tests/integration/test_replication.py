@@ -1,0 +1,177 @@
+"""Replication: one send stores `replicas` verified copies on the key's ring homes, hop to hop.
+
+Real daemons on loopback (with the Raft catalog, which must list each holder after its verified
+commit), and `dwcp send --to cluster` as a user runs it, under each `cluster.ack` policy, with a
+home down before the send and with the middle of the chain killed -9 during it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dwcp._testbase.daemons import Cluster
+from dwcp.cli.demo import same_dwcp_env
+from dwcp.cluster.node import ClusterView
+from dwcp.config import acks_needed, load_toml
+from dwcp.digest import object_digest
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "d").mkdir()
+    c = Cluster(str(tmp_path / "d"), 3)
+    try:
+        c.wait(c.leader, what="a first leader")
+        yield c
+    finally:
+        c.close()
+
+
+def _tx(tmp_path, c: Cluster, ack: str, replicas: int = 3) -> str:
+    peers = "".join(f'[[cluster.peers]]\nid = "{i}"\naddress = "127.0.0.1:{c.ports[i]}"\n' for i in c.ids)
+    cfg = tmp_path / f"tx-{ack}.toml"
+    cfg.write_text(f'[node]\nid = "tx"\n[security]\nplaintext = true\n[storage]\ndata_dir = "{tmp_path / "tx"}"\n'
+                   f'[transport]\nchunk_size_bytes = 1048576\nstall_timeout_s = 3.0\nmax_stream_reconnects = 2\n'
+                   f'[cluster]\nreplicas = {replicas}\nack = "{ack}"\nprobe_interval_s = 1.0\n{peers}')  # fmt: skip
+    return str(cfg)
+
+
+def _send(
+    tmp_path, cfg: str, src, key: str, *extra: str, json_out: bool = True
+) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dwcp", "send", str(src), "--to", "cluster", "--key", key,
+                           "--config", cfg, *(["--json"] if json_out else []), *extra], capture_output=True, text=True,
+                          env=same_dwcp_env(), cwd=str(tmp_path), timeout=120)  # fmt: skip
+
+
+def _object(tmp_path, seed: int, size: int):
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    src = tmp_path / f"obj{seed}"
+    data.tofile(src)
+    return data, src
+
+
+def _holds(c: Cluster, i: str, key: str, digest: str) -> bool:
+    """Whether node ``i`` stores ``key`` at ``digest``: its own store, through its control socket."""
+    st = c.status(i) or {}
+    return any(k == key and v["digest"] == digest for k, v in (st.get("catalog") or {}).items()) and i in (
+        (st.get("catalog") or {}).get(key, {}).get("holders", [])
+    )
+
+
+def _stored_bytes(c: Cluster, i: str, key: str) -> bytes:
+    from dwcp.storage import ObjectStore
+
+    store = ObjectStore(os.path.join(c.root, i))
+    info = store.latest(key)
+    assert info is not None, f"{i} holds no version of {key}"
+    with open(info.path, "rb") as f:
+        return f.read()
+
+
+def test_a_send_stores_three_verified_copies_and_the_catalog_lists_them(tmp_path, cluster):
+    c = cluster
+    data, src = _object(tmp_path, 1, 6 * MiB)
+    r = _send(tmp_path, _tx(tmp_path, c, "quorum"), src, "vm/rep")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    digest = object_digest(data).hex()
+    assert res["digest"] == digest and res["verified"]
+    assert sorted(x["peer"] for x in res["replicas"]) == sorted(c.ids)
+    assert res["ack"]["policy"] == "quorum" and res["ack"]["needed"] == 2 and res["ack"]["verified"] >= 2
+    # quorum returned after 2; the third follows (or already holds it): every home ends up with the bytes
+    c.wait(lambda: all(_holds(c, i, "vm/rep", digest) for i in c.ids), what="3 holders in the catalog")
+    for i in c.ids:
+        assert _stored_bytes(c, i, "vm/rep") == data.tobytes()
+    # the client sent the object once: the first home's wire bytes are about its size, not 3x
+    assert res["wire_bytes"] < 1.2 * data.nbytes
+    # the same again, as a person reads it: every home holds this version already
+    r = _send(tmp_path, _tx(tmp_path, c, "all"), src, "vm/rep", json_out=False)
+    assert r.returncode == 0, r.stderr
+    assert "3 of 3 replicas verified (ack = all: " in r.stdout and r.stdout.count(" stored") == 3, r.stdout
+
+
+def test_ack_policies_with_a_home_down(tmp_path, cluster):
+    """One of three homes is down: quorum (2) and one (1) succeed and name it; all (3) fails naming it."""
+    c = cluster
+    down = c.ids[2]
+    c.procs[down].terminate()
+    c.procs[down].wait(20)
+    digest_of = {}
+    for ack, seed in (("quorum", 2), ("one", 3)):
+        data, src = _object(tmp_path, seed, 3 * MiB)
+        r = _send(tmp_path, _tx(tmp_path, c, ack), src, f"vm/{ack}")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["ack"] == {
+            "policy": ack,
+            "needed": acks_needed(ack, 3),
+            "verified": res["ack"]["verified"],
+        }
+        assert res["ack"]["verified"] >= acks_needed(ack, 3)
+        states = {x["peer"]: x["state"] for x in res["replicas"]}
+        # under ack = one the first home answers at once: the hops after it are still pending (the down
+        # home failed outright where the client tried it first)
+        tried_first = down in [f["peer"] for f in res["failover"]]
+        assert states[down] == ("failed" if ack == "quorum" or tried_first else "pending"), res["replicas"]
+        assert states[res["peer"]] == "stored"
+        digest_of[ack] = object_digest(data).hex()
+    live = [i for i in c.ids if i != down]
+    for ack in ("quorum", "one"):  # both live homes hold each key (ack=one's second copy in the background)
+        c.wait(lambda ack=ack: all(_holds(c, i, f"vm/{ack}", digest_of[ack]) for i in live),
+               what=f"vm/{ack} on both live homes")  # fmt: skip
+    data, src = _object(tmp_path, 4, 3 * MiB)
+    r = _send(tmp_path, _tx(tmp_path, c, "all"), src, "vm/all")
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    assert "cluster.ack = 'all' needs 3" in err and down in err, err
+    assert "2 of 3 replicas verified" in err, err  # the copies made are said, and they stay
+    c.wait(lambda: all(_holds(c, i, "vm/all", object_digest(data).hex()) for i in live), what="vm/all kept")
+
+
+def test_the_middle_of_the_chain_killed_mid_send_is_skipped(tmp_path, cluster):
+    """kill -9 of the second home while chunks flow through it: the first home forwards to the third
+    instead, and the send succeeds at quorum with the dead home named."""
+    c = cluster
+    cfg = _tx(tmp_path, c, "quorum")
+    conf = load_toml(cfg)
+    key = "vm/chain"
+    view = ClusterView(conf.cluster, conf.node)
+    first, middle, last = view.homes(key, "cluster")
+    data, src = _object(tmp_path, 5, 24 * MiB)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(r=_send(tmp_path, cfg, src, key, "--rate", "8000000",
+                                                            "--streams", "2")))  # fmt: skip
+    t.start()
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the chain never reached the middle home"
+        st = c.status(middle) or {}
+        if st.get("transfers") and st["transfers"][0]["chunks_received"] >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(c.procs[middle].pid, signal.SIGKILL)
+    c.procs[middle].wait()
+    t.join(120)
+    r = out["r"]
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    states = {x["peer"]: x["state"] for x in res["replicas"]}
+    assert res["peer"] == first and states == {first: "stored", middle: "failed", last: "stored"}, res[
+        "replicas"
+    ]
+    digest = object_digest(data).hex()
+    for i in (first, last):
+        assert _stored_bytes(c, i, key) == data.tobytes()
+    c.wait(lambda: all(_holds(c, i, key, digest) for i in (first, last)), what="both holders in the catalog")
