@@ -104,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     _add_security(s)
 
-    f = sub.add_parser("fetch", help="pull the latest verified version of KEY")
+    f = sub.add_parser("fetch", help="pull the latest verified version of KEY (or --version DIGEST)")
     f.add_argument("key")
-    f.add_argument("--from", dest="source", required=True, help="HOST:PORT")
+    f.add_argument("--from", dest="source", help="HOST:PORT; without it, the local daemon's catalog says "
+                                                 "who holds the version, and one is picked by [cluster] policy")  # fmt: skip
+    f.add_argument(
+        "--version", metavar="DIGEST", help="an older version, by its object digest (dwcp status KEY)"
+    )
+    f.add_argument("--socket", help="the local daemon's control socket (default: from --config)")
     f.add_argument("-o", "--output", required=True)
     f.add_argument("--json", action="store_true")
     _add_security(f)
@@ -280,13 +285,66 @@ def _cmd_fetch(args) -> int:
     from dwcp.transport.fetch import fetch
 
     security, transport, cfg = _load_security(args)
-    host, port = parse_hostport(args.source)
-    r = fetch(args.key, host, port, args.output, transport, security, node_id=cfg.node.id if cfg else "cli")
+    digest = None
+    if args.version is not None:
+        try:
+            digest = bytes.fromhex(args.version)
+        except ValueError:
+            digest = b""
+        if len(digest) != 16:
+            raise ConfigError(
+                f"--version {args.version!r}: an object digest, 32 hex digits (dwcp status --json)"
+            )
+    node_id = cfg.node.id if cfg else "cli"
+
+    def one(host: str, port: int, digest: bytes | None) -> dict:
+        return fetch(args.key, host, port, args.output, transport, security, node_id=node_id, digest=digest)
+
     from .demo import human_bytes
 
-    _print(r, args.json, f"fetched {args.key} from {args.source} -> {args.output}: {human_bytes(r['size'])}, "
+    if args.source is not None:
+        r = one(*parse_hostport(args.source), digest)
+        where = args.source
+    else:
+        r, where = _fetch_by_catalog(args, cfg, digest, one)
+    _print(r, args.json, f"fetched {args.key} from {where} -> {args.output}: {human_bytes(r['size'])}, "
                          f"digest {r['digest']} verified")  # fmt: skip
     return 0
+
+
+def _fetch_by_catalog(args, cfg, digest: bytes | None, one) -> tuple[dict, str]:
+    """``dwcp fetch KEY`` without --from: the local daemon's catalog names the version's holders."""
+    from dwcp.cluster.node import ClusterView
+
+    if cfg is None and not args.socket:
+        raise ConfigError("fetch without --from asks the local daemon's catalog: pass --config (or --socket)")
+    loc = _ask_daemon(args, {"op": "locate", "key": args.key})
+    if not loc.get("ok"):
+        raise ConfigError(f"cannot locate {args.key}: {loc.get('error')}")
+    versions = loc["versions"]
+    if not versions:
+        raise ConfigError(
+            f"{args.key}: the catalog lists no version of it (a typo? `dwcp status --json` lists keys)"
+        )
+    want = digest.hex() if digest is not None else versions[-1]["digest"]
+    v = next((v for v in versions if v["digest"] == want), None)
+    if v is None:
+        raise ConfigError(f"{args.key}: the catalog lists no version {want} (it lists "
+                          + ", ".join(f"{x['version']}: {x['digest']}" for x in versions) + ")")  # fmt: skip
+    if not v["holders"]:
+        raise ConfigError(f"{args.key} version {v['version']} ({want}): no node holds it any more")
+    if cfg is not None:
+        view = ClusterView(cfg.cluster, cfg.node)
+    else:
+        from dwcp.config import ClusterConfig, NodeConfig
+
+        view = ClusterView(ClusterConfig(), NodeConfig())
+    # exactly the catalog's version: a holder that has moved on refuses it, and the next is tried
+    pinned = bytes.fromhex(want)
+    r = view.fetch(lambda host, port: one(host, port, pinned), args.key, v["holders"], loc["addresses"])
+    r["version"] = v["version"]
+    return r, f"{r['peer']} ({r['from']}, version {v['version']}" + (
+        f", after {len(r['failover'])} failed" if r["failover"] else "") + ")"  # fmt: skip
 
 
 def _ask_daemon(args, req: dict, timeout_s: float = 10) -> dict:

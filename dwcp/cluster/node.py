@@ -393,6 +393,47 @@ class ClusterView:
         return (f"{key}: {verified} of {len(replicas)} replicas verified, cluster.ack = {self.config.ack!r} needs "
                 f"{need} ({failed}); the copies made stay, anti-entropy repairs the rest")  # fmt: skip
 
+    # -- fetching ---------------------------------------------------------------------
+    def fetch_order(self, holders: list[str], addresses: dict[str, str]) -> list[tuple[str, str]]:
+        """(peer id, address) of ``holders`` to fetch from, best first: this node itself (no network),
+        then the balancer's pick among the healthy peers behind closed breakers (``policy``: p2c, geo,
+        region...), then the rest of those; holders with no known address or an open breaker last."""
+        now = self.clock()
+        mine = [h for h in holders if h == self.node.id and h in addresses]
+        usable = [h for h in holders if h in self.peers and h != self.node.id and self.peers[h].healthy
+                  and self.breakers[h].current(now) != "open"]  # fmt: skip
+        order = list(mine)
+        if usable:
+            first = self.balancer.pick(usable).id
+            order += [first] + [h for h in usable if h != first]
+        order += [h for h in holders if h not in order and h in addresses]
+        return [(h, addresses[h]) for h in order]
+
+    def fetch(self, fetcher: Callable[[str, int], dict], key: str, holders: list[str],
+              addresses: dict[str, str]) -> dict:  # fmt: skip
+        """Fetch ``key`` from one of ``holders`` (``fetch_order``), failing over to the next;
+        ``fetcher(host, port)`` fetches and verifies (dwcp.transport.fetch).  The report gets
+        ``peer`` (who served it) and ``failover`` (who failed before, and why)."""
+        tried: list[dict[str, str]] = []
+        order = self.fetch_order(holders, addresses)
+        if not order:
+            raise NoHealthyPeerError(f"{key}: no holder has a known address (holders: {', '.join(holders) or 'none'}; "
+                                     "add them to [cluster] peers)")  # fmt: skip
+        for pid, addr in order:
+            host, _, port = addr.rpartition(":")
+            try:
+                r = fetcher(host.strip("[]"), int(port))
+            except (DWCPError, OSError) as exc:
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                tried.append({"peer": pid, "error": why})
+                self.record(pid, False)
+                log.warning("fetching %s from %s failed (%s); trying the next holder", key, pid, exc)
+                continue
+            self.record(pid, True)
+            return {**r, "peer": pid, "failover": tried}
+        raise NoHealthyPeerError(f"{key}: every holder failed: " + "; ".join(f"{t['peer']}: {t['error']}"
+                                                                           for t in tried))  # fmt: skip
+
     # -- reporting -------------------------------------------------------------------
     def status(self) -> dict:
         now = self.clock()

@@ -101,6 +101,10 @@ class Catalog:
         return {k: {"version": vs[-1]["version"], "digest": vs[-1]["digest"], "holders": sorted(vs[-1]["holders"])}
                 for k, vs in sorted(self.keys.items()) if vs}  # fmt: skip
 
+    def versions(self, key: str) -> list[dict[str, Any]]:
+        """``key``'s versions the catalog still lists, oldest first: {version, digest, size, holders, at}."""
+        return [{**v, "holders": sorted(v["holders"])} for v in self.keys.get(key, [])]
+
     def replica_versions(self) -> dict[str, list[tuple[str, int, float]]]:
         """Per key, each holder's newest version: [(holder, version, made_at)] (for the baseline-sync check)."""
         out: dict[str, list[tuple[str, int, float]]] = {}

@@ -442,6 +442,23 @@ class Daemon:
         with cb.lock:
             return cb.catalog.where()
 
+    def locate(self, key: str) -> dict:
+        """Where ``key``'s versions live, from this node's applied catalog: each version with its holders,
+        and the data-port address of every holder this node knows (its [cluster] peers, itself)."""
+        from dwcp.storage import validate_key
+
+        validate_key(key)
+        cb = self.catalog_backend
+        if cb is None:
+            raise ConfigError(f"{self.config.node.id} keeps no catalog ([consensus] is not enabled): "
+                              "fetch with --from HOST:PORT")  # fmt: skip
+        with cb.lock:
+            versions = cb.catalog.versions(key)
+        host, port = self.server.address
+        addresses = {p.id: p.address for p in self.config.cluster.peers}
+        addresses[self.config.node.id] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return {"ok": True, "key": key, "versions": versions, "addresses": addresses}
+
     def summary(self) -> str:
         host, port = self.server.address
         return (f"serving {host}:{port}, {len(self.server.transfers())} transfers in progress, "
@@ -486,6 +503,8 @@ class Daemon:
                 if m is not None:
                     close_mapping(m)
             return {"ok": True, **stats}
+        if op == "locate":
+            return self.locate(str(req.get("key", "")))
         if op == "consensus_switch":
             cb = self.catalog_backend
             if not isinstance(cb, EpochDriver):

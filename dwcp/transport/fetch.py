@@ -35,7 +35,10 @@ def _write_at(fd: int, data: memoryview, offset: int, path: str) -> None:
 
 
 def fetch(key: str, host: str, port: int, out_path: str, transport: TransportConfig, security: SecurityConfig,
-          *, node_id: str = "node") -> dict:  # fmt: skip
+          *, node_id: str = "node", digest: bytes | None = None) -> dict:  # fmt: skip
+    """Fetch ``key`` from the daemon at ``host:port`` into ``out_path``: its latest version, or the one
+    whose object digest is ``digest`` (an older version it still holds).  Returns the report; raises
+    TransferError (refused), IntegrityError (a chunk or the whole failed verification), StorageError."""
     from dwcp.storage import MAX_CHUNKS, min_chunk_size, validate_key
 
     key = validate_key(key)
@@ -46,11 +49,16 @@ def fetch(key: str, host: str, port: int, out_path: str, transport: TransportCon
     fd, tmp = create_temp(dest)  # 0600, as the temporary file always was
     ok = False
     try:
-        fs.send(encode_control(C.FRAME_HELLO, tid, {"v": PROTOCOL_VERSION, "role": "control", "op": "fetch", "key": key,
-                                                     "node": node_id}))  # fmt: skip
+        hello = {"v": PROTOCOL_VERSION, "role": "control", "op": "fetch", "key": key, "node": node_id}
+        if digest is not None:
+            hello["digest"] = digest.hex()
+        fs.send(encode_control(C.FRAME_HELLO, tid, hello))
         welcome = expect(fs, C.FRAME_WELCOME)
         if welcome.get("mode") != "fetch" or not {"size", "digest", "chunk_size"} <= welcome.keys():
             raise RemoteProtocolError("malformed fetch answer", C.ERR_MALFORMED)
+        if digest is not None and welcome["digest"] != digest.hex():
+            raise RemoteProtocolError(f"asked for version {digest.hex()} of {key!r}, offered {welcome['digest']}",
+                                      C.ERR_BAD_FIELD)  # fmt: skip
         size, digest, chunk_size = welcome["size"], bytes.fromhex(welcome["digest"]), welcome["chunk_size"]
         if size > MAX_OBJECT_BYTES:
             raise RemoteProtocolError(f"object of {size} bytes is too large", C.ERR_BAD_LENGTH)

@@ -1106,7 +1106,21 @@ class DataServer:
             self._refuse(fs, {}, C.ERR_FORBIDDEN, f"{peer} is not allowed to read {key!r} on {self.config.node.id} "
                          "(no security.acl rule grants it)", "acl")  # fmt: skip
             return
-        info = self.store.latest(key)
+        want = hello.get("digest")  # a version by its digest (`dwcp fetch --version`), else the latest
+        if want is not None:
+            try:
+                info = self.store.get(key, bytes.fromhex(want)) if len(want) == 32 else None
+            except ValueError:
+                raise RemoteProtocolError(
+                    f"fetch digest {want[:64]!r} is not 32 hex digits", C.ERR_BAD_FIELD
+                ) from None
+            if info is None:
+                self._send_error(
+                    fs, C.ERR_BAD_FIELD, f"{self.config.node.id} holds no version {want} of {key!r}"
+                )
+                return
+        else:
+            info = self.store.latest(key)
         if info is None:
             self._send_error(fs, C.ERR_BAD_FIELD, f"no verified version of {key!r} here")
             return

@@ -175,3 +175,56 @@ def test_the_middle_of_the_chain_killed_mid_send_is_skipped(tmp_path, cluster):
     for i in (first, last):
         assert _stored_bytes(c, i, key) == data.tobytes()
     c.wait(lambda: all(_holds(c, i, key, digest) for i in (first, last)), what="both holders in the catalog")
+
+
+def _fetch(tmp_path, c: Cluster, via: str, key: str, out, *extra: str) -> subprocess.CompletedProcess:
+    """`dwcp fetch KEY` without --from, on node ``via`` (its config: the catalog of its daemon)."""
+    return subprocess.run([sys.executable, "-m", "dwcp", "fetch", key, "-o", str(out), "--config",
+                           os.path.join(c.root, f"{via}.toml"), "--json", *extra], capture_output=True, text=True,
+                          env=same_dwcp_env(), cwd=str(tmp_path), timeout=120)  # fmt: skip
+
+
+def test_fetch_by_key_asks_the_catalog_fails_over_and_fetches_older_versions(tmp_path, cluster):
+    c = cluster
+    cfg = _tx(tmp_path, c, "all")
+    v1, src1 = _object(tmp_path, 6, 3 * MiB)
+    v2 = v1.copy()
+    v2[: 64 << 10] ^= 0xFF  # the next version: its first 64 KiB changed
+    src2 = tmp_path / "obj6b"
+    v2.tofile(src2)
+    for src in (src1, src2):
+        r = _send(tmp_path, cfg, src, "vm/f")
+        assert r.returncode == 0, r.stderr
+    d1, d2 = object_digest(v1).hex(), object_digest(v2).hex()
+    c.wait(lambda: all(_holds(c, i, "vm/f", d2) for i in c.ids), what="version 2 everywhere")
+    # the latest version, from the node itself (it holds it: no network hop)
+    r = _fetch(tmp_path, c, "c0", "vm/f", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["peer"] == "c0" and res["digest"] == d2 and res["version"] == 2 and res["failover"] == []
+    assert (tmp_path / "out").read_bytes() == v2.tobytes()
+    # c0's copy is lost: c0 refuses, the next holder serves it, and the report says so
+    from dwcp.storage import ObjectStore
+
+    info = ObjectStore(os.path.join(c.root, "c0")).get("vm/f", bytes.fromhex(d2))
+    assert info is not None
+    os.unlink(info.path)
+    r = _fetch(tmp_path, c, "c0", "vm/f", tmp_path / "out2")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["peer"] in ("c1", "c2") and [f["peer"] for f in res["failover"]] == ["c0"], res
+    assert "holds no version" in res["failover"][0]["error"]
+    assert (tmp_path / "out2").read_bytes() == v2.tobytes()
+    # the older version, by its digest, as a person types it
+    r = subprocess.run([sys.executable, "-m", "dwcp", "fetch", "vm/f", "-o", str(tmp_path / "old"), "--version", d1,
+                        "--config", os.path.join(c.root, "c1.toml")], capture_output=True, text=True,
+                       env=same_dwcp_env(), cwd=str(tmp_path), timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "version 1" in r.stdout and d1 in r.stdout
+    assert (tmp_path / "old").read_bytes() == v1.tobytes()
+    # what the catalog does not list is said, with what it does list
+    r = _fetch(tmp_path, c, "c1", "vm/f", tmp_path / "x", "--version", "ab" * 16)
+    assert r.returncode != 0 and f"lists no version {'ab' * 16}" in r.stderr and d1 in r.stderr, r.stderr
+    r = _fetch(tmp_path, c, "c1", "vm/nothing", tmp_path / "x")
+    assert r.returncode != 0 and "lists no version of it" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()

@@ -452,6 +452,33 @@ def test_a_replicated_send_skips_failed_homes_and_fails_short_of_its_ack():
     assert s.calls[0][1] is None and r.ack is None and "replicas" not in r.to_json()
 
 
+def test_fetch_by_key_tries_itself_then_the_policys_pick_then_the_rest():
+    v, _ = view(breaker_consecutive_failures=1)
+    addresses = {p: a.address for p, a in v.peers.items()}  # n1 at 127.0.0.1:7701
+    v.node = type(v.node)(id="n1")  # this node is a holder too
+    order = [pid for pid, _ in v.fetch_order(["n0", "n1", "n2", "zz"], addresses)]
+    assert order[0] == "n1" and sorted(order[1:]) == ["n0", "n2"]  # itself first; "zz" has no address
+    calls = []
+
+    def fetcher(host, port):
+        calls.append(port)
+        if port == 7701:
+            raise OSError("connection refused")
+        return {"from": f"{host}:{port}", "size": 1}
+
+    r = v.fetch(fetcher, "vm/1", ["n0", "n1"], addresses)
+    assert calls == [7701, 7700] and r["peer"] == "n0" and r["failover"][0]["peer"] == "n1"
+    assert "connection refused" in r["failover"][0]["error"]
+    # the failed holder's breaker opened (one failure here): it goes last next time
+    assert [pid for pid, _ in v.fetch_order(["n0", "n2"], addresses)][0] in ("n0", "n2")
+    v.record("n2", False)
+    assert [pid for pid, _ in v.fetch_order(["n2", "n0"], addresses)] == ["n0", "n2"]
+    with pytest.raises(NoHealthyPeerError, match="every holder failed: n0: OSError"):
+        v.fetch(lambda h, p: (_ for _ in ()).throw(OSError("down")), "vm/1", ["n0"], addresses)
+    with pytest.raises(NoHealthyPeerError, match="no holder has a known address"):
+        v.fetch(fetcher, "vm/1", ["zz"], addresses)
+
+
 def test_cluster_ack_and_replicas_are_checked():
     from dwcp.config import from_dict
 
