@@ -452,6 +452,8 @@ class ClusterConfig(_Section):
     region_priority: tuple = ()  # of region names, for policy = "region"
     prefixes: tuple = ()  # of {cidr, latitude_deg, longitude_deg, region}: locations of unknown addresses
     probe_interval_s: float = 5.0
+    repair_interval_s: float = 30.0  # anti-entropy passes (dwcp.cluster.repair); 0 = only `dwcp repair`
+    repair_rate_bytes_per_s: float = 0.0  # what a repair's send may use; 0 = unlimited
     affinity_ttl_s: float = 600.0
     breaker_consecutive_failures: int = 5
     breaker_failure_rate: float = 0.5
@@ -498,6 +500,12 @@ class ClusterConfig(_Section):
             out.append(f"replicas {self.replicas} must be in [1, {MAX_REPLICAS}]")
         if self.ack not in ACKS:
             out.append(f"ack {self.ack!r}: one of {', '.join(ACKS)}")
+        if not (0 <= self.repair_interval_s <= 86400):
+            out.append(
+                f"repair_interval_s {self.repair_interval_s}: seconds in [0, 86400] (0: only on demand)"
+            )
+        if not (0 <= self.repair_rate_bytes_per_s < 1e12):
+            out.append(f"repair_rate_bytes_per_s {self.repair_rate_bytes_per_s}: bytes/s >= 0 (0: unlimited)")
         if not 1 <= self.vnodes <= 10_000:
             out.append(f"vnodes {self.vnodes} outside [1, 10000]")
         if self.policy not in ("round_robin", "least_connections", "p2c", "geo", "region"):

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", help="the control socket path")
     st.add_argument("--json", action="store_true")
 
+    rp = sub.add_parser("repair", help="run one anti-entropy pass on the local daemon now (all keys, or KEY)")
+    rp.add_argument("key", nargs="?", help="only this key")
+    rp.add_argument("--config", help="the daemon's config (for its control socket)")
+    rp.add_argument("--socket", help="the control socket path")
+    rp.add_argument("--json", action="store_true")
+
     rl = sub.add_parser("reload", help="make the local daemon re-read its config file (like SIGHUP)")
     rl.add_argument("--config", help="the daemon's config (for its control socket)")
     rl.add_argument("--socket", help="the control socket path")
@@ -368,6 +374,22 @@ def _cmd_status(args) -> int:
     return 0 if r.get("ok") else EXIT_ERROR
 
 
+def _cmd_repair(args) -> int:
+    req: dict = {"op": "repair"}
+    if args.key is not None:
+        req["key"] = args.key
+    r = _ask_daemon(args, req, timeout_s=3600)
+    if not r.get("ok"):
+        print(f"dwcp repair: {r.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    lines = [f"repaired {x['key']} version {x['version']} from {x['from']} ({x['mode']}, {x['wire_bytes']} wire bytes)"
+             for x in r["repaired"]] + [f"failed {x['key']} version {x['version']}: {x['error']}" for x in r["failed"]]  # fmt: skip
+    _print(
+        r, args.json, "\n".join(lines) or "nothing to repair: this node holds every version it is a home of"
+    )
+    return 0 if not r["failed"] else EXIT_ERROR
+
+
 def _cmd_reload(args) -> int:
     r = _ask_daemon(args, {"op": "reload"}, timeout_s=30)
     if r.get("ok"):
@@ -440,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_status(args)
         if args.command == "reload":
             return _cmd_reload(args)
+        if args.command == "repair":
+            return _cmd_repair(args)
         if args.command == "consensus":
             return _cmd_consensus(args)
         if args.command == "check-config":

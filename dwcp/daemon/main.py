@@ -28,6 +28,7 @@ from typing import Any
 
 import dwcp
 from dwcp.cluster.node import ClusterView, parse_target, probe_handler
+from dwcp.cluster.repair import Repairer, push_handler, push_timeout_s, request_push
 from dwcp.config import Config, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
 from dwcp.consensus.epoch_driver import EpochDriver
@@ -118,6 +119,14 @@ class Daemon:
                                                   dialer=self.sender.dialer, tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
             self.server.register("raft", message_stream(C.FRAME_RAFT, self.catalog_backend.deliver))
             self.server.on_commit = self._record_version
+        # anti-entropy (dwcp.cluster.repair): a member serves pushes of what it holds; with a catalog it
+        # also pulls what it should hold and lacks
+        self.repairer: Repairer | None = None
+        if config.cluster.peers:
+            self.server.register("push", push_handler(config=lambda: self.config, store=self.store,
+                                                      sender=self._push_sender))  # fmt: skip
+            if self.catalog_backend is not None:
+                self.repairer = self._repairer()
         self.health = HealthRegistry()
         self.notifier = Notifier()
         self._register_checks(config)
@@ -146,6 +155,10 @@ class Daemon:
             steps.append(("peer prober", self._start_prober, lambda: None))
         if self.catalog_backend is not None:
             steps.append(("consensus", self.catalog_backend.start, self.catalog_backend.close))
+        if self.repairer is not None:
+            rp = self.repairer
+            steps.append(("anti-entropy", lambda: rp.start(lambda: self.config.cluster.repair_interval_s or 3600.0),
+                          rp.close))  # fmt: skip
         # the control socket last: a status answer means every other component is up
         steps.append(("control socket", self.control.start, self.control.close))
         try:
@@ -306,6 +319,14 @@ class Daemon:
         m.add_source("dwcp_consensus_faults_total", "counter",
                      "Byzantine faults detected by the BFT engine, by kind and offending node ('*': more than f)",
                      consensus_faults)  # fmt: skip
+        rp = self.repairer
+        m.add_source("dwcp_repair_versions_total", "counter", "Anti-entropy repairs of a missing version, by result",
+                     lambda: [({"result": "repaired"}, rp.repaired), ({"result": "failed"}, rp.failed)] if rp else [])  # fmt: skip
+        m.add_source("dwcp_repair_wire_bytes_total", "counter", "Bytes the holders sent for anti-entropy repairs",
+                     lambda: [({}, rp.wire_bytes)] if rp else [])  # fmt: skip
+        m.add_source("dwcp_repair_behind_seconds", "gauge",
+                     "Age of the oldest version this node should hold and lacks (0: caught up), as of the last pass",
+                     lambda: [({}, rp.behind_s)] if rp else [])  # fmt: skip
         m.add_source("dwcp_consensus_epoch", "gauge", "The adaptive consensus epoch, labelled by its algorithm",
                      consensus_epoch)  # fmt: skip
 
@@ -314,6 +335,49 @@ class Daemon:
 
     def _readyz(self) -> tuple[int, dict]:
         return self.health.readyz()
+
+    def _push_sender(self) -> Sender:
+        """A sender for anti-entropy pushes: it keeps no baselines of its own (a push offers the version
+        the puller holds, from this node's store, as its delta baseline), so no delta chain of its
+        own decides for a full send (dwcp.transport.sender.full_refresh_reason)."""
+        c = self.config
+        return Sender(c.transport, c.security, node_id=c.node.id, events=self.metrics, tune_dir=c.storage.data_dir,
+                      codec=c.codec, dictionaries=self.server.dictionaries)  # fmt: skip
+
+    def _repairer(self) -> Repairer:
+        """The anti-entropy loop over this node's catalog, store and [cluster] (read at each pass: live)."""
+        cb = self.catalog_backend
+        assert cb is not None
+
+        def keys() -> dict:
+            with cb.lock:
+                return {k: cb.catalog.versions(k) for k in list(cb.catalog.keys)}
+
+        def members() -> dict[str, str]:
+            return {p.id: p.region for p in self.config.cluster.peers} | {
+                self.config.node.id: self.config.node.region
+            }
+
+        def held(key: str, digest: str) -> bool:
+            try:
+                return self.store.get(key, bytes.fromhex(digest)) is not None
+            except (ValueError, DWCPError):
+                return False
+
+        def order(holders: list[str]) -> list[tuple[str, str]]:
+            view = self.cluster
+            addresses = {p.id: p.address for p in self.config.cluster.peers}
+            return view.fetch_order(holders, addresses) if view is not None else []
+
+        def pull(host: str, port: int, rep) -> dict:
+            cc, tc = self.config.cluster, self.config.transport
+            return request_push(self.sender.dialer, host, port, rep, node=self.config.node.id,
+                                rate_bytes_per_s=cc.repair_rate_bytes_per_s,
+                                timeout_s=push_timeout_s(rep.size, cc.repair_rate_bytes_per_s, tc.stall_timeout_s))  # fmt: skip
+
+        return Repairer(me=self.config.node.id, keys=keys, members=members,
+                        replicas=lambda: self.config.cluster.replicas, vnodes=lambda: self.config.cluster.vnodes,
+                        held=held, order=order, pull=pull)  # fmt: skip
 
     def _record_version(self, key: str, digest: bytes, size: int) -> None:
         """A verified, stored version: record it in the catalog (in the background; the sender has its answer)."""
@@ -431,6 +495,7 @@ class Daemon:
             "health": self.health.evaluate(time.monotonic()).to_dict(),
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
             "engine": self.server.engine.info() if self.server.engine is not None else None,
+            "repair": self.repairer.status() if self.repairer is not None else None,
         }  # fmt: skip
 
     @staticmethod
@@ -503,6 +568,12 @@ class Daemon:
                 if m is not None:
                     close_mapping(m)
             return {"ok": True, **stats}
+        if op == "repair":
+            if self.repairer is None:
+                raise ConfigError(f"{self.config.node.id} runs no anti-entropy: it needs [cluster] peers and a "
+                                  "catalog ([consensus] enabled)")  # fmt: skip
+            key = req.get("key")
+            return {"ok": True, **self.repairer.run_once(str(key) if key is not None else None)}
         if op == "locate":
             return self.locate(str(req.get("key", "")))
         if op == "consensus_switch":

@@ -57,6 +57,7 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
             False,
         ),  # data streams of a sealed transfer: the 32-byte secret (dwcp.security.aead), hex
         "node": (str, False),
+        "rate": (int, False),  # op "push" (anti-entropy): the bytes/s the holder may send the version at
         # {"to": "HOST:PORT"}: relay the object on to the next hop; a replicated send adds "then" (the
         # chain's later hops, each relays to the next) and "ack" (verified copies the chain from "to" on
         # must hold before this receiver answers DONE; 0: answer at once and forward in the background)
@@ -154,7 +155,7 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_HELLO:
         if obj["role"] not in ("control", "data"):
             raise err(f"unknown role {obj['role']!r}")
-        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe", "raft"):
+        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe", "raft", "push"):
             raise err(f"unknown op {obj.get('op')!r}")
         if obj["role"] == "data" and not _HEX64.fullmatch(obj.get("token", "")):
             raise err("data stream without a valid token")

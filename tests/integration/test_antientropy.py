@@ -1,0 +1,169 @@
+"""Anti-entropy between real daemons on loopback: a home that missed versions pulls them, delta-aware,
+from a holder, and every key ends with `replicas` verified copies that `dwcp fetch KEY` serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from dwcp._testbase.daemons import Cluster
+from dwcp.cli.main import main as cli
+from dwcp.cluster.node import ClusterView
+from dwcp.cluster.repair import Repair, request_push
+from dwcp.config import from_dict
+from dwcp.daemon.control import request
+from dwcp.digest import object_digest
+from dwcp.errors import TransferError
+from dwcp.storage import ObjectStore
+from dwcp.transport.dialer import Dialer
+from dwcp.transport.sender import Sender
+
+MiB = 1 << 20
+
+
+class RepairingCluster(Cluster):
+    def __init__(self, root, n: int, interval_s: float) -> None:
+        self.interval_s = interval_s
+        super().__init__(root, n)
+
+    def cluster_extra(self) -> str:
+        return f"replicas = 3\nrepair_interval_s = {self.interval_s}\n"
+
+
+def _client(c: Cluster, ack: str = "quorum"):
+    """An in-process client of the cluster: its view (replicas = 3) and a sender."""
+    peers = [{"id": i, "address": f"127.0.0.1:{c.ports[i]}"} for i in c.ids]
+    cfg = from_dict({"node": {"id": "tx"}, "security": {"plaintext": True},
+                     "transport": {"chunk_size_bytes": MiB, "stall_timeout_s": 3.0, "max_stream_reconnects": 1},
+                     "cluster": {"peers": peers, "replicas": 3, "ack": ack}})  # fmt: skip
+    return ClusterView(cfg.cluster, cfg.node), Sender(cfg.transport, cfg.security, node_id="tx")
+
+
+def _catalog(c: Cluster, via: str) -> dict:
+    return (c.status(via) or {}).get("catalog") or {}
+
+
+def _has(c: Cluster, i: str, key: str, digest: str) -> bool:
+    return ObjectStore(os.path.join(c.root, i)).get(key, bytes.fromhex(digest)) is not None
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    made = []
+
+    def make(n: int, interval_s: float) -> RepairingCluster:
+        root = tmp_path / f"c{len(made)}"
+        root.mkdir()
+        c = RepairingCluster(str(root), n, interval_s)
+        made.append(c)
+        c.wait(c.leader, what="a first leader")
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_a_replica_killed_during_20_sends_is_repaired_and_every_key_is_fetched(tmp_path, make_cluster):
+    """5 daemons, replicas = 3, ack = quorum: 20 sends while one node is killed -9 and restarted; then
+    every key has its 3 verified copies (the restarted node pulled what it missed) and `dwcp fetch KEY`
+    returns the right bytes for each."""
+    c = make_cluster(5, 1.0)
+    view, snd = _client(c)
+    victim = c.ids[4]
+    objects: dict[str, np.ndarray] = {}
+    for n in range(20):
+        if n == 5:
+            os.kill(c.procs[victim].pid, signal.SIGKILL)
+            c.procs[victim].wait()
+        if n == 13:
+            c.start(victim)
+        key = f"vm/{n}"
+        data = np.random.default_rng(100 + n).integers(0, 256, MiB + n * 4096, dtype=np.uint8)
+        r = view.send(snd, data, key, "cluster")
+        assert r.ack["verified"] >= 2, r.replicas
+        objects[key] = data
+    digests = {k: object_digest(v).hex() for k, v in objects.items()}
+
+    def whole() -> bool:
+        cat = _catalog(c, c.ids[0])
+        return all(
+            k in cat and cat[k]["digest"] == d and len(cat[k]["holders"]) == 3 for k, d in digests.items()
+        )
+
+    c.wait(whole, timeout=60, what="3 holders of every key in the catalog")
+    cat = _catalog(c, c.ids[0])
+    for k, d in digests.items():  # the catalog's holders really hold the verified bytes
+        assert all(_has(c, h, k, d) for h in cat[k]["holders"]), (k, cat[k])
+    # the keys sent while the victim was down that it is a home of: it pulled each (and those sent
+    # after its restart while the client's breaker still held it open)
+    missed = [f"vm/{n}" for n in range(5, 13) if victim in view.ring.replicas(f"vm/{n}", 3)]
+    st = c.status(victim)
+    assert missed and st["repair"]["repaired_total"] >= len(missed), (missed, st["repair"])
+    for k, data in objects.items():
+        out = tmp_path / k.replace("/", "_")
+        assert cli(["fetch", k, "-o", str(out), "--config", os.path.join(c.root, f"{c.ids[1]}.toml")]) == 0
+        assert out.read_bytes() == data.tobytes(), k
+
+
+def test_a_stale_replica_pulls_only_what_differs(tmp_path, make_cluster, capsys):
+    """A home that was down for the next version gets it by `dwcp repair`, as a delta against the version
+    it holds: a fraction of the object on the wire."""
+    c = make_cluster(3, 0)  # passes only on demand
+    view, snd = _client(c)
+    v1 = np.random.default_rng(7).integers(0, 256, 8 * MiB, dtype=np.uint8)
+    view.send(snd, v1, "vm/stale", "cluster")
+    down = c.ids[2]
+    c.wait(lambda: len(_catalog(c, down).get("vm/stale", {}).get("holders", [])) == 3, what="v1 on all 3")
+    c.procs[down].terminate()
+    c.procs[down].wait(20)
+    v2 = v1.copy()
+    v2[:: 4096 * 20] ^= 0x5A  # 5% of the pages change
+    r = view.send(snd, v2, "vm/stale", "cluster")
+    assert {x["peer"]: x["state"] for x in r.replicas}[down] == "failed"
+    c.start(down)
+    d2 = object_digest(v2).hex()
+    c.wait(
+        lambda: _catalog(c, down).get("vm/stale", {}).get("digest") == d2, what="the restarted node's catalog"
+    )
+    assert not _has(c, down, "vm/stale", d2)
+    capsys.readouterr()
+    assert cli(["repair", "vm/stale", "--json", "--config", os.path.join(c.root, f"{down}.toml")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (got,) = res["repaired"]
+    assert got["key"] == "vm/stale" and got["digest"] == d2 and got["mode"] in ("delta", "pages"), got
+    assert got["wire_bytes"] < 0.25 * v2.nbytes, got
+    store = ObjectStore(os.path.join(c.root, down))
+    info = store.get("vm/stale", bytes.fromhex(d2))
+    assert info is not None and open(info.path, "rb").read() == v2.tobytes()
+    c.wait(
+        lambda: down in _catalog(c, c.ids[0])["vm/stale"]["holders"], what="the repaired copy in the catalog"
+    )
+    st = c.status(down)
+    assert st["repair"]["repaired_total"] == 1 and st["repair"]["wire_bytes_total"] == got["wire_bytes"]
+    # a second pass finds nothing to do, and says so
+    assert cli(["repair", "--config", os.path.join(c.root, f"{down}.toml")]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
+    st = request(os.path.join(c.root, down, "control.sock"), {"op": "status"}, timeout_s=5)
+    assert st["repair"]["passes"] == 2
+
+
+def test_a_holder_pushes_only_to_its_peers(make_cluster):
+    c = make_cluster(3, 0)
+    view, snd = _client(c)
+    data = np.random.default_rng(9).integers(0, 256, MiB, dtype=np.uint8)
+    view.send(snd, data, "vm/p", "cluster")
+    d = object_digest(data).hex()
+    rep = Repair("vm/p", d, data.nbytes, 1, 0.0, tuple(c.ids), None)
+    dialer = Dialer(snd.transport, snd.security)
+    with pytest.raises(TransferError, match="pushes only to its \\[cluster\\] peers, and 'mallory' is none"):
+        request_push(
+            dialer, "127.0.0.1", c.ports[c.ids[0]], rep, node="mallory", rate_bytes_per_s=0, timeout_s=10
+        )
+    with pytest.raises(TransferError, match=f"{c.ids[0]} holds no version {'00' * 16}"):
+        request_push(dialer, "127.0.0.1", c.ports[c.ids[0]], Repair("vm/p", "00" * 16, 1, 1, 0.0, (), None),
+                     node=c.ids[1], rate_bytes_per_s=0, timeout_s=10)  # fmt: skip

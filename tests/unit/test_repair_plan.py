@@ -1,0 +1,69 @@
+"""dwcp.cluster.repair's pure parts: which versions a node must pull, and a key's scope."""
+
+from __future__ import annotations
+
+from dwcp.cluster.repair import Repairer, key_scope, plan_repairs
+from dwcp.cluster.ring import HashRing
+
+MEMBERS = {"a": "eu", "b": "eu", "c": "eu", "d": "us", "e": "us"}
+
+
+def _v(n: int, digest: str, holders, at: float = 0.0) -> dict:
+    return {"version": n, "digest": digest, "size": 10, "holders": list(holders), "at": at}
+
+
+def test_scope_is_every_member_unless_the_key_lives_in_one_region():
+    assert sorted(key_scope(["a", "d"], MEMBERS)) == sorted(MEMBERS)
+    assert sorted(key_scope(["a", "b"], MEMBERS)) == ["a", "b", "c"]  # sent to region:eu: stays there
+    assert sorted(key_scope(["zz"], MEMBERS)) == sorted(MEMBERS)  # holders unknown here: everyone
+    assert sorted(key_scope(["a"], {"a": "x", "b": "x"})) == ["a", "b"]  # one region in all: everyone
+
+
+def test_a_home_that_lacks_the_latest_version_pulls_it_with_its_newest_as_base():
+    ring = HashRing(["a", "b", "c"], vnodes=150)
+    key = "vm/1"
+    homes = ring.replicas(key, 2)
+    other = next(m for m in ("a", "b", "c") if m not in homes)
+    keys = {key: [_v(1, "11" * 16, homes), _v(2, "22" * 16, [homes[1]], at=5.0)]}
+    members = {m: "eu" for m in ("a", "b", "c")}
+    held = {(key, "11" * 16)}
+    got = plan_repairs(keys, homes[0], members, replicas=2, vnodes=150, held=lambda k, d: (k, d) in held)
+    assert [(r.key, r.digest, r.version, r.base, r.holders, r.at) for r in got] == [
+        (key, "22" * 16, 2, "11" * 16, (homes[1],), 5.0)]  # fmt: skip
+    # not a home: nothing to pull; holding it already: nothing; only another key asked for: nothing
+    assert plan_repairs(keys, other, members, replicas=2, vnodes=150, held=lambda k, d: False) == []
+    assert plan_repairs(keys, homes[0], members, replicas=2, vnodes=150, held=lambda k, d: True) == []
+    assert (
+        plan_repairs(keys, homes[0], members, replicas=2, vnodes=150, held=lambda k, d: False, only="vm/2")
+        == []
+    )
+    # a version nobody holds any more cannot be pulled
+    gone = {key: [_v(1, "11" * 16, [])]}
+    assert plan_repairs(gone, homes[0], members, replicas=2, vnodes=150, held=lambda k, d: False) == []
+
+
+def test_a_pass_fails_over_between_holders_and_counts():
+    ring = HashRing(["a", "b", "c"], vnodes=150)
+    me = ring.replicas("k", 3)[2]
+    keys = {"k": [_v(1, "11" * 16, [m for m in "abc" if m != me], at=100.0)]}
+    calls = []
+
+    def pull(host, port, rep):
+        calls.append(port)
+        if port == 1:
+            raise OSError("refused")
+        return {"ok": True, "forwarded": {"to": "x", "seconds": 1, "wire_bytes": 7, "mode": "full"}}
+
+    holders = [m for m in "abc" if m != me]
+    r = Repairer(me=me, keys=lambda: keys, members=lambda: dict.fromkeys("abc", "eu"), replicas=lambda: 3,
+                 vnodes=lambda: 150, held=lambda k, d: False,
+                 order=lambda hs: [(h, f"127.0.0.1:{i + 1}") for i, h in enumerate(hs)],
+                 pull=pull, clock=lambda: 130.0)  # fmt: skip
+    out = r.run_once()
+    assert calls == [1, 2] and out["repaired"][0]["from"] == holders[1] and out["behind_s"] == 0.0
+    assert r.status()["repaired_total"] == 1 and r.status()["wire_bytes_total"] == 7
+    # every holder fails: counted, said, and how far behind this node is
+    r.pull = lambda host, port, rep: (_ for _ in ()).throw(OSError("down"))
+    out = r.run_once()
+    assert out["failed"][0]["error"].count("OSError: down") == 2 and out["behind_s"] == 30.0
+    assert r.status()["failed_total"] == 1 and r.status()["passes"] == 2
