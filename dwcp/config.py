@@ -209,11 +209,21 @@ class StorageConfig(_Section):
     keep_versions: int = 2
     partial_max_age_s: float = 7 * 24 * 3600.0
     max_object_bytes: int = 0  # a send announcing more is refused; 0 = the free space (and the wire's 16 TiB)
+    scrub_rate_bytes_per_s: float = (
+        32 * 1024 * 1024
+    )  # the background scrub's read rate; 0 = no background scrub
+    scrub_interval_s: float = 86400.0  # a scrub pass starts at most this often (dwcp.daemon.scrub)
 
     def problems(self) -> list[str]:
         out = []
         if not self.data_dir:
             out.append("data_dir must be set")
+        if not 0 <= self.scrub_rate_bytes_per_s < 1e12:
+            out.append(
+                f"scrub_rate_bytes_per_s {self.scrub_rate_bytes_per_s}: bytes/s >= 0 (0: no background scrub)"
+            )
+        if not 1 <= self.scrub_interval_s <= 365 * 86400:
+            out.append(f"scrub_interval_s {self.scrub_interval_s}: seconds in [1, {365 * 86400}]")
         if self.keep_versions < 2:
             out.append(
                 f"keep_versions {self.keep_versions} must be >= 2 (the previous version is the next baseline)"
@@ -729,7 +739,15 @@ LIVE: dict[str, frozenset[str]] = {
     "health": frozenset({"*"}),
     "logging": frozenset({"*"}),
     "cluster": frozenset({"*"}),  # membership, policy and breaker settings: the next pick uses them
-    "storage": frozenset({"keep_versions", "partial_max_age_s", "max_object_bytes"}),
+    "storage": frozenset(
+        {
+            "keep_versions",
+            "partial_max_age_s",
+            "max_object_bytes",
+            "scrub_rate_bytes_per_s",
+            "scrub_interval_s",
+        }
+    ),
     "security": frozenset({"acl", "relay_allow"}),  # the next connection is judged by them
     # read by the data port at each accept (limits) and for each new connection (deadlines)
     "listen": frozenset(

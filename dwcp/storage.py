@@ -65,6 +65,7 @@ import os
 import re
 import struct
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -257,11 +258,14 @@ class ObjectStore:
         infos.sort(key=lambda t: (latest is not None and t[1].digest == latest.digest, t[0]), reverse=True)
         return [i for _, i in infos]
 
-    def remove_version(self, info: VersionInfo) -> None:
+    def remove_version(self, info: VersionInfo, *, quarantine: bool = False) -> bool:
         """Delete one verified version; LATEST then names the newest one left (or goes, with the last).
+        Returns False when it was gone already.
 
-        For a copy found damaged (a sender's baseline that fails its digest):
-        the key keeps its other versions and nothing names a missing file.
+        For a copy found damaged (a sender's baseline that fails its digest, a stored version the scrub
+        finds rotten): the key keeps its other versions and nothing names a missing file.  With
+        ``quarantine`` the file is moved to ``<data dir>/quarantine/<key>/<digest>.obj.<unix time>``
+        for a post-mortem instead of deleted.
         """
         d = self._key_dir(info.key)
         with self._lock:
@@ -269,7 +273,13 @@ class ObjectStore:
                 raise KeyBusyError(f"key {info.key!r} is busy: another transfer is writing it; retry later")
             try:
                 latest = self.latest(info.key)
-                os.unlink(info.path)
+                if quarantine:
+                    qdir = os.path.join(self.data_dir, "quarantine", escape_key(info.key))
+                    os.makedirs(qdir, mode=0o700, exist_ok=True)
+                    os.rename(info.path, os.path.join(qdir, f"{info.digest.hex()}.obj.{int(time.time())}"))
+                    fsync_dir(qdir)
+                else:
+                    os.unlink(info.path)
                 if latest is not None and latest.digest == info.digest:
                     rest = self.versions(info.key)  # newest first: LATEST's own file is gone
                     if rest:
@@ -278,11 +288,12 @@ class ObjectStore:
                         os.unlink(os.path.join(d, "LATEST"))
                 fsync_dir(d)
             except FileNotFoundError:
-                pass
+                return False
             except OSError as exc:
                 raise StorageError(
                     f"cannot remove version {info.digest.hex()} of {info.key!r}: {exc.strerror}"
                 ) from exc
+            return True
 
     def read_meta(self, key: str) -> dict | None:
         """The JSON object ``write_meta`` last stored for ``key``; None if none (or unreadable: a warning)."""

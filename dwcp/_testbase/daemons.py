@@ -38,6 +38,10 @@ class Cluster:
         """More TOML lines for peer ``p``'s [[cluster.peers]] table (a subclass adds keys, say)."""
         return ""
 
+    def storage_extra(self) -> str:
+        """More TOML lines for the [storage] section."""
+        return ""
+
     def cluster_extra(self) -> str:
         """More TOML lines for the [cluster] section (before its peers)."""
         return ""
@@ -53,7 +57,7 @@ class Cluster:
         with open(path, "w") as f:
             f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {self.ports[i]}\n'
                     f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\n'
-                    f'data_dir = "{os.path.join(self.root, i)}"\n[cluster]\nprobe_interval_s = 1.0\n{self.cluster_extra()}{peers}'
+                    f'data_dir = "{os.path.join(self.root, i)}"\n{self.storage_extra()}[cluster]\nprobe_interval_s = 1.0\n{self.cluster_extra()}{peers}'
                     f'[consensus]\nenabled = true\ntick_ms = {self.tick_ms}\nelection_ticks = 10\n'
                     f'{self.consensus_extra()}')  # fmt: skip
         return path

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--socket", help="the control socket path")
     rp.add_argument("--json", action="store_true")
 
+    sb = sub.add_parser("scrub", help="re-hash every version the local daemon stores (--now: one pass, now)")
+    sb.add_argument("--now", action="store_true", required=True, help="run one pass now and report it")
+    sb.add_argument("--rate", type=_size, default=None, metavar="RATE",
+                    help="read at most RATE (bytes/s, e.g. 200M; default: as fast as the disk goes)")  # fmt: skip
+    sb.add_argument("--config", help="the daemon's config (for its control socket)")
+    sb.add_argument("--socket", help="the control socket path")
+    sb.add_argument("--json", action="store_true")
+
     rl = sub.add_parser("reload", help="make the local daemon re-read its config file (like SIGHUP)")
     rl.add_argument("--config", help="the daemon's config (for its control socket)")
     rl.add_argument("--socket", help="the control socket path")
@@ -353,7 +361,7 @@ def _fetch_by_catalog(args, cfg, digest: bytes | None, one) -> tuple[dict, str]:
         f", after {len(r['failover'])} failed" if r["failover"] else "") + ")"  # fmt: skip
 
 
-def _ask_daemon(args, req: dict, timeout_s: float = 10) -> dict:
+def _ask_daemon(args, req: dict, timeout_s: float | None = 10) -> dict:
     from dwcp.config import load_toml
     from dwcp.daemon.control import request
 
@@ -388,6 +396,26 @@ def _cmd_repair(args) -> int:
         r, args.json, "\n".join(lines) or "nothing to repair: this node holds every version it is a home of"
     )
     return 0 if not r["failed"] else EXIT_ERROR
+
+
+def _cmd_scrub(args) -> int:
+    from .demo import human_bytes
+
+    req: dict = {"op": "scrub"}
+    if args.rate is not None:
+        req["rate"] = args.rate
+    r = _ask_daemon(args, req, timeout_s=None)
+    if not r.get("ok"):
+        print(f"dwcp scrub: {r.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    lines = [f"checked {r['checked']} versions ({human_bytes(r['bytes'])}) in {r['seconds']:.1f} s: "
+             f"{len(r['corrupt'])} corrupt"]  # fmt: skip
+    lines += [
+        f"corrupt: {x['key']} version {x['digest']}: quarantined, repairing from a replica"
+        for x in r["corrupt"]
+    ]
+    _print(r, args.json, "\n".join(lines))
+    return 0 if not r["corrupt"] else EXIT_ERROR
 
 
 def _cmd_reload(args) -> int:
@@ -464,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_reload(args)
         if args.command == "repair":
             return _cmd_repair(args)
+        if args.command == "scrub":
+            return _cmd_scrub(args)
         if args.command == "consensus":
             return _cmd_consensus(args)
         if args.command == "check-config":

@@ -12,7 +12,11 @@ in one region of several, that region's members (a key sent to
 
 * for each key of which it is a home and whose latest version it does not
   hold verified in its store (it missed the send, was down, or its copy was
-  quarantined by the scrub): one *repair*.
+  quarantined by the scrub): one *repair*;
+* for each key whose latest stored version the catalog does not list this
+  node as holding (the record proposed at its commit was lost: a leader
+  change, a partition): an *announcement*, the same ``version`` record again
+  (idempotent), so the catalog converges on what the stores hold.
 
 A repair *pulls* the version: the node asks a holder (``fetch_order``: the
 ``[cluster] policy``'s pick among healthy holders, failing over to the next)
@@ -117,6 +121,21 @@ def plan_repairs(keys: Mapping[str, list[dict[str, Any]]], me: str, members: Map
     return out
 
 
+def unlisted(keys: Mapping[str, list[dict[str, Any]]], me: str,
+             local: Mapping[str, tuple[str, int]]) -> list[tuple[str, str, int]]:  # fmt: skip
+    """(key, digest hex, size) of each ``local`` latest version (key -> (digest hex, size)) that the
+    catalog's ``keys`` list without ``me`` as a holder, or of a key the catalog lacks (rule 1: pure).
+    A version of a key the catalog knows but not of this digest is left alone: an old version it
+    trimmed, recorded again, would become the key's latest."""
+    out = []
+    for key, (digest, size) in sorted(local.items()):
+        vs = keys.get(key)
+        listed = next((v for v in vs if v["digest"] == digest), None) if vs else None
+        if not vs or (listed is not None and me not in listed["holders"]):
+            out.append((key, digest, size))
+    return out
+
+
 def request_push(dialer, host: str, port: int, rep: Repair, *, node: str, rate_bytes_per_s: float,
                  timeout_s: float) -> dict:  # fmt: skip
     """Ask the holder at ``host:port`` to send ``rep``'s version to this node (``node``); returns its
@@ -210,14 +229,18 @@ class Repairer:
     """The daemon's anti-entropy loop (module docstring): ``run_once`` plans and pulls; a thread runs it
     every ``interval_s``.  ``keys()`` snapshots the catalog (key -> versions), ``members()`` the members'
     regions, ``held(key, digest_hex)`` asks the store, ``order(holders)`` ranks holders as (id, address),
-    ``pull(host, port, repair)`` asks one to push (``request_push``) and returns its DONE."""
+    ``pull(host, port, repair)`` asks one to push (``request_push``) and returns its DONE; ``local()``
+    is the store's key -> (latest digest hex, size), ``announce(key, digest_hex, size)`` records one."""
 
     def __init__(self, *, me: str, keys: Callable[[], dict], members: Callable[[], dict[str, str]],
                  replicas: Callable[[], int], vnodes: Callable[[], int], held: Callable[[str, str], bool],
                  order: Callable[[list[str]], list[tuple[str, str]]],
-                 pull: Callable[[str, int, Repair], dict], clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 pull: Callable[[str, int, Repair], dict], local: Callable[[], dict[str, tuple[str, int]]],
+                 announce: Callable[[str, str, int], None], clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.me, self.keys, self.members, self.replicas, self.vnodes = me, keys, members, replicas, vnodes
         self.held, self.order, self.pull, self.clock = held, order, pull, clock
+        self.local, self.announce = local, announce
+        self.announced = 0
         self.repaired = 0
         self.failed = 0
         self.wire_bytes = 0
@@ -231,7 +254,17 @@ class Repairer:
     def run_once(self, key: str | None = None) -> dict[str, Any]:
         """One pass (of ``key`` only, if given): what it repaired and what failed, with why."""
         with self._lock:
-            todo = plan_repairs(self.keys(), self.me, self.members(), replicas=self.replicas(),
+            keys = self.keys()
+            for k, digest, size in unlisted(keys, self.me, self.local()):
+                if key is None or k == key:
+                    try:
+                        self.announce(k, digest, size)
+                    except (DWCPError, OSError) as exc:
+                        log.warning("could not list %s version %s in the catalog: %s", k, digest, exc)
+                        continue
+                    self.announced += 1
+                    log.info("listed %s version %s in the catalog (its record at commit was lost)", k, digest)
+            todo = plan_repairs(keys, self.me, self.members(), replicas=self.replicas(),
                                 vnodes=self.vnodes(), held=self.held, only=key)  # fmt: skip
             done, failed = [], []
             for rep in todo:
@@ -266,7 +299,8 @@ class Repairer:
 
     def status(self) -> dict[str, Any]:
         return {"passes": self.passes, "repaired_total": self.repaired, "failed_total": self.failed,
-                "wire_bytes_total": self.wire_bytes, "behind_s": self.behind_s, "last": self.last}  # fmt: skip
+                "announced_total": self.announced, "wire_bytes_total": self.wire_bytes, "behind_s": self.behind_s,
+                "last": self.last}  # fmt: skip
 
     def start(self, interval_s: Callable[[], float]) -> None:
         def loop() -> None:

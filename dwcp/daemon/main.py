@@ -52,6 +52,7 @@ from dwcp.wire import consts as C
 from .control import ControlServer
 from .http import OpsHTTPServer
 from .metrics import Metrics
+from .scrub import Scrubber
 from .sdnotify import Notifier
 
 __all__ = ["Daemon", "run", "parse_hostport"]
@@ -127,6 +128,9 @@ class Daemon:
                                                       sender=self._push_sender))  # fmt: skip
             if self.catalog_backend is not None:
                 self.repairer = self._repairer()
+        # rate and interval read at each pass: a reload changes them
+        self.scrubber = Scrubber(self.store, rate=lambda: self.config.storage.scrub_rate_bytes_per_s,
+                                 interval=lambda: self.config.storage.scrub_interval_s, on_corrupt=self._rotten)  # fmt: skip
         self.health = HealthRegistry()
         self.notifier = Notifier()
         self._register_checks(config)
@@ -155,6 +159,7 @@ class Daemon:
             steps.append(("peer prober", self._start_prober, lambda: None))
         if self.catalog_backend is not None:
             steps.append(("consensus", self.catalog_backend.start, self.catalog_backend.close))
+        steps.append(("scrub", self.scrubber.start, self.scrubber.close))
         if self.repairer is not None:
             rp = self.repairer
             steps.append(("anti-entropy", lambda: rp.start(lambda: self.config.cluster.repair_interval_s or 3600.0),
@@ -319,6 +324,15 @@ class Daemon:
         m.add_source("dwcp_consensus_faults_total", "counter",
                      "Byzantine faults detected by the BFT engine, by kind and offending node ('*': more than f)",
                      consensus_faults)  # fmt: skip
+        sb = self.scrubber
+        m.add_source("dwcp_scrub_read_bytes_total", "counter", "Bytes the scrub re-read and re-hashed",
+                     lambda: [({}, sb.bytes_read)])  # fmt: skip
+        m.add_source("dwcp_scrub_versions_total", "counter", "Stored versions the scrub checked, by result",
+                     lambda: [({"result": "ok"}, sb.ok), ({"result": "corrupt"}, sb.corrupt)])  # fmt: skip
+        m.add_source("dwcp_scrub_passes_total", "counter", "Scrub passes over the whole store",
+                     lambda: [({}, sb.passes)])  # fmt: skip
+        m.add_source("dwcp_scrub_last_pass_end_timestamp_seconds", "gauge", "When the last scrub pass ended",
+                     lambda: [({}, sb.last_pass_end)] if sb.last_pass_end is not None else [])  # fmt: skip
         rp = self.repairer
         m.add_source("dwcp_repair_versions_total", "counter", "Anti-entropy repairs of a missing version, by result",
                      lambda: [({"result": "repaired"}, rp.repaired), ({"result": "failed"}, rp.failed)] if rp else [])  # fmt: skip
@@ -335,6 +349,24 @@ class Daemon:
 
     def _readyz(self) -> tuple[int, dict]:
         return self.health.readyz()
+
+    def _rotten(self, info) -> None:
+        """The scrub quarantined ``info``: the catalog stops listing this node for it, and anti-entropy
+        pulls it back from a replica now (in the background: the scrub goes on)."""
+        cb, key, me = self.catalog_backend, info.key, self.config.node.id
+
+        def fix() -> None:
+            if cb is not None:
+                try:
+                    cb.propose(
+                        {"op": "drop", "key": key, "digest": info.digest.hex(), "holder": me}, timeout_s=30
+                    )
+                except DWCPError as exc:
+                    log.warning("could not drop %s's rotten copy from the catalog: %s", key, exc)
+            if self.repairer is not None:
+                self.repairer.run_once(key)
+
+        threading.Thread(target=fix, name="dwcp-scrub-repair", daemon=True).start()
 
     def _push_sender(self) -> Sender:
         """A sender for anti-entropy pushes: it keeps no baselines of its own (a push offers the version
@@ -375,9 +407,21 @@ class Daemon:
                                 rate_bytes_per_s=cc.repair_rate_bytes_per_s,
                                 timeout_s=push_timeout_s(rep.size, cc.repair_rate_bytes_per_s, tc.stall_timeout_s))  # fmt: skip
 
+        def local() -> dict[str, tuple[str, int]]:
+            out = {}
+            for k in self.store.keys():
+                info = self.store.latest(k)
+                if info is not None:
+                    out[k] = (info.digest.hex(), info.size)
+            return out
+
+        def announce(key: str, digest: str, size: int) -> None:
+            cb.propose({"op": "version", "key": key, "digest": digest, "size": size, "holder": self.config.node.id,
+                        "at": time.time()}, timeout_s=10)  # fmt: skip
+
         return Repairer(me=self.config.node.id, keys=keys, members=members,
                         replicas=lambda: self.config.cluster.replicas, vnodes=lambda: self.config.cluster.vnodes,
-                        held=held, order=order, pull=pull)  # fmt: skip
+                        held=held, order=order, pull=pull, local=local, announce=announce)  # fmt: skip
 
     def _record_version(self, key: str, digest: bytes, size: int) -> None:
         """A verified, stored version: record it in the catalog (in the background; the sender has its answer)."""
@@ -496,6 +540,7 @@ class Daemon:
             "metrics_endpoint": "http://{}:{}/".format(*self.http.address) if self.http is not None else None,
             "engine": self.server.engine.info() if self.server.engine is not None else None,
             "repair": self.repairer.status() if self.repairer is not None else None,
+            "scrub": self.scrubber.status(),
         }  # fmt: skip
 
     @staticmethod
@@ -568,6 +613,9 @@ class Daemon:
                 if m is not None:
                     close_mapping(m)
             return {"ok": True, **stats}
+        if op == "scrub":
+            rate = req.get("rate")
+            return {"ok": True, **self.scrubber.run_once(rate=float(rate) if rate is not None else 0.0)}
         if op == "repair":
             if self.repairer is None:
                 raise ConfigError(f"{self.config.node.id} runs no anti-entropy: it needs [cluster] peers and a "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dwcp.cluster.repair import Repairer, key_scope, plan_repairs
+from dwcp.cluster.repair import Repairer, key_scope, plan_repairs, unlisted
 from dwcp.cluster.ring import HashRing
 
 MEMBERS = {"a": "eu", "b": "eu", "c": "eu", "d": "us", "e": "us"}
@@ -58,7 +58,7 @@ def test_a_pass_fails_over_between_holders_and_counts():
     r = Repairer(me=me, keys=lambda: keys, members=lambda: dict.fromkeys("abc", "eu"), replicas=lambda: 3,
                  vnodes=lambda: 150, held=lambda k, d: False,
                  order=lambda hs: [(h, f"127.0.0.1:{i + 1}") for i, h in enumerate(hs)],
-                 pull=pull, clock=lambda: 130.0)  # fmt: skip
+                 pull=pull, local=dict, announce=None, clock=lambda: 130.0)  # fmt: skip
     out = r.run_once()
     assert calls == [1, 2] and out["repaired"][0]["from"] == holders[1] and out["behind_s"] == 0.0
     assert r.status()["repaired_total"] == 1 and r.status()["wire_bytes_total"] == 7
@@ -67,3 +67,16 @@ def test_a_pass_fails_over_between_holders_and_counts():
     out = r.run_once()
     assert out["failed"][0]["error"].count("OSError: down") == 2 and out["behind_s"] == 30.0
     assert r.status()["failed_total"] == 1 and r.status()["passes"] == 2
+
+
+def test_versions_held_but_not_listed_are_announced():
+    keys = {"a": [_v(1, "11" * 16, ["x"]), _v(2, "22" * 16, ["x", "me"])], "b": [_v(1, "33" * 16, ["x"])]}
+    local = {"a": ("22" * 16, 10), "b": ("33" * 16, 10), "c": ("44" * 16, 5), "d": ("55" * 16, 1)}
+    keys["d"] = [_v(7, "66" * 16, ["me"])]  # a digest the catalog does not list (trimmed?): left alone
+    assert unlisted(keys, "me", local) == [("b", "33" * 16, 10), ("c", "44" * 16, 5)]
+    said = []
+    r = Repairer(me="me", keys=lambda: keys, members=lambda: {"me": "eu", "x": "eu"}, replicas=lambda: 2,
+                 vnodes=lambda: 150, held=lambda k, d: True, order=lambda hs: [], pull=None,
+                 local=lambda: local, announce=lambda *a: said.append(a))  # fmt: skip
+    r.run_once(key="c")
+    assert said == [("c", "44" * 16, 5)] and r.status()["announced_total"] == 1

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dwcp._testbase.store import put as store_put
 from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import IntegrityError, InvalidKeyError, KeyBusyError
 from dwcp.storage import ObjectStore, escape_key, unescape_key, validate_key
@@ -18,12 +19,7 @@ CS = 4096
 
 
 def put(store: ObjectStore, key: str, data: bytes, chunk: int = CS):
-    p = store.begin(key, object_digest(data), len(data), chunk)
-    for i in range(p.nchunks):
-        c = data[i * chunk : (i + 1) * chunk]
-        p.write(i, c)
-        p.mark_done(i, chunk_hash(c)[0])
-    return p.commit()
+    return store_put(store, key, data, chunk)
 
 
 @pytest.mark.parametrize(
