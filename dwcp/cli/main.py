@@ -11,7 +11,7 @@ import os
 import sys
 
 from dwcp._version import __version__
-from dwcp.errors import ConfigError, DWCPError
+from dwcp.errors import ConfigError, DWCPError, TransferError
 
 __all__ = ["main"]
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", metavar="OLD",
                    help="a previous version of PATH that you keep yourself (a snapshot): the send is a delta "
                         "against it if the receiver holds it, and dwcp keeps no copy of PATH")  # fmt: skip
+    s.add_argument("--direct", action="store_true",
+                   help="with a cluster target: send from this process even when the local daemon runs "
+                        "(default: through it, so its breakers, affinity and metrics see the send)")  # fmt: skip
     s.add_argument("--json", action="store_true")
     _add_security(s)
 
@@ -248,6 +251,10 @@ def _cmd_send(args) -> int:
     elif cfg is None:
         raise ConfigError(f"--to {args.to}: a cluster target needs --config with a [cluster] section")
     else:
+        if not (args.direct or args.base or args.chunk_size or args.state_dir):
+            rc = _send_through_daemon(args, cfg)
+            if rc is not None:
+                return rc
         cluster = ClusterView(cfg.cluster, cfg.node)
     state_dir = args.state_dir or (
         os.path.join(cfg.storage.data_dir, "sent") if cfg is not None
@@ -285,12 +292,53 @@ def _cmd_send(args) -> int:
         where += f" ({r.peer}" + (f" via {r.via}" if r.via else "") \
             + (f", after {len(r.failover)} failed" if r.failover else "") + ")"  # fmt: skip
         if r.ack is not None:  # a replicated send: each home, and the policy it met
-            where += (f", {r.ack['verified']} of {len(r.replicas)} replicas verified (ack = {r.ack['policy']}: "
-                      + ", ".join(f"{x['peer']} {x['state']}" for x in r.replicas) + ")")  # fmt: skip
+            where += _replicas_text(r.ack, r.replicas)
     _print(r.to_json(), args.json, f"sent {args.key} -> {where}: {t.mode}, {human_bytes(t.size)} raw, "
                                    f"{human_bytes(t.wire_bytes)} on the wire ({t.ratio:.1f}x), "
                                    f"{human_bytes(t.throughput_bytes_per_s)}/s, {t.streams.max} streams, "
                                    f"digest {t.digest} verified")  # fmt: skip
+    return 0
+
+
+def _replicas_text(ack: dict, replicas) -> str:
+    return (f", {ack['verified']} of {len(replicas)} replicas verified (ack = {ack['policy']}: "
+            + ", ".join(f"{x['peer']} {x['state']}" for x in replicas) + ")")  # fmt: skip
+
+
+def _send_through_daemon(args, cfg) -> int | None:
+    """A cluster send through the local daemon (its control API, the file's descriptor passed over):
+    the daemon's breakers, outlier ejection and affinity carry over between sends, and its metrics
+    count the send.  None when no daemon answers on the config's control socket (then the CLI sends
+    itself, and says so)."""
+    from dwcp.daemon.control import request
+    from dwcp.transport.source import FileSource
+
+    from .demo import human_bytes
+
+    src = FileSource.open(args.path)  # with this user's permissions; refuses FIFOs and the like
+    try:
+        req = {"op": "send", "path": os.path.abspath(args.path), "to": args.to, "key": args.key,
+               "streams": args.streams, "rate": args.rate, "via": args.via}  # fmt: skip
+        r = request(cfg.control_socket, req, timeout_s=None, fds=[src.fileno()])
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"dwcp send: no local daemon answers on {cfg.control_socket}: sending from this process "
+              "(its breakers and affinity start afresh)", file=sys.stderr)  # fmt: skip
+        return None
+    finally:
+        src.close()
+    if not r.get("ok"):
+        raise TransferError(f"{args.key} -> {args.to} (through the local daemon): {r.get('error')}")
+    r["through_daemon"] = True
+    where = (
+        f"{args.to} ({r['peer']}"
+        + (f", after {len(r['failover'])} failed" if r.get("failover") else "")
+        + ")"
+    )
+    if r.get("ack"):
+        where += _replicas_text(r["ack"], r["replicas"])
+    _print(r, args.json, f"sent {args.key} -> {where} through the local daemon: {r['mode']}, "
+                         f"{human_bytes(r['size'])} raw, {human_bytes(r['wire_bytes'])} on the wire, "
+                         f"digest {r['digest']} verified")  # fmt: skip
     return 0
 
 

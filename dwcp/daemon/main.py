@@ -18,7 +18,6 @@ port, control socket), stops them in reverse, and runs the main loop:
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import signal
 import threading
@@ -43,10 +42,11 @@ from dwcp.ops.health import (
     HealthThresholds,
     ReplicaVersion,
 )
-from dwcp.storage import ObjectStore, close_mapping
+from dwcp.storage import ObjectStore
 from dwcp.transport.admission import REASONS as ADMISSION_REASONS
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer, message_stream
+from dwcp.transport.source import FileSource
 from dwcp.wire import consts as C
 
 from .control import ControlServer
@@ -575,44 +575,23 @@ class Daemon:
                 f"{self.server.stats_snapshot()['transfers_ok_total']} received, {self.sends_ok} sent"
                 + (", draining" if self.server.draining else ""))  # fmt: skip
 
-    def handle(self, req: dict) -> dict:
+    def handle(self, req: dict, fds: list[int] | None = None) -> dict:
+        """One control request (dwcp.daemon.control); ``fds``: descriptors that came with it, owned here."""
+        fds = list(fds or ())
+        try:
+            return self._handle(req, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle(self, req: dict, fds: list[int]) -> dict:
         op = req.get("op")
         if op == "status":
             return self.status()
         if op == "reload":
             return self.reload()
         if op == "send":
-            to = str(req["to"])
-            kind, _ = parse_target(to)
-            if kind != "addr" and self.cluster is None:
-                raise ConfigError(f"--to {to}: this daemon has no [cluster] peers")
-            path = str(req["path"])
-            streams = req.get("streams")
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else None
-            kw: dict[str, Any] = {
-                "streams": None if streams in (None, "auto") else int(streams),
-                "rate_limit_bytes_per_s": req.get("rate"),
-            }
-            buf = m if m is not None else b""
-            try:
-                if kind == "addr":
-                    host, port = parse_hostport(to)
-                    stats = self.sender.send(buf, host, port, str(req["key"]), **kw).to_json()
-                else:
-                    assert self.cluster is not None
-                    stats = self.cluster.send(
-                        self.sender, buf, str(req["key"]), to, via=req.get("via"), **kw
-                    ).to_json()
-                self.sends_ok += 1
-            except Exception:
-                self.sends_failed += 1
-                raise
-            finally:
-                if m is not None:
-                    close_mapping(m)
-            return {"ok": True, **stats}
+            return self._send(req, fds)
         if op == "scrub":
             rate = req.get("rate")
             return {"ok": True, **self.scrubber.run_once(rate=float(rate) if rate is not None else 0.0)}
@@ -635,6 +614,38 @@ class Daemon:
             self.stop()
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _send(self, req: dict, fds: list[int]) -> dict:
+        """The control API's send: the object is the descriptor the CLI opened and passed (it reads
+        with the CLI user's permissions; taken over from ``fds``), else ``path``, opened here.  Read,
+        not mapped: a file truncated under a mapping would kill the daemon with SIGBUS."""
+        to = str(req["to"])
+        kind, _ = parse_target(to)
+        if kind != "addr" and self.cluster is None:
+            raise ConfigError(f"--to {to}: this daemon has no [cluster] peers")
+        path = str(req.get("path", ""))
+        src = FileSource.from_fd(fds.pop(0), path or "<fd>") if fds else FileSource.open(path)
+        streams = req.get("streams")
+        kw: dict[str, Any] = {
+            "streams": None if streams in (None, "auto") else int(streams),
+            "rate_limit_bytes_per_s": req.get("rate"),
+        }
+        try:
+            if kind == "addr":
+                host, port = parse_hostport(to)
+                stats = self.sender.send(src, host, port, str(req["key"]), **kw).to_json()
+            else:
+                assert self.cluster is not None
+                stats = self.cluster.send(
+                    self.sender, src, str(req["key"]), to, via=req.get("via"), **kw
+                ).to_json()
+            self.sends_ok += 1
+        except Exception:
+            self.sends_failed += 1
+            raise
+        finally:
+            src.close()
+        return {"ok": True, **stats}
 
     # -- main loop -------------------------------------------------------------
     def request_reload(self) -> None:

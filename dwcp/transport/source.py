@@ -130,7 +130,13 @@ class FileSource:
     def open(cls, path: str) -> FileSource:
         path = os.fspath(path)
         _refuse_special(path, os.stat(path).st_mode)  # before open(): a FIFO without a writer blocks it
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return cls.from_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), path)
+
+    @classmethod
+    def from_fd(cls, fd: int, path: str) -> FileSource:
+        """A source over ``fd`` (an open, readable descriptor it takes over: closed on failure and by
+        ``close``), named ``path`` in messages: a file another process opened and handed over (the
+        control API's ``send``, dwcp.daemon.control)."""
         try:
             mode = os.fstat(fd).st_mode
             _refuse_special(path, mode)  # the path may name something else by now

@@ -228,3 +228,56 @@ def test_fetch_by_key_asks_the_catalog_fails_over_and_fetches_older_versions(tmp
     r = _fetch(tmp_path, c, "c1", "vm/nothing", tmp_path / "x")
     assert r.returncode != 0 and "lists no version of it" in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
+
+
+class OneAckCluster(Cluster):
+    def cluster_extra(self) -> str:
+        return 'replicas = 3\nack = "one"\n'
+
+
+def test_cli_cluster_sends_go_through_the_local_daemon_and_use_what_it_knows(tmp_path):
+    """`dwcp send --to cluster --config NODE.toml` hands the file's descriptor to NODE's daemon, which
+    replicates it with what it has learnt (its prober's view of the peers, its breakers) and counts it;
+    `--direct` sends from the CLI process, which has to find out by trying."""
+    from dwcp.daemon.control import request
+
+    (tmp_path / "d").mkdir()
+    c = OneAckCluster(str(tmp_path / "d"), 3)
+    try:
+        c.wait(c.leader, what="a first leader")
+        cfg = os.path.join(c.root, "c0.toml")
+        sock = os.path.join(c.root, "c0", "control.sock")
+        data, src = _object(tmp_path, 21, 2 * MiB)
+        r = _send(tmp_path, cfg, src, "vm/d1")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["through_daemon"] is True and res["digest"] == object_digest(data).hex()
+        assert request(sock, {"op": "status"}, timeout_s=5)["sends_ok"] == 1
+        down = c.ids[2]
+        c.procs[down].terminate()
+        c.procs[down].wait(20)
+        c.wait(lambda: not request(sock, {"op": "status"}, timeout_s=5)["cluster"]["peers"][down]["healthy"],
+               what="the daemon's prober noticing")  # fmt: skip
+        data, src = _object(tmp_path, 22, MiB)
+        r = _send(tmp_path, cfg, src, "vm/d2")
+        assert r.returncode == 0, r.stderr
+        states = {x["peer"]: x for x in json.loads(r.stdout)["replicas"]}
+        assert states[down] == {"peer": down, "state": "failed", "error": "unhealthy"}  # known, not tried
+        r = _send(tmp_path, cfg, src, "vm/d3", "--direct")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert "through_daemon" not in res
+        assert {x["peer"]: x["state"] for x in res["replicas"]}[down] in ("failed", "pending")
+        assert (
+            request(sock, {"op": "status"}, timeout_s=5)["sends_ok"] == 2
+        )  # the direct one is not the daemon's
+        # the daemon reads the descriptor the CLI opened, not the path (which it might not be allowed to open)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            got = request(sock, {"op": "send", "path": "/nonexistent/x", "to": "cluster", "key": "vm/fd"},
+                          timeout_s=60, fds=[fd])  # fmt: skip
+        finally:
+            os.close(fd)
+        assert got["ok"] and got["digest"] == object_digest(data).hex(), got
+    finally:
+        c.close()
