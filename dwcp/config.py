@@ -457,6 +457,7 @@ class ClusterConfig(_Section):
     peers: tuple = ()  # of PeerConfig; [[cluster.peers]] tables in TOML
     replicas: int = 2  # copies of each key, on the first distinct peers of the hash ring
     ack: str = "quorum"  # when a replicated send returns: one | quorum | all verified copies (ACKS)
+    conflicts: str = "lww"  # concurrent writes of a key: lww (later HLC is the latest) | reject (first wins)
     vnodes: int = 150  # ring points per peer
     policy: str = "p2c"  # round_robin, least_connections, p2c, geo, region
     region_priority: tuple = ()  # of region names, for policy = "region"
@@ -510,6 +511,8 @@ class ClusterConfig(_Section):
             out.append(f"replicas {self.replicas} must be in [1, {MAX_REPLICAS}]")
         if self.ack not in ACKS:
             out.append(f"ack {self.ack!r}: one of {', '.join(ACKS)}")
+        if self.conflicts not in ("lww", "reject"):
+            out.append(f"conflicts {self.conflicts!r}: one of lww, reject")
         if not (0 <= self.repair_interval_s <= 86400):
             out.append(
                 f"repair_interval_s {self.repair_interval_s}: seconds in [0, 86400] (0: only on demand)"

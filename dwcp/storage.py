@@ -258,23 +258,28 @@ class ObjectStore:
         infos.sort(key=lambda t: (latest is not None and t[1].digest == latest.digest, t[0]), reverse=True)
         return [i for _, i in infos]
 
-    def remove_version(self, info: VersionInfo, *, quarantine: bool = False) -> bool:
+    def remove_version(
+        self, info: VersionInfo, *, quarantine: bool = False, keep_in: str | None = None
+    ) -> bool:
         """Delete one verified version; LATEST then names the newest one left (or goes, with the last).
         Returns False when it was gone already.
 
         For a copy found damaged (a sender's baseline that fails its digest, a stored version the scrub
         finds rotten): the key keeps its other versions and nothing names a missing file.  With
         ``quarantine`` the file is moved to ``<data dir>/quarantine/<key>/<digest>.obj.<unix time>``
-        for a post-mortem instead of deleted.
+        for a post-mortem instead of deleted; ``keep_in`` names another such directory ("conflicts": a
+        write the catalog refused, kept for whoever resolves it).
         """
+        if quarantine:
+            keep_in = "quarantine"
         d = self._key_dir(info.key)
         with self._lock:
             if info.key in self._leases:
                 raise KeyBusyError(f"key {info.key!r} is busy: another transfer is writing it; retry later")
             try:
                 latest = self.latest(info.key)
-                if quarantine:
-                    qdir = os.path.join(self.data_dir, "quarantine", escape_key(info.key))
+                if keep_in is not None:
+                    qdir = os.path.join(self.data_dir, keep_in, escape_key(info.key))
                     os.makedirs(qdir, mode=0o700, exist_ok=True)
                     os.rename(info.path, os.path.join(qdir, f"{info.digest.hex()}.obj.{int(time.time())}"))
                     fsync_dir(qdir)

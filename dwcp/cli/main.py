@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     _add_security(f)
 
-    st = sub.add_parser("status", help="ask the local daemon how it is")
+    st = sub.add_parser("status", help="ask the local daemon how it is (or, with KEY, that key's history)")
+    st.add_argument("key", nargs="?", help="a key: its versions, holders and conflicts, from the catalog")
     st.add_argument("--config", help="the daemon's config (for its control socket)")
     st.add_argument("--socket", help="the control socket path")
     st.add_argument("--json", action="store_true")
@@ -425,6 +426,8 @@ def _ask_daemon(args, req: dict, timeout_s: float | None = 10) -> dict:
 
 
 def _cmd_status(args) -> int:
+    if args.key is not None:
+        return _key_history(args)
     r = _ask_daemon(args, {"op": "status"})
     _print(r, args.json, "\n".join(f"{k}: {v}" for k, v in r.items()))
     return 0 if r.get("ok") else EXIT_ERROR
@@ -464,6 +467,32 @@ def _cmd_scrub(args) -> int:
     ]
     _print(r, args.json, "\n".join(lines))
     return 0 if not r["corrupt"] else EXIT_ERROR
+
+
+def _key_history(args) -> int:
+    """`dwcp status KEY`: the key's versions (oldest first, the latest last) and its conflicts."""
+    import datetime
+
+    r = _ask_daemon(args, {"op": "history", "key": args.key})
+    if not r.get("ok"):
+        print(f"dwcp status: {r.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+
+    def when(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    lines = [f"{args.key}: {len(r['versions'])} versions, {len(r['conflicts'])} conflicts"]
+    for i, v in enumerate(r["versions"]):
+        last = " (latest)" if i == len(r["versions"]) - 1 else ""
+        lines.append(f"  version {v['version']}{last}: {v['digest']}, {v['size']} bytes, {when(v['at'])}, "
+                     f"by {v.get('writer') or '?'}, held by {', '.join(v['holders']) or 'nobody'}")  # fmt: skip
+    for c in r["conflicts"]:
+        lines.append(f"  conflict ({c['policy']}: {c['outcome']}): version {c['version']} {c['digest']} by "
+                     f"{c['writer'] or '?'} replaced {c['parent'] or 'nothing'} while {c['latest'] or 'none'} by "
+                     f"{c['latest_writer'] or '?'} was the latest"
+                     + (f"; kept aside by {', '.join(c['holders'])}" if c.get("holders") else ""))  # fmt: skip
+    _print(r, args.json, "\n".join(lines))
+    return 0
 
 
 def _cmd_reload(args) -> int:

@@ -73,6 +73,13 @@ class ClusterSendReport:
         return doc
 
 
+def _is_conflict(exc: BaseException) -> bool:
+    """A send the catalog refused as a concurrent write (ERR_CONFLICT): not the peer's failure."""
+    from dwcp.wire import consts as C
+
+    return getattr(exc, "code", None) == C.ERR_CONFLICT
+
+
 def parse_target(text: str) -> tuple[str, str]:
     """("addr", "host:port") | ("region", name) | ("cluster", "") | ("node", id)."""
     if text.startswith("region:"):
@@ -312,6 +319,8 @@ class ClusterView:
             except SourceError:
                 raise
             except (DWCPError, OSError) as exc:
+                if _is_conflict(exc):
+                    raise
                 self.record(p.id, False)
                 tried.append({"peer": p.id, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 self.failovers += 1
@@ -355,6 +364,8 @@ class ClusterView:
             except SourceError:
                 raise
             except (DWCPError, OSError) as exc:
+                if _is_conflict(exc):  # the catalog refused the write: no home would take it
+                    raise
                 why = f"{type(exc).__name__}: {exc}"[:300]
                 self.record(first, False)
                 tried.append({"peer": first, "error": why})

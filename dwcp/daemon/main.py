@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dwcp
+from dwcp.cluster.hlc import HLC
 from dwcp.cluster.node import ClusterView, parse_target, probe_handler
 from dwcp.cluster.repair import Repairer, push_handler, push_timeout_s, request_push
 from dwcp.config import Config, load_toml, merge_live, reload_plan
@@ -122,6 +123,7 @@ class Daemon:
             self.server.on_commit = self._record_version
         # anti-entropy (dwcp.cluster.repair): a member serves pushes of what it holds; with a catalog it
         # also pulls what it should hold and lacks
+        self.hlc = HLC()  # the origin of sends made here (dwcp.consensus.catalog: conflicts)
         self.repairer: Repairer | None = None
         if config.cluster.peers:
             self.server.register("push", push_handler(config=lambda: self.config, store=self.store,
@@ -416,27 +418,91 @@ class Daemon:
             return out
 
         def announce(key: str, digest: str, size: int) -> None:
-            cb.propose({"op": "version", "key": key, "digest": digest, "size": size, "holder": self.config.node.id,
-                        "at": time.time()}, timeout_s=10)  # fmt: skip
+            cmd = {"op": "version", "key": key, "digest": digest, "size": size, "holder": self.config.node.id,
+                   "at": time.time()}  # fmt: skip
+            origin = ((self.store.read_meta(key) or {}).get("origins") or {}).get(digest)
+            if isinstance(origin, dict) and {"writer", "hlc", "parent"} <= origin.keys():
+                cmd.update(writer=origin["writer"], hlc=origin["hlc"], parent=origin["parent"],
+                           policy=self.config.cluster.conflicts)  # fmt: skip
+            cb.propose(cmd, timeout_s=10)
 
         return Repairer(me=self.config.node.id, keys=keys, members=members,
                         replicas=lambda: self.config.cluster.replicas, vnodes=lambda: self.config.cluster.vnodes,
                         held=held, order=order, pull=pull, local=local, announce=announce)  # fmt: skip
 
-    def _record_version(self, key: str, digest: bytes, size: int) -> None:
-        """A verified, stored version: record it in the catalog (in the background; the sender has its answer)."""
+    def _record_version(self, key: str, digest: bytes, size: int, origin: dict | None = None) -> str | None:
+        """A verified, stored version: record it in the catalog, with its origin (writer, HLC, parent)
+        when the send carried one.  In the background (the sender has its answer), except for a write
+        that can be refused (``cluster.conflicts = "reject"`` and a known parent): that one is recorded
+        first, and a refusal sets the copy aside (``<data_dir>/conflicts/``) and is the answer."""
         backend = self.catalog_backend
         if backend is None:
-            return
+            return None
+        cmd: dict[str, Any] = {"op": "version", "key": key, "digest": digest.hex(), "size": size,
+                               "holder": self.config.node.id, "at": time.time()}  # fmt: skip
+        if origin is not None:
+            self.hlc.observe(int(origin["hlc"]))
+            cmd.update(writer=origin["writer"], hlc=origin["hlc"], parent=origin["parent"],
+                       policy=self.config.cluster.conflicts)  # fmt: skip
+            self._keep_origin(key, digest.hex(), origin)
+        if origin is None or self.config.cluster.conflicts != "reject":
 
-        def record() -> None:
+            def record() -> None:
+                try:
+                    backend.propose(cmd, timeout_s=30)
+                except DWCPError as exc:
+                    log.warning("could not record %s in the catalog: %s", key, exc)
+
+            threading.Thread(target=record, name="dwcp-catalog", daemon=True).start()
+            return None
+        try:
+            res = backend.propose(cmd, timeout_s=10)
+        except DWCPError as exc:  # no quorum here (a partition): a refusable write cannot be judged
+            self._set_aside(key, digest)
+            return (
+                f"{key}: stored, but the catalog could not judge it for conflicts ({exc}); set aside, retry"
+            )
+        if isinstance(res, dict) and res.get("conflict") and not res.get("ok"):
+            self._set_aside(key, digest)
+            return str(res.get("error"))
+        return None
+
+    def _keep_origin(self, key: str, digest: str, origin: dict) -> None:
+        """Keep a version's origin in the key's META, so that a record lost now (no quorum on this side
+        of a partition) is announced later with it, and judged for conflicts then (Repairer)."""
+        try:
+            meta = self.store.read_meta(key) or {}
+            origins = {k: v for k, v in (meta.get("origins") or {}).items() if isinstance(v, dict)}
+            origins[digest] = origin
+            meta["origins"] = dict(list(origins.items())[-8:])
+            self.store.write_meta(key, meta)
+        except (DWCPError, OSError) as exc:
+            log.warning("could not keep the origin of %s version %s: %s", key, digest, exc)
+
+    def _origin(self, key: str) -> dict | None:
+        """What a send made here records with its version: this node as the writer, an HLC reading
+        after every one it has seen of the key, and the key's latest version as its catalog has it
+        (the parent the catalog checks for a concurrent write); None without a catalog."""
+        cb = self.catalog_backend
+        if cb is None:
+            return None
+        with cb.lock:
+            latest = cb.catalog.latest(key)
+        if latest is not None and latest.get("hlc"):
+            self.hlc.observe(int(latest["hlc"]))
+        return {
+            "writer": self.config.node.id,
+            "hlc": self.hlc.now(),
+            "parent": latest["digest"] if latest else "",
+        }
+
+    def _set_aside(self, key: str, digest: bytes) -> None:
+        info = self.store.get(key, digest)
+        if info is not None:
             try:
-                backend.propose({"op": "version", "key": key, "digest": digest.hex(), "size": size,
-                              "holder": self.config.node.id, "at": time.time()}, timeout_s=30)  # fmt: skip
+                self.store.remove_version(info, keep_in="conflicts")
             except DWCPError as exc:
-                log.warning("could not record %s in the catalog: %s", key, exc)
-
-        threading.Thread(target=record, name="dwcp-catalog", daemon=True).start()
+                log.warning("could not set %s version %s aside: %s", key, digest.hex(), exc)
 
     def _start_prober(self) -> None:
         threading.Thread(target=self._probe_loop, name="dwcp-prober", daemon=True).start()
@@ -601,6 +667,14 @@ class Daemon:
                                   "catalog ([consensus] enabled)")  # fmt: skip
             key = req.get("key")
             return {"ok": True, **self.repairer.run_once(str(key) if key is not None else None)}
+        if op == "history":
+            cb = self.catalog_backend
+            if cb is None:
+                raise ConfigError(f"{self.config.node.id} keeps no catalog ([consensus] is not enabled)")
+            key = str(req.get("key", ""))
+            with cb.lock:
+                hist = cb.catalog.history(key)
+            return {"ok": True, "key": key, **hist}
         if op == "locate":
             return self.locate(str(req.get("key", "")))
         if op == "consensus_switch":
@@ -629,6 +703,7 @@ class Daemon:
         kw: dict[str, Any] = {
             "streams": None if streams in (None, "auto") else int(streams),
             "rate_limit_bytes_per_s": req.get("rate"),
+            "origin": self._origin(str(req["key"])),
         }
         try:
             if kind == "addr":

@@ -428,6 +428,7 @@ class Sender:
         ready: Callable[[int, float], bool] | None = None,
         forward_to: str | Forward | None = None,
         base: FileSource | str | os.PathLike | None = None,
+        origin: dict | None = None,
     ) -> TransferReport:
         """Send ``data`` as ``key``: any contiguous buffer (bytes, mmap, numpy array; never copied), or a
         FileSource (a file or block device, read chunk by chunk; see dwcp.transport.source).
@@ -450,6 +451,9 @@ class Sender:
         keeps itself (snapshot workflows; ``dwcp send NEW --base OLD``).  Its digest is offered as
         the delta baseline instead of the baselines store's, deltas are against its bytes, and the
         sent version is not kept (rule 7).  A receiver that lacks it picks "full" or "pages".
+
+        ``origin``: {"writer", "hlc", "parent"}, what the receivers record in the catalog with the
+        version (dwcp.consensus.catalog: conflicts between concurrent writers).
         """
         from dwcp.storage import validate_key
 
@@ -461,7 +465,7 @@ class Sender:
         try:
             try:
                 r = self._send(data, host, port, key, t_start, streams, rate_limit_bytes_per_s, resource_type,
-                               progress, digest, ready, forward_to, base)  # fmt: skip
+                               progress, digest, ready, forward_to, base, origin)  # fmt: skip
             except SourceError as exc:
                 # raised before DONE (once the receiver commits, the source is only read to keep a baseline)
                 err = type(exc)(f"{exc}; nothing was stored")
@@ -484,7 +488,8 @@ class Sender:
 
     def _send(self, data, host: str, port: int, key: str, t_start: float, streams: int | None,
               rate_limit_bytes_per_s: float | None, resource_type: str | None, progress, known_digest: bytes | None,
-              ready, forward_to: str | Forward | None, base_src: FileSource | None) -> TransferReport:  # fmt: skip
+              ready, forward_to: str | Forward | None, base_src: FileSource | None,
+              origin: dict | None = None) -> TransferReport:  # fmt: skip
         from .ratelimit import RateLimiter, TokenBucket
 
         src = as_source(data)
@@ -592,7 +597,7 @@ class Sender:
         # a full send due (refresh): no baseline offered, and no "pages" either (the receiver's own delta)
         sess = SendSession(transfer_id, key, size, digest, chunk_size, node=self.node_id,
                            base_digest=offered,
-                           full_refresh=refresh is not None, forward_to=forward_to, streams=streams,
+                           full_refresh=refresh is not None, forward_to=forward_to, streams=streams, origin=origin,
                            dictionary=DictRef(dictionary.id, dictionary.digest, len(dictionary.data))
                            if dictionary is not None else None,
                            sealed=self._can_seal(ctrl))  # fmt: skip

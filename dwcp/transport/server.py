@@ -221,7 +221,13 @@ class _Forwarder(threading.Thread):
 
         super().__init__(name=f"dwcp-relay-{t.transfer_id:x}", daemon=True)
         assert req.forward_to is not None
-        self.server, self.t, self.digest, self.ack = server, t, req.digest, req.forward_ack
+        self.server, self.t, self.digest, self.ack, self.origin = (
+            server,
+            t,
+            req.digest,
+            req.forward_ack,
+            req.origin,
+        )
         self.chain = [_hostport_text(h, p) for h, p in (req.forward_to, *req.forward_then)]
         self.to = self.chain[0]
         self.error: str | None = None  # a relay's failure
@@ -274,7 +280,7 @@ class _Forwarder(threading.Thread):
                 host, _, port = to.rpartition(":")
                 try:
                     r = snd.send(self._m if self._m is not None else b"", host.strip("[]"), int(port), self.t.key,
-                                 digest=self.digest, ready=self._ready, forward_to=nxt)  # fmt: skip
+                                 digest=self.digest, ready=self._ready, forward_to=nxt, origin=self.origin)  # fmt: skip
                 except Exception as exc:
                     if self.ack is None or self._upstream_gone:
                         raise
@@ -322,7 +328,9 @@ class DataServer:
         self.events = events if events is not None else NO_EVENTS
         # op -> handler of a control stream's HELLO (`register`); data streams join transfers
         self._ops: dict[str, OpHandler] = {"send": self._control, "fetch": self._fetch}
-        self.on_commit: Callable[[str, bytes, int], None] | None = None  # (key, digest, size) once stored
+        # (key, digest, size, HELLO's origin) once stored; an answer is why the version is refused
+        # after all (a conflict under cluster.conflicts = "reject"): the sender gets ERR_CONFLICT
+        self.on_commit: Callable[[str, bytes, int, dict | None], str | None] | None = None
         self.store = (
             store
             if store is not None
@@ -358,7 +366,7 @@ class DataServer:
                       "transfers_ok_total": 0, "transfers_failed_total": 0, "chunks_nacked_total": 0,
                       "chunks_received_total": 0, "bytes_wire_total": 0, "bytes_raw_total": 0}  # fmt: skip
         self.stats.update(refused_acl_total=0, refused_relay_total=0)  # security.acl, security.relay_allow
-        self.stats.update(dictionaries_received_total=0)
+        self.stats.update(dictionaries_received_total=0, transfers_conflict_total=0)
         self.stats.update(
             {f"{what}_{r}_total": 0 for what in ("refused", "evicted") for r in REASONS},
             handshake_timeouts_tls_total=0,
@@ -843,8 +851,19 @@ class DataServer:
             sess.stored()
             self._count("transfers_ok_total", 1)
             rep.update(outcome="ok", size=info.size, wire=sess.wire_bytes)
-            if self.on_commit is not None:
-                self.on_commit(key, info.digest, info.size)
+            refused = (
+                self.on_commit(key, info.digest, info.size, req.origin)
+                if self.on_commit is not None
+                else None
+            )
+            if refused is not None:
+                self._count("transfers_conflict_total", 1)
+                self._send_error(fs, C.ERR_CONFLICT, refused)
+                log.warning(
+                    "transfer %x: %s stored, then refused by the catalog: %s", transfer_id, key, refused
+                )
+                rep.update(outcome="refused")
+                return
             done: dict[str, Any] = {
                 "ok": True,
                 "digest": info.digest.hex(),

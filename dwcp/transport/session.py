@@ -180,6 +180,7 @@ class SendHello:
     dictionary: DictRef | None = None  # the zstd dictionary chunks may be compressed with (rule 13)
     forward_then: tuple[tuple[str, int], ...] = ()  # a replication chain's later hops (Forward)
     forward_ack: int | None = None  # copies the chain must verify before DONE; None: a plain relay
+    origin: dict | None = None  # {"writer", "hlc", "parent"}: who wrote it, when, replacing what (catalog)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def parse_send(transfer_id: int, hello: dict) -> SendHello:
     return SendHello(transfer_id, key, hello["size"], bytes.fromhex(hello["digest"]), hello["chunk_size"],
                      bytes.fromhex(base) if base else None, _hostport(fwd["to"]) if fwd else None, caps,
                      DictRef(dd["id"], bytes.fromhex(dd["digest"]), dd["size"]) if dd else None,
-                     then, fwd.get("ack") if fwd else None)  # fmt: skip
+                     then, fwd.get("ack") if fwd else None, hello.get("origin"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -559,7 +560,7 @@ class SendSession:
     def __init__(self, transfer_id: int, key: str, size: int, digest: bytes, chunk_size: int, *, node: str,
                  base_digest: bytes | None = None, full_refresh: bool = False, forward_to: str | Forward | None = None,
                  streams: int | None = None, dictionary: DictRef | None = None,
-                 sealed: bool = False) -> None:  # fmt: skip
+                 sealed: bool = False, origin: dict | None = None) -> None:  # fmt: skip
         self.transfer_id = transfer_id
         self.key = key
         self.size = size
@@ -571,6 +572,7 @@ class SendSession:
             self.caps = self.caps - {"sealed"}
         self.sealed = False  # WELCOME agreed: data streams seal their records after HELLO
         self.forward = Forward(forward_to) if isinstance(forward_to, str) else forward_to
+        self.origin = origin  # HELLO's origin (writer, hlc, parent), if the caller knows it
         self.streams = streams
         self.dictionary = dictionary  # offered in HELLO (rule 13)
         self.dict_needed = False  # WELCOME asked for it: the driver sends it before the data streams
@@ -609,6 +611,8 @@ class SendSession:
             msg["base_digest"] = self.offered_base.hex()
         if self.forward is not None:
             msg["forward"] = self.forward.to_wire()
+        if self.origin is not None:
+            msg["origin"] = dict(self.origin)
         if self.streams is not None:
             msg["streams"] = self.streams
         if self.dictionary is not None:

@@ -126,3 +126,4 @@ ERR_FORBIDDEN = 16  # the peer's identity has no right to this key (security.acl
 ERR_BUSY = 17  # another transfer holds the key's write lease: retry later (the message says how long)
 ERR_TOO_LARGE = 18  # the object exceeds the receiver's limit (storage.max_object_bytes)
 ERR_FORGED = 19  # a sealed record of a data stream failed authentication (dwcp.security.aead)
+ERR_CONFLICT = 20  # a concurrent write of the key was committed first (cluster.conflicts = "reject")

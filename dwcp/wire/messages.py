@@ -58,6 +58,9 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         ),  # data streams of a sealed transfer: the 32-byte secret (dwcp.security.aead), hex
         "node": (str, False),
         "rate": (int, False),  # op "push" (anti-entropy): the bytes/s the holder may send the version at
+        # a send's writer, its HLC reading and the digest of the key's latest version as it saw it ("" none):
+        # {"writer", "hlc", "parent"}, recorded with the version (dwcp.consensus.catalog: conflicts)
+        "origin": (dict, False),
         # {"to": "HOST:PORT"}: relay the object on to the next hop; a replicated send adds "then" (the
         # chain's later hops, each relays to the next) and "ack" (verified copies the chain from "to" on
         # must hold before this receiver answers DONE; 0: answer at once and forward in the background)
@@ -190,6 +193,13 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     ):  # fmt: skip
         raise err(f'forward must be {{"to": "HOST:PORT", "then": [at most {MAX_FORWARD_HOPS} HOST:PORT], '
                   f'"ack": 0..{MAX_FORWARD_HOPS + 1}}}')  # fmt: skip
+    og = obj.get("origin")
+    if og is not None and (
+        set(og) != {"writer", "hlc", "parent"} or not isinstance(og["writer"], str) or not 0 < len(og["writer"]) <= 128
+        or not _small_int(og["hlc"], (1 << 63) - 1)
+        or not isinstance(og["parent"], str) or not (og["parent"] == "" or _HEX32.fullmatch(og["parent"]))
+    ):  # fmt: skip
+        raise err('origin must be {"writer": a node id, "hlc": 0..2**63-1, "parent": 32 hex digits or ""}')
     fd = obj.get("forwarded")
     if fd is not None and (
         not {"to", "seconds", "wire_bytes", "mode"} <= set(fd) <= {"to", "seconds", "wire_bytes", "mode", "hops"}

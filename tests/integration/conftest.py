@@ -69,3 +69,23 @@ def server(tmp_path):
     srv.start()
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """``daemons(cls, n, *args)``: a loopback cluster of ``n`` real daemons with the Raft catalog
+    (``cls``: dwcp._testbase.daemons.Cluster or a subclass, given ``*args`` after root and n), once it
+    has a leader; every one made is killed after the test."""
+    made = []
+
+    def make(cls, n: int, *args):
+        root = tmp_path / f"cluster{len(made)}"
+        root.mkdir()
+        c = cls(str(root), n, *args)
+        made.append(c)
+        c.wait(c.leader, what="a first leader")
+        return c
+
+    yield make
+    for c in made:
+        c.close()

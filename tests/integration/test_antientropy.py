@@ -56,20 +56,8 @@ def _has(c: Cluster, i: str, key: str, digest: str) -> bool:
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
-    made = []
-
-    def make(n: int, interval_s: float, scrub_rate: float = 0) -> RepairingCluster:
-        root = tmp_path / f"c{len(made)}"
-        root.mkdir()
-        c = RepairingCluster(str(root), n, interval_s, scrub_rate)
-        made.append(c)
-        c.wait(c.leader, what="a first leader")
-        return c
-
-    yield make
-    for c in made:
-        c.close()
+def make_cluster(daemons):
+    return lambda n, interval_s, scrub_rate=0: daemons(RepairingCluster, n, interval_s, scrub_rate)
 
 
 def test_a_replica_killed_during_20_sends_is_repaired_and_every_key_is_fetched(tmp_path, make_cluster):

@@ -69,6 +69,7 @@ H, W, A, N, D, E, R, X = (C.FRAME_HELLO, C.FRAME_WELCOME, C.FRAME_ACK, C.FRAME_N
 LINK = ["eu", "us", 0.04, 1_000_000]
 FWD = {"to": "h:1", "seconds": 1.5, "wire_bytes": 10, "mode": "full"}
 HOP = {"to": "h:2", "state": "failed", "error": "ConnectionRefusedError"}
+ORIGIN = {"writer": "eu-1", "hlc": 123 << 16, "parent": "ab" * 16}
 ENTRY = [1, 2, "data", "00"]
 
 # (frame type, message, regex the error must match: it names the field or rule)
@@ -180,6 +181,22 @@ BAD = [
         id="hop-error-long",
     ),
     pytest.param(D, {"forwarded": {**FWD, "hops": ["h:1"]}}, "forwarded must be", id="hop-not-dict"),
+    pytest.param(H, with_(H, origin={**ORIGIN, "x": 1}), "origin must be", id="origin-extra"),
+    pytest.param(H, with_(H, origin={"writer": "w", "hlc": 1}), "origin must be", id="origin-missing"),
+    pytest.param(H, with_(H, origin={**ORIGIN, "writer": ""}), "origin must be", id="origin-no-writer"),
+    pytest.param(
+        H, with_(H, origin={**ORIGIN, "writer": "w" * 129}), "origin must be", id="origin-long-writer"
+    ),
+    pytest.param(H, with_(H, origin={**ORIGIN, "hlc": -1}), "origin must be", id="origin-negative-hlc"),
+    pytest.param(H, with_(H, origin={**ORIGIN, "hlc": 1 << 63}), "origin must be", id="origin-hlc-2**63"),
+    pytest.param(H, with_(H, origin={**ORIGIN, "hlc": True}), "origin must be", id="origin-bool-hlc"),
+    pytest.param(
+        H, with_(H, origin={**ORIGIN, "parent": "AB" * 16}), "origin must be", id="origin-upper-hex"
+    ),
+    pytest.param(
+        H, with_(H, origin={**ORIGIN, "parent": "ab" * 15}), "origin must be", id="origin-short-parent"
+    ),
+    pytest.param(H, with_(H, origin={**ORIGIN, "parent": None}), "origin must be", id="origin-null-parent"),
 ]
 
 
@@ -223,6 +240,10 @@ GOOD_EDGES = [
         id="chain-max",
     ),  # fmt: skip
     pytest.param(H, with_(H, forward={"to": "h:1", "then": [], "ack": 0}), id="chain-empty"),
+    pytest.param(
+        H, with_(H, origin={"writer": "w" * 128, "hlc": (1 << 63) - 1, "parent": ""}), id="origin-edges"
+    ),
+    pytest.param(H, with_(H, origin=ORIGIN), id="origin"),
     pytest.param(
         D,
         {
