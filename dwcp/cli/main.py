@@ -144,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--socket", help="the control socket path")
     rl.add_argument("--json", action="store_true")
 
+    cl = sub.add_parser("cluster", help="the cluster's membership, changed through consensus")
+    cls = cl.add_subparsers(dest="cluster_command")
+    ca = cls.add_parser("add", help="add NODE (its data port at ADDR) to the cluster")
+    ca.add_argument("node")
+    ca.add_argument("address", metavar="ADDR", help="HOST:PORT of the new node's data port")
+    ca.add_argument("--region", default="", help="its region (default: as its [[cluster.peers]] entry says)")
+    cr = cls.add_parser("remove", help="remove NODE from the cluster (its keys are re-replicated)")
+    cr.add_argument("node")
+    cm = cls.add_parser("members", help="the members and the Raft voters")
+    for x in (ca, cr, cm):
+        x.add_argument("--config", help="the local daemon's config (for its control socket)")
+        x.add_argument("--socket", help="the control socket path")
+        x.add_argument("--json", action="store_true")
+
     cs = sub.add_parser("consensus", help="the replicated catalog's consensus (adaptive mode)")
     css = cs.add_subparsers(dest="consensus_command")
     sw = css.add_parser(
@@ -512,6 +526,37 @@ def _cmd_reload(args) -> int:
     return EXIT_ERROR
 
 
+def _cmd_cluster(args) -> int:
+    cmd = getattr(args, "cluster_command", None)
+    if cmd is None:
+        raise ConfigError(
+            "say `dwcp cluster add NODE ADDR`, `dwcp cluster remove NODE` or `dwcp cluster members`"
+        )
+    if cmd == "members":
+        st = _ask_daemon(args, {"op": "status"})
+        peers = (st.get("cluster") or {}).get("peers") or {}
+        voters = set((st.get("raft") or {}).get("voters") or [])
+        r = {"ok": True, "node": st["node"], "members": {st["node"]: {"address": st["data_port"], "voter": st["node"]
+             in voters}} | {p: {"address": v["address"], "region": v["region"], "healthy": v["healthy"],
+                                "voter": p in voters} for p, v in peers.items()}}  # fmt: skip
+        lines = [f"{p}: {m['address']}" + (" (this node)" if p == st["node"] else f", {m['region']}, "
+                 + ("healthy" if m["healthy"] else "unhealthy")) + (", voter" if m["voter"] else "")
+                 for p, m in sorted(r["members"].items())]  # fmt: skip
+        _print(r, args.json, "\n".join(lines))
+        return 0
+    req = {"op": "member", "action": cmd, "id": args.node}
+    if cmd == "add":
+        req.update(address=args.address, region=args.region)
+    r = _ask_daemon(args, req, timeout_s=30)
+    if not r.get("ok"):
+        print(f"dwcp cluster {cmd}: {r.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    _print(r, args.json, f"{'added' if cmd == 'add' else 'removed'} {args.node}: members "
+                         f"{', '.join(r['members'])}; voters now {', '.join(r['voters'])} (the leader changes them "
+                         "one node at a time)")  # fmt: skip
+    return 0
+
+
 def _cmd_consensus(args) -> int:
     if getattr(args, "consensus_command", None) != "switch":
         raise ConfigError("say `dwcp consensus switch raft|bft`")
@@ -573,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scrub(args)
         if args.command == "consensus":
             return _cmd_consensus(args)
+        if args.command == "cluster":
+            return _cmd_cluster(args)
         if args.command == "check-config":
             return _cmd_check_config(args)
         if args.command == "tune":

@@ -23,6 +23,12 @@ are JSON objects:
   it aside).  Either way the conflict is recorded in ``conflicts[key]``
   (its last ``MAX_KEY_CONFLICTS``), never silently lost;
 * ``{"op": "drop", "key", "digest", "holder"}`` -- a holder pruned it;
+* ``{"op": "member", "action": "add" | "remove", "node", "address", "region"}``
+  -- the cluster's membership beyond the nodes' configs (``dwcp cluster
+  add|remove``): ``members`` maps each node ever added or removed to its
+  last record; ``membership(bootstrap)`` is the configured peers with these
+  applied.  The Raft driver follows it: peer links, and its leader changes
+  the voters one node at a time to match;
 * ``{"op": "lease", "key", "holder", "until"}`` / ``{"op": "release", "key", "holder"}``
   -- one writer per key (a lease held by another holder and not expired at
   ``at`` is refused: the result says so).
@@ -52,6 +58,8 @@ class Catalog:
         # key -> [{"digest", "version", "writer", "hlc", "parent", "latest", "policy", "outcome", "holders", ...}]
         self.conflicts: dict[str, list[dict[str, Any]]] = {}
         self.conflicts_total = 0
+        self.members: dict[str, dict[str, Any]] = {}  # node id -> {"action", "address", "region", "at"}
+        self.members_rev = 0  # counts membership changes applied (the driver's cue to follow them)
         self.applied_index = 0
 
     def apply(self, index: int, data: bytes) -> dict:
@@ -71,6 +79,9 @@ class Catalog:
                                      float(cmd.get("at", 0.0)), writer=str(cmd.get("writer", "")),
                                      hlc=int(cmd.get("hlc", 0)), parent=None if parent is None else str(parent),
                                      policy=policy)  # fmt: skip
+            if op == "member":
+                return self._member(str(cmd["action"]), str(cmd["node"]), str(cmd.get("address", "")),
+                                    str(cmd.get("region", "")), float(cmd.get("at", 0.0)))  # fmt: skip
             if op == "drop":
                 return self._drop(str(cmd["key"]), str(cmd["digest"]), str(cmd["holder"]))
             if op == "lease":
@@ -147,6 +158,32 @@ class Catalog:
         if len(cs) > MAX_KEY_CONFLICTS:
             del cs[: len(cs) - MAX_KEY_CONFLICTS]
 
+    def _member(self, action: str, node: str, address: str, region: str, at: float) -> dict:
+        if action not in ("add", "remove"):
+            return {"ok": False, "error": f"member action {action[:16]!r}: add or remove"}
+        if not 0 < len(node) <= 128 or not node.isprintable():
+            return {"ok": False, "error": "member node: an id of 1..128 printable characters"}
+        host, sep, port = address.rpartition(":")
+        if action == "add" and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+            return {"ok": False, "error": f"member address {address[:64]!r} is not HOST:PORT"}
+        self.members[node] = {"action": action, "address": address, "region": region[:64], "at": at}
+        self.members_rev += 1
+        return {"ok": True, "members_rev": self.members_rev}
+
+    def membership(self, bootstrap: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        """The cluster's nodes: ``bootstrap`` (id -> {"address", "region"}, the configured peers and the
+        node itself) with every ``member`` record applied, the latest record of a node winning."""
+        out = {k: dict(v) for k, v in bootstrap.items()}
+        for node, m in self.members.items():
+            if m["action"] == "remove":
+                out.pop(node, None)
+            else:
+                out[node] = {
+                    "address": m["address"],
+                    "region": m["region"] or out.get(node, {}).get("region", ""),
+                }
+        return out
+
     def _drop(self, key: str, digest: str, holder: str) -> dict:
         for v in self.keys.get(key, []):
             if v["digest"] == digest and holder in v["holders"]:
@@ -193,11 +230,13 @@ class Catalog:
 
     def snapshot(self) -> dict:
         return {"keys": self.keys, "leases": self.leases, "applied_index": self.applied_index,
-                "conflicts": self.conflicts, "conflicts_total": self.conflicts_total}  # fmt: skip
+                "conflicts": self.conflicts, "conflicts_total": self.conflicts_total, "members": self.members,
+                "members_rev": self.members_rev}  # fmt: skip
 
     @classmethod
     def restore(cls, snap: dict) -> Catalog:
         c = cls()
         c.keys, c.leases, c.applied_index = snap["keys"], snap["leases"], snap["applied_index"]
         c.conflicts, c.conflicts_total = snap.get("conflicts", {}), int(snap.get("conflicts_total", 0))
+        c.members, c.members_rev = snap.get("members", {}), int(snap.get("members_rev", 0))
         return c

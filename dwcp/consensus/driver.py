@@ -114,6 +114,7 @@ class _PeerLink(threading.Thread):
         self._writing = False  # this thread is writing a batch outside the lock: no direct write meanwhile
         self._fs: Any = None  # a FrameSocket once connected
         self._direct = True  # plaintext streams only (an SSLSocket's send takes no flags)
+        self.closed = threading.Event()  # the peer left the cluster (or moved): this link ends
 
     def send(self, frame: bytes) -> None:
         with self._cv:
@@ -154,7 +155,7 @@ class _PeerLink(threading.Thread):
 
     def run(self) -> None:
         host, _, port = self.address.rpartition(":")
-        while not self.driver.stopped.is_set():
+        while not self.driver.stopped.is_set() and not self.closed.is_set():
             with self._cv:
                 if not self._queue:
                     self._cv.wait(0.2)
@@ -182,6 +183,10 @@ class _PeerLink(threading.Thread):
             finally:
                 with self._cv:
                     self._writing = False
+        with self._cv:  # stopped, or the peer left: its stream goes too
+            fs, self._fs = self._fs, None
+        if fs is not None:
+            fs.close()
 
 
 class RaftDriver:
@@ -192,6 +197,11 @@ class RaftDriver:
             raise ValueError("snapshot_every must be at least 1")
         self.id = node_id
         self.dialer, self.tick_s = dialer, tick_s
+        self.bootstrap = dict(peers)  # the configured peers; the catalog's member records change the set
+        self._members_rev = 0  # the catalog's members_rev the links and wanted voters follow
+        self._wanted: set[str] | None = (
+            None  # the voters the catalog's membership asks for (leader: reconcile)
+        )
         self.snapshot_every = snapshot_every
         self.storage = FileStorage(os.path.join(data_dir, "raft"))
         self.node = RaftNode(node_id, sorted({node_id, *peers}), self.storage, election_ticks=election_ticks)
@@ -332,6 +342,8 @@ class RaftDriver:
             elif mine and node.leader in self.links:
                 self.links[node.leader].send(b"".join(
                     encode_control(C.FRAME_RAFT, 0, forward_to_wire(self.id, d)) for d in mine))  # fmt: skip
+        if node.role is Role.LEADER:
+            self._reconcile_voters()
         for ctx in reads:
             try:
                 node.read_index(ctx)
@@ -388,6 +400,8 @@ class RaftDriver:
             ev = self._readers.pop(rs.ctx, None)
             if ev is not None:
                 readers.append(ev)
+        if self.catalog.members_rev != self._members_rev:
+            self._follow_members()
         if self.applied - self.storage.snap.index >= self.snapshot_every:
             data = json.dumps(self.catalog.snapshot(), separators=(",", ":")).encode()
             self.node.compact(self.applied, data)
@@ -397,6 +411,48 @@ class RaftDriver:
             self.leader_changes += 1
             log.info("raft: leader is %s (term %d)", self.node.leader, self.node.term)
         return sends, wake, readers
+
+    def membership(self) -> dict[str, str]:
+        """Every node of the cluster now, this one included: id -> data-port address ("" for this one)."""
+        boot = {p: {"address": a, "region": ""} for p, a in self.bootstrap.items()} | {
+            self.id: {"address": "", "region": ""}}  # fmt: skip
+        return {p: m["address"] for p, m in self.catalog.membership(boot).items()}
+
+    def _follow_members(self) -> None:
+        """(lock held) The catalog's membership changed: a link to each new node (or new address), none to
+        a removed one, and the voters the leader moves toward, one node at a time (``_round``)."""
+        self._members_rev = self.catalog.members_rev
+        target = self.membership()
+        for p, addr in target.items():
+            link = self.links.get(p)
+            if p == self.id or (link is not None and link.address == addr):
+                continue
+            if link is not None:
+                link.closed.set()
+            self.links[p] = _PeerLink(self, p, addr)
+            if self._core_thread is not None:
+                self.links[p].start()
+            log.info("raft: %s is a member at %s", p, addr)
+        for p in [p for p in self.links if p not in target]:
+            self.links.pop(p).closed.set()
+            log.info("raft: %s is no longer a member", p)
+        self._wanted = set(target)
+
+    def _reconcile_voters(self) -> None:
+        """(core thread, leader) Move the voters one node toward the membership: add first, then remove;
+        never this leader itself (stop it, and the next leader removes it)."""
+        node, wanted = self.node, self._wanted
+        if wanted is None or wanted == node.voters:
+            return
+        add, drop = sorted(wanted - node.voters), sorted(node.voters - wanted - {self.id})
+        step = node.voters | {add[0]} if add else node.voters - {drop[0]} if drop else None
+        if step is None:
+            return
+        try:
+            node.propose_conf(step)
+        except (NotLeaderError, ValueError):
+            return  # the previous change is still in flight: the next round tries again
+        log.info("raft: voters -> %s", ", ".join(sorted(step)))
 
     def _release(self, out: tuple[dict[str, list[Msg]], list[tuple[threading.Lock, list, dict]],
                                   list[threading.Event]]) -> None:  # fmt: skip

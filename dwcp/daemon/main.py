@@ -17,6 +17,7 @@ port, control socket), stops them in reverse, and runs the main loop:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ import dwcp
 from dwcp.cluster.hlc import HLC
 from dwcp.cluster.node import ClusterView, parse_target, probe_handler
 from dwcp.cluster.repair import Repairer, push_handler, push_timeout_s, request_push
-from dwcp.config import Config, load_toml, merge_live, reload_plan
+from dwcp.config import Config, PeerConfig, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
 from dwcp.consensus.epoch_driver import EpochDriver
 from dwcp.consensus.etcd import EtcdCatalog
@@ -97,6 +98,10 @@ class Daemon:
                              events=self.metrics, tune_dir=config.storage.data_dir, codec=config.codec,
                              dictionaries=self.server.dictionaries)  # fmt: skip
         self.cluster = ClusterView(config.cluster, config.node) if config.cluster.peers else None
+        # the config with [cluster] peers as the catalog's membership has them (dwcp cluster add|remove):
+        # what the cluster view, the relay check and anti-entropy use (_sync_members)
+        self.effective = config
+        self._members_rev = 0
         self.server.register(
             "probe",
             probe_handler(
@@ -126,7 +131,7 @@ class Daemon:
         self.hlc = HLC()  # the origin of sends made here (dwcp.consensus.catalog: conflicts)
         self.repairer: Repairer | None = None
         if config.cluster.peers:
-            self.server.register("push", push_handler(config=lambda: self.config, store=self.store,
+            self.server.register("push", push_handler(config=lambda: self.effective, store=self.store,
                                                       sender=self._push_sender))  # fmt: skip
             if self.catalog_backend is not None:
                 self.repairer = self._repairer()
@@ -388,7 +393,8 @@ class Daemon:
                 return {k: cb.catalog.versions(k) for k in list(cb.catalog.keys)}
 
         def members() -> dict[str, str]:
-            return {p.id: p.region for p in self.config.cluster.peers} | {
+            self._sync_members()
+            return {p.id: p.region for p in self.effective.cluster.peers} | {
                 self.config.node.id: self.config.node.region
             }
 
@@ -400,7 +406,7 @@ class Daemon:
 
         def order(holders: list[str]) -> list[tuple[str, str]]:
             view = self.cluster
-            addresses = {p.id: p.address for p in self.config.cluster.peers}
+            addresses = {p.id: p.address for p in self.effective.cluster.peers}
             return view.fetch_order(holders, addresses) if view is not None else []
 
         def pull(host: str, port: int, rep) -> dict:
@@ -584,6 +590,54 @@ class Daemon:
             cfg.cluster != self.config.cluster
         ):  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None
+        self.effective, self._members_rev = cfg, -1  # the catalog's membership applies again (_sync_members)
+
+    # -- membership ------------------------------------------------------------
+    def _sync_members(self) -> None:
+        """Follow the catalog's membership (``dwcp cluster add|remove``): the configured peers with its
+        member records applied become ``effective``'s [cluster] peers -- the cluster view (a fresh one:
+        its breakers restart closed), the data port's relay check, anti-entropy's members and homes."""
+        cb = self.catalog_backend
+        if not isinstance(cb, RaftDriver):
+            return
+        with cb.lock:
+            rev = cb.catalog.members_rev
+            if rev == self._members_rev:
+                return
+            cfg, me = self.config, self.config.node
+            boot = {p.id: {"address": p.address, "region": p.region} for p in cfg.cluster.peers}
+            table = cb.catalog.membership(boot | {me.id: {"address": "", "region": me.region}})
+        known = {p.id: p for p in cfg.cluster.peers}
+        peers = tuple(dataclasses.replace(known[i], address=m["address"], region=m["region"] or known[i].region)
+                      if i in known else PeerConfig(i, m["address"], m["region"] or "default")
+                      for i, m in sorted(table.items()) if i != me.id)  # fmt: skip
+        self.effective = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, peers=peers))
+        seen = {pid: p.address for pid, p in self.cluster.peers.items()} if self.cluster is not None else {}
+        if {p.id: p.address for p in peers} != seen:
+            self.cluster = ClusterView(self.effective.cluster, me) if peers else None
+            log.info("cluster members: %s", ", ".join(sorted([me.id, *(p.id for p in peers)])))
+        self.server.reconfigure(self.effective)
+        self._members_rev = rev
+
+    def _member(self, req: dict) -> dict:
+        """``dwcp cluster add|remove``: a member record through consensus (any node: it is forwarded to the
+        leader); the leader then changes the Raft voters to match, one node at a time."""
+        cb = self.catalog_backend
+        if not isinstance(cb, RaftDriver):
+            raise ConfigError(f"{self.config.node.id} runs no Raft catalog: membership changes need "
+                              "[consensus] enabled (algorithm raft)")  # fmt: skip
+        action, node = str(req.get("action")), str(req.get("id", ""))
+        if action == "remove":
+            st = cb.status()
+            if node == st["leader"]:
+                raise ConfigError(f"{node} leads the cluster now: stop it (another leader is elected), then "
+                                  "remove it")  # fmt: skip
+        res = cb.propose({"op": "member", "action": action, "node": node, "address": str(req.get("address", "")),
+                          "region": str(req.get("region", "")), "at": time.time()}, timeout_s=10)  # fmt: skip
+        if not res.get("ok"):
+            raise ConfigError(f"cluster {action} {node}: {res.get('error')}")
+        self._sync_members()
+        return {"ok": True, "members": sorted(cb.membership()), "voters": cb.status()["voters"]}
 
     # -- control API ---------------------------------------------------------
     def status(self) -> dict:
@@ -631,7 +685,7 @@ class Daemon:
         with cb.lock:
             versions = cb.catalog.versions(key)
         host, port = self.server.address
-        addresses = {p.id: p.address for p in self.config.cluster.peers}
+        addresses = {p.id: p.address for p in self.effective.cluster.peers}
         addresses[self.config.node.id] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return {"ok": True, "key": key, "versions": versions, "addresses": addresses}
 
@@ -652,6 +706,7 @@ class Daemon:
 
     def _handle(self, req: dict, fds: list[int]) -> dict:
         op = req.get("op")
+        self._sync_members()
         if op == "status":
             return self.status()
         if op == "reload":
@@ -667,6 +722,8 @@ class Daemon:
                                   "catalog ([consensus] enabled)")  # fmt: skip
             key = req.get("key")
             return {"ok": True, **self.repairer.run_once(str(key) if key is not None else None)}
+        if op == "member":
+            return self._member(req)
         if op == "history":
             cb = self.catalog_backend
             if cb is None:
@@ -743,6 +800,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            self._sync_members()
             self.notifier.status(self.summary())
 
 

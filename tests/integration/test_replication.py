@@ -43,7 +43,9 @@ def _tx(tmp_path, c: Cluster, ack: str, replicas: int = 3) -> str:
     cfg = tmp_path / f"tx-{ack}.toml"
     cfg.write_text(f'[node]\nid = "tx"\n[security]\nplaintext = true\n[storage]\ndata_dir = "{tmp_path / "tx"}"\n'
                    f'[transport]\nchunk_size_bytes = 1048576\nstall_timeout_s = 3.0\nmax_stream_reconnects = 2\n'
-                   f'[cluster]\nreplicas = {replicas}\nack = "{ack}"\nprobe_interval_s = 1.0\n{peers}')  # fmt: skip
+                   f'[cluster]\nreplicas = {replicas}\nack = "{ack}"\nprobe_interval_s = 1.0\n'
+                   # round_robin: a fresh view's first pick is the lowest id, so the test knows the chain
+                   f'policy = "round_robin"\n{peers}')  # fmt: skip
     return str(cfg)
 
 
@@ -247,6 +249,9 @@ def test_cli_cluster_sends_go_through_the_local_daemon_and_use_what_it_knows(tmp
         c.wait(c.leader, what="a first leader")
         cfg = os.path.join(c.root, "c0.toml")
         sock = os.path.join(c.root, "c0", "control.sock")
+        # c0 came up first, and its first probes found no peer: wait for the next round to find them
+        c.wait(lambda: all(p["healthy"] for p in request(sock, {"op": "status"}, timeout_s=5)["cluster"]["peers"].values()),
+               what="c0's prober seeing its peers")  # fmt: skip
         data, src = _object(tmp_path, 21, 2 * MiB)
         r = _send(tmp_path, cfg, src, "vm/d1")
         assert r.returncode == 0, r.stderr

@@ -87,3 +87,29 @@ def test_bad_conflict_fields_are_refused_the_same_everywhere():
         == "unknown conflict policy 'first'"
     )
     assert _apply(cat, key="k", digest=A, holder="n1", hlc="x")["ok"] is False
+
+
+def _member(cat: Catalog, **cmd) -> dict:
+    cat.applied_index += 1
+    return cat.apply(cat.applied_index, json.dumps({"op": "member", "at": 1.0, **cmd}).encode())
+
+
+def test_member_records_change_the_membership_and_survive_a_snapshot():
+    cat = Catalog()
+    boot = {"a": {"address": "h:1", "region": "eu"}, "b": {"address": "h:2", "region": "eu"}}
+    assert _member(cat, action="add", node="c", address="h:3", region="us")["ok"]
+    assert _member(cat, action="remove", node="a")["ok"]
+    assert _member(cat, action="add", node="b", address="h:22")["ok"]  # moved: its region stays
+    assert cat.membership(boot) == {
+        "b": {"address": "h:22", "region": "eu"},
+        "c": {"address": "h:3", "region": "us"},
+    }
+    assert cat.members_rev == 3
+    back = Catalog.restore(json.loads(json.dumps(cat.snapshot())))
+    assert back.membership(boot) == cat.membership(boot) and back.members_rev == 3
+    # refused the same everywhere, changing nothing
+    for bad, why in ((dict(action="join", node="d"), "add or remove"), (dict(action="add", node="", address="h:1"),
+                     "member node"), (dict(action="add", node="d", address="nowhere"), "not HOST:PORT")):  # fmt: skip
+        r = _member(cat, **bad)
+        assert r["ok"] is False and why in r["error"]
+    assert cat.members_rev == 3
