@@ -50,22 +50,35 @@ class Cluster:
         """More TOML lines for the [consensus] section."""
         return ""
 
+    def host(self, i: str) -> str:
+        """The address node ``i`` listens on."""
+        return "127.0.0.1"
+
+    def extra_sections(self) -> str:
+        """More TOML sections, at the end ([transport], say)."""
+        return ""
+
     def cfg(self, i: str) -> str:
-        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "127.0.0.1:{self.ports[p]}"\n{self.peer_extra(p)}'
+        peers = "".join(f'[[cluster.peers]]\nid = "{p}"\naddress = "{self.host(p)}:{self.ports[p]}"\n{self.peer_extra(p)}'
                         for p in self.ids if p != i)  # fmt: skip
         path = os.path.join(self.root, f"{i}.toml")
         with open(path, "w") as f:
-            f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {self.ports[i]}\n'
+            f.write(f'[node]\nid = "{i}"\n[listen]\nhost = "{self.host(i)}"\ndata_port = {self.ports[i]}\n'
                     f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\n'
                     f'data_dir = "{os.path.join(self.root, i)}"\n{self.storage_extra()}[cluster]\nprobe_interval_s = 1.0\n{self.cluster_extra()}{peers}'
                     f'[consensus]\nenabled = true\ntick_ms = {self.tick_ms}\nelection_ticks = 10\n'
-                    f'{self.consensus_extra()}')  # fmt: skip
+                    f'{self.consensus_extra()}{self.extra_sections()}')  # fmt: skip
         return path
+
+    def prefix(self, i: str) -> list[str]:
+        """What runs node ``i``'s daemon command (``ip netns exec NS`` for a namespace; nothing here)."""
+        return []
 
     def start(self, i: str) -> None:
         log = open(os.path.join(self.root, f"{i}.log"), "ab")
-        self.procs[i] = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", self.cfg(i)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=same_dwcp_env(), cwd=self.root)  # fmt: skip
+        self.procs[i] = subprocess.Popen([*self.prefix(i), sys.executable, "-m", "dwcp", "daemon", "--config",
+                                          self.cfg(i)], stdout=log, stderr=subprocess.STDOUT, env=same_dwcp_env(),
+                                         cwd=self.root)  # fmt: skip
         log.close()
 
     def status(self, i: str) -> dict | None:
