@@ -6,7 +6,8 @@ connection to ``target``; tests change its behaviour while it runs:
 * ``corrupt_after(n, conn=k)``: flip one bit at client->server offset n of
   the k-th connection (1-based; a corrupted chunk);
 * ``cut_after(n, conn=k)``: close the k-th connection (both ways) after it
-  relayed n client->server bytes (a stream dies mid-transfer);
+  relayed n client->server bytes (a stream dies mid-transfer); with
+  ``replies=True``, n server->client bytes (a fetch dies mid-object);
 * ``stall_after(n, conn=k)``: stop relaying on the k-th connection after n
   bytes, keeping its sockets open (a stalled stream);
 * ``pause()`` / ``resume()``: stop forwarding on every connection.
@@ -30,6 +31,7 @@ class _Fault:
     kind: str  # "corrupt" | "cut" | "stall" | "blackhole"
     at: int
     conn: int
+    replies: bool = False  # on the server->client direction
 
 
 class FaultProxy:
@@ -58,9 +60,9 @@ class FaultProxy:
         with self._lock:
             self._faults.append(_Fault("corrupt", n, conn))
 
-    def cut_after(self, n: int, conn: int) -> None:
+    def cut_after(self, n: int, conn: int, *, replies: bool = False) -> None:
         with self._lock:
-            self._faults.append(_Fault("cut", n, conn))
+            self._faults.append(_Fault("cut", n, conn, replies))
 
     def stall_after(self, n: int, conn: int) -> None:
         with self._lock:
@@ -78,10 +80,10 @@ class FaultProxy:
     def resume(self) -> None:
         self._running.set()
 
-    def _take_fault(self, conn: int) -> _Fault | None:
+    def _take_fault(self, conn: int, replies: bool = False) -> _Fault | None:
         with self._lock:
             for f in self._faults:
-                if f.conn == conn:
+                if f.conn == conn and f.replies == replies:
                     self._faults.remove(f)
                     return f
         return None
@@ -100,10 +102,10 @@ class FaultProxy:
                 c.close()
                 continue
             self.connections += 1
-            fault = self._take_fault(self.connections)
+            fault, back = self._take_fault(self.connections), self._take_fault(self.connections, True)
             with self._lock:
                 self._socks += [c, s]
-            for src, dst, f in ((c, s, fault), (s, c, None)):
+            for src, dst, f in ((c, s, fault), (s, c, back)):
                 t = threading.Thread(target=self._pipe, args=(src, dst, f), daemon=True)
                 t.start()
                 with self._lock:

@@ -1116,6 +1116,27 @@ class DataServer:
             self._linger(fs)
 
     # -- fetch: stream the latest version back ----------------------------
+    @staticmethod
+    def _fetch_resume(hello: dict, size: int, want: str | None) -> tuple[int, bytes]:
+        """A resumed fetch's chunk size and held-chunk bitmap, checked against the version it names."""
+        cs = hello.get("chunk_size")
+        if want is None:
+            raise RemoteProtocolError(
+                "a resumed fetch (have) must name its version (digest)", C.ERR_BAD_FIELD
+            )
+        if not isinstance(cs, int) or cs % C.PAGE_SIZE or not min_chunk_size(size) <= cs <= C.MAX_RAW_LEN:
+            raise RemoteProtocolError(
+                f"a resumed fetch's chunk_size {cs!r} does not fit {size} bytes", C.ERR_BAD_FIELD
+            )
+        n = -(-size // cs)
+        try:
+            have = bytes.fromhex(hello["have"])
+        except ValueError:
+            raise RemoteProtocolError("fetch have is not hex", C.ERR_BAD_FIELD) from None
+        if len(have) != -(-n // 8) or (n % 8 and have and have[-1] >> (n % 8)):
+            raise RemoteProtocolError(f"fetch have is not a bitmap of {n} chunks", C.ERR_BAD_FIELD)
+        return cs, have
+
     def _fetch(self, fs: FrameSocket, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
         try:
             key = validate_key(hello.get("key", ""))
@@ -1144,12 +1165,20 @@ class DataServer:
             self._send_error(fs, C.ERR_BAD_FIELD, f"no verified version of {key!r} here")
             return
         chunk_size = max(self.config.transport.chunk_size_bytes, min_chunk_size(info.size))
-        fs.send(encode_control(C.FRAME_WELCOME, transfer_id, {"mode": "fetch", "size": info.size,
-                "digest": info.digest.hex(), "chunk_size": chunk_size, "node": self.config.node.id}))  # fmt: skip
+        have = None  # a resumed fetch: the chunks the client holds, at the chunk size it holds them in
+        if hello.get("have") is not None:
+            chunk_size, have = self._fetch_resume(hello, info.size, want)
+        welcome = {"mode": "fetch", "size": info.size, "digest": info.digest.hex(), "chunk_size": chunk_size,
+                   "node": self.config.node.id}  # fmt: skip
+        if have is not None:
+            welcome["resumed_chunks"] = sum(bin(b).count("1") for b in have)
+        fs.send(encode_control(C.FRAME_WELCOME, transfer_id, welcome))
         data = memoryview(self.store.open_version(info)) if info.size else memoryview(b"")
         try:
             spans = chunk_spans(info.size, chunk_size)
             for i, (off, ln) in enumerate(spans):
+                if have is not None and have[i >> 3] >> (i & 7) & 1:
+                    continue
                 f = self.encoder.encode(data[off : off + ln], offset=off, transfer_id=transfer_id,
                                         last=i == len(spans) - 1)  # fmt: skip
                 fs.send(f.header, f.payload)

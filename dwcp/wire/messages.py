@@ -58,6 +58,10 @@ SCHEMAS: dict[int, dict[str, tuple[Any, bool]]] = {
         ),  # data streams of a sealed transfer: the 32-byte secret (dwcp.security.aead), hex
         "node": (str, False),
         "rate": (int, False),  # op "push" (anti-entropy): the bytes/s the holder may send the version at
+        "have": (
+            str,
+            False,
+        ),  # op "fetch", resuming: hex of the chunk bitmap already held (with digest, chunk_size)
         # a send's writer, its HLC reading and the digest of the key's latest version as it saw it ("" none):
         # {"writer", "hlc", "parent"}, recorded with the version (dwcp.consensus.catalog: conflicts)
         "origin": (dict, False),

@@ -18,6 +18,7 @@ from dwcp._testbase.transfer import server_config, stored
 from dwcp._testbase.transfer import tx_config as _tx_config
 from dwcp.config import SecurityConfig
 from dwcp.digest import object_digest
+from dwcp.errors import BrokenResourceError
 from dwcp.storage import ObjectStore
 from dwcp.transport.chunking import PathStats, choose_chunk_size
 from dwcp.transport.fetch import fetch
@@ -390,3 +391,64 @@ def test_an_older_peer_hears_which_versions_meet(server, old):
     assert h.frame_type == C.FRAME_ERROR and msg["code"] == C.ERR_BAD_VERSION
     assert f"speaks dwcp protocol 3, the peer {old}: upgrade dwcp on the older side" in msg["message"]
     assert server.store.latest("old/x") is None
+
+
+def test_an_interrupted_fetch_resumes_from_what_it_holds(server, tmp_path):
+    """A fetch cut mid-object keeps OUT.dwcp-part and its state; the next one re-hashes the part,
+    names the chunks it holds, gets only the rest, and verifies the whole; a part whose chunks rotted
+    meanwhile costs only those chunks."""
+    from dwcp.transport.fetch import PART_SUFFIX
+
+    data = np.random.default_rng(31).integers(0, 256, 24 << 20, dtype=np.uint8)
+    host, port = server.address
+    Sender(tx_config(), PLAIN).send(data, host, port, "vm/r", streams=2)
+    out = tmp_path / "got.img"
+    part = tmp_path / ("got.img" + PART_SUFFIX)
+    proxy = FaultProxy((host, port))
+    try:
+        proxy.cut_after(14 << 20, conn=1, replies=True)  # a bit over half of the object
+        with pytest.raises((BrokenResourceError, OSError)):
+            fetch("vm/r", *proxy.address, str(out), tx_config(), PLAIN)
+        assert not out.exists() and part.exists()
+        held = len(json.loads((tmp_path / ("got.img" + PART_SUFFIX + ".json")).read_text())["hashes"])
+        assert held >= 1
+        f = fetch("vm/r", *proxy.address, str(out), tx_config(), PLAIN)
+        assert f["verified"] and f["resumed_chunks"] == held and out.read_bytes() == data.tobytes()
+        assert f["wire_bytes"] <= data.nbytes - held * (1 << 20) + (64 << 10)
+        assert not part.exists() and not (tmp_path / ("got.img" + PART_SUFFIX + ".json")).exists()
+        # a part with a rotten chunk: that chunk is fetched again, the rest resumed
+        proxy.cut_after(14 << 20, conn=3, replies=True)
+        out.unlink()
+        with pytest.raises((BrokenResourceError, OSError)):
+            fetch("vm/r", *proxy.address, str(out), tx_config(), PLAIN)
+        with open(part, "r+b") as fh:
+            fh.seek(5)
+            fh.write(b"\x00\x01\x02")
+        f = fetch("vm/r", *proxy.address, str(out), tx_config(), PLAIN)
+        assert f["resumed_chunks"] >= 1 and out.read_bytes() == data.tobytes()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [({"have": "01"}, "must name its version"),
+     ({"digest": "DIG", "have": "01"}, "chunk_size None does not fit"),
+     ({"digest": "DIG", "chunk_size": 1 << 20, "have": "0101"}, "not a bitmap of 2 chunks"),
+     ({"digest": "DIG", "chunk_size": 1 << 20, "have": "07"}, "not a bitmap of 2 chunks"),
+     ({"digest": "DIG", "chunk_size": 1 << 20, "have": "zz"}, "not hex")],
+    ids=["no-digest", "no-chunk-size", "long-bitmap", "bits-past-the-end", "not-hex"],
+)  # fmt: skip
+def test_a_bad_resumed_fetch_is_a_typed_refusal(server, extra, why):
+    from dwcp.wire.messages import encode_control
+
+    data = np.arange(1 << 20 | 7, dtype=np.uint8)  # 2 chunks of 1 MiB
+    Sender(tx_config(), PLAIN).send(data, *server.address, "vm/b", streams=1)
+    digest = object_digest(data).hex()
+    hello = {"v": 3, "role": "control", "op": "fetch", "key": "vm/b",
+             **{k: (digest if v == "DIG" else v) for k, v in extra.items()}}  # fmt: skip
+    with socket.create_connection(server.address, timeout=5) as s:
+        s.sendall(encode_control(C.FRAME_HELLO, 5, hello))
+        got = FrameSocket(s, timeout_s=5).recv_control(C.FRAME_ERROR)
+    assert got is not None and got[0].frame_type == C.FRAME_ERROR
+    assert got[1]["code"] == C.ERR_BAD_FIELD and why in got[1]["message"], got[1]
