@@ -4,9 +4,9 @@ The object arrives on one stream as ordinary DATA frames; each chunk is verified
 the whole (its digest, dwcp.digest) before the output file is fsynced and atomically renamed into
 place, so an interrupted fetch never leaves a partial file at the destination.
 
-Resume: the bytes go to ``OUT.dwcp-part``, and every second (and when the fetch fails) the part is
-fsynced and ``OUT.dwcp-part.json`` records the version, the chunk size and the hash of each chunk
-held.  The next fetch to ``OUT`` re-hashes those chunks, keeps the ones that still match, and names
+Resume: the bytes go to ``OUT.dwcp-part``, and every second (and when the connection fails) the part
+is fsynced and ``OUT.dwcp-part.json`` records the version, the chunk size and the hash of each chunk
+held; a fetch that fails otherwise (a refusal, a protocol or integrity error) leaves nothing.  The next fetch to ``OUT`` re-hashes those chunks, keeps the ones that still match, and names
 them in HELLO (``digest``, ``chunk_size``, ``have``): the server sends only the rest.  A part of a
 version the server no longer holds is dropped and the fetch starts over, unless that version was
 asked for (``digest``); a part whose whole fails the digest check is dropped.
@@ -118,7 +118,7 @@ def _fetch(key, host, port, dest, part, state_path, st, transport, security, nod
     fs, _ = Dialer(transport, security).dial(host, port)
     tid = secrets.randbits(63) | 1
     ok = False
-    meta: dict = {}
+    meta: dict = {}  # the version the part holds, once known; cleared when the part is not worth keeping
 
     def checkpoint() -> None:  # the part's bytes are durable before the state names them
         os.fsync(fd)
@@ -207,6 +207,11 @@ def _fetch(key, host, port, dest, part, state_path, st, transport, security, nod
             fs.send(encode_control(C.FRAME_CLOSE, tid, {"reason": "done"}))
         except OSError:
             pass
+    except (BrokenResourceError, OSError):
+        raise  # the network went: what arrived is kept for a resume (finally)
+    except BaseException:
+        meta.clear()  # the server misbehaved or refused: nothing of this attempt is kept
+        raise
     finally:
         fs.close()
         if not ok and meta and fd >= 0:  # keep what arrived, for the next fetch to resume
