@@ -18,6 +18,16 @@ in one region of several, that region's members (a key sent to
   change, a partition): an *announcement*, the same ``version`` record again
   (idempotent), so the catalog converges on what the stores hold.
 
+When the node holds an older version of the same size, it first compares the
+two versions' chunk-hash trees level by level: the roots differ (the catalog's
+digest is not its own), so it asks the holder for the new version's leaf
+hashes (op ``leaves``: 16 bytes per MiB) and compares them with its own
+version's.  It seeds a partial of the new version from its own bytes and marks
+every leaf whose hash matches as received (``seed_partial``), so the push that
+follows resumes that partial: only the leaves that differ travel (and those as
+a delta when the holder still has the old version).  The receiver re-hashes
+every seeded leaf before it counts it, and checks the whole digest at commit.
+
 A repair *pulls* the version: the node asks a holder (``fetch_order``: the
 ``[cluster] policy``'s pick among healthy holders, failing over to the next)
 over a control stream whose HELLO names ``op = "push"``; the holder sends the
@@ -47,6 +57,7 @@ Rules
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -54,7 +65,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dwcp.errors import DWCPError, InvalidKeyError, RemoteProtocolError
+from dwcp.digest import LEAF_BYTES
+from dwcp.errors import DWCPError, InvalidKeyError, RemoteProtocolError, StorageError
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -134,6 +146,117 @@ def unlisted(keys: Mapping[str, list[dict[str, Any]]], me: str,
         if not vs or (listed is not None and me not in listed["holders"]):
             out.append((key, digest, size))
     return out
+
+
+LEAF_HASH_BYTES = 16
+_READ = 64 * LEAF_BYTES  # leaves hashed per read
+
+
+def leaf_hashes(path: str, size: int) -> bytes:
+    """The leaf hashes of the version stored at ``path`` (dwcp.digest rule 2), one read of the file."""
+    from dwcp._backend import impl as _k
+
+    out = bytearray()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for off in range(0, size, _READ):
+            block = os.pread(fd, min(_READ, size - off), off)
+            if len(block) != min(_READ, size - off):
+                raise StorageError(f"{path} is shorter than its {size} bytes")
+            out += _k.block_hashes(block, LEAF_BYTES)
+    finally:
+        os.close(fd)
+    return bytes(out)
+
+
+def leaves_handler(*, config: Callable[[], Any], store):
+    """The data port's ``leaves`` op: a held version's leaf hashes, for a puller to compare with its own
+    (WELCOME, then PAGE_HASHES frames of two u64 per leaf, then DONE)."""
+    from dwcp.storage import validate_key
+    from dwcp.wire.messages import encode_page_hashes
+
+    def serve(fs, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
+        cfg = config()
+        try:
+            key = validate_key(hello.get("key", ""))
+        except InvalidKeyError as exc:
+            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        want = str(hello.get("digest", ""))
+        if not cfg.security.allows(peer, key, "read"):
+            why, info = f"{peer} is not allowed to read {key!r} on {cfg.node.id}", None
+        else:
+            try:
+                info = store.get(key, bytes.fromhex(want)) if len(want) == 32 else None
+            except ValueError:
+                info = None
+            why = f"{cfg.node.id} holds no version {want[:64]} of {key!r}"
+        if info is None:
+            fs.send(encode_control(C.FRAME_ERROR, transfer_id, {"code": C.ERR_BAD_FIELD, "message": why}))
+            return
+        leaves = leaf_hashes(info.path, info.size)
+        fs.send(
+            encode_control(
+                C.FRAME_WELCOME, transfer_id, {"mode": "leaves", "size": info.size, "digest": want}
+            )
+        )
+        step = 1 << 19  # 512 KiB of hashes per frame
+        for i in range(0, len(leaves), step):
+            fs.send(encode_page_hashes(transfer_id, i // 8, leaves[i : i + step]))
+        fs.send(encode_control(C.FRAME_DONE, transfer_id, {"ok": True, "digest": want, "size": info.size}))
+
+    return serve
+
+
+def request_leaves(dialer, host: str, port: int, rep: Repair, *, node: str, timeout_s: float) -> bytes:
+    """The leaf hashes of ``rep``'s version, from the holder at ``host:port`` (``leaves_handler``)."""
+    from dwcp.transport.sender import Sender, expect
+    from dwcp.transport.session import PROTOCOL_VERSION
+
+    fs, _ = dialer.dial(host, port)
+    try:
+        fs.sock.settimeout(timeout_s)
+        fs.send(encode_control(C.FRAME_HELLO, secrets.randbits(63) | 1, {
+            "v": PROTOCOL_VERSION, "role": "control", "op": "leaves", "key": rep.key, "digest": rep.digest,
+            "node": node}))  # fmt: skip
+        w = expect(fs, C.FRAME_WELCOME)
+        if w.get("mode") != "leaves" or w.get("size") != rep.size or w.get("digest") != rep.digest:
+            raise RemoteProtocolError(
+                f"the holder's leaves answer is for another version: {w}", C.ERR_BAD_FIELD
+            )
+        n = -(-rep.size // LEAF_BYTES)
+        hashes = Sender._recv_page_hashes(fs, 2 * n)  # two u64 per leaf: bounded by the catalog's size
+        expect(fs, C.FRAME_DONE)
+        return hashes
+    finally:
+        fs.close()
+
+
+def seed_partial(store, rep: Repair, base, leaves: bytes) -> tuple[int, int]:
+    """A partial of ``rep``'s version seeded from ``base`` (a stored version of the same size), with
+    every leaf whose hash ``leaves`` (the new version's) shares marked received: a push then sends only
+    the others.  Returns (leaves held, leaves in all); (0, n) when a partial of it exists already (a
+    push resumes that one) or the leaf size cannot be its chunk size (an object over 1 TiB)."""
+    from dwcp.digest import hash_of_blocks
+    from dwcp.storage import min_chunk_size
+
+    n = -(-rep.size // LEAF_BYTES)
+    if min_chunk_size(rep.size) > LEAF_BYTES or len(leaves) != n * LEAF_HASH_BYTES:
+        return 0, n
+    own = leaf_hashes(base.path, base.size)
+    p = store.begin(rep.key, bytes.fromhex(rep.digest), rep.size, LEAF_BYTES, preallocate=False)
+    held = 0
+    try:
+        if p.resumed or any(p.have):
+            return 0, n
+        p.seed_from(base)
+        for i in range(n):
+            leaf = leaves[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES]
+            if own[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES] == leaf:
+                p.mark_done(i, hash_of_blocks(leaf))
+                held += 1
+    finally:
+        p.abort(keep=True)
+    return held, n
 
 
 def request_push(dialer, host: str, port: int, rep: Repair, *, node: str, rate_bytes_per_s: float,
@@ -280,7 +403,8 @@ class Repairer:
                     self.repaired += 1
                     self.wire_bytes += int(fw.get("wire_bytes", 0))
                     done.append({"key": rep.key, "version": rep.version, "digest": rep.digest, "from": pid,
-                                 "mode": fw.get("mode"), "wire_bytes": fw.get("wire_bytes", 0)})  # fmt: skip
+                                 "mode": fw.get("mode"), "wire_bytes": fw.get("wire_bytes", 0),
+                                 "leaves": ans.get("leaves")})  # fmt: skip
                     log.info("repaired %s version %d from %s (%s, %s wire bytes)", rep.key, rep.version, pid,
                              fw.get("mode"), fw.get("wire_bytes"))  # fmt: skip
                     break

@@ -29,7 +29,15 @@ from typing import Any
 import dwcp
 from dwcp.cluster.hlc import HLC
 from dwcp.cluster.node import ClusterView, parse_target, probe_handler
-from dwcp.cluster.repair import Repairer, push_handler, push_timeout_s, request_push
+from dwcp.cluster.repair import (
+    Repairer,
+    leaves_handler,
+    push_handler,
+    push_timeout_s,
+    request_leaves,
+    request_push,
+    seed_partial,
+)
 from dwcp.config import Config, PeerConfig, load_toml, merge_live, reload_plan
 from dwcp.consensus.driver import RaftDriver
 from dwcp.consensus.epoch_driver import EpochDriver
@@ -133,6 +141,7 @@ class Daemon:
         if config.cluster.peers:
             self.server.register("push", push_handler(config=lambda: self.effective, store=self.store,
                                                       sender=self._push_sender))  # fmt: skip
+            self.server.register("leaves", leaves_handler(config=lambda: self.effective, store=self.store))
             if self.catalog_backend is not None:
                 self.repairer = self._repairer()
         # rate and interval read at each pass: a reload changes them
@@ -411,9 +420,17 @@ class Daemon:
 
         def pull(host: str, port: int, rep) -> dict:
             cc, tc = self.config.cluster, self.config.transport
-            return request_push(self.sender.dialer, host, port, rep, node=self.config.node.id,
-                                rate_bytes_per_s=cc.repair_rate_bytes_per_s,
-                                timeout_s=push_timeout_s(rep.size, cc.repair_rate_bytes_per_s, tc.stall_timeout_s))  # fmt: skip
+            leaves = None
+            base = self.store.get(rep.key, bytes.fromhex(rep.base)) if rep.base is not None else None
+            if base is not None and base.size == rep.size:  # compare the trees: only differing leaves travel
+                theirs = request_leaves(self.sender.dialer, host, port, rep, node=self.config.node.id,
+                                        timeout_s=push_timeout_s(rep.size // 4096, 0, tc.stall_timeout_s))  # fmt: skip
+                held, total = seed_partial(self.store, rep, base, theirs)
+                leaves = {"held": held, "total": total}
+            ans = request_push(self.sender.dialer, host, port, rep, node=self.config.node.id,
+                               rate_bytes_per_s=cc.repair_rate_bytes_per_s,
+                               timeout_s=push_timeout_s(rep.size, cc.repair_rate_bytes_per_s, tc.stall_timeout_s))  # fmt: skip
+            return {**ans, "leaves": leaves}
 
         def local() -> dict[str, tuple[str, int]]:
             out = {}

@@ -162,13 +162,27 @@ def _validate(frame_type: int, obj: Any, err=_bad) -> dict:
     if frame_type == C.FRAME_HELLO:
         if obj["role"] not in ("control", "data"):
             raise err(f"unknown role {obj['role']!r}")
-        if obj["role"] == "control" and obj.get("op") not in ("send", "fetch", "probe", "raft", "push"):
+        if obj["role"] == "control" and obj.get("op") not in (
+            "send",
+            "fetch",
+            "probe",
+            "raft",
+            "push",
+            "leaves",
+        ):
             raise err(f"unknown op {obj.get('op')!r}")
         if obj["role"] == "data" and not _HEX64.fullmatch(obj.get("token", "")):
             raise err("data stream without a valid token")
         if "seal" in obj and (obj["role"] != "data" or not _HEX64.fullmatch(obj["seal"])):
             raise err("seal must be a data stream's 64 hex digits")
-    if frame_type == C.FRAME_WELCOME and obj["mode"] not in ("full", "delta", "pages", "fetch", "probe"):
+    if frame_type == C.FRAME_WELCOME and obj["mode"] not in (
+        "full",
+        "delta",
+        "pages",
+        "fetch",
+        "probe",
+        "leaves",
+    ):
         raise err(f"unknown mode {obj['mode']!r}")
     links = obj.get("links")
     if links is not None and (len(links) > 4096 or not all(

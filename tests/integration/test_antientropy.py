@@ -212,3 +212,38 @@ def test_bit_rot_is_found_by_the_scrub_within_its_rate_and_repaired_from_a_repli
     assert cli(["scrub", "--now", "--json", "--config", os.path.join(c.root, f"{c.ids[2]}.toml")]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["checked"] == 1 and res["corrupt"] == [] and res["bytes"] == data.nbytes
+
+
+def test_a_stale_replica_compares_leaf_hashes_and_gets_only_the_leaves_that_differ(
+    tmp_path, make_cluster, capsys
+):
+    """The holders no longer keep the version the stale home holds (no delta is possible): the home
+    compares the two versions' trees (root, then leaf hashes), seeds the new version from its own
+    bytes, and only the 2 differing leaves of 8 travel."""
+    c = make_cluster(3, 0)
+    view, snd = _client(c)
+    v1 = np.random.default_rng(12).integers(0, 256, 8 * MiB, dtype=np.uint8)
+    view.send(snd, v1, "vm/tree", "cluster")
+    down = c.ids[2]
+    c.wait(lambda: len(_catalog(c, down).get("vm/tree", {}).get("holders", [])) == 3, what="v1 on all 3")
+    c.procs[down].terminate()
+    c.procs[down].wait(20)
+    v2 = np.random.default_rng(13).integers(0, 256, 8 * MiB, dtype=np.uint8)
+    view.send(snd, v2, "vm/tree", "cluster")
+    v3 = v1.copy()
+    v3[2 * MiB : 3 * MiB] = np.random.default_rng(14).integers(0, 256, MiB, dtype=np.uint8)
+    v3[6 * MiB + 5] ^= 1
+    view.send(snd, v3, "vm/tree", "cluster")  # the holders keep v2 and v3 (keep_versions = 2): v1 is gone
+    d3 = object_digest(v3).hex()
+    assert ObjectStore(os.path.join(c.root, c.ids[0])).get("vm/tree", object_digest(v1)) is None
+    c.start(down)
+    c.wait(
+        lambda: _catalog(c, down).get("vm/tree", {}).get("digest") == d3, what="the restarted node's catalog"
+    )
+    capsys.readouterr()
+    assert cli(["repair", "vm/tree", "--json", "--config", os.path.join(c.root, f"{down}.toml")]) == 0
+    (got,) = json.loads(capsys.readouterr().out)["repaired"]
+    assert got["digest"] == d3 and got["leaves"] == {"held": 6, "total": 8}, got
+    assert got["wire_bytes"] < 2.3 * MiB, got  # 2 leaves of 8 (and the page hashes of pages mode)
+    info = ObjectStore(os.path.join(c.root, down)).get("vm/tree", bytes.fromhex(d3))
+    assert info is not None and open(info.path, "rb").read() == v3.tobytes()

@@ -80,3 +80,37 @@ def test_versions_held_but_not_listed_are_announced():
                  local=lambda: local, announce=lambda *a: said.append(a))  # fmt: skip
     r.run_once(key="c")
     assert said == [("c", "44" * 16, 5)] and r.status()["announced_total"] == 1
+
+
+def test_a_partial_seeded_from_leaf_hashes_holds_exactly_the_matching_leaves(tmp_path):
+    import numpy as np
+
+    from dwcp._testbase.store import put
+    from dwcp.cluster.repair import Repair, leaf_hashes, seed_partial
+    from dwcp.digest import LEAF_BYTES, object_digest
+    from dwcp.storage import ObjectStore
+
+    store = ObjectStore(tmp_path)
+    old = np.random.default_rng(1).integers(0, 256, 3 * LEAF_BYTES + 10, dtype=np.uint8)
+    new = old.copy()
+    new[LEAF_BYTES + 7] ^= 1  # leaf 1 differs
+    base = put(store, "k", old.tobytes(), chunk=LEAF_BYTES)
+    theirs = leaf_hashes_of(new)
+    rep = Repair("k", object_digest(new).hex(), new.nbytes, 2, 0.0, ("h",), base.digest.hex())
+    assert seed_partial(store, rep, base, theirs) == (3, 4)
+    p = store.begin("k", object_digest(new), new.nbytes, LEAF_BYTES)  # what a push then resumes
+    try:
+        assert p.resumed and [p.is_done(i) for i in range(4)] == [True, False, True, True]
+        assert p.verify_resumed() == []  # the seeded leaves hash as the new version's
+    finally:
+        p.abort(keep=True)
+    assert seed_partial(store, rep, base, theirs) == (0, 4)  # a partial exists: the push resumes that one
+    assert seed_partial(store, rep, base, theirs[:-16]) == (0, 4)  # a short answer: nothing seeded
+    assert leaf_hashes(base.path, base.size) == leaf_hashes_of(old)
+
+
+def leaf_hashes_of(a) -> bytes:
+    from dwcp._backend import impl as _k
+    from dwcp.digest import LEAF_BYTES
+
+    return bytes(_k.block_hashes(a.tobytes(), LEAF_BYTES))
