@@ -169,27 +169,37 @@ def leaf_hashes(path: str, size: int) -> bytes:
     return bytes(out)
 
 
+def _key_of(hello: dict) -> str:
+    from dwcp.storage import validate_key
+
+    try:
+        return validate_key(hello.get("key", ""))
+    except InvalidKeyError as exc:
+        raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+
+
+def _version(store, key: str, digest: Any):
+    """The stored version of ``key`` whose digest is ``digest`` (32 hex digits), or None."""
+    if not isinstance(digest, str) or len(digest) != 32:
+        return None
+    try:
+        return store.get(key, bytes.fromhex(digest))
+    except ValueError:
+        return None
+
+
 def leaves_handler(*, config: Callable[[], Any], store):
     """The data port's ``leaves`` op: a held version's leaf hashes, for a puller to compare with its own
     (WELCOME, then PAGE_HASHES frames of two u64 per leaf, then DONE)."""
-    from dwcp.storage import validate_key
     from dwcp.wire.messages import encode_page_hashes
 
     def serve(fs, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
-        cfg = config()
-        try:
-            key = validate_key(hello.get("key", ""))
-        except InvalidKeyError as exc:
-            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        cfg, key = config(), _key_of(hello)
         want = str(hello.get("digest", ""))
         if not cfg.security.allows(peer, key, "read"):
             why, info = f"{peer} is not allowed to read {key!r} on {cfg.node.id}", None
         else:
-            try:
-                info = store.get(key, bytes.fromhex(want)) if len(want) == 32 else None
-            except ValueError:
-                info = None
-            why = f"{cfg.node.id} holds no version {want[:64]} of {key!r}"
+            info, why = _version(store, key, want), f"{cfg.node.id} holds no version {want[:64]} of {key!r}"
         if info is None:
             fs.send(encode_control(C.FRAME_ERROR, transfer_id, {"code": C.ERR_BAD_FIELD, "message": why}))
             return
@@ -286,17 +296,13 @@ def push_handler(*, config: Callable[[], Any], store, sender: Callable[[], Any])
 
     ``config()``: the node's current Config; ``store``: its ObjectStore; ``sender()``: a Sender
     that sends as this node."""
-    from dwcp.storage import close_mapping, validate_key
+    from dwcp.storage import close_mapping
     from dwcp.transport.source import FileSource
 
     def serve(fs, transfer_id: int, hello: dict, identity: str | None, peer: str) -> None:
         import mmap
 
-        cfg = config()
-        try:
-            key = validate_key(hello.get("key", ""))
-        except InvalidKeyError as exc:
-            raise RemoteProtocolError(f"invalid key: {exc}", C.ERR_BAD_FIELD) from None
+        cfg, key = config(), _key_of(hello)
         node = identity if identity is not None else str(hello.get("node", ""))
         addr = {p.id: p.address for p in cfg.cluster.peers}.get(node)
         want, base_hex = str(hello.get("digest", "")), hello.get("base_digest")
@@ -312,18 +318,10 @@ def push_handler(*, config: Callable[[], Any], store, sender: Callable[[], Any])
             )
         if not cfg.security.allows(peer, key, "read"):
             return refuse(C.ERR_FORBIDDEN, f"{peer} is not allowed to read {key!r} on {cfg.node.id}")
-        try:
-            info = store.get(key, bytes.fromhex(want)) if len(want) == 32 else None
-        except ValueError:
-            info = None
+        info = _version(store, key, want)
         if info is None:
             return refuse(C.ERR_BAD_FIELD, f"{cfg.node.id} holds no version {want[:64]} of {key!r}")
-        base_info = None
-        if isinstance(base_hex, str) and len(base_hex) == 32:
-            try:
-                base_info = store.get(key, bytes.fromhex(base_hex))
-            except ValueError:
-                base_info = None
+        base_info = _version(store, key, base_hex)
         host, _, port = addr.rpartition(":")
         with open(info.path, "rb") as f:
             m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if info.size else None

@@ -47,6 +47,19 @@ def _client(c: Cluster, ack: str = "quorum"):
     return ClusterView(cfg.cluster, cfg.node), Sender(cfg.transport, cfg.security, node_id="tx")
 
 
+def _everywhere_then_one_down(c: Cluster, key: str, seed: int):
+    """``key``'s first version (8 MiB) on all 3 homes, then the third node stopped: the client's view and
+    sender, the version, and the stopped node."""
+    view, snd = _client(c)
+    v1 = np.random.default_rng(seed).integers(0, 256, 8 * MiB, dtype=np.uint8)
+    view.send(snd, v1, key, "cluster")
+    down = c.ids[2]
+    c.wait(lambda: len(_catalog(c, down).get(key, {}).get("holders", [])) == 3, what="v1 on all 3")
+    c.procs[down].terminate()
+    c.procs[down].wait(20)
+    return view, snd, v1, down
+
+
 def _catalog(c: Cluster, via: str) -> dict:
     return (c.status(via) or {}).get("catalog") or {}
 
@@ -113,13 +126,7 @@ def test_a_stale_replica_pulls_only_what_differs(tmp_path, make_cluster, capsys)
     """A home that was down for the next version gets it by `dwcp repair`, as a delta against the version
     it holds: a fraction of the object on the wire."""
     c = make_cluster(3, 0)  # passes only on demand
-    view, snd = _client(c)
-    v1 = np.random.default_rng(7).integers(0, 256, 8 * MiB, dtype=np.uint8)
-    view.send(snd, v1, "vm/stale", "cluster")
-    down = c.ids[2]
-    c.wait(lambda: len(_catalog(c, down).get("vm/stale", {}).get("holders", [])) == 3, what="v1 on all 3")
-    c.procs[down].terminate()
-    c.procs[down].wait(20)
+    view, snd, v1, down = _everywhere_then_one_down(c, "vm/stale", 7)
     v2 = v1.copy()
     v2[:: 4096 * 20] ^= 0x5A  # 5% of the pages change
     r = view.send(snd, v2, "vm/stale", "cluster")
@@ -221,13 +228,7 @@ def test_a_stale_replica_compares_leaf_hashes_and_gets_only_the_leaves_that_diff
     compares the two versions' trees (root, then leaf hashes), seeds the new version from its own
     bytes, and only the 2 differing leaves of 8 travel."""
     c = make_cluster(3, 0)
-    view, snd = _client(c)
-    v1 = np.random.default_rng(12).integers(0, 256, 8 * MiB, dtype=np.uint8)
-    view.send(snd, v1, "vm/tree", "cluster")
-    down = c.ids[2]
-    c.wait(lambda: len(_catalog(c, down).get("vm/tree", {}).get("holders", [])) == 3, what="v1 on all 3")
-    c.procs[down].terminate()
-    c.procs[down].wait(20)
+    view, snd, v1, down = _everywhere_then_one_down(c, "vm/tree", 12)
     v2 = np.random.default_rng(13).integers(0, 256, 8 * MiB, dtype=np.uint8)
     view.send(snd, v2, "vm/tree", "cluster")
     v3 = v1.copy()
