@@ -27,15 +27,17 @@ MiB = 1 << 20
 
 
 class RepairingCluster(Cluster):
-    def __init__(self, root, n: int, interval_s: float, scrub_rate: float = 0) -> None:
-        self.interval_s, self.scrub_rate = interval_s, scrub_rate
+    def __init__(
+        self, root, n: int, interval_s: float, scrub_rate: float = 0, repair_rate: float = 0
+    ) -> None:
+        self.interval_s, self.scrub_rate, self.repair_rate = interval_s, scrub_rate, repair_rate
         super().__init__(root, n)
 
     def storage_extra(self) -> str:
         return f"scrub_rate_bytes_per_s = {self.scrub_rate}\nscrub_interval_s = 1.0\n"
 
     def cluster_extra(self) -> str:
-        return f"replicas = 3\nrepair_interval_s = {self.interval_s}\n"
+        return f"replicas = 3\nrepair_interval_s = {self.interval_s}\nrepair_rate_bytes_per_s = {self.repair_rate}\n"
 
 
 def _client(c: Cluster, ack: str = "quorum"):
@@ -70,7 +72,8 @@ def _has(c: Cluster, i: str, key: str, digest: str) -> bool:
 
 @pytest.fixture
 def make_cluster(daemons):
-    return lambda n, interval_s, scrub_rate=0: daemons(RepairingCluster, n, interval_s, scrub_rate)
+    return lambda n, interval_s, scrub_rate=0, repair_rate=0: daemons(RepairingCluster, n, interval_s, scrub_rate,
+                                                                      repair_rate)  # fmt: skip
 
 
 def test_a_replica_killed_during_20_sends_is_repaired_and_every_key_is_fetched(tmp_path, make_cluster):
@@ -248,3 +251,21 @@ def test_a_stale_replica_compares_leaf_hashes_and_gets_only_the_leaves_that_diff
     assert got["wire_bytes"] < 2.3 * MiB, got  # 2 leaves of 8 (and the page hashes of pages mode)
     info = ObjectStore(os.path.join(c.root, down)).get("vm/tree", bytes.fromhex(d3))
     assert info is not None and open(info.path, "rb").read() == v3.tobytes()
+
+
+def test_a_repair_sends_at_most_the_repair_rate(tmp_path, make_cluster, capsys):
+    """cluster.repair_rate_bytes_per_s = 2 MiB/s: pulling a missed 8 MiB version (nothing in common with
+    what the home holds) takes the holder about 4 s."""
+    c = make_cluster(3, 0, repair_rate=2 * MiB)
+    view, snd, _v1, down = _everywhere_then_one_down(c, "vm/slow", 15)
+    v2 = np.random.default_rng(16).integers(0, 256, 8 * MiB, dtype=np.uint8)
+    view.send(snd, v2, "vm/slow", "cluster")
+    c.start(down)
+    d2 = object_digest(v2).hex()
+    c.wait(
+        lambda: _catalog(c, down).get("vm/slow", {}).get("digest") == d2, what="the restarted node's catalog"
+    )
+    t0 = time.monotonic()
+    assert cli(["repair", "vm/slow", "--config", os.path.join(c.root, f"{down}.toml")]) == 0
+    took = time.monotonic() - t0
+    assert _has(c, down, "vm/slow", d2) and took >= 8 * MiB / (2 * MiB) * 0.75, took
