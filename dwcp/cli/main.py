@@ -495,7 +495,8 @@ def _key_history(args) -> int:
     def when(t: float) -> str:
         return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
-    lines = [f"{args.key}: {len(r['versions'])} versions, {len(r['conflicts'])} conflicts"]
+    nv, nc = len(r["versions"]), len(r["conflicts"])
+    lines = [f"{args.key}: {nv} version{'s' * (nv != 1)}, {nc} conflict{'s' * (nc != 1)}"]
     for i, v in enumerate(r["versions"]):
         last = " (latest)" if i == len(r["versions"]) - 1 else ""
         lines.append(f"  version {v['version']}{last}: {v['digest']}, {v['size']} bytes, {when(v['at'])}, "
@@ -538,7 +539,7 @@ def _cmd_cluster(args) -> int:
         voters = set((st.get("raft") or {}).get("voters") or [])
         r = {"ok": True, "node": st["node"], "members": {st["node"]: {"address": st["data_port"], "voter": st["node"]
              in voters}} | {p: {"address": v["address"], "region": v["region"], "healthy": v["healthy"],
-                                "voter": p in voters} for p, v in peers.items()}}  # fmt: skip
+                                "voter": p in voters} for p, v in peers.items() if p != st["node"]}}  # fmt: skip
         lines = [f"{p}: {m['address']}" + (" (this node)" if p == st["node"] else f", {m['region']}, "
                  + ("healthy" if m["healthy"] else "unhealthy")) + (", voter" if m["voter"] else "")
                  for p, m in sorted(r["members"].items())]  # fmt: skip

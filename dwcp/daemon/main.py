@@ -109,7 +109,7 @@ class Daemon:
         # the config with [cluster] peers as the catalog's membership has them (dwcp cluster add|remove):
         # what the cluster view, the relay check and anti-entropy use (_sync_members)
         self.effective = config
-        self._members_rev = 0
+        self._members_key: tuple | None = None  # (catalog members_rev, own data address) last followed
         self.server.register(
             "probe",
             probe_handler(
@@ -189,6 +189,7 @@ class Daemon:
         except BaseException:
             self.close()
             raise
+        self._sync_members()  # the data port is bound: this node joins its own cluster view
         host, port = self.server.address
         log.info("dwcp %s daemon %s up: data port %s:%d, control %s, backend %s",
                  dwcp.__version__, self.config.node.id, host, port, self.config.control_socket,
@@ -607,34 +608,46 @@ class Daemon:
             cfg.cluster != self.config.cluster
         ):  # membership/policy/breakers: a fresh view (breakers restart closed)
             self.cluster = ClusterView(cfg.cluster, cfg.node) if cfg.cluster.peers else None
-        self.effective, self._members_rev = cfg, -1  # the catalog's membership applies again (_sync_members)
+        self.effective, self._members_key = cfg, None  # the membership applies again (_sync_members)
 
     # -- membership ------------------------------------------------------------
     def _sync_members(self) -> None:
         """Follow the catalog's membership (``dwcp cluster add|remove``): the configured peers with its
-        member records applied become ``effective``'s [cluster] peers -- the cluster view (a fresh one:
-        its breakers restart closed), the data port's relay check, anti-entropy's members and homes."""
-        cb = self.catalog_backend
-        if not isinstance(cb, RaftDriver):
+        member records applied become ``effective``'s [cluster] peers -- the data port's relay check,
+        anti-entropy's members and homes -- and, with this node itself once its data port is bound,
+        the cluster view's (a fresh one: its breakers restart closed): a cluster send from here may
+        keep a copy here, on the same ring anti-entropy uses."""
+        cb, cfg, me = self.catalog_backend, self.config, self.config.node
+        boot = {p.id: {"address": p.address, "region": p.region} for p in cfg.cluster.peers}
+        rev = 0
+        if isinstance(cb, RaftDriver):
+            with cb.lock:
+                rev = cb.catalog.members_rev
+                table = cb.catalog.membership(boot | {me.id: {"address": "", "region": me.region}})
+        else:
+            table = boot
+        try:
+            host, port = self.server.address
+            here = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except AssertionError:  # not bound yet
+            here = None
+        if (rev, here) == self._members_key:
             return
-        with cb.lock:
-            rev = cb.catalog.members_rev
-            if rev == self._members_rev:
-                return
-            cfg, me = self.config, self.config.node
-            boot = {p.id: {"address": p.address, "region": p.region} for p in cfg.cluster.peers}
-            table = cb.catalog.membership(boot | {me.id: {"address": "", "region": me.region}})
         known = {p.id: p for p in cfg.cluster.peers}
         peers = tuple(dataclasses.replace(known[i], address=m["address"], region=m["region"] or known[i].region)
                       if i in known else PeerConfig(i, m["address"], m["region"] or "default")
                       for i, m in sorted(table.items()) if i != me.id)  # fmt: skip
         self.effective = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, peers=peers))
+        members = peers
+        if peers and here is not None:
+            members = (*peers, PeerConfig(me.id, here, me.region, me.latitude_deg, me.longitude_deg))
         seen = {pid: p.address for pid, p in self.cluster.peers.items()} if self.cluster is not None else {}
-        if {p.id: p.address for p in peers} != seen:
-            self.cluster = ClusterView(self.effective.cluster, me) if peers else None
-            log.info("cluster members: %s", ", ".join(sorted([me.id, *(p.id for p in peers)])))
+        if {p.id: p.address for p in members} != seen:
+            self.cluster = (ClusterView(dataclasses.replace(cfg.cluster, peers=members), me) if peers
+                            else None)  # fmt: skip
+            log.info("cluster members: %s", ", ".join(sorted(p.id for p in members)))
         self.server.reconfigure(self.effective)
-        self._members_rev = rev
+        self._members_key = (rev, here)
 
     def _member(self, req: dict) -> dict:
         """``dwcp cluster add|remove``: a member record through consensus (any node: it is forwarded to the
@@ -644,15 +657,20 @@ class Daemon:
             raise ConfigError(f"{self.config.node.id} runs no Raft catalog: membership changes need "
                               "[consensus] enabled (algorithm raft)")  # fmt: skip
         action, node = str(req.get("action")), str(req.get("id", ""))
+        with cb.lock:
+            now = cb.membership()
         if action == "remove":
-            st = cb.status()
-            if node == st["leader"]:
+            if node not in now:
+                raise ConfigError(f"{node} is not a member (members: {', '.join(sorted(now))})")
+            if node == cb.status()["leader"]:
                 raise ConfigError(f"{node} leads the cluster now: stop it (another leader is elected), then "
                                   "remove it")  # fmt: skip
+        elif action == "add" and now.get(node) == str(req.get("address", "")):
+            raise ConfigError(f"{node} is a member at {now[node]} already")
         res = cb.propose({"op": "member", "action": action, "node": node, "address": str(req.get("address", "")),
                           "region": str(req.get("region", "")), "at": time.time()}, timeout_s=10)  # fmt: skip
         if not res.get("ok"):
-            raise ConfigError(f"cluster {action} {node}: {res.get('error')}")
+            raise ConfigError(f"{node}: {res.get('error')}")
         self._sync_members()
         return {"ok": True, "members": sorted(cb.membership()), "voters": cb.status()["voters"]}
 

@@ -257,6 +257,8 @@ def test_cli_cluster_sends_go_through_the_local_daemon_and_use_what_it_knows(tmp
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         assert res["through_daemon"] is True and res["digest"] == object_digest(data).hex()
+        # the daemon is a member too: its ring (the one anti-entropy uses) has all 3, itself included
+        assert sorted(x["peer"] for x in res["replicas"]) == ["c0", "c1", "c2"]
         assert request(sock, {"op": "status"}, timeout_s=5)["sends_ok"] == 1
         down = c.ids[2]
         c.procs[down].terminate()
