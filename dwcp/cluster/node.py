@@ -164,7 +164,11 @@ class ClusterView:
             if sticky in pool:
                 pool.remove(sticky)
                 pool.insert(0, sticky)
-        ok = [pid for pid in pool if self.peers[pid].healthy and self.breakers[pid].current(now) != "open"]
+        closed = [pid for pid in pool if self.breakers[pid].current(now) != "open"]
+        # the probes' view is advisory: with none of the pool healthy by it (a cluster that has just
+        # started probes before its peers are up), the peers behind closed breakers are tried anyway
+        # ("panic mode"), and their breakers learn what the probes missed
+        ok = [pid for pid in closed if self.peers[pid].healthy] or closed
         if not ok:
             states = ", ".join(f"{pid} ({'unhealthy' if not self.peers[pid].healthy else self.breakers[pid].current(now)})"
                                for pid in pool)  # fmt: skip
@@ -342,14 +346,19 @@ class ClusterView:
         need = acks_needed(self.config.ack, len(homes))
         now = self.clock()
         outcome: dict[str, dict[str, str]] = {}  # peer id -> its outcome
-        up = []
+        up, doubtful = [], []
         for pid in homes:
             p, state = self.peers[pid], self.breakers[pid].current(now)
-            if not p.healthy or state == "open":
-                outcome[pid] = {"peer": pid, "state": "failed", "error": "unhealthy" if not p.healthy else
-                                "its circuit breaker is open"}  # fmt: skip
+            if state == "open":
+                outcome[pid] = {"peer": pid, "state": "failed", "error": "its circuit breaker is open"}
+            elif not p.healthy:
+                doubtful.append(pid)
             else:
                 up.append(pid)
+        if len(up) < need:  # the probes' view is advisory (as in candidates): try the doubtful homes too
+            up += doubtful
+        else:
+            outcome.update({pid: {"peer": pid, "state": "failed", "error": "unhealthy"} for pid in doubtful})
         by_addr = {self.peers[pid].address: pid for pid in homes}
         tried: list[dict[str, str]] = []
         for i, first in enumerate(up):
