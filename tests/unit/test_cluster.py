@@ -452,7 +452,8 @@ def test_a_replicated_send_skips_failed_homes_and_fails_short_of_its_ack():
     v.peers[ring[1]].healthy = False
     s = ChainSender()
     r = v.send(s, b"x", "vm/8", "cluster")
-    assert (s.calls[0][1].to, s.calls[0][1].then) == (addr[ring[2]], (addr[ring[1]],)) and r.ack["verified"] == 3
+    assert (s.calls[0][1].to, s.calls[0][1].then) == (addr[ring[2]], (addr[ring[1]],))
+    assert r.ack["verified"] == 3
     # one replica: no chain, the failover path of before
     v, _ = view(replicas=1)
     s = ChainSender()
