@@ -9,7 +9,9 @@
 # only when no config exists (an existing one is never overwritten), checks it
 # with `dwcp check-config`, then daemon-reloads and enables the service.
 # --root DIR installs the files under DIR instead (packaging, tests): no user,
-# no systemctl.  Then: `dwcp certs init` / `dwcp certs issue` into /etc/dwcp.
+# no systemctl.  Then the service's identity, readable by it:
+#   dwcp certs init --dir /etc/dwcp/ca
+#   dwcp certs issue --dir /etc/dwcp/ca --node NODE --host ADDR --out /etc/dwcp/node --owner dwcp
 set -eu
 
 ROOT=""
@@ -20,7 +22,7 @@ while [ $# -gt 0 ]; do
         --root) ROOT="$2"; shift 2 ;;
         --dwcp) DWCP="$2"; shift 2 ;;
         --no-start) START=0; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "install-systemd.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -32,7 +34,9 @@ if [ -z "$DWCP" ] || [ ! -x "$DWCP" ]; then
     exit 1
 fi
 
-install -d -m 0755 "$ROOT/etc/dwcp" "$ROOT/etc/systemd/system"
+install -d -m 0755 "$ROOT/etc/dwcp" "$ROOT/etc/systemd/system" "$ROOT/usr/share/doc/dwcp"
+# the unit's Documentation=: the README and the example config, every setting documented
+install -m 0644 "$HERE/README.md" "$HERE/systemd/dwcp.toml.example" "$ROOT/usr/share/doc/dwcp/"
 if [ ! -e "$ROOT/etc/dwcp/dwcp.toml" ]; then
     install -m 0644 "$HERE/systemd/dwcp.toml.example" "$ROOT/etc/dwcp/dwcp.toml"
     echo "installed $ROOT/etc/dwcp/dwcp.toml (edit node.id and the certificate paths)"
@@ -51,7 +55,8 @@ if ! id dwcp >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/dwcp --no-create-home --shell /usr/sbin/nologin dwcp
 fi
 chgrp dwcp /etc/dwcp && chmod 0750 /etc/dwcp
-"$DWCP" check-config /etc/dwcp/dwcp.toml || {
+# as the service user, as the unit's ExecStartPre will: its keys must be readable by it
+setpriv --reuid=dwcp --regid=dwcp --init-groups "$DWCP" check-config /etc/dwcp/dwcp.toml || {
     echo "install-systemd.sh: fix /etc/dwcp/dwcp.toml, then: systemctl enable --now dwcpd" >&2
     exit 1
 }

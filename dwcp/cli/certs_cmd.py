@@ -1,7 +1,8 @@
 """`dwcp certs init|issue`: the cluster CA and node certificates for mutual TLS.
 
     dwcp certs init  --dir /etc/dwcp/ca [--cluster NAME] [--days N] [--force] [--json]
-    dwcp certs issue --dir /etc/dwcp/ca --node NODE [--host H]... [--out DIR] [--days N] [--force] [--json]
+    dwcp certs issue --dir /etc/dwcp/ca --node NODE [--host H]... [--out DIR] [--owner USER[:GROUP]]
+                     [--days N] [--force] [--json]
 
 A human run prints one line per file written; ``--json`` prints one JSON
 object on stdout.  Errors raise ConfigError, which ``dwcp.cli.main`` turns
@@ -44,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="DNS name or IP address for the certificate's SAN (repeatable; default: 127.0.0.1 and localhost)",
     )
     s.add_argument("--out", default=None, help="where to write <node>.key and <node>.crt (default: --dir)")
+    s.add_argument("--owner", metavar="USER[:GROUP]", default=None,
+                   help="the service that reads them (e.g. dwcp, or root:dwcp): the key is USER:GROUP 0600 "
+                        "(root:GROUP 0640), --out gets a copy of ca.crt and is USER:GROUP 0750")  # fmt: skip
     s.add_argument("--days", type=int, default=825, help="validity in days, at most the CA's (default: 825)")
     s.add_argument(
         "--force", action="store_true", help="replace an existing key and certificate for this node"
@@ -59,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dwcp.security.certs import bft_signing_key, init_ca, issue_node
+    from dwcp.security.certs import bft_signing_key, init_ca, issue_node, parse_owner
 
     command = getattr(args, "certs_command", None)
     if command == "init":
@@ -73,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
         }
     elif command == "issue":
         hosts = tuple(args.host) if args.host else _DEFAULT_HOSTS
-        node = issue_node(
-            args.dir, args.node, hosts=hosts, days=args.days, force=args.force, out_dir=args.out
-        )
+        owner = parse_owner(args.owner) if args.owner else None
+        node = issue_node(args.dir, args.node, hosts=hosts, days=args.days, force=args.force, out_dir=args.out,
+                          owner=owner)  # fmt: skip
         written = [(f"{args.node} key", node.key), (f"{args.node} certificate", node.cert)]
         out = {
             "command": "issue",

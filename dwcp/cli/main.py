@@ -580,13 +580,25 @@ def _cmd_check_config(args) -> int:
 
     try:
         cfg = load_toml(args.file)
+        _check_files(cfg)
     except ConfigError as exc:
-        for p in exc.problems:
+        for p in exc.problems or [str(exc)]:
             print(p, file=sys.stderr)
-        print(f"dwcp check-config: {len(exc.problems)} problem(s) in {args.file}", file=sys.stderr)
+        print(f"dwcp check-config: {len(exc.problems) or 1} problem(s) in {args.file}", file=sys.stderr)
         return EXIT_ERROR
     _print(dataclasses.asdict(cfg), args.json, f"{args.file}: ok")
     return 0
+
+
+def _check_files(cfg) -> None:
+    """What the daemon opens at start, opened as this user (under systemd, ``ExecStartPre`` runs as the
+    service's user): the TLS identity (files exist, the key's owner and mode pass, the pair loads)."""
+    if cfg.security.plaintext:
+        return
+    from dwcp.security.tls import TLSConfig, server_context
+
+    s = cfg.security
+    server_context(TLSConfig(ca_cert=s.ca_cert, cert=s.cert, key=s.key))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,10 @@ Rules
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import ipaddress
 import os
+import pwd
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ __all__ = [
     "init_ca",
     "issue_node",
     "check_key_permissions",
+    "parse_owner",
     "valid_node_id",
     "bft_signing_key",
     "bft_verify_key",
@@ -80,21 +83,47 @@ class NodePaths:
     ca_cert: str
 
 
-def check_key_permissions(path: str | os.PathLike[str]) -> None:
-    """Raise ConfigError unless the private key at ``path`` is private to its owner.
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
-    Any group/other bit counts (a group-writable key can be swapped), and the
-    mode of the file a symlink points to is what is checked.
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def check_key_permissions(path: str | os.PathLike[str]) -> None:
+    """Raise ConfigError unless the private key at ``path`` is private to this process's user.
+
+    Accepted: mode 0600 (or 0400) owned by the user this process runs as (or any owner when it runs
+    as root); mode 0640 (or 0440) owned by root with a group this process is in -- the layout of
+    ``dwcp certs issue --owner root:GROUP``.  Anything else is refused with the commands that fix it:
+    a group-writable key can be swapped, an other-readable one read by anyone.  The mode of the file
+    a symlink points to is what is checked.
     """
     p = os.fspath(path)
     try:
         st = os.stat(p)
     except FileNotFoundError:
         raise ConfigError(f"private key {p} does not exist") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"private key {p} is accessible by group/other (mode {st.st_mode & 0o777:03o}); chmod 600 it"
-        )
+    mode, me = st.st_mode & 0o777, os.geteuid()
+    owner, group, user = _user(st.st_uid), _group(st.st_gid), _user(me)
+    if not mode & 0o077:
+        if st.st_uid == me or me == 0:
+            return
+        raise ConfigError(f"private key {p} is {owner}'s (mode {mode:03o}): this process runs as {user} and cannot "
+                          f"read it; chown {user} {p} (or: chown root:{user} {p} && chmod 640 {p}; "
+                          f"`dwcp certs issue --owner {user}` writes it so)")  # fmt: skip
+    groups = {os.getegid(), *os.getgroups()}
+    if not mode & 0o037 and st.st_uid == 0 and (st.st_gid in groups or me == 0):
+        return  # 0640/0440 root:<our group>
+    raise ConfigError(f"private key {p} is accessible by group/other (mode {mode:03o}, {owner}:{group}); "
+                      f"chmod 600 it and chown {user} {p}, or chown root:<the service's group> {p} && chmod 640 {p}")  # fmt: skip
 
 
 def valid_node_id(node_id: object) -> TypeGuard[str]:
@@ -260,21 +289,30 @@ def issue_node(
     days: int = 825,
     force: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> NodePaths:
     """Issue ``<node_id>.key`` (0600) and ``<node_id>.crt`` signed by the CA in ``directory``.
 
     The files go to ``out_dir`` (created 0700 if missing) or ``directory``.
     ``hosts`` become the subjectAltName: IP addresses as such, the rest as
     DNS names.  They matter only to peers that turn hostname checks on.
+
+    ``owner`` (uid, gid): the service that will read them (``--owner USER[:GROUP]``).  The key is
+    then ``USER:GROUP`` 0600, or ``root:GROUP`` 0640 when USER is root (both pass
+    ``check_key_permissions`` for a process of that user or group); the certificate and a copy of
+    ``ca.crt`` (the CA directory keeps ``ca.key`` and stays the CA's) are 0644; ``out_dir`` (which
+    must not be the CA directory) is ``USER:GROUP`` 0750.
     """
     _check_node_id(node_id)
     _check_days(days)
     sans = _general_names(hosts)
     d = os.fspath(directory)
     out = os.fspath(out_dir) if out_dir is not None else d
-    paths = NodePaths(
-        os.path.join(out, f"{node_id}.key"), os.path.join(out, f"{node_id}.crt"), os.path.join(d, "ca.crt")
-    )
+    if owner is not None and os.path.realpath(out) == os.path.realpath(d):
+        raise ConfigError(f"--owner: the CA directory {d} holds ca.key, which no service may read; issue into "
+                          "--out DIR (e.g. /etc/dwcp/node)")  # fmt: skip
+    paths = NodePaths(os.path.join(out, f"{node_id}.key"), os.path.join(out, f"{node_id}.crt"),
+                      os.path.join(out if owner is not None else d, "ca.crt"))  # fmt: skip
     ca_key, ca_cert = _load_ca(d)
     _refuse_existing([paths.key, paths.cert], force)
     now = dt.datetime.now(dt.UTC)
@@ -327,8 +365,38 @@ def issue_node(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write_all([(paths.key, _key_pem(key), 0o600), (paths.cert, pem, 0o644)], force)
+    if owner is None:
+        _write_all([(paths.key, _key_pem(key), 0o600), (paths.cert, pem, 0o644)], force)
+        return paths
+    uid, gid = owner
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    _write_all([(paths.key, _key_pem(key), 0o640 if uid == 0 else 0o600), (paths.cert, pem, 0o644)], force)
+    _write_all([(paths.ca_cert, ca_pem, 0o644)], True)  # the CA's own certificate: the same bytes again
+    try:
+        for f in (paths.key, paths.cert, paths.ca_cert, out):
+            os.chown(f, uid, gid)
+        os.chmod(out, 0o750)
+    except OSError as exc:
+        raise ConfigError(f"--owner: cannot chown {exc.filename} to {_user(uid)}:{_group(gid)}: {exc.strerror} "
+                          "(run as root)") from None  # fmt: skip
     return paths
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    """``USER[:GROUP]`` (names or numbers) -> (uid, gid); GROUP defaults to USER's primary group."""
+    user, _, group = text.partition(":")
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--owner {text}: no user {user!r} (create the service user first: "
+                          "scripts/install-systemd.sh, or useradd --system dwcp)") from None  # fmt: skip
+    if not group:
+        return pw.pw_uid, pw.pw_gid
+    try:
+        gr = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(f"--owner {text}: no group {group!r}") from None
+    return pw.pw_uid, gr.gr_gid
 
 
 def bft_signing_key(path: str, *, create: bool = True):

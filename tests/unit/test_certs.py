@@ -229,18 +229,57 @@ def test_issue_needs_a_sound_ca(tmp_path):
         issue_node(tmp_path / "other", "a", days=0)
 
 
-def test_check_key_permissions(tmp_path):
+def _as(monkeypatch, uid: int, gids=()):
+    """Judge keys as if this process ran as ``uid`` in groups ``gids``."""
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    monkeypatch.setattr(os, "getegid", lambda: gids[0] if gids else 60000)
+    monkeypatch.setattr(os, "getgroups", lambda: list(gids))
+
+
+def test_check_key_permissions(tmp_path, monkeypatch):
     p = tmp_path / "k.key"
     p.write_bytes(b"k")
+    st = os.stat(p)
+    _as(monkeypatch, st.st_uid, [st.st_gid])
     for m in (0o600, 0o400):
         os.chmod(p, m)
         check_key_permissions(p)
-    for m in (0o640, 0o604, 0o620, 0o602, 0o644):
+    for m in (0o604, 0o620, 0o602, 0o644, 0o660, 0o650):
         os.chmod(p, m)
         with pytest.raises(ConfigError, match=f"mode {m:03o}.*chmod 600"):
             check_key_permissions(p)
     with pytest.raises(ConfigError, match="does not exist"):
         check_key_permissions(tmp_path / "missing.key")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the key to root and another user")
+def test_a_service_user_reads_its_own_key_or_roots_with_its_group(tmp_path, monkeypatch):
+    """The layouts `dwcp certs issue --owner` writes: 0600 owned by the service user, or 0640 owned by
+    root with the service's group; a root-owned 0600 key is unreadable to the service, and says how."""
+    p = tmp_path / "k.key"
+    p.write_bytes(b"k")
+    svc, grp_ = 4321, 4322
+    _as(monkeypatch, svc, [grp_])
+    os.chown(p, svc, grp_)
+    os.chmod(p, 0o600)
+    check_key_permissions(p)
+    os.chown(p, 0, grp_)
+    os.chmod(p, 0o640)
+    check_key_permissions(p)
+    os.chmod(p, 0o440)
+    check_key_permissions(p)
+    os.chown(p, 0, 0)  # root's group, which the service is not in
+    os.chmod(p, 0o640)
+    with pytest.raises(ConfigError, match="mode 640.*chown root:<the service's group>"):
+        check_key_permissions(p)
+    os.chmod(p, 0o600)
+    with pytest.raises(ConfigError, match=r"is root's \(mode 600\): this process runs as 4321 and cannot read it; "
+                                          r"chown 4321 .*--owner 4321"):  # fmt: skip
+        check_key_permissions(p)
+    os.chown(p, 4323, grp_)  # another user's, group-readable: no
+    os.chmod(p, 0o640)
+    with pytest.raises(ConfigError, match="mode 640"):
+        check_key_permissions(p)
 
 
 # -- TLS configuration and contexts -----------------------------------------------------------------
@@ -270,7 +309,7 @@ def test_tls_config_validation(tmp_path, node):
         TLSConfig(node.ca_cert, str(tmp_path), node.key)  # a directory
     with pytest.raises(ConfigError, match="expected a file path"):
         TLSConfig(node.ca_cert, "", node.key)
-    os.chmod(node.key, 0o640)
+    os.chmod(node.key, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         TLSConfig(node.ca_cert, node.cert, node.key)
 
@@ -390,3 +429,30 @@ def test_cli(tmp_path, capsys):
         certs_cmd.run(_cli("certs", "init", "--dir", ca))
     with pytest.raises(ConfigError, match="init.*issue"):
         certs_cmd.run(_cli("certs"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to the service user")
+def test_issue_for_a_service_user_writes_what_it_can_read(tmp_path):
+    from dwcp.security.certs import parse_owner
+
+    init_ca(tmp_path / "ca")
+    uid, gid = parse_owner("nobody")
+    node = issue_node(tmp_path / "ca", "n1", out_dir=tmp_path / "node", owner=(uid, gid))
+    key, crt, ca = (os.stat(p) for p in (node.key, node.cert, node.ca_cert))
+    assert (key.st_uid, key.st_gid, key.st_mode & 0o777) == (uid, gid, 0o600)
+    assert (crt.st_mode & 0o777, ca.st_mode & 0o777) == (0o644, 0o644) and node.ca_cert == str(
+        tmp_path / "node/ca.crt"
+    )
+    d = os.stat(tmp_path / "node")
+    assert (d.st_uid, d.st_gid, d.st_mode & 0o777) == (uid, gid, 0o750)
+    assert open(node.ca_cert, "rb").read() == open(tmp_path / "ca/ca.crt", "rb").read()
+    # root with the service's group: 0640; a second node into the same directory rewrites ca.crt only
+    node2 = issue_node(tmp_path / "ca", "n2", out_dir=tmp_path / "node", owner=parse_owner("root:nogroup"))
+    k2 = os.stat(node2.key)
+    assert (k2.st_uid, k2.st_gid, k2.st_mode & 0o777) == (0, gid, 0o640)
+    with pytest.raises(ConfigError, match="the CA directory .* holds ca.key"):
+        issue_node(tmp_path / "ca", "n3", owner=(uid, gid))
+    with pytest.raises(ConfigError, match="no user 'no-such-user-x'"):
+        parse_owner("no-such-user-x")
+    with pytest.raises(ConfigError, match="no group 'no-such-group-x'"):
+        parse_owner("nobody:no-such-group-x")
