@@ -53,8 +53,15 @@ class _Section:
     def problems(self) -> list[str]:
         return []
 
+    PATHS: tuple[str, ...] = ()  # settings that name a file or directory: absolute when set
+
+    def path_problems(self) -> list[str]:
+        """A relative path would depend on the daemon's working directory."""
+        return [f"{name} {v!r} must be an absolute path" for name in self.PATHS
+                if isinstance(v := getattr(self, name), str) and v and not os.path.isabs(v)]  # fmt: skip
+
     def __post_init__(self) -> None:
-        probs = self.problems()
+        probs = self.problems() + self.path_problems()
         if probs:
             raise ConfigError(problems=[f"{self.SECTION}.{p}" for p in probs])
 
@@ -83,6 +90,7 @@ class NodeConfig(_Section):
 @dataclass(frozen=True)
 class ListenConfig(_Section):
     SECTION = "listen"
+    PATHS = ("control_socket",)
     host: str = "127.0.0.1"
     data_port: int = 7700  # 0 = any free port (tests)
     control_socket: str = ""  # default: <storage.data_dir>/control.sock
@@ -143,6 +151,7 @@ class AclRule:
 @dataclass(frozen=True)
 class SecurityConfig(_Section):
     SECTION = "security"
+    PATHS = ("ca_cert", "cert", "key")
     plaintext: bool = False  # only with this explicit setting does the data port run without TLS
     ca_cert: str = ""
     cert: str = ""
@@ -176,7 +185,7 @@ class SecurityConfig(_Section):
                 rules.append(AclRule(ident, prefix, tuple(sorted(set(allow)))))
         object.__setattr__(self, "acl", tuple(rules))
         object.__setattr__(self, "relay_allow", tuple(self.relay_allow))
-        probs = [f"{self.SECTION}.{p}" for p in bad + self.problems()]
+        probs = [f"{self.SECTION}.{p}" for p in bad + self.problems() + self.path_problems()]
         if probs:
             raise ConfigError(problems=probs)
 
@@ -205,6 +214,7 @@ class SecurityConfig(_Section):
 @dataclass(frozen=True)
 class StorageConfig(_Section):
     SECTION = "storage"
+    PATHS = ("data_dir",)
     data_dir: str = "/var/lib/dwcp"
     keep_versions: int = 2
     partial_max_age_s: float = 7 * 24 * 3600.0
@@ -235,6 +245,45 @@ class StorageConfig(_Section):
                 f"max_object_bytes {self.max_object_bytes} must be >= 0 (0 = limited by the free space)"
             )
         return out
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,  # a bare letter: binary, as dd/qemu
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,  # IEC: binary
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1}  # SI: decimal  # fmt: skip
+_BITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}  # bits, decimal (as iperf3)
+SIZE_HELP = "4096, 64K or 64KiB (binary), 60MB (decimal); a rate also 500Mbit (bits) and a /s suffix"
+
+
+def parse_size(text: str | int | float, *, rate: bool = False) -> float:
+    """A byte count (or, ``rate``, a byte rate) from ``text``: a number, or a number and a unit -- ``K``
+    ``M`` ``G`` ``T`` and ``KiB`` ``MiB``... binary, ``kB`` ``MB`` ``GB``... decimal, and for a rate
+    ``bit`` ``Kbit`` ``Mbit`` ``Gbit`` (bits, decimal: divided by 8); ``/s`` may follow a rate.  The
+    same in config files and on the command line.  ValueError says what is accepted."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int | float):
+        n = float(text)
+    else:
+        t = text.strip().replace(" ", "")
+        if rate:
+            t = t.removesuffix("/s")
+        i = len(t)
+        while i and not (t[i - 1].isdigit() or t[i - 1] == "."):
+            i -= 1
+        num, unit = t[:i], t[i:].lower()
+        try:
+            n = float(num)
+        except ValueError:
+            raise ValueError(f"not a {'rate' if rate else 'size'}: {text!r} ({SIZE_HELP})") from None
+        if unit in _UNITS:
+            n *= _UNITS[unit]
+        elif rate and unit in _BITS:
+            n *= _BITS[unit] / 8
+        else:
+            raise ValueError(f"unknown unit {t[i:]!r} in {text!r} ({SIZE_HELP})")
+    if not (n >= 0 and n < 1 << 60):
+        raise ValueError(f"{'rate' if rate else 'size'} {text!r} must be >= 0")
+    return n
 
 
 ENGINES = ("auto", "uring", "epoll", "threads")  # transport.engine (dwcp.transport.engine)
@@ -543,6 +592,7 @@ class ClusterConfig(_Section):
 @dataclass(frozen=True)
 class ConsensusConfig(_Section):
     SECTION = "consensus"
+    PATHS = ("bft_key_file", "etcd_ca", "etcd_cert", "etcd_key")
     enabled: bool = False  # replicate the catalog (raft: over the [cluster] peers, all of them vote)
     backend: str = "raft"  # "raft" among the daemons, or "etcd" (an external etcd v3 cluster keeps the log)
     algorithm: str = (
@@ -634,6 +684,13 @@ class Config:
 _SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
 
 
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _build_section(cls, data: Any, where: str, problems: list[str]):
     if not isinstance(data, dict):
         problems.append(f"{where}: expected a table, got {type(data).__name__}")
@@ -643,9 +700,20 @@ def _build_section(cls, data: Any, where: str, problems: list[str]):
     for k, v in data.items():
         f = known.get(k)
         if f is None:
-            problems.append(f"{where}.{k}: unknown setting")
+            problems.append(f"{where}.{k}: unknown setting{_did_you_mean(k, known)}")
             continue
         want = type(f.default)
+        if (
+            isinstance(v, str)
+            and want in (int, float)
+            and (k.endswith("_bytes") or k.endswith("_bytes_per_s"))
+        ):
+            try:  # "4M", "64MiB", "500Mbit": the same sizes and rates the CLI takes
+                n = parse_size(v, rate=k.endswith("_per_s"))
+            except ValueError as exc:
+                problems.append(f"{where}.{k}: {exc}")
+                continue
+            v = int(n) if want is int else n
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if want is tuple and isinstance(v, list):
@@ -670,7 +738,9 @@ def from_dict(data: dict) -> Config:
     for name, value in data.items():
         cls = _SECTIONS.get(name)
         if cls is None:
-            problems.append(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+            problems.append(
+                f"{name}: unknown section{_did_you_mean(name, _SECTIONS)} (known: {', '.join(_SECTIONS)})"
+            )
             continue
         sec = _build_section(cls, value, name, problems)
         if sec is not None:

@@ -20,16 +20,23 @@ EXIT_USAGE = 2
 
 
 def _size(text: str) -> int:
-    """Parse a byte size: 4096, 64K, 256M, 1G (binary multiples)."""
-    t = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    """A byte size on the command line: what a config file takes (dwcp.config.parse_size)."""
+    from dwcp.config import parse_size
+
     try:
-        n = int(float(t[:-1] if mult > 1 else t) * mult)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4096, 64K, 256M, 1G)") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"size must be >= 0: {text!r}")
-    return n
+        return int(parse_size(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    """A rate: bytes/s with the size units, or bits/s (``500Mbit``), as iperf3 takes them."""
+    from dwcp.config import parse_size
+
+    try:
+        return parse_size(text, rate=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _streams(text: str) -> int | None:
@@ -88,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--key", required=True)
     s.add_argument("--streams", type=_streams, default=None, help="N or auto (default auto)")
-    s.add_argument("--rate", type=_size, default=None, help="cap the total rate, bytes/s (e.g. 500M)")
+    s.add_argument("--rate", type=_rate, default=None,
+                   help="cap the total rate: bytes/s (60MB, 60MiB, 60M = MiB) or bits/s (500Mbit)")  # fmt: skip
     s.add_argument(
         "--chunk-size",
         type=_size,
@@ -133,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("scrub", help="re-hash every version the local daemon stores (--now: one pass, now)")
     sb.add_argument("--now", action="store_true", required=True, help="run one pass now and report it")
-    sb.add_argument("--rate", type=_size, default=None, metavar="RATE",
+    sb.add_argument("--rate", type=_rate, default=None, metavar="RATE",
                     help="read at most RATE (bytes/s, e.g. 200M; default: as fast as the disk goes)")  # fmt: skip
     sb.add_argument("--config", help="the daemon's config (for its control socket)")
     sb.add_argument("--socket", help="the control socket path")
@@ -592,13 +600,65 @@ def _cmd_check_config(args) -> int:
 
 def _check_files(cfg) -> None:
     """What the daemon opens at start, opened as this user (under systemd, ``ExecStartPre`` runs as the
-    service's user): the TLS identity (files exist, the key's owner and mode pass, the pair loads)."""
-    if cfg.security.plaintext:
-        return
-    from dwcp.security.tls import TLSConfig, server_context
+    service's user): the TLS identity (files exist, the key's owner and mode pass, the pair loads); and
+    what this host must offer: the congestion control, the data port.  Raises ConfigError listing
+    every problem; prints warnings (exit status 0) to stderr."""
+    problems: list[str] = []
+    if not cfg.security.plaintext:
+        from dwcp.security.tls import TLSConfig, server_context
 
-    s = cfg.security
-    server_context(TLSConfig(ca_cert=s.ca_cert, cert=s.cert, key=s.key))
+        s = cfg.security
+        try:
+            server_context(TLSConfig(ca_cert=s.ca_cert, cert=s.cert, key=s.key))
+        except ConfigError as exc:
+            problems += exc.problems
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            have = f.read().split()
+    except OSError:
+        have = []
+    cc = cfg.transport.congestion
+    if have and cc and cc not in have:
+        msg = (f"transport.congestion {cc!r} is not available in this kernel (available: {' '.join(have)}); "
+               f"modprobe tcp_{cc}, or pick one of those")  # fmt: skip
+        if cc == "bbr":  # the default: the transport falls back to the kernel's, and says so
+            print(f"warning: {msg}", file=sys.stderr)
+        else:
+            problems.append(msg)
+    problems += _port_problems(cfg)
+    if problems:
+        raise ConfigError(problems=problems)
+
+
+def _port_problems(cfg) -> list[str]:
+    """Whether this process could bind the data port (a running dwcpd holding it is fine)."""
+    import errno
+    import socket
+
+    lc = cfg.listen
+    if not lc.data_port:
+        return []
+    fam = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((lc.host, lc.data_port))
+            return []
+        except OSError as exc:
+            where = f"listen.data_port: cannot bind {lc.host}:{lc.data_port}"
+            if exc.errno == errno.EADDRINUSE:
+                from dwcp.daemon.control import request
+
+                try:
+                    request(cfg.control_socket, {"op": "status"}, timeout_s=2)
+                    return []  # the daemon of this config holds it (a reload's check)
+                except OSError:
+                    return [f"{where}: in use by another process (ss -ltnp 'sport = :{lc.data_port}')"]
+            if exc.errno == errno.EACCES:
+                return [f"{where}: a port below 1024 needs CAP_NET_BIND_SERVICE; use a port >= 1024"]
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return [f"{where}: {lc.host} is not an address of this host (ip -br addr)"]
+            return [f"{where}: {exc.strerror}"]
 
 
 def main(argv: list[str] | None = None) -> int:
