@@ -27,6 +27,11 @@ The hierarchy says who is at fault:
   the leader; ``leader`` names the one it knows, to retry there.
 * ``NoHealthyPeerError``  -- the balancer found no candidate that is healthy
   and behind a closed breaker.
+* ``PeerUnreachableError`` -- a connection to a peer's data port failed
+  (refused, timed out, no route); names the target and a hint.  Also a
+  ``ConnectionError``, so code that handles socket errors handles it.
+* ``AuthenticationError`` -- the TLS handshake with a peer failed: which
+  side's certificate or CA did not verify, and what to check.
 * ``ReplicationError``    -- a replicated send verified fewer copies than
   ``cluster.ack`` asks for; ``replicas`` lists each home's outcome (the
   copies that were made stay, and are listed in the catalog).
@@ -54,6 +59,8 @@ As a tree::
     |   +-- SourceChangedError
     +-- NotLeaderError
     +-- NoHealthyPeerError
+    +-- PeerUnreachableError (also ConnectionError)
+    +-- AuthenticationError
     +-- ReplicationError
     +-- TransferError
     +-- SubmissionQueueFullError
@@ -85,6 +92,8 @@ __all__ = [
     "NotLeaderError",
     "NoHealthyPeerError",
     "ReplicationError",
+    "PeerUnreachableError",
+    "AuthenticationError",
     "TransferError",
     "SubmissionQueueFullError",
 ]
@@ -215,6 +224,14 @@ class NotLeaderError(DWCPError):
 
 class NoHealthyPeerError(DWCPError):
     """Every candidate is unhealthy, ejected, or behind an open breaker."""
+
+
+class PeerUnreachableError(DWCPError, ConnectionError):
+    """A connection to a peer failed; the message names the target and a hint."""
+
+
+class AuthenticationError(DWCPError):
+    """The mutual-TLS handshake with a peer failed; the message says whose certificate or CA."""
 
 
 class ReplicationError(DWCPError):

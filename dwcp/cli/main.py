@@ -15,8 +15,57 @@ from dwcp.errors import ConfigError, DWCPError, TransferError
 
 __all__ = ["main"]
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+# Exit codes (as rsync and restic have theirs): a script can tell what to do about a failure.
+EXIT_ERROR = 1  # anything not below
+EXIT_USAGE = 2  # the command line (argparse), an invalid key
+EXIT_CONFIG = 3  # the config file or a setting in it
+EXIT_NETWORK = 4  # a peer unreachable, a connection lost mid-way, no healthy peer, a peer busy or draining
+EXIT_AUTH = 5  # mutual TLS: a certificate or CA that did not verify; an ACL that refused
+EXIT_INTEGRITY = 6  # a chunk, a record or an object that failed its checksum
+EXIT_STORAGE = 7  # a disk: the receiver's store full or failing, a local file missing or unreadable
+EXIT_CONFLICT = 8  # fewer verified replicas than cluster.ack asks for; a concurrent write committed first
+EXIT_CODES_HELP = """exit codes:
+  0  success
+  1  another error
+  2  usage: the command line, an invalid key
+  3  config: the config file, a setting, or a file it names (keys, certificates, dictionaries)
+  4  network: a peer unreachable, a connection lost, no healthy peer, a peer busy or draining
+  5  authentication: a TLS certificate or CA did not verify; an ACL refused
+  6  integrity: a checksum or digest failed
+  7  storage: a disk full or failing, a local file missing or unreadable
+  8  replication: fewer verified copies than cluster.ack, or a conflicting write won
+  130 interrupted; 141 stdout closed (a pipe), quietly
+With --json an error is one JSON object on stdout: {"ok": false, "error", "kind", "exit"}."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code a failure maps to (EXIT_*)."""
+    from dwcp import errors as E
+    from dwcp.wire import consts as C
+
+    code = getattr(exc, "code", None) if isinstance(exc, E.TransferError) else None
+    if isinstance(exc, E.ReplicationError) or code == C.ERR_CONFLICT:
+        return EXIT_CONFLICT
+    if isinstance(exc, E.AuthenticationError) or code == C.ERR_FORBIDDEN:
+        return EXIT_AUTH
+    if isinstance(exc, E.IntegrityError) or code in (C.ERR_CHECKSUM, C.ERR_FORGED):
+        return EXIT_INTEGRITY
+    if isinstance(exc, E.StorageError | E.SourceError | FileNotFoundError | PermissionError | IsADirectoryError) \
+            or code in (C.ERR_STORAGE, C.ERR_TOO_LARGE):  # fmt: skip
+        return EXIT_STORAGE
+    if isinstance(exc, E.InvalidKeyError | argparse.ArgumentTypeError):
+        return EXIT_USAGE
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, E.PeerUnreachableError | E.NoHealthyPeerError | E.BrokenResourceError | OSError) \
+            or code in (C.ERR_BUSY, C.ERR_UNAVAILABLE):  # fmt: skip
+        return EXIT_NETWORK
+    return EXIT_ERROR
+
+
+_KINDS = {EXIT_ERROR: "error", EXIT_USAGE: "usage", EXIT_CONFIG: "config", EXIT_NETWORK: "network",
+          EXIT_AUTH: "authentication", EXIT_INTEGRITY: "integrity", EXIT_STORAGE: "storage",
+          EXIT_CONFLICT: "replication"}  # fmt: skip
 
 
 def _size(text: str) -> int:
@@ -62,7 +111,8 @@ def _add_security(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dwcp", description="WAN data-plane daemon: verified delta transfer")
+    p = argparse.ArgumentParser(prog="dwcp", description="WAN data-plane daemon: verified delta transfer",
+                                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--version", action="version", version=f"dwcp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -442,8 +492,10 @@ def _ask_daemon(args, req: dict, timeout_s: float | None = 10) -> dict:
     try:
         return request(path, req, timeout_s=timeout_s)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise ConfigError(
-            f"no daemon answers on {path} (is dwcpd running? pass --config or --socket)"
+        from dwcp.errors import PeerUnreachableError
+
+        raise PeerUnreachableError(
+            f"no daemon answers on {path} -- is dwcpd running? (pass --config or --socket)"
         ) from None
 
 
@@ -451,8 +503,59 @@ def _cmd_status(args) -> int:
     if args.key is not None:
         return _key_history(args)
     r = _ask_daemon(args, {"op": "status"})
-    _print(r, args.json, "\n".join(f"{k}: {v}" for k, v in r.items()))
+    _print(r, args.json, _status_text(r))
     return 0 if r.get("ok") else EXIT_ERROR
+
+
+def _status_text(r: dict) -> str:
+    """`dwcp status` for a person: a line per component, the peers as a table (--json has it all)."""
+    from .demo import human_bytes
+
+    up = int(r.get("uptime_s", 0))
+    srv = r.get("server") or {}
+    lines = [f"{r['node']} (region {r['region']}): dwcp {r['version']}, {r['backend']} backend, up "
+             f"{up // 86400}d {up % 86400 // 3600}h {up % 3600 // 60}m" + (", draining" if r.get("draining") else ""),
+             f"data port  {r['data_port']} ({'mutual TLS' if r.get('tls') else 'plaintext'})"
+             + (f", metrics {r['metrics_endpoint']}" if r.get("metrics_endpoint") else ""),
+             f"transfers  {len(r.get('transfers') or [])} in progress; received {srv.get('transfers_ok_total', 0)} ok, "
+             f"{srv.get('transfers_failed_total', 0)} failed ({human_bytes(srv.get('bytes_raw_total', 0))}); sent "
+             f"{r.get('sends_ok', 0)} ok, {r.get('sends_failed', 0)} failed",
+             f"store      {r.get('keys', 0)} keys"]  # fmt: skip
+    for t in r.get("transfers") or []:
+        lines.append(f"  {t['key']} from {t['peer']}: {t['mode']}, {t['chunks_received']} chunks, "
+                     f"{t['streams']} streams, {t['age_s']:.0f} s")  # fmt: skip
+    eng = r.get("engine") or {}
+    if eng:
+        lines.append(f"engine     {eng.get('kind')}" + (f", {eng['loops']} loops" if eng.get("loops") else "")
+                     + (f" ({eng.get('cpus_why')})" if eng.get("cpus_why") else ""))  # fmt: skip
+    health = r.get("health") or {}
+    if health:
+        bad = [f"{n} {c['status']}: {c.get('message', '')}" for n, c in (health.get("checks") or {}).items()
+               if c.get("status") != "healthy"]  # fmt: skip
+        lines.append(f"health     {health.get('status')}" + ("".join(f"\n  {b}" for b in bad)))
+    rf = r.get("raft")
+    if rf:
+        lines.append(f"consensus  raft {rf['role']}, leader {rf['leader']}, term {rf['term']}, commit {rf['commit']}, "
+                     f"voters {', '.join(rf['voters'])}")  # fmt: skip
+    elif r.get("consensus"):
+        lines.append(f"consensus  {r['consensus'].get('backend')}")
+    peers = ((r.get("cluster") or {}).get("peers")) or {}
+    others = {p: v for p, v in peers.items() if p != r["node"]}
+    if others:
+        w = max(4, *(len(p) for p in others))
+        lines.append("cluster    " + f"{'PEER':<{w}}  {'ADDRESS':<22} {'REGION':<12} {'HEALTHY':<8} BREAKER")
+        for p, v in sorted(others.items()):
+            lines.append("           " + f"{p:<{w}}  {v['address']:<22} {v['region']:<12} "
+                         f"{'yes' if v['healthy'] else 'no':<8} {v['breaker']['state']}")  # fmt: skip
+    rp = r.get("repair")
+    if rp:
+        lines.append(f"repair     {rp['passes']} passes: {rp['repaired_total']} repaired, {rp['failed_total']} failed, "
+                     f"{rp['behind_s']:.0f} s behind")  # fmt: skip
+    sc = r.get("scrub")
+    if sc:
+        lines.append(f"scrub      {sc['passes']} passes: {sc['ok_total']} versions ok, {sc['corrupt_total']} corrupt, "
+                     f"{human_bytes(sc['bytes_total'])} read")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _cmd_repair(args) -> int:
@@ -662,6 +765,17 @@ def _port_problems(cfg) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `dwcp` command: its exit code (EXIT_*); a reader that closed stdout is not an error to report."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a traceback
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -719,10 +833,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dwcp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dwcp ... | head`: the reader is gone; nothing to say, nobody to say it to
+        raise
     except (DWCPError, OSError, ImportError, ValueError) as exc:
         if os.environ.get("DWCP_TRACEBACK"):
             raise
+        code = exit_code(exc)
         print(f"dwcp {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        if getattr(args, "json", False):
+            try:
+                print(json.dumps({"ok": False, "error": str(exc), "kind": _KINDS[code], "exit": code}))
+            except BrokenPipeError:
+                pass
+        return code
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

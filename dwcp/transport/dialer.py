@@ -18,10 +18,12 @@ Rules
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 
 from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.errors import AuthenticationError, PeerUnreachableError
 
 from .framesock import FrameSocket
 
@@ -30,7 +32,7 @@ __all__ = ["Dialer"]
 
 class Dialer:
     def __init__(self, transport: TransportConfig, security: SecurityConfig) -> None:
-        self.transport = transport
+        self.transport, self.security = transport, security
         self.tls: ssl.SSLContext | None = None  # None: plaintext, on purpose (rule 1)
         if not security.plaintext:
             from dwcp.security.tls import TLSConfig, client_context
@@ -69,10 +71,51 @@ class Dialer:
                 bind_source(s, source_address=tp.source_address or None, interface=tp.interface or None)
             applied = tune_socket(s, bdp_bytes=bdp_bytes, buffer_bytes=tp.socket_buffer_bytes or buffer_bytes or None,
                                   congestion=tp.congestion or None)  # fmt: skip
-            s.connect((host, port))
+            try:
+                s.connect((host, port))
+            except OSError as exc:
+                raise _unreachable(host, port, exc) from exc
             if self.tls is not None:
-                s = self.tls.wrap_socket(s, server_hostname=host)
+                try:
+                    s = self.tls.wrap_socket(s, server_hostname=host)
+                except ssl.SSLCertVerificationError as exc:
+                    raise AuthenticationError(
+                        f"{_target(host, port)}: its certificate did not verify against our CA "
+                        f"({self.security.ca_cert}): {exc.verify_message} -- is it a node of this cluster "
+                        "(issued by the same `dwcp certs init` CA)?") from exc  # fmt: skip
+                except ssl.SSLError as exc:
+                    raise AuthenticationError(f"{_target(host, port)}: the TLS handshake failed: {exc.reason or exc} "
+                                              "-- does it run with mutual TLS and our CA?") from exc  # fmt: skip
+                except (ConnectionResetError, BrokenPipeError) as exc:
+                    raise AuthenticationError(f"{_target(host, port)}: the peer closed the connection during the TLS "
+                                              "handshake -- is it a plaintext daemon (security.plaintext)?") from exc  # fmt: skip
         except BaseException:
             s.close()
             raise
         return FrameSocket(s, timeout_s=timeout_s if timeout_s is not None else tp.stall_timeout_s), applied
+
+
+def _target(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_HINTS = {
+    errno.ECONNREFUSED: "is dwcpd running there, on that port?",
+    errno.EHOSTUNREACH: "no route to that host (ip route get HOST)",
+    errno.ENETUNREACH: "no route to that network (ip route get HOST)",
+    errno.EADDRNOTAVAIL: "transport.source_address is not an address of this host",
+}
+
+
+def _unreachable(host: str, port: int, exc: OSError) -> PeerUnreachableError:
+    """A failed connect as a PeerUnreachableError naming the target and a hint."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        why, hint = "timed out", "is the host up, and the port open through its firewall?"
+    else:
+        why = (exc.strerror or str(exc)).lower()
+        hint = _HINTS.get(exc.errno or 0, "")
+    err = PeerUnreachableError(
+        f"cannot connect to {_target(host, port)}: {why}" + (f" -- {hint}" if hint else "")
+    )
+    err.errno = exc.errno
+    return err

@@ -28,7 +28,7 @@ from dwcp.wire import consts as C
 from dwcp.wire.messages import MAX_OBJECT_BYTES, decode_control, encode_control
 
 from .dialer import Dialer
-from .sender import TransferError, expect
+from .sender import TransferError, expect, expect_welcome
 from .session import PROTOCOL_VERSION
 
 __all__ = ["fetch", "PART_SUFFIX"]
@@ -135,7 +135,7 @@ def _fetch(key, host, port, dest, part, state_path, st, transport, security, nod
                 have[i >> 3] |= 1 << (i & 7)
             hello.update(digest=st["digest"], chunk_size=st["chunk_size"], have=have.hex())
         fs.send(encode_control(C.FRAME_HELLO, tid, hello))
-        welcome = expect(fs, C.FRAME_WELCOME)
+        welcome = expect_welcome(fs, f"{host}:{port}")
         if welcome.get("mode") != "fetch" or not {"size", "digest", "chunk_size"} <= welcome.keys():
             raise RemoteProtocolError("malformed fetch answer", C.ERR_MALFORMED)
         want = hello.get("digest")

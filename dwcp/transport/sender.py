@@ -108,6 +108,7 @@ from dwcp.codec.dictionaries import type_for
 from dwcp.config import CodecSettings, SecurityConfig, TransportConfig
 from dwcp.digest import chunk_hash, object_digest
 from dwcp.errors import (
+    AuthenticationError,
     BrokenResourceError,
     ConfigError,
     DWCPError,
@@ -224,6 +225,24 @@ def expect(fs: FrameSocket, frame_type: int) -> dict:
     if h.frame_type == C.FRAME_ERROR:
         raise TransferError.refused(msg["message"], msg["code"])
     return msg
+
+
+def expect_welcome(fs: FrameSocket, target: str) -> dict:
+    """WELCOME, a peer's first answer; a peer that closes or alerts instead is named, with the likely
+    reason (a TLS daemon met in plaintext, a certificate its CA does not know) as an AuthenticationError."""
+    import ssl
+
+    try:
+        return expect(fs, C.FRAME_WELCOME)
+    except ssl.SSLError as exc:  # TLS 1.3: a client learns on its first read that its certificate was refused
+        raise AuthenticationError(f"{target} refused our certificate ({exc.reason or exc}) -- was it issued by the "
+                                  "CA that peer trusts (its security.ca_cert)?") from exc  # fmt: skip
+    except (BrokenResourceError, ConnectionResetError) as exc:
+        if fs.tls:
+            hint = "did it refuse our certificate (issued by another CA?), or is it shutting down?"
+        else:
+            hint = "is it a mutual-TLS daemon? this side is plaintext (--plaintext, security.plaintext)"
+        raise AuthenticationError(f"{target} closed the connection instead of answering -- {hint}") from exc
 
 
 def _chain(record: dict | None) -> tuple[int, float] | None:
@@ -603,7 +622,7 @@ class Sender:
                            sealed=self._can_seal(ctrl))  # fmt: skip
         try:
             ctrl.send(encode_control(C.FRAME_HELLO, transfer_id, sess.hello()))
-            todo = sess.on_welcome(expect(ctrl, C.FRAME_WELCOME))
+            todo = sess.on_welcome(expect_welcome(ctrl, f"{host}:{port}"))
             sockinfo["records"], sockinfo["records_reason"] = self._records(ctrl, sess)
             if sess.dict_needed:  # session rule 13: before any data stream opens
                 assert dictionary is not None

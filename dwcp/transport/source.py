@@ -129,8 +129,12 @@ class FileSource:
     @classmethod
     def open(cls, path: str) -> FileSource:
         path = os.fspath(path)
-        _refuse_special(path, os.stat(path).st_mode)  # before open(): a FIFO without a writer blocks it
-        return cls.from_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), path)
+        try:
+            _refuse_special(path, os.stat(path).st_mode)  # before open(): a FIFO without a writer blocks it
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise SourceError(f"cannot open {path}: {(exc.strerror or str(exc)).lower()}") from exc
+        return cls.from_fd(fd, path)
 
     @classmethod
     def from_fd(cls, fd: int, path: str) -> FileSource:

@@ -35,14 +35,14 @@ def test_certs_and_errors_are_one_line(tmp_path):
     r = dwcp("certs", "init", "--dir", str(tmp_path / "ca"), "--json", cwd=tmp_path)
     assert r.returncode == 0 and "ca_key" in json.loads(r.stdout)
     r = dwcp("certs", "init", "--dir", str(tmp_path / "ca"), cwd=tmp_path)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and "already exists" in r.stderr  # EXIT_CONFIG
     assert "Traceback" not in r.stderr
     r = dwcp("send", "/nonexistent", "--to", "127.0.0.1:1", "--key", "k", "--plaintext", cwd=tmp_path)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("dwcp send: error:")
+    assert r.returncode == 7 and "Traceback" not in r.stderr and r.stderr.startswith("dwcp send: error:")
     r = dwcp("send", __file__, "--to", "127.0.0.1:1", "--key", "k", cwd=tmp_path)
-    assert r.returncode == 1 and "TLS identity" in r.stderr
+    assert r.returncode == 3 and "TLS identity" in r.stderr
     r = dwcp("status", "--socket", str(tmp_path / "none.sock"), cwd=tmp_path)
-    assert r.returncode == 1 and "no daemon" in r.stderr
+    assert r.returncode == 4 and "no daemon" in r.stderr  # EXIT_NETWORK
 
 
 # what `dwcp send --json` prints, key by key and in order: scripts read it, so a change here is a change of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import socket
 import ssl
 import threading
@@ -10,6 +11,7 @@ import threading
 import pytest
 
 from dwcp.config import SecurityConfig, TransportConfig
+from dwcp.errors import PeerUnreachableError
 from dwcp.transport.dialer import Dialer
 
 
@@ -68,6 +70,8 @@ def test_a_refused_dial_closes_its_socket():
     d = Dialer.plaintext()
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(PeerUnreachableError, match=f"cannot connect to 127.0.0.1:{port}: connection refused "
+                                                       "-- is dwcpd running there") as ei:  # fmt: skip
             d.dial("127.0.0.1", port)
+        assert ei.value.errno == errno.ECONNREFUSED and isinstance(ei.value, ConnectionError)
     assert len(os.listdir("/proc/self/fd")) == before

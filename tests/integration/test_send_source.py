@@ -46,7 +46,7 @@ def dwcp_send(path, server, key, *extra, tmp_path, timeout=20):
 
 
 def assert_one_line_error(r, *words):
-    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.returncode == 7, (r.returncode, r.stderr)  # EXIT_STORAGE: the sender's own file
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("dwcp send: error: "), r.stderr
     assert "Traceback" not in r.stderr
     for w in words:
