@@ -13,6 +13,8 @@ live and which need a restart (see ``LIVE``).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -475,11 +477,15 @@ class HealthConfig(_Section):
 class LoggingConfig(_Section):
     SECTION = "logging"
     level: str = "info"
+    format: str = "text"  # text | json | logfmt (dwcp.ops.logfmt); under journald: priorities, no timestamps
 
     def problems(self) -> list[str]:
+        out = []
         if self.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            return [f"level {self.level!r}: one of debug, info, warning, error, critical"]
-        return []
+            out.append(f"level {self.level!r}: one of debug, info, warning, error, critical")
+        if self.format not in ("text", "json", "logfmt"):
+            out.append(f"format {self.format!r}: one of text, json, logfmt")
+        return out
 
     @property
     def level_number(self) -> int:
@@ -829,6 +835,17 @@ LIVE: dict[str, frozenset[str]] = {
 }
 
 
+def _toml(v: Any) -> str:
+    """A setting's value as the config file spells it ("epoll", 4194304, true, ["a", "b"])."""
+    if isinstance(v, tuple):
+        v = list(v)
+    try:
+        return json.dumps(v, default=lambda o: {k: getattr(o, k) for k in o.__dataclass_fields__}
+                          if dataclasses.is_dataclass(o) else str(o))  # fmt: skip
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def reload_plan(old: Config, new: Config) -> tuple[list[str], list[str]]:
     """(changes applied live, changes that need a restart), each as "section.field: old -> new"."""
     live: list[str] = []
@@ -839,7 +856,7 @@ def reload_plan(old: Config, new: Config) -> tuple[list[str], list[str]]:
             va, vb = getattr(a, f.name), getattr(b, f.name)
             if va == vb:
                 continue
-            line = f"{sec}.{f.name}: {va!r} -> {vb!r}"
+            line = f"{sec}.{f.name}: {_toml(va)} -> {_toml(vb)}"
             ok = LIVE.get(sec, frozenset())
             (live if "*" in ok or f.name in ok else restart).append(line)
     return live, restart

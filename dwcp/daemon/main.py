@@ -52,6 +52,7 @@ from dwcp.ops.health import (
     HealthThresholds,
     ReplicaVersion,
 )
+from dwcp.ops.logfmt import configure as configure_logging
 from dwcp.storage import ObjectStore
 from dwcp.transport.admission import REASONS as ADMISSION_REASONS
 from dwcp.transport.sender import Sender
@@ -598,6 +599,8 @@ class Daemon:
                 self.notifier.ready(self.summary())
 
     def _apply(self, cfg: Config) -> None:
+        if cfg.logging.format != self.config.logging.format:
+            configure_logging(cfg.logging.level_number, cfg.logging.format)
         logging.getLogger().setLevel(cfg.logging.level_number)
         logging.getLogger("dwcp").setLevel(cfg.logging.level_number)
         self.store.keep_versions = cfg.storage.keep_versions
@@ -840,9 +843,7 @@ class Daemon:
 
 
 def run(config: Config, config_path: str | None = None) -> int:
-    logging.basicConfig(
-        level=config.logging.level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.logging.level_number, config.logging.format)
     d = Daemon(config, config_path=config_path)
     d.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

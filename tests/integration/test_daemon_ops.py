@@ -202,3 +202,47 @@ def test_check_config_lists_every_problem(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dwcp", "check-config", str(good), "--json"], capture_output=True,
                          text=True, env=same_dwcp_env(), cwd=str(tmp_path))  # fmt: skip
     assert out.returncode == 0 and json.loads(out.stdout)["transport"]["max_streams"] == 16
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_log_lines_in_the_configured_format_and_journald_priorities(tmp_path, fmt):
+    """[logging] format: every line parses as `fmt`, one per message; with its stderr the journal
+    (JOURNAL_STREAM) each line carries its syslog priority and no timestamp; a reload says what changed."""
+    data_dir = tmp_path / "d"
+    cfg = tmp_path / "rx.toml"
+    cfg.write_text(_toml(str(data_dir), extra=f'[logging]\nformat = "{fmt}"\n'))
+    log = tmp_path / "rx.log"
+    with open(log, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = same_dwcp_env({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", str(cfg)], stdout=f, stderr=f,
+                                env=env, cwd=str(tmp_path))  # fmt: skip
+    try:
+        sock = str(data_dir / "control.sock")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                request(sock, {"op": "status"}, timeout_s=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+        cfg.write_text(
+            _toml(str(data_dir), extra=f'[logging]\nformat = "{fmt}"\n[transport]\nchunk_size_bytes = "8M"\n')
+        )
+        assert request(sock, {"op": "reload"}, timeout_s=10)["applied"] == [
+            "transport.chunk_size_bytes: 4194304 -> 8388608"
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = [ln for ln in log.read_text().splitlines() if ln]
+    assert lines and all(ln[:3] in ("<6>", "<4>", "<3>", "<7>", "<2>") for ln in lines), lines[:3]
+    for ln in lines:
+        body = ln[3:]
+        if fmt == "json":
+            doc = json.loads(body)
+            assert set(doc) >= {"level", "logger", "msg"} and "ts" not in doc
+        else:
+            assert body.startswith("level=") and " logger=" in body and " msg=" in body, body
+    assert any("reload: transport.chunk_size_bytes: 4194304 -> 8388608" in ln for ln in lines), lines

@@ -147,7 +147,7 @@ def test_a_running_daemon_takes_new_rules_at_a_reload_and_the_directory_at_a_res
             assert r["ok"] and r["applied"] == [
                 "codec.dictionary: () -> (DictRule(pattern='cfg/*', type='vmcfg'),)"
             ]
-            assert r["needs_restart"] == [f"codec.dictionaries_dir: '{dict_dir}' -> '{tmp_path}'"]
+            assert r["needs_restart"] == [f'codec.dictionaries_dir: "{dict_dir}" -> "{tmp_path}"']
             got = d.handle(
                 send
             )  # the rule from the reload, the dictionary from the directory it started with

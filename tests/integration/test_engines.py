@@ -184,7 +184,7 @@ def test_a_daemon_and_the_cli_say_which_engine_moved_the_bytes(tmp_path):
         with open(cfg, "w") as f:
             f.write(text)
         r = request(sock, {"op": "reload"}, timeout_s=10)
-        assert r["ok"] and r["needs_restart"] == ["transport.engine: 'epoll' -> 'threads'"]
+        assert r["ok"] and r["needs_restart"] == ['transport.engine: "epoll" -> "threads"']
     finally:
         proc.terminate()
         proc.wait(20)

@@ -263,8 +263,8 @@ def test_a_reload_gives_the_running_daemons_sends_and_fetches_the_new_codec_sett
         r = d.reload()
         assert r["ok"] and r["needs_restart"] == []
         assert sorted(r["applied"]) == [
-            "codec.delta: True -> False", "codec.zstd_level: 1 -> 19", "transport.compress_workers: 0 -> 1",
-            "transport.socket_buffer_bytes: 0 -> 98304", "transport.zerocopy: True -> False"]  # fmt: skip
+            "codec.delta: true -> false", "codec.zstd_level: 1 -> 19", "transport.compress_workers: 0 -> 1",
+            "transport.socket_buffer_bytes: 0 -> 98304", "transport.zerocopy: true -> false"]  # fmt: skip
         third = send(2)
         assert third["mode"] == "full" and third["refresh"] == "codec.delta = false"
         assert set(third["codec"]["zstd_levels_used"]) == {19} and third["codec"]["compress_workers"] == 1
