@@ -145,7 +145,7 @@ def test_a_running_daemon_takes_new_rules_at_a_reload_and_the_directory_at_a_res
                             + '[[codec.dictionary]]\npattern = "cfg/*"\ntype = "vmcfg"\n')  # fmt: skip
             r = d.reload()
             assert r["ok"] and r["applied"] == [
-                "codec.dictionary: () -> (DictRule(pattern='cfg/*', type='vmcfg'),)"
+                'codec.dictionary: [] -> [{"pattern": "cfg/*", "type": "vmcfg"}]'
             ]
             assert r["needs_restart"] == [f'codec.dictionaries_dir: "{dict_dir}" -> "{tmp_path}"']
             got = d.handle(
