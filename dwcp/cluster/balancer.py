@@ -14,6 +14,7 @@ the entry expires (in-flight resumption and baseline locality).
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 import time
@@ -28,6 +29,18 @@ from .geo import Location, PrefixTable, haversine_km
 __all__ = ["Peer", "Balancer", "POLICIES", "NoHealthyPeerError", "SessionAffinity"]
 
 POLICIES = ("round_robin", "least_connections", "p2c", "geo", "region")
+PICK_BUCKETS_S = (
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    1e-3,
+    1e-2,
+)  # the pick latency histogram
 
 
 @dataclass
@@ -73,6 +86,9 @@ class Balancer:
         self.by_region: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self._pick_ns: deque[int] = deque(maxlen=4096)
+        # the pick latency as a Prometheus histogram: cumulative counts per PICK_BUCKETS_S bucket, sum
+        self.pick_buckets = [0] * (len(PICK_BUCKETS_S) + 1)
+        self.pick_sum_s = 0.0
         self._rate_mark = (time.monotonic(), 0)  # picks per second: since the previous stats() call
         self._ids: list[str] = list(self.peers)
         self._dist: dict[str, float | None] = {}  # geo: km from here (None: unknown), per peer
@@ -106,7 +122,7 @@ class Balancer:
                     fast.picks += 1
                     self.decisions["p2c"] += 1
                     self.by_region[fast.region] += 1
-                    self._pick_ns.append(time.perf_counter_ns() - t0)
+                    self._timed(t0)
                     return fast
             ids = self.peers.keys() if candidates is None else candidates
             skip = set(exclude)
@@ -122,8 +138,15 @@ class Balancer:
             choice.picks += 1
             self.decisions[self.policy] += 1
             self.by_region[choice.region] += 1
-        self._pick_ns.append(time.perf_counter_ns() - t0)
+        self._timed(t0)
         return choice
+
+    def _timed(self, t0: int) -> None:
+        ns = time.perf_counter_ns() - t0
+        self._pick_ns.append(ns)
+        s = ns / 1e9
+        self.pick_sum_s += s
+        self.pick_buckets[bisect.bisect_left(PICK_BUCKETS_S, s)] += 1
 
     def _p2c_any(self) -> Peer | None:
         """P2C over all peers in O(1): two distinct random peers, both healthy, or None (take the slow path)."""

@@ -8,13 +8,14 @@ http.server with a 400 and never reaches dwcp.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["OpsHTTPServer"]
@@ -38,9 +39,11 @@ class OpsHTTPServer:
             def log_message(self, fmt, *args) -> None:  # http.server logs to stderr by default
                 log.debug("%s %s", self.address_string(), fmt % args)
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
+            def _send(self, code: int, body: bytes, ctype: str, encoding: str | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                if encoding:
+                    self.send_header("Content-Encoding", encoding)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
@@ -50,8 +53,11 @@ class OpsHTTPServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 try:
-                    if path == "/metrics":
-                        self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                    if path == "/metrics":  # OpenMetrics when asked (Accept), gzip when accepted
+                        encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+                        text = encoder(outer.registry)
+                        gz = "gzip" in self.headers.get("Accept-Encoding", "")
+                        self._send(200, gzip.compress(text) if gz else text, ctype, "gzip" if gz else None)
                     elif path in ("/healthz", "/readyz"):
                         code, body = (outer.healthz if path == "/healthz" else outer.readyz)()
                         self._send(code, json.dumps(body).encode() + b"\n", "application/json")

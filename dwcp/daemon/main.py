@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dwcp
+from dwcp.cluster.balancer import PICK_BUCKETS_S
 from dwcp.cluster.hlc import HLC
 from dwcp.cluster.node import ClusterView, parse_target, probe_handler
 from dwcp.cluster.repair import (
@@ -281,10 +282,8 @@ class Daemon:
             return [({label: k}, v) for k, v in st.get(field, {}).items()]
 
         def lb_pick() -> list:
-            st = self.cluster.balancer.stats() if self.cluster else {}
-            return [
-                ({"quantile": q}, st[f"pick_us_{q}"] / 1e6) for q in ("p50", "p99") if st.get(f"pick_us_{q}")
-            ]
+            b = self.cluster.balancer if self.cluster else None
+            return [({}, (PICK_BUCKETS_S, list(b.pick_buckets), b.pick_sum_s))] if b is not None else []
 
         m.add_source(
             "dwcp_cluster_lb_decisions_total",
@@ -296,12 +295,7 @@ class Daemon:
                      lambda: lb("by_region", "region"))  # fmt: skip
         m.add_source("dwcp_cluster_lb_no_healthy_peer_total", "counter", "Picks that found no healthy peer",
                      lambda: lb("no_healthy_peer", "policy"))  # fmt: skip
-        m.add_source(
-            "dwcp_cluster_lb_pick_seconds",
-            "gauge",
-            "Pick latency quantiles over the last 4096 picks",
-            lb_pick,
-        )
+        m.add_source("dwcp_cluster_lb_pick_seconds", "histogram", "How long a peer pick took", lb_pick)
         m.add_source("dwcp_cluster_failovers_total", "counter", "Sends moved to the next replica after a peer failed",
                      lambda: [({}, self.cluster.failovers)] if self.cluster else [])  # fmt: skip
         m.add_source("dwcp_cluster_breaker_state", "gauge", "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",

@@ -10,8 +10,8 @@ daemon's reloads) come from callables registered with ``add_source``.
 
 Names follow ``dwcp_<subsystem>_<name>_<unit>``, counters end in ``_total``::
 
-    dwcp_transfer_bytes_raw_total{direction,peer,codec}      counter
-    dwcp_transfer_bytes_wire_total{direction,peer,codec}     counter
+    dwcp_transfer_raw_bytes_total{direction,peer,codec}      counter
+    dwcp_transfer_wire_bytes_total{direction,peer,codec}     counter
     dwcp_transfer_completed_total{direction,outcome}         counter
     dwcp_transfer_duration_seconds{direction}                histogram
     dwcp_transfer_chunk_retransmits_total{direction,peer}    counter
@@ -38,13 +38,16 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import dwcp
 from dwcp._backend import impl as _k
-from dwcp.transport.events import TransferEvents
+from dwcp.transport.events import OUTCOMES, TransferEvents
 from dwcp.wire import consts as C
 
 __all__ = ["Metrics", "DURATION_BUCKETS_S", "Sample"]
@@ -55,8 +58,8 @@ _US = 1_000_000
 
 # (name, type, help, label names)
 _CATALOGUE: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "dwcp_transfer_bytes_raw_total": ("counter", "Object bytes moved, before encoding", ("direction", "peer", "codec")),
-    "dwcp_transfer_bytes_wire_total": ("counter", "Bytes on the wire (frame headers included)",
+    "dwcp_transfer_raw_bytes_total": ("counter", "Object bytes moved, before encoding", ("direction", "peer", "codec")),
+    "dwcp_transfer_wire_bytes_total": ("counter", "Bytes on the wire (frame headers included)",
                                        ("direction", "peer", "codec")),
     "dwcp_transfer_completed_total": ("counter", "Transfers that ended, by outcome", ("direction", "outcome")),
     "dwcp_transfer_chunk_retransmits_total": ("counter", "Chunks sent again (NACKed, or in flight on a failed stream)",
@@ -107,6 +110,13 @@ class Metrics(TransferEvents):
         self._sources: list[tuple[str, str, str, Callable[[], list[Sample]]]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
+        # the process's CPU, memory, descriptors and start time (wall clock), and the Python platform:
+        # what every Prometheus exporter offers, so the usual dashboards and alerts work
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        for direction in ("rx", "tx"):  # every known outcome is a series from the start: rates need a 0
+            for outcome in OUTCOMES:
+                self._add("dwcp_transfer_completed_total", (direction, outcome), 0)
 
     # -- configuration ---------------------------------------------------------
     def reconfigure(self, *, per_peer: bool | None = None) -> None:
@@ -114,10 +124,12 @@ class Metrics(TransferEvents):
         if per_peer is not None:
             self.per_peer = per_peer
 
-    def add_source(self, name: str, kind: str, help_text: str, fn: Callable[[], list[Sample]]) -> None:
-        """A metric computed at scrape time: ``fn()`` returns [(labels, value), ...]."""
-        if kind not in ("gauge", "counter"):
-            raise ValueError("kind must be gauge or counter")
+    def add_source(self, name: str, kind: str, help_text: str, fn: Callable[[], list]) -> None:
+        """A metric computed at scrape time: ``fn()`` returns [(labels, value), ...] for a gauge or a
+        counter, [(labels, (bucket bounds, counts per bucket and one past the last, sum))] for a
+        histogram (its counts are cumulated here)."""
+        if kind not in ("gauge", "counter", "histogram"):
+            raise ValueError("kind must be gauge, counter or histogram")
         self._sources.append((name, kind, help_text, fn))
 
     # -- the hot path ------------------------------------------------------------
@@ -134,8 +146,8 @@ class Metrics(TransferEvents):
 
     def chunk(self, direction: str, peer: str, codec: int, raw_bytes: int, wire_bytes: int) -> None:
         lab = (direction, self._peer(peer), C.CODEC_NAMES.get(codec, str(codec)))
-        self._add("dwcp_transfer_bytes_raw_total", lab, raw_bytes)
-        self._add("dwcp_transfer_bytes_wire_total", lab, wire_bytes)
+        self._add("dwcp_transfer_raw_bytes_total", lab, raw_bytes)
+        self._add("dwcp_transfer_wire_bytes_total", lab, wire_bytes)
 
     def chunk_retransmit(self, direction: str, peer: str, n: int = 1) -> None:
         self._add("dwcp_transfer_chunk_retransmits_total", (direction, self._peer(peer)), n)
@@ -180,9 +192,9 @@ class Metrics(TransferEvents):
         """Raw over wire bytes of every chunk so far (None before the first)."""
         raw = wire = 0
         for key, v in self.values().items():
-            if key[0] == "dwcp_transfer_bytes_raw_total":
+            if key[0] == "dwcp_transfer_raw_bytes_total":
                 raw += v
-            elif key[0] == "dwcp_transfer_bytes_wire_total":
+            elif key[0] == "dwcp_transfer_wire_bytes_total":
                 wire += v
         return raw / wire if wire else None
 
@@ -221,9 +233,9 @@ class _Collector(Collector):
             if name in fams:
                 value = v / _US if name == "dwcp_transport_rtt_seconds" else v
                 fams[name].add_metric([str(x) for x in labels], value)
-                if name == "dwcp_transfer_bytes_raw_total":
+                if name == "dwcp_transfer_raw_bytes_total":
                     raw[labels[2]] = raw.get(labels[2], 0) + v
-                elif name == "dwcp_transfer_bytes_wire_total":
+                elif name == "dwcp_transfer_wire_bytes_total":
                     wire[labels[2]] = wire.get(labels[2], 0) + v
         for p, n in sorted(streams.items()):
             fams["dwcp_transport_streams"].add_metric([p], n)
@@ -253,8 +265,24 @@ class _Collector(Collector):
             except Exception:  # a broken source must not break the scrape
                 continue
             names = sorted({k for lab, _ in samples for k in lab})
+            if kind == "histogram":
+                yield _histogram(name, help_text, names, samples)
+                continue
             fam = (CounterMetricFamily(name[: -len("_total")], help_text, labels=names) if kind == "counter"
                    else GaugeMetricFamily(name, help_text, labels=names))  # fmt: skip
             for lab, x in samples:
                 fam.add_metric([lab.get(k, "") for k in names], x)
             yield fam
+
+
+def _histogram(name: str, help_text: str, names: list[str], samples: list[Any]) -> HistogramMetricFamily:
+    """A histogram source's family: each sample is (labels, (bounds, counts per bucket, sum))."""
+    h = HistogramMetricFamily(name, help_text, labels=names)
+    for lab, (bounds, counts, total) in samples:
+        cum: list[tuple[str, float]] = []
+        acc = 0
+        for le, n in zip([*(str(float(x)) for x in bounds), "+Inf"], counts, strict=True):
+            acc += n
+            cum.append((le, acc))
+        h.add_metric([lab.get(k, "") for k in names], cum, total)
+    return h

@@ -54,6 +54,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,7 +98,14 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": str(self.status), "status_code": self.status.value, "message": self.message,
-                "checked_at": _json_value(self.checked_at), "detail": _json_value(self.detail)}  # fmt: skip
+                "checked_at": _wall(self.checked_at), "detail": _json_value(self.detail)}  # fmt: skip
+
+
+def _wall(monotonic_s: float) -> float | None:
+    """A check's time (``time.monotonic()``, which checks are run with) as wall-clock Unix seconds."""
+    if not math.isfinite(monotonic_s):
+        return None
+    return round(time.time() - time.monotonic() + monotonic_s, 3)
 
 
 def _json_value(v: Any) -> Any:
@@ -126,7 +134,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": str(self.status), "status_code": self.status.value,
-                "checked_at": _json_value(self.checked_at),
+                "checked_at": _wall(self.checked_at),
                 "checks": {c.name: c.to_dict() for c in self.checks}}  # fmt: skip
 
 
@@ -371,7 +379,8 @@ class HdeCheck:
             why.append("the HDE codec is disabled: objects travel raw")
         if r is not None and r < floor:
             why.append(f"compression ratio {r:.3g} below {floor:g}")
-        if self.codec_enabled and self.delta_enabled and held == 0:
+        if self.codec_enabled and self.delta_enabled and held == 0 and r is not None:
+            # (a fresh node, before any transfer, holds none and is not degraded for it)
             why.append("no baselines held: the next send of every key goes full")
         if why:
             return CheckResult(self.name, Status.DEGRADED, "; ".join(why), d)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -363,9 +364,17 @@ def test_json_shape():
     code, body = reg.healthz(7.5)
     assert code == 200
     assert json.loads(json.dumps(body, allow_nan=False)) == body
-    assert body["status"] == "degraded" and body["status_code"] == 1 and body["checked_at"] == 7.5
-    assert body["checks"]["a"] == {"status": "degraded", "status_code": 1, "message": "degraded at 7.5",
-                                   "checked_at": 7.5, "detail": {"n": 1}}  # fmt: skip
+    # checked at 7.5 on the monotonic clock checks run with; reported as wall-clock Unix seconds
+    wall = time.time() - time.monotonic() + 7.5
+    assert body["status"] == "degraded" and body["status_code"] == 1 and abs(body["checked_at"] - wall) < 1
+    a = body["checks"]["a"]
+    assert {k: v for k, v in a.items() if k != "checked_at"} == {
+        "status": "degraded",
+        "status_code": 1,
+        "message": "degraded at 7.5",
+        "detail": {"n": 1},
+    }
+    assert abs(a["checked_at"] - wall) < 1
     assert body["checks"]["hde"]["detail"]["compression_ratio"] is None  # inf is not JSON
     assert body["checks"]["hde"]["status"] == "healthy"
 

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dwcp.daemon.metrics import Metrics
+from dwcp.transport.events import OUTCOMES
 from dwcp.wire import consts as C
 
 
@@ -45,10 +46,14 @@ def busy() -> Metrics:
 
 def test_exposition_says_what_happened():
     s = scrape(busy())
-    raw = {(x[1]["direction"], x[1]["codec"]): x[2] for x in s["dwcp_transfer_bytes_raw"]}
+    raw = {(x[1]["direction"], x[1]["codec"]): x[2] for x in s["dwcp_transfer_raw_bytes"]}
     assert raw == {("tx", "zstd"): 8 << 20, ("rx", "raw"): 100}
-    assert [x[2] for x in s["dwcp_transfer_bytes_wire"] if x[1]["codec"] == "zstd"] == [2 << 20]
-    assert {x[1]["outcome"]: x[2] for x in s["dwcp_transfer_completed"]} == {"ok": 1, "failed": 1}
+    assert [x[2] for x in s["dwcp_transfer_wire_bytes"] if x[1]["codec"] == "zstd"] == [2 << 20]
+    done = {x[1]["outcome"]: x[2] for x in s["dwcp_transfer_completed"] if x[1]["direction"] == "tx" and x[2]}
+    assert done == {"ok": 1, "failed": 1}
+    # every known outcome is a series from the start (a rate over it needs the 0)
+    rx = {x[1]["outcome"] for x in s["dwcp_transfer_completed"] if x[1]["direction"] == "rx"}
+    assert rx == set(OUTCOMES)
     assert s["dwcp_transfer_chunk_retransmits"][0][2] == 3
     assert s["dwcp_transfer_checksum_failures"][0][2] == 1
     assert s["dwcp_transport_protocol_errors"] == [("dwcp_transport_protocol_errors_total", {"code": "1"}, 1)]
@@ -88,6 +93,8 @@ def test_naming_rules():
         "_bucket",
     )
     for fam in text_string_to_metric_families(text):
+        if fam.name.startswith(("process_", "python_")):  # the standard collectors: their own conventions
+            continue
         assert re.fullmatch(r"dwcp_[a-z]+_[a-z_]+", fam.name), fam.name
         for s in fam.samples:
             if fam.type == "counter":
@@ -110,7 +117,12 @@ def test_failing_source_does_not_break_the_scrape():
     m.add_source("dwcp_broken_thing", "gauge", "x", lambda: 1 / 0)  # type: ignore[arg-type,return-value]
     assert "dwcp_build_info" in scrape(m) and "dwcp_broken_thing" not in scrape(m)
     with pytest.raises(ValueError):
-        m.add_source("dwcp_x", "histogram", "x", list)
+        m.add_source("dwcp_x", "summary", "x", list)
+    m.add_source("dwcp_h_seconds", "histogram", "h", lambda: [({}, ((0.1, 1.0), [2, 3, 1], 4.5))])
+    h = scrape(m)["dwcp_h_seconds"]
+    assert {(x[0], x[1].get("le")): x[2] for x in h} == {("dwcp_h_seconds_bucket", "0.1"): 2,
+        ("dwcp_h_seconds_bucket", "1.0"): 5, ("dwcp_h_seconds_bucket", "+Inf"): 6, ("dwcp_h_seconds_count", None): 6,
+        ("dwcp_h_seconds_sum", None): 4.5}  # fmt: skip
 
 
 def test_no_update_is_lost_while_reconfiguring_and_scraping():
@@ -122,7 +134,7 @@ def test_no_update_is_lost_while_reconfiguring_and_scraping():
     done = [0] * threads
 
     def starred() -> bool:
-        return any(x[1]["peer"] == "*" for x in scrape(m)["dwcp_transfer_bytes_raw"])
+        return any(x[1]["peer"] == "*" for x in scrape(m)["dwcp_transfer_raw_bytes"])
 
     def work(k: int) -> None:
         rng = random.Random(k)
@@ -156,9 +168,9 @@ def test_no_update_is_lost_while_reconfiguring_and_scraping():
     assert not errors
     s = scrape(m)
     total = sum(done)
-    assert sum(x[2] for x in s["dwcp_transfer_bytes_raw"]) == 7 * total
-    assert sum(x[2] for x in s["dwcp_transfer_bytes_wire"]) == 3 * total
-    assert {x[1]["peer"] for x in s["dwcp_transfer_bytes_raw"]} >= {"*"}  # both labellings were used
+    assert sum(x[2] for x in s["dwcp_transfer_raw_bytes"]) == 7 * total
+    assert sum(x[2] for x in s["dwcp_transfer_wire_bytes"]) == 3 * total
+    assert {x[1]["peer"] for x in s["dwcp_transfer_raw_bytes"]} >= {"*"}  # both labellings were used
     count = [x[2] for x in s["dwcp_transfer_duration_seconds"] if x[0].endswith("_count")]
     assert count == [total]
 
@@ -176,10 +188,10 @@ def test_a_scrape_racing_a_new_block_does_not_fail():
             m.chunk("tx", "late", C.CODEC_RAW, 5, 5)
 
     m._slots.blocks = Racing(m._slots.blocks)
-    assert m.values().get(("dwcp_transfer_bytes_raw_total", "tx", "late", "raw"), 0) in (0, 5)
+    assert m.values().get(("dwcp_transfer_raw_bytes_total", "tx", "late", "raw"), 0) in (0, 5)
     m._slots.blocks = m._slots.blocks[:]  # a plain list again (slicing does not call __iter__)
     s = scrape(m)
-    assert sum(x[2] for x in s["dwcp_transfer_bytes_raw"]) == M._BLOCK // 2 + 5
+    assert sum(x[2] for x in s["dwcp_transfer_raw_bytes"]) == M._BLOCK // 2 + 5
 
 
 def test_stream_gauge_survives_a_per_peer_toggle():
