@@ -460,9 +460,16 @@ class HealthConfig(_Section):
     error_window_s: float = 60.0
     baseline_max_age_s: float = 300.0  # a lagging replica older than this: degraded
     check_interval_s: float = 5.0
+    # the throughput this node should see (bytes/s): exported as dwcp_sla_throughput_bytes_per_second for
+    # monitoring/ (dwcp:transfer_throughput:sla_ratio, DwcpThroughputBelowSLA); 0 = none
+    sla_throughput_bytes_per_s: float = 0.0
 
     def problems(self) -> list[str]:
         out = []
+        if not (0 <= self.sla_throughput_bytes_per_s < 1e13):
+            out.append(
+                f"sla_throughput_bytes_per_s {self.sla_throughput_bytes_per_s}: bytes/s >= 0 (0: none)"
+            )
         if not 0 <= self.error_rate_degraded <= self.error_rate_unhealthy <= 1:
             out.append(f"error_rate_degraded {self.error_rate_degraded} / error_rate_unhealthy "
                        f"{self.error_rate_unhealthy}: need 0 <= degraded <= unhealthy <= 1")  # fmt: skip

@@ -270,6 +270,9 @@ class Daemon:
         m.add_source(
             "dwcp_health_status", "gauge", "Health per check: 0 healthy, 1 degraded, 2 unhealthy", health
         )
+        m.add_source("dwcp_sla_throughput_bytes_per_second", "gauge",
+                     "The throughput this node should see ([health] sla_throughput_bytes_per_s)",
+                     lambda: [({}, sla)] if (sla := self.config.health.sla_throughput_bytes_per_s) else [])  # fmt: skip
         m.add_source("dwcp_codec_baselines", "gauge", "Versions held that can serve as delta baselines",
                      lambda: [({}, self._baselines())])  # fmt: skip
         m.add_source("dwcp_transfer_in_progress", "gauge", "Transfers being received now",
