@@ -109,34 +109,12 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)"
 )
 def test_a_real_prometheus_scrapes_it(daemon, tmp_path):
-    target = daemon["url"].split("//")[1].strip("/")
-    cfg = tmp_path / "prom.yml"
-    cfg.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dwcp\n"
-                   f"    static_configs:\n      - targets: ['{target}']\n")  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        pport = s.getsockname()[1]
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline, "prometheus never scraped dwcp"
-            try:
-                code, body = get(f"http://127.0.0.1:{pport}/api/v1/query?query=dwcp_build_info")
-                res = json.loads(body)["data"]["result"] if code == 200 else []
-            except (OSError, ValueError, KeyError):
-                res = []
-            if res:
-                break
-            time.sleep(1)
+    from dwcp._testbase.prom import prometheus
+
+    with prometheus(tmp_path, [daemon["url"].split("//")[1].strip("/")]) as query:
+        res = query("dwcp_build_info")["data"]["result"]
         assert res[0]["metric"]["job"] == "dwcp" and res[0]["value"][1] == "1"
-        code, body = get(f"http://127.0.0.1:{pport}/api/v1/query?query=up")
-        assert json.loads(body)["data"]["result"][0]["value"][1] == "1"
-    finally:
-        prom.terminate()
-        prom.wait(30)
+        assert query("up")["data"]["result"][0]["value"][1] == "1"
     assert os.path.isdir(tmp_path / "tsdb")
 
 

@@ -8,11 +8,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 
 import pytest
@@ -89,40 +87,13 @@ def test_the_dashboard_is_well_formed_and_names_what_a_daemon_exports(daemon):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus (apt-get install prometheus)")
 def test_a_real_prometheus_evaluates_every_rule_and_dashboard_query(daemon, tmp_path):
-    target = daemon.split("//")[1].strip("/")
-    cfg = tmp_path / "prom.yml"
-    cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n"
-                   + "".join(f"  - {f}\n" for f in RULES)
-                   + f"scrape_configs:\n  - job_name: dwcp\n    static_configs:\n      - targets: ['{target}']\n")  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api/v1/"
+    from dwcp._testbase.prom import prometheus
 
-    def query(q: str) -> dict:
-        with urllib.request.urlopen(api + "query?" + urllib.parse.urlencode({"query": q}), timeout=10) as r:
-            return json.load(r)
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline, "prometheus never scraped dwcp"
-            try:
-                if query("dwcp_build_info")["data"]["result"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(1)
+    with prometheus(tmp_path, [daemon.split("//")[1].strip("/")], RULES) as query:
         for q in _queries():
             got = query(q)
             assert got["status"] == "success", (q, got)
-        with urllib.request.urlopen(api + "rules", timeout=10) as r:
+        with urllib.request.urlopen(query.api + "rules", timeout=10) as r:
             groups = json.load(r)["data"]["groups"]
         rules = [x for g in groups for x in g["rules"]]
         assert len(rules) == 14 and all(x["health"] in ("ok", "unknown") for x in rules), rules
-    finally:
-        prom.terminate()
-        prom.wait(30)
