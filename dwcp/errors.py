@@ -71,6 +71,7 @@ Socket errors stay built-in ``OSError`` subclasses.
 from __future__ import annotations
 
 __all__ = [
+    "exit_code",
     "DWCPError",
     "ConfigError",
     "DictionaryError",
@@ -264,3 +265,42 @@ class TransferError(DWCPError):
 class SubmissionQueueFullError(DWCPError):
     """Every submission-queue entry of an io_uring ``Ring`` is queued and not yet submitted: call
     ``submit_and_wait`` (or ``submit``) before queueing more (a caller's mistake, never the kernel's)."""
+
+
+# Exit codes of `dwcp` (as rsync and restic have theirs): a script can tell what to do about a failure.
+# The daemon's control API answers a failed request with the same code ("exit"), so the CLI exits
+# with it whether it did the work or the daemon did.
+EXIT_ERROR = 1  # anything not below
+EXIT_USAGE = 2  # the command line (argparse), an invalid key
+EXIT_CONFIG = 3  # the config file, a setting, or a file it names
+EXIT_NETWORK = 4  # a peer unreachable, a connection lost mid-way, no healthy peer, a peer busy or draining
+EXIT_AUTH = 5  # mutual TLS: a certificate or CA that did not verify; an ACL that refused
+EXIT_INTEGRITY = 6  # a chunk, a record or an object that failed its checksum
+EXIT_STORAGE = 7  # a disk: the receiver's store full or failing, a local file missing or unreadable
+EXIT_CONFLICT = 8  # fewer verified replicas than cluster.ack asks for; a concurrent write committed first
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code a failure maps to (EXIT_*)."""
+    import argparse
+
+    from dwcp.wire import consts as C
+
+    code = getattr(exc, "code", None) if isinstance(exc, TransferError) else None
+    if isinstance(exc, ReplicationError) or code == C.ERR_CONFLICT:
+        return EXIT_CONFLICT
+    if isinstance(exc, AuthenticationError) or code == C.ERR_FORBIDDEN:
+        return EXIT_AUTH
+    if isinstance(exc, IntegrityError) or code in (C.ERR_CHECKSUM, C.ERR_FORGED):
+        return EXIT_INTEGRITY
+    if isinstance(exc, StorageError | SourceError | FileNotFoundError | PermissionError | IsADirectoryError) \
+            or code in (C.ERR_STORAGE, C.ERR_TOO_LARGE):  # fmt: skip
+        return EXIT_STORAGE
+    if isinstance(exc, InvalidKeyError | argparse.ArgumentTypeError):
+        return EXIT_USAGE
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, PeerUnreachableError | NoHealthyPeerError | BrokenResourceError | OSError) \
+            or code in (C.ERR_BUSY, C.ERR_UNAVAILABLE):  # fmt: skip
+        return EXIT_NETWORK
+    return EXIT_ERROR

@@ -15,15 +15,18 @@ from dwcp.errors import ConfigError, DWCPError, TransferError
 
 __all__ = ["main"]
 
-# Exit codes (as rsync and restic have theirs): a script can tell what to do about a failure.
-EXIT_ERROR = 1  # anything not below
-EXIT_USAGE = 2  # the command line (argparse), an invalid key
-EXIT_CONFIG = 3  # the config file or a setting in it
-EXIT_NETWORK = 4  # a peer unreachable, a connection lost mid-way, no healthy peer, a peer busy or draining
-EXIT_AUTH = 5  # mutual TLS: a certificate or CA that did not verify; an ACL that refused
-EXIT_INTEGRITY = 6  # a chunk, a record or an object that failed its checksum
-EXIT_STORAGE = 7  # a disk: the receiver's store full or failing, a local file missing or unreadable
-EXIT_CONFLICT = 8  # fewer verified replicas than cluster.ack asks for; a concurrent write committed first
+from dwcp.errors import (  # noqa: E402 - the exit codes, shared with the daemon's control API
+    EXIT_AUTH,
+    EXIT_CONFIG,
+    EXIT_CONFLICT,
+    EXIT_ERROR,
+    EXIT_INTEGRITY,
+    EXIT_NETWORK,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    exit_code,
+)
+
 EXIT_CODES_HELP = """exit codes:
   0  success
   1  another error
@@ -36,31 +39,6 @@ EXIT_CODES_HELP = """exit codes:
   8  replication: fewer verified copies than cluster.ack, or a conflicting write won
   130 interrupted; 141 stdout closed (a pipe), quietly
 With --json an error is one JSON object on stdout: {"ok": false, "error", "kind", "exit"}."""
-
-
-def exit_code(exc: BaseException) -> int:
-    """The exit code a failure maps to (EXIT_*)."""
-    from dwcp import errors as E
-    from dwcp.wire import consts as C
-
-    code = getattr(exc, "code", None) if isinstance(exc, E.TransferError) else None
-    if isinstance(exc, E.ReplicationError) or code == C.ERR_CONFLICT:
-        return EXIT_CONFLICT
-    if isinstance(exc, E.AuthenticationError) or code == C.ERR_FORBIDDEN:
-        return EXIT_AUTH
-    if isinstance(exc, E.IntegrityError) or code in (C.ERR_CHECKSUM, C.ERR_FORGED):
-        return EXIT_INTEGRITY
-    if isinstance(exc, E.StorageError | E.SourceError | FileNotFoundError | PermissionError | IsADirectoryError) \
-            or code in (C.ERR_STORAGE, C.ERR_TOO_LARGE):  # fmt: skip
-        return EXIT_STORAGE
-    if isinstance(exc, E.InvalidKeyError | argparse.ArgumentTypeError):
-        return EXIT_USAGE
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    if isinstance(exc, E.PeerUnreachableError | E.NoHealthyPeerError | E.BrokenResourceError | OSError) \
-            or code in (C.ERR_BUSY, C.ERR_UNAVAILABLE):  # fmt: skip
-        return EXIT_NETWORK
-    return EXIT_ERROR
 
 
 _KINDS = {EXIT_ERROR: "error", EXIT_USAGE: "usage", EXIT_CONFIG: "config", EXIT_NETWORK: "network",
@@ -196,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--config", help="the daemon's config (for its control socket)")
     sb.add_argument("--socket", help="the control socket path")
     sb.add_argument("--json", action="store_true")
+
+    ls_ = sub.add_parser("ls", help="keys this node stores: versions, sizes, holders")
+    ls_.add_argument("prefix", nargs="?", default="", help="only keys starting with it")
+    rm_ = sub.add_parser("rm", help="remove KEY's versions (or --version DIGEST) from this node's store")
+    rm_.add_argument("key")
+    rm_.add_argument("--version", metavar="DIGEST", help="only this version")
+    gc_ = sub.add_parser(
+        "gc", help="remove stale partials, old baselines, quarantined and conflicting copies"
+    )
+    gc_.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    du_ = sub.add_parser("du", help="disk usage of this node's stores")
+    for x in (ls_, rm_):
+        x.add_argument(
+            "--sent", action="store_true", help="the sender's baselines (<data_dir>/sent), not the store"
+        )
+    for x in (ls_, rm_, gc_, du_):
+        x.add_argument("--config", help="the node's config (its daemon's control socket, else its data_dir)")
+        x.add_argument("--socket", help="the control socket path")
+        x.add_argument("--json", action="store_true")
 
     rl = sub.add_parser("reload", help="make the local daemon re-read its config file (like SIGHUP)")
     rl.add_argument("--config", help="the daemon's config (for its control socket)")
@@ -565,7 +562,7 @@ def _cmd_repair(args) -> int:
     r = _ask_daemon(args, req, timeout_s=3600)
     if not r.get("ok"):
         print(f"dwcp repair: {r.get('error')}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(r.get("exit", EXIT_ERROR))
     lines = [f"repaired {x['key']} version {x['version']} from {x['from']} ({x['mode']}, {x['wire_bytes']} wire bytes)"
              for x in r["repaired"]] + [f"failed {x['key']} version {x['version']}: {x['error']}" for x in r["failed"]]  # fmt: skip
     _print(
@@ -583,7 +580,7 @@ def _cmd_scrub(args) -> int:
     r = _ask_daemon(args, req, timeout_s=None)
     if not r.get("ok"):
         print(f"dwcp scrub: {r.get('error')}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(r.get("exit", EXIT_ERROR))
     lines = [f"checked {r['checked']} versions ({human_bytes(r['bytes'])}) in {r['seconds']:.1f} s: "
              f"{len(r['corrupt'])} corrupt"]  # fmt: skip
     lines += [
@@ -601,7 +598,7 @@ def _key_history(args) -> int:
     r = _ask_daemon(args, {"op": "history", "key": args.key})
     if not r.get("ok"):
         print(f"dwcp status: {r.get('error')}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(r.get("exit", EXIT_ERROR))
 
     def when(t: float) -> str:
         return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -618,6 +615,73 @@ def _key_history(args) -> int:
                      f"{c['latest_writer'] or '?'} was the latest"
                      + (f"; kept aside by {', '.join(c['holders'])}" if c.get("holders") else ""))  # fmt: skip
     _print(r, args.json, "\n".join(lines))
+    return 0
+
+
+def _store(args, req: dict) -> dict:
+    """A store request: through the daemon when it runs, else on the config's data directory."""
+    from dwcp.errors import PeerUnreachableError
+
+    try:
+        return _ask_daemon(args, req, timeout_s=600)
+    except PeerUnreachableError:
+        if not args.config:
+            raise
+    from dwcp.config import load_toml
+    from dwcp.daemon.storeops import handle
+    from dwcp.storage import ObjectStore
+
+    cfg = load_toml(args.config)
+    d = cfg.storage.data_dir
+    if not os.path.isdir(d):
+        raise ConfigError(
+            f"storage.data_dir {d} does not exist (nothing stored yet, or another node's config?)"
+        )
+    store = ObjectStore(d, keep_versions=cfg.storage.keep_versions)
+    sent = ObjectStore(os.path.join(d, "sent"), keep_versions=2)
+    return handle(req, store=store, sent=sent, max_age_s=cfg.storage.partial_max_age_s)
+
+
+def _cmd_store(args) -> int:
+    """`dwcp ls | rm | gc | du`: a table (or --json)."""
+    import datetime
+
+    from .demo import human_bytes
+
+    cmd = args.command
+    req: dict = {"op": cmd}
+    if cmd == "ls":
+        req.update(prefix=args.prefix, sent=args.sent)
+    elif cmd == "rm":
+        req.update(key=args.key, version=args.version, sent=args.sent)
+    elif cmd == "gc":
+        req.update(dry_run=args.dry_run)
+    r = _store(args, req)
+    if not r.get("ok"):
+        print(f"dwcp {cmd}: error: {r.get('error')}", file=sys.stderr)
+        return int(r.get("exit", EXIT_ERROR))
+    if cmd == "ls":
+        lines = [f"{'KEY':<32} {'VERSION':<34} {'SIZE':>10}  {'STORED (UTC)':<19}  HOLDERS"]
+        for k in r["keys"]:
+            for i, v in enumerate(k["versions"]):
+                when = datetime.datetime.fromtimestamp(v["stored_at"], datetime.UTC).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                )
+                lines.append(f"{k['key'] if i == 0 else '':<32} {v['digest'] + (' *' if v['latest'] else ''):<34} "
+                             f"{human_bytes(v['size']):>10}  {when}  "
+                             + (", ".join(k["holders"]) if i == 0 and k.get("holders") else ""))  # fmt: skip
+        text = "\n".join(lines) + f"\n{len(r['keys'])} keys (* latest)"
+    elif cmd == "rm":
+        text = f"removed {len(r['removed'])} version(s) of {r['key']}: {', '.join(r['removed'])}"
+    elif cmd == "gc":
+        verb = "would remove" if r["dry_run"] else "removed"
+        text = "\n".join(f"{verb} {len(v)} {area} (older than {r['max_age_s']:.0f} s)" + "".join(f"\n  {p}" for p in v)
+                         for area, v in r["removed"].items())  # fmt: skip
+    else:
+        text = "\n".join(f"{a:<11} {human_bytes(r[a]['bytes']):>10} in {r[a]['files']} files "
+                         f"({human_bytes(r[a]['allocated_bytes'])} on disk)" for a in ("objects", "partial", "sent",
+                         "quarantine", "conflicts")) + f"\n{'total':<11} {human_bytes(r['total_bytes']):>10}"  # fmt: skip
+    _print(r, args.json, text)
     return 0
 
 
@@ -801,6 +865,8 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_reload(args)
         if args.command == "repair":
             return _cmd_repair(args)
+        if args.command in ("ls", "rm", "gc", "du"):
+            return _cmd_store(args)
         if args.command == "scrub":
             return _cmd_scrub(args)
         if args.command == "consensus":

@@ -92,8 +92,10 @@ class ControlServer:
                 taken, fds = fds, []
                 resp = self.handler(req, taken)
             except Exception as exc:  # one bad request must not stop the API
+                from dwcp.errors import exit_code
+
                 log.info("control request failed: %s", exc)
-                resp = {"ok": False, "error": str(exc)}
+                resp = {"ok": False, "error": str(exc), "exit": exit_code(exc)}  # the CLI exits with it
             finally:
                 for fd in fds:  # came with a request that was never handed over
                     os.close(fd)

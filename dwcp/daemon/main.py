@@ -61,6 +61,7 @@ from dwcp.transport.server import DataServer, message_stream
 from dwcp.transport.source import FileSource
 from dwcp.wire import consts as C
 
+from . import storeops
 from .control import ControlServer
 from .http import OpsHTTPServer
 from .metrics import Metrics
@@ -382,6 +383,25 @@ class Daemon:
                 self.repairer.run_once(key)
 
         threading.Thread(target=fix, name="dwcp-scrub-repair", daemon=True).start()
+
+    def _store_op(self, req: dict) -> dict:
+        """`dwcp ls | rm | gc | du` (dwcp.daemon.storeops), with the catalog's holders and drops."""
+        cb = self.catalog_backend
+        holders = None
+        if cb is not None:
+            with cb.lock:
+                holders = {k: v["holders"] for k, v in cb.catalog.where().items()}
+
+        def drop(key: str, digest: str) -> None:
+            if cb is not None:
+                try:
+                    cb.propose({"op": "drop", "key": key, "digest": digest, "holder": self.config.node.id},
+                               timeout_s=10)  # fmt: skip
+                except DWCPError as exc:
+                    log.warning("removed %s version %s, but the catalog was not told: %s", key, digest, exc)
+
+        return storeops.handle(req, store=self.store, sent=self.sent, max_age_s=self.config.storage.partial_max_age_s,
+                               holders=holders, drop=drop)  # fmt: skip
 
     def _push_sender(self) -> Sender:
         """A sender for anti-entropy pushes: it keeps no baselines of its own (a push offers the version
@@ -757,6 +777,8 @@ class Daemon:
                                   "catalog ([consensus] enabled)")  # fmt: skip
             key = req.get("key")
             return {"ok": True, **self.repairer.run_once(str(key) if key is not None else None)}
+        if op in ("ls", "rm", "gc", "du"):
+            return self._store_op(req)
         if op == "member":
             return self._member(req)
         if op == "history":
