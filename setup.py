@@ -56,6 +56,7 @@ def _extensions() -> list[Extension]:
                 [src],
                 include_dirs=["dwcp/_fast", "dwcp/_fast/vendor"],
                 extra_compile_args=CFLAGS,
+                extra_link_args=[] if DEBUG else ["-s"],  # stripped: no debug sections in a wheel
                 define_macros=[("DWCP_DEBUG", "1" if DEBUG else "0"), ("XXH_INLINE_ALL", "1")]
                 + ([("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []),
             )

@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--socket", help="the control socket path")
     rl.add_argument("--json", action="store_true")
 
+    sub.add_parser(
+        "paths", help="where the installed package put its unit, example config and monitoring rules"
+    )
+
     cl = sub.add_parser("cluster", help="the cluster's membership, changed through consensus")
     cls = cl.add_subparsers(dest="cluster_command")
     ca = cls.add_parser("add", help="add NODE (its data port at ADDR) to the cluster")
@@ -702,6 +706,24 @@ def _cmd_reload(args) -> int:
     return EXIT_ERROR
 
 
+def _cmd_paths() -> int:
+    """The data files a `pip install` put under <prefix>/share/dwcp (pyproject's data-files)."""
+    import sysconfig
+
+    share = os.path.join(sysconfig.get_path("data"), "share", "dwcp")
+    names = ["dwcpd.service", "dwcp.toml.example", "install-systemd.sh", "monitoring"]
+    found = {n: os.path.join(share, n) for n in names if os.path.exists(os.path.join(share, n))}
+    if not found:
+        print(
+            f"dwcp paths: nothing under {share} (a source checkout: see systemd/ and monitoring/)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    for n, p in found.items():
+        print(f"{n:<20} {p}")
+    return 0
+
+
 def _cmd_cluster(args) -> int:
     cmd = getattr(args, "cluster_command", None)
     if cmd is None:
@@ -873,6 +895,8 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_consensus(args)
         if args.command == "cluster":
             return _cmd_cluster(args)
+        if args.command == "paths":
+            return _cmd_paths()
         if args.command == "check-config":
             return _cmd_check_config(args)
         if args.command == "tune":

@@ -151,3 +151,32 @@ def test_a_root_only_key_is_refused_with_how_to_fix_it(installed):
         f"private key {key} is root's (mode 600): this process runs as nobody and cannot read it" in r.stderr
     )
     assert "--owner nobody" in r.stderr
+
+
+def test_the_wheel_carries_no_generated_c_stripped_extensions_a_license_and_the_data_files(
+    installed, tmp_path
+):
+    import zipfile
+
+    top, dwcp = installed
+    src = tmp_path / "src"  # the repository as a fresh clone has it: no build/, no in-place build products
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "htmlcov", "__pycache__",
+                                                             "*.so", "*.c", ".pytest_cache"))  # fmt: skip
+    r = subprocess.run([os.path.join(top, "venv", "bin", "pip"), "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                        str(src)], capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = tmp_path.glob("dwcp-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert not [n for n in names if n.endswith(".c")], "generated C in the wheel"
+    assert any(n.endswith(".dist-info/LICENSE") or "/licenses/LICENSE" in n for n in names), names
+    for want in ("share/dwcp/dwcpd.service", "share/dwcp/dwcp.toml.example", "share/dwcp/monitoring/alerts.yml",
+                 "share/doc/dwcp/CHANGELOG.md"):  # fmt: skip
+        assert any(n.endswith(want) for n in names), want
+    sos = [n for n in names if n.endswith(".so")]
+    assert sos
+    with zipfile.ZipFile(whl) as z:
+        for n in sos:
+            data = z.read(n)
+            assert b".debug_info" not in data and b".symtab" not in data, f"{n} is not stripped"
+    r = subprocess.run([dwcp, "paths"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "dwcpd.service" in r.stdout and "monitoring" in r.stdout, r.stderr
