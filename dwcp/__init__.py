@@ -37,6 +37,10 @@ from .errors import (
 
 __all__ = [
     "__version__",
+    "send",
+    "fetch",
+    "Daemon",
+    "load_config",
     "backend",
     "backend_features",
     "DWCPError",
@@ -59,4 +63,8 @@ def __getattr__(name: str) -> Any:
         from . import _backend
 
         return getattr(_backend, name)
+    if name in ("send", "fetch", "Daemon", "load_config"):  # the embedding API (dwcp.api), imported on use
+        from . import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'dwcp' has no attribute {name!r}")
