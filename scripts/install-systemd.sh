@@ -47,6 +47,10 @@ sed "s|/usr/local/bin/dwcp|$DWCP|g" "$HERE/systemd/dwcpd.service" > "$ROOT/etc/s
 chmod 0644 "$ROOT/etc/systemd/system/dwcpd.service.tmp"
 mv "$ROOT/etc/systemd/system/dwcpd.service.tmp" "$ROOT/etc/systemd/system/dwcpd.service"
 echo "installed $ROOT/etc/systemd/system/dwcpd.service (ExecStart=$DWCP daemon ...)"
+# the man page and bash completion, generated from the installed command's own definitions
+install -d -m 0755 "$ROOT/usr/local/share/man/man1" "$ROOT/etc/bash_completion.d"
+"$DWCP" man | gzip -9n > "$ROOT/usr/local/share/man/man1/dwcp.1.gz"
+"$DWCP" completion bash > "$ROOT/etc/bash_completion.d/dwcp"
 
 if [ -n "$ROOT" ]; then
     exit 0

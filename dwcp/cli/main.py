@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "paths", help="where the installed package put its unit, example config and monitoring rules"
     )
+    sub.add_parser(
+        "man", help="print the dwcp(1) man page (roff): dwcp man | gzip > /usr/local/share/man/man1/dwcp.1.gz"
+    )
+    comp = sub.add_parser("completion", help="print a shell completion script: dwcp completion bash > "
+                                             "/etc/bash_completion.d/dwcp")  # fmt: skip
+    comp.add_argument("shell", choices=["bash"])
 
     cl = sub.add_parser("cluster", help="the cluster's membership, changed through consensus")
     cls = cl.add_subparsers(dest="cluster_command")
@@ -897,6 +903,14 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_cluster(args)
         if args.command == "paths":
             return _cmd_paths()
+        if args.command in ("man", "completion"):
+            from .manpage import bash_completion, man_page
+
+            print(
+                man_page(parser, EXIT_CODES_HELP) if args.command == "man" else bash_completion(parser),
+                end="",
+            )
+            return 0
         if args.command == "check-config":
             return _cmd_check_config(args)
         if args.command == "tune":
