@@ -72,6 +72,7 @@ from __future__ import annotations
 
 __all__ = [
     "exit_code",
+    "bind_error",
     "DWCPError",
     "ConfigError",
     "DictionaryError",
@@ -304,3 +305,18 @@ def exit_code(exc: BaseException) -> int:
             or code in (C.ERR_BUSY, C.ERR_UNAVAILABLE):  # fmt: skip
         return EXIT_NETWORK
     return EXIT_ERROR
+
+
+def bind_error(what: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """A failed bind of ``what`` (``listen.data_port``...) as one line naming the address and a hint."""
+    import errno as _errno
+
+    hints = {
+        _errno.EADDRINUSE: f"in use by another process (ss -ltnp 'sport = :{port}'): another dwcpd?",
+        _errno.EACCES: "a port below 1024 needs CAP_NET_BIND_SERVICE; use a port >= 1024",
+        _errno.EADDRNOTAVAIL: f"{host} is not an address of this host (ip -br addr)",
+    }
+    why = hints.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+    err = ConfigError(f"{what}: cannot bind {host}:{port}: {why}")
+    err.errno = exc.errno  # type: ignore[attr-defined]
+    return err

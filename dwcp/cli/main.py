@@ -11,7 +11,7 @@ import os
 import sys
 
 from dwcp._version import __version__
-from dwcp.errors import ConfigError, DWCPError, TransferError
+from dwcp.errors import ConfigError, DWCPError, TransferError, bind_error
 
 __all__ = ["main"]
 
@@ -840,7 +840,6 @@ def _port_problems(cfg) -> list[str]:
             s.bind((lc.host, lc.data_port))
             return []
         except OSError as exc:
-            where = f"listen.data_port: cannot bind {lc.host}:{lc.data_port}"
             if exc.errno == errno.EADDRINUSE:
                 from dwcp.daemon.control import request
 
@@ -848,12 +847,8 @@ def _port_problems(cfg) -> list[str]:
                     request(cfg.control_socket, {"op": "status"}, timeout_s=2)
                     return []  # the daemon of this config holds it (a reload's check)
                 except OSError:
-                    return [f"{where}: in use by another process (ss -ltnp 'sport = :{lc.data_port}')"]
-            if exc.errno == errno.EACCES:
-                return [f"{where}: a port below 1024 needs CAP_NET_BIND_SERVICE; use a port >= 1024"]
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return [f"{where}: {lc.host} is not an address of this host (ip -br addr)"]
-            return [f"{where}: {exc.strerror}"]
+                    pass
+            return [str(bind_error("listen.data_port", lc.host, lc.data_port, exc))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from dwcp.errors import bind_error
+
 __all__ = ["OpsHTTPServer"]
 
 log = logging.getLogger("dwcp.http")
@@ -75,7 +77,10 @@ class OpsHTTPServer:
             do_PUT = do_DELETE = do_POST
 
         self.registry, self.healthz, self.readyz = registry, healthz, readyz
-        self._srv = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._srv = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise bind_error("listen.metrics_port", host, port, exc) from exc
         self._srv.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -102,6 +102,7 @@ from dwcp.errors import (
     KeyBusyError,
     RemoteProtocolError,
     StorageError,
+    bind_error,
 )
 from dwcp.security import aead
 from dwcp.storage import ObjectStore, Partial, close_mapping, min_chunk_size, validate_key
@@ -407,7 +408,10 @@ class DataServer:
         s = socket.socket(fam, socket.SOCK_STREAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((lc.host, lc.data_port))
+            try:
+                s.bind((lc.host, lc.data_port))
+            except OSError as exc:
+                raise bind_error("listen.data_port", lc.host, lc.data_port, exc) from exc
             s.listen(min(lc.max_connections, 1024))
         except BaseException:
             s.close()

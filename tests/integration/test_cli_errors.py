@@ -101,3 +101,17 @@ def test_rates_take_bits_and_bytes():
 
     assert _rate("500Mbit") == 62.5e6 and _rate("60MB") == 60e6 and _rate("60MiB") == 60 * 2**20
     assert _rate("1Gbit/s") == 125e6 and _rate("4M") == 4 * 2**20
+
+
+def test_a_daemon_whose_port_is_taken_says_which_and_what_to_do(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        cfg = tmp_path / "rx.toml"
+        cfg.write_text(f'[listen]\nhost = "127.0.0.1"\ndata_port = {port}\nmetrics_port = -1\n[security]\n'
+                       f'plaintext = true\n[storage]\ndata_dir = "{tmp_path}/d"\n')  # fmt: skip
+        r = _dwcp("daemon", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert (f"listen.data_port: cannot bind 127.0.0.1:{port}: in use by another process (ss -ltnp 'sport = :{port}'):"
+            " another dwcpd?") in r.stderr  # fmt: skip
