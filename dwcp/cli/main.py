@@ -807,6 +807,7 @@ def _check_files(cfg) -> None:
             server_context(TLSConfig(ca_cert=s.ca_cert, cert=s.cert, key=s.key))
         except ConfigError as exc:
             problems += exc.problems
+    problems += _readable_files(cfg)
     try:
         with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
             have = f.read().split()
@@ -823,6 +824,34 @@ def _check_files(cfg) -> None:
     problems += _port_problems(cfg)
     if problems:
         raise ConfigError(problems=problems)
+
+
+def _readable_files(cfg) -> list[str]:
+    """The other files a config names, as this user: the BFT signing key (owner and mode, as a TLS key),
+    etcd's CA and client identity, the dictionaries directory."""
+    from dwcp.security.certs import check_key_permissions
+
+    out: list[str] = []
+    cc = cfg.consensus
+    if (
+        cc.enabled
+        and (cc.algorithm == "bft" or cc.adaptive)
+        and cc.bft_key_file
+        and os.path.exists(cc.bft_key_file)
+    ):
+        try:
+            check_key_permissions(cc.bft_key_file)
+        except ConfigError as exc:
+            out += [f"consensus.bft_key_file: {p}" for p in exc.problems]
+    if cc.enabled and cc.backend == "etcd":
+        for name in ("etcd_ca", "etcd_cert", "etcd_key"):
+            path = getattr(cc, name)
+            if path and not os.access(path, os.R_OK):
+                out.append(f"consensus.{name}: {path} is missing or not readable by this user")
+    d = cfg.codec.dictionaries_dir
+    if d and os.path.exists(d) and not os.access(d, os.R_OK | os.X_OK):
+        out.append(f"codec.dictionaries_dir: {d} is not readable by this user")
+    return out
 
 
 def _port_problems(cfg) -> list[str]:

@@ -79,3 +79,10 @@ def test_the_data_port_must_be_bindable(tmp_path, capsys):
     )
     rc, out = _check(tmp_path, body, capsys)
     assert rc != 0 and "192.0.2.77 is not an address of this host" in out, out
+
+
+def test_the_other_files_a_config_names_are_checked(tmp_path, capsys):
+    body = _plain(tmp_path, f'[consensus]\nbackend = "etcd"\nenabled = true\netcd_endpoints = ["https://127.0.0.1:1"]\n'
+                            f'etcd_ca = "{tmp_path}/none.crt"\n')  # fmt: skip
+    rc, out = _check(tmp_path, body, capsys)
+    assert rc != 0 and f"consensus.etcd_ca: {tmp_path}/none.crt is missing or not readable" in out, out
