@@ -490,6 +490,13 @@ class Sender:
                 err = type(exc)(f"{exc}; nothing was stored")
                 err.stats = exc.stats
                 raise err from exc
+            except (
+                BrokenResourceError
+            ) as exc:  # the connection went mid-transfer: name the peer, and the way on
+                lost = BrokenResourceError(f"{host}:{port}: {exc} -- did its daemon restart or the network drop? "
+                                           "sending again resumes from the chunks it holds")  # fmt: skip
+                lost.stats = getattr(exc, "stats", {})  # type: ignore[attr-defined]
+                raise lost from exc
         except BaseException as exc:
             st = getattr(exc, "stats", {})
             if isinstance(exc, TransferError) and exc.code is not None:

@@ -115,3 +115,26 @@ def test_a_daemon_whose_port_is_taken_says_which_and_what_to_do(tmp_path):
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert (f"listen.data_port: cannot bind 127.0.0.1:{port}: in use by another process (ss -ltnp 'sport = :{port}'):"
             " another dwcpd?") in r.stderr  # fmt: skip
+
+
+def test_a_connection_lost_mid_send_names_the_peer_and_the_way_on(tmp_path):
+    """The receiver goes away mid-transfer: the error names it and says that sending again resumes."""
+    from dwcp._testbase.fuzzer import FaultProxy
+
+    srv = DataServer(server_config(tmp_path / "rx"))
+    srv.start()
+    proxy = FaultProxy(srv.address)
+    try:
+        proxy.cut_after(
+            300, conn=1
+        )  # the control stream: its HELLO (~200-250 bytes) passes, its DONE does not
+        src = tmp_path / "obj"
+        src.write_bytes(b"y" * (4 << 20))
+        host, port = proxy.address
+        r = _dwcp("send", str(src), "--to", f"{host}:{port}", "--key", "k", "--plaintext", "--streams", "1",
+                  cwd=tmp_path)  # fmt: skip
+        assert r.returncode == EXIT_NETWORK, r.stderr
+        assert f"{host}:{port}: " in r.stderr and "sending again resumes" in r.stderr, r.stderr
+    finally:
+        proxy.close()
+        srv.close()
