@@ -463,6 +463,9 @@ class HealthConfig(_Section):
     # the throughput this node should see (bytes/s): exported as dwcp_sla_throughput_bytes_per_second for
     # monitoring/ (dwcp:transfer_throughput:sla_ratio, DwcpThroughputBelowSLA); 0 = none
     sla_throughput_bytes_per_s: float = 0.0
+    # a path anomaly (a send's detectors: goodput drop, RTT step, retransmit spike) younger than this
+    # keeps the "paths" check degraded, with the evidence in its message
+    path_anomaly_window_s: float = 600.0
 
     def problems(self) -> list[str]:
         out = []
@@ -473,7 +476,8 @@ class HealthConfig(_Section):
         if not 0 <= self.error_rate_degraded <= self.error_rate_unhealthy <= 1:
             out.append(f"error_rate_degraded {self.error_rate_degraded} / error_rate_unhealthy "
                        f"{self.error_rate_unhealthy}: need 0 <= degraded <= unhealthy <= 1")  # fmt: skip
-        for name in ("min_compression_ratio", "error_window_s", "baseline_max_age_s", "check_interval_s"):
+        for name in ("min_compression_ratio", "error_window_s", "baseline_max_age_s", "check_interval_s",
+                     "path_anomaly_window_s"):  # fmt: skip
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 out.append(f"{name} {v} must be positive")

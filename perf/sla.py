@@ -17,6 +17,10 @@ periodic one-stream probes do not count; the median over runs), CPU seconds per 
 (sender + daemon) and p50/p99 chunk latency (send -> ACK); writes
 perf/results/sla.json and, with matplotlib, sla.png; and exits 1 when an
 SLA of sla.toml is missed (2 when the testbed cannot be built here).
+
+Every cell's dwcp sends also leave their path trace (dwcp.transport.trace: one record per send,
+a sample every 0.5 s) in ``--traces`` (default perf/traces/), one file per cell with how it was
+made: the recorded traces the predictors and anomaly detectors are tested and benchmarked on.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from _common import RESULTS, exit_cleanly_on_sigterm, machine, write_json  # noqa: E402
 
+from dwcp._testbase.pathevents import Receiver  # noqa: E402
 from dwcp._testbase.wan import Link, Testbed  # noqa: E402
 
 PORT = 7700
+RECORD: list[dict] = []  # the path traces of the current cell's sends (dwcp_send appends)
 CONGESTION = (
     ""  # --congestion: every sender's TCP congestion control ("" = each tool's default; dwcp's is bbr)
 )
@@ -110,40 +116,16 @@ def iperf3(tb: Testbed, size: int, n: int) -> float | None:
         srv.wait()
 
 
-class Daemon:
-    """`dwcp daemon` in host b, receiving on /dev/shm."""
+class Daemon(Receiver):
+    """`dwcp daemon` in host b, receiving on /dev/shm, and its CPU time."""
 
     def __init__(self, tb: Testbed, root: str) -> None:
-        self.root = root
-        self.data = os.path.join(root, "b")
-        cfg = os.path.join(root, "b.toml")
-        with open(cfg, "w") as f:
-            f.write(f'[node]\nid = "b"\n[listen]\nhost = "{tb.addr["b"]}"\ndata_port = {PORT}\nmetrics_port = -1\n'
-                    f'[security]\nplaintext = true\n[storage]\ndata_dir = "{self.data}"\n'
-                    '[transport]\nidle_timeout_s = 60.0\n')  # fmt: skip
-        self.proc = tb.popen("b", [sys.executable, "-m", "dwcp", "daemon", "--config", cfg], cwd=root,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        super().__init__(tb, root, port=PORT)
         self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(os.path.join(self.data, "control.sock")):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("dwcp daemon did not start in host b")
-            time.sleep(0.1)
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
-
-    def clear(self) -> None:
-        shutil.rmtree(os.path.join(self.data, "objects"), ignore_errors=True)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def dwcp_send(
@@ -155,7 +137,8 @@ def dwcp_send(
     extra: tuple[str, ...] = (),
     keep_paths: bool = False,
 ) -> dict:
-    """One `dwcp send`; its state dir (baselines) is removed after, except paths.json with ``keep_paths``."""
+    """One `dwcp send`; its state dir (baselines) is removed after, except the path traces with ``keep_paths``.
+    The send's path trace goes to RECORD either way."""
     state = os.path.join(d.root, "sender-state")
     c0 = d.cpu()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -171,8 +154,9 @@ def dwcp_send(
                cwd=d.root, check=False, timeout=900)  # fmt: skip
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = d.cpu() - c0 + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    record_trace(os.path.join(state, "traces"))
     for name in os.listdir(state) if os.path.isdir(state) else ():
-        if not (keep_paths and name == "paths.json"):
+        if not (keep_paths and name == "traces"):
             p = os.path.join(state, name)
             shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
     d.clear()
@@ -191,6 +175,47 @@ def dwcp_send(
         "chunk_latency_ms": o.get("chunk_latency_ms"), "chunk_size": o.get("chunk_size"),
         "chunk_size_reason": o.get("chunk_size_reason"), "retransmits": sum(s.get("total_retrans", 0) for s in o["tcp_info"]),
     }  # fmt: skip
+
+
+def record_trace(tdir: str) -> None:
+    """The newest send of every trace in ``tdir`` (and its samples) into RECORD."""
+    for name in sorted(os.listdir(tdir)) if os.path.isdir(tdir) else ():
+        with open(os.path.join(tdir, name)) as f:
+            t = json.load(f)
+        seen = RECORD[-1]["sends"][-1]["at"] if RECORD and RECORD[-1]["sends"] else 0.0
+        new = [s for s in t["sends"] if s["at"] > seen]
+        if not new:
+            continue
+        start = new[-1]["at"] - new[-1]["seconds"] - 1.0
+        RECORD.append({"sends": new, "samples": [r for r in t["samples"] if r[0] >= start],
+                       "anomalies": [a for a in t["anomalies"] if a.get("at", 0) >= start]})  # fmt: skip
+
+
+def write_traces(tdir: str, cell: dict, quick: bool) -> str | None:
+    """The cell's recorded sends as one trace file (dwcp.transport.trace's format, plus how it was made)."""
+    if not RECORD:
+        return None
+    os.makedirs(tdir, exist_ok=True)
+    name = f"sla-{cell['rate_mbit']:g}mbit-{cell['rtt_ms']:g}ms-{cell['loss'] * 100:g}pct.json"
+    try:
+        rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    doc = {"version": 1, "peer": f"testbed-b:{PORT}", "nic": "tun (emulated WAN)",
+           "made": {"by": f"perf/sla.py{' --quick' if quick else ''}", "git": rev,
+                    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                    "link": {k: cell[k] for k in ("rate_mbit", "rtt_ms", "loss")},
+                    "sends": "the cell's every dwcp send in order: fixed stream counts, then cold and warm auto",
+                    "clean": True},
+           "sends": [s for r in RECORD for s in r["sends"]],
+           "samples": [row for r in RECORD for row in r["samples"]],
+           "anomalies": [a for r in RECORD for a in r["anomalies"]]}  # fmt: skip
+    path = os.path.join(tdir, name)
+    with open(path, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.write("\n")
+    return path
 
 
 def run_cell(
@@ -223,7 +248,7 @@ def run_cell(
             [dwcp_send(tb, d, src, f"sla/f{n}-{i}", str(n)) for i in range(runs)]
         )
     # auto, cold: no earlier send to this peer (the SLA); then warm: a second send that starts from
-    # what the first measured of the path (chunk size, stream count; dwcp.transport.chunking)
+    # what the first measured of the path (chunk size, stream count; its forecast, dwcp.transport.trace)
     rs, warm = [], []
     for i in range(runs):
         rs.append(dwcp_send(tb, d, src, f"sla/auto-{i}", "auto", keep_paths=True))
@@ -349,6 +374,8 @@ def main() -> int:
     ap.add_argument(
         "--loss", default="", metavar="RATES", help="only these loss rates of the matrix (e.g. 0.001)"
     )
+    ap.add_argument("--traces", default=os.path.join(HERE, "traces"),
+                    help="write each cell's path trace here ('' = none); default perf/traces")  # fmt: skip
     args = ap.parse_args()
     global CONGESTION
     CONGESTION = args.congestion
@@ -380,6 +407,7 @@ def main() -> int:
                         for loss in m["loss"]:
                             tb.set_link(Link(rate_bit_s=rate * 1e6, rtt_ms=rtt, loss=loss))
                             t0 = time.monotonic()
+                            RECORD.clear()
                             cell = {"rate_mbit": rate, "rtt_ms": rtt, "loss": loss}
                             cell |= run_cell(
                                 tb,
@@ -391,6 +419,8 @@ def main() -> int:
                                 [c for c in args.chunk_sweep.split(",") if c],
                             )
                             cell["wall_s"] = time.monotonic() - t0
+                            if args.traces:
+                                cell["trace"] = write_traces(args.traces, cell, args.quick)
                             res["cells"].append(cell)
                             print(f"{rate:g} Mbit/s {rtt:g} ms {loss * 100:g}%: "
                                   + ", ".join(f"{k} {v:.2f}" for k, v in cell["fraction_of_cap"].items())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import threading
@@ -40,6 +41,7 @@ from dwcp.cluster.repair import (
     seed_partial,
 )
 from dwcp.config import Config, PeerConfig, load_toml, merge_live, reload_plan
+from dwcp.consensus.adaptive import AdaptiveSettings
 from dwcp.consensus.driver import RaftDriver
 from dwcp.consensus.epoch_driver import EpochDriver
 from dwcp.consensus.etcd import EtcdCatalog
@@ -51,6 +53,7 @@ from dwcp.ops.health import (
     HdeCheck,
     HealthRegistry,
     HealthThresholds,
+    PathAnomalyCheck,
     ReplicaVersion,
 )
 from dwcp.ops.logfmt import configure as configure_logging
@@ -59,6 +62,7 @@ from dwcp.transport.admission import REASONS as ADMISSION_REASONS
 from dwcp.transport.sender import Sender
 from dwcp.transport.server import DataServer, message_stream
 from dwcp.transport.source import FileSource
+from dwcp.transport.trace import PathTraces
 from dwcp.wire import consts as C
 
 from . import storeops
@@ -101,6 +105,9 @@ class Daemon:
         os.makedirs(config.storage.data_dir, mode=0o700, exist_ok=True)
         self.store = ObjectStore(config.storage.data_dir, keep_versions=config.storage.keep_versions)
         self.sent = ObjectStore(os.path.join(config.storage.data_dir, "sent"), keep_versions=2)
+        # the paths' traces every send from this data directory keeps (the daemon's and `dwcp send`'s)
+        self.path_traces = PathTraces(self.sent.data_dir)
+        self._path_traces_lock = threading.Lock()
         self.errors = ErrorRateCheck(HealthThresholds.from_config(config))
         self.metrics = _Events(self.errors)
         self.server = DataServer(config, store=self.store, events=self.metrics)
@@ -221,6 +228,18 @@ class Daemon:
         self.health.register(HdeCheck(self.metrics.compression_ratio, self._baselines, th,
                                       delta_enabled=cfg.codec.delta), name="hde")  # fmt: skip
         self.health.register(self.errors, name="error_rate")
+
+        def anomalies() -> list:
+            now = time.time()
+            return [
+                (now - float(a.get("at", 0)), t.peer, t.nic, a)
+                for t, _ in self._paths(now)
+                for a in t.anomalies
+            ]
+
+        self.health.register(
+            PathAnomalyCheck(anomalies, th), name="paths", interval_s=cfg.health.check_interval_s
+        )
         if self.catalog_backend is not None:  # replicas' versions come from the replicated catalog
             backend = self.catalog_backend
 
@@ -241,6 +260,10 @@ class Daemon:
         cc = config.consensus
         keyed = {p.id: p.bft_key for p in config.cluster.peers if p.bft_key}
         signer, verify = None, {}
+        if cc.adaptive and cc.auto_switch and not keyed:
+            raise ConfigError("consensus: auto_switch (adaptive = true) switches to bft on evidence of Byzantine "
+                              "behaviour and signs every envelope: give every [[cluster.peers]] its bft_key, or set "
+                              "auto_switch = false (detect and report only)")  # fmt: skip
         if cc.algorithm == "bft" or keyed:
             missing = sorted(set(peers) - set(keyed))
             if missing:
@@ -256,7 +279,38 @@ class Daemon:
             verify = {i: bft_verify_key(k) for i, k in keyed.items()} | {config.node.id: bft_verify_key(own)}
         return EpochDriver(config.node.id, peers, config.storage.data_dir, dialer=self.sender.dialer,
                            algorithm=cc.algorithm, signer=signer, verify_keys=verify,
-                           tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks)  # fmt: skip
+                           tick_s=cc.tick_ms / 1000, election_ticks=cc.election_ticks,
+                           adaptive=AdaptiveSettings.from_config(cc) if cc.adaptive else None)  # fmt: skip
+
+    def _paths(self, now: float) -> list:
+        """Every path's trace and forecast (dwcp.transport.trace), for the paths check and the metrics."""
+        with self._path_traces_lock:
+            return self.path_traces.all(now=now)
+
+    def _path_samples(self) -> dict[str, list]:
+        """The path metrics' series (labels, value) by metric name."""
+        out: dict[str, list] = {k: [] for k in ("last", "forecast", "mae", "model", "anomaly")}
+        for t, fc in self._paths(time.time()):
+            lab = {"peer": t.peer, "nic": t.nic}
+            last = t.last()
+            if last is not None:
+                for series in ("goodput", "rtt_s", "retrans_fraction", "streams", "chunk_size"):
+                    out["last"].append(({**lab, "series": series}, float(getattr(last, series))))
+            if fc is not None:
+                for series, f in fc.by.items():
+                    sl = {**lab, "series": series}
+                    out["forecast"].append((sl, f.value))
+                    out["model"].append(({**sl, "model": f.model}, 1))
+                    if math.isfinite(f.mae):
+                        out["mae"].append(({**sl, "which": "chosen"}, f.mae))
+                    if math.isfinite(f.naive_mae):
+                        out["mae"].append(({**sl, "which": "last_value"}, f.naive_mae))
+            newest: dict[str, float] = {}
+            for a in t.anomalies:
+                sig = str(a.get("signal", "?"))
+                newest[sig] = max(newest.get(sig, 0.0), float(a.get("at", 0)))
+            out["anomaly"] += [({**lab, "signal": sig}, at) for sig, at in sorted(newest.items())]
+        return out
 
     def _baselines(self) -> int:
         return len(self.sent.keys()) + len(self.store.keys())
@@ -274,6 +328,29 @@ class Daemon:
         m.add_source("dwcp_sla_throughput_bytes_per_second", "gauge",
                      "The throughput this node should see ([health] sla_throughput_bytes_per_s)",
                      lambda: [({}, sla)] if (sla := self.config.health.sla_throughput_bytes_per_s) else [])  # fmt: skip
+        ps: dict[str, Any] = {}  # one read of the traces per scrape: the first path source takes it
+
+        def path(kind: str) -> list:
+            if kind == "last" or not ps:
+                ps.clear()
+                ps.update(self._path_samples())
+            return ps.get(kind, [])
+
+        m.add_source("dwcp_path_last", "gauge",
+                     "The last send's measurement of a path (peer, egress NIC), by series: goodput (B/s), "
+                     "rtt_s, retrans_fraction, streams (at the end), chunk_size (bytes)",
+                     lambda: path("last"))  # fmt: skip
+        m.add_source("dwcp_path_forecast", "gauge", "The forecast of a path's next send, by series",
+                     lambda: path("forecast"))  # fmt: skip
+        m.add_source("dwcp_path_forecast_mae", "gauge",
+                     "Rolling one-step backtest mean absolute error of a path's forecast, of the chosen model and "
+                     "of the last-value model, by series",
+                     lambda: path("mae"))  # fmt: skip
+        m.add_source("dwcp_path_forecast_model", "gauge", "The model chosen per path and series (value 1)",
+                     lambda: path("model"))  # fmt: skip
+        m.add_source("dwcp_path_anomaly_last_timestamp_seconds", "gauge",
+                     "Unix time of the newest anomaly a send raised on a path, by signal (evidence: /healthz)",
+                     lambda: path("anomaly"))  # fmt: skip
         m.add_source("dwcp_codec_baselines", "gauge", "Versions held that can serve as delta baselines",
                      lambda: [({}, self._baselines())])  # fmt: skip
         m.add_source("dwcp_transfer_in_progress", "gauge", "Transfers being received now",
@@ -337,6 +414,17 @@ class Daemon:
             cb = self.catalog_backend
             return [({"algorithm": cb.node.algorithm}, cb.node.epoch)] if isinstance(cb, EpochDriver) else []
 
+        def consensus_adaptive(what: str) -> list:
+            cb = self.catalog_backend
+            if not isinstance(cb, EpochDriver) or cb.adaptive is None:
+                return []
+            a = cb.adaptive
+            with cb.lock:
+                if what == "switches":
+                    return [({"reason": c, "to": to}, n) for (c, to), n in sorted(a.policy.counts.items())]
+                return [({"peer": p, "kind": k}, n) for p, by in sorted(a.detector.counts.items())
+                        for k, n in sorted(by.items())]  # fmt: skip
+
         m.add_source("dwcp_consensus_faults_total", "counter",
                      "Byzantine faults detected by the BFT engine, by kind and offending node ('*': more than f)",
                      consensus_faults)  # fmt: skip
@@ -359,6 +447,12 @@ class Daemon:
                      lambda: [({}, rp.behind_s)] if rp else [])  # fmt: skip
         m.add_source("dwcp_consensus_epoch", "gauge", "The adaptive consensus epoch, labelled by its algorithm",
                      consensus_epoch)  # fmt: skip
+        m.add_source("dwcp_consensus_switches_total", "counter",
+                     "Consensus switches applied here (adaptive mode), by reason (byzantine_evidence, quiet_period, "
+                     "operator) and the algorithm switched to", lambda: consensus_adaptive("switches"))  # fmt: skip
+        m.add_source("dwcp_consensus_byzantine_evidence_total", "counter",
+                     "Evidence of Byzantine behaviour this node holds (adaptive mode), by peer and kind",
+                     lambda: consensus_adaptive("evidence"))  # fmt: skip
 
     def _healthz(self) -> tuple[int, dict]:
         return self.health.healthz(time.monotonic())
@@ -409,7 +503,7 @@ class Daemon:
         own decides for a full send (dwcp.transport.sender.full_refresh_reason)."""
         c = self.config
         return Sender(c.transport, c.security, node_id=c.node.id, events=self.metrics, tune_dir=c.storage.data_dir,
-                      codec=c.codec, dictionaries=self.server.dictionaries)  # fmt: skip
+                      path_dir=self.sent.data_dir, codec=c.codec, dictionaries=self.server.dictionaries)  # fmt: skip
 
     def _repairer(self) -> Repairer:
         """The anti-entropy loop over this node's catalog, store and [cluster] (read at each pass: live)."""

@@ -23,6 +23,7 @@ Names follow ``dwcp_<subsystem>_<name>_<unit>``, counters end in ``_total``::
     dwcp_transport_rtt_seconds{peer}                         gauge (last stream's smoothed RTT)
     dwcp_transport_retransmits_total{peer}                   counter (TCP segments)
     dwcp_codec_compression_ratio{codec}                      gauge (raw / wire so far)
+    dwcp_path_anomalies_total{peer,nic,signal}               counter (this process's sends' detectors)
     dwcp_build_info{version,backend,python}                  gauge = 1
     + the registered sources (dwcp_health_status{check}, dwcp_cluster_breaker_state{peer},
       dwcp_transport_connections_refused_total{reason}, dwcp_transport_connections_unauthenticated, ...)
@@ -72,6 +73,8 @@ _CATALOGUE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "dwcp_transport_stream_reconnects_total": ("counter", "Data streams that failed and were replaced", ("peer",)),
     "dwcp_transport_rtt_seconds": ("gauge", "Smoothed TCP RTT of the last data stream to a peer", ("peer",)),
     "dwcp_transport_retransmits_total": ("counter", "TCP segments retransmitted on data streams", ("peer",)),
+    "dwcp_path_anomalies_total": ("counter", "Anomalies a send's detectors raised on a path, by signal",
+                                  ("peer", "nic", "signal")),
 }  # fmt: skip
 
 Sample = tuple[dict[str, str], float]  # labels, value: what a source returns per series
@@ -175,6 +178,9 @@ class Metrics(TransferEvents):
         self._set("dwcp_transport_rtt_seconds", (self._peer(peer),), int(rtt_s * _US))
         if retransmits:
             self._add("dwcp_transport_retransmits_total", (self._peer(peer),), retransmits)
+
+    def path_anomaly(self, peer: str, nic: str, signal: str) -> None:
+        self._add("dwcp_path_anomalies_total", (self._peer(peer), nic, signal))
 
     def transfer_finished(self, direction: str, peer: str, outcome: str, seconds: float, raw_bytes: int,
                           wire_bytes: int) -> None:  # fmt: skip

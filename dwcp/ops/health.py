@@ -47,6 +47,10 @@ The checks and their boundaries (all thresholds configurable):
   sync is unhealthy (exactly half is not); otherwise a lagging replica while
   the latest version is strictly older than ``baseline_max_age_s`` is
   degraded; otherwise healthy.  The worst key decides.
+* Paths: an anomaly a send's detectors raised on a path (dwcp.transport.anomaly:
+  a goodput drop, an RTT step, a retransmit spike) strictly younger than
+  ``path_anomaly_window_s`` is degraded, with its evidence in the message;
+  none is healthy.  The newest anomaly is named; the detail lists one per path.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ __all__ = [
     "CheckLike",
     "HealthThresholds",
     "HealthRegistry",
+    "PathAnomalyCheck",
     "Readiness",
     "AmstCheck",
     "HdeCheck",
@@ -157,6 +162,7 @@ class HealthThresholds:
     error_bucket_s: float = 1.0  # the window's resolution: it spans between window - bucket and window
     baseline_max_age_s: float = 300.0  # a replica lagging a latest version older than this: degraded
     baseline_min_fraction: float = 0.5  # strictly fewer replicas than this fraction in sync: unhealthy
+    path_anomaly_window_s: float = 600.0  # paths: an anomaly younger than this is degraded
 
     def __post_init__(self) -> None:
         probs = []
@@ -169,7 +175,8 @@ class HealthThresholds:
                          f"{self.error_rate_unhealthy}: need 0 <= degraded <= unhealthy <= 1")  # fmt: skip
         if not 0 <= self.baseline_min_fraction <= 1:
             probs.append(f"baseline_min_fraction {self.baseline_min_fraction}: need 0 <= fraction <= 1")
-        for name in ("min_compression_ratio", "error_window_s", "error_bucket_s", "baseline_max_age_s"):
+        for name in ("min_compression_ratio", "error_window_s", "error_bucket_s", "baseline_max_age_s",
+                     "path_anomaly_window_s"):  # fmt: skip
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 probs.append(f"{name} {v} must be positive and finite")
@@ -187,7 +194,8 @@ class HealthThresholds:
         return cls(min_streams=tp.min_streams, max_streams=tp.max_streams,
                    min_compression_ratio=h.min_compression_ratio, error_rate_degraded=h.error_rate_degraded,
                    error_rate_unhealthy=h.error_rate_unhealthy, error_window_s=h.error_window_s,
-                   baseline_max_age_s=h.baseline_max_age_s)  # fmt: skip
+                   baseline_max_age_s=h.baseline_max_age_s,
+                   path_anomaly_window_s=h.path_anomaly_window_s)  # fmt: skip
 
 
 # -- registry and readiness ---------------------------------------------------------------
@@ -530,3 +538,32 @@ class BaselineSyncCheck:
             if n > 1:
                 why += f" (and {n - 1} more {worst} keys)"
         return CheckResult(self.name, worst, why, d)
+
+
+class PathAnomalyCheck:
+    """``anomalies()`` returns [(age_s, peer, nic, anomaly)], each anomaly an ``Anomaly.to_json()``:
+    what the paths' traces hold (the daemon reads them from its state directory)."""
+
+    name = "paths"
+    MAX_LISTED = 10
+
+    def __init__(self, anomalies: Callable[[], Iterable[tuple[float, str, str, Mapping[str, Any]]]],
+                 thresholds: HealthThresholds | None = None) -> None:  # fmt: skip
+        self.anomalies = anomalies
+        self.thresholds = thresholds or HealthThresholds()
+
+    def __call__(self, now: float) -> CheckResult:
+        window = self.thresholds.path_anomaly_window_s
+        recent = sorted((a for a in self.anomalies() if 0 <= a[0] < window), key=lambda a: a[0])
+        if not recent:
+            return CheckResult(self.name, Status.HEALTHY, f"no path anomaly in the last {window:g} s",
+                               {"anomalies": 0})  # fmt: skip
+        age, peer, nic, a = recent[0]
+        per_path: dict[str, dict] = {}
+        for age_i, p, n, ai in recent:
+            per_path.setdefault(f"{p} via {n}", {"age_s": round(age_i, 1), **dict(ai)})
+        listed = dict(list(per_path.items())[: self.MAX_LISTED])
+        why = f"{peer} via {nic}, {age:.0f} s ago: {a.get('detail', a.get('signal', '?'))}"
+        if len(per_path) > 1:
+            why += f" (and {len(per_path) - 1} more paths)"
+        return CheckResult(self.name, Status.DEGRADED, why, {"anomalies": len(recent), "paths": listed})

@@ -1,10 +1,10 @@
-"""Chunk size from what the path did last time, and the memory of paths it comes from.
+"""Chunk size from what the path is forecast to do (dwcp.transport.trace keeps the paths' traces).
 
 A transfer's chunks all have one size (the receiver's bitmap, resume records
 and the frame rules are per chunk), so the size is chosen once, before the
-HELLO, from what the previous sends to the same peer measured.  Sans-IO: the
-policy is a pure function of a ``PathStats``; ``PathMemory`` is the small
-JSON file that keeps one per peer.
+HELLO, from what the previous sends over the same path measured.  Sans-IO: the
+policy is a pure function of a ``PathStats`` (the path's forecast, made by
+dwcp.transport.trace from its trace).
 
 Rules (measured on the emulated WAN, ``perf/sla.py --chunk-sweep``):
 
@@ -25,25 +25,17 @@ Rules (measured on the emulated WAN, ``perf/sla.py --chunk-sweep``):
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from dwcp.durable import write_atomic
 
 if TYPE_CHECKING:
     from .session import TransferReport
 
-__all__ = ["PathStats", "PathMemory", "choose_chunk_size", "path_stats_from_send", "MiB", "PATH_MAX_AGE_S"]
-
-log = logging.getLogger("dwcp.transport")
+__all__ = ["PathStats", "choose_chunk_size", "path_stats_from_send", "MiB", "PATH_MAX_AGE_S"]
 
 MiB = 1 << 20
 LOSSY = 0.005  # retransmitted fraction above which chunks are halved again
-MAX_PATHS = 256  # peers remembered; the oldest are forgotten first
 PATH_MAX_AGE_S = 7 * 86400.0  # an older measurement says nothing of the path today
 
 
@@ -106,51 +98,3 @@ def path_stats_from_send(report: TransferReport, *, now: float) -> PathStats | N
     rtt_s = rtts[len(rtts) // 2] / 1e6 if rtts else report.rtt_ms / 1000
     return PathStats(rtt_s=rtt_s, retrans_fraction=min(1.0, retrans / sent), stream_bytes_per_s=wire / secs / n,
                      streams=min(256, n), at=now)  # fmt: skip
-
-
-class PathMemory:
-    """``<dir>/paths.json``: the last ``PathStats`` per peer ("host:port").
-
-    Reading never raises (a missing or damaged file is an empty memory: the
-    transport keeps its defaults); writing is atomic (temporary file, fsync,
-    rename) and keeps at most ``MAX_PATHS`` peers, newest first.
-    """
-
-    FILE = "paths.json"
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, self.FILE)
-
-    def _load(self) -> dict[str, PathStats]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", self.path, exc)
-            return {}
-        out: dict[str, PathStats] = {}
-        if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
-            log.warning("ignoring %s: not a path memory", self.path)
-            return {}
-        for peer, d in raw["paths"].items():
-            try:
-                out[str(peer)] = PathStats(**d)
-            except (TypeError, ValueError):
-                continue  # one bad record does not cost the others
-        return out
-
-    def get(self, peer: str) -> PathStats | None:
-        return self._load().get(peer)
-
-    def put(self, peer: str, stats: PathStats) -> None:
-        paths = self._load()
-        paths[peer] = stats
-        keep = sorted(paths.items(), key=lambda kv: kv[1].at, reverse=True)[:MAX_PATHS]
-        doc = json.dumps({"version": 1, "paths": {p: asdict(s) for p, s in keep}}, indent=1) + "\n"
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            write_atomic(self.path, doc)
-        except OSError as exc:  # a path memory that cannot be written costs only the next send's tuning
-            log.warning("could not remember the path to %s in %s: %s", peer, self.path, exc)

@@ -43,6 +43,10 @@ class TransferEvents:
                           wire_bytes: int) -> None:  # fmt: skip
         """A whole transfer ended with ``outcome`` (one of OUTCOMES)."""
 
+    def path_anomaly(self, peer: str, nic: str, signal: str) -> None:
+        """A send's anomaly detectors raised an anomaly on ``signal`` of the path to ``peer`` via ``nic``
+        (dwcp.transport.anomaly; the evidence is in the path's trace and the send's report)."""
+
     def access_refused(self, reason: str) -> None:
         """A request was refused by policy: ``reason`` "acl" (security.acl) or "relay" (a forward target)."""
 

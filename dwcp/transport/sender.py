@@ -99,8 +99,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from dwcp._backend import impl as _k
 from dwcp.codec import ChunkEncoder, CodecConfig, DictionaryStore
@@ -139,6 +139,11 @@ from .session import (
 )
 from .source import BufferSource, FileSource, SourceChangedError, SourceError, as_source
 from .tcpinfo import read_tcp_info
+from .trace import SAMPLE_S
+
+if TYPE_CHECKING:
+    from .anomaly import PathWatch
+    from .trace import PathForecast, PathTrace, SendRecord
 from .window import StreamWindow
 from .zerocopy import ZEROCOPY_MIN_BYTES, PayloadBuffers
 
@@ -302,11 +307,11 @@ def _capture(box: list, fn: Callable[..., Any], *args: Any) -> None:
         box.append((False, exc))
 
 
-def _tcp_counters(sock: Any) -> tuple[int, int, int] | None:
+def _tcp_counters(sock: Any) -> tuple[int, int, int, int] | None:
     info = read_tcp_info(sock)
     if info is None or info.bytes_acked is None or info.bytes_sent is None or info.bytes_retrans is None:
         return None
-    return info.bytes_acked, info.bytes_sent, info.bytes_retrans
+    return info.bytes_acked, info.bytes_sent, info.bytes_retrans, info.rtt_us
 
 
 @dataclass
@@ -333,6 +338,7 @@ class _State:
     all_done: threading.Event = field(default_factory=threading.Event)  # set once the session is finished
     pinned_threads: int = 0  # stream threads pinned to the NIC's tx IRQ CPUs (rule 8)
     pin_error: str | None = None  # the first sched_setaffinity failure
+    rtt_s: float | None = None  # the live streams' median smoothed RTT, as ``tcp_totals`` last read it
 
     def tcp_register(self, sid: int, sock: Any) -> None:
         with self.lock:
@@ -361,12 +367,17 @@ class _State:
             if self.tcp_counters_missing:
                 return None
             tot = list(self.tcp_ended)
+            rtts = []
             for sock in self.tcp_socks.values():
                 c = _tcp_counters(sock)
                 if c is None:
                     return None
                 for k in range(3):
                     tot[k] += c[k]
+                if c[3]:
+                    rtts.append(c[3])
+            rtts.sort()
+            self.rtt_s = rtts[len(rtts) // 2] / 1e6 if rtts else None
         return tot[0], tot[1], tot[2]
 
 
@@ -397,17 +408,17 @@ class Sender:
         ``events`` receives what the sends do (metrics); see dwcp.transport.events.
         ``tune_dir``: where `dwcp tune --apply` wrote NIC profiles; a send whose
         egress NIC has one applies what the config leaves open (rule 8).
-        ``path_dir``: where what each send measured of its path is remembered
-        (``paths.json``, see dwcp.transport.chunking); default: the baselines'
-        directory; None without baselines: nothing remembered.
+        ``path_dir``: where what each send measured of its path is kept, a trace per path
+        (``traces/``, see dwcp.transport.trace), and forecast from for the next send; default:
+        the baselines' directory; None without baselines: nothing kept.
         ``zerocopy_loopback``: use MSG_ZEROCOPY (``transport.zerocopy``) on loopback too, where the kernel
         copies anyway (rule 9): for tests and benchmarks of that path.
         """
-        from .chunking import PathMemory
+        from .trace import PathTraces
 
         self.tune_dir = tune_dir
         pd = path_dir if path_dir is not None else getattr(baselines, "data_dir", None)
-        self.paths: PathMemory | None = PathMemory(pd) if pd else None
+        self.paths: PathTraces | None = PathTraces(pd) if pd else None
         self.events = events if events is not None else NO_EVENTS
         self.transport = transport
         self.security = security
@@ -543,7 +554,15 @@ class Sender:
             digest_thread.start()
         try:
             peer_addr = f"{host}:{port}"
-            path = self.paths.get(peer_addr) if self.paths is not None and tp.adaptive_chunks else None
+            trace = fc = path = None
+            used: dict[str, Any] = {}  # what the forecast set, for the report
+            if self.paths is not None:
+                from .trace import route_nic
+
+                trace = self.paths.load(peer_addr, tp.interface or route_nic(host))
+                if tp.adaptive_chunks:  # the forecast of this path from its trace (trace rule 4)
+                    fc = trace.forecast(now=time.time())
+                    path = fc.stats() if fc is not None else None
             fresh = path is not None and time.time() - path.at < 86400.0  # its count still says something
             loopback = _is_loopback(host)
             plan = None
@@ -561,6 +580,9 @@ class Sender:
                 from .chunking import choose_chunk_size
 
                 chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
+                if path is not None and fc is not None and path.at == fc.last_at:
+                    used["chunk_size"] = chunk_size
+                    chunk_why += f"; forecast from {fc.n} send{'s' * (fc.n != 1)} of this path"
             else:
                 chunk_size, chunk_why = tp.chunk_size_bytes, f"{tp.chunk_size_bytes >> 10} KiB (fixed)"
             buffer_bytes = plan.socket_buffer_bytes if plan is not None else None
@@ -675,6 +697,13 @@ class Sender:
                 or (LOOPBACK_LINK_BYTES_PER_S if loopback else 0.0)
                 or ((plan.link_bytes_per_s or 0.0) if plan is not None else 0.0)
             )
+            link_why = "configured, loopback or the NIC profile" if link else "unknown"
+            if not link and fresh and fc is not None and fc.value("goodput") > 0:
+                # the rate the path is forecast to deliver: what compression must beat, and the BDP
+                link = fc.value("goodput")
+                link_why = f"forecast goodput ({fc.why('goodput')})"
+                used["link_bytes_per_s"] = round(link)
+            sockinfo["link_bytes_per_s"], sockinfo["link_reason"] = round(link), link_why
             rtt_s = self._rtt_s(ctrl)
             if plan is not None:  # a profile buffer too small for the measured path is not set
                 plan = plan.for_path(rtt_s, tp.link_bytes_per_s or plan.link_bytes_per_s)
@@ -686,9 +715,11 @@ class Sender:
                 max_streams = plan.max_streams if plan is not None and plan.max_streams else tp.max_streams
                 if tp.initial_streams:
                     n0, why = tp.initial_streams, f"initial_streams={tp.initial_streams} from the config"
-                elif fresh and path is not None:
-                    n0 = min(max_streams, max(tp.min_streams, path.streams))
-                    why = f"the last send to {peer_addr} ended at {path.streams} streams"
+                elif fresh and fc is not None:
+                    n0 = fc.streams(tp.min_streams, max_streams)
+                    why = (f"forecast for {peer_addr}: {fc.value('streams'):.1f} streams at the end of the next send "
+                           f"({fc.why('streams')})")  # fmt: skip
+                    used["streams_initial"] = n0
                 elif plan is not None and plan.initial_streams:
                     n0, why = (
                         plan.initial_streams,
@@ -727,6 +758,12 @@ class Sender:
             ctx.buffer_bytes = buffer_bytes
             ctx.cpus = plan.cpus if plan is not None else None
             ctx.zerocopy = zerocopy
+            ctx.trace = trace
+            if trace is not None and mode != "delta":  # a delta's few small chunks say little of the path
+                from .anomaly import PathWatch
+
+                ctx.watch = PathWatch()
+            wall_start = time.time()
             # rule 10: the loops send every stream's large payloads (not the MSG_ZEROCOPY ones), with a
             # slot for each stream a loop may carry at once
             loops = tp.engine_loops or default_loops()
@@ -817,14 +854,76 @@ class Sender:
                               zstd_levels_used=dict(sorted(encoder.levels.used.items())),
                               compress_workers=tp.encode_workers, encodes_at_once_max=encoder.peak_concurrent),
         )  # fmt: skip
-        if self.paths is not None and mode != "delta":
-            # a delta says little of the path (a few chunks of a few bytes): only bulk sends teach it
-            from .chunking import path_stats_from_send
-
-            ps = path_stats_from_send(result, now=time.time())
-            if ps is not None:
-                self.paths.put(peer_addr, ps)
+        if trace is not None:
+            result = self._record_path(ctx, result, fc, used, wall_start)
         return result
+
+    # -- the path's trace, forecast and watch (dwcp.transport.trace, .anomaly) --------------------
+    def _sample(self, ctx: _StreamCtx, goodput: float, rr: float | None) -> None:
+        """One interval's sample: into the send's rows, and through the path's anomaly detectors."""
+        from .trace import MAX_SAMPLES
+
+        state, sess = ctx.state, ctx.sess
+        t, rtt = time.time(), state.rtt_s
+        ctx.samples.append([round(t, 3), round(goodput), None if rtt is None else round(rtt, 6),
+                            None if rr is None else round(rr, 6), state.target_streams, ctx.chunk_bytes])  # fmt: skip
+        if len(ctx.samples) > MAX_SAMPLES:
+            del ctx.samples[0]
+        # the tail: with fewer chunks left than streams, streams go idle as theirs finish -- no anomaly
+        if ctx.watch is None or sess.remaining < max(2, state.target_streams):
+            return
+        raised = ctx.watch.observe(t, goodput=goodput, rtt_s=rtt, retrans=rr)
+        if not raised:
+            return
+        assert ctx.trace is not None
+        for a in raised:
+            log.warning("path to %s via %s: %s", ctx.peer, ctx.trace.nic, a.detail)
+            ctx.anomalies.append(a.to_json())
+            self.events.path_anomaly(ctx.peer, ctx.trace.nic, a.signal)
+        # written now, not at the end: a health check reading the traces sees it within the interval
+        self._save_trace(ctx, None)
+
+    def _save_trace(self, ctx: _StreamCtx, record: SendRecord | None) -> None:
+        from .trace import PathTrace
+
+        t = ctx.trace
+        assert t is not None and self.paths is not None
+        out = PathTrace(t.peer, t.nic, t.sends + ([record] if record is not None else []),
+                        t.samples + ctx.samples if ctx.watch is not None else t.samples,
+                        t.anomalies + ctx.anomalies)  # fmt: skip
+        self.paths.save(out)
+
+    def _record_path(self, ctx: _StreamCtx, result: TransferReport, fc: PathForecast | None, used: dict,
+                     wall_start: float) -> TransferReport:  # fmt: skip
+        """Trace rule 1: the send's record and samples into the path's trace; the report's ``path``."""
+        from .chunking import path_stats_from_send
+        from .trace import SendRecord, settle_time
+
+        t = ctx.trace
+        assert t is not None
+        settle = settle_time(ctx.samples, start=wall_start)
+        ps = path_stats_from_send(result, now=time.time()) if result.mode != "delta" else None
+        record = None
+        if ps is not None:
+            record = SendRecord(at=ps.at, seconds=result.seconds, bytes=result.size,
+                                goodput=result.throughput_bytes_per_s, stream_bytes_per_s=ps.stream_bytes_per_s,
+                                rtt_s=ps.rtt_s, retrans_fraction=ps.retrans_fraction, streams=ps.streams,
+                                streams_initial=max(1, min(256, result.streams.initial)),
+                                chunk_size=result.chunk_size, settle_s=settle)  # fmt: skip
+        if record is not None or ctx.anomalies:
+            self._save_trace(ctx, record)
+        outcome = None
+        if record is not None:
+            outcome = {k: getattr(record, k) for k in ("goodput", "stream_bytes_per_s", "rtt_s", "retrans_fraction",
+                                                       "streams")}  # fmt: skip
+        pred = fc.to_json() if fc is not None else None
+        if pred is not None and outcome is not None:
+            for k, v in outcome.items():  # prediction vs outcome, series by series
+                pred[k]["outcome"] = v
+                pred[k]["error"] = v - pred[k]["value"]
+        doc = {"peer": t.peer, "nic": t.nic, "prediction": pred, "used": used, "outcome": outcome,
+               "settle_s": settle, "samples": len(ctx.samples), "anomalies": list(ctx.anomalies)}  # fmt: skip
+        return replace(result, path=doc)
 
     # -- helpers -----------------------------------------------------------
 
@@ -1074,11 +1173,11 @@ class Sender:
                 threads[sid] = th
                 th.start()
             max_seen = max(max_seen, len(threads))
-            state.all_done.wait(0.25 if controller is None else 0.5)
+            state.all_done.wait(0.25 if controller is None else SAMPLE_S)
             if progress is not None:
                 progress(sess.acked_raw, sess.size)
             now = time.monotonic()
-            if controller is not None and now - last_t >= 0.5:
+            if now - last_t >= SAMPLE_S:
                 # goodput: the bytes TCP saw acknowledged, in raw bytes at the transfer's encoding ratio so
                 # far (chunk ACKs as a fallback: coarse, see _State.tcp_totals); retransmitted: of TCP's sent
                 tcp = state.tcp_totals()
@@ -1091,9 +1190,14 @@ class Sender:
                 else:
                     goodput = (sess.acked_raw - last_acked) / (now - last_t)
                 last_t, last_acked, last_tcp = now, sess.acked_raw, tcp
+                self._sample(ctx, goodput, rr)
+                if controller is None:
+                    continue
                 d = controller.observe(now, goodput, rr)
                 if d.target_streams != state.target_streams:
                     state.target_streams = d.target_streams
+                    if ctx.watch is not None:
+                        ctx.watch.note_streams(time.time(), d.target_streams)
                     decisions.append(
                         {"t": round(now - t_start, 3), "streams": d.target_streams, "reason": d.reason}
                     )
@@ -1130,6 +1234,10 @@ class _StreamCtx:
         self.cpus: tuple[int, ...] | None = None  # pin each stream thread here (rule 8)
         self.zerocopy = False  # raw payloads go MSG_ZEROCOPY (rule 9)
         self.engine: Engine | None = None  # the send's engine (rule 10); threads: each stream sends its own
+        self.trace: PathTrace | None = None  # the path's trace (dwcp.transport.trace), None: none kept
+        self.watch: PathWatch | None = None  # the path's anomaly detectors (bulk sends with a trace)
+        self.samples: list[list] = []  # [t, goodput, rtt_s, retrans, streams, chunk_size] every SAMPLE_S
+        self.anomalies: list[dict] = []  # what the watch raised (Anomaly.to_json())
 
     def _pin(self) -> None:
         """Pin the calling stream thread to the NIC's tx IRQ CPUs; a refusal costs the affinity only."""

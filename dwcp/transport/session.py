@@ -930,6 +930,10 @@ class TransferReport:
     # own versions: ``base=``, ``dwcp send --base``); None: nothing kept (no baselines store, or the
     # source changed after it was sent)
     baseline: str | None = None
+    # the path's forecast and what the send then measured (dwcp.transport.trace): {"peer", "nic",
+    # "prediction": {series: Forecast} | None, "used": {what the forecast set}, "outcome": {series: value},
+    # "settle_s", "anomalies": [Anomaly]}; None: no path traces kept (no state directory)
+    path: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready builtins: the keys (and order) ``dwcp send --json`` prints."""
@@ -944,4 +948,4 @@ class TransferReport:
                 "nic": self.nic, "relayed": self.relayed, "tcp_info": [dict(i) for i in self.tcp_info],
                 "refresh": self.refresh, "delta_chain": self.delta_chain, "baseline": self.baseline,
                 "dictionary": None if self.dictionary is None else self.dictionary.to_json(),
-                "codec": self.codec.to_json()}  # fmt: skip
+                "codec": self.codec.to_json(), "path": self.path}  # fmt: skip

@@ -51,7 +51,7 @@ SEND_JSON_KEYS = [
     "key", "to", "mode", "size", "digest", "verified", "wire_bytes", "ratio", "seconds", "throughput_bytes_per_s",
     "chunks", "chunk_size", "chunk_size_reason", "chunks_sent", "chunks_resent", "resumed_chunks", "stream_errors",
     "streams", "rtt_ms", "tls", "socket", "chunk_latency_ms", "nic", "relayed", "tcp_info", "refresh",
-    "delta_chain", "baseline", "dictionary", "codec",
+    "delta_chain", "baseline", "dictionary", "codec", "path",
 ]  # fmt: skip
 SEND_JSON_STREAMS_KEYS = ["initial", "max", "final", "auto", "decisions", "samples"]
 SEND_JSON_CODEC_KEYS = ["zstd_level", "zstd_levels_used", "compress_workers", "encodes_at_once_max"]

@@ -20,12 +20,13 @@ from dwcp.config import SecurityConfig
 from dwcp.digest import object_digest
 from dwcp.errors import BrokenResourceError
 from dwcp.storage import ObjectStore
-from dwcp.transport.chunking import PathStats, choose_chunk_size
+from dwcp.transport.chunking import choose_chunk_size
 from dwcp.transport.fetch import fetch
 from dwcp.transport.framesock import FrameSocket
 from dwcp.transport.sender import Sender, TransferError
 from dwcp.transport.server import DataServer
 from dwcp.transport.session import TransferReport
+from dwcp.transport.trace import PathTraces
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
@@ -332,27 +333,43 @@ def test_a_quiet_control_stream_is_not_idle_while_data_flows(tmp_path):
         srv.close()
 
 
-def test_a_second_send_to_a_peer_starts_from_what_the_first_measured(server, tmp_path):
+def test_a_second_send_to_a_peer_starts_from_the_forecast_of_its_trace(server, tmp_path):
     host, port = server.address
     data = np.random.default_rng(4).integers(0, 256, 24 << 20, dtype=np.uint8)
     sender = Sender(tx_config(max_streams=4), PLAIN, baselines=ObjectStore(tmp_path / "sent"))
-    r1 = sender.send(data, host, port, "path/a")
+    r1 = sender.send(data, host, port, "path/a", rate_limit_bytes_per_s=16e6)  # ~1.5 s: samples every 0.5 s
     assert r1.chunk_size == 1 << 20 and "no earlier send" in r1.chunk_size_reason
-    mem = json.loads((tmp_path / "sent" / "paths.json").read_text())["paths"][f"{host}:{port}"]
-    assert mem["streams"] == r1.streams.final and mem["stream_bytes_per_s"] > 0
-    r2 = sender.send(data[::-1].copy(), host, port, "path/b")  # another key, same peer: full mode again
-    assert "measured last time" in r2.chunk_size_reason
-    want, _ = choose_chunk_size(PathStats(**mem), 1 << 20, now=time.time())
+    assert r1.path["prediction"] is None and r1.path["nic"] == "lo" and r1.path["samples"] >= 1
+    trace = PathTraces(str(tmp_path / "sent")).load(f"{host}:{port}", "lo")
+    (rec,) = trace.sends
+    assert rec.streams == r1.streams.final and rec.stream_bytes_per_s > 0 and rec.goodput > 0
+    assert len(trace.samples) == r1.path["samples"] and all(len(row) == 6 for row in trace.samples)
+    r2 = sender.send(data[::-1].copy(), host, port, "path/b")  # another key, same path: full mode again
+    assert "measured last time" in r2.chunk_size_reason and "forecast from 1 send" in r2.chunk_size_reason
+    want, _ = choose_chunk_size(rec.stats(), 1 << 20, now=time.time())
     assert r2.chunk_size == want >= 1 << 20 and r2.chunks == -(-data.nbytes // want)
-    assert (
-        r2.streams.decisions[0]["reason"]
-        == f"the last send to {host}:{port} ended at {mem['streams']} streams"
+    assert r2.streams.decisions[0]["reason"].startswith(
+        f"forecast for {host}:{port}: {rec.streams}.0 streams"
     )
+    # --json: each series' forecast beside what the send then measured
+    pred = r2.path["prediction"]
+    assert (
+        pred["sends"] == 1 and pred["streams"]["value"] == rec.streams and pred["streams"]["model"] == "last"
+    )
+    assert (
+        pred["goodput"]["outcome"]
+        == r2.path["outcome"]["goodput"]
+        == pytest.approx(r2.throughput_bytes_per_s)
+    )
+    assert pred["goodput"]["error"] == pytest.approx(pred["goodput"]["outcome"] - pred["goodput"]["value"])
+    assert r2.path["used"] == {"chunk_size": want, "streams_initial": r2.streams.initial}
+    assert json.loads(json.dumps(r2.to_json()))["path"]["prediction"]["sends"] == 1
+    assert len(PathTraces(str(tmp_path / "sent")).load(f"{host}:{port}", "lo").sends) == 2
     assert stored(server, "path/b") == data[::-1].tobytes()
     # a fixed chunk size (dwcp send --chunk-size) is not adapted
     r3 = Sender(tx_config(adaptive_chunks=False), PLAIN, baselines=ObjectStore(tmp_path / "sent")).send(
         data, host, port, "path/c")  # fmt: skip
-    assert r3.chunk_size == 1 << 20 and "fixed" in r3.chunk_size_reason
+    assert r3.chunk_size == 1 << 20 and "fixed" in r3.chunk_size_reason and r3.path["prediction"] is None
 
 
 def test_the_receiver_keeps_no_descriptor_of_a_finished_stream(tmp_path):

@@ -1,9 +1,7 @@
-"""Chunk size from the path: the policy's rules, the path digest of a send report, the path memory file."""
+"""Chunk size from the path: the policy's rules and the path digest of a send report."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 
 import pytest
@@ -11,14 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dwcp._testbase.transfer import transfer_report
-from dwcp.transport.chunking import (
-    MAX_PATHS,
-    MiB,
-    PathMemory,
-    PathStats,
-    choose_chunk_size,
-    path_stats_from_send,
-)
+from dwcp.transport.chunking import MiB, PathStats, choose_chunk_size, path_stats_from_send
 
 NOW = 1_800_000_000.0
 
@@ -111,31 +102,3 @@ def test_path_digest_falls_back_to_segments_on_old_kernels_and_skips_tiny_sends(
     assert ps is not None and ps.retrans_fraction == pytest.approx(82 * 1448 / SENT)
     assert path_stats_from_send(replace(RECORDED_1PCT, chunks_sent=2), now=NOW) is None
     assert path_stats_from_send(replace(RECORDED_1PCT, tcp_info=()), now=NOW) is None
-
-
-def test_memory_round_trip_is_atomic_bounded_and_forgiving(tmp_path):
-    mem = PathMemory(str(tmp_path / "state"))
-    assert mem.get("h:1") is None  # no file yet
-    mem.put("h:1", _ps())
-    assert mem.get("h:1") == _ps()
-    assert not [f for f in os.listdir(tmp_path / "state") if f.endswith(".tmp")]
-    for i in range(MAX_PATHS + 5):
-        mem.put(f"p:{i}", _ps(at=NOW + i))
-    doc = json.loads((tmp_path / "state" / "paths.json").read_text())
-    assert len(doc["paths"]) == MAX_PATHS and "p:0" not in doc["paths"] and "h:1" not in doc["paths"]
-    # one bad record costs only itself; a damaged file is an empty memory
-    doc["paths"]["p:10"]["streams"] = -3
-    (tmp_path / "state" / "paths.json").write_text(json.dumps(doc))
-    assert mem.get("p:10") is None and mem.get("p:11") is not None
-    (tmp_path / "state" / "paths.json").write_text("{not json")
-    assert mem.get("p:11") is None
-    mem.put("p:11", _ps())  # and it recovers on the next write
-    assert mem.get("p:11") == _ps()
-
-
-def test_memory_that_cannot_be_written_does_not_fail_the_send(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    mem = PathMemory(str(blocker / "sub"))  # a directory under a regular file cannot exist
-    mem.put("h:1", _ps())
-    assert mem.get("h:1") is None

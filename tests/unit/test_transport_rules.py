@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
 import threading
@@ -32,7 +31,6 @@ from dwcp.errors import (
 )
 from dwcp.transport import controller as ctl
 from dwcp.transport import sockopts, tcpinfo
-from dwcp.transport.chunking import PathMemory, PathStats
 from dwcp.transport.controller import ERROR, HOLD, PROBE_UP, StreamController, initial_streams
 from dwcp.transport.fetch import fetch
 from dwcp.transport.framesock import FrameSocket
@@ -43,21 +41,6 @@ from dwcp.wire.messages import encode_control
 
 PLAIN = SecurityConfig(plaintext=True)
 WAIT_S = 5.0  # the bound on every blocking wait in this file
-
-# -- chunking: "reading never raises (a missing or damaged file is an empty memory)" -----------
-
-
-@pytest.mark.parametrize("doc", [[], {"version": 1}, {"paths": ["a", "b"]}, "paths"])
-def test_a_path_memory_of_the_wrong_shape_is_an_empty_memory(tmp_path, caplog, doc):
-    (tmp_path / PathMemory.FILE).write_text(json.dumps(doc))
-    mem = PathMemory(str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="dwcp.transport"):
-        assert mem.get("b:7700") is None
-    assert "not a path memory" in caplog.text
-    stats = PathStats(rtt_s=0.05, retrans_fraction=0.0, stream_bytes_per_s=1e8, streams=4, at=1000.0)
-    mem.put("b:7700", stats)  # and the next write replaces the damaged file
-    assert mem.get("b:7700") == stats
-
 
 # -- controller ----------------------------------------------------------------------------------
 
