@@ -622,6 +622,13 @@ class ConsensusConfig(_Section):
     bft_key_file: str = (
         ""  # this node's Ed25519 signing key; "" = <data_dir>/consensus/bft.key (made 0600 if missing)
     )
+    # adaptive = true: a fault detector counts evidence of Byzantine behaviour per peer (dwcp.consensus.adaptive),
+    # and with auto_switch the cluster switches raft -> bft on it, and back after a quiet period
+    auto_switch: bool = True  # propose those switches (false: detect and report only); needs the bft_keys
+    byzantine_evidence_min: int = 3  # evidence events within evidence_window_s that switch to bft (>= 2)
+    evidence_window_s: float = 30.0  # how far back evidence counts toward that minimum
+    quiet_period_s: float = 600.0  # back to raft after this long without evidence (>= evidence_window_s)
+    switch_cooldown_s: float = 120.0  # at least this long between two automatic switches
     tick_ms: float = 50.0  # heartbeat interval; elections time out after election_ticks..2x ticks
     election_ticks: int = 10
     etcd_endpoints: tuple = ()  # of "http(s)://HOST:PORT"; requests fail over to the next one
@@ -646,6 +653,18 @@ class ConsensusConfig(_Section):
             out.append(f"tick_ms {self.tick_ms} outside [1, 10000]")
         if not 3 <= self.election_ticks <= 1000:
             out.append(f"election_ticks {self.election_ticks} outside [3, 1000]")
+        if not 2 <= self.byzantine_evidence_min <= 1_000_000:
+            out.append(f"byzantine_evidence_min {self.byzantine_evidence_min} outside [2, 1000000] "
+                       "(one piece of evidence never switches)")  # fmt: skip
+        if not 0.0 < self.evidence_window_s <= 86_400.0:
+            out.append(f"evidence_window_s {self.evidence_window_s} outside (0, 86400]")
+        if not 0.0 < self.quiet_period_s <= 30 * 86_400.0:
+            out.append(f"quiet_period_s {self.quiet_period_s} outside (0, 2592000]")
+        elif self.quiet_period_s < self.evidence_window_s:
+            out.append(f"quiet_period_s {self.quiet_period_s:g} is shorter than evidence_window_s "
+                       f"{self.evidence_window_s:g}: back to raft needs a quiet period at least a window long")  # fmt: skip
+        if not 0.0 <= self.switch_cooldown_s <= 86_400.0:
+            out.append(f"switch_cooldown_s {self.switch_cooldown_s} outside [0, 86400]")
         for e in self.etcd_endpoints:
             try:
                 u = urlsplit(e) if isinstance(e, str) else None

@@ -22,12 +22,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from dwcp.consensus.epochs import EpochNode, RaftEngine
+from dwcp.consensus.epochs import Envelope, EpochNode, EpochReady, RaftEngine
 from dwcp.consensus.raft import MemoryStorage, RaftNode
 
 from .simnet import SimNet
 
-__all__ = ["EpochSim", "SafetyViolation", "mixed_factory", "raft_factory"]
+__all__ = ["EpochSim", "SafetyViolation", "mixed_factory", "raft_factory", "sim_keys"]
 
 
 class SafetyViolation(AssertionError):
@@ -42,15 +42,20 @@ def raft_factory(node_id: str, ids: list[str], rng: random.Random, election_tick
     return make
 
 
-def mixed_factory(ids: list[str], seed: int, election_ticks: int = 10) -> Callable:
-    """Real engines for both algorithms: Raft, and PBFT with Ed25519 keys drawn from ``seed``."""
+def sim_keys(ids: list[str], seed: int) -> dict:
+    """Each node's Ed25519 signing key, drawn from ``seed`` (the keys ``mixed_factory`` gives PBFT)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    krng = random.Random(seed)
+    return {i: Ed25519PrivateKey.from_private_bytes(krng.randbytes(32)) for i in ids}
+
+
+def mixed_factory(ids: list[str], seed: int, election_ticks: int = 10) -> Callable:
+    """Real engines for both algorithms: Raft, and PBFT with Ed25519 keys drawn from ``seed``."""
     from dwcp.consensus.epochs import PbftEngine
     from dwcp.consensus.pbft import PbftNode
 
-    krng = random.Random(seed)
-    keys = {i: Ed25519PrivateKey.from_private_bytes(krng.randbytes(32)) for i in ids}
+    keys = sim_keys(ids, seed)
     verify = {i: k.public_key() for i, k in keys.items()}
 
     def factory(node_id: str, _ids: list[str], rng: random.Random) -> Callable:
@@ -88,19 +93,32 @@ class EpochSim(SimNet):
         self.now += 1
         for e in self._due():
             if self.connected(e.src, e.dst):
-                self.nodes[e.dst].step(e)
+                self._deliver(e)
         for i in self.ids:
             node = self.nodes[i]
             node.tick()
             r = node.ready()
             for m in r.messages:
-                self._schedule(m)
+                self._send(m)
             for gidx, cmd, _res in r.applied:
                 if gidx != self.last[i] + 1:  # installed a later epoch's start state, then applied on
                     self._check_jump(i, self.last[i], gidx - 1)
                 self._applied(i, gidx, cmd)
             if node.gidx != self.last[i]:
                 self._check_jump(i, self.last[i], node.gidx)
+            self._after_ready(i, r)
+
+    # what a subclass may change (``adaptivesim``: envelopes travel in their wire form, signed and checked)
+    def _deliver(self, m: Any) -> None:
+        """``m`` arrives at ``m.dst``."""
+        self.nodes[m.dst].step(m)
+
+    def _send(self, e: Envelope) -> None:
+        """``e`` leaves its node."""
+        self._schedule(e)
+
+    def _after_ready(self, i: str, r: EpochReady) -> None:
+        """Node ``i`` handed out ``r`` (its messages sent, its applied entries checked)."""
 
     def _check_jump(self, i: str, before: int, to: int) -> None:
         if to < before:

@@ -23,7 +23,18 @@ The same surface as ``RaftDriver`` (``start``, ``close``, ``propose``,
   up what it missed from its peers (Raft replication; PBFT FETCH/ENTRIES,
   or a state transfer when an epoch went by);
 * BFT keys: this node signs with its Ed25519 key (``consensus.bft_key_file``),
-  and verifies with the ``bft_key`` each [[cluster.peers]] entry gives.
+  and verifies with the ``bft_key`` each [[cluster.peers]] entry gives;
+* adaptive mode (``adaptive``: the [consensus] adaptive settings, or None):
+  every envelope is signed with that key and checked (``adaptive.py``: Raft
+  epochs get signatures too), a fault detector counts evidence of Byzantine
+  behaviour per peer in every epoch (a forged ``src`` is still refused, and
+  now counted against the TLS identity), and the switch policy proposes
+  raft -> bft on evidence and bft -> raft after a quiet period, as committed
+  switch commands with their ``reason``; ``status()["adaptive"]`` reports it;
+* TEST ONLY: with adaptive mode, the environment variable
+  ``DWCP_TEST_BYZANTINE=badsig|equivocate|forge`` (read once, here, at start,
+  and logged as an error) makes this node Byzantine (``byzantine.py``), so
+  that tests can watch a real cluster react.  Never set it in production.
 """
 
 from __future__ import annotations
@@ -41,6 +52,9 @@ from dwcp.transport.dialer import Dialer
 from dwcp.wire import consts as C
 from dwcp.wire.messages import encode_control
 
+from .adaptive import Adaptive, AdaptiveSettings
+from .byzantine import ENV_VAR as BYZANTINE_ENV
+from .byzantine import ByzantineHook
 from .catalog import Catalog
 from .driver import _PeerLink
 from .epochs import ALGORITHMS, EpochNode, PbftEngine, RaftEngine
@@ -56,7 +70,7 @@ log = logging.getLogger("dwcp.consensus")
 class EpochDriver:
     def __init__(self, node_id: str, peers: dict[str, str], data_dir: str, *, dialer: Dialer,
                  algorithm: str = "raft", signer=None, verify_keys: dict | None = None, tick_s: float = 0.05,
-                 election_ticks: int = 10) -> None:  # fmt: skip
+                 election_ticks: int = 10, adaptive: AdaptiveSettings | None = None) -> None:  # fmt: skip
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {algorithm!r}: one of {ALGORITHMS}")
         self.id = node_id
@@ -82,6 +96,20 @@ class EpochDriver:
         if saved:
             self._restore(saved)
         self._saved_epoch = self.node.epoch
+        self.adaptive: Adaptive | None = None
+        self._logged_evidence: tuple[int, float] = (0, -1e18)  # (events logged up to, when we last logged)
+        if adaptive is not None:
+            # the test hook is the one environment variable read below the config (STYLE 22), once, here
+            mode = os.environ.get(BYZANTINE_ENV, "")
+            hook = ByzantineHook(mode, node_id, self.ids, signer) if mode else None
+            if hook is not None:
+                log.error("consensus: TEST HOOK %s=%s: this node %s is BYZANTINE on purpose (tests only)",
+                          BYZANTINE_ENV, mode, node_id)  # fmt: skip
+            self.adaptive = Adaptive(node_id, self.ids, adaptive, signer=signer, verify_keys=self.verify_keys,
+                                     byzantine=hook, algorithm=self.node.algorithm, now=time.monotonic())  # fmt: skip
+            if not self.adaptive.signing:
+                log.warning("consensus: adaptive mode without every node's bft_key: envelopes are not signed, "
+                            "and no automatic switch to bft is possible")  # fmt: skip
 
     # -- engines and the epoch file ------------------------------------------------------
     def _make_engine(self, algorithm: str, epoch: int):
@@ -122,6 +150,7 @@ class EpochDriver:
         n.previous_algorithm = str(st["previous"])
         n.catalog = Catalog.restore(json.loads(st["catalog"]))
         n.gidx = int(st["gidx"])
+        n.last_switch_gidx = n.gidx  # the epoch started at a switch command
         n._ids.clear()
         n._ids.update((i, None) for i in st["ids"])
         n.start_state = (n.gidx, n._snap(), n.algorithm, list(st["ids"]))
@@ -155,6 +184,7 @@ class EpochDriver:
                 try:
                     self.node.tick()
                     self._drain()
+                    self._auto_switch()
                 except DWCPError as exc:  # an engine in ERROR (sticky), a disk failure: stop, loudly
                     self.failed = exc
                     log.error("consensus on %s stops: %s", self.id, exc)
@@ -166,15 +196,20 @@ class EpochDriver:
 
     # -- the wire -------------------------------------------------------------------------------
     def _algorithm_of(self, epoch: int) -> str | None:
-        n = self.node
-        if epoch == n.epoch:
-            return n.algorithm
-        if epoch == n.epoch - 1 and n.retired is not None:
-            return n.previous_algorithm
-        return None
+        return self.node.algorithm_of(epoch)
 
     def deliver(self, d: dict, peer_identity: str | None) -> None:
         """An envelope from the data port; ``peer_identity`` is the TLS identity (None: plaintext)."""
+        if self.adaptive is not None:
+            with self.lock:
+                try:  # checked, signature included, and watched; what is refused or dropped is also counted
+                    e = self.adaptive.incoming(d, peer_identity, time.monotonic(), self._algorithm_of)
+                finally:
+                    self._log_evidence()
+                if e is not None:
+                    self.node.step(e)
+                    self._drain()
+            return
         if d.get("type") != "epoch":
             raise RemoteProtocolError(
                 "this node runs adaptive consensus: epoch envelopes only", C.ERR_BAD_FIELD
@@ -197,23 +232,62 @@ class EpochDriver:
             st.sync()
         if self.node.epoch != self._saved_epoch:
             self._save()
+        a = self.adaptive
         for e in r.messages:
             link = self.links.get(e.dst)
-            if link is not None:
-                link.send(encode_control(C.FRAME_RAFT, 0, epoch_to_wire(e)))
+            if link is None:
+                continue
+            for d in a.outgoing(e, self.node) if a is not None else (epoch_to_wire(e),):
+                link.send(encode_control(C.FRAME_RAFT, 0, d))
         for _gidx, cmd, res in r.applied:
             w = self._waiters.pop(cmd.get("id", ""), None)
             if w is not None:
                 w[1].append(res)
                 w[0].set()
+            if cmd.get("op") == "switch" and res.get("ok") and cmd.get("reason"):
+                log.warning("consensus: switched to %s in epoch %s (%s): %s", cmd.get("algorithm"), res.get("epoch"),
+                            cmd.get("cause"), cmd.get("reason"))  # fmt: skip
+        if a is not None:
+            a.after_ready(self.node, r.applied, time.monotonic(), time.time())
+            self._log_evidence()
+
+    def _auto_switch(self) -> None:
+        """Adaptive mode: propose the switch the policy asks for (called with the lock held, each tick)."""
+        if self.adaptive is None:
+            return
+        cmd = self.adaptive.poll(self.node, time.monotonic(), self._new_id)
+        if cmd is None:
+            return
+        log.warning("consensus: %s proposes switching to %s (epoch %d runs %s; %s): %s", self.id, cmd["algorithm"],
+                    self.node.epoch, self.node.algorithm, cmd["cause"], cmd["reason"])  # fmt: skip
+        self.node.propose(cmd)
+        self._drain()
+
+    def _log_evidence(self) -> None:
+        """Log new evidence: at once the first time, then at most one line per 10 s (called with the lock held)."""
+        det = self.adaptive.detector if self.adaptive is not None else None
+        if det is None or not det.events:
+            return
+        seen, last = self._logged_evidence
+        total = sum(n for by in det.counts.values() for n in by.values())
+        now = time.monotonic()
+        if total == seen or (seen and now - last < 10.0):
+            return
+        ev = det.events[-1]
+        log.warning("consensus: evidence of Byzantine behaviour: %s %s (%s); %d event(s) so far, by peer: %s",
+                    ev.peer, ev.kind, ev.detail, total, det.counts)  # fmt: skip
+        self._logged_evidence = (total, now)
+
+    def _new_id(self) -> str:
+        self._seq += 1
+        return f"{self.id}:{self._prefix}:{self._seq}"
 
     # -- proposing --------------------------------------------------------------------------------
     def propose(self, cmd: dict, timeout_s: float = 5.0) -> dict:
         """Apply ``cmd`` to the catalog through the current epoch's consensus; its result once applied here."""
         ev, box = threading.Event(), []  # type: ignore[var-annotated]
         with self.lock:
-            self._seq += 1
-            cid = f"{self.id}:{self._prefix}:{self._seq}"
+            cid = self._new_id()
             self._waiters[cid] = (ev, box)
             self.node.propose({**cmd, "id": cid})
             self._drain()
@@ -261,6 +335,8 @@ class EpochDriver:
                 st.update(view=eng.view, primary=eng.primary(), status=eng.status.value, last_executed=eng.last_exec,
                           f=eng.f)  # fmt: skip
             st["faults"] = self.faults()
+            if self.adaptive is not None:
+                st["adaptive"] = self.adaptive.status(time.monotonic())
             st["failed"] = None if self.failed is None else str(self.failed)
             st["at"] = time.time()
             return st

@@ -20,6 +20,13 @@ Rules:
    yet learnt that the switch committed learn it from it (a Raft leader's
    next heartbeat carries the commit index) instead of waiting for a state
    transfer that needs several nodes to have switched already.
+   A switch to the algorithm that runs already, one carrying ``"if_epoch"``
+   applied in another epoch, or one carrying ``"if_gidx"`` applied after
+   another switch command (no-ops included) committed beyond that global
+   index (``last_switch_gidx``), is applied as a no-op (``{"ok": false}``, no
+   new epoch): so duplicates, from several nodes proposing the same switch,
+   and proposals made before news their proposer had not seen yet
+   (``adaptive``), change nothing.
 3. Every envelope carries its epoch.  An engine only sees envelopes of its
    own epoch.  A node that receives one from a later epoch has missed a
    switch: it asks the sender for the state at that epoch's start (the
@@ -184,6 +191,7 @@ class EpochNode:
         # the state at this epoch's start, for laggards: (gidx, catalog snapshot JSON, algorithm, applied ids)
         self.start_state: tuple[int, bytes, str, list[str]] = (0, self._snap(), algorithm, [])
         self.previous_algorithm = algorithm
+        self.last_switch_gidx = 0  # the global index of the last switch command applied (a no-op or not)
         self._ids: OrderedDict[str, None] = OrderedDict()  # applied command ids, oldest first
         self._pending: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # id -> (data, tick last offered)
         self._now = 0
@@ -265,6 +273,14 @@ class EpochNode:
     def applied(self, cid: str) -> bool:
         return cid in self._ids
 
+    def algorithm_of(self, epoch: int) -> str | None:
+        """The algorithm this node runs in ``epoch`` (the current one, or the retired previous one), or None."""
+        if epoch == self.epoch:
+            return self.algorithm
+        if epoch == self.epoch - 1 and self.retired is not None:
+            return self.previous_algorithm
+        return None
+
     # -- internals ------------------------------------------------------------------------
     def _offer_due(self) -> None:
         for cid, (data, last) in list(self._pending.items()):
@@ -301,22 +317,30 @@ class EpochNode:
         if cid is not None and cid in self._ids:
             return False  # a retried proposal committed twice: applied once
         self.gidx += 1
+        switched = False
         if isinstance(cmd, dict) and cmd.get("op") == "switch":
-            alg = cmd.get("algorithm")
-            res = {
-                "ok": alg in ALGORITHMS and alg != self.algorithm,
-                "epoch": self.epoch + (alg in ALGORITHMS),
-            }
+            alg, if_epoch = cmd.get("algorithm"), cmd.get("if_epoch", self.epoch)
+            if_gidx = cmd.get("if_gidx", self.last_switch_gidx)
+            fresh = type(if_gidx) is int and if_gidx >= self.last_switch_gidx
+            switched = alg in ALGORITHMS and alg != self.algorithm and if_epoch == self.epoch and fresh
+            res = {"ok": switched, "epoch": self.epoch + switched}
             if alg not in ALGORITHMS:
                 res["error"] = f"unknown algorithm {alg!r}"
+            elif alg == self.algorithm:
+                res["error"] = f"already running {alg}"
+            elif if_epoch != self.epoch:
+                res["error"] = f"proposed for epoch {if_epoch!r}, applied in epoch {self.epoch}"
+            elif not switched:
+                res["error"] = (f"proposed at global index {if_gidx!r}, before the switch command applied at "
+                                f"{self.last_switch_gidx}")  # fmt: skip
+            self.last_switch_gidx = self.gidx
         else:
             res = self.catalog.apply(self.gidx, data)
         self._remember(cid)
         self._applied.append((self.gidx, cmd if isinstance(cmd, dict) else {}, res))
-        if isinstance(cmd, dict) and cmd.get("op") == "switch" and cmd.get("algorithm") in ALGORITHMS:
+        if switched:
             self._start_epoch(self.epoch + 1, str(cmd["algorithm"]))
-            return True
-        return False
+        return switched
 
     def _remember(self, cid: str | None) -> None:
         if cid is None:
@@ -333,6 +357,7 @@ class EpochNode:
         here; rule 3 after a state transfer, where the old engine is too far behind to serve anyone)."""
         self.previous_algorithm = self.algorithm if previous is None else previous
         self.algorithm, self.epoch = algorithm, epoch
+        self.last_switch_gidx = self.gidx  # an epoch starts at a switch command
         self.retired, self.engine = (self.engine if retire else None), self.make_engine(algorithm, epoch)
         self.start_state = (self.gidx, self._snap(), algorithm, list(self._ids))
         self.switches += 1

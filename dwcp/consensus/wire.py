@@ -503,8 +503,11 @@ def _engine_body(v: Any, b: Budget) -> RaftMsg | pbft.Msg:
     raise _Invalid("is not a raft or a pbft message")
 
 
+# "sig": the sender's Ed25519 signature over the rest (adaptive mode; ``adaptive.signing_bytes``), checked
+# by ``adaptive.Adaptive.incoming`` (rule 5); the Envelope does not carry it
 _EPOCH_HEAD = {"type": (enum("epoch"), REQUIRED), "epoch": (_int, REQUIRED), "src": (_node_id, REQUIRED),
-               "dst": (_node_id, REQUIRED), "kind": (enum(*EPOCH_KINDS), REQUIRED)}  # fmt: skip
+               "dst": (_node_id, REQUIRED), "kind": (enum(*EPOCH_KINDS), REQUIRED),
+               "sig": (hex_bytes(PBFT_SIG_BYTES, sizes=(PBFT_SIG_BYTES,)), OPTIONAL)}  # fmt: skip
 _STATE = (hex_bytes(MAX_STATE_BYTES), REQUIRED)
 EPOCH_SCHEMAS: dict[str, Schema] = {
     "engine": Schema("epoch engine envelope", {**_EPOCH_HEAD, "body": (_engine_body, REQUIRED)}),
