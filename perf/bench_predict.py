@@ -20,6 +20,10 @@ Three parts, each against its naive peer in the same run:
   each injected mid-send, ``runs`` times; the delay from the change to the first anomaly the
   send raised on the matching signal (target: <= 5 s), and the anomalies of clean sends.
 
+* ``record`` (root, not in the default parts): ``--minutes`` of back-to-back clean ``--streams auto``
+  sends, cycling over the two cells, each cell's trace written to perf/traces/long-*.json: the
+  recorded samples "at most one false alarm per hour" is measured on.
+
 Writes perf/results/bench_predict.json and, with matplotlib, bench_predict.png.
 """
 
@@ -186,19 +190,21 @@ def _settle_row(r) -> dict:
             "anomalies": len(p.get("anomalies") or [])}  # fmt: skip
 
 
-def _save_trace(state: str, traces_dir: str, rate, rtt, loss) -> None:
+def _save_trace(state: str, traces_dir: str, rate, rtt, loss, *, name: str = "", by: str = "",
+                sends: str = "") -> None:  # fmt: skip
     tdir = os.path.join(state, "traces")
-    for name in os.listdir(tdir) if os.path.isdir(tdir) else ():
-        with open(os.path.join(tdir, name)) as f:
+    for fn in os.listdir(tdir) if os.path.isdir(tdir) else ():
+        with open(os.path.join(tdir, fn)) as f:
             t = json.load(f)
         t["peer"], t["nic"] = "testbed-b", "tun (emulated WAN)"
-        t["made"] = {"by": "perf/bench_predict.py --parts settle", "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        t["made"] = {"by": by or "perf/bench_predict.py --parts settle",
+                     "date": time.strftime("%Y-%m-%d", time.gmtime()),
                      "link": {"rate_mbit": rate, "rtt_ms": rtt, "loss": loss},
-                     "sends": "warm-up sends, then every send with a forecast (auto streams)", "clean": True}  # fmt: skip
+                     "sends": sends or "warm-up sends, then every send with a forecast (auto streams)",
+                     "clean": True}  # fmt: skip
         os.makedirs(traces_dir, exist_ok=True)
-        with open(
-            os.path.join(traces_dir, f"predict-{rate:g}mbit-{rtt:g}ms-{loss * 100:g}pct.json"), "w"
-        ) as f:
+        out = name or f"predict-{rate:g}mbit-{rtt:g}ms-{loss * 100:g}pct.json"
+        with open(os.path.join(traces_dir, out), "w") as f:
             json.dump(t, f, separators=(",", ":"))
             f.write("\n")
 
@@ -232,6 +238,29 @@ def part_detect(tb, rx, src: str, root: str, runs: int, at_s: float) -> dict:
                       "error": r.error})  # fmt: skip
     res["clean"] = clean
     return res
+
+
+def part_record(tb, rx, src: str, root: str, minutes: float, traces_dir: str) -> dict:
+    from dwcp._testbase.pathevents import send
+    from dwcp._testbase.wan import Link
+
+    states = {c: os.path.join(root, "rec-{}-{}-{}".format(*c)) for c in CELLS}
+    deadline, n, errors = time.monotonic() + minutes * 60, 0, []
+    while time.monotonic() < deadline:
+        for c in CELLS:
+            tb.set_link(Link(rate_bit_s=c[0] * 1e6, rtt_ms=c[1], loss=c[2]))
+            r = send(tb, rx, src, f"bp/rec-{n}", states[c])
+            n += 1
+            if r.error:
+                errors.append(r.error)
+    out = {}
+    for (rate, rtt, loss), st in states.items():
+        name = f"long-{rate:g}mbit-{rtt:g}ms-{loss * 100:g}pct.json"
+        _save_trace(st, traces_dir, rate, rtt, loss, name=name,
+                    by=f"perf/bench_predict.py --parts record --minutes {minutes:g}",
+                    sends="back-to-back clean --streams auto sends, the two cells in turn")  # fmt: skip
+        out[name] = os.path.exists(os.path.join(traces_dir, name))
+    return {"sends": n, "errors": errors[:5], "written": out}
 
 
 def plot(res: dict, path: str) -> None:
@@ -286,12 +315,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=0, help="runs per method and cell (default 3, --quick 2)")
     ap.add_argument("--traces", default=TRACES, help="recorded traces to backtest, and where settle's go")
     ap.add_argument("--no-record", action="store_true", help="do not write the settle part's traces")
+    ap.add_argument("--minutes", type=float, default=30.0, help="the record part's length")
     ap.add_argument("--out")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     runs = args.runs or (2 if args.quick else 3)
     res: dict = {"machine": machine(), "parts": sorted(parts), "runs": runs}
-    if parts & {"settle", "detect"}:
+    if parts & {"settle", "detect", "record"}:
         from dwcp._testbase.pathevents import Receiver
         from dwcp._testbase.wan import Link, Testbed
 
@@ -307,7 +337,7 @@ def main() -> int:
             # detect: long enough at 500 Mbit/s (~26 s) that an event at 12 s has 5 s of transfer after it
             big = os.path.join(root, "big")
             with open(big, "wb") as f:
-                for _ in range(3):
+                for _ in range(3 if "detect" in parts else 0):
                     f.write(np.random.default_rng(13).integers(0, 256, 512 << 20, dtype=np.uint8).tobytes())
             with Testbed(Link()) as tb, Receiver(tb, root) as rx:
                 if "settle" in parts:
@@ -315,6 +345,8 @@ def main() -> int:
                                                 None if args.no_record else args.traces)  # fmt: skip
                 if "detect" in parts:
                     res["detect"] = part_detect(tb, rx, big, root, runs, at_s=12.0)
+                if "record" in parts:
+                    res["record"] = part_record(tb, rx, src, root, args.minutes, args.traces)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if "backtest" in parts:

@@ -34,6 +34,9 @@ Rules
        START      --MEASURED---------->  PROBE_UP    first sample: reference taken, try more
        START      --MEASURED_AT_MAX--->  PROBE_DOWN  already at max: try fewer
        START      --PINNED------------>  HOLD        min == max: nothing to decide
+       START      --FORECAST---------->  HOLD        the initial count is the path's forecast (its
+                                                     earlier sends ended there): hold it, and probe
+                                                     on the hold's timer like any count held
        PROBE_UP   --GAIN-------------->  PROBE_UP    keep them; next step doubles (at most x2 streams)
        PROBE_UP   --GAIN_AT_MAX------->  HOLD        keep them; no room above
        PROBE_UP   --GAIN_SATURATED---->  HOLD        keep them; a loss-limited path's bottleneck
@@ -155,6 +158,7 @@ ERROR = _Sentinel("ERROR")
 EV_MEASURED = _Sentinel("MEASURED")
 EV_MEASURED_AT_MAX = _Sentinel("MEASURED_AT_MAX")
 EV_PINNED = _Sentinel("PINNED")
+EV_FORECAST = _Sentinel("FORECAST")
 EV_GAIN = _Sentinel("GAIN")
 EV_GAIN_AT_MAX = _Sentinel("GAIN_AT_MAX")
 EV_GAIN_SATURATED = _Sentinel("GAIN_SATURATED")
@@ -175,6 +179,7 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
     (START, EV_MEASURED): PROBE_UP,
     (START, EV_MEASURED_AT_MAX): PROBE_DOWN,
     (START, EV_PINNED): HOLD,
+    (START, EV_FORECAST): HOLD,
     (PROBE_UP, EV_GAIN): PROBE_UP,
     (PROBE_UP, EV_GAIN_AT_MAX): HOLD,
     (PROBE_UP, EV_GAIN_SATURATED): HOLD,
@@ -317,6 +322,7 @@ class StreamController:
         loss_based: bool = False,
         lossy_retransmit_rate: float = 0.005,
         history_len: int = 4096,
+        forecast: bool = False,
     ) -> None:
         _check_bounds(min_streams, max_streams)
         if isinstance(initial, bool) or not isinstance(initial, int):
@@ -350,6 +356,7 @@ class StreamController:
         self.lossy_retransmit_rate = float(lossy_retransmit_rate)
         self._recent_rr: deque[float] = deque(maxlen=4)  # the last samples' retransmit rates, settling or not
         self.history: deque[HistoryEntry] = deque(maxlen=history_len)
+        self.forecast = bool(forecast)  # ``initial`` is the path's forecast: START holds it
 
         self.n = self._clamp(initial)
         self.state: str = START
@@ -502,7 +509,7 @@ class StreamController:
         return max(1, math.ceil(n * 2 * self.gain_threshold - 1e-9))
 
     def _enter_hold(self, target: int) -> None:
-        moved = self._clamp(target) != self._probe_origin
+        moved = self._clamp(target) != self._probe_origin or self.state is START
         self._hold_len = self.hold_intervals if moved else min(2 * self._hold_len, self.max_hold_intervals)
         self._reset_hold_stats()
 
@@ -541,6 +548,11 @@ class StreamController:
         if self.min_streams == self.max_streams:
             self._probe_origin = self.n
             return EV_PINNED, self.n, f"fixed at {self.n} streams (min == max)"
+        if self.forecast:
+            # the first sample is slow start's: not the hold's reference (it would read as a shift up)
+            self._probe_origin = self.n
+            self._next_up = True  # a probe up costs a bottleneck nothing; a probe down may dip
+            return EV_FORECAST, self.n, f"{_si(g, 'B/s')} at {self.n} streams, the path's forecast: hold"
         if self.n >= self.max_streams:
             t = self._start_down(self.n, g, self.n - 1)
             return EV_MEASURED_AT_MAX, t, f"{_si(g, 'B/s')} at max {self.n} streams: probe down to {t}"

@@ -34,8 +34,8 @@ Rules
    default, ``max_streams = 16``, leaves the field to the profile).  A caller's
    fixed stream count (``--streams N``) wins over both stream fields.
 2. A measurement wins over the profile: the chunk size (with
-   ``adaptive_chunks``) and the first stream count come from the last send to
-   the same peer when there is a recent one (``dwcp.transport.chunking``);
+   ``adaptive_chunks``) and the first stream count come from the forecast of
+   the path when it has a recent send (``dwcp.transport.trace``);
    where the link rate is known (config, loopback, the profile's), the first
    count comes from it at the control stream's measured RTT, not from the
    profile's count (the BDP at the RTT ``dwcp tune`` assumed); and a profile

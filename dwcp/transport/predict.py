@@ -1,6 +1,6 @@
 """Forecasting a path from its own history: small models, chosen per series by backtest.
 
-A path's trace (``dwcp.transport.chunking.PathMemory``: one sample per finished send) is a short,
+A path's trace (``dwcp.transport.trace``: one record per finished send) gives short,
 irregular, noisy series.  Each candidate model forecasts the next value from the values before it:
 
 * ``last``: the last value (the naive forecast every other model must beat);

@@ -730,9 +730,8 @@ class Sender:
                                               max_streams, unknown_start=UNKNOWN_LINK_STREAMS)  # fmt: skip
                 # rule 6 of the controller: a loss-based congestion control is rate-limited by loss per stream
                 cc = sockinfo.get("congestion") or "cubic"
-                controller = StreamController(
-                    n0, tp.min_streams, max_streams, loss_based=not cc.startswith("bbr")
-                )
+                controller = StreamController(n0, tp.min_streams, max_streams, loss_based=not cc.startswith("bbr"),
+                                              forecast="streams_initial" in used)  # fmt: skip
             else:
                 n0, why, controller = streams, f"fixed at {streams} by the caller", None
             n0 = max(1, min(n0, max(1, len(todo))))
@@ -996,7 +995,7 @@ class Sender:
         if tp.adaptive_chunks and path is not None and time.time() - path.at <= PATH_MAX_AGE_S:
             measured_chunk = f"the path to {peer} was measured by an earlier send (adaptive_chunks)"
         if fresh and path is not None:
-            measured_streams = f"the last send to {peer} ended at {path.streams} streams"
+            measured_streams = f"the forecast of the path to {peer}: {path.streams} streams"
         try:
             allowed = os.sched_getaffinity(0)
         except (AttributeError, OSError):  # not Linux: every CPU is taken as allowed

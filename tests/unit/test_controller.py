@@ -569,3 +569,24 @@ def test_a_loss_limited_path_whose_loss_reads_low_at_first_and_spikes_still_doub
     assert any(
         "retransmits up, one more sample" in e.reason for e in c.history
     )  # the spike was looked at twice
+
+
+def test_a_forecast_count_is_held_first_and_probed_on_the_hold_timer():
+    # the link gives its best at 3 streams; the path's earlier sends ended at 3
+    model = capped(4e8, 1e9)
+    c = StreamController(3, 1, 16, forecast=True, hold_intervals=8)
+    counts, states = run(c, model, 40)
+    # no search from the start: held a whole hold (the first sample is judged at the second interval)
+    assert states[1] == HOLD and counts[:9] == [3] * 9
+    assert any(h.reason.endswith("the path's forecast: hold") for h in c.history)
+    assert (
+        states[9] == PROBE_UP and counts[9] == 4
+    )  # then the timer probes, up first (a bottleneck loses nothing)
+    assert all(abs(n - 3) <= 1 for n, s in zip(counts, states) if s == HOLD)
+    # without the forecast the same start searches at once
+    counts, states = run(StreamController(3, 1, 16), model, 5)
+    assert states[1] == PROBE_UP and counts[1:5] == [4, 4, 2, 2]
+    # a forecast that was wrong (the path now wants 7): the hold's probes still find it
+    c = StreamController(2, 1, 16, forecast=True)
+    counts, _ = run(c, capped(1.5e8, 1e9), 200)
+    assert settled_at(counts, 6, 8) <= 60, counts
