@@ -91,7 +91,12 @@ def test_endpoints_and_counters_follow_a_transfer(daemon):
     assert code == 200 and raw == data.nbytes
     assert done and done[0].value == 1
     assert fams["dwcp_codec_baselines"].samples[0].value == 1
-    assert {s.labels["check"] for s in fams["dwcp_health_status"].samples} == {"amst", "hde", "error_rate", "paths"}
+    assert {s.labels["check"] for s in fams["dwcp_health_status"].samples} == {
+        "amst",
+        "hde",
+        "error_rate",
+        "paths",
+    }
     hde = json.loads(get(base + "healthz")[1])["checks"]["hde"]
     # a baseline is held now; random bytes do not compress, which is what HDE reports
     assert hde["detail"]["baselines"] == 1 and hde["status"] == "degraded"

@@ -64,15 +64,24 @@ def test_the_paths_check_and_metrics_come_from_the_traces(tmp_path, window_s):
         paths = json.loads(body)["checks"]["paths"]
         if window_s == 600.0:  # 30 s old, within the window: degraded, with the evidence
             assert code == 200 and paths["status"] == "degraded"
-            assert paths["message"].startswith("10.9.9.9:7700 via wan0, ") and "rtt rose 140%" in paths["message"]
+            assert (
+                paths["message"].startswith("10.9.9.9:7700 via wan0, ")
+                and "rtt rose 140%" in paths["message"]
+            )
             assert paths["detail"]["anomalies"] == 1
         else:  # the same anomaly, older than a 5 s window: healthy
             assert paths["status"] == "healthy" and "no path anomaly in the last 5 s" in paths["message"]
         _, text = _get(st["metrics_endpoint"] + "metrics")
         fams = {f.name: f for f in text_string_to_metric_families(text)}
         lab = {"peer": "10.9.9.9:7700", "nic": "wan0"}
-        fc = {s.labels["series"]: s.value for s in fams["dwcp_path_forecast"].samples if s.labels.items() >= lab.items()}
-        assert fc["goodput"] == pytest.approx(68e6, rel=0.02)  # the trend continued (holt): not the last, 72e6
+        fc = {
+            s.labels["series"]: s.value
+            for s in fams["dwcp_path_forecast"].samples
+            if s.labels.items() >= lab.items()
+        }
+        assert fc["goodput"] == pytest.approx(
+            68e6, rel=0.02
+        )  # the trend continued (holt): not the last, 72e6
         mae = {s.labels["which"]: s.value for s in fams["dwcp_path_forecast_mae"].samples
                if s.labels["series"] == "goodput"}  # fmt: skip
         assert mae["chosen"] < mae["last_value"] == pytest.approx(4e6)
