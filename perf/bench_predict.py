@@ -138,12 +138,16 @@ def part_settle(
         tb.set_link(Link(rate_bit_s=rate * 1e6, rtt_ms=rtt, loss=loss))
         state = os.path.join(root, f"state-{rate}-{rtt}-{loss}")
         shutil.rmtree(state, ignore_errors=True)
-        history = [send(tb, rx, src, f"bp/warm-{i}", state) for i in range(warm)]  # the path's trace
+        history = []  # the path's trace
+        for i in range(warm):
+            history.append(send(tb, rx, src, f"bp/warm-{i}", state))
+            _keep_traces_only(state)
         rows: dict[str, list[dict]] = {"without": [], "with": []}
         for i in range(runs):
             for kind in ("without", "with"):
                 st = state if kind == "with" else os.path.join(root, f"cold-{i}")
                 r = send(tb, rx, src, f"bp/{kind}-{i}", st)
+                _keep_traces_only(st)
                 if kind == "without":
                     shutil.rmtree(st, ignore_errors=True)
                 rows[kind].append(_settle_row(r))
@@ -240,7 +244,15 @@ def part_detect(tb, rx, src: str, root: str, runs: int, at_s: float) -> dict:
     return res
 
 
-def part_record(tb, rx, src: str, root: str, minutes: float, traces_dir: str) -> dict:
+def _keep_traces_only(state: str) -> None:
+    """Remove what a send kept in its state dir (its baselines) but the path traces."""
+    for name in os.listdir(state) if os.path.isdir(state) else ():
+        if name != "traces":
+            p = os.path.join(state, name)
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+
+
+def part_record(tb, rx, src: str, root: str, minutes: float, traces_dir: str, tag: str = "") -> dict:
     from dwcp._testbase.pathevents import send
     from dwcp._testbase.wan import Link
 
@@ -250,12 +262,16 @@ def part_record(tb, rx, src: str, root: str, minutes: float, traces_dir: str) ->
         for c in CELLS:
             tb.set_link(Link(rate_bit_s=c[0] * 1e6, rtt_ms=c[1], loss=c[2]))
             r = send(tb, rx, src, f"bp/rec-{n}", states[c])
+            _keep_traces_only(states[c])  # a kept baseline per send would fill tmpfs within the hour
             n += 1
             if r.error:
                 errors.append(r.error)
+                if len(errors) >= 3:  # the receiver is gone: stop, and say so
+                    raise RuntimeError(f"record: {len(errors)} sends failed: {errors[-1]}")
     out = {}
     for (rate, rtt, loss), st in states.items():
-        name = f"long-{rate:g}mbit-{rtt:g}ms-{loss * 100:g}pct.json"
+        # (a trace keeps 2048 samples, 17 minutes: a longer recording is several runs with their own tag)
+        name = f"long-{tag + '-' if tag else ''}{rate:g}mbit-{rtt:g}ms-{loss * 100:g}pct.json"
         _save_trace(st, traces_dir, rate, rtt, loss, name=name,
                     by=f"perf/bench_predict.py --parts record --minutes {minutes:g}",
                     sends="back-to-back clean --streams auto sends, the two cells in turn")  # fmt: skip
@@ -287,6 +303,7 @@ def plot(res: dict, path: str) -> None:
     for k, m in enumerate(MODELS):
         ax.bar(x + (k - 2) * 0.16, vals[m], 0.16, label=m)
     ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")  # a series the last value predicts almost exactly makes the others' ratios huge
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     ax.set_ylabel("backtest MAE / last-value MAE")
     ax.set_title("forecast error by model (lower is better)")
@@ -315,7 +332,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=0, help="runs per method and cell (default 3, --quick 2)")
     ap.add_argument("--traces", default=TRACES, help="recorded traces to backtest, and where settle's go")
     ap.add_argument("--no-record", action="store_true", help="do not write the settle part's traces")
-    ap.add_argument("--minutes", type=float, default=30.0, help="the record part's length")
+    ap.add_argument("--minutes", type=float, default=30.0, help="the record part's length (at most 34)")
+    ap.add_argument("--tag", default="", help="the record part's files: long-TAG-<cell>.json")
     ap.add_argument("--out")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -346,7 +364,7 @@ def main() -> int:
                 if "detect" in parts:
                     res["detect"] = part_detect(tb, rx, big, root, runs, at_s=12.0)
                 if "record" in parts:
-                    res["record"] = part_record(tb, rx, src, root, args.minutes, args.traces)
+                    res["record"] = part_record(tb, rx, src, root, args.minutes, args.traces, args.tag)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if "backtest" in parts:

@@ -376,8 +376,20 @@ def _cmd_send(args) -> int:
     _print(r.to_json(), args.json, f"sent {args.key} -> {where}: {t.mode}, {human_bytes(t.size)} raw, "
                                    f"{human_bytes(t.wire_bytes)} on the wire ({t.ratio:.1f}x), "
                                    f"{human_bytes(t.throughput_bytes_per_s)}/s, {t.streams.max} streams, "
-                                   f"digest {t.digest} verified")  # fmt: skip
+                                   f"digest {t.digest} verified" + _path_text(t.path))  # fmt: skip
     return 0
+
+
+def _path_text(path: dict | None) -> str:
+    """What a send's path said, for the human summary: the forecast it started from, its anomalies."""
+    if not path:
+        return ""
+    out = ""
+    if path.get("used"):
+        out += f"; started from the forecast of the path via {path['nic']}"
+    for a in (path.get("anomalies") or [])[:3]:
+        out += f"; path anomaly: {a.get('detail')}"
+    return out
 
 
 def _replicas_text(ack: dict, replicas) -> str:

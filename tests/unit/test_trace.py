@@ -184,3 +184,13 @@ def test_the_egress_nic_is_the_longest_matching_route(tmp_path):
     assert route_nic("127.0.0.1", str(tmp_path)) == route_nic("::1", str(tmp_path)) == "lo"
     assert route_nic("no.such.host.invalid", str(tmp_path)) == "?"
     assert route_nic("10.0.0.1", str(tmp_path / "missing")) == "?"
+
+
+def test_the_send_summary_says_what_the_path_said():
+    from dwcp.cli.main import _path_text
+
+    assert _path_text(None) == "" and _path_text({"used": {}, "anomalies": [], "nic": "lo"}) == ""
+    doc = {"nic": "eth0", "used": {"streams_initial": 2},
+           "anomalies": [{"detail": "rtt rose 196% (24 ms -> 72 ms) over 0.5 s"}]}  # fmt: skip
+    assert _path_text(doc) == ("; started from the forecast of the path via eth0"
+                               "; path anomaly: rtt rose 196% (24 ms -> 72 ms) over 0.5 s")  # fmt: skip
