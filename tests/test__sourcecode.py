@@ -66,3 +66,31 @@ def test_mypy_checks_calls_into_the_kernels(tmp_path):
     )
     errors = [line for line in r.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["2", "3", "4", "5"], r.stdout
+
+
+def test_every_python_m_dwcp_runs_outside_the_checkout():
+    """`python -m dwcp` puts its cwd first on sys.path: run from the source tree, it would import the
+    checkout (no compiled extensions under `pip install .`) instead of the installed dwcp. So every
+    such subprocess in tests/, perf/ and the test base names its cwd."""
+    import ast
+    import glob
+
+    missing = []
+    files = [*glob.glob(os.path.join(ROOT, "tests", "**", "*.py"), recursive=True),
+             *glob.glob(os.path.join(ROOT, "perf", "*.py")), *glob.glob(os.path.join(ROOT, "dwcp", "_testbase", "*.py"))]  # fmt: skip
+    for path in files:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr not in ("run", "Popen", "check_output", "check_call", "call"):
+                continue
+            argv = node.args[0] if node.args else None
+            if not isinstance(argv, ast.List):
+                continue
+            consts = [e.value for e in argv.elts if isinstance(e, ast.Constant)]
+            if any(consts[i : i + 2] == ["-m", "dwcp"] for i in range(len(consts))):
+                if not any(k.arg in ("cwd", None) for k in node.keywords):
+                    missing.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not missing, f"`python -m dwcp` without cwd= (pass the test's tmp_path): {missing}"

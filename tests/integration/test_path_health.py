@@ -99,7 +99,7 @@ def test_the_paths_check_and_metrics_come_from_the_traces(tmp_path, window_s):
         src.write_bytes(np.random.default_rng(1).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes())
         r = subprocess.run([sys.executable, "-m", "dwcp", "send", str(src), "--to", st["data_port"], "--key", "p/k",
                             "--config", str(cfg), "--direct", "--rate", "16MB", "--json"],
-                           env=same_dwcp_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+                           env=same_dwcp_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["path"]["nic"] == "lo"
         _, text = _get(st["metrics_endpoint"] + "metrics")
