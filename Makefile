@@ -14,7 +14,7 @@ debug:
 # The whole suite (data-plane tests run on both backends through the `impl`
 # fixture), then the unit tests (codec, framing, storage...) again on the pure-Python backend.
 test:
-	pytest -p no:cacheprovider --import-mode=importlib --rootdir=. tests
+	pytest -p no:cacheprovider --import-mode=importlib --rootdir=. --durations=20 tests
 	$(MAKE) testref
 
 # the unit tests, and the transfers end to end (kill -9, cut and corrupted streams, disk full, sealed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -38,13 +39,19 @@ needs_etcd = pytest.mark.skipif(
 
 
 class EtcdServer:
-    """One etcd member on loopback free ports, restartable on the same ports and data."""
+    """One etcd member on loopback free ports, restartable on the same ports and data.
 
-    def __init__(self, root: str, tls=None) -> None:
+    Alone by default (``t=<peer>``); a member of an ``EtcdCluster`` when given its ``name``, ``ports``
+    (client, peer), the cluster's ``initial_cluster`` and ``token``."""
+
+    def __init__(self, root: str, tls=None, *, name: str = "t", ports: tuple[int, int] | None = None,
+                 initial_cluster: str = "", token: str = "") -> None:  # fmt: skip
         self.root, self.tls = root, tls  # tls: dwcp.security.certs NodePaths (server cert, key, CA)
-        cport, pport = free_ports(2)
+        self.name, self.token = name, token
+        cport, pport = ports or free_ports(2)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{cport}"
         self.peer = f"http://127.0.0.1:{pport}"
+        self.initial_cluster = initial_cluster or f"{name}={self.peer}"
         self.proc: subprocess.Popen | None = None
         self.ctx = None
         if tls:
@@ -54,19 +61,29 @@ class EtcdServer:
             self.ctx.load_cert_chain(tls.cert, tls.key)
 
     def start(self, timeout_s: float = 30.0) -> None:
+        self.launch()
+        self.wait_healthy(time.monotonic() + timeout_s)
+
+    def launch(self) -> None:
+        """Start the process, not waiting: a cluster member is healthy only once a quorum is up."""
         assert ETCD is not None
         with open(os.path.join(self.root, "etcd.log"), "ab") as log:
             self.proc = subprocess.Popen(
-                [ETCD, "--name", "t", "--data-dir", os.path.join(self.root, "data"), "--listen-client-urls", self.url,
+                [ETCD, "--name", self.name, "--data-dir", os.path.join(self.root, "data"), "--listen-client-urls", self.url,
                  "--advertise-client-urls", self.url, "--listen-peer-urls", self.peer,
-                 "--initial-advertise-peer-urls", self.peer, "--initial-cluster", f"t={self.peer}",
+                 "--initial-advertise-peer-urls", self.peer, "--initial-cluster", self.initial_cluster,
+                 *(["--initial-cluster-state", "new", "--initial-cluster-token", self.token] if self.token else []),
                  *(["--cert-file", self.tls.cert, "--key-file", self.tls.key, "--trusted-ca-file", self.tls.ca_cert,
                     "--client-cert-auth"] if self.tls else [])],
                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + timeout_s
+
+    def wait_healthy(self, deadline: float) -> None:
+        assert self.proc is not None
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log()[-2000:]}")
+                raise RuntimeError(
+                    f"etcd {self.name} exited with {self.proc.returncode}: {self.log()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2, context=self.ctx) as r:
                     if json.loads(r.read()).get("health") == "true":
@@ -74,7 +91,7 @@ class EtcdServer:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"etcd not healthy within {timeout_s} s: {self.log()[-2000:]}")
+                raise RuntimeError(f"etcd {self.name} not healthy in time: {self.log()[-2000:]}")
             time.sleep(0.05)
 
     def log(self) -> str:
@@ -82,6 +99,7 @@ class EtcdServer:
             return f.read()
 
     def stop(self) -> None:
+        """kill -9 by its PID (Popen.kill: SIGKILL), and wait for it."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:
@@ -96,6 +114,68 @@ class EtcdServer:
         r = urllib.request.Request(self.url + path, data=json.dumps(req).encode(), method="POST")
         with urllib.request.urlopen(r, timeout=5, context=self.ctx) as resp:
             return json.loads(resp.read())
+
+
+class EtcdCluster:
+    """``n`` etcd members on loopback free ports, bootstrapped statically (``--initial-cluster``, a fresh
+    token), data under ``root``/m<i>; ``close`` kills every member by its PID and waits for it."""
+
+    def __init__(self, root: str, n: int = 3) -> None:
+        ports, token = free_ports(2 * n), f"dwcp-t-{uuid.uuid4().hex[:12]}"  # one call: 2n distinct ports
+        self.members: list[EtcdServer] = []
+        for i in range(n):
+            d = os.path.join(root, f"m{i}")
+            os.makedirs(d)
+            self.members.append(
+                EtcdServer(d, name=f"m{i}", ports=(ports[2 * i], ports[2 * i + 1]), token=token)
+            )
+        initial = ",".join(f"{m.name}={m.peer}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Every member launched, then each waited on until healthy (it has a leader); on failure all killed."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            for m in self.members:
+                m.launch()
+            for m in self.members:
+                m.wait_healthy(deadline)
+            _until(lambda: self.leader() is not None, timeout_s=max(1.0, deadline - time.monotonic()),
+                   what="one leader all live members agree on")  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [m.url for m in self.members]
+
+    def live(self) -> list[EtcdServer]:
+        return [m for m in self.members if m.proc is not None and m.proc.poll() is None]
+
+    @staticmethod
+    def member_status(m: EtcdServer) -> dict:
+        """/v3/maintenance/status: ``leader`` and ``header.member_id`` (uint64s, as JSON strings)."""
+        return m.call("/v3/maintenance/status", {})
+
+    def leader(self) -> EtcdServer | None:
+        """The member every live member names as leader, or None (an election, or they disagree)."""
+        ids, leaders = {}, set()
+        for m in self.live():
+            try:
+                d = self.member_status(m)
+                ids[str(d["header"]["member_id"])] = m
+                leaders.add(str(d["leader"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        if len(leaders) != 1:
+            return None
+        return ids.get(leaders.pop())
+
+    def close(self) -> None:
+        for m in self.members:
+            m.stop()
 
 
 def _etcd(tmp) -> EtcdServer:
@@ -120,6 +200,19 @@ def own_etcd(tmp_path):
     s = _etcd(tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture
+def etcd3(tmp_path):
+    """A 3-member etcd cluster of the test's own, a member of which it kills."""
+    if ETCD is None:
+        pytest.skip("the etcd binary is not installed (apt-get install etcd-server)")
+    c = EtcdCluster(str(tmp_path / "etcd3"))
+    c.start()
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture
@@ -276,6 +369,69 @@ def test_watch_reconnects_after_etcd_restart(own_etcd, prefix, nodes):
         assert s["reconnects"] >= 1, s
         assert s["entries_applied"] == 20, s  # none lost, none applied twice
     assert [v["version"] for v in b.catalog.keys["obj"]] == list(range(1, 21))
+
+
+# -- a 3-member etcd cluster, its leader killed under writes ---------------------------------------------
+
+# The failover window: a write issued after the kill is acknowledged (applied here) within it.  Seen: ~5 s,
+# the gateway's request timeout, for the writes a surviving follower holds while it still follows the dead leader.
+FAILOVER_S = 10.0
+
+
+def _leader_first(c: EtcdCluster) -> tuple[EtcdServer, list[str]]:
+    """The leader, and every client URL with the leader's first: clients start on it (endpoint 0)."""
+    leader = c.leader()
+    assert leader is not None
+    return leader, [leader.url, *(u for u in c.urls if u != leader.url)]
+
+
+@needs_etcd
+def test_nodes_keep_proposing_when_the_etcd_leader_is_killed(etcd3, prefix, nodes):
+    """kill -9 of the leader both nodes talk to, mid-writes: every proposal still succeeds within
+    FAILOVER_S, both catalogs end up with every acknowledged version, once each, and both failed over."""
+    leader, eps = _leader_first(etcd3)
+    a, b = nodes(eps, prefix), nodes(eps, prefix)
+    assert a.status()["endpoint"] == b.status()["endpoint"] == leader.url
+    acks: dict[str, tuple[float, float]] = {}  # key -> (issued, acknowledged), monotonic
+    errors: list[BaseException] = []
+
+    def writer(node: EtcdCatalog, name: str) -> None:
+        try:
+            for i in range(30):
+                key = f"obj/{name}/{i}"
+                t0 = time.monotonic()
+                res = node.propose(_version(key, f"{name}{i:02d}", holder=name), timeout_s=FAILOVER_S)
+                assert res == {"ok": True, "version": 1}, (key, res)
+                acks[key] = (t0, time.monotonic())
+                time.sleep(0.03)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=writer, args=(n, name)) for n, name in ((a, "a"), (b, "b"))]
+    for t in ts:
+        t.start()
+    try:
+        _until(lambda: len(acks) >= 16 or bool(errors), what="writes before the kill")
+        t_kill = time.monotonic()
+        leader.stop()  # kill -9, by PID
+    finally:
+        for t in ts:
+            t.join(60)
+    assert not errors, errors
+    assert len(acks) == 60
+    after = {k: ack - t0 for k, (t0, ack) in acks.items() if t0 >= t_kill}
+    assert len(after) >= 20, f"only {len(after)} writes issued after the kill"
+    assert max(after.values()) < FAILOVER_S, after
+    _until(lambda: etcd3.leader() not in (None, leader), what="the two survivors' leader")
+    _until(lambda: _same(a, b), what="equal catalogs")
+    where = a.catalog.where()
+    assert {k: (w["digest"], w["holders"], w["version"]) for k, w in where.items()} == {
+        f"obj/{n}/{i}": (f"{n}{i:02d}", [n], 1) for n in "ab" for i in range(30)
+    }
+    for n in (a, b):
+        s = n.status()
+        assert s["entries_applied"] == 60, s  # none lost, none applied twice
+        assert s["endpoint"] != leader.url and s["failovers"] >= 1, s
 
 
 # -- snapshots ---------------------------------------------------------------------------------------
@@ -473,25 +629,32 @@ def _dwcp(*args, cwd, timeout=60):
                           env=same_dwcp_env(), timeout=timeout)  # fmt: skip
 
 
-@needs_etcd
-def test_two_daemons_share_the_catalog_in_etcd(etcd, prefix, tmp_path):
-    procs = []
-    try:
-        ports = free_ports(2)
-        socks = {}
-        for i, node in enumerate(("e0", "e1")):
-            data_dir = tmp_path / node
-            data_dir.mkdir()
-            cfg = tmp_path / f"{node}.toml"
-            cfg.write_text(f'[node]\nid = "{node}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {ports[i]}\n'
-                           f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\ndata_dir = "{data_dir}"\n'
-                           f'[consensus]\nenabled = true\nbackend = "etcd"\netcd_endpoints = ["{etcd.url}"]\n'
-                           f'etcd_prefix = "{prefix}"\n')  # fmt: skip
-            log = open(tmp_path / f"{node}.log", "wb")
+def _start_daemons(tmp_path, names, endpoints, prefix: str, procs: list) -> tuple[dict, dict]:
+    """``dwcp daemon`` processes on the etcd catalog at ``endpoints`` (appended to ``procs`` as they start,
+    for the caller to stop); their data ports and control sockets by name."""
+    ports = dict(zip(names, free_ports(len(names))))
+    socks = {}
+    for node in names:
+        data_dir = tmp_path / node
+        data_dir.mkdir()
+        cfg = tmp_path / f"{node}.toml"
+        cfg.write_text(f'[node]\nid = "{node}"\n[listen]\nhost = "127.0.0.1"\ndata_port = {ports[node]}\n'
+                       f'metrics_port = -1\n[security]\nplaintext = true\n[storage]\ndata_dir = "{data_dir}"\n'
+                       f'[consensus]\nenabled = true\nbackend = "etcd"\netcd_endpoints = {json.dumps(list(endpoints))}\n'
+                       f'etcd_prefix = "{prefix}"\n')  # fmt: skip
+        with open(tmp_path / f"{node}.log", "wb") as log:
             procs.append(subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", str(cfg)], stdout=log,
                                           stderr=subprocess.STDOUT, env=same_dwcp_env(), cwd=tmp_path))  # fmt: skip
-            log.close()
-            socks[node] = str(data_dir / "control.sock")
+        socks[node] = str(data_dir / "control.sock")
+    return ports, socks
+
+
+@needs_etcd
+def test_two_daemons_share_the_catalog_in_etcd(etcd, prefix, tmp_path):
+    procs: list[subprocess.Popen] = []
+    try:
+        ports_, socks = _start_daemons(tmp_path, ("e0", "e1"), [etcd.url], prefix, procs)
+        ports = [ports_["e0"], ports_["e1"]]
 
         def status(node: str) -> dict | None:
             r = _dwcp("status", "--socket", socks[node], "--json", cwd=tmp_path)
@@ -534,3 +697,102 @@ def _stop_proc(p: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+# -- two daemons on a 3-member etcd, the member they use killed -------------------------------------------------
+
+
+@needs_etcd
+def test_daemons_keep_recording_versions_when_their_etcd_member_is_killed(etcd3, prefix, tmp_path):
+    """Issue 16: two daemons on a 3-member etcd, all 3 client URLs listed (the leader's first: both use
+    it); 30 sends of small random objects over ~8 s, alternating e0 -> e1 and e1 -> e0 (the receiver
+    records the version); after the 10th, kill -9 the member both daemons are using.  Every send is
+    acknowledged, every version is in both daemons' catalogs within FAILOVER_S of its acknowledgement
+    (at the end, all 30, exactly once each), and both daemons' consensus status shows the failover."""
+    from dwcp.daemon import control
+    from dwcp.digest import object_digest
+
+    _, eps = _leader_first(etcd3)
+    names = ("e0", "e1")
+    procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    poller: threading.Thread | None = None
+    try:
+        ports, socks = _start_daemons(tmp_path, names, eps, prefix, procs)
+
+        def status(node: str) -> dict | None:
+            try:
+                r = control.request(socks[node], {"op": "status"}, timeout_s=10)
+            except (OSError, ValueError):
+                return None
+            return r if r.get("ok") else None
+
+        def consensus(node: str) -> dict:
+            return (status(node) or {}).get("consensus") or {}
+
+        _until(
+            lambda: all(consensus(n).get("caught_up") for n in names), timeout_s=30, what="both daemons up"
+        )
+        seen: dict[tuple[str, str], float] = {}  # (daemon, key) -> when its catalog first listed the key
+
+        def poll() -> None:
+            while not stop.is_set():
+                for n in names:
+                    cat = (status(n) or {}).get("catalog") or {}
+                    now = time.monotonic()
+                    for k in cat:
+                        seen.setdefault((n, k), now)
+                stop.wait(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        rng = random.Random(16)
+        writes: dict[str, tuple[str, str, float]] = {}  # key -> (receiver, digest, acknowledged at)
+        victim: EtcdServer | None = None
+        for i in range(30):
+            if i == 10:
+                used = {consensus(n).get("endpoint") for n in names}
+                assert used == {eps[0]}, used  # both on the same member: kill it
+                victim = next(m for m in etcd3.members if m.url == eps[0])
+                was_leader = etcd3.leader() is victim
+                victim.stop()  # kill -9, by PID
+            src, dst = names[i % 2], names[(i + 1) % 2]
+            data = rng.randbytes(rng.randrange(1, 64 << 10))
+            path = tmp_path / f"w{i:02d}.bin"
+            path.write_bytes(data)
+            key = f"obj/w{i:02d}"
+            r = control.request(socks[src], {"op": "send", "path": str(path), "to": f"127.0.0.1:{ports[dst]}",
+                                             "key": key}, timeout_s=30)  # fmt: skip
+            assert r.get("ok"), (key, r)
+            writes[key] = (dst, object_digest(data).hex(), time.monotonic())
+            time.sleep(0.25)
+        assert victim is not None
+        _until(lambda: all((n, k) in seen for n in names for k in writes), timeout_s=FAILOVER_S + 5,
+               what="every acknowledged version in both catalogs")  # fmt: skip
+        stop.set()
+        poller.join(10)
+        late = {(n, k): round(seen[(n, k)] - writes[k][2], 2) for n in names for k in writes}
+        assert max(late.values()) < FAILOVER_S, late
+        expected = {k: {"version": 1, "digest": d, "holders": [dst]} for k, (dst, d, _) in writes.items()}
+        for n in names:
+            r = _dwcp("status", "--socket", socks[n], "--json", cwd=tmp_path)
+            assert r.returncode == 0, r.stdout + r.stderr
+            st_ = json.loads(r.stdout)
+            assert st_["catalog"] == expected, (n, st_["catalog"])
+            c = st_["consensus"]
+            assert c["endpoint"] != victim.url and c["failovers"] >= 1 and c["reconnects"] >= 1, (n, c)
+            assert c["entries_applied"] == 30, (n, c)  # none lost, none applied twice
+            assert c["watching"] and c["caught_up"], (n, c)
+        _until(
+            lambda: etcd3.leader() not in (None, victim),
+            what=f"a leader after the kill (victim led: {was_leader})",
+        )
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(10)
+        for p in procs:
+            _stop_proc(p)
+    for n in names:
+        log = (tmp_path / f"{n}.log").read_text(errors="replace")
+        assert "could not record" not in log, log[-3000:]
