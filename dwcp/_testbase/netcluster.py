@@ -7,8 +7,9 @@
 
 Topology: a Linux bridge in the caller's namespace (10.213.X.254/24) and, per node, a namespace
 whose ``eth0`` (10.213.X.(i+1)) is a veth on the bridge; each node's daemon listens there, with the
-Raft catalog and ``cluster.conflicts = "reject"``, so that a send through a daemon is acknowledged
-only once its version is committed in the catalog (the daemon records it before it answers).  A
+Raft catalog and ``cluster.conflicts = "reject"`` (by default: ``conflicts=``), so that a send through
+a daemon is acknowledged only once its version is committed in the catalog (the daemon records it
+before it answers; under ``"lww"`` it answers first and records in the background).  A
 partition is iptables DROP rules in each node's INPUT and OUTPUT for the addresses of the nodes in
 other groups, and healing flushes them.  Control sockets are Unix sockets in the shared file system,
 so the caller reaches every daemon whatever the partition.  Everything is created under a unique
@@ -23,7 +24,9 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 
+from dwcp.cli.demo import same_dwcp_env
 from dwcp.daemon.control import request
 
 from .daemons import Cluster
@@ -59,8 +62,10 @@ class NetCluster(Cluster):
         _ip("netns", "del", probe, check=False)
         return None
 
-    def __init__(self, root: str, n: int, *, tick_ms: float = 50.0) -> None:
+    def __init__(self, root: str, n: int, *, tick_ms: float = 50.0, conflicts: str = "reject",
+                 replicas: int | None = None, repair_interval_s: float = 0.0) -> None:  # fmt: skip
         self.root, self.tag = root, secrets.token_hex(3)
+        self.conflicts, self.replicas, self.repair_interval_s = conflicts, replicas, repair_interval_s
         self.ids = [f"n{i}" for i in range(n)]
         net = 10 + int(self.tag, 16) % 200
         self.ns = {i: f"dwcp-{self.tag}-{i}" for i in self.ids}
@@ -105,13 +110,26 @@ class NetCluster(Cluster):
         return "scrub_rate_bytes_per_s = 0\n"
 
     def cluster_extra(self) -> str:
-        return 'conflicts = "reject"\nrepair_interval_s = 0\n'
+        out = f'conflicts = "{self.conflicts}"\nrepair_interval_s = {self.repair_interval_s}\n'
+        return out + (f"replicas = {self.replicas}\n" if self.replicas is not None else "")
 
     def extra_sections(self) -> str:
         return "[transport]\nconnect_timeout_s = 2.0\nstall_timeout_s = 3.0\n"
 
     def prefix(self, i: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns[i]]
+
+    def restart(self, i: str, timeout_s: float = 20.0) -> None:
+        """Kill node ``i``'s daemon (-9, by PID) and start it again, as after a reboot: whatever it had in
+        flight dies with it, including what the kernel would still retransmit for its closed TCP sockets
+        (``ss -K`` in its namespace); returns once it answers on its control socket."""
+        p = self.procs[i]
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        subprocess.run([*self.prefix(i), "ss", "-taK"], capture_output=True, timeout=30)
+        self.start(i)
+        self.wait(lambda: self.status(i), timeout=timeout_s, what=f"{i} restarted")
 
     def sock(self, i: str) -> str:
         return os.path.join(self.root, i, "control.sock")
@@ -153,11 +171,30 @@ class NetCluster(Cluster):
             with open(src, "wb") as f:
                 f.write(os.urandom(64 << 10))
         try:
-            r = request(self.sock(i), {"op": "send", "path": src, "to": f"{self.addr[i]}:{PORT}", "key": key},
-                        timeout_s=timeout_s)  # fmt: skip
+            r = self.send(i, src, key, timeout_s=timeout_s)
         except (OSError, ValueError):
             return False
         return bool(r.get("ok"))
+
+    def send(self, i: str, path: str, key: str, to: str | None = None, timeout_s: float = 30.0) -> dict:
+        """The file at ``path`` sent as ``key`` by node ``i``'s daemon (from its namespace, with its origin:
+        writer, HLC, parent) to ``to`` (HOST:PORT, a peer id, ...; default: ``i`` itself); its answer."""
+        req = {"op": "send", "path": path, "to": to or f"{self.addr[i]}:{PORT}", "key": key}
+        return request(self.sock(i), req, timeout_s=timeout_s)
+
+    def dwcp(self, i: str, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+        """``dwcp ARGS --config <i's config>`` run in node ``i``'s namespace (its output, not checked)."""
+        argv = [
+            *self.prefix(i),
+            sys.executable,
+            "-m",
+            "dwcp",
+            *args,
+            "--config",
+            os.path.join(self.root, f"{i}.toml"),
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=self.root,
+                              env=same_dwcp_env())  # fmt: skip
 
     def leaders_by_term(self) -> dict[int, set[str]]:
         """Every (term, leader) any node logged seeing: two leaders in one term would show as a set of two."""

@@ -16,7 +16,11 @@ in one region of several, that region's members (a key sent to
 * for each key whose latest stored version the catalog does not list this
   node as holding (the record proposed at its commit was lost: a leader
   change, a partition): an *announcement*, the same ``version`` record again
-  (idempotent), so the catalog converges on what the stores hold.
+  (idempotent), so the catalog converges on what the stores hold.  A version
+  the catalog does not list at all, of a key it knows, is announced only
+  when it came with an origin whose parent the catalog lists (or none): a
+  write made where the catalog had no quorum, judged for conflicts now, by
+  that origin.
 
 When the node holds an older version of the same size, it first compares the
 two versions' chunk-hash trees level by level: the roots differ (the catalog's
@@ -134,16 +138,28 @@ def plan_repairs(keys: Mapping[str, list[dict[str, Any]]], me: str, members: Map
 
 
 def unlisted(keys: Mapping[str, list[dict[str, Any]]], me: str,
-             local: Mapping[str, tuple[str, int]]) -> list[tuple[str, str, int]]:  # fmt: skip
-    """(key, digest hex, size) of each ``local`` latest version (key -> (digest hex, size)) that the
-    catalog's ``keys`` list without ``me`` as a holder, or of a key the catalog lacks (rule 1: pure).
-    A version of a key the catalog knows but not of this digest is left alone: an old version it
-    trimmed, recorded again, would become the key's latest."""
+             local: Mapping[str, tuple]) -> list[tuple[str, str, int]]:  # fmt: skip
+    """(key, digest hex, size) of each ``local`` latest version (key -> (digest hex, size[, parent]))
+    that the catalog's ``keys`` list without ``me`` as a holder, or of a key the catalog lacks (rule 1:
+    pure).  A version of a key the catalog knows but not of this digest is left alone (an old version
+    it trimmed, recorded again, would become the key's latest) unless it came with an origin whose
+    ``parent`` (digest hex, "" for none) the catalog lists, or is "": a write made where the catalog
+    had no quorum (a partition), which the catalog judges by that origin (a concurrent write is a
+    conflict, never the latest by mistake)."""
     out = []
-    for key, (digest, size) in sorted(local.items()):
+    for key, (digest, size, *origin) in sorted(local.items()):
         vs = keys.get(key)
         listed = next((v for v in vs if v["digest"] == digest), None) if vs else None
-        if not vs or (listed is not None and me not in listed["holders"]):
+        parent = origin[0] if origin else None
+        if (
+            not vs
+            or (listed is not None and me not in listed["holders"])
+            or (
+                listed is None
+                and parent is not None
+                and (parent == "" or any(v["digest"] == parent for v in vs))
+            )
+        ):
             out.append((key, digest, size))
     return out
 
@@ -253,20 +269,20 @@ def seed_partial(store, rep: Repair, base, leaves: bytes) -> tuple[int, int]:
     if min_chunk_size(rep.size) > LEAF_BYTES or len(leaves) != n * LEAF_HASH_BYTES:
         return 0, n
     own = leaf_hashes(base.path, base.size)
+    same = [i for i in range(n) if own[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES]
+            == leaves[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES]]  # fmt: skip
+    if not same:  # every leaf differs (changes spread over the object): a partial would only copy ``base``
+        return 0, n
     p = store.begin(rep.key, bytes.fromhex(rep.digest), rep.size, LEAF_BYTES, preallocate=False)
-    held = 0
     try:
         if p.resumed or any(p.have):
             return 0, n
         p.seed_from(base)
-        for i in range(n):
-            leaf = leaves[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES]
-            if own[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES] == leaf:
-                p.mark_done(i, hash_of_blocks(leaf))
-                held += 1
+        for i in same:
+            p.mark_done(i, hash_of_blocks(leaves[i * LEAF_HASH_BYTES : (i + 1) * LEAF_HASH_BYTES]))
     finally:
         p.abort(keep=True)
-    return held, n
+    return len(same), n
 
 
 def request_push(dialer, host: str, port: int, rep: Repair, *, node: str, rate_bytes_per_s: float,
@@ -351,12 +367,13 @@ class Repairer:
     every ``interval_s``.  ``keys()`` snapshots the catalog (key -> versions), ``members()`` the members'
     regions, ``held(key, digest_hex)`` asks the store, ``order(holders)`` ranks holders as (id, address),
     ``pull(host, port, repair)`` asks one to push (``request_push``) and returns its DONE; ``local()``
-    is the store's key -> (latest digest hex, size), ``announce(key, digest_hex, size)`` records one."""
+    is the store's key -> (latest digest hex, size, parent hex of its origin or None),
+    ``announce(key, digest_hex, size)`` records one."""
 
     def __init__(self, *, me: str, keys: Callable[[], dict], members: Callable[[], dict[str, str]],
                  replicas: Callable[[], int], vnodes: Callable[[], int], held: Callable[[str, str], bool],
                  order: Callable[[list[str]], list[tuple[str, str]]],
-                 pull: Callable[[str, int, Repair], dict], local: Callable[[], dict[str, tuple[str, int]]],
+                 pull: Callable[[str, int, Repair], dict], local: Callable[[], dict[str, tuple]],
                  announce: Callable[[str, str, int], None], clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.me, self.keys, self.members, self.replicas, self.vnodes = me, keys, members, replicas, vnodes
         self.held, self.order, self.pull, self.clock = held, order, pull, clock
@@ -376,6 +393,7 @@ class Repairer:
         """One pass (of ``key`` only, if given): what it repaired and what failed, with why."""
         with self._lock:
             keys = self.keys()
+            announced = 0
             for k, digest, size in unlisted(keys, self.me, self.local()):
                 if key is None or k == key:
                     try:
@@ -383,8 +401,11 @@ class Repairer:
                     except (DWCPError, OSError) as exc:
                         log.warning("could not list %s version %s in the catalog: %s", k, digest, exc)
                         continue
-                    self.announced += 1
+                    announced += 1
                     log.info("listed %s version %s in the catalog (its record at commit was lost)", k, digest)
+            if announced:  # plan from the catalog as it is now: an announced version may be the new latest
+                self.announced += announced
+                keys = self.keys()
             todo = plan_repairs(keys, self.me, self.members(), replicas=self.replicas(),
                                 vnodes=self.vnodes(), held=self.held, only=key)  # fmt: skip
             done, failed = [], []

@@ -545,22 +545,33 @@ class Daemon:
                                timeout_s=push_timeout_s(rep.size, cc.repair_rate_bytes_per_s, tc.stall_timeout_s))  # fmt: skip
             return {**ans, "leaves": leaves}
 
-        def local() -> dict[str, tuple[str, int]]:
+        def origin_of(key: str, digest: str) -> dict | None:
+            origin = ((self.store.read_meta(key) or {}).get("origins") or {}).get(digest)
+            return (
+                origin if isinstance(origin, dict) and {"writer", "hlc", "parent"} <= origin.keys() else None
+            )
+
+        def local() -> dict[str, tuple[str, int, str | None]]:
             out = {}
             for k in self.store.keys():
                 info = self.store.latest(k)
                 if info is not None:
-                    out[k] = (info.digest.hex(), info.size)
+                    origin = origin_of(k, info.digest.hex())
+                    out[k] = (info.digest.hex(), info.size, None if origin is None else str(origin["parent"]))
             return out
 
         def announce(key: str, digest: str, size: int) -> None:
             cmd = {"op": "version", "key": key, "digest": digest, "size": size, "holder": self.config.node.id,
                    "at": time.time()}  # fmt: skip
-            origin = ((self.store.read_meta(key) or {}).get("origins") or {}).get(digest)
-            if isinstance(origin, dict) and {"writer", "hlc", "parent"} <= origin.keys():
+            origin = origin_of(key, digest)
+            if origin is not None:
                 cmd.update(writer=origin["writer"], hlc=origin["hlc"], parent=origin["parent"],
                            policy=self.config.cluster.conflicts)  # fmt: skip
-            cb.propose(cmd, timeout_s=10)
+            res = cb.propose(cmd, timeout_s=10)
+            if isinstance(res, dict) and res.get("conflict") and not res.get("ok"):  # judged now: refused
+                log.warning("%s version %s, stored while the catalog had no quorum, is refused: %s", key, digest,
+                            res.get("error"))  # fmt: skip
+                self._set_aside(key, bytes.fromhex(digest))
 
         return Repairer(me=self.config.node.id, keys=keys, members=members,
                         replicas=lambda: self.config.cluster.replicas, vnodes=lambda: self.config.cluster.vnodes,
@@ -570,7 +581,8 @@ class Daemon:
         """A verified, stored version: record it in the catalog, with its origin (writer, HLC, parent)
         when the send carried one.  In the background (the sender has its answer), except for a write
         that can be refused (``cluster.conflicts = "reject"`` and a known parent): that one is recorded
-        first, and a refusal sets the copy aside (``<data_dir>/conflicts/``) and is the answer."""
+        first, and a refusal sets the copy aside (``<data_dir>/conflicts/``) and is the answer; without a
+        quorum the copy stays, unacknowledged, until anti-entropy has it judged (``_repairer``)."""
         backend = self.catalog_backend
         if backend is None:
             return None
@@ -593,11 +605,11 @@ class Daemon:
             return None
         try:
             res = backend.propose(cmd, timeout_s=10)
-        except DWCPError as exc:  # no quorum here (a partition): a refusable write cannot be judged
-            self._set_aside(key, digest)
-            return (
-                f"{key}: stored, but the catalog could not judge it for conflicts ({exc}); set aside, retry"
-            )
+        except DWCPError as exc:  # no quorum here (a partition): a refusable write cannot be judged now
+            # kept, with its origin: anti-entropy lists it once the catalog is reachable, and it is judged
+            # then (set aside if refused).  Not acknowledged: the sender is told
+            return (f"{key}: stored here but not committed: the catalog could not judge it for conflicts "
+                    f"({exc}); it is judged once the catalog has a quorum again (`dwcp status {key}`)")  # fmt: skip
         if isinstance(res, dict) and res.get("conflict") and not res.get("ok"):
             self._set_aside(key, digest)
             return str(res.get("error"))

@@ -107,6 +107,13 @@ def test_a_partial_seeded_from_leaf_hashes_holds_exactly_the_matching_leaves(tmp
     assert seed_partial(store, rep, base, theirs) == (0, 4)  # a partial exists: the push resumes that one
     assert seed_partial(store, rep, base, theirs[:-16]) == (0, 4)  # a short answer: nothing seeded
     assert leaf_hashes(base.path, base.size) == leaf_hashes_of(old)
+    # every leaf differs (pages changed all over the object): no partial, so no copy of the base for
+    # nothing; the push starts afresh (a delta against the base, where the holder has it)
+    spread = old.copy()
+    spread[:: LEAF_BYTES // 2] ^= 1
+    rep2 = Repair("k", object_digest(spread).hex(), spread.nbytes, 2, 0.0, ("h",), base.digest.hex())
+    assert seed_partial(store, rep2, base, leaf_hashes_of(spread)) == (0, 4)
+    assert store.partial_chunk_size("k", object_digest(spread), spread.nbytes) is None
 
 
 def leaf_hashes_of(a) -> bytes:
