@@ -20,7 +20,11 @@ Rules (measured on the emulated WAN, ``perf/sla.py --chunk-sweep``):
 * the size is a power of two within [``lo``, ``hi``] (1 MiB to 16 MiB): big
   enough that per-chunk work (header, hash, ACK, bookkeeping) stays small
   beside the bytes, small enough to bound resends and the tail;
-* no record, or one older than ``max_age_s``: the configured default.
+* no record, or one older than ``max_age_s``: the configured default;
+* under a rate cap (``--rate``, ``rate_limit_bytes_per_s``, a repair's rate) a stream goes no faster
+  than the cap, so the per-stream rate is at most the cap, and with no record the default shrinks to
+  at most ``target_s`` (500 ms) of the cap: the token bucket passes a whole chunk at once, so a chunk
+  is the cap's burst, and a chunk of seconds at the cap would let the first seconds go uncapped.
 """
 
 from __future__ import annotations
@@ -63,19 +67,32 @@ def _pow2_floor(n: float) -> int:
 
 
 def choose_chunk_size(path: PathStats | None, default: int, *, now: float, lo: int = MiB, hi: int = 16 * MiB,
-                      max_age_s: float = PATH_MAX_AGE_S) -> tuple[int, str]:  # fmt: skip
-    """The chunk size for a send over ``path`` and the reason, per the module rules."""
-    if path is None:
-        return default, f"{default >> 10} KiB (configured; no earlier send to this peer)"
-    if now - path.at > max_age_s:
-        return default, f"{default >> 10} KiB (configured; the last measurement of this path is too old)"
+                      max_age_s: float = PATH_MAX_AGE_S, rate_cap: float | None = None) -> tuple[int, str]:  # fmt: skip
+    """The chunk size for a send over ``path`` (at most ``rate_cap`` bytes/s, if given) and the reason,
+    per the module rules."""
+    if path is None or now - path.at > max_age_s:
+        why = (
+            "no earlier send to this peer" if path is None else "the last measurement of this path is too old"
+        )
+        if rate_cap and default > lo and default > rate_cap * 0.5:
+            size = max(lo, _pow2_floor(rate_cap * 0.5))
+            return size, f"{size >> 10} KiB (~500 ms at the {rate_cap / 1e6:.1f} MB/s cap; {why})"
+        return default, f"{default >> 10} KiB (configured; {why})"
     target_s = min(0.5, max(0.05, 2.0 * path.rtt_s))
     lossy = path.retrans_fraction > LOSSY
     if lossy:
         target_s /= 2
-    size = min(hi, max(lo, _pow2_floor(path.stream_bytes_per_s * target_s)))
-    return size, (f"{size >> 10} KiB: ~{target_s * 1000:.0f} ms per chunk at the {path.stream_bytes_per_s / 1e6:.1f} MB/s "
-                  f"per stream measured last time (RTT {path.rtt_s * 1000:.1f} ms, "
+    rate, capped = path.stream_bytes_per_s, bool(rate_cap) and path.stream_bytes_per_s > (rate_cap or 0)
+    if capped:
+        rate = float(rate_cap or 0)
+    size = min(hi, max(lo, _pow2_floor(rate * target_s)))
+    at = (
+        f"the {rate / 1e6:.1f} MB/s cap"
+        if capped
+        else f"the {rate / 1e6:.1f} MB/s per stream measured last time"
+    )
+    return size, (f"{size >> 10} KiB: ~{target_s * 1000:.0f} ms per chunk at {at} "
+                  f"(RTT {path.rtt_s * 1000:.1f} ms, "
                   f"{path.retrans_fraction * 100:.2f}% retransmitted{', lossy: halved' if lossy else ''})")  # fmt: skip
 
 

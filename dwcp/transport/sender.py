@@ -579,7 +579,13 @@ class Sender:
             elif tp.adaptive_chunks:
                 from .chunking import choose_chunk_size
 
-                chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time())
+                cap = (
+                    rate_limit_bytes_per_s
+                    if rate_limit_bytes_per_s is not None
+                    else tp.rate_limit_bytes_per_s
+                )
+                chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time(),
+                                                          rate_cap=cap or None)  # fmt: skip
                 if path is not None and fc is not None and path.at == fc.last_at:
                     used["chunk_size"] = chunk_size
                     chunk_why += f"; forecast from {fc.n} send{'s' * (fc.n != 1)} of this path"

@@ -38,6 +38,23 @@ def test_a_lossy_path_halves_the_chunk_time():
     assert lossy[0] == clean[0] // 2 and "lossy" in lossy[1] and "lossy" not in clean[1]
 
 
+def test_a_rate_cap_bounds_the_chunk_which_is_the_caps_burst():
+    # loopback measured 2 GB/s a stream: 16 MiB chunks, but under a 2 MiB/s cap a stream goes at 2 MiB/s
+    size, why = choose_chunk_size(_ps(rtt_s=50e-6, rate=2e9, streams=2), 4 * MiB, now=NOW, rate_cap=2 * MiB)
+    assert size == MiB and "cap" in why
+    # 1 Gbit/s over 2 streams at 50 ms, capped at 40 MB/s: 100 ms at 40 MB/s -> 2 MiB (not 4)
+    assert choose_chunk_size(_ps(rate=125e6 / 2), 4 * MiB, now=NOW, rate_cap=40e6)[0] == 2 * MiB
+    # a cap above what the path does changes nothing
+    assert choose_chunk_size(_ps(rate=125e6 / 2), 4 * MiB, now=NOW, rate_cap=1e9) == choose_chunk_size(
+        _ps(rate=125e6 / 2), 4 * MiB, now=NOW
+    )
+    # no record: the default, unless it is more than 500 ms of the cap
+    size, why = choose_chunk_size(None, 16 * MiB, now=NOW, rate_cap=4 * MiB)
+    assert size == 2 * MiB and "cap" in why and "no earlier send" in why
+    assert choose_chunk_size(None, 4 * MiB, now=NOW, rate_cap=100 * MiB)[0] == 4 * MiB
+    assert choose_chunk_size(None, 4 * MiB, now=NOW, rate_cap=100e3)[0] == MiB  # never below the floor
+
+
 def test_loopback_speeds_hit_the_ceiling_and_slow_links_the_floor():
     assert choose_chunk_size(_ps(rtt_s=50e-6, rate=2e9, streams=2), 4 * MiB, now=NOW)[0] == 16 * MiB
     assert choose_chunk_size(_ps(rtt_s=0.2, rate=100e3), 4 * MiB, now=NOW)[0] == MiB
