@@ -40,6 +40,12 @@ daemons, children included, read from /proc, plus this process's, over the timed
 ``cpu_floor_s = cpu_s / os.cpu_count()``: the wall time the case cannot beat on this machine, so a
 ratio can be judged against what its CPUs allow (``ratios`` has the floors' ratios too).  Ratios are
 of medians.  Writes perf/results/bench_replication.json (or --out).
+
+Memory: the send cases run in an order rotated each run, and each case's copies are removed before
+the next (the repair's v2 and the delta's base file exist only during the repair), so the data root
+holds at most one case's copies.  On the shared VM this was written on, a send into tmpfs pages the
+VM had not handed out before ran at ~350 MB/s instead of ~1.5 GB/s, once about 5 GiB were in use:
+with every copy kept, the last case of a run measured the VM's memory, not the send.
 """
 
 from __future__ import annotations
@@ -140,12 +146,16 @@ def main() -> int:
     rng = np.random.default_rng(1)
     data = rng.integers(0, 256, size, dtype=np.uint8)
     # v2: --dirty of v1's pages rewritten with random bytes, spread over the object (seeded)
-    v2 = data.copy()
     n_pages = size // PAGE
     dirty = np.sort(np.random.default_rng(2).choice(n_pages, size=round(args.dirty * n_pages), replace=False))
-    v2[: n_pages * PAGE].reshape(n_pages, PAGE)[dirty] = np.random.default_rng(3).integers(
-        0, 256, (len(dirty), PAGE), dtype=np.uint8
-    )
+
+    def make_v2():  # made for the repair and dropped after it: the send cases run with less memory in use
+        v2 = data.copy()
+        v2[: n_pages * PAGE].reshape(n_pages, PAGE)[dirty] = np.random.default_rng(3).integers(
+            0, 256, (len(dirty), PAGE), dtype=np.uint8
+        )
+        return v2
+
     leaves_dirty = len(np.unique(dirty * PAGE >> 20))
 
     times: dict[str, list[float]] = {"chain": [], "fanout": [], "single": []}
@@ -202,35 +212,40 @@ def main() -> int:
             snd = Sender(cfg.transport, cfg.security, node_id="client")
             port = c.ports
             v1_path = os.path.join(root, "v1.bin")
-            data.tofile(v1_path)
             victim = next(i for i in reversed(c.ids) if i != leader)
             live = [i for i in c.ids if i != victim]
 
             for run in range(args.runs):
-                # -- sends: chain, fan-out, single
-                view = ClusterView(cfg.cluster, cfg.node)  # a fresh view: the same chain order each run
-                m, t0 = meter.start(), time.perf_counter()
-                r = view.send(snd, data, f"chain/{run}", "cluster")
-                times["chain"].append(time.perf_counter() - t0)
-                cpu["chain"].append(m.stop())
-                wire["chain"].append(r.transfer.wire_bytes)
-                assert r.ack["verified"] == 3, r.replicas
-                m, t0 = meter.start(), time.perf_counter()
-                w = sum(snd.send(data, "127.0.0.1", port[i], f"fanout/{run}").wire_bytes for i in c.ids)
-                times["fanout"].append(time.perf_counter() - t0)
-                cpu["fanout"].append(m.stop())
-                wire["fanout"].append(w)
-                m, t0 = meter.start(), time.perf_counter()
-                w = snd.send(data, "127.0.0.1", port[c.ids[0]], f"single/{run}").wire_bytes
-                times["single"].append(time.perf_counter() - t0)
-                cpu["single"].append(m.stop())
-                wire["single"].append(w)
-                for i in c.ids:
-                    for k in (f"chain/{run}", f"fanout/{run}", f"single/{run}"):
-                        rm(i, k)
+                # -- sends: chain, fan-out, single, in an order rotated each run; each case's copies are
+                # removed before the next, so every case writes into memory the VM has already given
+                # out (see the module docstring: beyond a few GiB, new tmpfs pages cost more than the send)
+                def chain(run: int) -> int:
+                    view = ClusterView(cfg.cluster, cfg.node)  # a fresh view: the same chain order each run
+                    r = view.send(snd, data, f"chain/{run}", "cluster")
+                    assert r.ack["verified"] == 3, r.replicas
+                    return r.transfer.wire_bytes
+
+                def fanout(run: int) -> int:
+                    return sum(
+                        snd.send(data, "127.0.0.1", port[i], f"fanout/{run}").wire_bytes for i in c.ids
+                    )
+
+                def single(run: int) -> int:
+                    return snd.send(data, "127.0.0.1", port[c.ids[0]], f"single/{run}").wire_bytes
+
+                cases = [("chain", chain), ("fanout", fanout), ("single", single)]
+                for name, fn in cases[run % 3 :] + cases[: run % 3]:
+                    m, t0 = meter.start(), time.perf_counter()
+                    w = fn(run)
+                    times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(m.stop())
+                    wire[name].append(w)
+                    for i in c.ids:
+                        rm(i, f"{name}/{run}")
 
                 # -- repair: v1 on all three, v2 on two, the third repairs
                 key = f"repair/{run}"
+                v2 = make_v2()
                 r = ClusterView(cfg.cluster, cfg.node).send(snd, data, key, "cluster")
                 assert r.ack["verified"] == 3, r.replicas
                 p = c.procs[victim]
@@ -262,6 +277,7 @@ def main() -> int:
                 # the peer: a delta send of v2 against v1 to a home holding v1 (another key)
                 pkey, to = f"peer/{run}", port[live[0]]
                 snd.send(data, "127.0.0.1", to, pkey)
+                data.tofile(v1_path)
                 m, t0 = meter.start(), time.perf_counter()
                 r = snd.send(v2, "127.0.0.1", to, pkey, base=v1_path)
                 peer["seconds"].append(time.perf_counter() - t0)
@@ -271,6 +287,8 @@ def main() -> int:
                 for i in c.ids:
                     rm(i, key)
                 rm(live[0], pkey)
+                os.unlink(v1_path)
+                del v2
 
                 # -- scrub: one home holding only the object
                 s = live[-1]
