@@ -92,8 +92,11 @@ def _send(cl: Cluster, to: str, key: str, seed: int) -> None:
     assert r.verified
 
 
-@pytest.mark.parametrize("mode, kind", [("badsig", "bad_signature"), ("forge", "forged"),
-                                        ("equivocate", "equivocation")])  # fmt: skip
+# one kind of evidence in the default run (each daemon test takes 10-16 s on 2 CPUs); every kind is
+# also driven through the same policy and epochs in the simulator (tests/property/test_adaptive_switch.py)
+@pytest.mark.parametrize("mode, kind", [("badsig", "bad_signature"),
+                                        pytest.param("forge", "forged", marks=pytest.mark.slow),
+                                        pytest.param("equivocate", "equivocation", marks=pytest.mark.slow)])  # fmt: skip
 def test_a_byzantine_daemon_switches_the_cluster_to_bft_and_raft_returns_once_it_is_clean(
     tmp_path, mode, kind
 ):
