@@ -48,8 +48,8 @@ Rules
    at the bottleneck, their slow starts), so each of their baselines belongs to a stream count.
    ``note_streams`` with a new count puts the signal's baseline aside under the old count, drops
    its recent samples and CUSUM, and takes the new count's: the one put aside when the sender last
-   ran at that count (less than ``relearn_after_s`` ago), samples within ``restore_holdoff_s`` of
-   the change ignored -- so a probe of the stream controller that is undone a second later (one
+   ran at that count (less than ``relearn_after_s`` ago), samples within ``restore_holdoff_queue_s``
+   of the change ignored (the remaining streams' windows overshoot the queue first) -- so a probe of the stream controller that is undone a second later (one
    stream more, then back) does not blind the detectors, nor make a drop right after it the new
    normal (found on the WAN testbed: a rate drop 1 s after a probe went unseen) -- or, for a count
    not seen lately, a new baseline, samples within ``holdoff_s`` ignored.  Two exceptions keep
@@ -147,6 +147,12 @@ class AnomalySettings:
     # within ~1 s; the RTT the count had is known).  Restored only if saved less than relearn_after_s
     # ago; at most MAX_SAVED counts are kept.
     restore_holdoff_s: float = 1.0
+    # ... but RTT and retransmits, back at a count seen before, ignore 2.5 s: the remaining streams'
+    # windows grow into the freed capacity and overshoot the bottleneck's queue before they settle.
+    # On the recorded 300 Mbit/s, 1 %-loss traces (perf/traces/long-a-*) retransmits ran 1-2 points
+    # above the count's baseline for 1-2 s after each return from 2 streams to 1; with 1 s, one
+    # such return raised a retransmit alarm on a clean link.
+    restore_holdoff_queue_s: float = 2.5
     # An episode closes after 6 samples (3 s) in a row back near the baseline.
     clear_after: int = 6
     # ... or after 60 s open: a change detector reports changes, not levels; after a minute the
@@ -167,7 +173,7 @@ class AnomalySettings:
         if isinstance(self.min_baseline, int) and isinstance(self.window, int):
             if self.min_baseline > self.window:
                 problems.append(f"min_baseline ({self.min_baseline}) must not exceed window ({self.window})")
-        for name in ("warmup_s", "holdoff_s", "restore_holdoff_s", "cusum_k"):
+        for name in ("warmup_s", "holdoff_s", "restore_holdoff_s", "restore_holdoff_queue_s", "cusum_k"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in (
@@ -357,7 +363,7 @@ class _Series:
         if got is None or t - got[2] >= s.relearn_after_s:
             self.rebaseline(t + s.holdoff_s)
             return
-        self.rebaseline(t + s.restore_holdoff_s)
+        self.rebaseline(t + s.restore_holdoff_queue_s)
         self.base.extend(got[0])
         self.prior_scale = got[1]
 
@@ -567,9 +573,11 @@ def replay(samples: Iterable[Sequence[object]], settings: AnomalySettings | None
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
             continue
         if last is not None and (t < last or t - last > s.max_gap_s):
-            watch = PathWatch(s)
-        last = float(t)
+            watch, last = PathWatch(s), None
         if isinstance(streams, int | float) and not isinstance(streams, bool) and math.isfinite(streams):
-            watch.note_streams(float(t), int(streams))
+            # a row holds the count its interval ran at; the sender decides a change right after a
+            # sample, so a count that differs from the previous row's was set at that row's time
+            watch.note_streams(float(t) if last is None else last, int(streams))
+        last = float(t)
         out.extend(watch.observe(float(t), goodput=_num(goodput), rtt_s=_num(rtt_s), retrans=_num(retrans)))
     return out

@@ -74,12 +74,15 @@ def test_replay_is_deterministic_and_quiet_during_warmup(steps_rows, s):
     table = _table(steps_rows)
     first = replay(table, s)
     assert first == replay([list(r) for r in table], s)
-    starts, last = [], None
+    segs, last = [], None  # the sends the replay makes of the table: time backwards or a gap starts one
     for r in table:
         if last is None or r[0] < last or r[0] - last > s.max_gap_s:
-            starts.append(r[0])
+            segs.append([])
+        segs[-1].append(r)
         last = r[0]
-    for a in first:
-        start = max(x for x in starts if x <= a.at)
-        assert a.at - start >= s.warmup_s
-        assert a.since <= a.at and a.signal in ("goodput", "rtt", "retrans")
+    per = [replay(seg, s) for seg in segs]
+    assert first == [a for got in per for a in got]  # each send on a fresh watch
+    for seg, got in zip(segs, per, strict=True):
+        for a in got:
+            assert a.at - seg[0][0] >= s.warmup_s
+            assert a.since <= a.at and a.signal in ("goodput", "rtt", "retrans")
