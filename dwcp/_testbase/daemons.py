@@ -1,4 +1,5 @@
-"""Daemons as subprocesses for cluster tests: a loopback cluster of `dwcp daemon`s with consensus."""
+"""Daemons as subprocesses for tests: one plaintext loopback `dwcp daemon` (``start_daemon``), or a
+loopback cluster of them with consensus (``Cluster``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from dwcp.cli.demo import same_dwcp_env
 from dwcp.daemon.control import request
 
-__all__ = ["Cluster", "free_ports"]
+__all__ = ["Cluster", "free_ports", "start_daemon"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -22,6 +23,28 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def start_daemon(root, extra: str = "") -> tuple[subprocess.Popen, str, dict]:
+    """Start node "rx": plaintext, data and metrics ports on loopback picked by the kernel, data in
+    ``root``/rx, config ``root``/rx.toml (``extra``: more TOML, e.g. a [health] section), run from
+    ``root`` (not the checkout); returns (process, config path, its first status) once it answers."""
+    data, cfg = os.path.join(root, "rx"), os.path.join(root, "rx.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\nmetrics_port = 0\n'
+                f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n{extra}')  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", cfg], env=same_dwcp_env(),
+                            cwd=str(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return proc, cfg, request(os.path.join(data, "control.sock"), {"op": "status"}, timeout_s=5)
+        except OSError:
+            if time.monotonic() >= deadline or proc.poll() is not None:
+                proc.kill()
+                proc.wait(20)
+                raise RuntimeError(f"dwcp daemon under {root} did not start") from None
+            time.sleep(0.1)
 
 
 class Cluster:

@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,29 +15,15 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dwcp.cli.demo import same_dwcp_env
+from dwcp._testbase.daemons import start_daemon
 from dwcp.config import SecurityConfig, TransportConfig
-from dwcp.daemon.control import request
 from dwcp.transport.sender import Sender
 
 
 @pytest.fixture
 def daemon(tmp_path):
-    data = tmp_path / "rx"
-    cfg = tmp_path / "rx.toml"
-    cfg.write_text(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\nmetrics_port = 0\n'
-                   f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n')  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", str(cfg)], env=same_dwcp_env(),
-                            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    sock = str(data / "control.sock")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            st = request(sock, {"op": "status"}, timeout_s=5)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "daemon did not start"
-            time.sleep(0.1)
+    proc, _cfg, st = start_daemon(tmp_path)
+    sock = str(tmp_path / "rx" / "control.sock")
     yield {
         "url": st["metrics_endpoint"],
         "port": int(st["data_port"].rsplit(":", 1)[1]),

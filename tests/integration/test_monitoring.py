@@ -9,14 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 
-from dwcp.cli.demo import same_dwcp_env
-from dwcp.daemon.control import request
+from dwcp._testbase.daemons import start_daemon
 
 MON = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "monitoring")
 RULES = [os.path.join(MON, f) for f in ("recording.yml", "alerts.yml")]
@@ -41,21 +38,7 @@ def test_the_rules_pass_promtool_check_and_their_unit_tests():
 
 @pytest.fixture
 def daemon(tmp_path):
-    data = tmp_path / "rx"
-    cfg = tmp_path / "rx.toml"
-    cfg.write_text(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\nmetrics_port = 0\n'
-                   f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n'
-                   f'[health]\nsla_throughput_bytes_per_s = "1Gbit"\n')  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", str(cfg)], env=same_dwcp_env(),
-                            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            st = request(str(data / "control.sock"), {"op": "status"}, timeout_s=5)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "daemon did not start"
-            time.sleep(0.1)
+    proc, _cfg, st = start_daemon(tmp_path, '[health]\nsla_throughput_bytes_per_s = "1Gbit"\n')
     yield st["metrics_endpoint"]
     proc.terminate()
     proc.wait(20)

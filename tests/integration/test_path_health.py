@@ -14,27 +14,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dwcp._testbase.daemons import start_daemon
 from dwcp.cli.demo import same_dwcp_env
-from dwcp.daemon.control import request
 from dwcp.transport.trace import PathTrace, PathTraces, SendRecord
 
 
 def _start(tmp_path, window_s: float):
-    data = tmp_path / "rx"
-    cfg = tmp_path / "rx.toml"
-    cfg.write_text(f'[node]\nid = "rx"\n[listen]\nhost = "127.0.0.1"\ndata_port = 0\nmetrics_port = 0\n'
-                   f'[security]\nplaintext = true\n[storage]\ndata_dir = "{data}"\n'
-                   f"[health]\ncheck_interval_s = 0.2\npath_anomaly_window_s = {window_s}\n")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "dwcp", "daemon", "--config", str(cfg)], env=same_dwcp_env(),
-                            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            st = request(str(data / "control.sock"), {"op": "status"}, timeout_s=5)
-            return proc, cfg, st
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "daemon did not start"
-            time.sleep(0.1)
+    return start_daemon(tmp_path, f"[health]\ncheck_interval_s = 0.2\npath_anomaly_window_s = {window_s}\n")
 
 
 def _get(url: str) -> tuple[int, str]:
