@@ -82,9 +82,8 @@ def choose_chunk_size(path: PathStats | None, default: int, *, now: float, lo: i
     lossy = path.retrans_fraction > LOSSY
     if lossy:
         target_s /= 2
-    rate, capped = path.stream_bytes_per_s, bool(rate_cap) and path.stream_bytes_per_s > (rate_cap or 0)
-    if capped:
-        rate = float(rate_cap or 0)
+    capped = rate_cap is not None and 0 < rate_cap < path.stream_bytes_per_s
+    rate = float(rate_cap) if capped and rate_cap is not None else path.stream_bytes_per_s
     size = min(hi, max(lo, _pow2_floor(rate * target_s)))
     at = (
         f"the {rate / 1e6:.1f} MB/s cap"

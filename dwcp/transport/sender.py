@@ -573,19 +573,18 @@ class Sender:
                     raise prof
                 if prof is not None:
                     plan = self._nic_plan(prof, streams, path, fresh, peer_addr, loopback)
+            # the cap on this send: an explicit one (--rate, a repair's rate), else the config's (reloadable)
+            rate_cap = (
+                rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
+            )
             if plan is not None and plan.chunk_size_bytes:
                 chunk_size = plan.chunk_size_bytes
                 chunk_why = f"{chunk_size >> 10} KiB (the `dwcp tune` profile of {plan.nic}; no earlier send to this peer)"
             elif tp.adaptive_chunks:
                 from .chunking import choose_chunk_size
 
-                cap = (
-                    rate_limit_bytes_per_s
-                    if rate_limit_bytes_per_s is not None
-                    else tp.rate_limit_bytes_per_s
-                )
                 chunk_size, chunk_why = choose_chunk_size(path, tp.chunk_size_bytes, now=time.time(),
-                                                          rate_cap=cap or None)  # fmt: skip
+                                                          rate_cap=rate_cap or None)  # fmt: skip
                 if path is not None and fc is not None and path.at == fc.last_at:
                     used["chunk_size"] = chunk_size
                     chunk_why += f"; forecast from {fc.n} send{'s' * (fc.n != 1)} of this path"
@@ -749,10 +748,11 @@ class Sender:
             encoder = ChunkEncoder(CodecConfig.from_settings(cs, link_rate_bytes_per_s=link or 1.25e9,
                                                              compress_workers=tp.encode_workers))  # fmt: skip
             limiter = None
-            rate = rate_limit_bytes_per_s if rate_limit_bytes_per_s is not None else tp.rate_limit_bytes_per_s
-            if rate or rate_limit_bytes_per_s is None:
+            if rate_cap or rate_limit_bytes_per_s is None:
                 # a config-driven cap (even "none" now) follows reloads; an explicit --rate does not
-                limiter = RateLimiter(TokenBucket(rate or None, max(chunk_size, int((rate or 0) * 0.05))))
+                limiter = RateLimiter(
+                    TokenBucket(rate_cap or None, max(chunk_size, int((rate_cap or 0) * 0.05)))
+                )
                 if rate_limit_bytes_per_s is None:
                     self._config_limiters.add(limiter)
             bdp = int(link * rtt_s) if link else None
